@@ -1,1 +1,67 @@
-def main(): pass
+"""Command line: ``kern-finetune <command> ...`` (also ``python -m kern_finetune``).
+
+Each command lives in its own module under :mod:`kern_finetune.commands` and exposes
+``register(subparsers)``, which adds its sub-parser and sets ``func`` (``args -> exit code``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .errors import KernFinetuneError
+
+COMMANDS = ("run", "sync", "demo", "host", "serve")
+
+DESCRIPTION = """\
+Fine-tune sentence embeddings from what labelers produced in a refinery project (manual labels plus
+confident weak-supervision labels), so that similarity search serves more same-class records, and push
+the new embedding back to the host.
+
+Start with `kern-finetune demo` (local host + bundled AG News sample), or `kern-finetune run --help`."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kern-finetune", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"kern_finetune.commands.{name}")
+        except ModuleNotFoundError as exc:  # a command still being built
+            if exc.name != f"kern_finetune.commands.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KernFinetuneError as exc:
+        print(f"kern-finetune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kern-finetune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
