@@ -1,0 +1,491 @@
+"""The Quaterion engine (``--engine quaterion``): the 2022 experiment's training stack.
+
+Frozen all-MiniLM-L6-v2 vectors (already computed and cached on disk by the pipeline) go through
+Quaterion's own in-memory encoder cache (``CacheConfig(CacheType.AUTO)``) into quaterion-models'
+``SkipConnectionHead``, trained by ``Quaterion.fit`` with ``GroupSimilarityDataLoader`` batches of
+``SimilarityGroupSample`` and, by default, ``TripletLoss(distance_metric_name=Distance.COSINE,
+mining="hard")``, Adam lr 1e-3, batch 128, early stopping on ``validation_loss`` -- the settings of
+the experiment in ``docs/baseline.md``.
+
+The trained head's state dict is copied into :class:`kern_finetune.heads.SkipConnectionHead` (same
+parameter names) and the copy is checked numerically against quaterion's head, so everything after
+training (saved model, vectors, metrics) is engine-independent.
+
+Importing this module applies :func:`kern_finetune._compat.patch_quaterion` and imports quaterion
+(a few seconds); import it lazily, only when the quaterion engine is chosen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import logging
+import math
+import tempfile
+import time
+import warnings
+from typing import Any, Callable, Iterator, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._compat import patch_quaterion, quiet_quaterion
+from .errors import ConfigError, SelectionError
+from .heads import SkipConnectionHead
+
+with warnings.catch_warnings():
+    quiet_quaterion()
+    patch_quaterion()
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback, EarlyStopping
+    from quaterion import Quaterion, TrainableModel
+    from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
+    from quaterion.distances import Distance
+    from quaterion.loss import ArcFaceLoss, CircleLoss, GroupLoss, SoftmaxLoss, TripletLoss
+    from quaterion.train.cache import CacheConfig, CacheType
+    from quaterion_models.encoders import Encoder
+    from quaterion_models.heads import SkipConnectionHead as QSkipConnectionHead
+
+__all__ = [
+    "QUATERION_LOSSES",
+    "CachedVectorEncoder",
+    "CosFaceLoss",
+    "SupConLoss",
+    "VectorTrainableModel",
+    "fit_quaterion",
+    "copy_head",
+]
+
+ProgressArg = Union[bool, Callable[[str], None]]
+
+QUATERION_LOSSES = (
+    "triplet",  # TripletLoss, cosine, hard mining (the experiment)
+    "triplet-semihard",  # TripletLoss, cosine, semi-hard mining
+    "triplet-all",  # TripletLoss, cosine, all valid triplets
+    "circle",  # CircleLoss
+    "softmax",  # SoftmaxLoss (has a trainable class kernel)
+    "arcface",  # ArcFaceLoss (has a trainable class kernel)
+    "cosface",  # CosFaceLoss below (Quaterion has none; has a trainable class kernel)
+    "supcon",  # SupConLoss below (Quaterion has none)
+)
+"""Loss names this engine accepts (a superset of ``config.LOSSES``)."""
+
+_DEFAULT_MARGIN = {
+    "triplet": 0.5,
+    "triplet-semihard": 0.5,
+    "triplet-all": 0.5,
+    "circle": 0.25,
+    "arcface": 0.5,
+    "cosface": 0.35,
+}
+"""Quaterion's defaults (CosFace: the paper's), used when ``margin`` is None."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Encoder, extra losses, model
+
+
+class CachedVectorEncoder(Encoder):
+    """A frozen "encoder" whose inputs are the precomputed base vectors themselves.
+
+    It stands for the frozen all-MiniLM-L6-v2: the pipeline has already encoded (and disk-cached) the
+    texts, so the encoder's job is the identity. Being non-trainable, Quaterion wraps it in its
+    in-memory cache (``CacheType.AUTO``), fills the cache in one pass and then trains the head from the
+    cache alone, exactly as it did over the real sentence-transformer in the experiment.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self._dim = int(dim)
+
+    @property
+    def trainable(self) -> bool:
+        return False
+
+    @property
+    def embedding_size(self) -> int:
+        return self._dim
+
+    def get_collate_fn(self) -> Callable[[list[Any]], Tensor]:
+        return _stack_vectors
+
+    def forward(self, batch: Tensor) -> Tensor:
+        return batch
+
+    def save(self, output_path: str) -> None:
+        import json
+        import os
+
+        os.makedirs(output_path, exist_ok=True)
+        with open(os.path.join(output_path, "config.json"), "w") as fh:
+            json.dump({"dim": self._dim}, fh)
+
+    @classmethod
+    def load(cls, input_path: str) -> CachedVectorEncoder:
+        import json
+        import os
+
+        with open(os.path.join(input_path, "config.json")) as fh:
+            return cls(**json.load(fh))
+
+
+def _stack_vectors(batch: list[Any]) -> Tensor:
+    """Collate a list of 1-d vectors (tensors or arrays) into a float32 batch."""
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in batch])
+
+
+class CosFaceLoss(GroupLoss):
+    """Large-margin cosine loss (CosFace, https://arxiv.org/abs/1801.09414), in Quaterion's style
+    (cf. its ``ArcFaceLoss``): ``CE(scale * (cos(x, W_y) - margin * onehot))`` with a trainable
+    class kernel ``W``."""
+
+    def __init__(self, embedding_size: int, num_groups: int, scale: float = 30.0, margin: float = 0.35) -> None:
+        super(GroupLoss, self).__init__()
+        self.kernel = torch.nn.Parameter(torch.empty(embedding_size, num_groups))
+        torch.nn.init.normal_(self.kernel, std=0.01)
+        self.scale = scale
+        self.margin = margin
+
+    def forward(self, embeddings: Tensor, groups: Tensor) -> Tensor:
+        cos = F.normalize(embeddings, dim=1) @ F.normalize(self.kernel, dim=0)
+        logits = self.scale * (cos - self.margin * F.one_hot(groups, cos.shape[1]).to(cos.dtype))
+        return F.cross_entropy(logits, groups)
+
+
+class SupConLoss(GroupLoss):
+    """Supervised contrastive loss (https://arxiv.org/abs/2004.11362) over cosine similarities:
+    each anchor's mean log-probability of its same-group batch mates; anchors without one are
+    skipped."""
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super(GroupLoss, self).__init__()
+        self.temperature = temperature
+
+    def forward(self, embeddings: Tensor, groups: Tensor) -> Tensor:
+        z = F.normalize(embeddings, dim=1)
+        sim = z @ z.T / self.temperature
+        n = z.shape[0]
+        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+        sim = sim.masked_fill(self_mask, float("-inf"))
+        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+        pos = (groups[:, None] == groups[None, :]) & ~self_mask
+        n_pos = pos.sum(1)
+        has_pos = n_pos > 0
+        if not bool(has_pos.any()):
+            return embeddings.sum() * 0.0
+        pos_log_prob = log_prob.masked_fill(~pos, 0.0).sum(1)
+        return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+
+
+def _make_loss(
+    name: str, *, dim: int, num_groups: int, margin: float | None, temperature: float | None
+) -> GroupLoss:
+    """Build the named group loss (see :data:`QUATERION_LOSSES`)."""
+    m = _DEFAULT_MARGIN.get(name) if margin is None else margin
+    if name in ("triplet", "triplet-semihard", "triplet-all"):
+        mining = {"triplet": "hard", "triplet-semihard": "semi_hard", "triplet-all": "all"}[name]
+        return TripletLoss(margin=m, distance_metric_name=Distance.COSINE, mining=mining)
+    if name == "circle":
+        return CircleLoss(margin=m, distance_metric_name=Distance.COSINE)
+    if name == "softmax":
+        return SoftmaxLoss(dim, num_groups, temperature=0.05 if temperature is None else temperature)
+    if name == "arcface":
+        return ArcFaceLoss(dim, num_groups, margin=m)
+    if name == "cosface":
+        scale = 30.0 if temperature is None else 1.0 / temperature
+        return CosFaceLoss(dim, num_groups, scale=scale, margin=m)
+    if name == "supcon":
+        return SupConLoss(temperature=0.1 if temperature is None else temperature)
+    raise ConfigError(f"unknown loss {name!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
+
+
+class VectorTrainableModel(TrainableModel):
+    """Quaterion ``TrainableModel``: cached frozen vector encoder -> ``SkipConnectionHead``.
+
+    All trainable parameters -- the head's and, for softmax/arcface/cosface, the loss's class kernel --
+    go to Adam via :meth:`configure_optimizers`.
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        loss_factory: Callable[[], GroupLoss],
+        n_layers: int = 1,
+        lr: float = 1e-3,
+        dropout: float = 0.0,
+        skip_dropout: float = 0.0,
+    ) -> None:
+        self._dim = dim
+        self._loss_factory = loss_factory  # a factory: modules can't be assigned before Module.__init__
+        self._n_layers = n_layers
+        self._lr = lr
+        self._dropout = dropout
+        self._skip_dropout = skip_dropout
+        super().__init__()
+
+    def configure_encoders(self) -> Encoder:
+        return CachedVectorEncoder(self._dim)
+
+    def configure_caches(self) -> CacheConfig:
+        # Quaterion's encoder cache, as in the experiment; big fill batches (the encoder is the identity).
+        return CacheConfig(cache_type=CacheType.AUTO, batch_size=1024)
+
+    def configure_head(self, input_embedding_size: int) -> QSkipConnectionHead:
+        return QSkipConnectionHead(
+            input_embedding_size, dropout=self._dropout, skip_dropout=self._skip_dropout, n_layers=self._n_layers
+        )
+
+    def configure_loss(self) -> GroupLoss:
+        return self._loss_factory()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = list(self.model.head.parameters()) + list(self.loss.parameters())
+        return torch.optim.Adam(params, lr=self._lr)
+
+
+# --------------------------------------------------------------------------------------------------
+# Training helpers
+
+
+class _History(Callback):
+    """Records per-epoch losses, keeps a copy of the head at the best validation loss, reports."""
+
+    def __init__(self, report: Callable[[str], None] | None, max_epochs: int) -> None:
+        self.report = report
+        self.max_epochs = max_epochs
+        self.train_losses: list[float] = []
+        self.val_losses: list[float] = []
+        self.best_val = math.inf
+        self.best_epoch = -1
+        self.best_state: dict[str, Tensor] | None = None
+        self._batch_losses: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._batch_losses = []
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._batch_losses.append(float(loss))
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        val = trainer.callback_metrics.get("validation_loss")
+        if val is None:
+            return
+        val = float(val)
+        train = float(np.mean(self._batch_losses)) if self._batch_losses else float("nan")
+        self.val_losses.append(val)
+        self.train_losses.append(train)
+        if val < self.best_val:
+            self.best_val = val
+            self.best_epoch = trainer.current_epoch
+            self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
+        if self.report is not None:
+            self.report(
+                f"epoch {trainer.current_epoch + 1}/{self.max_epochs}: train loss {train:.4f}, "
+                f"val loss {val:.4f} (best {self.best_val:.4f} @ {self.best_epoch + 1})"
+            )
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool = True) -> Iterator[None]:
+    """Silence lightning/quaterion logging and warnings for the duration (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    names = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch")
+    levels = {n: logging.getLogger(n).level for n in names}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for n in names:
+            logging.getLogger(n).setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+def _as_inputs(x: np.ndarray, y: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray]:
+    x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+    y = np.asarray(y)
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y):
+        raise ConfigError(f"{name}: expected an (n, dim) matrix and n labels, got {x.shape} and {y.shape}")
+    if len(x) == 0:
+        raise SelectionError(f"{name}: no records")
+    return x, y
+
+
+def _dataset(x: np.ndarray, groups: np.ndarray) -> list[SimilarityGroupSample]:
+    t = torch.from_numpy(x)
+    return [SimilarityGroupSample(obj=t[i], group=int(g)) for i, g in enumerate(groups)]
+
+
+def copy_head(q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None, atol: float = 1e-5) -> SkipConnectionHead:
+    """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.heads.SkipConnectionHead`.
+
+    The state dicts share their names (``gates_i``, ``fc_i.weight``, ``fc_i.bias``); loading is strict.
+    With ``check_on`` (an ``(n, dim)`` array) both heads are run in eval mode and must agree within
+    ``atol``, else ``RuntimeError``. Returns the copy in eval mode.
+    """
+    n_layers = int(q_head.get_config_dict()["n_layers"])
+    head = SkipConnectionHead(
+        q_head.input_embedding_size,
+        n_layers=n_layers,
+        dropout=float(q_head.get_config_dict()["dropout"]),
+        skip_dropout=float(q_head.get_config_dict()["skip_dropout"]),
+    )
+    state = {k: v.detach().clone().cpu() for k, v in q_head.state_dict().items()}
+    head.load_state_dict(state, strict=True)
+    head.eval()
+    if check_on is not None and len(check_on):
+        was_training = q_head.training
+        q_head.eval()
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(check_on, dtype=np.float32))
+            diff = float((q_head(x) - head(x)).abs().max())
+        q_head.train(was_training)
+        if not diff <= atol:
+            raise RuntimeError(f"copied head differs from quaterion's by {diff:.3g} (> {atol})")
+    return head
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def fit_quaterion(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    *,
+    n_layers: int = 1,
+    loss: str = "triplet",
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    max_epochs: int = 30,
+    patience: int = 3,
+    seed: int = 42,
+    margin: float | None = None,
+    temperature: float | None = None,
+    dropout: float = 0.0,
+    skip_dropout: float = 0.0,
+    restore_best: bool = True,
+    progress: ProgressArg = True,
+) -> tuple[SkipConnectionHead, dict[str, Any]]:
+    """Train a ``SkipConnectionHead`` over cached base vectors with Quaterion; return it and a summary.
+
+    Args:
+        train_x, val_x: ``(n, dim)`` float32 base vectors (the frozen encoder's, L2-normalised).
+        train_y, val_y: their class labels (any ints or strings; mapped to group ids internally).
+        n_layers: stacked gated residual blocks in the head.
+        loss: one of :data:`QUATERION_LOSSES`; ``"triplet"`` = the experiment's
+            ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``.
+        lr, batch_size: Adam learning rate; batch size of train and validation loaders.
+        max_epochs, patience: epoch cap; ``EarlyStopping(monitor="validation_loss", patience=...)``.
+        seed: ``pl.seed_everything`` seed (head init, batch order); same seed + data = same head.
+        margin: loss margin; None = the loss's default (triplet 0.5, circle 0.25, arcface 0.5,
+            cosface 0.35); ignored by softmax/supcon.
+        temperature: softmax temperature (default 0.05), supcon temperature (default 0.1), cosface
+            scale = 1/temperature (default scale 30); ignored by the others.
+        dropout, skip_dropout: the head's dropouts (experiment: 0).
+        restore_best: return the head of the epoch with the lowest validation loss (True) or the
+            last trained epoch's, as Quaterion's defaults did in the experiment (False).
+        progress: True = lightning's progress bar; a callable gets one line per epoch; False = silent.
+
+    Returns:
+        ``(head, info)``: our :class:`~kern_finetune.heads.SkipConnectionHead` in eval mode (checked to
+        match quaterion's head on ``val_x`` within 1e-5) and ``info`` with ``engine``, ``loss``,
+        ``epochs`` (epochs trained), ``best_epoch`` (1-based), ``best_val_loss``, ``final_val_loss``,
+        ``train_losses``/``val_losses`` (per epoch), ``stopped_early``, ``restored_best``,
+        ``seconds`` (wall time of the fit incl. cache fill), ``n_train``, ``n_val``, ``groups``.
+
+    Raises:
+        ConfigError: bad shapes, unknown loss or non-positive settings.
+        SelectionError: empty split, or fewer than two classes in the training labels.
+    """
+    t0 = time.perf_counter()
+    train_x, train_y = _as_inputs(train_x, train_y, "train")
+    val_x, val_y = _as_inputs(val_x, val_y, "validation")
+    if train_x.shape[1] != val_x.shape[1]:
+        raise ConfigError(f"train and validation dims differ: {train_x.shape[1]} vs {val_x.shape[1]}")
+    if loss not in QUATERION_LOSSES:
+        raise ConfigError(f"unknown loss {loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
+    for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("max_epochs", max_epochs), ("patience", patience)):
+        if value < 1:
+            raise ConfigError(f"{name} must be at least 1, got {value}")
+    if lr <= 0:
+        raise ConfigError(f"lr must be positive, got {lr}")
+    classes = np.unique(np.concatenate([train_y, val_y]))
+    if len(np.unique(train_y)) < 2:
+        raise SelectionError("training needs at least two classes")
+    train_g = np.searchsorted(classes, train_y)
+    val_g = np.searchsorted(classes, val_y)
+    dim = int(train_x.shape[1])
+
+    report: Callable[[str], None] | None = progress if callable(progress) else None
+    show_bar = progress is True
+    history = _History(report, max_epochs)
+
+    with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
+        pl.seed_everything(seed, workers=True)
+        model = VectorTrainableModel(
+            dim=dim,
+            loss_factory=functools.partial(
+                _make_loss, loss, dim=dim, num_groups=len(classes), margin=margin, temperature=temperature
+            ),
+            n_layers=n_layers,
+            lr=lr,
+            dropout=dropout,
+            skip_dropout=skip_dropout,
+        )
+        # Fresh loaders every fit: Quaterion rewires a loader's collate_fn / label cache during fit.
+        train_loader = GroupSimilarityDataLoader(_dataset(train_x, train_g), batch_size=batch_size, shuffle=True)
+        val_loader = GroupSimilarityDataLoader(_dataset(val_x, val_g), batch_size=batch_size, shuffle=False)
+        early = EarlyStopping(monitor="validation_loss", patience=patience, mode="min")
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=max_epochs,
+            callbacks=[early, history],
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=show_bar,
+            num_sanity_val_steps=0,
+            log_every_n_steps=max(1, min(50, math.ceil(len(train_x) / batch_size))),
+            default_root_dir=tmp,
+        )
+        Quaterion.fit(model, trainer, train_loader, val_loader)
+
+    q_head: QSkipConnectionHead = model.model.head
+    restored = False
+    if restore_best and history.best_state is not None and history.best_epoch != len(history.val_losses) - 1:
+        q_head.load_state_dict(history.best_state)
+        restored = True
+    head = copy_head(q_head, check_on=val_x[:1024])
+    epochs = len(history.val_losses)
+    info: dict[str, Any] = {
+        "engine": "quaterion",
+        "loss": loss,
+        "epochs": epochs,
+        "best_epoch": history.best_epoch + 1,
+        "best_val_loss": history.best_val if history.val_losses else None,
+        "final_val_loss": history.val_losses[-1] if history.val_losses else None,
+        "train_losses": history.train_losses,
+        "val_losses": history.val_losses,
+        "stopped_early": bool(early.stopped_epoch) or epochs < max_epochs,
+        "restored_best": restored,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "n_train": int(len(train_x)),
+        "n_val": int(len(val_x)),
+        "groups": [c.item() if hasattr(c, "item") else c for c in classes],
+    }
+    return head, info
