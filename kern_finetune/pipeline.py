@@ -1,20 +1,32 @@
 """The one orchestration: select labels -> encode (cached) -> train -> evaluate -> write outputs.
 
-(Being written: the contract below is fixed, the body lands next.)
+Outputs in ``out_dir``: ``metrics.json``, ``report.html``, ``model/`` (sentence-transformers format,
+head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from .config import RunConfig
-from .export import Record
+from .encode import Encoder
+from .evaluate import chance_level, linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
+from .export import Record, resolve_task
+from .heads import SkipConnectionHead
+from .report import write_report
+from .save import save_model, save_vectors, write_json
+from .select import Selection, default_text_attributes, select_labels
 
-__all__ = ["RunResult", "run_pipeline"]
+__all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
 
 ProgressFn = Callable[[str], None]
 
@@ -33,9 +45,208 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def label_fingerprint(selection: Selection, task: str, threshold: float) -> str:
+    """SHA-256 of the selected labels (record id -> label) with the task and threshold."""
+    payload = json.dumps({"task": task, "threshold": threshold, "labels": selection.label_state()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _gold_to_class(selection: Selection) -> dict[str, int] | None:
+    """Map gold values to task classes: by name, else by majority over labeled records that have gold."""
+    values = {g for g in selection.gold if g is not None}
+    index = {c: i for i, c in enumerate(selection.classes)}
+    if values <= set(index):
+        return {v: index[v] for v in values}
+    votes: dict[str, Counter[int]] = {}
+    for i in selection.labeled_idx.tolist():
+        g = selection.gold[i]
+        if g is not None:
+            votes.setdefault(g, Counter())[int(selection.y[i])] += 1
+    if set(votes) != values:
+        return None
+    mapping = {g: c.most_common(1)[0][0] for g, c in votes.items()}
+    return mapping if len(set(mapping.values())) == len(mapping) else None
+
+
+def _train_head(
+    base: np.ndarray, sel: Selection, config: RunConfig, weights: np.ndarray | None
+) -> tuple[SkipConnectionHead, dict[str, Any]]:
+    xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
+    xv, yv = base[sel.val_idx], sel.y[sel.val_idx]
+    if config.engine == "quaterion":
+        from .train_quaterion import fit_quaterion
+
+        return fit_quaterion(
+            xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr,
+            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience,
+            seed=config.seed, margin=config.margin,
+        )
+    from .train import HeadTrainer
+
+    trainer = HeadTrainer(
+        loss=config.loss, n_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
+        lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin, seed=config.seed,
+    )
+    trainer.fit(xt, yt, xv, yv, sample_weight=None if weights is None else weights[sel.train_idx])
+    return trainer.head_, trainer.info()
+
+
+@torch.no_grad()
+def _apply(head: SkipConnectionHead, x: np.ndarray) -> np.ndarray:
+    head.eval()
+    out = torch.nn.functional.normalize(head(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))), dim=1)
+    return out.numpy().astype(np.float32)
+
+
 def run_pipeline(
     records: list[Record], config: RunConfig, *, out_dir: Path, progress: ProgressFn | None = None
 ) -> RunResult:
-    """Fine-tune on ``records`` (a decoded refinery export) and write metrics.json, report.html,
-    model/ (sentence-transformers format) and vectors into ``out_dir``."""
-    raise NotImplementedError
+    """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``."""
+    say = progress or (lambda _msg: None)
+    config.validate()
+    t0 = time.perf_counter()
+    torch.manual_seed(config.seed)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    task = resolve_task(records, config.task)
+    text_attrs = config.text_attributes or default_text_attributes(
+        records, id_attribute=config.id_attribute, gold_attribute=config.gold_attribute
+    )
+    say(f"[1/5] select labels: task {task.label}, text = {' + '.join(text_attrs)}, threshold {config.threshold}")
+    sel = select_labels(
+        records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
+        gold_attribute=config.gold_attribute, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+    )
+    n_manual = sum(1 for i in sel.labeled_idx if sel.source[i] == "manual")
+    say(f"      {len(sel.train_idx)} train / {len(sel.val_idx)} validation ({n_manual} manual), "
+        f"{len(sel.test_idx)} test; skipped: {sel.skipped or 'none'}")
+
+    say(f"[2/5] encode {len(sel.texts)} records")
+    t = time.perf_counter()
+    encoder = Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size)
+    base = encoder.encode(sel.texts)
+    t_encode = time.perf_counter() - t
+    say(f"      {encoder.n_encoded_} encoded, {encoder.n_cached_} from cache ({t_encode:.1f} s)")
+
+    weights = None
+    noise: dict[str, Any] = {}
+    if config.noise_filter != "off":
+        from .noise import find_label_issues
+
+        noise = find_label_issues(base, sel, seed=config.seed)
+        if config.noise_filter == "drop":
+            keep = np.ones(len(sel.ids), dtype=bool)
+            keep[noise["indices"]] = False
+            sel.train_idx = sel.train_idx[keep[sel.train_idx]]
+            sel.val_idx = sel.val_idx[keep[sel.val_idx]]
+        else:
+            weights = noise["weights"]
+        say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})")
+
+    say(f"[3/5] train ({config.engine} engine, {config.mode} mode, loss {config.loss})")
+    t = time.perf_counter()
+    if config.mode == "full":
+        from .train_full import fit_full
+
+        model, head, train_info = fit_full(encoder, sel, config, weights=weights)
+        tuned = model.encode(sel.texts, batch_size=config.encode_batch_size, convert_to_numpy=True,
+                             normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
+    else:
+        head, train_info = _train_head(base, sel, config, weights)
+        model = None
+        tuned = _apply(head, base)
+    t_train = time.perf_counter() - t
+    say(f"      {train_info.get('epochs_run', '?')} epochs in {t_train:.1f} s")
+
+    say(f"[4/5] evaluate on {len(sel.test_idx)} test records")
+    t = time.perf_counter()
+    metrics = _evaluate(base, tuned, sel, config)
+    t_eval = time.perf_counter() - t
+
+    say("[5/5] write model, vectors, metrics, report")
+    model_dir = out_dir / "model"
+    save_model(model if model is not None else encoder.model(), head, model_dir)
+    save_vectors(out_dir / "vectors.npz", sel.ids, tuned)
+    attr = text_attrs[0] if task.attribute is None else task.attribute
+    name = config.embedding_name or f"{attr}-classification-kern-finetune-{encoder.model_name}"
+    fingerprint = label_fingerprint(sel, task.label, config.threshold)
+    metrics.update(
+        task=task.label,
+        text_attributes=text_attrs,
+        embedding_name=name,
+        label_fingerprint=fingerprint,
+        n_records=len(sel.ids),
+        n_manual=n_manual,
+        train_class_counts=sel.class_counts(sel.train_idx),
+        val_class_counts=sel.class_counts(sel.val_idx),
+        skipped=sel.skipped,
+        training=train_info,
+        config=config.to_dict(),
+        encoded=encoder.n_encoded_,
+        from_cache=encoder.n_cached_,
+    )
+    if noise:
+        metrics["label_check"] = {k: v for k, v in noise.items() if k not in ("indices", "weights")}
+    metrics["seconds"] = {
+        "encode": round(t_encode, 2), "train": round(t_train, 2), "evaluate": round(t_eval, 2),
+        "total": round(time.perf_counter() - t0, 2),
+    }
+    plots = metrics.pop("_plots", None)
+    if plots is not None:
+        write_report(out_dir / "report.html", metrics, **plots)
+    write_json(out_dir / "metrics.json", metrics)
+    say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "
+        f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")
+    return RunResult(
+        ids=sel.ids, vectors=tuned, metrics=metrics, out_dir=out_dir, model_dir=model_dir,
+        embedding_name=name, label_fingerprint=fingerprint,
+        extra={"raw_vectors": base, "selection": sel, "head": head, "base_model_name": encoder.model_name},
+    )
+
+
+def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> dict[str, Any]:
+    test = sel.test_idx
+    gold_values = sorted({sel.gold[i] for i in test})  # type: ignore[type-var]
+    gold_code = {g: k for k, g in enumerate(gold_values)}
+    classes = np.array([gold_code[sel.gold[i]] for i in test])
+    metrics: dict[str, Any] = {
+        "n_train": int(len(sel.train_idx)), "n_val": int(len(sel.val_idx)), "n_test": int(len(test)),
+        "chance": chance_level(classes), "eval_queries": config.eval_queries,
+    }
+    if len(test) < 2:
+        metrics.update(top_k={"raw": {}, "finetuned": {}}, top_1k_250={}, classification={})
+        return metrics
+    queries = sample_queries(len(test), config.eval_queries, config.seed)
+    embeddings = {"raw": base[test], "finetuned": tuned[test]}
+    top_k, top_250, per_query = {}, {}, {}
+    for name, x in embeddings.items():
+        per = neighbour_purity(x, classes)
+        top_k[name] = {str(k): float(100 * v.mean()) for k, v in per.items()}
+        top_250[name] = float(100 * per[1000][queries].mean())
+        per_query[name] = per[1000]
+    metrics.update(top_k=top_k, top_1k_250=top_250)
+
+    mapping = _gold_to_class(sel)
+    labeled = sel.labeled_idx
+    if mapping is not None:
+        y_test = np.array([mapping[sel.gold[i]] for i in test])  # type: ignore[index]
+        metrics["classification"] = {
+            name: linear_probe(full[labeled], sel.y[labeled], full[test], y_test, labels=sel.classes, seed=config.seed)
+            for name, full in (("raw", base), ("finetuned", tuned))
+        }
+    else:
+        metrics["classification"] = {}
+        metrics["classification_note"] = "gold values could not be matched to the task's labels"
+
+    fit_idx = sel.train_idx
+    points = {
+        "raw": projection_2d(base[fit_idx], None, base[test], method="pca", seed=config.seed),
+        "finetuned": projection_2d(tuned[fit_idx], sel.y[fit_idx], tuned[test], method="pca", seed=config.seed),
+    }
+    metrics["separation_2d"] = {
+        name: {"method": "pca", **separation_2d(p, classes, seed=config.seed)} for name, p in points.items()
+    }
+    names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
+    metrics["_plots"] = {"per_query": per_query, "points_2d": points, "point_classes": classes, "class_names": names}
+    return metrics

@@ -79,9 +79,9 @@ _DEFAULT_MARGIN = {
     "triplet-all": 0.5,
     "circle": 0.25,
     "arcface": 0.5,
-    "cosface": 0.35,
+    "cosface": 0.2,
 }
-"""Quaterion's defaults (CosFace: the paper's), used when ``margin`` is None."""
+"""Quaterion's defaults (CosFace: the native engine's 0.2), used when ``margin`` is None."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class CosFaceLoss(GroupLoss):
     (cf. its ``ArcFaceLoss``): ``CE(scale * (cos(x, W_y) - margin * onehot))`` with a trainable
     class kernel ``W``."""
 
-    def __init__(self, embedding_size: int, num_groups: int, scale: float = 30.0, margin: float = 0.35) -> None:
+    def __init__(self, embedding_size: int, num_groups: int, scale: float = 30.0, margin: float = 0.2) -> None:
         super(GroupLoss, self).__init__()
         self.kernel = torch.nn.Parameter(torch.empty(embedding_size, num_groups))
         torch.nn.init.normal_(self.kernel, std=0.01)
@@ -392,7 +392,7 @@ def fit_quaterion(
         max_epochs, patience: epoch cap; ``EarlyStopping(monitor="validation_loss", patience=...)``.
         seed: ``pl.seed_everything`` seed (head init, batch order); same seed + data = same head.
         margin: loss margin; None = the loss's default (triplet 0.5, circle 0.25, arcface 0.5,
-            cosface 0.35); ignored by softmax/supcon.
+            cosface 0.2); ignored by softmax/supcon.
         temperature: softmax temperature (default 0.05), supcon temperature (default 0.1), cosface
             scale = 1/temperature (default scale 30); ignored by the others.
         dropout, skip_dropout: the head's dropouts (experiment: 0).
@@ -403,8 +403,8 @@ def fit_quaterion(
     Returns:
         ``(head, info)``: our :class:`~kern_finetune.heads.SkipConnectionHead` in eval mode (checked to
         match quaterion's head on ``val_x`` within 1e-5) and ``info`` with ``engine``, ``loss``,
-        ``epochs`` (epochs trained), ``best_epoch`` (1-based), ``best_val_loss``, ``final_val_loss``,
-        ``train_losses``/``val_losses`` (per epoch), ``stopped_early``, ``restored_best``,
+        ``epochs_run``, ``best_epoch`` (1-based), ``best_val_loss``, ``final_val_loss``,
+        ``history`` (``[{"epoch", "train_loss", "val_loss"}]``, as the native engine), ``stopped_early``, ``restored_best``,
         ``seconds`` (wall time of the fit incl. cache fill), ``n_train``, ``n_val``, ``groups``.
 
     Raises:
@@ -475,12 +475,14 @@ def fit_quaterion(
     info: dict[str, Any] = {
         "engine": "quaterion",
         "loss": loss,
-        "epochs": epochs,
+        "epochs_run": epochs,
         "best_epoch": history.best_epoch + 1,
         "best_val_loss": history.best_val if history.val_losses else None,
         "final_val_loss": history.val_losses[-1] if history.val_losses else None,
-        "train_losses": history.train_losses,
-        "val_losses": history.val_losses,
+        "history": [
+            {"epoch": i + 1, "train_loss": t, "val_loss": v}
+            for i, (t, v) in enumerate(zip(history.train_losses, history.val_losses))
+        ],
         "stopped_early": bool(early.stopped_epoch) or epochs < max_epochs,
         "restored_best": restored,
         "seconds": round(time.perf_counter() - t0, 3),

@@ -1,0 +1,99 @@
+"""``kern-finetune run``: fine-tune on an export file and write model, vectors, metrics and report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..config import LOSSES, ENGINES, MODES, RunConfig
+from ..export import load_export
+from ..pipeline import run_pipeline
+
+__all__ = ["register", "add_run_options", "config_from_args"]
+
+_DEFAULTS = RunConfig()
+
+EPILOG = """\
+examples:
+  kern-finetune run --export samples/ag_news/export.json.gz --task Topic --gold-attribute "Class Index"
+  kern-finetune run --export project_snapshot.zip --task topic --loss triplet --out runs/triplet
+
+What is trained on: every manual label, plus every weak-supervision label whose confidence is above
+--threshold (a manual label wins). Records without such a label are the test records: with
+--gold-attribute, their true class is used to measure how many nearest neighbours share it (top_k)."""
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The pipeline options shared by ``run``, ``sync`` and ``demo``."""
+    g = parser.add_argument_group("what to learn from")
+    g.add_argument("--task", help="labeling task name, e.g. Topic (default: the only task in the export)")
+    g.add_argument("--text-attributes", metavar="A,B",
+                   help='attributes joined with ". " into the text to embed (default: every text attribute)')
+    g.add_argument("--id-attribute", default=_DEFAULTS.id_attribute, help="attribute that identifies a record (default: %(default)s)")
+    g.add_argument("--gold-attribute", metavar="NAME",
+                   help="attribute with the true class; used ONLY to evaluate on the records not trained on")
+    g.add_argument("--threshold", type=float, default=_DEFAULTS.threshold,
+                   help="weak labels count when their confidence is above this (default: %(default)s)")
+    g = parser.add_argument_group("how to train")
+    g.add_argument("--engine", choices=ENGINES, default=_DEFAULTS.engine, help="native PyTorch or Quaterion (default: %(default)s)")
+    g.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
+                   help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too (default: %(default)s)")
+    g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="similarity loss (default: %(default)s)")
+    g.add_argument("--head-layers", type=int, default=_DEFAULTS.head_layers, help="stacked skip-connection layers (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="maximum epochs; early stopping ends sooner (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
+                   help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for the split, training and evaluation (default: %(default)s)")
+    g = parser.add_argument_group("where things go")
+    g.add_argument("--base-model", metavar="DIR", help="local sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
+    g.add_argument("--cache-dir", type=Path, default=None, help="vector cache (default: $KERN_FINETUNE_CACHE or ~/.cache/kern-finetune)")
+    g.add_argument("--embedding-name", help="name of the pushed embedding (default: <attribute>-classification-kern-finetune-<model>)")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """A validated :class:`RunConfig` from parsed ``add_run_options`` arguments."""
+    config = RunConfig(
+        task=args.task,
+        text_attributes=[a.strip() for a in args.text_attributes.split(",") if a.strip()] if args.text_attributes else None,
+        id_attribute=args.id_attribute,
+        gold_attribute=args.gold_attribute,
+        threshold=args.threshold,
+        engine=args.engine,
+        mode=args.mode,
+        loss=args.loss,
+        head_layers=args.head_layers,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        noise_filter=args.noise_filter,
+        seed=args.seed,
+        base_model=args.base_model,
+        embedding_name=args.embedding_name,
+    )
+    if args.cache_dir is not None:
+        config.cache_dir = args.cache_dir
+    return config.validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    records = load_export(args.export)
+    result = run_pipeline(records, config, out_dir=args.out, progress=print)
+    if args.json:
+        print(json.dumps({k: result.metrics[k] for k in ("n_train", "n_val", "n_test", "chance", "top_k", "top_1k_250", "seconds")}))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="fine-tune on an export file (no host needed)", description=__doc__, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--export", required=True, type=Path, help="record export (.json, .json.gz) or refinery snapshot (.zip)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line of the headline metrics")
+    add_run_options(p)
+    p.set_defaults(func=_run)

@@ -1,0 +1,849 @@
+"""SQLite state of the local refinery-compatible host: one project, its records, labels, users and embeddings.
+
+Everything lives in one file, ``<data_dir>/host.sqlite3`` (WAL mode). The records are imported once, on
+the first start, from an export file; later starts reuse what is there, so a restart loses nothing.
+
+Tables::
+
+    meta          key/value: project id and name, id attribute, attributes, labeling tasks, export hash
+    records       idx (import order), record_id (the id attribute's value), data (the export row as JSON,
+                  label columns included; label changes rewrite it)
+    label_events  every label change (audit trail: who, when, which column)
+    users         the one configured user: salted PBKDF2-SHA256 password hash
+    sessions      login tokens, stored as SHA-256 hashes, with an expiry
+    embeddings    one row per version: state INITIALIZING/ENCODING (staged) or FINISHED (served)
+    tensors       (embedding_id, record_idx) -> float32 little-endian blob
+    labeling_sessions  ordered record-id lists produced by similarity search
+
+Staged embedding versions are never served; :meth:`HostStore.finalize_embedding` swaps a complete one in
+within a single transaction. Errors meant for API callers are raised as :class:`ApiError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import math
+import secrets
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, ExportError, TaskNotFoundError
+from ..export import TaskColumns, discover_tasks, load_export, resolve_task
+from .vectors import VectorCache, VectorIndex
+
+__all__ = ["ApiError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "host.sqlite3"
+SESSION_TTL_S = 24 * 3600
+"""Login tokens expire after this many seconds (Kratos's default session lifespan)."""
+STALE_STAGED_S = 6 * 3600
+"""A staged version untouched this long is dropped when a new version of the same name is created."""
+_PBKDF2_ITERATIONS = 100_000
+_MAX_DIMENSION = 16_384
+_STAGED = ("INITIALIZING", "ENCODING")
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS records (
+    idx INTEGER PRIMARY KEY, record_id TEXT NOT NULL UNIQUE, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS label_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, record_idx INTEGER NOT NULL, task TEXT NOT NULL,
+    source TEXT NOT NULL, label TEXT, confidence TEXT, origin TEXT, user_name TEXT, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY, salt BLOB NOT NULL, pw_hash BLOB NOT NULL, iterations INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_hash TEXT PRIMARY KEY, user_name TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS embeddings (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, attribute TEXT, type TEXT NOT NULL, custom INTEGER NOT NULL,
+    dimension INTEGER NOT NULL, platform TEXT, model TEXT, expected_count INTEGER, state TEXT NOT NULL,
+    served INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL, updated_at REAL NOT NULL, finished_at TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS embeddings_served_name ON embeddings(name) WHERE served = 1;
+CREATE TABLE IF NOT EXISTS tensors (
+    embedding_id TEXT NOT NULL, record_idx INTEGER NOT NULL, data BLOB NOT NULL,
+    PRIMARY KEY (embedding_id, record_idx));
+CREATE TABLE IF NOT EXISTS labeling_sessions (
+    id TEXT PRIMARY KEY, embedding_id TEXT NOT NULL, embedding_name TEXT NOT NULL, query_record_id TEXT NOT NULL,
+    record_ids TEXT NOT NULL, user_name TEXT, created_at TEXT NOT NULL);
+"""
+
+
+class ApiError(Exception):
+    """An error answered to the API caller as ``{"error_code": code, "detail": detail}`` with ``status``."""
+
+    def __init__(self, status: int, error_code: str, detail: str = "") -> None:
+        super().__init__(f"{status} {error_code}: {detail}")
+        self.status = status
+        self.error_code = error_code
+        self.detail = detail
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def _hash_password(password: str, salt: bytes, iterations: int) -> bytes:
+    return hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _as_string(value: Any) -> str | None:
+    """Export values are strings (or null), as refinery sends them."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _as_confidence(value: Any) -> str | None:
+    """Confidence columns hold a string rounded to 4 places (``"0.6220"``)."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return _as_string(value)
+    return f"{number:.4f}" if math.isfinite(number) else None
+
+
+def _guess_data_type(values: list[str]) -> str:
+    """A refinery attribute data type guessed from string values: INTEGER, FLOAT, BOOLEAN, CATEGORY or TEXT."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "TEXT"
+
+    def _all(pred: Any) -> bool:
+        return all(pred(v) for v in present)
+
+    def _is_int(v: str) -> bool:
+        return v.lstrip("-").isdigit()
+
+    def _is_float(v: str) -> bool:
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+
+    if _all(_is_int):
+        return "INTEGER"
+    if _all(_is_float):
+        return "FLOAT"
+    if _all(lambda v: v.lower() in ("true", "false")):
+        return "BOOLEAN"
+    distinct = set(present)
+    if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
+        return "CATEGORY"
+    return "TEXT"
+
+
+def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
+    base = f"{task.attribute or ''}__{task.name}"
+    return {
+        "name": task.name,
+        "attribute": task.attribute,
+        "manual": task.manual or f"{base}__MANUAL",
+        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
+        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
+        "labels": labels,
+    }
+
+
+class HostStore:
+    """The host's state in SQLite; thread-safe (one connection guarded by a lock).
+
+    Open with :meth:`open`; the first open of an empty ``data_dir`` imports ``export_path``.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, data_dir: Path) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.data_dir = data_dir
+        self._meta: dict[str, Any] = {}
+        self._record_ids: list[str] = []
+        self._idx_by_id: dict[str, int] = {}
+        self._export_cache: tuple[int, str] | None = None
+        self._label_generation = 0
+        self._vectors = VectorCache(capacity=4)
+
+    # ------------------------------------------------------------------------------------------
+    # opening and importing
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        export_path: str | Path | None = None,
+        *,
+        id_attribute: str = "running_id",
+        project_id: str | None = None,
+        project_name: str | None = None,
+    ) -> HostStore:
+        """Open (creating if needed) the state under ``data_dir``; import ``export_path`` on first use.
+
+        Raises :class:`ConfigError` when the data dir holds a different project than asked for, or when
+        there is nothing to import; :class:`ExportError` when the export cannot be used.
+        """
+        data_dir = Path(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.chmod(0o700)
+        except OSError:
+            pass
+        conn = sqlite3.connect(data_dir / DB_FILE, check_same_thread=False, isolation_level=None, timeout=30)
+        store = cls(conn, data_dir)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.executescript(_SCHEMA)
+            store._load_meta()
+            if "project_id" not in store._meta:
+                if export_path is None:
+                    raise ConfigError(f"{data_dir} holds no project yet: give --export PATH to import one")
+                store._import(Path(export_path), id_attribute=id_attribute, project_id=project_id, name=project_name)
+                store._load_meta()
+            else:
+                store._check_same_project(export_path, id_attribute=id_attribute, project_id=project_id)
+            store._load_record_ids()
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the database connection."""
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error)."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def _load_meta(self) -> None:
+        with self._lock:
+            rows = self._conn.execute("SELECT key, value FROM meta").fetchall()
+        self._meta = {k: json.loads(v) for k, v in rows}
+
+    def _load_record_ids(self) -> None:
+        with self._lock:
+            rows = self._conn.execute("SELECT idx, record_id FROM records ORDER BY idx").fetchall()
+        self._record_ids = [rid for _, rid in rows]
+        if any(idx != i for i, (idx, _) in enumerate(rows)):
+            raise ConfigError(f"{self.data_dir / DB_FILE}: record table is damaged (gaps in idx)")
+        self._idx_by_id = {rid: i for i, rid in enumerate(self._record_ids)}
+
+    def _check_same_project(self, export_path: str | Path | None, *, id_attribute: str, project_id: str | None) -> None:
+        where = self.data_dir / DB_FILE
+        if project_id is not None and project_id != self._meta["project_id"]:
+            raise ConfigError(
+                f"{where} holds project {self._meta['project_id']}, not {project_id}: use another --data-dir"
+            )
+        if id_attribute != self._meta["id_attribute"]:
+            raise ConfigError(
+                f"{where} was imported with id attribute {self._meta['id_attribute']!r}, not {id_attribute!r}"
+            )
+        if export_path is not None:
+            path = Path(export_path)
+            if path.exists() and _file_sha256(path) != self._meta.get("export_sha256"):
+                raise ConfigError(
+                    f"{where} was imported from a different export ({self._meta.get('export_file')}); "
+                    "state is kept per data dir: use another --data-dir for another export"
+                )
+
+    def _import(self, path: Path, *, id_attribute: str, project_id: str | None, name: str | None) -> None:
+        records = load_export(path)
+        columns: dict[str, None] = {}
+        for rec in records:
+            for key in rec:
+                columns.setdefault(key, None)
+        tasks = discover_tasks([dict.fromkeys(columns)])
+        label_columns: set[str] = set()
+        task_infos: list[dict[str, Any]] = []
+        for task in tasks:
+            label_set: dict[str, None] = {}
+            for col in (task.manual, task.weak):
+                if col:
+                    for rec in records:
+                        value = rec.get(col)
+                        if isinstance(value, str) and value:
+                            label_set.setdefault(value, None)
+            info = _task_json(task, sorted(label_set))
+            task_infos.append(info)
+            label_columns.update((info["manual"], info["weak"], info["confidence"]))
+        attributes = [c for c in columns if c not in label_columns]
+        synthesize_id = id_attribute not in columns
+        if synthesize_id and id_attribute != "running_id":
+            raise ExportError(f"id attribute {id_attribute!r} is not in the export; attributes: {', '.join(attributes)}")
+        if synthesize_id:  # refinery numbers records itself; do the same when the export lacks the column
+            attributes.insert(0, id_attribute)
+        rows: list[tuple[int, str, str]] = []
+        seen: set[str] = set()
+        values_by_attr: dict[str, list[str]] = {a: [] for a in attributes}
+        for i, rec in enumerate(records):
+            row: dict[str, Any] = {}
+            for attr in attributes:
+                row[attr] = str(i) if (synthesize_id and attr == id_attribute) else _as_string(rec.get(attr))
+                if len(values_by_attr[attr]) < 2000:
+                    values_by_attr[attr].append(row[attr])
+            for info in task_infos:
+                row[info["manual"]] = _as_string(rec.get(info["manual"]))
+                row[info["weak"]] = _as_string(rec.get(info["weak"]))
+                row[info["confidence"]] = _as_confidence(rec.get(info["confidence"]))
+            rid = row[id_attribute]
+            if rid is None or rid == "":
+                raise ExportError(f"record #{i} has no value for the id attribute {id_attribute!r}")
+            if rid in seen:
+                raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
+            seen.add(rid)
+            rows.append((i, rid, json.dumps(row, ensure_ascii=False)))
+        attr_infos = [
+            {"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
+            for a in attributes
+        ]
+        meta = {
+            "project_id": project_id or str(uuid.uuid4()),
+            "name": name or path.name.split(".")[0],
+            "description": f"imported by kern-finetune host from {path.name}",
+            "tokenizer": "en_core_web_sm",
+            "id_attribute": id_attribute,
+            "attributes": attr_infos,
+            "tasks": task_infos,
+            "export_file": str(path),
+            "export_sha256": _file_sha256(path),
+            "imported_at": _now_iso(),
+        }
+        with self._tx() as conn:
+            conn.executemany("INSERT INTO records (idx, record_id, data) VALUES (?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
+            )
+        log.info("imported %d records and %d labeling task(s) from %s", len(rows), len(task_infos), path)
+
+    # ------------------------------------------------------------------------------------------
+    # project
+
+    @property
+    def project_id(self) -> str:
+        return str(self._meta["project_id"])
+
+    @property
+    def id_attribute(self) -> str:
+        return str(self._meta["id_attribute"])
+
+    @property
+    def record_count(self) -> int:
+        return len(self._record_ids)
+
+    def project_details(self) -> dict[str, Any]:
+        """What ``GET /api/project/{id}`` answers (refinery's fields plus a few of ours)."""
+        tasks = [
+            {
+                "name": t["name"],
+                "attribute": t["attribute"],
+                "task_target": "ON_WHOLE_RECORD" if t["attribute"] is None else "ON_ATTRIBUTE",
+                "task_type": "MULTICLASS_CLASSIFICATION",
+                "labels": t["labels"],
+            }
+            for t in self._meta["tasks"]
+        ]
+        return {
+            "id": self.project_id,
+            "name": self._meta["name"],
+            "description": self._meta["description"],
+            "tokenizer": self._meta["tokenizer"],
+            "attributes": [dict(a) for a in self._meta["attributes"]],
+            "knowledge_base_ids": [],
+            "labeling_tasks": tasks,
+            "record_count": self.record_count,
+            "max_running_id": self.record_count - 1,
+        }
+
+    def export_json(self, num_samples: int | None = None) -> str:
+        """The records as a JSON list (one object per record, label columns current), once encoded."""
+        if num_samples is not None and num_samples < 1:
+            raise ApiError(422, "INVALID_REQUEST", "num_samples must be at least 1")
+        with self._lock:
+            generation = self._label_generation
+            if num_samples is None and self._export_cache and self._export_cache[0] == generation:
+                return self._export_cache[1]
+            sql = "SELECT data FROM records ORDER BY idx"
+            params: tuple[Any, ...] = ()
+            if num_samples is not None:
+                sql += " LIMIT ?"
+                params = (num_samples,)
+            rows = self._conn.execute(sql, params).fetchall()
+        text = "[" + ",".join(r[0] for r in rows) + "]"
+        if num_samples is None:
+            with self._lock:
+                if self._label_generation == generation:
+                    self._export_cache = (generation, text)
+        return text
+
+    # ------------------------------------------------------------------------------------------
+    # labels
+
+    def _resolve_task(self, task: Any) -> dict[str, Any]:
+        if not isinstance(task, str) or not task:
+            raise ApiError(422, "INVALID_REQUEST", "name the labeling task (a non-empty string)")
+        template = {}
+        for info in self._meta["tasks"]:
+            template.update(dict.fromkeys((info["manual"], info["weak"], info["confidence"])))
+        try:
+            found = resolve_task([template], task)
+        except TaskNotFoundError as exc:
+            raise ApiError(404, "LABELING_TASK_NOT_FOUND", str(exc)) from None
+        for info in self._meta["tasks"]:
+            if info["name"] == found.name and info["attribute"] == found.attribute:
+                return info
+        raise ApiError(404, "LABELING_TASK_NOT_FOUND", f"task {task!r} is not in this project")
+
+    def record_index(self, record_id: Any) -> int:
+        """Import position of a record, by the id attribute's value (404 RECORD_NOT_FOUND)."""
+        idx = self._idx_by_id.get(str(record_id)) if isinstance(record_id, (str, int)) else None
+        if idx is None or isinstance(record_id, bool):
+            raise ApiError(404, "RECORD_NOT_FOUND", f"no record with {self.id_attribute} = {record_id!r}")
+        return idx
+
+    def set_labels(
+        self,
+        task: Any,
+        items: list[tuple[Any, str | None, float | None]],
+        *,
+        source: str,
+        user_name: str,
+        origin: str = "",
+    ) -> dict[str, Any]:
+        """Set labels of one task for several records, all or nothing.
+
+        ``items``: ``(record_id, label, confidence)``. ``source`` ``MANUAL`` sets the ``__MANUAL`` column
+        (one manual label per record and task; a new one replaces it, ``None`` removes it);
+        ``WEAK_SUPERVISION`` sets the weak label and its confidence.
+        """
+        info = self._resolve_task(task)
+        if source not in ("MANUAL", "WEAK_SUPERVISION"):
+            raise ApiError(422, "INVALID_REQUEST", f"unknown label source {source!r}")
+        resolved: dict[int, tuple[str | None, float | None]] = {}
+        for record_id, label, confidence in items:
+            try:
+                idx = self.record_index(record_id)
+            except ApiError as exc:
+                raise ApiError(422, "RECORD_NOT_FOUND", exc.detail) from None
+            if label is not None and (not isinstance(label, str) or not label.strip()):
+                raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: a label is a non-empty string or null")
+            if confidence is not None:
+                if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
+                    raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be a number")
+                if not math.isfinite(confidence) or not 0.0 <= confidence <= 1.0:
+                    raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be in [0, 1]")
+            resolved[idx] = (label, confidence)
+        now = _now_iso()
+        new_labels: set[str] = set()
+        with self._tx() as conn:
+            for idx, (label, confidence) in resolved.items():
+                row = json.loads(conn.execute("SELECT data FROM records WHERE idx = ?", (idx,)).fetchone()[0])
+                if source == "MANUAL":
+                    row[info["manual"]] = label
+                    conf_text = None
+                else:
+                    row[info["weak"]] = label
+                    conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
+                    row[info["confidence"]] = conf_text
+                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (json.dumps(row, ensure_ascii=False), idx))
+                conn.execute(
+                    "INSERT INTO label_events (record_idx, task, source, label, confidence, origin, user_name, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (idx, info["name"], source, label, conf_text, origin, user_name, now),
+                )
+                if label is not None and label not in info["labels"]:
+                    new_labels.add(label)
+            updated = sorted(set(info["labels"]) | new_labels)
+            if new_labels:
+                tasks = [dict(t, labels=updated) if t is info else t for t in self._meta["tasks"]]
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'tasks'", (json.dumps(tasks),))
+            self._label_generation += 1  # under the lock: the export cache is stale from here on
+            self._export_cache = None
+        info["labels"] = updated
+        return {"stored": len(resolved), "task": info["name"], "source": source}
+
+    # ------------------------------------------------------------------------------------------
+    # users and sessions
+
+    def configure_user(self, name: str, password: str) -> None:
+        """Make ``name`` the one user of this host with ``password``.
+
+        Other users and their sessions are removed; a changed password revokes the user's sessions.
+        """
+        if not name or not password:
+            raise ConfigError("the host needs a user name and a non-empty password")
+        with self._tx() as conn:
+            row = conn.execute("SELECT salt, pw_hash, iterations FROM users WHERE name = ?", (name,)).fetchone()
+            unchanged = row is not None and hmac.compare_digest(_hash_password(password, row[0], row[2]), row[1])
+            conn.execute("DELETE FROM sessions WHERE user_name != ?", (name,))
+            conn.execute("DELETE FROM users WHERE name != ?", (name,))
+            if not unchanged:
+                salt = secrets.token_bytes(16)
+                conn.execute(
+                    "INSERT OR REPLACE INTO users (name, salt, pw_hash, iterations) VALUES (?, ?, ?, ?)",
+                    (name, salt, _hash_password(password, salt, _PBKDF2_ITERATIONS), _PBKDF2_ITERATIONS),
+                )
+                conn.execute("DELETE FROM sessions WHERE user_name = ?", (name,))
+            conn.execute("DELETE FROM sessions WHERE expires_at < ?", (time.time(),))
+
+    def check_password(self, name: Any, password: Any) -> bool:
+        """True when ``name``/``password`` are the configured credentials (constant work either way)."""
+        if not isinstance(name, str) or not isinstance(password, str):
+            return False
+        with self._lock:
+            row = self._conn.execute("SELECT salt, pw_hash, iterations FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            _hash_password(password, b"\0" * 16, _PBKDF2_ITERATIONS)  # same work as a real check
+            return False
+        return hmac.compare_digest(_hash_password(password, row[0], row[2]), row[1])
+
+    def create_session(self, user_name: str, ttl_s: float = SESSION_TTL_S) -> tuple[str, float, float]:
+        """A new random token for ``user_name``; only its hash is stored. Returns (token, issued, expires)."""
+        token = secrets.token_urlsafe(32)
+        issued = time.time()
+        expires = issued + ttl_s
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO sessions (token_hash, user_name, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (_hash_token(token), user_name, issued, expires),
+            )
+        return token, issued, expires
+
+    def session_user(self, token: str | None) -> tuple[str, float, float] | None:
+        """(user name, issued, expires) of a valid token, else None."""
+        if not token:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT user_name, created_at, expires_at FROM sessions WHERE token_hash = ?", (_hash_token(token),)
+            ).fetchone()
+        if row is None or row[2] < time.time():
+            return None
+        return row[0], row[1], row[2]
+
+    # ------------------------------------------------------------------------------------------
+    # embeddings
+
+    @staticmethod
+    def _embedding_json(row: sqlite3.Row | tuple[Any, ...], stored: int | None = None) -> dict[str, Any]:
+        (eid, name, attribute, etype, custom, dim, platform, model, expected, state, served, created, _upd, finished) = row
+        out = {
+            "id": eid,
+            "name": name,
+            "attribute": attribute,
+            "type": etype,
+            "custom": bool(custom),
+            "dimension": dim,
+            "platform": platform,
+            "model": model,
+            "count": expected,
+            "state": state,
+            "served": bool(served),
+            "created_at": created,
+            "finished_at": finished,
+        }
+        if stored is not None:
+            out["stored"] = stored
+        return out
+
+    def _embedding_row(self, embedding_id: str) -> tuple[Any, ...]:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+        if row is None:
+            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+        return row
+
+    def create_embedding(self, spec: Any) -> dict[str, Any]:
+        """Stage a new embedding version (state INITIALIZING); the served one of that name stays served."""
+        if not isinstance(spec, dict):
+            raise ApiError(422, "INVALID_REQUEST", "body must be a JSON object")
+        name = spec.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise ApiError(422, "INVALID_REQUEST", "name must be a non-empty string of at most 200 characters")
+        dim = spec.get("dimension")
+        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIMENSION:
+            raise ApiError(422, "INVALID_REQUEST", f"dimension must be an integer in [1, {_MAX_DIMENSION}]")
+        etype = spec.get("type", "ON_ATTRIBUTE")
+        if etype != "ON_ATTRIBUTE":
+            raise ApiError(422, "INVALID_REQUEST", f"type {etype!r} is not supported here, only ON_ATTRIBUTE")
+        count = spec.get("count")
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ApiError(422, "INVALID_REQUEST", "count must be a non-negative integer")
+        texts = {}
+        for key in ("attribute", "platform", "model"):
+            value = spec.get(key)
+            if value is not None and not isinstance(value, str):
+                raise ApiError(422, "INVALID_REQUEST", f"{key} must be a string")
+            texts[key] = value
+        eid = str(uuid.uuid4())
+        now = time.time()
+        with self._tx() as conn:
+            stale = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM embeddings WHERE name = ? AND served = 0 AND updated_at < ?",
+                    (name, now - STALE_STAGED_S),
+                )
+            ]
+            for old in stale:
+                conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
+                conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
+            conn.execute(
+                "INSERT INTO embeddings (id, name, attribute, type, custom, dimension, platform, model,"
+                " expected_count, state, served, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (eid, name, texts["attribute"], etype, int(bool(spec.get("custom", True))), dim,
+                 texts["platform"], texts["model"], count, "INITIALIZING", _now_iso(), now),
+            )
+        if stale:
+            log.info("dropped %d stale staged version(s) of %s", len(stale), name)
+        log.info("staged embedding %s (%s, %d dims)", name, eid, dim)
+        return self._embedding_json(self._embedding_row(eid), stored=0)
+
+    def get_embedding(self, embedding_id: str) -> dict[str, Any]:
+        """One version (staged or served) with how many vectors it holds."""
+        row = self._embedding_row(embedding_id)
+        with self._lock:
+            stored = self._conn.execute(
+                "SELECT COUNT(*) FROM tensors WHERE embedding_id = ?", (embedding_id,)
+            ).fetchone()[0]
+        return self._embedding_json(row, stored=stored)
+
+    def list_embeddings(self, include_staged: bool = False) -> list[dict[str, Any]]:
+        """Served embeddings (and staged versions when asked), oldest first."""
+        sql = "SELECT * FROM embeddings" + ("" if include_staged else " WHERE served = 1") + " ORDER BY created_at, id"
+        with self._lock:
+            rows = self._conn.execute(sql).fetchall()
+        return [self._embedding_json(r) for r in rows]
+
+    def put_tensors(self, embedding_id: str, body: Any) -> dict[str, Any]:
+        """Upsert one chunk of vectors into a staged version; the whole chunk is checked before any is stored."""
+        row = self._embedding_row(embedding_id)
+        dim, state = row[5], row[9]
+        if state not in _STAGED:
+            raise ApiError(409, "EMBEDDING_NOT_STAGED", f"embedding version {embedding_id} is {state}, not staged")
+        if not isinstance(body, dict) or not isinstance(body.get("tensors"), list):
+            raise ApiError(422, "INVALID_REQUEST", 'body must be {"chunk": N, "tensors": [{"record_id", "data"}]}')
+        tensors = body["tensors"]
+        indices: list[int] = []
+        unknown: list[str] = []
+        vectors: list[Any] = []
+        for pos, item in enumerate(tensors):
+            if not isinstance(item, dict) or "record_id" not in item or not isinstance(item.get("data"), list):
+                raise ApiError(422, "INVALID_REQUEST", f"tensor #{pos} must be an object with record_id and data")
+            rid = item["record_id"]
+            idx = self._idx_by_id.get(str(rid)) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+            if idx is None:
+                unknown.append(repr(rid))
+                continue
+            data = item["data"]
+            if len(data) != dim:
+                raise ApiError(
+                    422, "DIMENSION_MISMATCH", f"record {rid!r}: vector has {len(data)} values, the embedding has {dim}"
+                )
+            indices.append(idx)
+            vectors.append(data)
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+            raise ApiError(422, "UNKNOWN_RECORD", f"{len(unknown)} record id(s) not in the project: {shown}")
+        if vectors:
+            try:
+                matrix = np.asarray(vectors, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ApiError(422, "INVALID_VECTOR", "vectors must hold numbers only") from None
+            if matrix.shape != (len(vectors), dim):
+                raise ApiError(422, "INVALID_VECTOR", "vectors must be flat lists of numbers")
+            with np.errstate(over="ignore"):
+                matrix32 = matrix.astype("<f4")
+            bad = ~np.isfinite(matrix32).all(axis=1)
+            if bad.any():
+                first = self._record_ids[indices[int(np.argmax(bad))]]
+                raise ApiError(
+                    422, "INVALID_VECTOR", f"{int(bad.sum())} vector(s) hold NaN, infinite or out-of-range values (first: record {first!r})"
+                )
+        else:
+            matrix32 = np.zeros((0, dim), dtype="<f4")
+        rows = [(embedding_id, idx, matrix32[i].tobytes()) for i, idx in enumerate(indices)]
+        with self._tx() as conn:
+            current = conn.execute("SELECT state FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+            if current is None or current[0] not in _STAGED:  # finalized or dropped meanwhile
+                raise ApiError(409, "EMBEDDING_NOT_STAGED", f"embedding version {embedding_id} is no longer staged")
+            conn.executemany("INSERT OR REPLACE INTO tensors (embedding_id, record_idx, data) VALUES (?, ?, ?)", rows)
+            conn.execute(
+                "UPDATE embeddings SET state = 'ENCODING', updated_at = ? WHERE id = ?", (time.time(), embedding_id)
+            )
+            total = conn.execute("SELECT COUNT(*) FROM tensors WHERE embedding_id = ?", (embedding_id,)).fetchone()[0]
+        return {"chunk": body.get("chunk"), "received": len(tensors), "stored": len(set(indices)), "total": total}
+
+    def finalize_embedding(self, embedding_id: str, body: Any = None) -> dict[str, Any]:
+        """Check completeness and, in one transaction, serve this version and drop the previous one.
+
+        Idempotent: finalizing the version that is already served answers the same as the first time.
+        """
+        count = body.get("count") if isinstance(body, dict) else None
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise ApiError(422, "INVALID_REQUEST", "count must be an integer")
+        replaced: list[str] = []
+        with self._tx() as conn:
+            row = conn.execute("SELECT * FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+            if row is None:
+                raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+            name, state, served = row[1], row[9], row[10]
+            stored = conn.execute("SELECT COUNT(*) FROM tensors WHERE embedding_id = ?", (embedding_id,)).fetchone()[0]
+            if state == "FINISHED" and served:
+                return self._embedding_json(row, stored=stored)
+            if state not in _STAGED:
+                raise ApiError(409, "EMBEDDING_NOT_STAGED", f"embedding version {embedding_id} is {state}")
+            n = self.record_count
+            if stored != n:
+                raise ApiError(
+                    409, "EMBEDDING_INCOMPLETE", f"{stored} of {n} records have a vector; upload the rest, then finalize"
+                )
+            if count is not None and count != stored:
+                raise ApiError(409, "EMBEDDING_INCOMPLETE", f"client sent {count} vectors but the host holds {stored}")
+            replaced = [
+                r[0] for r in conn.execute("SELECT id FROM embeddings WHERE name = ? AND served = 1", (name,))
+            ]
+            for old in replaced:
+                conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
+                conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
+            conn.execute(
+                "UPDATE embeddings SET state = 'FINISHED', served = 1, updated_at = ?, finished_at = ? WHERE id = ?",
+                (time.time(), _now_iso(), embedding_id),
+            )
+            row = conn.execute("SELECT * FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+        for old in replaced:
+            self._vectors.drop(old)
+        log.info("embedding %s now served by version %s (replaced %s)", name, embedding_id, replaced or "none")
+        out = self._embedding_json(row, stored=stored)
+        out["replaced"] = replaced
+        return out
+
+    def delete_embedding(self, embedding_id: str, *, force: bool = False) -> dict[str, Any]:
+        """Drop a staged version. A served one is only dropped with ``force`` (409 EMBEDDING_SERVED otherwise)."""
+        with self._tx() as conn:
+            row = conn.execute("SELECT served, name FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+            if row is None:
+                raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+            if row[0] and not force:
+                raise ApiError(
+                    409, "EMBEDDING_SERVED", f"version {embedding_id} is the served {row[1]!r}; add ?force=true to drop it"
+                )
+            conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
+            conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
+        self._vectors.drop(embedding_id)
+        return {"id": embedding_id, "deleted": True, "was_served": bool(row[0])}
+
+    # ------------------------------------------------------------------------------------------
+    # similarity search and labeling sessions
+
+    def _served(self, name_or_id: Any) -> tuple[str, str]:
+        if not isinstance(name_or_id, str) or not name_or_id:
+            raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id")
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, name FROM embeddings WHERE served = 1 AND (id = ? OR name = ?) ORDER BY id = ? DESC",
+                (name_or_id, name_or_id, name_or_id),
+            ).fetchone()
+        if row is None:
+            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no served embedding named {name_or_id!r} (staged ones are not searchable)")
+        return row[0], row[1]
+
+    def _load_index(self, embedding_id: str) -> VectorIndex:
+        with self._lock:
+            found = self._conn.execute("SELECT dimension FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+            if found is None:  # replaced between name lookup and load
+                raise ApiError(409, "EMBEDDING_REPLACED", "the embedding was replaced during the search; retry")
+            dim = found[0]
+            rows = self._conn.execute(
+                "SELECT record_idx, data FROM tensors WHERE embedding_id = ? ORDER BY record_idx", (embedding_id,)
+            ).fetchall()
+        positions = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return VectorIndex(positions, matrix)
+
+    def similar(self, embedding: Any, record_id: Any, limit: Any = 100) -> dict[str, Any]:
+        """The ``limit`` records nearest to ``record_id`` by Euclidean distance (query excluded)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise ApiError(422, "INVALID_REQUEST", "limit must be an integer in [1, 10000]")
+        eid, name = self._served(embedding)
+        idx = self.record_index(record_id)
+        index = self._vectors.get(eid, self._load_index)
+        positions, distances = index.nearest(idx, limit)
+        return {
+            "embedding": name,
+            "embedding_id": eid,
+            "record_id": self._record_ids[idx],
+            "record_ids": [self._record_ids[p] for p in positions],
+            "scores": [round(float(d), 6) for d in distances],
+        }
+
+    def create_labeling_session(self, embedding: Any, record_id: Any, limit: Any, user_name: str) -> dict[str, Any]:
+        """Run a similarity search and keep its result as an ordered session (query first)."""
+        found = self.similar(embedding, record_id, limit)
+        sid = str(uuid.uuid4())
+        record_ids = [found["record_id"], *found["record_ids"]]
+        created = _now_iso()
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO labeling_sessions (id, embedding_id, embedding_name, query_record_id, record_ids,"
+                " user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sid, found["embedding_id"], found["embedding"], found["record_id"], json.dumps(record_ids), user_name, created),
+            )
+        return self.get_labeling_session(sid)
+
+    def get_labeling_session(self, session_id: str) -> dict[str, Any]:
+        """A stored labeling session (its record list is fixed when it is created)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
+                " FROM labeling_sessions WHERE id = ?",
+                (session_id,),
+            ).fetchone()
+        if row is None:
+            raise ApiError(404, "SESSION_NOT_FOUND", f"no labeling session {session_id!r}")
+        return {
+            "id": row[0],
+            "embedding_id": row[1],
+            "embedding": row[2],
+            "query_record_id": row[3],
+            "record_ids": json.loads(row[4]),
+            "created_at": row[5],
+        }

@@ -1,0 +1,144 @@
+"""Similarity-learning losses over a batch of embeddings with integer class labels.
+
+Every loss is an ``nn.Module`` called as ``loss(embeddings, labels, weights=None) -> scalar``, where
+``weights`` (optional, one per row, in [0, 1]) down-weights rows whose label is doubtful. Losses with
+parameters of their own (:class:`CosFaceLoss`) must be given to the optimizer with the head's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "make_loss"]
+
+
+def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    w = torch.ones_like(values) if weights is None else weights.to(values)
+    if mask is not None:
+        w = w * mask.to(values)
+    return (values * w).sum() / w.sum().clamp_min(1e-8)
+
+
+class SupConLoss(nn.Module):
+    """Supervised contrastive loss (Khosla et al., 2020), cosine similarity.
+
+    Args:
+        temperature: softmax temperature on cosine similarities; lower is sharper.
+
+    Input: ``embeddings`` (n, d), any scale (normalised inside); ``labels`` (n,) int; ``weights`` (n,).
+    Pulls every same-class pair in the batch together against all other rows. Needs at least two rows
+    per class in a batch: use class-aware batches.
+
+    Reference: https://arxiv.org/abs/2004.11362
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        logits = z @ z.T / self.temperature
+        n = z.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(eye, float("-inf"))
+        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+        pos = (labels[:, None] == labels[None, :]) & ~eye
+        pw = pos.to(z) if weights is None else pos.to(z) * weights[None, :].to(z)
+        n_pos = pw.sum(1)
+        per_row = -(log_prob.masked_fill(~pos, 0.0) * pw).sum(1) / n_pos.clamp_min(1e-8)
+        return _weighted_mean(per_row, weights, n_pos > 0)
+
+
+class TripletLoss(nn.Module):
+    """Triplet loss with cosine distance and in-batch mining (as Quaterion's ``TripletLoss``).
+
+    Args:
+        margin: the negative must be farther than the positive by at least this cosine distance.
+        mining: ``"hard"`` (hardest positive and hardest negative per anchor) or ``"semihard"``
+            (per anchor-positive pair, the closest negative that is still farther than the positive;
+            the hardest negative when none is).
+
+    Input: ``embeddings`` (n, d), ``labels`` (n,) int, ``weights`` (n,) per anchor.
+    Needs at least two rows per class in a batch: use class-aware batches.
+
+    Reference: https://arxiv.org/abs/1703.07737 (batch-hard), https://arxiv.org/abs/1503.03832 (semi-hard)
+    """
+
+    def __init__(self, margin: float = 0.5, mining: str = "hard") -> None:
+        super().__init__()
+        if mining not in ("hard", "semihard"):
+            raise ValueError(f"mining must be 'hard' or 'semihard', got {mining!r}")
+        self.margin = margin
+        self.mining = mining
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        dist = 1.0 - z @ z.T
+        n = z.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        same = labels[:, None] == labels[None, :]
+        pos = same & ~eye
+        neg = ~same
+        valid = pos.any(1) & neg.any(1)
+        if self.mining == "hard":
+            d_ap = dist.masked_fill(~pos, float("-inf")).max(1).values
+            d_an = dist.masked_fill(~neg, float("inf")).min(1).values
+            per_row = F.relu(d_ap - d_an + self.margin).masked_fill(~valid, 0.0)
+            return _weighted_mean(per_row, weights, valid)
+        # semi-hard: for every (anchor, positive) pair
+        d_ap = dist[:, :, None]  # (a, p, 1)
+        d_an = dist[:, None, :]  # (a, 1, n)
+        negm = neg[:, None, :]
+        semi = negm & (d_an > d_ap) & (d_an < d_ap + self.margin)
+        inf = torch.tensor(float("inf"), device=z.device)
+        semi_min = torch.where(semi, d_an, inf).min(2).values
+        hard_min = torch.where(negm, d_an, inf).min(2).values
+        chosen = torch.where(torch.isfinite(semi_min), semi_min, hard_min)
+        pair_loss = F.relu(dist - chosen + self.margin)
+        pair_mask = pos & valid[:, None]
+        per_row = (pair_loss * pair_mask).sum(1) / pair_mask.sum(1).clamp_min(1)
+        return _weighted_mean(per_row, weights, valid)
+
+
+class CosFaceLoss(nn.Module):
+    """CosFace (large-margin cosine) proxy loss: one learned proxy per class.
+
+    Args:
+        n_classes: number of classes (proxies).
+        dim: embedding size.
+        scale: logit scale ``s``.
+        margin: cosine margin ``m`` subtracted from the true class's logit.
+
+    Input: ``embeddings`` (n, d), ``labels`` (n,) int, ``weights`` (n,). Works with any batch
+    composition. Its proxies are parameters: give ``loss.parameters()`` to the optimizer.
+
+    Reference: https://arxiv.org/abs/1801.09414
+    """
+
+    def __init__(self, n_classes: int, dim: int, *, scale: float = 30.0, margin: float = 0.2) -> None:
+        super().__init__()
+        self.scale = scale
+        self.margin = margin
+        self.proxies = nn.Parameter(torch.randn(n_classes, dim) * 0.01)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        cos = F.normalize(embeddings, dim=1) @ F.normalize(self.proxies, dim=1).T
+        logits = self.scale * (cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos))
+        per_row = F.cross_entropy(logits, labels, reduction="none")
+        return _weighted_mean(per_row, weights)
+
+
+def make_loss(name: str, *, n_classes: int, dim: int, temperature: float = 0.1, margin: float = 0.5) -> nn.Module:
+    """The loss named on the command line (``supcon``, ``triplet``, ``triplet-semihard``, ``cosface``)."""
+    if name == "supcon":
+        return SupConLoss(temperature)
+    if name == "triplet":
+        return TripletLoss(margin, mining="hard")
+    if name == "triplet-semihard":
+        return TripletLoss(margin, mining="semihard")
+    if name == "cosface":
+        return CosFaceLoss(n_classes, dim)
+    raise ValueError(f"unknown loss {name!r}")

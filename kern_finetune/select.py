@@ -1,0 +1,226 @@
+"""Select training labels from a record export: manual labels plus confident weak labels.
+
+Rules, each with a defined outcome (counted in ``Selection.skipped`` and the report):
+
+- a manual label wins over a weak one;
+- several manual labels on one record: kept when they agree, else the record is skipped
+  (``manual_conflict``);
+- a label outside the task's label set (when the set is known): skipped (``label_outside_task``);
+- a weak label counts only when its confidence parses and is strictly above the threshold; a missing
+  (``weak_confidence_missing``) or unparseable (``weak_confidence_invalid``) confidence drops that weak label;
+- a record whose text is empty is not trained on or evaluated (``empty_text``), but still gets a
+  vector so the pushed embedding covers every record;
+- a record without an id, or two records with the same id, is an :class:`ExportError` (vectors are
+  pushed by id, so the result would be ambiguous).
+
+Records not selected for training are the test records; they are judged by the gold attribute where
+it has a value (``test_without_gold`` counts the others).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from .errors import ConfigError, ExportError, SelectionError
+from .export import Record, TaskColumns
+
+__all__ = ["Selection", "select_labels", "build_texts", "default_text_attributes"]
+
+
+@dataclass
+class Selection:
+    """Which records train, validate and test, with what label. Indices point into ``ids``."""
+
+    ids: list[str]
+    texts: list[str]
+    classes: list[str]
+    y: np.ndarray  # class index per record, -1 where no label was selected
+    source: list[str]  # "manual", "weak" or "" per record
+    confidence: np.ndarray  # weak-supervision confidence per record (nan where none)
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+    gold: list[str | None]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def labeled_idx(self) -> np.ndarray:
+        return np.concatenate([self.train_idx, self.val_idx])
+
+    def class_counts(self, idx: np.ndarray) -> dict[str, int]:
+        counts = Counter(int(c) for c in self.y[idx])
+        return {name: counts.get(i, 0) for i, name in enumerate(self.classes)}
+
+    def label_state(self) -> dict[str, str]:
+        """``{record id: label}`` of every selected label: what a re-sync fingerprints."""
+        idx = self.labeled_idx
+        return {self.ids[i]: self.classes[self.y[i]] for i in sorted(idx.tolist())}
+
+
+def default_text_attributes(records: list[Record], *, id_attribute: str, gold_attribute: str | None) -> list[str]:
+    """Every attribute that holds text: not the id, not the gold, not a label column, not numeric."""
+    names: list[str] = []
+    for rec in records[:200]:
+        for key in rec:
+            if key not in names:
+                names.append(key)
+    out = []
+    for name in names:
+        if name in (id_attribute, gold_attribute) or "__" in name:
+            continue
+        values = [r.get(name) for r in records[:200] if r.get(name) not in (None, "")]
+        if values and all(_is_number(v) for v in values):
+            continue
+        out.append(name)
+    return out
+
+
+def build_texts(records: list[Record], attributes: list[str]) -> list[str]:
+    """``attr1 + ". " + attr2 ...`` per record, skipping empty parts."""
+    missing = [a for a in attributes if not any(a in r for r in records[:200])]
+    if missing:
+        raise ConfigError(f"text attribute(s) not in the export: {', '.join(missing)}")
+    texts = []
+    for rec in records:
+        parts = [str(rec.get(a) or "").strip() for a in attributes]
+        texts.append(". ".join(p for p in parts if p))
+    return texts
+
+
+def select_labels(
+    records: list[Record],
+    task: TaskColumns,
+    *,
+    text_attributes: list[str],
+    id_attribute: str = "running_id",
+    gold_attribute: str | None = None,
+    threshold: float = 0.7,
+    val_fraction: float = 0.25,
+    seed: int = 42,
+    known_labels: list[str] | None = None,
+) -> Selection:
+    """Apply the selection rules (module docstring) and split the labels into train/validation."""
+    ids = _record_ids(records, id_attribute)
+    texts = build_texts(records, text_attributes)
+    skipped: Counter[str] = Counter()
+    known = set(known_labels) if known_labels else None
+
+    chosen: list[str | None] = []
+    source: list[str] = []
+    confidence = np.full(len(records), np.nan)
+    for i, rec in enumerate(records):
+        label, src, blocked = None, "", False
+        manual = rec.get(task.manual) if task.manual else None
+        if manual not in (None, ""):
+            names = _split_manual(str(manual), known)
+            if len(set(names)) > 1:
+                skipped["manual_conflict"] += 1
+                blocked = True  # labelers disagree: the weak label must not decide
+            elif known is not None and names[0] not in known:
+                skipped["label_outside_task"] += 1
+            else:
+                label, src = names[0], "manual"
+        weak = rec.get(task.weak) if task.weak else None
+        conf_raw = rec.get(task.confidence) if task.confidence else None
+        conf = _parse_confidence(conf_raw)
+        if weak not in (None, ""):
+            confidence[i] = conf if conf is not None else np.nan
+        if label is None and not blocked and weak not in (None, ""):
+            if conf_raw in (None, ""):
+                skipped["weak_confidence_missing"] += 1
+            elif conf is None:
+                skipped["weak_confidence_invalid"] += 1
+            elif known is not None and weak not in known:
+                skipped["label_outside_task"] += 1
+            elif conf > threshold:
+                label, src = str(weak), "weak"
+        if label is not None and not texts[i]:
+            skipped["empty_text"] += 1
+            label, src = None, ""
+        chosen.append(label)
+        source.append(src)
+
+    classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
+    if len(classes) < 2:
+        raise SelectionError(
+            f"need labels of at least 2 classes to train, found {len(classes)} "
+            f"(threshold {threshold}: lower it or add manual labels)"
+        )
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[c] if c is not None else -1 for c in chosen], dtype=np.int64)
+    labeled = np.flatnonzero(y >= 0)
+    per_class = Counter(y[labeled].tolist())
+    if len(labeled) < 8 or min(per_class.get(k, 0) for k in range(len(classes))) < 2:
+        counts = ", ".join(f"{c}: {per_class.get(k, 0)}" for k, c in enumerate(classes))
+        raise SelectionError(f"too few labels to train ({counts}); every class needs at least 2")
+    train_idx, val_idx = train_test_split(labeled, test_size=val_fraction, random_state=seed)
+
+    gold: list[str | None] = []
+    for rec in records:
+        g = rec.get(gold_attribute) if gold_attribute else None
+        gold.append(None if g in (None, "") else str(g))
+    test_mask = y < 0
+    empty = np.array([not t for t in texts])
+    test_idx = np.flatnonzero(test_mask & ~empty & np.array([g is not None for g in gold]))
+    if gold_attribute:
+        skipped["test_without_gold"] += int((test_mask & ~empty).sum() - len(test_idx))
+        if not any(g is not None for g in gold):
+            raise ConfigError(f"gold attribute {gold_attribute!r} has no values in the export")
+    skipped["empty_text"] += int((test_mask & empty).sum())
+    return Selection(
+        ids=ids,
+        texts=texts,
+        classes=classes,
+        y=y,
+        source=source,
+        confidence=confidence,
+        train_idx=np.sort(train_idx),
+        val_idx=np.sort(val_idx),
+        test_idx=test_idx,
+        gold=gold,
+        skipped={k: v for k, v in sorted(skipped.items()) if v},
+    )
+
+
+def _record_ids(records: list[Record], id_attribute: str) -> list[str]:
+    ids = []
+    for i, rec in enumerate(records):
+        value = rec.get(id_attribute)
+        if value in (None, ""):
+            raise ExportError(f"record #{i} has no {id_attribute!r}; name the id attribute with --id-attribute")
+        ids.append(str(value))
+    dupes = [k for k, n in Counter(ids).items() if n > 1]
+    if dupes:
+        raise ExportError(f"{len(dupes)} duplicate record id(s) in {id_attribute!r}, e.g. {dupes[:3]}")
+    return ids
+
+
+def _split_manual(value: str, known: set[str] | None) -> list[str]:
+    """Manual labels are joined with ", "; a label that itself contains ", " is kept whole if known."""
+    if known is not None and value in known:
+        return [value]
+    parts = [p.strip() for p in value.split(", ") if p.strip()]
+    return parts or [value]
+
+
+def _parse_confidence(value: object) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        conf = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return conf if math.isfinite(conf) else None
+
+
+def _is_number(value: object) -> bool:
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True
