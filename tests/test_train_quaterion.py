@@ -1,0 +1,187 @@
+"""The Quaterion engine: compat shims, fit_quaterion end to end, head copy, repeat fits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kern_finetune._compat import patch_quaterion
+from kern_finetune.errors import ConfigError, SelectionError
+from kern_finetune.heads import SkipConnectionHead
+
+
+def _blobs(n: int, *, seed: int, k: int = 4, dim: int = 384, signal: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Separable-but-noisy classes: a weak class centre under strong isotropic noise, L2-normalised."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(123).normal(size=(k, dim))
+    y = rng.integers(0, k, n)
+    x = centres[y] * signal + rng.normal(size=(n, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), y
+
+
+def _purity_at_10(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean share of each row's 10 cosine nearest neighbours (itself excluded) with its class."""
+    z = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = z @ z.T
+    np.fill_diagonal(sims, -np.inf)
+    top = np.argsort(-sims, axis=1)[:, :10]
+    return float((y[top] == y[:, None]).mean())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    tx, ty = _blobs(400, seed=1)
+    vx, vy = _blobs(200, seed=2)
+    return tx, ty, vx, vy
+
+
+@pytest.fixture(scope="module")
+def tq():
+    """The engine module (imports quaterion through the shims)."""
+    from kern_finetune import train_quaterion
+
+    return train_quaterion
+
+
+# ---------------------------------------------------------------------------------------------- shims
+
+
+def test_shims_apply_and_quaterion_imports(tq) -> None:
+    patch_quaterion()
+    patch_quaterion()  # idempotent
+    import numpy
+    import torch.utils.data.dataloader as dl
+    import torch.utils.data.dataset as ds
+    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from quaterion import Quaterion  # noqa: F401
+    from quaterion.dataset import GroupSimilarityDataLoader  # noqa: F401
+    from quaterion.distances import Distance
+    from quaterion.utils.enums import TrainStage
+
+    assert dl.T_co is dl._T_co and ds.T_co is ds._T_co
+    # metric names as quaterion's callbacks expect them (Python 3.11 would give "TrainStage.VALIDATION_loss")
+    assert f"{TrainStage.VALIDATION}_loss" == "validation_loss"
+    assert str(TrainStage.TRAIN) == "train" and f"{Distance.COSINE}" == "cosine"
+    assert TrainStage.TRAIN == "train" and {"cosine": 1}[Distance.COSINE] == 1  # equality/hash unchanged
+    # numpy 2 removed np.Inf, which PL 1.9.5's callbacks use; they build now, numpy itself is untouched
+    EarlyStopping(monitor="validation_loss")
+    ModelCheckpoint(monitor="validation_loss")
+    assert "Inf" not in vars(numpy)
+
+
+# ----------------------------------------------------------------------------------------- head copy
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_copy_head_matches_quaterion_head(tq, n_layers: int) -> None:
+    from quaterion_models.heads import SkipConnectionHead as QHead
+
+    torch.manual_seed(0)
+    q = QHead(384, n_layers=n_layers)
+    with torch.no_grad():  # move away from the near-identity start so the check means something
+        for name, p in q.named_parameters():
+            p.add_(torch.randn_like(p) * (1.0 if name.startswith("gates") else 0.1))
+    x = np.random.default_rng(0).normal(size=(64, 384)).astype(np.float32)
+    ours = tq.copy_head(q, check_on=x)
+    assert isinstance(ours, SkipConnectionHead) and ours.n_layers == n_layers
+    assert set(ours.state_dict()) == set(q.state_dict())
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        torch.testing.assert_close(ours(xt), q(xt), rtol=0, atol=1e-6)
+        w, b = ours.as_affine()
+        torch.testing.assert_close(xt @ w.T + b, q(xt), rtol=0, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------ fit
+
+
+def test_fit_beats_identity_and_uses_quaterion_cache(tq, data, monkeypatch) -> None:
+    tx, ty, vx, vy = data
+    calls: list[int] = []
+    original = tq.CachedVectorEncoder.forward
+
+    def counting_forward(self, batch):  # type: ignore[no-untyped-def]
+        calls.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(tq.CachedVectorEncoder, "forward", counting_forward)
+    lines: list[str] = []
+    head, info = tq.fit_quaterion(tx, ty, vx, vy, loss="triplet", lr=1e-2, max_epochs=20, patience=3, progress=lines.append)
+
+    # the frozen encoder ran only to fill Quaterion's cache (train + val, once), not every epoch
+    assert sum(calls) == len(tx) + len(vx)
+    assert isinstance(head, SkipConnectionHead) and not head.training
+    assert info["engine"] == "quaterion" and info["loss"] == "triplet"
+    assert 1 <= info["epochs_run"] <= 20 and len(info["history"]) == info["epochs_run"] == len(lines)
+    assert info["best_val_loss"] == min(h["val_loss"] for h in info["history"])
+    assert info["seconds"] > 0 and info["n_train"] == 400 and info["groups"] == [0, 1, 2, 3]
+    with torch.no_grad():
+        tuned = head(torch.from_numpy(vx)).numpy()
+    before, after = _purity_at_10(vx, vy), _purity_at_10(tuned, vy)
+    assert after > before + 0.05, (before, after)
+
+
+def test_two_consecutive_fits_same_seed_same_head(tq, data) -> None:
+    tx, ty, vx, vy = data
+    kw = dict(loss="triplet", max_epochs=2, patience=2, seed=7, progress=False)
+    h1, i1 = tq.fit_quaterion(tx, ty, vx, vy, **kw)
+    h2, i2 = tq.fit_quaterion(tx, ty, vx, vy, **kw)  # fresh loaders: a second fit must work
+    assert i1["history"] == i2["history"]
+    for (k1, v1), (k2, v2) in zip(h1.state_dict().items(), h2.state_dict().items()):
+        assert k1 == k2
+        torch.testing.assert_close(v1, v2, rtol=0, atol=0)
+    h3, _ = tq.fit_quaterion(tx, ty, vx, vy, **{**kw, "seed": 8})
+    assert not torch.equal(h1.fc_0.weight, h3.fc_0.weight)
+
+
+@pytest.mark.parametrize("loss", ["triplet-semihard", "triplet-all", "circle", "softmax", "arcface", "cosface", "supcon"])
+def test_every_loss_trains(tq, data, loss: str) -> None:
+    tx, ty, vx, vy = data
+    head, info = tq.fit_quaterion(tx[:200], ty[:200], vx[:100], vy[:100], loss=loss, n_layers=2, batch_size=64, max_epochs=2, progress=False)
+    assert head.n_layers == 2 and info["epochs_run"] == 2
+    assert all(np.isfinite(h["val_loss"]) for h in info["history"])
+    # the start gates are -4; something must have been learned
+    assert not torch.allclose(head.gates_0, torch.full_like(head.gates_0, -4.0))
+
+
+def test_loss_parameters_are_optimised(tq) -> None:
+    """ArcFace/CosFace/Softmax kernels are trainable parameters and must reach the optimizer."""
+    from functools import partial
+
+    for name in ("arcface", "cosface", "softmax"):
+        model = tq.VectorTrainableModel(dim=16, loss_factory=partial(tq._make_loss, name, dim=16, num_groups=3, margin=None, temperature=None))
+        opt = model.configure_optimizers()
+        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+        assert {id(p) for p in model.loss.parameters()} <= in_opt and len(list(model.loss.parameters())) == 1
+        assert {id(p) for p in model.model.head.parameters()} <= in_opt
+
+
+def test_labels_need_not_be_contiguous_ints(tq, data) -> None:
+    tx, ty, vx, vy = data
+    names = np.array(["World", "Sports", "Business", "Sci/Tech"])
+    _, info = tq.fit_quaterion(tx[:128], names[ty[:128]], vx[:64], names[vy[:64]], loss="arcface", max_epochs=1, progress=False)
+    assert info["groups"] == sorted(names.tolist())
+
+
+def test_bad_input_is_reported(tq, data) -> None:
+    tx, ty, vx, vy = data
+    with pytest.raises(ConfigError, match="unknown loss"):
+        tq.fit_quaterion(tx, ty, vx, vy, loss="nope")
+    with pytest.raises(ConfigError, match="max_epochs"):
+        tq.fit_quaterion(tx, ty, vx, vy, max_epochs=0)
+    with pytest.raises(ConfigError, match="dims differ"):
+        tq.fit_quaterion(tx, ty, vx[:, :10], vy)
+    with pytest.raises(SelectionError, match="two classes"):
+        tq.fit_quaterion(tx, np.zeros_like(ty), vx, vy)
+    with pytest.raises(SelectionError, match="no records"):
+        tq.fit_quaterion(tx, ty, vx[:0], vy[:0])
