@@ -90,6 +90,10 @@ class ApiError(Exception):
         self.detail = detail
 
 
+def _dump_row(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -330,7 +334,7 @@ class HostStore:
             if rid in seen:
                 raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
             seen.add(rid)
-            rows.append((i, rid, json.dumps(row, ensure_ascii=False)))
+            rows.append((i, rid, _dump_row(row)))
         attr_infos = [
             {"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
             for a in attributes
@@ -483,7 +487,7 @@ class HostStore:
                     row[info["weak"]] = label
                     conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
                     row[info["confidence"]] = conf_text
-                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (json.dumps(row, ensure_ascii=False), idx))
+                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (_dump_row(row), idx))
                 conn.execute(
                     "INSERT INTO label_events (record_idx, task, source, label, confidence, origin, user_name, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

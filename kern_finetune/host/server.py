@@ -1,0 +1,186 @@
+"""Run the local host: in a background thread (tests, the demo) or in the foreground (the CLI)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from ..errors import ConfigError, HostUnavailableError
+from .app import create_app
+from .store import HostStore
+
+__all__ = [
+    "DEMO_USER",
+    "DEMO_PASSWORD",
+    "DEFAULT_DATA_DIR",
+    "RunningHost",
+    "serve_in_thread",
+    "serve_forever",
+    "is_loopback",
+    "check_bind",
+]
+
+log = logging.getLogger(__name__)
+
+DEMO_USER = "demo@kern.ai"
+DEMO_PASSWORD = "kern-demo"
+"""The documented demo credentials: only for a host bound to a loopback address."""
+DEFAULT_DATA_DIR = Path(".kern-host")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, user_name: str, password: str) -> None:
+    """Refuse to expose the documented demo password beyond this machine."""
+    if not is_loopback(host) and password == DEMO_PASSWORD:
+        raise ConfigError(
+            f"refusing to bind {host} with the demo password: set --user-name and a password "
+            "(--password-file or KERN_HOST_PASSWORD), or bind 127.0.0.1"
+        )
+
+
+class RunningHost:
+    """A host serving in a background thread; ``stop()`` (or leaving the ``with`` block) shuts it down."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, store: HostStore, host: str, port: int,
+                 user_name: str) -> None:
+        self._server = server
+        self._thread = thread
+        self.store = store
+        self.host = host
+        self.port = port
+        self.user_name = user_name
+        self.project_id = store.project_id
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{port}"
+
+    def secrets(self, password: str) -> dict[str, str]:
+        """A refinery ``secrets.json`` mapping for this host (the caller supplies the password it set)."""
+        return {"user_name": self.user_name, "password": password, "project_id": self.project_id, "uri": self.url}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut the server down, wait for its thread, close the database."""
+        if self._thread.is_alive():
+            self._server.should_exit = True
+            self._thread.join(timeout)
+            if self._thread.is_alive():  # a client holding a connection open: force it
+                self._server.force_exit = True
+                self._thread.join(timeout)
+        self.store.close()
+
+    def __enter__(self) -> RunningHost:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RunningHost(url={self.url!r}, project_id={self.project_id!r})"
+
+
+def _open_store(export_path: str | Path | None, data_dir: str | Path, user_name: str, password: str,
+                **kwargs: Any) -> HostStore:
+    store = HostStore.open(data_dir, export_path, **kwargs)
+    try:
+        store.configure_user(user_name, password)
+    except BaseException:
+        store.close()
+        raise
+    return store
+
+
+def serve_in_thread(
+    export_path: str | Path | None,
+    *,
+    data_dir: str | Path,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    user_name: str = DEMO_USER,
+    password: str = DEMO_PASSWORD,
+    id_attribute: str = "running_id",
+    project_id: str | None = None,
+    project_name: str | None = None,
+    startup_timeout: float = 30.0,
+) -> RunningHost:
+    """Start a host for the project in ``export_path`` (imported into ``data_dir`` on first use).
+
+    ``port=0`` binds a free port; the real one is in ``RunningHost.port`` / ``.url``. ``export_path``
+    may be None when ``data_dir`` already holds a project. Raises :class:`ConfigError` /
+    :class:`~kern_finetune.errors.ExportError` for bad inputs, :class:`HostUnavailableError` when the
+    server does not come up.
+    """
+    check_bind(host, user_name, password)
+    store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
+                        project_id=project_id, project_name=project_name)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+        real_port = sock.getsockname()[1]
+        config = uvicorn.Config(create_app(store), log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"kern-host:{real_port}",
+                                  daemon=True)
+        thread.start()
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                server.should_exit = True
+                sock.close()
+                raise HostUnavailableError(f"the local host on {host}:{real_port} did not start")
+            time.sleep(0.02)
+    except BaseException:
+        store.close()
+        raise
+    running = RunningHost(server, thread, store, host, real_port, user_name)
+    log.info("host serving project %s at %s", running.project_id, running.url)
+    return running
+
+
+def serve_forever(
+    export_path: str | Path | None,
+    *,
+    data_dir: str | Path,
+    port: int,
+    host: str,
+    user_name: str,
+    password: str,
+    id_attribute: str = "running_id",
+    project_id: str | None = None,
+    project_name: str | None = None,
+    on_ready: Any = None,
+) -> None:
+    """Serve in the foreground until interrupted (Ctrl-C). ``on_ready(store, url)`` runs before serving."""
+    check_bind(host, user_name, password)
+    store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
+                        project_id=project_id, project_name=project_name)
+    try:
+        shown = f"[{host}]" if ":" in host else host
+        if on_ready is not None:
+            on_ready(store, f"http://{shown}:{port}")
+        uvicorn.run(create_app(store), host=host, port=port, log_level="info", lifespan="off",
+                    timeout_graceful_shutdown=5)
+    finally:
+        store.close()
