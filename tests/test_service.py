@@ -1,0 +1,393 @@
+"""The trigger service over real HTTP on 127.0.0.1: signatures, limits, coalescing, restarts.
+
+The job runner is an injected dependency: most tests give the service a small recording runner; one test
+goes through the real default runner (client + sync) against the real local host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from kern_finetune.errors import ConfigError, SelectionError
+from kern_finetune.jobs import INTERRUPTED_REASON, MAX_ATTEMPTS, JobStore
+from kern_finetune.service import (
+    MAX_BODY_BYTES,
+    SIGNATURE_HEADER,
+    SignatureError,
+    load_secret,
+    serve_in_thread,
+    sign,
+    verify_signature,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "test-secret-0123456789abcdef"
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+class RecordingRunner:
+    """A job runner that records its calls; ``hold`` keeps jobs running until ``release``."""
+
+    def __init__(self, *, hold: bool = False, result: dict[str, Any] | None = None, error: Exception | None = None):
+        self.calls: list[Any] = []
+        self.started = threading.Event()
+        self._gate = threading.Event()
+        if not hold:
+            self._gate.set()
+        self.result = {"metrics": {"precision_at_10": 0.9}} if result is None else result
+        self.error = error
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def __call__(self, ctx: Any) -> dict[str, Any]:
+        self.calls.append(ctx)
+        ctx.progress("encoding")
+        self.started.set()
+        assert self._gate.wait(30), "test runner never released"
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _post(url: str, payload: Any, *, secret: str | None = SECRET, timestamp: int | None = None,
+          raw: bytes | None = None) -> requests.Response:
+    body = raw if raw is not None else json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    if secret is not None:
+        headers[SIGNATURE_HEADER] = sign(secret, body, timestamp)
+    return requests.post(f"{url}/v1/jobs", data=body, headers=headers, timeout=10)
+
+
+def _get(url: str, path: str, *, secret: str | None = SECRET) -> requests.Response:
+    headers = {SIGNATURE_HEADER: sign(secret, b"")} if secret is not None else {}
+    return requests.get(f"{url}{path}", headers=headers, timeout=10)
+
+
+def _wait_state(url: str, job_id: str, states: tuple[str, ...], timeout: float = 30) -> dict[str, Any]:
+    deadline = time.time() + timeout
+    job: dict[str, Any] = {}
+    while time.time() < deadline:
+        r = _get(url, f"/v1/jobs/{job_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()["job"]
+        if job["state"] in states:
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} never reached {states}: {job}")
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    """Start a service with a given runner; stops them all at the end."""
+    started = []
+
+    def _start(runner: Any, data_dir: Path | None = None):
+        svc = serve_in_thread(data_dir or tmp_path / "data", SECRET, runner)
+        started.append(svc)
+        return svc
+
+    yield _start
+    for svc in started:
+        svc.stop()
+
+
+# -- signatures (no HTTP) ------------------------------------------------------------------------------
+
+
+def test_sign_and_verify_round_trip() -> None:
+    body = b'{"project_id": "p1"}'
+    header = sign(SECRET, body, timestamp=1_700_000_000)
+    assert re.fullmatch(r"t=1700000000,v1=[0-9a-f]{64}", header)
+    assert verify_signature(SECRET.encode(), body, header, now=1_700_000_100) == 1_700_000_000
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(b"another-secret-0123456789", body, header, now=1_700_000_100)
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(SECRET, body + b" ", header, now=1_700_000_100)
+    with pytest.raises(SignatureError, match="window"):
+        verify_signature(SECRET, body, header, now=1_700_000_000 + 301)
+    with pytest.raises(SignatureError, match="window"):
+        verify_signature(SECRET, body, header, now=1_700_000_000 - 301)
+    for bad in (None, "", "v1=abc", "t=1700000000", "t=x,v1=ab", "garbage"):
+        with pytest.raises(SignatureError):
+            verify_signature(SECRET, body, bad, now=1_700_000_000)
+    # several v1 entries (secret rotation): one must match
+    good = header.split(",")[1]
+    assert verify_signature(SECRET, body, f"t=1700000000,v1={'0' * 64},{good}", now=1_700_000_000)
+
+
+def test_secret_from_file_or_env_never_too_short(tmp_path: Path) -> None:
+    f = tmp_path / "webhook.secret"
+    f.write_text(SECRET + "\n")
+    f.chmod(0o600)
+    assert load_secret(f, environ={}) == SECRET.encode()
+    assert load_secret(None, environ={"KERN_FINETUNE_WEBHOOK_SECRET": SECRET}) == SECRET.encode()
+    with pytest.raises(ConfigError, match="no webhook secret"):
+        load_secret(None, environ={})
+    with pytest.raises(ConfigError, match="too short"):
+        load_secret(None, environ={"KERN_FINETUNE_WEBHOOK_SECRET": "short"})
+
+
+def test_serve_has_no_secret_option() -> None:
+    from kern_finetune.cli import build_parser
+
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # noqa: SLF001
+    options = {s for a in serve._actions for s in a.option_strings}  # noqa: SLF001
+    assert "--secret-file" in options and "--secrets" in options
+    assert not {"--secret", "--webhook-secret", "--token"} & options
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------
+
+
+def test_unauthenticated_forged_and_stale_triggers_are_refused(service) -> None:
+    runner = RecordingRunner()
+    svc = service(runner)
+    payload = {"project_id": "p1", "options": {}}
+    assert _post(svc.url, payload, secret=None).status_code == 401
+    assert _post(svc.url, payload, secret="wrong-secret-0123456789abc").status_code == 401
+    stale = _post(svc.url, payload, timestamp=int(time.time()) - 301)
+    assert stale.status_code == 401 and "window" in stale.json()["detail"]
+    assert _post(svc.url, payload, timestamp=int(time.time()) + 3600).status_code == 401
+    # signature for another body
+    body = json.dumps(payload).encode()
+    r = requests.post(f"{svc.url}/v1/jobs", data=body + b" ",
+                      headers={SIGNATURE_HEADER: sign(SECRET, body)}, timeout=10)
+    assert r.status_code == 401
+    assert svc.store.count() == 0
+    time.sleep(0.2)
+    assert runner.calls == []
+    # GETs need the signature too; healthz does not
+    assert _get(svc.url, "/v1/jobs", secret=None).status_code == 401
+    assert _get(svc.url, "/v1/jobs/abc", secret="wrong-secret-0123456789abc").status_code == 401
+    health = requests.get(f"{svc.url}/healthz", timeout=10)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+
+
+def test_valid_trigger_queues_runs_and_reports(service) -> None:
+    runner = RecordingRunner(result={"metrics": {"precision_at_10": 0.91}, "pushed": True})
+    svc = service(runner)
+    r = _post(svc.url, {"project_id": "p1", "options": {"task": "Topic", "epochs": 3, "threshold": 0.8}})
+    assert r.status_code == 202, r.text
+    assert r.json()["created"] is True
+    job_id = r.json()["job"]["id"]
+    assert r.headers["Location"] == f"/v1/jobs/{job_id}"
+    job = _wait_state(svc.url, job_id, ("succeeded", "failed"))
+    assert job["state"] == "succeeded", job
+    assert job["metrics"] == {"precision_at_10": 0.91}
+    assert job["result"] == {"pushed": True}
+    assert [p["message"] for p in job["progress"]] == ["encoding"]
+    assert job["timings"]["run_s"] >= 0 and job["timings"]["finished_at"] >= job["timings"]["started_at"]
+    (ctx,) = runner.calls
+    assert ctx.project_id == "p1" and ctx.config.task == "Topic" and ctx.config.epochs == 3
+    assert ctx.config.threshold == 0.8 and ctx.out_dir == svc.worker.data_dir / "projects" / "p1"
+    assert _get(svc.url, "/v1/jobs/doesnotexist").status_code == 404
+    listed = _get(svc.url, "/v1/jobs?project_id=p1").json()["jobs"]
+    assert [j["id"] for j in listed] == [job_id]
+
+
+def test_up_to_date_and_failed_jobs(service, tmp_path: Path) -> None:
+    svc = service(RecordingRunner(result={"up_to_date": True, "status": "up to date"}))
+    job_id = _post(svc.url, {"project_id": "p1"}).json()["job"]["id"]
+    job = _wait_state(svc.url, job_id, ("up_to_date", "succeeded", "failed"))
+    assert job["state"] == "up_to_date"
+
+    svc = service(RecordingRunner(error=SelectionError("only 3 labels; need at least 10")), tmp_path / "other")
+    job_id = _post(svc.url, {"project_id": "p2"}).json()["job"]["id"]
+    job = _wait_state(svc.url, job_id, ("failed", "succeeded"))
+    assert job["state"] == "failed" and "only 3 labels" in job["error"] and "metrics" not in job
+
+
+def test_two_triggers_for_one_project_make_one_job(service) -> None:
+    runner = RecordingRunner(hold=True)
+    svc = service(runner)
+    first = _post(svc.url, {"project_id": "p1"})
+    assert first.status_code == 202
+    job_id = first.json()["job"]["id"]
+    assert runner.started.wait(10)
+    # while p1 runs: a second p1 trigger returns the running job
+    again = _post(svc.url, {"project_id": "p1", "options": {"epochs": 5}})
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert again.json()["job"]["id"] == job_id and again.json()["job"]["rerun_requested"] is True
+    # p2 queues behind it; a second p2 trigger returns the queued job
+    q1 = _post(svc.url, {"project_id": "p2"})
+    q2 = _post(svc.url, {"project_id": "p2"})
+    assert q1.status_code == 202 and q2.status_code == 200
+    assert q1.json()["job"]["id"] == q2.json()["job"]["id"] and q2.json()["job"]["state"] == "queued"
+    assert q2.json()["job"]["rerun_requested"] is False
+    assert svc.store.count() == 2
+    runner.release()
+    job = _wait_state(svc.url, job_id, ("succeeded", "failed"))
+    # labels that arrived while p1 ran are not lost: exactly one follow-up job
+    assert job["followed_by"]
+    follow = _wait_state(svc.url, job["followed_by"], ("succeeded", "failed"))
+    assert follow["follows"] == job_id and follow["project_id"] == "p1"
+    _wait_state(svc.url, q1.json()["job"]["id"], ("succeeded", "failed"))
+    assert svc.store.count() == 3
+    assert sorted(c.project_id for c in runner.calls) == ["p1", "p1", "p2"]
+
+
+def test_body_too_large_and_bad_requests(service) -> None:
+    svc = service(RecordingRunner())
+    big = json.dumps({"project_id": "p1", "options": {"task": "x" * MAX_BODY_BYTES}}).encode()
+    r = _post(svc.url, None, raw=big)
+    assert r.status_code == 413, r.text
+    # chunked upload without Content-Length is limited too
+    r = requests.post(f"{svc.url}/v1/jobs", data=iter([big[:40000], big[40000:]]),
+                      headers={SIGNATURE_HEADER: sign(SECRET, big)}, timeout=10)
+    assert r.status_code == 413
+    assert _post(svc.url, None, raw=b"{not json").status_code == 400
+    cases = [
+        ({"project_id": "p1", "options": {"loss": "hinge"}}, "unknown loss"),
+        ({"project_id": "p1", "options": {"epochs": 0}}, "epochs"),
+        ({"project_id": "p1", "options": {"epochs": "30"}}, "wrong type"),
+        ({"project_id": "p1", "options": {"threshold": 1.5}}, "threshold"),
+        ({"project_id": "p1", "options": {"no_such_option": 1}}, "unknown option"),
+        ({"project_id": "p1", "options": {"cache_dir": "/tmp/x"}}, "set by the service"),
+        ({"project_id": "../etc", "options": {}}, "project_id"),
+        ({"options": {}}, "project_id"),
+        ({"project_id": "p1", "extra": 1}, "unknown field"),
+        ({"project_id": "p1", "force": "yes"}, "force"),
+        (["p1"], "JSON object"),
+    ]
+    for payload, reason in cases:
+        r = _post(svc.url, payload)
+        assert r.status_code == 422, (payload, r.text)
+        assert reason in r.json()["detail"], (payload, r.json())
+    assert svc.store.count() == 0
+
+
+def test_store_recovery_reruns_once_then_fails_with_reason(tmp_path: Path) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job, _ = store.submit("p1", {})
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        claimed = store.claim_next()
+        assert claimed is not None and claimed.id == job.id and claimed.attempts == attempt
+        (recovered,) = JobStore(tmp_path / "jobs.sqlite3").recover()  # "the service restarted"
+    assert recovered.state == "failed" and INTERRUPTED_REASON in recovered.error
+    assert recovered.restarts == MAX_ATTEMPTS
+    assert store.claim_next() is None
+
+
+# -- a real `kern-finetune serve` process, killed mid-job ----------------------------------------------
+
+_SLOW_RUNNER = '''
+import os, time
+def run(ctx):
+    with open(os.environ["RUNNER_LOG"], "a") as f:
+        f.write(f"{ctx.job_id} start\\n")
+    ctx.progress("training")
+    time.sleep(float(os.environ.get("RUNNER_SLEEP", "2")))
+    with open(os.environ["RUNNER_LOG"], "a") as f:
+        f.write(f"{ctx.job_id} end\\n")
+    return {"metrics": {"ok": 1}}
+'''
+
+
+def _start_serve(tmp_path: Path, data_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    (data_dir / "service.json").unlink(missing_ok=True)
+    log = open(tmp_path / "serve.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kern_finetune", "serve", "--port", "0", "--data-dir", str(data_dir),
+         "--runner", "slow_runner:run"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 120  # the CLI imports every command; slow on a busy machine
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited {proc.returncode}: {(tmp_path / 'serve.log').read_text()}")
+        try:
+            url = json.loads((data_dir / "service.json").read_text())["url"]
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except (OSError, ValueError, KeyError, requests.RequestException):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("serve did not come up")
+
+
+def test_killed_service_reruns_the_interrupted_job(tmp_path: Path) -> None:
+    (tmp_path / "slow_runner.py").write_text(_SLOW_RUNNER)
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_text(SECRET)
+    secret_file.chmod(0o600)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    runner_log = tmp_path / "runner.log"
+    env = {k: v for k, v in os.environ.items() if k != "KERN_FINETUNE_WEBHOOK_SECRET"}
+    env.update(PYTHONPATH=f"{tmp_path}{os.pathsep}{ROOT}", RUNNER_LOG=str(runner_log), RUNNER_SLEEP="30",
+               KERN_FINETUNE_WEBHOOK_SECRET=SECRET)
+    proc, url = _start_serve(tmp_path, data_dir, env)
+    try:
+        job_id = _post(url, {"project_id": "p1", "options": {"epochs": 2}}).json()["job"]["id"]
+        _wait_state(url, job_id, ("running",))
+        deadline = time.time() + 10
+        while "start" not in (runner_log.read_text() if runner_log.exists() else ""):
+            assert time.time() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert JobStore(data_dir / "jobs.sqlite3").get(job_id).state == "running"  # as the kill left it
+
+    env["RUNNER_SLEEP"] = "0.2"
+    proc, url = _start_serve(tmp_path, data_dir, env)
+    try:
+        job = _wait_state(url, job_id, ("succeeded", "failed"), timeout=60)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert job["state"] == "succeeded", job
+    assert job["attempts"] == 2 and job["restarts"] == 1
+    assert any(INTERRUPTED_REASON in p["message"] for p in job["progress"])
+    assert runner_log.read_text().split("\n").count(f"{job_id} start") == 2
+    # the secret never reaches the log
+    assert SECRET not in (tmp_path / "serve.log").read_text()
+
+
+# -- the documented curl snippet, run as written -------------------------------------------------------
+
+
+def _doc_snippet(name: str) -> str:
+    text = (ROOT / "docs" / "triggers.md").read_text()
+    m = re.search(rf"<!-- snippet: {name} -->\n```\w*\n(.*?)```", text, re.S)
+    assert m, f"snippet {name} not in docs/triggers.md"
+    return m.group(1)
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("openssl") and shutil.which("bash")),
+                    reason="needs bash, curl and openssl")
+def test_documented_curl_example_works(service, tmp_path: Path) -> None:
+    runner = RecordingRunner()
+    svc = service(runner)
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_text(SECRET + "\n")
+    env = dict(os.environ, KERN_URL=svc.url, SECRET_FILE=str(secret_file), PROJECT_ID="curl-project")
+    out = subprocess.run(["bash", "-euo", "pipefail", "-c", _doc_snippet("curl-trigger")],
+                         env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    trigger_line, status_line = [line for line in out.stdout.splitlines() if line.strip()][:2]
+    created = json.loads(trigger_line)
+    assert created["created"] is True and created["job"]["project_id"] == "curl-project"
+    status = json.loads(status_line)
+    assert status["job"]["id"] == created["job"]["id"]
+    job = _wait_state(svc.url, created["job"]["id"], ("succeeded", "failed"))
+    assert job["state"] == "succeeded"
+    assert runner.calls[0].config.task == "Topic"
