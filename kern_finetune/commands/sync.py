@@ -1,0 +1,89 @@
+"""``kern-finetune sync``: pull a project's labels from a refinery host; when they changed, fine-tune
+and push the embedding back (``docs/push-contract.md``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..client import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, client_from_options
+from ..errors import ConfigError
+from ..sync import sync_project
+from .run import add_run_options, config_from_args
+
+__all__ = ["register", "add_host_options", "client_from_args"]
+
+EPILOG = f"""\
+credentials (first found wins):
+  --secrets FILE     a refinery SDK secrets.json {{"user_name", "password", "project_id", "uri"}}
+  environment        {ENV_USER}, {ENV_PASSWORD}, {ENV_URI} (default http://localhost:4455),
+                     {ENV_PROJECT} (optional default for --project)
+  --uri overrides the URI of either. Passwords and tokens are never printed or logged.
+
+examples:
+  kern-finetune sync --secrets secrets.json --task Topic
+  kern-finetune sync --uri http://localhost:4455 --project 1f0c... --task Topic --min-new-labels 50
+
+A sync trains only when the selected labels (manual + weak above --threshold) changed since the last
+successful sync of that project; --force trains anyway. Exit codes: 0 ok (pushed or up to date),
+1 host/export/training error, 2 bad options, 3 another sync of the project is running."""
+
+
+def add_host_options(parser: argparse.ArgumentParser) -> None:
+    """``--uri``, ``--project``, ``--secrets`` and the transport knobs."""
+    g = parser.add_argument_group("which host and project")
+    g.add_argument("--uri", help=f"host URL (default: from --secrets, else ${ENV_URI}, else http://localhost:4455)")
+    g.add_argument("--project", metavar="ID", help="project id (default: from --secrets or $" + ENV_PROJECT + ")")
+    g.add_argument("--secrets", type=Path, metavar="FILE", help="refinery secrets.json with user_name and password")
+    g.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
+    g.add_argument("--retries", type=int, default=3, help="retries of idempotent requests (default: %(default)s)")
+
+
+def client_from_args(args: argparse.Namespace):  # -> RefineryClient
+    """The client that ``add_host_options`` describes."""
+    return client_from_options(
+        uri=args.uri, secrets=args.secrets, timeout=args.timeout, retries=args.retries,
+        project_id=args.project,
+    )
+
+
+def _sync(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    client = client_from_args(args)
+    if not client.project_id:
+        raise ConfigError(f"no project id: pass --project ID, put project_id in the secrets file, or set {ENV_PROJECT}")
+    result = sync_project(
+        client, client.project_id, config, out_dir=args.out, force=args.force,
+        min_new_labels=args.min_new_labels, state_dir=args.state_dir, progress=None if args.json else print,
+    )
+    if args.json:
+        line = {
+            "status": result.status, "project_id": result.project_id, "changed_labels": result.changed_labels,
+            "n_labels": result.n_labels, "fingerprint": result.fingerprint,
+            "embedding": result.push.name if result.push else None,
+        }
+        if result.run is not None:
+            top = result.run.metrics.get("top_k", {})
+            line["top_1k_raw"] = top.get("raw", {}).get("1000")
+            line["top_1k_finetuned"] = top.get("finetuned", {}).get("1000")
+        print(json.dumps(line))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sync", help="pull labels from a refinery host; when they changed, fine-tune and push the embedding",
+        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_host_options(p)
+    g = p.add_argument_group("when to train")
+    g.add_argument("--force", action="store_true", help="train and push even when the labels did not change")
+    g.add_argument("--min-new-labels", type=int, default=1, metavar="N",
+                   help="train only when at least N selected labels changed (default: %(default)s)")
+    g.add_argument("--state-dir", type=Path, default=None,
+                   help="where the last sync's fingerprint and lock live (default: <cache-dir>/sync/<host>/<project>)")
+    p.add_argument("--out", type=Path, default=Path("runs/sync"), help="output folder of the run (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print only one JSON line with the outcome")
+    add_run_options(p)
+    p.set_defaults(func=_sync)
