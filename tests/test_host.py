@@ -1,0 +1,420 @@
+"""The local refinery-compatible host over real HTTP on 127.0.0.1 (requests, no TestClient).
+
+A tiny export (40 records, random vectors) is generated per test; no model is involved.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from kern_finetune.errors import ConfigError
+from kern_finetune.host import DEMO_PASSWORD, DEMO_USER, RunningHost, check_bind, serve_in_thread
+
+USER = "labeler@example.org"
+PASSWORD = "correct horse battery staple"
+N = 40
+DIM = 8
+LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def _make_export(path: Path, n: int = N) -> Path:
+    rng = np.random.default_rng(7)
+    records = []
+    for i in range(n):
+        records.append(
+            {
+                "running_id": i,  # a number on purpose: the host must serve it as a string
+                "Title": f"title {i}",
+                "Description": f"description of record {i}",
+                "Class Index": str(1 + i % 4),
+                "__Topic__MANUAL": LABELS[i % 4] if i < 5 else None,
+                "__Topic__WEAK_SUPERVISION": LABELS[(i + 1) % 4],
+                "__Topic__WEAK_SUPERVISION__confidence": round(float(rng.uniform(0.3, 1.0)), 6),
+            }
+        )
+    path.write_text(json.dumps(records), encoding="utf-8")
+    return path
+
+
+def _vectors(seed: int, n: int = N, dim: int = DIM) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _start(tmp_path: Path, export: Path | None) -> RunningHost:
+    return serve_in_thread(export, data_dir=tmp_path / "state", user_name=USER, password=PASSWORD)
+
+
+def _login(url: str, password: str = PASSWORD, user: str = USER, key: str = "password_identifier") -> requests.Response:
+    flow = requests.get(url + "/.ory/kratos/public/self-service/login/api", headers={"Accept": "application/json"}, timeout=10)
+    assert flow.status_code == 200
+    action = flow.json()["ui"]["action"]
+    assert action.startswith(url)
+    return requests.post(action, json={"method": "password", "password": password, key: user}, timeout=10)
+
+
+class _Api:
+    """A logged-in session against one project."""
+
+    def __init__(self, host: RunningHost) -> None:
+        self.host = host
+        resp = _login(host.url)
+        assert resp.status_code == 200, resp.text
+        self.token = resp.json()["session_token"]
+        self.s = requests.Session()
+        self.s.headers.update({"Authorization": f"Bearer {self.token}", "identifier": self.token})
+        self.base = f"{host.url}/api/project/{host.project_id}"
+
+    def get(self, path: str = "", **kw: Any) -> requests.Response:
+        return self.s.get(self.base + path, timeout=30, **kw)
+
+    def post(self, path: str, body: Any) -> requests.Response:
+        return self.s.post(self.base + path, json=body, timeout=30)
+
+    def put(self, path: str, body: Any) -> requests.Response:
+        # json.dumps writes NaN/Infinity as a lenient client would; the host must refuse them
+        return self.s.put(self.base + path, data=json.dumps(body), headers={"content-type": "application/json"},
+                          timeout=30)
+
+    def delete(self, path: str, **kw: Any) -> requests.Response:
+        return self.s.delete(self.base + path, timeout=30, **kw)
+
+    def export(self, **params: Any) -> list[dict[str, Any]]:
+        resp = self.get("/export", params=params)
+        assert resp.status_code == 200
+        body = resp.json()
+        assert isinstance(body, str), "the export must be double-encoded (a JSON string)"
+        return json.loads(body)
+
+    def create(self, name: str = "Title-classification-kern-finetune-test", dim: int = DIM) -> str:
+        resp = self.post("/embeddings", {"name": name, "attribute": "Title", "type": "ON_ATTRIBUTE", "custom": True,
+                                         "dimension": dim, "platform": "kern-finetune", "model": "test", "count": N})
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["state"] == "INITIALIZING"
+        return resp.json()["id"]
+
+    def upload(self, eid: str, vectors: np.ndarray, ids: range, chunk: int = 0) -> requests.Response:
+        tensors = [{"record_id": str(i), "data": vectors[i].tolist()} for i in ids]
+        return self.put(f"/embeddings/{eid}/tensors", {"chunk": chunk, "tensors": tensors})
+
+    def push(self, vectors: np.ndarray, name: str = "Title-classification-kern-finetune-test") -> str:
+        eid = self.create(name)
+        assert self.upload(eid, vectors, range(0, 25), 0).status_code == 200
+        assert self.upload(eid, vectors, range(25, N), 1).status_code == 200
+        resp = self.post(f"/embeddings/{eid}/finalize", {"count": N})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["state"] == "FINISHED"
+        return eid
+
+    def similar(self, embedding: str, record_id: str = "3", limit: int = 10) -> requests.Response:
+        return self.post("/similarity", {"embedding": embedding, "record_id": record_id, "limit": limit})
+
+
+def _expected_neighbours(vectors: np.ndarray, q: int, k: int) -> list[str]:
+    d = np.linalg.norm(vectors - vectors[q], axis=1)
+    d[q] = np.inf
+    return [str(i) for i in np.argsort(d, kind="stable")[:k]]
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Path:
+    return _make_export(tmp_path / "export.json")
+
+
+@pytest.fixture()
+def host(tmp_path: Path, export: Path) -> Any:
+    with _start(tmp_path, export) as running:
+        yield running
+
+
+@pytest.fixture()
+def api(host: RunningHost) -> _Api:
+    return _Api(host)
+
+
+# ------------------------------------------------------------------------------------------------
+# login and access
+
+
+def test_login_ok_with_both_identifier_keys(host: RunningHost) -> None:
+    for key in ("password_identifier", "identifier"):
+        resp = _login(host.url, key=key)
+        assert resp.status_code == 200
+        body = resp.json()
+        assert isinstance(body["session_token"], str) and len(body["session_token"]) >= 32
+        assert body["session"]["identity"]["traits"]["email"] == USER
+        assert body["session"]["active"] is True
+
+
+def test_login_refused(host: RunningHost) -> None:
+    for password, user in (("wrong", USER), (PASSWORD, "nobody@example.org"), ("", USER)):
+        resp = _login(host.url, password=password, user=user)
+        assert resp.status_code in (400, 401)
+        body = resp.json()
+        assert "session_token" not in body
+        assert body["ui"]["messages"][0]["type"] == "error"
+        assert PASSWORD not in resp.text
+    bad_flow = requests.post(host.url + "/.ory/kratos/public/self-service/login?flow=nope",
+                             json={"method": "password", "password": PASSWORD, "identifier": USER}, timeout=10)
+    assert bad_flow.status_code in (400, 404) and "session_token" not in bad_flow.json()
+
+
+def test_api_requires_a_valid_token(host: RunningHost) -> None:
+    url = f"{host.url}/api/project/{host.project_id}"
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}, {"identifier": "not-a-token"}):
+        resp = requests.get(url + "/export", headers=headers, timeout=10)
+        assert resp.status_code == 401
+        assert resp.json()["error_code"] == "UNRECOGNIZED_USER"
+    token = _login(host.url).json()["session_token"]
+    assert requests.get(url, headers={"identifier": token}, timeout=10).status_code == 200
+    whoami = requests.get(host.url + "/.ory/kratos/public/sessions/whoami", headers={"X-Session-Token": token}, timeout=10)
+    assert whoami.status_code == 200 and whoami.json()["identity"]["traits"]["email"] == USER
+
+
+def test_unknown_project_is_404(api: _Api) -> None:
+    resp = api.s.get(f"{api.host.url}/api/project/00000000-0000-0000-0000-000000000000/export", timeout=10)
+    assert resp.status_code == 404
+    assert resp.json()["error_code"] == "PROJECT_NOT_FOUND"
+
+
+# ------------------------------------------------------------------------------------------------
+# project and export
+
+
+def test_project_details(api: _Api) -> None:
+    body = api.get().json()
+    assert {"name", "description", "tokenizer", "attributes", "knowledge_base_ids"} <= set(body)
+    assert body["knowledge_base_ids"] == []
+    attrs = {a["name"]: a for a in body["attributes"]}
+    assert list(attrs) == ["running_id", "Title", "Description", "Class Index"]
+    assert attrs["running_id"]["is_primary_key"] is True and attrs["Title"]["is_primary_key"] is False
+    assert attrs["Title"]["data_type"] == "TEXT"
+    assert all(set(a) >= {"name", "data_type", "is_primary_key"} for a in body["attributes"])
+
+
+def test_export_is_double_encoded_with_string_values(api: _Api) -> None:
+    records = api.export()
+    assert len(records) == N
+    first = records[0]
+    assert list(first) == ["running_id", "Title", "Description", "Class Index", "__Topic__MANUAL",
+                           "__Topic__WEAK_SUPERVISION", "__Topic__WEAK_SUPERVISION__confidence"]
+    assert first["running_id"] == "0" and first["__Topic__MANUAL"] == "World"
+    assert records[10]["__Topic__MANUAL"] is None
+    for rec in records:
+        assert all(v is None or isinstance(v, str) for v in rec.values())
+        conf = rec["__Topic__WEAK_SUPERVISION__confidence"]
+        assert len(conf.split(".")[1]) == 4 and 0.3 <= float(conf) <= 1.0
+    assert [r["running_id"] for r in api.export(num_samples=3)] == ["0", "1", "2"]
+    assert api.get("/export", params={"num_samples": 0}).status_code == 422
+
+
+# ------------------------------------------------------------------------------------------------
+# labels
+
+
+def test_labels_show_in_export(api: _Api) -> None:
+    resp = api.post("/labels", {"task": "Topic", "labels": [{"record_id": "10", "label": "Sports"},
+                                                            {"record_id": 11, "label": "World"}]})
+    assert resp.status_code == 200 and resp.json()["stored"] == 2
+    # the SDK's associations shape
+    resp = api.post("/associations", {"associations": [["Business", 0.9], ["Sci/Tech", 1.0]],
+                                      "indices": [{"running_id": "12"}, {"running_id": "0"}],
+                                      "name": "labeler", "label_task_name": "Topic", "source_type": "MANUAL"})
+    assert resp.status_code == 200, resp.text
+    resp = api.post("/associations", {"associations": [["Sports", 0.61234]], "indices": [{"running_id": "13"}],
+                                      "name": "model", "label_task_name": "Topic", "source_type": "model_callback"})
+    assert resp.status_code == 200
+    records = {r["running_id"]: r for r in api.export()}
+    assert records["10"]["__Topic__MANUAL"] == "Sports"
+    assert records["11"]["__Topic__MANUAL"] == "World"
+    assert records["12"]["__Topic__MANUAL"] == "Business"
+    assert records["0"]["__Topic__MANUAL"] == "Sci/Tech"  # replaces the imported manual label
+    assert records["13"]["__Topic__MANUAL"] is None
+    assert records["13"]["__Topic__WEAK_SUPERVISION"] == "Sports"
+    assert records["13"]["__Topic__WEAK_SUPERVISION__confidence"] == "0.6123"
+    # removing a manual label
+    assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": "10", "label": None}]}).status_code == 200
+    assert {r["running_id"]: r for r in api.export()}["10"]["__Topic__MANUAL"] is None
+
+
+def test_bad_labels_are_refused_and_store_nothing(api: _Api) -> None:
+    resp = api.post("/labels", {"task": "Nope", "labels": [{"record_id": "1", "label": "Sports"}]})
+    assert resp.status_code == 404 and resp.json()["error_code"] == "LABELING_TASK_NOT_FOUND"
+    resp = api.post("/labels", {"task": "Topic", "labels": [{"record_id": "20", "label": "Sports"},
+                                                            {"record_id": "999", "label": "Sports"}]})
+    assert resp.status_code == 422
+    assert {r["running_id"]: r for r in api.export()}["20"]["__Topic__MANUAL"] is None
+
+
+# ------------------------------------------------------------------------------------------------
+# push contract, search, sessions
+
+
+def test_push_search_and_session(api: _Api) -> None:
+    vectors = _vectors(1)
+    eid = api.push(vectors)
+    listed = api.get("/embeddings").json()
+    assert [(e["id"], e["state"], e["dimension"]) for e in listed] == [(eid, "FINISHED", DIM)]
+    resp = api.similar("Title-classification-kern-finetune-test", "3", 10)
+    assert resp.status_code == 200
+    body = resp.json()
+    assert body["record_ids"] == _expected_neighbours(vectors, 3, 10)
+    assert "3" not in body["record_ids"]
+    assert body["scores"] == sorted(body["scores"])
+    assert api.similar(eid, "3", 10).json()["record_ids"] == body["record_ids"]  # by id too
+    default = api.post("/similarity", {"embedding": eid, "record_id": "3"}).json()
+    assert len(default["record_ids"]) == N - 1  # default limit 100, capped by the project size
+    session = api.post("/labeling-sessions", {"embedding": eid, "record_id": "3", "limit": 5})
+    assert session.status_code == 201
+    sid = session.json()["id"]
+    assert session.json()["record_ids"] == ["3", *body["record_ids"][:5]]
+    again = api.get(f"/labeling-sessions/{sid}")
+    assert again.status_code == 200 and again.json()["record_ids"] == session.json()["record_ids"]
+    assert api.get("/labeling-sessions/nope").status_code == 404
+    assert api.similar(eid, "999").status_code == 404
+    assert api.similar("no-such-embedding").status_code == 404
+
+
+def test_resent_chunk_is_harmless(api: _Api) -> None:
+    vectors = _vectors(2)
+    eid = api.create()
+    first = api.upload(eid, vectors, range(0, 25))
+    assert first.json() == {"chunk": 0, "received": 25, "stored": 25, "total": 25}
+    again = api.upload(eid, vectors, range(0, 25))
+    assert again.status_code == 200 and again.json()["total"] == 25
+    assert api.upload(eid, vectors, range(25, N), 1).json()["total"] == N
+    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
+    # finalize is idempotent
+    repeat = api.post(f"/embeddings/{eid}/finalize", {"count": N})
+    assert repeat.status_code == 200 and repeat.json()["state"] == "FINISHED" and repeat.json()["id"] == eid
+    assert api.similar(eid, "0", 5).json()["record_ids"] == _expected_neighbours(vectors, 0, 5)
+    # a served version takes no more vectors
+    assert api.upload(eid, vectors, range(0, 5)).status_code == 409
+
+
+def test_invalid_chunks_are_refused(api: _Api) -> None:
+    eid = api.create()
+    vectors = _vectors(3)
+    cases = [
+        [{"record_id": "0", "data": [0.1] * (DIM - 1)}],  # wrong dimension
+        [{"record_id": "0", "data": vectors[0].tolist()}, {"record_id": "4711", "data": vectors[1].tolist()}],
+        [{"record_id": "0", "data": [float("nan")] + [0.0] * (DIM - 1)}],
+        [{"record_id": "0", "data": [float("inf")] + [0.0] * (DIM - 1)}],
+        [{"record_id": "0", "data": [1e39] + [0.0] * (DIM - 1)}],  # overflows float32
+        [{"record_id": "0", "data": ["x"] * DIM}],
+        [{"record_id": "0", "data": [[0.1]] * DIM}],
+        [{"record_id": "0"}],
+    ]
+    for tensors in cases:
+        resp = api.put(f"/embeddings/{eid}/tensors", {"chunk": 0, "tensors": tensors})
+        assert resp.status_code == 422, tensors
+        assert resp.json()["error_code"]
+    assert api.get(f"/embeddings/{eid}").json()["stored"] == 0  # nothing of a refused chunk was kept
+    resp = api.post("/embeddings", {"name": "x", "dimension": 0})
+    assert resp.status_code == 422
+    assert api.put("/embeddings/not-an-id/tensors", {"chunk": 0, "tensors": []}).status_code == 404
+
+
+def test_incomplete_finalize_keeps_old_served(api: _Api) -> None:
+    old = _vectors(4)
+    old_id = api.push(old)
+    before = api.similar(old_id, "7", 10).json()["record_ids"]
+    new = _vectors(5)
+    eid = api.create()
+    assert api.upload(eid, new, range(0, 30)).status_code == 200
+    resp = api.post(f"/embeddings/{eid}/finalize", {"count": 30})
+    assert resp.status_code == 409 and resp.json()["error_code"] == "EMBEDDING_INCOMPLETE"
+    assert [e["id"] for e in api.get("/embeddings").json()] == [old_id]
+    name = "Title-classification-kern-finetune-test"
+    assert api.similar(name, "7", 10).json()["record_ids"] == before
+    assert api.similar(eid, "7").status_code == 404  # a staged version is not searchable
+    staged = api.get("/embeddings", params={"include_staged": "true"}).json()
+    assert {e["id"]: e["served"] for e in staged} == {old_id: True, eid: False}
+    # completing it later swaps atomically: the new one replaces the old one
+    assert api.upload(eid, new, range(30, N), 1).status_code == 200
+    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
+    assert [e["id"] for e in api.get("/embeddings").json()] == [eid]
+    assert api.similar(name, "7", 10).json()["record_ids"] == _expected_neighbours(new, 7, 10)
+    assert api.similar(old_id, "7").status_code == 404
+
+
+def test_aborted_push_is_invisible(api: _Api) -> None:
+    old_id = api.push(_vectors(6))
+    eid = api.create()
+    assert api.upload(eid, _vectors(7), range(0, N)).status_code == 200
+    resp = api.delete(f"/embeddings/{eid}")
+    assert resp.status_code == 200 and resp.json()["deleted"] is True
+    assert api.get(f"/embeddings/{eid}").status_code == 404
+    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 404
+    assert [e["id"] for e in api.get("/embeddings", params={"include_staged": "true"}).json()] == [old_id]
+    assert api.similar("Title-classification-kern-finetune-test").status_code == 200
+    # the served version is not dropped by a stray abort
+    resp = api.delete(f"/embeddings/{old_id}")
+    assert resp.status_code == 409 and resp.json()["error_code"] == "EMBEDDING_SERVED"
+    assert api.delete(f"/embeddings/{old_id}", params={"force": "true"}).status_code == 200
+    assert api.get("/embeddings").json() == []
+
+
+# ------------------------------------------------------------------------------------------------
+# restart, configuration
+
+
+def test_restart_keeps_embeddings_labels_and_sessions(tmp_path: Path, export: Path) -> None:
+    vectors = _vectors(8)
+    with _start(tmp_path, export) as first:
+        api = _Api(first)
+        eid = api.push(vectors)
+        assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": "30", "label": "Business"}]}).status_code == 200
+        sid = api.post("/labeling-sessions", {"embedding": eid, "record_id": "1", "limit": 4}).json()["id"]
+        project_id, token = first.project_id, api.token
+    with _start(tmp_path, None) as second:  # no export needed once imported
+        assert second.project_id == project_id
+        api2 = _Api(second)
+        assert [e["id"] for e in api2.get("/embeddings").json()] == [eid]
+        assert api2.similar(eid, "1", 6).json()["record_ids"] == _expected_neighbours(vectors, 1, 6)
+        assert {r["running_id"]: r for r in api2.export()}["30"]["__Topic__MANUAL"] == "Business"
+        assert api2.get(f"/labeling-sessions/{sid}").json()["record_ids"][0] == "1"
+        # the earlier token survives the restart
+        old = requests.get(f"{second.url}/api/project/{project_id}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+        assert old.status_code == 200
+    # same export again: fine; another export into the same data dir: refused
+    with _start(tmp_path, export) as third:
+        assert third.project_id == project_id
+    other = _make_export(tmp_path / "other.json", n=12)
+    with pytest.raises(ConfigError):
+        _start(tmp_path, other)
+
+
+def test_changed_password_revokes_sessions(tmp_path: Path, export: Path) -> None:
+    with _start(tmp_path, export) as first:
+        token = _Api(first).token
+    with serve_in_thread(None, data_dir=tmp_path / "state", user_name=USER, password="a new password") as second:
+        url = f"{second.url}/api/project/{second.project_id}"
+        assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 401
+        assert _login(second.url).status_code == 400
+        assert _login(second.url, password="a new password").status_code == 200
+
+
+def test_demo_credentials_stay_on_loopback(tmp_path: Path, export: Path) -> None:
+    check_bind("127.0.0.1", DEMO_USER, DEMO_PASSWORD)
+    check_bind("::1", DEMO_USER, DEMO_PASSWORD)
+    with pytest.raises(ConfigError):
+        check_bind("0.0.0.0", DEMO_USER, DEMO_PASSWORD)
+    check_bind("0.0.0.0", USER, PASSWORD)
+    with serve_in_thread(export, data_dir=tmp_path / "demo") as demo:
+        assert demo.url.startswith("http://127.0.0.1:")
+        assert _login(demo.url, password=DEMO_PASSWORD, user=DEMO_USER).status_code == 200
+
+
+def test_missing_id_attribute_is_synthesized_as_running_id(tmp_path: Path) -> None:
+    path = tmp_path / "noid.json"
+    path.write_text(json.dumps([{"text": f"t{i}", "__Topic__MANUAL": None} for i in range(5)]), encoding="utf-8")
+    with serve_in_thread(path, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD) as running:
+        records = _Api(running).export()
+    assert [r["running_id"] for r in records] == ["0", "1", "2", "3", "4"]
