@@ -279,12 +279,13 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "tolist"):  # numpy scalars/arrays
+    if hasattr(value, "tolist"):  # numpy scalars and (small) arrays
+        if getattr(value, "size", 1) > 1000:
+            return f"<array of shape {tuple(getattr(value, 'shape', ()))}>"
         try:
-            out = value.tolist()
+            return value.tolist()
         except Exception:  # noqa: BLE001
             return str(value)
-        return out if not isinstance(out, list) or len(out) <= 100 else f"<array of {len(out)}>"
     return str(value)
 
 
@@ -314,15 +315,33 @@ def default_runner(secrets_path: str | Path) -> JobRunner:
 
 
 def _sync_result_to_dict(result: Any) -> dict[str, Any]:
-    """Map a ``SyncResult`` onto the runner's result mapping (``up_to_date``, ``metrics``, rest)."""
-    data = _jsonable(result)
-    if not isinstance(data, dict):
-        data = {"result": data}
-    status = str(data.get("status", "")).lower().replace("-", "_").replace(" ", "_")
-    if "up_to_date" not in data:
-        data["up_to_date"] = status == "up_to_date"
-    data.pop("vectors", None)
-    return data
+    """Map a :class:`kern_finetune.sync.SyncResult` onto the runner's result mapping.
+
+    ``up_to_date`` from its status; the run's metrics without the private plot data (keys starting
+    with ``_``); never the vectors."""
+    status = str(getattr(result, "status", ""))
+    out: dict[str, Any] = {
+        "status": status,
+        "up_to_date": status.replace("-", "_") == "up_to_date",
+        "message": getattr(result, "message", None),
+        "changed_labels": getattr(result, "changed_labels", None),
+        "n_labels": getattr(result, "n_labels", None),
+        "fingerprint": getattr(result, "fingerprint", None),
+        "previous_fingerprint": getattr(result, "previous_fingerprint", None),
+    }
+    run = getattr(result, "run", None)
+    if run is not None:
+        metrics = getattr(run, "metrics", None) or {}
+        out["metrics"] = _jsonable({k: v for k, v in metrics.items() if not str(k).startswith("_")})
+        out["embedding_name"] = getattr(run, "embedding_name", None)
+        out["out_dir"] = str(getattr(run, "out_dir", ""))
+        seconds = metrics.get("seconds")
+        if isinstance(seconds, Mapping):
+            out["timings"] = _jsonable(seconds)
+    push = getattr(result, "push", None)
+    if push is not None:
+        out["push"] = _jsonable(push)
+    return out
 
 
 class JobWorker:

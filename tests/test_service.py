@@ -391,3 +391,53 @@ def test_documented_curl_example_works(service, tmp_path: Path) -> None:
     job = _wait_state(svc.url, created["job"]["id"], ("succeeded", "failed"))
     assert job["state"] == "succeeded"
     assert runner.calls[0].config.task == "Topic"
+
+
+# -- the real default runner against the real local host ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_default_runner_syncs_with_the_local_host(service, subset_records, shared_cache, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Trigger -> real client + sync + pipeline (300 real records, few epochs) -> pushed; trigger again ->
+    up to date; 20 new manual labels on the host -> trigger -> retrained and pushed again."""
+    from kern_finetune.host import serve_in_thread as host_in_thread
+    from kern_finetune.service import default_runner
+
+    monkeypatch.setenv("KERN_FINETUNE_CACHE", str(shared_cache))
+    records = subset_records[:300]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(records), encoding="utf-8")
+    password = "service-test-pw-7f3a"
+    with host_in_thread(export, data_dir=tmp_path / "host", user_name="labeler@example.com",
+                        password=password) as host:
+        secrets = tmp_path / "secrets.json"
+        secrets.write_text(json.dumps(host.secrets(password)))
+        svc = service(default_runner(secrets))
+        options = {"task": "Topic", "text_attributes": ["Title"], "epochs": 3, "eval_queries": 20,
+                   "gold_attribute": "Class Index"}
+
+        def trigger() -> dict[str, Any]:
+            r = _post(svc.url, {"project_id": host.project_id, "options": options})
+            assert r.status_code == 202, r.text
+            return _wait_state(svc.url, r.json()["job"]["id"], ("succeeded", "up_to_date", "failed"), timeout=600)
+
+        first = trigger()
+        assert first["state"] == "succeeded", first
+        assert first["result"]["status"] == "pushed" and first["result"]["push"]["count"] == len(records)
+        assert "top_k" in first["metrics"] and not any(k.startswith("_") for k in first["metrics"])
+        assert any(p["message"].startswith("sync 4/4") for p in first["progress"])
+        served = [e["name"] for e in host.store.list_embeddings()]
+        assert first["result"]["embedding_name"] in served
+
+        second = trigger()
+        assert second["state"] == "up_to_date", second
+        assert "metrics" in second and second["metrics"] is None
+
+        classes = ["World", "Sports", "Business", "Sci/Tech"]
+        unlabeled = [r for r in records if not r.get("__Topic__MANUAL")][:20]
+        new = [(r["running_id"], next(c for c in classes if c != r.get("__Topic__WEAK_SUPERVISION")), None)
+               for r in unlabeled]  # differ from the weak label, so each one changes the selection
+        host.store.set_labels("Topic", new, source="MANUAL", user_name="labeler@example.com")
+        third = trigger()
+        assert third["state"] == "succeeded" and third["result"]["changed_labels"] >= 20, third
