@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--project-name", help="project name on first import (default: the export file's name)")
     p.add_argument("--user-name", help="login user (e-mail); default the demo user")
     p.add_argument("--password-file", type=Path, help=f"file holding the password (else ${PASSWORD_ENV})")
+    # an exact --password option, so that argparse does not take it as an abbreviation of --password-file
+    p.add_argument("--password", nargs="?", action=_RefusePassword, help=argparse.SUPPRESS)
     p.add_argument(
         "--write-secrets",
         type=Path,
@@ -49,6 +52,14 @@ def register(subparsers: Any) -> None:
         help="write a refinery secrets.json (user_name, password, project_id, uri) for clients, mode 0600",
     )
     p.set_defaults(func=run)
+
+
+class _RefusePassword(argparse.Action):
+    """``--password`` is refused: a password on the command line ends up in shell history and ``ps``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(f"passwords are not taken on the command line: use --password-file FILE or ${PASSWORD_ENV}")
 
 
 def _credentials(args: argparse.Namespace) -> tuple[str, str]:
@@ -84,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
-    if args.port == 0 and args.write_secrets:
-        raise ConfigError("--write-secrets needs a fixed --port (the URI goes into the file)")
     user_name, password = _credentials(args)
 
     def _ready(store: Any, url: str) -> None:
@@ -98,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
                 {"user_name": user_name, "password": password, "project_id": store.project_id, "uri": url},
             )
             print(f"  secrets for clients written to {args.write_secrets} (mode 0600)")
+        sys.stdout.flush()
 
     serve_forever(
         args.export,

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -170,17 +171,41 @@ def serve_forever(
     id_attribute: str = "running_id",
     project_id: str | None = None,
     project_name: str | None = None,
-    on_ready: Any = None,
+    on_ready: Callable[[HostStore, str], None] | None = None,
 ) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C). ``on_ready(store, url)`` runs before serving."""
+    """Serve in the foreground until interrupted (Ctrl-C).
+
+    ``on_ready(store, url)`` runs once the server accepts connections (``url`` has the real port,
+    also for ``port=0``).
+    """
     check_bind(host, user_name, password)
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
                         project_id=project_id, project_name=project_name)
     try:
-        shown = f"[{host}]" if ":" in host else host
+        config = uvicorn.Config(create_app(store), host=host, port=port, log_level="info", lifespan="off",
+                                timeout_graceful_shutdown=5)
+        server = uvicorn.Server(config)
         if on_ready is not None:
-            on_ready(store, f"http://{shown}:{port}")
-        uvicorn.run(create_app(store), host=host, port=port, log_level="info", lifespan="off",
-                    timeout_graceful_shutdown=5)
+            threading.Thread(target=_announce, args=(server, store, host, on_ready), daemon=True).start()
+        server.run()
     finally:
         store.close()
+
+
+def _announce(server: uvicorn.Server, store: HostStore, host: str, on_ready: Callable[[HostStore, str], None]) -> None:
+    """Wait until ``server`` listens, then call ``on_ready`` with the URL it serves."""
+    while not server.started:
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    port = 0
+    for srv in getattr(server, "servers", []):
+        for sock in srv.sockets:
+            port = sock.getsockname()[1]
+            break
+    shown = f"[{host}]" if ":" in host else host
+    try:
+        on_ready(store, f"http://{shown}:{port}")
+    except Exception:  # a failing announcement must not leave a silent half-started host
+        log.exception("could not announce the host; stopping")
+        server.should_exit = True
