@@ -17,7 +17,6 @@ setuptools 80, Python 3.11):
 from __future__ import annotations
 
 import enum
-import logging
 import types
 import warnings
 from typing import Any
@@ -110,8 +109,10 @@ def patch_quaterion() -> None:
 
 
 def quiet_quaterion() -> None:
-    """Silence the import- and fit-time chatter of quaterion / lightning (deprecations, the
-    "GPU available" banner, loguru debug lines). Output only; no behaviour change."""
+    """Silence quaterion's import-time chatter: lightning/pkg_resources deprecation warnings (install
+    the filters inside ``warnings.catch_warnings()`` to keep them local) and quaterion's loguru debug
+    lines (disabled for good). Output only; no behaviour change. Fit-time lightning logging is
+    silenced separately, for the duration of a fit."""
     for category, module in (
         (DeprecationWarning, r"(lightning_fabric|pytorch_lightning|pkg_resources|quaterion).*"),
         (UserWarning, r"(lightning_fabric|pytorch_lightning|pkg_resources|quaterion).*"),
@@ -119,8 +120,6 @@ def quiet_quaterion() -> None:
         warnings.filterwarnings("ignore", category=category, module=module)
     warnings.filterwarnings("ignore", message=r".*pkg_resources is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*declare_namespace.*")
-    for name in ("pytorch_lightning", "lightning_fabric", "lightning.pytorch"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     try:
         from loguru import logger as _loguru
 
@@ -128,9 +127,3 @@ def quiet_quaterion() -> None:
     except ImportError:  # pragma: no cover - loguru is a quaterion dependency
         pass
 
-
-def _describe() -> dict[str, Any]:
-    """What the shims changed (for debugging / tests)."""
-    import torch.utils.data.dataloader as dataloader_mod
-
-    return {"patched": _PATCHED, "T_co": getattr(dataloader_mod, "T_co", None)}

@@ -194,9 +194,8 @@ def _make_loss(
         return SoftmaxLoss(dim, num_groups, temperature=0.05 if temperature is None else temperature)
     if name == "arcface":
         return ArcFaceLoss(dim, num_groups, margin=m)
-    if name == "cosface":
-        scale = 30.0 if temperature is None else 1.0 / temperature
-        return CosFaceLoss(dim, num_groups, scale=scale, margin=m)
+    if name == "cosface":  # scale 30 as the native engine's CosFace
+        return CosFaceLoss(dim, num_groups, scale=30.0, margin=m)
     if name == "supcon":
         return SupConLoss(temperature=0.1 if temperature is None else temperature)
     raise ConfigError(f"unknown loss {name!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
@@ -327,7 +326,9 @@ def _dataset(x: np.ndarray, groups: np.ndarray) -> list[SimilarityGroupSample]:
     return [SimilarityGroupSample(obj=t[i], group=int(g)) for i, g in enumerate(groups)]
 
 
-def copy_head(q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None, atol: float = 1e-5) -> SkipConnectionHead:
+def copy_head(
+    q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None, atol: float = 1e-5
+) -> SkipConnectionHead:
     """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.heads.SkipConnectionHead`.
 
     The state dicts share their names (``gates_i``, ``fc_i.weight``, ``fc_i.bias``); loading is strict.
@@ -393,8 +394,8 @@ def fit_quaterion(
         seed: ``pl.seed_everything`` seed (head init, batch order); same seed + data = same head.
         margin: loss margin; None = the loss's default (triplet 0.5, circle 0.25, arcface 0.5,
             cosface 0.2); ignored by softmax/supcon.
-        temperature: softmax temperature (default 0.05), supcon temperature (default 0.1), cosface
-            scale = 1/temperature (default scale 30); ignored by the others.
+        temperature: softmax temperature (default 0.05), supcon temperature (default 0.1); ignored
+            by the others (cosface uses scale 30, as the native engine).
         dropout, skip_dropout: the head's dropouts (experiment: 0).
         restore_best: return the head of the epoch with the lowest validation loss (True) or the
             last trained epoch's, as Quaterion's defaults did in the experiment (False).
@@ -404,7 +405,8 @@ def fit_quaterion(
         ``(head, info)``: our :class:`~kern_finetune.heads.SkipConnectionHead` in eval mode (checked to
         match quaterion's head on ``val_x`` within 1e-5) and ``info`` with ``engine``, ``loss``,
         ``epochs_run``, ``best_epoch`` (1-based), ``best_val_loss``, ``final_val_loss``,
-        ``history`` (``[{"epoch", "train_loss", "val_loss"}]``, as the native engine), ``stopped_early``, ``restored_best``,
+        ``history`` (``[{"epoch", "train_loss", "val_loss"}]``, as the native engine), ``stopped_early``,
+        ``restored_best``,
         ``seconds`` (wall time of the fit incl. cache fill), ``n_train``, ``n_val``, ``groups``.
 
     Raises:
@@ -417,8 +419,11 @@ def fit_quaterion(
     if train_x.shape[1] != val_x.shape[1]:
         raise ConfigError(f"train and validation dims differ: {train_x.shape[1]} vs {val_x.shape[1]}")
     if loss not in QUATERION_LOSSES:
-        raise ConfigError(f"unknown loss {loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
-    for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("max_epochs", max_epochs), ("patience", patience)):
+        raise ConfigError(
+            f"unknown loss {loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}"
+        )
+    settings = {"n_layers": n_layers, "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience}
+    for name, value in settings.items():
         if value < 1:
             raise ConfigError(f"{name} must be at least 1, got {value}")
     if lr <= 0:
@@ -435,7 +440,7 @@ def fit_quaterion(
     history = _History(report, max_epochs)
 
     with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
-        pl.seed_everything(seed, workers=True)
+        pl.seed_everything(seed)
         model = VectorTrainableModel(
             dim=dim,
             loss_factory=functools.partial(
