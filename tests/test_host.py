@@ -5,6 +5,7 @@ A tiny export (40 records, random vectors) is generated per test; no model is in
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -310,6 +311,10 @@ def test_invalid_chunks_are_refused(api: _Api) -> None:
         [{"record_id": "0", "data": ["x"] * DIM}],
         [{"record_id": "0", "data": [[0.1]] * DIM}],
         [{"record_id": "0"}],
+        [{"record_id": "0", "data_b64": "not base64!"}],
+        [{"record_id": "0", "data_b64": base64.b64encode(b"\0" * (4 * DIM - 1)).decode()}],
+        [{"record_id": "0", "data_b64": base64.b64encode(np.zeros(DIM + 1, "<f4").tobytes()).decode()}],
+        [{"record_id": "0", "data_b64": base64.b64encode(np.full(DIM, np.nan, "<f4").tobytes()).decode()}],
     ]
     for tensors in cases:
         resp = api.put(f"/embeddings/{eid}/tensors", {"chunk": 0, "tensors": tensors})
@@ -418,3 +423,14 @@ def test_missing_id_attribute_is_synthesized_as_running_id(tmp_path: Path) -> No
     with serve_in_thread(path, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD) as running:
         records = _Api(running).export()
     assert [r["running_id"] for r in records] == ["0", "1", "2", "3", "4"]
+
+
+def test_compact_base64_vectors(api: _Api) -> None:
+    vectors = _vectors(9)
+    eid = api.create()
+    tensors = [{"record_id": str(i), "data_b64": base64.b64encode(vectors[i].astype("<f4").tobytes()).decode()}
+               for i in range(0, 20)]
+    assert api.put(f"/embeddings/{eid}/tensors", {"chunk": 0, "tensors": tensors}).json()["total"] == 20
+    assert api.upload(eid, vectors, range(20, N), 1).status_code == 200  # plain lists mix freely
+    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
+    assert api.similar(eid, "5", 8).json()["record_ids"] == _expected_neighbours(vectors, 5, 8)

@@ -21,6 +21,8 @@ within a single transaction. Errors meant for API callers are raised as :class:`
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -92,6 +94,17 @@ class ApiError(Exception):
 
 def _dump_row(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode_b64(text: str, record_id: Any) -> np.ndarray:
+    """A vector sent as base64 of little-endian float32 (``data_b64``), the compact form of ``data``."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "INVALID_VECTOR", f"record {record_id!r}: data_b64 is not valid base64") from None
+    if len(raw) % 4:
+        raise ApiError(422, "INVALID_VECTOR", f"record {record_id!r}: data_b64 is not a whole number of float32 values")
+    return np.frombuffer(raw, dtype="<f4")
 
 
 def _now_iso() -> str:
@@ -670,14 +683,16 @@ class HostStore:
         unknown: list[str] = []
         vectors: list[Any] = []
         for pos, item in enumerate(tensors):
-            if not isinstance(item, dict) or "record_id" not in item or not isinstance(item.get("data"), list):
+            if not isinstance(item, dict) or "record_id" not in item or not (
+                isinstance(item.get("data"), list) or isinstance(item.get("data_b64"), str)
+            ):
                 raise ApiError(422, "INVALID_REQUEST", f"tensor #{pos} must be an object with record_id and data")
             rid = item["record_id"]
             idx = self._idx_by_id.get(str(rid)) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
             if idx is None:
                 unknown.append(repr(rid))
                 continue
-            data = item["data"]
+            data = item["data"] if "data" in item else _decode_b64(item["data_b64"], rid)
             if len(data) != dim:
                 raise ApiError(
                     422, "DIMENSION_MISMATCH", f"record {rid!r}: vector has {len(data)} values, the embedding has {dim}"
