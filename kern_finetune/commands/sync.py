@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..client import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, client_from_options
+from ..client import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..errors import ConfigError
 from ..sync import sync_project
 from .run import add_run_options, config_from_args
@@ -40,7 +40,7 @@ def add_host_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--retries", type=int, default=3, help="retries of idempotent requests (default: %(default)s)")
 
 
-def client_from_args(args: argparse.Namespace):  # -> RefineryClient
+def client_from_args(args: argparse.Namespace) -> RefineryClient:
     """The client that ``add_host_options`` describes."""
     return client_from_options(
         uri=args.uri, secrets=args.secrets, timeout=args.timeout, retries=args.retries,
