@@ -434,3 +434,10 @@ def test_compact_base64_vectors(api: _Api) -> None:
     assert api.upload(eid, vectors, range(20, N), 1).status_code == 200  # plain lists mix freely
     assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
     assert api.similar(eid, "5", 8).json()["record_ids"] == _expected_neighbours(vectors, 5, 8)
+
+
+def test_state_files_are_private(tmp_path: Path, export: Path) -> None:
+    with _start(tmp_path, export):
+        pass
+    assert (tmp_path / "state").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "state" / "host.sqlite3").stat().st_mode & 0o777 == 0o600

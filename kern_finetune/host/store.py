@@ -228,12 +228,15 @@ class HostStore:
         there is nothing to import; :class:`ExportError` when the export cannot be used.
         """
         data_dir = Path(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            data_dir.chmod(0o700)
-        except OSError:
-            pass
-        conn = sqlite3.connect(data_dir / DB_FILE, check_same_thread=False, isolation_level=None, timeout=30)
+        if not data_dir.exists():  # a folder we create is private; an existing one keeps its mode
+            data_dir.mkdir(parents=True, mode=0o700)
+        elif not data_dir.is_dir():
+            raise ConfigError(f"--data-dir {data_dir} is not a folder")
+        db_path = data_dir / DB_FILE
+        fresh = not db_path.exists()
+        conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
+        if fresh:  # SQLite gives the -wal/-shm files the same mode
+            db_path.chmod(0o600)
         store = cls(conn, data_dir)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
