@@ -100,11 +100,13 @@ def sync_project(
     progress: ProgressFn | None = print,
     pipeline: PipelineFn | None = None,
     chunk_size: int = 1000,
+    tensor_format: str = "json",
 ) -> SyncResult:
     """Pull, compare, and (when labels changed) train and push; see the module docstring.
 
     ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (tests may inject a small
-    one with the same signature). Raises :class:`SyncBusyError` when another sync of the project
+    one with the same signature). ``chunk_size`` / ``tensor_format`` go to
+    :meth:`RefineryClient.push_embedding`. Raises :class:`SyncBusyError` when another sync of the project
     holds the lock, and whatever the client / pipeline raise; a failed push stores nothing.
     """
     say = progress or (lambda _msg: None)
@@ -149,7 +151,7 @@ def sync_project(
         model = str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2")
         pushed = client.push_embedding(
             pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
-            chunk_size=chunk_size, progress=say,
+            chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
         )
         # only a successful push reaches this point: now the new state may be stored
         _write_state(sdir / STATE_FILE, {

@@ -100,6 +100,16 @@ def test_push_retries_dropped_chunks_and_serves(host: Any) -> None:
     assert hits[:20] == expected[:20]  # the host ranks what we pushed, normalised
 
 
+def test_compact_b64_tensors(host: Any) -> None:
+    ids = [r["running_id"] for r in load_export(SNAPSHOT)]
+    c = _client(host)
+    v = _unit(len(ids), seed=5)
+    res = c.push_embedding(None, NAME, ids, v, attribute="headline", model="m", tensor_format="b64")
+    assert res.count == 200
+    expected = [ids[j] for j in np.argsort(np.linalg.norm(v - v[7], axis=1))[1:11]]
+    assert c.similarity(NAME, ids[7], limit=10) == expected
+
+
 def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
     records = load_export(SNAPSHOT)
     ids = [r["running_id"] for r in records]

@@ -98,7 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
             say(f"demo: host at {host.url}, project {host.project_id} (user {DEMO_USER})")
             client = RefineryClient(host.url, DEMO_USER, DEMO_PASSWORD, project_id=host.project_id, timeout=60)
             result = sync_project(client, host.project_id, config, out_dir=args.out, force=True,
-                                  state_dir=work / "sync", progress=say)
+                                  state_dir=work / "sync", progress=say, tensor_format="b64")
             run = result.run
             assert run is not None and result.push is not None
             raw = run.extra.get("raw_vectors")
@@ -108,7 +108,8 @@ def _demo(args: argparse.Namespace) -> int:
             raw_name = f"{attr}-classification-{run.extra.get('base_model_name') or 'all-MiniLM-L6-v2'}"
             say(f"demo: pushing the raw base vectors as {raw_name!r} for comparison")
             client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=attr,
-                                  model=str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2"), progress=None)
+                                  model=str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2"), progress=None,
+                                  tensor_format="b64")
 
             sel = run.extra["selection"]
             cls, how = _classes(sel)
