@@ -628,8 +628,11 @@ def serve_in_thread(
     thread = threading.Thread(target=run, name="kern-finetune-service", daemon=True)
     service._thread = thread  # noqa: SLF001
     thread.start()
-    deadline = time.time() + 10
-    while not service._server.started and thread.is_alive() and time.time() < deadline:  # noqa: SLF001
+    deadline = time.time() + 30
+    while not service._server.started:  # noqa: SLF001
+        if not thread.is_alive() or time.time() > deadline:
+            service.stop()
+            raise ConfigError(f"the trigger service on {service.url} did not start")
         time.sleep(0.02)
     return service
 
