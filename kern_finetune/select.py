@@ -140,8 +140,7 @@ def select_labels(
             elif conf > threshold:
                 label, src = str(weak), "weak"
         if label is not None and not texts[i]:
-            skipped["empty_text"] += 1
-            label, src = None, ""
+            label, src = None, ""  # counted once below, with the unlabeled empty records
         chosen.append(label)
         source.append(src)
 
@@ -171,7 +170,7 @@ def select_labels(
         skipped["test_without_gold"] += int((test_mask & ~empty).sum() - len(test_idx))
         if not any(g is not None for g in gold):
             raise ConfigError(f"gold attribute {gold_attribute!r} has no values in the export")
-    skipped["empty_text"] += int((test_mask & empty).sum())
+    skipped["empty_text"] += int(empty.sum())
     return Selection(
         ids=ids,
         texts=texts,

@@ -123,7 +123,7 @@ class HeadTrainer:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
+                total += loss.item()
             val = self._val_loss(head, loss_fn, xv, yv, val_batches)
             history.append({"epoch": epoch + 1, "train_loss": total / len(batches), "val_loss": val})
             bar.set_postfix(val_loss=f"{val:.4f}")

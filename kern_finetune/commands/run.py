@@ -6,9 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import LOSSES, ENGINES, MODES, RunConfig
-from ..export import load_export
-from ..pipeline import run_pipeline
+from ..config import ENGINES, LOSSES, MODES, RunConfig
 
 __all__ = ["register", "add_run_options", "config_from_args"]
 
@@ -79,6 +77,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ..export import load_export
+    from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
+
     config = config_from_args(args)
     records = load_export(args.export)
     result = run_pipeline(records, config, out_dir=args.out, progress=print)

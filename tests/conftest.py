@@ -1,0 +1,37 @@
+"""Shared fixtures: a seeded subset of the bundled sample, and an isolated vector cache."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
+
+
+@pytest.fixture(scope="session")
+def sample_records() -> list[dict]:
+    from kern_finetune.export import load_export
+
+    return load_export(SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def subset_records(sample_records: list[dict]) -> list[dict]:
+    """1,000 records of the bundled sample, seeded (about 540 with a training label)."""
+    records = list(sample_records)
+    random.Random(7).shuffle(records)
+    return records[:1000]
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One vector cache for the whole test session (encoding is the slow part)."""
+    return tmp_path_factory.mktemp("vector-cache")
