@@ -273,6 +273,12 @@ def test_body_too_large_and_bad_requests(service) -> None:
     assert svc.store.count() == 0
 
 
+def test_one_service_per_data_dir(service, tmp_path: Path) -> None:
+    service(RecordingRunner())
+    with pytest.raises(ConfigError, match="another kern-finetune serve"):
+        serve_in_thread(tmp_path / "data", SECRET, RecordingRunner())
+
+
 def test_store_recovery_reruns_once_then_fails_with_reason(tmp_path: Path) -> None:
     store = JobStore(tmp_path / "jobs.sqlite3")
     job, _ = store.submit("p1", {})
