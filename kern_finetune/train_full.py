@@ -1,0 +1,292 @@
+"""Full mode: fine-tune the whole encoder (all-MiniLM-L6-v2) with a similarity loss, plain PyTorch.
+
+The loop mirrors the head trainer (:mod:`kern_finetune.train`) but backpropagates through the
+transformer: class-aware batches of training texts, the configured loss (per-row sample weights
+supported), AdamW with linear warmup then linear decay, gradient clipping, validation loss every
+``eval_every`` steps with early stopping and the best state restored, fixed seed.
+
+Settings that differ from head mode, and why (``RunConfig`` holds the head-mode values):
+
+- **learning rate** ``ENCODER_LR = 3e-5`` for the transformer's weights: ``config.lr`` (1e-3 by
+  default) is tuned for a freshly initialised head and would wreck pre-trained weights. Parameters of
+  the loss itself (CosFace's proxies) are new, so they get ``config.lr``.
+- **epochs** ``min(config.epochs, 1)`` on CPU (an epoch over a few thousand texts already takes
+  minutes there), ``min(config.epochs, 3)`` on a GPU: the encoder moves far faster than a head and
+  over-fits the (partly weak) labels within a few epochs; early stopping guards the rest.
+- **batch size** ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU:
+  each row now costs a transformer forward and backward pass.
+- **max sequence length** 128 tokens while training (``MAX_SEQ_LENGTH``), as a per-call tokenizer
+  override: the returned model keeps the base model's own limit (256), so it encodes exactly as a
+  model loaded from its saved folder does.
+- **validation** on at most ``MAX_VAL_ROWS`` (512) validation texts (a fixed, seeded subset), in eval
+  mode (no dropout), with fixed class-aware batches, unweighted, like the head trainer. Step 0 (the
+  base model) is evaluated too: if training never beats it, the base weights come back
+  (``best_step == 0``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .encode import Encoder, load_sentence_transformer
+from .heads import SkipConnectionHead
+from .losses import make_loss
+from .select import Selection
+from .train import class_aware_batches
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .config import RunConfig
+
+__all__ = ["fit_full", "ENCODER_LR", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
+
+log = logging.getLogger(__name__)
+
+ENCODER_LR = 3e-5
+"""AdamW learning rate for the transformer's weights (the usual 2e-5..5e-5 for BERT-size encoders)."""
+MAX_SEQ_LENGTH = 128
+"""Tokens per text while training (AG-News titles + descriptions rarely exceed it)."""
+MAX_VAL_ROWS = 512
+"""Validation texts encoded at each evaluation, at most (a fixed seeded subset beyond that)."""
+WARMUP_FRACTION = 0.1
+"""Share of the steps over which the learning rate rises linearly from 0; it then decays linearly to 0."""
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+MIN_DELTA = 1e-5
+"""A validation loss counts as better only when it is lower by more than this."""
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _features(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> dict[str, Any]:
+    """Tokenize ``texts`` (truncated to ``max_length`` tokens) and move the tensors to ``device``."""
+    from sentence_transformers.util import batch_to_device
+
+    return batch_to_device(model.preprocess(texts, max_length=max_length), torch.device(device))
+
+
+def _embed(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` through the model as a module (grad tracked if enabled)."""
+    return model(_features(model, texts, device, max_length))["sentence_embedding"]
+
+
+@torch.no_grad()
+def _val_loss(
+    model: SentenceTransformer,
+    loss_fn: nn.Module,
+    texts: list[str],
+    y: torch.Tensor,
+    batches: list[np.ndarray],
+    *,
+    device: str,
+    max_length: int,
+    batch_size: int,
+) -> float:
+    """Mean loss over fixed class-aware batches of the validation texts, eval mode, unweighted."""
+    was_training = model.training
+    model.eval()
+    try:
+        parts = [_embed(model, texts[s : s + batch_size], device, max_length) for s in range(0, len(texts), batch_size)]
+        z = torch.cat(parts)
+        losses = []
+        for b in batches:
+            rows = torch.from_numpy(b).to(z.device)
+            losses.append(float(loss_fn(z[rows], y[rows])))
+    finally:
+        model.train(was_training)
+    return float(np.mean(losses))
+
+
+def _param_groups(model: nn.Module, loss_fn: nn.Module, encoder_lr: float, loss_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices, none on biases/LayerNorm; the loss's own params at ``loss_lr``."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    groups: list[dict[str, Any]] = [
+        {"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
+        {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0},
+    ]
+    extra = [p for p in loss_fn.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": loss_lr, "weight_decay": 0.0})
+    return groups
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state (the best state so far)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def fit_full(
+    encoder: Encoder,
+    sel: Selection,
+    config: RunConfig,
+    *,
+    weights: np.ndarray | None = None,
+    progress: bool = True,
+    device: str | None = None,
+    encoder_lr: float = ENCODER_LR,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    eval_every: int | None = None,
+    max_seq_length: int = MAX_SEQ_LENGTH,
+    max_val_rows: int = MAX_VAL_ROWS,
+) -> tuple[SentenceTransformer, SkipConnectionHead | None, dict[str, Any]]:
+    """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels.
+
+    Args:
+        encoder: gives the base model's folder (``encoder.path``); its own loaded model is not touched.
+        sel: texts, labels and the train/validation split.
+        config: loss, temperature, margin, patience, seed; ``epochs``/``batch_size``/``lr`` are read as
+            upper bounds / the loss-parameter lr (module docstring).
+        weights: optional per-record sample weights (indexed like ``sel.ids``), given to the loss for
+            the training rows.
+        progress: show a tqdm bar over the steps.
+        device: ``"cuda"`` when available, else ``"cpu"``, unless given.
+        encoder_lr: AdamW learning rate of the transformer's weights.
+        epochs: passes over the training texts; default ``min(config.epochs, 1)`` on CPU,
+            ``min(config.epochs, 3)`` on a GPU.
+        batch_size: default ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU.
+        max_steps: stop after this many optimizer steps (the schedule is planned for them).
+        eval_every: steps between validation evaluations; default ``max(10, total_steps // 10)``.
+            The last step is always evaluated, and so is step 0.
+        max_seq_length: tokens per text while training and validating.
+        max_val_rows: validation texts used per evaluation, at most.
+
+    Returns:
+        ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, eval mode,
+        on ``device``) whose output is the embedding itself, so no head; ``info`` has ``engine``,
+        ``mode``, ``epochs_run``, ``steps``, ``best_step``, ``best_val_loss``, ``seconds``, ``device``,
+        and the settings used plus the validation ``history``.
+    """
+    start = time.perf_counter()
+    device = device or _default_device()
+    on_gpu = device.startswith("cuda")
+    if epochs is None:
+        epochs = min(config.epochs, 3 if on_gpu else 1)
+    if batch_size is None:
+        batch_size = min(config.batch_size, 128 if on_gpu else 32)
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+
+    model = load_sentence_transformer(encoder.path, device=device)
+    train_idx, val_idx = np.asarray(sel.train_idx), np.asarray(sel.val_idx)
+    if len(val_idx) > max_val_rows:
+        val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, max_val_rows, replace=False))
+    texts_t = [sel.texts[i] for i in train_idx]
+    y_t_np = sel.y[train_idx].astype(np.int64)
+    y_t = torch.from_numpy(y_t_np).to(device)
+    w_t = None if weights is None else torch.from_numpy(np.asarray(weights)[train_idx].astype(np.float32)).to(device)
+    texts_v = [sel.texts[i] for i in val_idx]
+    y_v_np = sel.y[val_idx].astype(np.int64)
+    y_v = torch.from_numpy(y_v_np).to(device)
+    val_rng = np.random.default_rng(config.seed + 1)
+    val_batches = class_aware_batches(y_v_np, batch_size, val_rng) if len(val_idx) else []
+
+    n_classes = len(sel.classes)
+    dim = int(model.get_embedding_dimension() or 384)
+    loss_fn = make_loss(config.loss, n_classes=n_classes, dim=dim, temperature=config.temperature, margin=config.margin)
+    loss_fn.to(device)
+
+    steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
+    total_steps = epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max(1, max_steps))
+    if eval_every is None:
+        eval_every = max(10, total_steps // 10)
+    warmup = max(1, math.ceil(WARMUP_FRACTION * total_steps))
+
+    opt = torch.optim.AdamW(_param_groups(model, loss_fn, encoder_lr, config.lr))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+
+    def validate() -> float:
+        if not val_batches:
+            return float("nan")
+        return _val_loss(model, loss_fn, texts_v, y_v, val_batches, device=device, max_length=max_seq_length,
+                         batch_size=max(batch_size, 64))
+
+    best_val = validate()
+    best_step, best_state = 0, _snapshot(model)
+    history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": best_val}]
+    bad_evals, step, epochs_run, stopped_early = 0, 0, 0, False
+    running: list[float] = []
+
+    model.train()
+    bar = tqdm(total=total_steps, desc=f"fine-tune encoder ({config.loss})", unit="step", disable=not progress)
+    try:
+        while step < total_steps and not stopped_early:
+            epochs_run += 1
+            for idx in class_aware_batches(y_t_np, batch_size, rng):
+                b = torch.from_numpy(idx).to(device)
+                z = _embed(model, [texts_t[i] for i in idx], device, max_seq_length)
+                loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                opt.step()
+                sched.step()
+                step += 1
+                running.append(float(loss.detach()))
+                bar.update(1)
+                if step % eval_every == 0 or step == total_steps:
+                    val = validate()
+                    train_loss = float(np.mean(running))
+                    running = []
+                    history.append({"step": step, "train_loss": train_loss, "val_loss": val})
+                    bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val:.4f}")
+                    if not math.isfinite(best_val) or val < best_val - MIN_DELTA:
+                        best_val, best_step, best_state, bad_evals = val, step, _snapshot(model), 0
+                    else:
+                        bad_evals += 1
+                        if bad_evals >= config.patience:
+                            log.info("early stop at step %d (best step %d)", step, best_step)
+                            stopped_early = True
+                if step >= total_steps or stopped_early:
+                    break
+    finally:
+        bar.close()
+    if not val_batches:  # nothing to select on: keep the last state
+        best_step, best_state = step, _snapshot(model)
+    model.load_state_dict(best_state)
+    model.eval()
+    info: dict[str, Any] = {
+        "engine": "native",
+        "mode": "full",
+        "epochs_run": epochs_run,
+        "steps": step,
+        "best_step": best_step,
+        "best_val_loss": best_val,
+        "seconds": round(time.perf_counter() - start, 2),
+        "device": device,
+        "stopped_early": stopped_early,
+        "encoder_lr": encoder_lr,
+        "batch_size": batch_size,
+        "max_seq_length": max_seq_length,
+        "warmup_steps": warmup,
+        "eval_every": eval_every,
+        "n_val_rows": int(len(val_idx)),
+        "history": history,
+    }
+    return model, None, info

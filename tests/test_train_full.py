@@ -1,0 +1,172 @@
+"""Full mode: fine-tune the whole encoder (kern_finetune.train_full), alone and through the pipeline.
+
+Kept small for CPU: ~120 records, batch 8, 64 tokens, 2 optimizer steps. The pipeline takes no
+step limit of its own, so the test hands it ``fit_full`` with the same small settings (monkeypatch).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kern_finetune.config import RunConfig
+from kern_finetune.encode import Encoder
+from kern_finetune.export import resolve_task
+from kern_finetune.select import Selection, select_labels
+
+N_RECORDS = 120
+SMALL = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "device": "cpu", "progress": False}
+INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_loss", "seconds", "device"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def records(subset_records: list[dict]) -> list[dict]:
+    return subset_records[:N_RECORDS]
+
+
+@pytest.fixture(scope="module")
+def sel(records: list[dict]) -> Selection:
+    return select_labels(
+        records, resolve_task(records, "Topic"), text_attributes=["Title", "Description"], gold_attribute="Class Index"
+    )
+
+
+@pytest.fixture(scope="module")
+def encoder(shared_cache) -> Encoder:
+    return Encoder(cache_dir=shared_cache)
+
+
+@pytest.fixture(scope="module")
+def fitted(encoder: Encoder, sel: Selection):
+    """One small fit (with all-ones sample weights, to run that path) and the vectors it gives."""
+    from kern_finetune.train_full import fit_full
+
+    config = RunConfig(mode="full", seed=42)
+    model, head, info = fit_full(encoder, sel, config, weights=np.ones(len(sel.ids), dtype=np.float32), **SMALL)
+    vectors = model.encode(sel.texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    return model, head, info, vectors.astype(np.float32)
+
+
+def test_fit_full_trains_the_encoder(fitted, encoder: Encoder, sel: Selection) -> None:
+    model, head, info, tuned = fitted
+    assert head is None
+    assert INFO_KEYS <= set(info)
+    assert info["engine"] == "native" and info["mode"] == "full" and info["device"] == "cpu"
+    assert info["steps"] == 2 and info["epochs_run"] == 1
+    assert math.isfinite(info["best_val_loss"])
+    assert all(math.isfinite(h["val_loss"]) for h in info["history"])
+    assert info["best_val_loss"] == min(h["val_loss"] for h in info["history"])
+    assert info["best_step"] == 2, f"2 steps did not lower the validation loss: {info['history']}"
+    assert model is not encoder.model()  # a separate copy: the encoder's base model is untouched
+    base = encoder.model().encode(sel.texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    assert tuned.shape == base.shape
+    assert np.abs(tuned - base).max() > 1e-3
+    assert np.allclose(np.linalg.norm(tuned, axis=1), 1.0, atol=1e-5)
+
+
+def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
+    fitted, records: list[dict], shared_cache, tmp_path, monkeypatch
+) -> None:
+    """The pipeline's run repeats the fixture's fit (same seed) and its saved model gives vectors.npz."""
+    from sentence_transformers import SentenceTransformer
+
+    from kern_finetune import train_full
+    from kern_finetune.pipeline import run_pipeline
+    from kern_finetune.save import load_vectors
+
+    monkeypatch.setattr(train_full, "fit_full", functools.partial(train_full.fit_full, **SMALL))
+    config = RunConfig(
+        mode="full", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
+        cache_dir=shared_cache, seed=42,
+    )
+    result = run_pipeline(records, config, out_dir=tmp_path / "out")
+    assert result.metrics["training"]["mode"] == "full"
+
+    _, _, _, first = fitted
+    assert np.abs(result.vectors - first).max() < 1e-5, "same seed on CPU must give the same vectors"
+
+    ids, saved = load_vectors(tmp_path / "out" / "vectors.npz")
+    assert ids == result.ids
+    reloaded = SentenceTransformer(str(result.model_dir), device="cpu", local_files_only=True)
+    again = reloaded.encode(
+        result.extra["selection"].texts, convert_to_numpy=True, normalize_embeddings=True,
+        show_progress_bar=False,
+    )
+    assert np.abs(again - saved).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) -> None:
+    """With an evaluation every step, the best loss is the minimum recorded and the returned model has it."""
+    from kern_finetune.losses import make_loss
+    from kern_finetune.train import class_aware_batches
+    from kern_finetune.train_full import _val_loss, fit_full
+
+    config = RunConfig(mode="full", seed=3, patience=2)
+    small = {**SMALL, "max_steps": 6, "eval_every": 1}
+    model, _, info = fit_full(encoder, sel, config, encoder_lr=3e-4, **small)
+    vals = [h["val_loss"] for h in info["history"]]
+    assert len(vals) == info["steps"] + 1  # step 0 and every step
+    assert info["best_val_loss"] == min(vals)
+    assert info["best_step"] == info["history"][int(np.argmin(vals))]["step"]
+
+    y_v = sel.y[sel.val_idx]
+    batches = class_aware_batches(y_v, small["batch_size"], np.random.default_rng(config.seed + 1))
+    again = _val_loss(
+        model, make_loss("supcon", n_classes=len(sel.classes), dim=384), [sel.texts[i] for i in sel.val_idx],
+        torch.from_numpy(y_v), batches, device="cpu", max_length=small["max_seq_length"], batch_size=64,
+    )
+    assert again == pytest.approx(info["best_val_loss"], abs=1e-4)
+
+
+def _scripted_val(monkeypatch, losses: list[float]) -> None:
+    """Make every validation return the next of ``losses`` (so the early-stopping path is known)."""
+    from kern_finetune import train_full
+
+    it = iter(losses)
+    monkeypatch.setattr(train_full, "_val_loss", lambda *a, **k: next(it))
+
+
+def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, monkeypatch) -> None:
+    """Best at step 1, worse at 2 and 3 (patience 2): stops at 3 and returns the step-1 weights.
+
+    The first step runs at the full ``encoder_lr`` whatever ``max_steps`` is (warmup of 1 step), so a
+    1-step run gives the reference step-1 weights.
+    """
+    from kern_finetune.train_full import fit_full
+
+    config = RunConfig(mode="full", seed=5, patience=2)
+    _scripted_val(monkeypatch, [1.0, 0.5])
+    one, _, info1 = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 1})
+    assert info1["best_step"] == 1
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.9, 0.95, 0.4])
+    model, _, info = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 5, "eval_every": 1})
+    assert info["stopped_early"] and info["steps"] == 3
+    assert info["best_step"] == 1 and info["best_val_loss"] == 0.5
+    texts = sel.texts[:16]
+    kw = {"convert_to_numpy": True, "show_progress_bar": False}
+    assert np.abs(model.encode(texts, **kw) - one.encode(texts, **kw)).max() < 1e-6
+
+
+@pytest.mark.slow
+def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selection, monkeypatch) -> None:
+    from kern_finetune.train_full import fit_full
+
+    _scripted_val(monkeypatch, [0.5, 0.9, 0.9])
+    model, _, info = fit_full(encoder, sel, RunConfig(mode="full", patience=5), **SMALL)
+    assert info["best_step"] == 0 and info["steps"] == 2
+    texts = sel.texts[:16]
+    kw = {"convert_to_numpy": True, "show_progress_bar": False}
+    assert np.abs(model.encode(texts, **kw) - encoder.model().encode(texts, **kw)).max() < 1e-6
