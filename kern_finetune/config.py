@@ -53,9 +53,9 @@ class RunConfig:
     batch_size: int = 256
     lr: float = 1e-3
     patience: int = 3
-    temperature: float = 0.1
+    temperature: float = 0.5
     margin: float = 0.5
-    noise_filter: str = "off"
+    noise_filter: str = "drop"
     """``off``, ``drop`` or ``weight``: handle weak labels that out-of-fold predictions contradict."""
     seed: int = 42
     eval_queries: int = 250
@@ -82,6 +82,10 @@ class RunConfig:
         for name in ("head_layers", "epochs", "batch_size", "patience", "eval_queries", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.engine == "quaterion" and self.mode == "full":
+            raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
+        if self.engine == "quaterion" and self.noise_filter == "weight":
+            raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.text_attributes is not None and not self.text_attributes:

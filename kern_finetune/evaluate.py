@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 KS = (5, 10, 25, 50, 75, 100, 250, 1000)
+_SIMPLEX_SOFTEN = 4.0
 
 
 def neighbour_purity(
@@ -101,14 +102,33 @@ def linear_probe(
 def projection_2d(
     x_fit: np.ndarray, y_fit: np.ndarray | None, x: np.ndarray, *, method: str = "pca", seed: int = 42
 ) -> np.ndarray:
-    """Project ``x`` to 2D with a projection fitted on ``x_fit`` (``pca``, or ``lda`` with labels)."""
+    """Project ``x`` to 2D with a projection fitted on ``x_fit``.
+
+    - ``pca``: the first two principal components (labels unused);
+    - ``lda``: linear discriminant analysis on the labels;
+    - ``simplex``: a logistic regression on the labels; each point is the probability-weighted mean
+      of the class corners, spread evenly on the unit circle. Sure records sit at their class's corner,
+      unsure ones between corners: a scatter plot a labeler can draw shapes in.
+    """
+    if method == "pca":
+        return PCA(n_components=2, random_state=seed).fit(x_fit).transform(x)
+    if y_fit is None:
+        raise ValueError(f"{method} needs labels")
     if method == "lda":
-        if y_fit is None:
-            raise ValueError("lda needs labels")
-        model = LinearDiscriminantAnalysis(n_components=2).fit(x_fit, y_fit)
-        return model.transform(x)[:, :2]
-    model = PCA(n_components=2, random_state=seed).fit(x_fit)
-    return model.transform(x)
+        return LinearDiscriminantAnalysis(n_components=2).fit(x_fit, y_fit).transform(x)[:, :2]
+    if method == "simplex":
+        clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x_fit, y_fit)
+        k = len(clf.classes_)
+        angles = 2 * np.pi * np.arange(k) / k + np.pi / 4
+        corners = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        if k == 2:
+            proba = clf.predict_proba(x)
+        else:  # soften the probabilities so the sure records spread out instead of piling up on corners
+            logits = clf.decision_function(x) / _SIMPLEX_SOFTEN
+            logits -= logits.max(1, keepdims=True)
+            proba = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        return proba @ corners
+    raise ValueError(f"unknown projection {method!r}")
 
 
 def separation_2d(points: np.ndarray, classes: np.ndarray, *, seed: int = 42, max_points: int = 5000) -> dict[str, float]:

@@ -6,8 +6,6 @@ head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every r
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,9 +20,10 @@ from .encode import Encoder
 from .evaluate import chance_level, linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
 from .export import Record, resolve_task
 from .heads import SkipConnectionHead
+from .noise import write_label_issues
 from .report import write_report
 from .save import save_model, save_vectors, write_json
-from .select import Selection, default_text_attributes, select_labels
+from .select import Selection, default_text_attributes, label_fingerprint, select_labels
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
 
@@ -45,12 +44,6 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def label_fingerprint(selection: Selection, task: str, threshold: float) -> str:
-    """SHA-256 of the selected labels (record id -> label) with the task and threshold."""
-    payload = json.dumps({"task": task, "threshold": threshold, "labels": selection.label_state()}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def _gold_to_class(selection: Selection) -> dict[str, int] | None:
     """Map gold values to task classes: by name, else by majority over labeled records that have gold."""
     values = {g for g in selection.gold if g is not None}
@@ -68,18 +61,38 @@ def _gold_to_class(selection: Selection) -> dict[str, int] | None:
     return mapping if len(set(mapping.values())) == len(mapping) else None
 
 
+def _audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
+    """Where gold exists on weak-labeled training records, how right was the label check? (evaluation only)"""
+    mapping = _gold_to_class(sel)
+    if mapping is None:
+        return {}
+    flagged = set(noise["indices"].tolist())
+    rows = [i for i in sel.labeled_idx.tolist() if sel.source[i] == "weak" and sel.gold[i] in mapping]
+    if not rows:
+        return {}
+    wrong = {i for i in rows if mapping[sel.gold[i]] != sel.y[i]}  # type: ignore[index]
+    hit = [i for i in rows if i in flagged]
+    return {
+        "audit_weak_with_gold": len(rows),
+        "audit_weak_wrong": len(wrong),
+        "audit_flagged": len(hit),
+        "audit_flagged_wrong": sum(1 for i in hit if i in wrong),
+    }
+
+
 def _train_head(
     base: np.ndarray, sel: Selection, config: RunConfig, weights: np.ndarray | None
 ) -> tuple[SkipConnectionHead, dict[str, Any]]:
     xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
     xv, yv = base[sel.val_idx], sel.y[sel.val_idx]
     if config.engine == "quaterion":
-        from .train_quaterion import fit_quaterion
+        from .train_quaterion import fit_quaterion  # imported lazily: loading Quaterion takes seconds
 
         return fit_quaterion(
             xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr,
-            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience,
-            seed=config.seed, margin=config.margin,
+            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience, seed=config.seed,
+            margin=config.margin if config.loss.startswith("triplet") else None,
+            temperature=config.temperature if config.loss == "supcon" else None,
         )
     from .train import HeadTrainer
 
@@ -131,10 +144,12 @@ def run_pipeline(
 
     weights = None
     noise: dict[str, Any] = {}
+    noise_audit: dict[str, Any] = {}
     if config.noise_filter != "off":
         from .noise import find_label_issues
 
         noise = find_label_issues(base, sel, seed=config.seed)
+        noise_audit = _audit_label_check(sel, noise)  # before dropping: the audit looks at every checked label
         if config.noise_filter == "drop":
             keep = np.ones(len(sel.ids), dtype=bool)
             keep[noise["indices"]] = False
@@ -187,17 +202,24 @@ def run_pipeline(
         from_cache=encoder.n_cached_,
     )
     if noise:
-        metrics["label_check"] = {k: v for k, v in noise.items() if k not in ("indices", "weights")}
+        write_label_issues(out_dir / "label_issues.csv", noise)
+        metrics["label_check"] = {
+            "action": config.noise_filter, "file": "label_issues.csv",
+            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy")},
+            **noise_audit,
+        }
     metrics["seconds"] = {
         "encode": round(t_encode, 2), "train": round(t_train, 2), "evaluate": round(t_eval, 2),
         "total": round(time.perf_counter() - t0, 2),
     }
     plots = metrics.pop("_plots", None)
-    if plots is not None:
-        write_report(out_dir / "report.html", metrics, **plots)
+    write_report(out_dir / "report.html", metrics, plots=plots)
     write_json(out_dir / "metrics.json", metrics)
-    say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "
-        f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")
+    if "1000" in metrics["top_k"]["raw"]:
+        say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "
+            f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")
+    else:
+        say(f"      no evaluation: {metrics.get('evaluation_note', 'no test records')}; outputs in {out_dir}")
     return RunResult(
         ids=sel.ids, vectors=tuned, metrics=metrics, out_dir=out_dir, model_dir=model_dir,
         embedding_name=name, label_fingerprint=fingerprint,
@@ -207,6 +229,13 @@ def run_pipeline(
 
 def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> dict[str, Any]:
     test = sel.test_idx
+    if len(test) < 2:
+        why = "no --gold-attribute given" if not config.gold_attribute else "fewer than 2 test records with a gold value"
+        return {
+            "n_train": int(len(sel.train_idx)), "n_val": int(len(sel.val_idx)), "n_test": int(len(test)),
+            "chance": None, "eval_queries": config.eval_queries, "top_k": {"raw": {}, "finetuned": {}},
+            "top_1k_250": {}, "classification": {}, "evaluation_note": why,
+        }
     gold_values = sorted({sel.gold[i] for i in test})  # type: ignore[type-var]
     gold_code = {g: k for k, g in enumerate(gold_values)}
     classes = np.array([gold_code[sel.gold[i]] for i in test])
@@ -214,9 +243,6 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
         "n_train": int(len(sel.train_idx)), "n_val": int(len(sel.val_idx)), "n_test": int(len(test)),
         "chance": chance_level(classes), "eval_queries": config.eval_queries,
     }
-    if len(test) < 2:
-        metrics.update(top_k={"raw": {}, "finetuned": {}}, top_1k_250={}, classification={})
-        return metrics
     queries = sample_queries(len(test), config.eval_queries, config.seed)
     embeddings = {"raw": base[test], "finetuned": tuned[test]}
     top_k, top_250, per_query = {}, {}, {}
@@ -239,14 +265,18 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
         metrics["classification"] = {}
         metrics["classification_note"] = "gold values could not be matched to the task's labels"
 
+    # 2D views: projections fitted on the training records, applied to the test records. The raw
+    # embedding's PCA is the baseline. "simplex" places each record at the probability-weighted mean
+    # of the class corners of a linear classifier fitted on the training labels (never the gold).
     fit_idx = sel.train_idx
-    points = {
-        "raw": projection_2d(base[fit_idx], None, base[test], method="pca", seed=config.seed),
-        "finetuned": projection_2d(tuned[fit_idx], sel.y[fit_idx], tuned[test], method="pca", seed=config.seed),
-    }
-    metrics["separation_2d"] = {
-        name: {"method": "pca", **separation_2d(p, classes, seed=config.seed)} for name, p in points.items()
-    }
+    views = {}
+    for name, x in (("raw", base), ("finetuned", tuned)):
+        for method in ("pca", "simplex"):
+            views[f"{name}_{method}"] = projection_2d(
+                x[fit_idx], sel.y[fit_idx], x[test], method=method, seed=config.seed
+            )
+    metrics["separation_2d"] = {name: separation_2d(p, classes, seed=config.seed) for name, p in views.items()}
+    points = {name: views[name] for name in ("raw_pca", "finetuned_simplex")}
     names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
     metrics["_plots"] = {"per_query": per_query, "points_2d": points, "point_classes": classes, "class_names": names}
     return metrics

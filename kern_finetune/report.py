@@ -62,7 +62,7 @@ def _scatter(points: dict[str, np.ndarray], classes: np.ndarray, labels: list[st
         ax.set_title(titles.get(name, name))
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[-1].legend(markerscale=4, loc="best")
+    axes[-1].legend(markerscale=4, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -70,24 +70,29 @@ def write_report(
     path: Path,
     metrics: dict[str, Any],
     *,
-    per_query: dict[str, np.ndarray],
-    points_2d: dict[str, np.ndarray],
-    point_classes: np.ndarray,
-    class_names: list[str],
+    plots: dict[str, Any] | None,
     k_violin: int = 1000,
 ) -> None:
-    """Write the report; ``per_query`` maps embedding name -> per-query purity at ``k_violin``."""
+    """Write the report. ``plots`` holds ``per_query`` (embedding name -> per-query purity at
+    ``k_violin``), ``points_2d`` (name -> 2D points), ``point_classes`` and ``class_names``; without
+    it (no gold attribute) the report has numbers only."""
     chance = metrics["chance"]
-    sep = metrics.get("separation_2d", {})
-    titles = {
-        name: f"{name} ({sep.get(name, {}).get('method', '')}) - 15-NN acc {sep.get(name, {}).get('knn_accuracy', float('nan')):.1f}%"
-        for name in points_2d
-    }
-    imgs = [
-        ("Neighbour purity per query", _violin(per_query, k_violin, chance)),
-        ("Neighbour purity by k", _curve(metrics["top_k"], chance)),
-        ("2D projection of the test records (colour = gold class)", _scatter(points_2d, point_classes, class_names, titles)),
-    ]
+    imgs: list[tuple[str, str]] = []
+    if plots:
+        sep = metrics.get("separation_2d", {})
+        titles = {
+            name: f"{name}: 15-NN accuracy {sep.get(name, {}).get('knn_accuracy', float('nan')):.1f}%, "
+            f"silhouette {sep.get(name, {}).get('silhouette', float('nan')):.2f}"
+            for name in plots["points_2d"]
+        }
+        imgs = [
+            ("Neighbour purity per query", _violin(plots["per_query"], k_violin, chance)),
+            ("Neighbour purity by k", _curve(metrics["top_k"], chance)),
+            (
+                "2D projection of the test records (colour = gold class)",
+                _scatter(plots["points_2d"], plots["point_classes"], plots["class_names"], titles),
+            ),
+        ]
     rows = []
     for k in metrics["top_k"]["raw"]:
         cells = "".join(f"<td>{metrics['top_k'][n][k]:.2f}</td>" for n in metrics["top_k"])
@@ -107,7 +112,7 @@ td:first-child{{text-align:left}}img{{max-width:100%}}pre{{background:#f6f6f6;pa
 <p>Task <b>{html.escape(str(metrics.get('task')))}</b>, loss <b>{html.escape(str(metrics.get('config', {}).get('loss')))}</b>,
 engine <b>{html.escape(str(metrics.get('config', {}).get('engine')))}</b>, mode <b>{html.escape(str(metrics.get('config', {}).get('mode')))}</b>.
 Train {metrics['n_train']} / validation {metrics['n_val']} / test {metrics['n_test']} records.
-Chance level {chance:.2f}%.</p>
+{f"Chance level {chance:.2f}%." if chance is not None else html.escape("No evaluation: " + str(metrics.get("evaluation_note")))}</p>
 <h2>top_k (mean over all {metrics['n_test']} test queries, %)</h2>
 <table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>
 <p>top_1k over {metrics.get('eval_queries', 250)} seeded queries (the 2022 protocol):

@@ -19,17 +19,18 @@ it has a value (``test_without_gold`` counts the others).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from .errors import ConfigError, ExportError, SelectionError
 from .export import Record, TaskColumns
 
-__all__ = ["Selection", "select_labels", "build_texts", "default_text_attributes"]
+__all__ = ["Selection", "select_labels", "build_texts", "default_text_attributes", "label_fingerprint"]
 
 
 @dataclass
@@ -105,6 +106,8 @@ def select_labels(
     known_labels: list[str] | None = None,
 ) -> Selection:
     """Apply the selection rules (module docstring) and split the labels into train/validation."""
+    from sklearn.model_selection import train_test_split  # sklearn is slow to import; only needed here
+
     ids = _record_ids(records, id_attribute)
     texts = build_texts(records, text_attributes)
     skipped: Counter[str] = Counter()
@@ -184,6 +187,12 @@ def select_labels(
         gold=gold,
         skipped={k: v for k, v in sorted(skipped.items()) if v},
     )
+
+
+def label_fingerprint(selection: Selection, task: str, threshold: float) -> str:
+    """SHA-256 of the selected labels (record id -> label) with the task and threshold."""
+    payload = json.dumps({"task": task, "threshold": threshold, "labels": selection.label_state()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _record_ids(records: list[Record], id_attribute: str) -> list[str]:

@@ -13,7 +13,7 @@ sync of the same project while one runs raises :class:`SyncBusyError` at once. T
 the lock when the process ends, so a crashed sync leaves no stale lock behind.
 
 What counts as the label state: ``{record id: selected label}`` plus the task, the threshold and the
-id attribute (see :func:`kern_finetune.pipeline.label_fingerprint`). Other training options are not
+id attribute (see :func:`kern_finetune.select.label_fingerprint`). Other training options are not
 part of it: after changing e.g. ``--loss``, use ``--force``.
 """
 
@@ -29,14 +29,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .client import PushResult, RefineryClient
 from .config import RunConfig
 from .errors import ConfigError, SyncBusyError
 from .export import Record, resolve_task
-from .pipeline import RunResult, label_fingerprint
-from .select import default_text_attributes, select_labels
+from .select import default_text_attributes, label_fingerprint, select_labels
+
+if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
+    from .pipeline import RunResult
 
 __all__ = ["SyncResult", "sync_project", "sync_state_dir", "label_state", "STATE_FILE", "LOCK_FILE"]
 
@@ -45,7 +47,7 @@ LOCK_FILE = "sync.lock"
 _STATE_VERSION = 1
 
 ProgressFn = Callable[[str], None]
-PipelineFn = Callable[..., RunResult]
+PipelineFn = Callable[..., "RunResult"]
 
 
 @dataclass

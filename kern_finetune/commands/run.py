@@ -38,9 +38,14 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
                    help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too (default: %(default)s)")
     g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="similarity loss (default: %(default)s)")
+    g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature,
+                   help="supcon softmax temperature (default: %(default)s)")
+    g.add_argument("--margin", type=float, default=_DEFAULTS.margin, help="triplet margin, cosine distance (default: %(default)s)")
     g.add_argument("--head-layers", type=int, default=_DEFAULTS.head_layers, help="stacked skip-connection layers (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="maximum epochs; early stopping ends sooner (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="rows per class-aware batch (default: %(default)s)")
+    g.add_argument("--patience", type=int, default=_DEFAULTS.patience,
+                   help="stop after this many epochs without a lower validation loss (default: %(default)s)")
     g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
                    help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
@@ -62,6 +67,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         engine=args.engine,
         mode=args.mode,
         loss=args.loss,
+        temperature=args.temperature,
+        margin=args.margin,
+        patience=args.patience,
         head_layers=args.head_layers,
         epochs=args.epochs,
         batch_size=args.batch_size,
