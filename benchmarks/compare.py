@@ -1,0 +1,166 @@
+"""The experiment's table and the loss/head comparison, on the full bundled sample (frozen encoder).
+
+Every row trains a head on the cached base vectors of the 10,854 selected records (threshold 0.7,
+75/25 split) and reports top_1k over **all** 9,146 test records (gold ``Class Index``), plus the 2022
+protocol (250 seeded queries), the linear probe and the training time, for each seed.
+
+    python benchmarks/compare.py                 # the table: raw, triplet parity (both engines), default
+    python benchmarks/compare.py --sweep         # + losses and heads over 3 seeds (issue: better embeddings)
+
+Writes ``benchmarks/results/compare.{json,md}`` (``--sweep``: ``sweep.{json,md}``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from _common import load_sample, machine, write_results
+
+from kern_finetune.config import RunConfig
+from kern_finetune.evaluate import linear_probe, neighbour_purity, sample_queries
+from kern_finetune.noise import find_label_issues
+
+PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off")
+DEFAULT = RunConfig()
+
+
+def _fit(config: RunConfig, sel: Any, base: np.ndarray) -> tuple[np.ndarray, float, int]:
+    ti, vi = sel.train_idx, sel.val_idx
+    t = time.perf_counter()
+    if config.noise_filter == "drop":
+        flagged = find_label_issues(base, sel, seed=config.seed)["indices"]
+        keep = np.ones(len(sel.ids), dtype=bool)
+        keep[flagged] = False
+        ti, vi = ti[keep[ti]], vi[keep[vi]]
+    xt, yt, xv, yv = base[ti], sel.y[ti], base[vi], sel.y[vi]
+    if config.engine == "quaterion":
+        from kern_finetune.train_quaterion import fit_quaterion
+
+        head, info = fit_quaterion(
+            xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr, batch_size=config.batch_size,
+            max_epochs=config.epochs, patience=config.patience, seed=config.seed,
+            margin=config.margin if config.loss.startswith("triplet") else None, progress=False,
+        )
+        epochs = info["epochs_run"]
+    else:
+        from kern_finetune.train import HeadTrainer
+
+        tr = HeadTrainer(
+            loss=config.loss, n_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
+            lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin,
+            seed=config.seed, progress=False,
+        ).fit(xt, yt, xv, yv)
+        head, epochs = tr.head_, len(tr.history_)
+    seconds = time.perf_counter() - t
+    with torch.no_grad():
+        head.eval()
+        out = torch.nn.functional.normalize(head(torch.from_numpy(base)), dim=1).numpy()
+    return out, seconds, epochs
+
+
+def _score(vectors: np.ndarray, sel: Any, gold: np.ndarray, seed: int, probe: bool) -> dict[str, float]:
+    test = sel.test_idx
+    per = neighbour_purity(vectors[test], gold, ks=(100, 1000))
+    row = {
+        "top_1k": float(100 * per[1000].mean()),
+        "top_100": float(100 * per[100].mean()),
+        "top_1k_250": float(100 * per[1000][sample_queries(len(test), 250, seed)].mean()),
+    }
+    if probe:
+        lab = sel.labeled_idx
+        names = ["Business", "Sci/Tech", "Sports", "World"]  # sel.classes, sorted
+        to_class = {"1": 3, "2": 2, "3": 0, "4": 1}
+        y_test = np.array([to_class[sel.gold[i]] for i in test])
+        row["probe_accuracy"] = linear_probe(vectors[lab], sel.y[lab], vectors[test], y_test, labels=names, seed=seed)["accuracy"]
+    return row
+
+
+def run(rows: list[tuple[str, RunConfig | None]], seeds: list[int], probe: bool) -> list[dict[str, Any]]:
+    results = []
+    for seed in seeds:
+        sel, base, gold = load_sample(seed)
+        for name, config in rows:
+            if config is None:
+                vec, seconds, epochs = base, 0.0, 0
+            else:
+                vec, seconds, epochs = _fit(replace(config, seed=seed), sel, base)
+            row = {"row": name, "seed": seed, "train_seconds": round(seconds, 2), "epochs": epochs,
+                   **_score(vec, sel, gold, seed, probe)}
+            results.append(row)
+            print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    return results
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name in dict.fromkeys(r["row"] for r in results):
+        rs = [r for r in results if r["row"] == name]
+        s: dict[str, Any] = {"row": name, "seeds": len(rs)}
+        for key in ("top_1k", "top_1k_250", "top_100", "probe_accuracy", "train_seconds"):
+            vals = [r[key] for r in rs if key in r]
+            if vals:
+                s[key] = float(np.mean(vals))
+                s[key + "_std"] = float(np.std(vals))
+        out.append(s)
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) -> str:
+    lines = [f"Command: `{command}`", "", f"Machine: {info}", "",
+             "| row | seeds | top_1k all queries | top_1k 250 queries | top_100 | probe acc | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        def f(key: str) -> str:
+            return f"{s[key]:.2f} ± {s[key + '_std']:.2f}" if key in s else "-"
+        lines.append(f"| {s['row']} | {s['seeds']} | {f('top_1k')} | {f('top_1k_250')} | {f('top_100')} | "
+                     f"{f('probe_accuracy')} | {f('train_seconds')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", action="store_true", help="compare losses and heads instead of the main table")
+    ap.add_argument("--seeds", default="42,43,44")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(2)
+    if args.sweep:
+        name, probe = "sweep", False
+        rows: list[tuple[str, RunConfig | None]] = [
+            ("triplet hard m=0.5 (b256)", replace(DEFAULT, loss="triplet", noise_filter="off")),
+            ("triplet semi-hard m=0.5 (b256)", replace(DEFAULT, loss="triplet-semihard", noise_filter="off")),
+            ("cosface s=30 m=0.2 (proxies)", replace(DEFAULT, loss="cosface", noise_filter="off")),
+            ("supcon t=0.1 (b256)", replace(DEFAULT, temperature=0.1, noise_filter="off")),
+            ("supcon t=0.5 (b256)", replace(DEFAULT, noise_filter="off")),
+            ("supcon t=0.5 b128", replace(DEFAULT, batch_size=128, noise_filter="off")),
+            ("supcon t=0.5 b512", replace(DEFAULT, batch_size=512, noise_filter="off")),
+            ("supcon t=0.5, 2 layers", replace(DEFAULT, head_layers=2, noise_filter="off")),
+            ("supcon t=0.5, 4 layers", replace(DEFAULT, head_layers=4, noise_filter="off")),
+            ("supcon t=0.5 + label check (drop) = default", DEFAULT),
+        ]
+    else:
+        name, probe = "compare", True
+        rows = [
+            ("raw all-MiniLM-L6-v2", None),
+            ("triplet parity, native (2022 settings)", PARITY),
+            ("triplet parity, quaterion (2022 settings)", replace(PARITY, engine="quaterion")),
+            ("default: supcon t=0.5 + label check", DEFAULT),
+        ]
+    results = run(rows, seeds, probe)
+    summary = summarise(results)
+    command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
+    info = machine()
+    md = markdown(summary, command.strip(), info)
+    print(md)
+    write_results(name, {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
+
+
+if __name__ == "__main__":
+    main()

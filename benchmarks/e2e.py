@@ -1,0 +1,65 @@
+"""Wall-clock of the user-facing commands on the full bundled sample, cold cache then warm cache.
+
+    python benchmarks/e2e.py
+
+Runs, each in a fresh process with a fresh vector cache for the cold runs:
+  1. ``kern-finetune run`` (cold: encodes all 20,000 records), 2. the same again (warm: cache),
+  3. ``kern-finetune demo --json`` (cold), 4. the same again (warm).
+Writes ``benchmarks/results/e2e.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT, machine, write_results
+
+CLI = [str(ROOT / ".venv" / "bin" / "kern-finetune")]
+RUN = ["run", "--export", "samples/ag_news/export.json.gz", "--task", "Topic", "--gold-attribute", "Class Index", "--json"]
+
+
+def timed(args: list[str], cache: Path, out: Path) -> tuple[float, dict]:
+    env = {**os.environ, "KERN_FINETUNE_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    t = time.perf_counter()
+    proc = subprocess.run(CLI + args + ["--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - t
+    if proc.returncode != 0:
+        sys.exit(f"{args[0]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    last = [line for line in proc.stdout.splitlines() if line.startswith("{")][-1]
+    return seconds, json.loads(last)
+
+
+def main() -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        for name, args in (("run", RUN), ("demo", ["demo", "--json"])):
+            cache = tmp_path / f"cache-{name}"
+            for phase in ("cold", "warm"):
+                seconds, result = timed(args, cache, tmp_path / f"out-{name}-{phase}")
+                row = {"command": "kern-finetune " + " ".join(args), "cache": phase, "seconds": round(seconds, 1), "result": result}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    info = machine()
+    lines = ["Command: `python benchmarks/e2e.py`", "", f"Machine: {info}", "", "| command | cache | wall s | headline |", "|---|---|---|---|"]
+    for r in rows:
+        res = r["result"]
+        if "top_k" in res:
+            head = f"top_1k {res['top_k']['raw']['1000']:.2f} -> {res['top_k']['finetuned']['1000']:.2f}; seconds {res['seconds']}"
+        else:
+            head = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()
+                             if k in ("top_1k_raw", "top_1k_finetuned", "search_same_class_raw", "search_same_class_finetuned", "embedding"))
+        lines.append(f"| `{r['command']}` | {r['cache']} | {r['seconds']} | {head} |")
+    md = "\n".join(lines) + "\n"
+    print(md)
+    write_results("e2e", {"command": "python benchmarks/e2e.py", "machine": info, "runs": rows}, md)
+
+
+if __name__ == "__main__":
+    main()
