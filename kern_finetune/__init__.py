@@ -1,1 +1,77 @@
-"""kern-finetune."""
+"""kern-finetune: fine-tune sentence embeddings from a refinery project's labels and push them back.
+
+Public API (everything else is private and may change)::
+
+    from kern_finetune import RunConfig, run_pipeline, load_export
+    result = run_pipeline(load_export("export.json.gz"), RunConfig(task="Topic"), out_dir="runs/x")
+
+Heavy modules (torch, sklearn) load on first use of a name that needs them, so ``import kern_finetune``
+and the CLI's ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import RunConfig
+from .errors import (
+    AuthError,
+    ConfigError,
+    ExportError,
+    HostError,
+    HostUnavailableError,
+    KernFinetuneError,
+    ProjectNotFoundError,
+    PushError,
+    SelectionError,
+    SyncBusyError,
+    TaskNotFoundError,
+)
+from .export import discover_tasks, load_export, parse_export_payload, resolve_task
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run_pipeline": "pipeline",
+    "RunResult": "pipeline",
+    "select_labels": "select",
+    "Selection": "select",
+    "Encoder": "encode",
+    "HeadTrainer": "train",
+    "SkipConnectionHead": "heads",
+    "RefineryClient": "client",
+    "sync_project": "sync",
+    "SyncResult": "sync",
+    "read_snapshot": "snapshot",
+    "write_snapshot": "snapshot",
+    "sign": "service",
+    "verify_signature": "service",
+    "serve_in_thread": "host",
+}
+
+__all__ = [
+    "RunConfig",
+    "load_export",
+    "parse_export_payload",
+    "discover_tasks",
+    "resolve_task",
+    "KernFinetuneError",
+    "ConfigError",
+    "ExportError",
+    "TaskNotFoundError",
+    "SelectionError",
+    "SyncBusyError",
+    "HostError",
+    "AuthError",
+    "ProjectNotFoundError",
+    "HostUnavailableError",
+    "PushError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'kern_finetune' has no attribute {name!r}")
