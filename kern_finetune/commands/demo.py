@@ -37,6 +37,8 @@ from .run import add_run_options, config_from_args
 __all__ = ["register", "search_same_class"]
 
 DEFAULT_EXPORT = Path("samples/ag_news/export.json.gz")
+# an editable/source install can find the bundled sample from anywhere
+_REPO_EXPORT = Path(__file__).resolve().parents[2] / DEFAULT_EXPORT
 SEARCH_LIMIT = 100
 
 
@@ -86,6 +88,8 @@ def _demo(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     say = (lambda _m: None) if args.json else print
     export = Path(args.export)
+    if not export.exists() and args.export == DEFAULT_EXPORT and _REPO_EXPORT.exists():
+        export = _REPO_EXPORT
     if not export.exists():
         raise ConfigError(f"sample export not found: {export} (run from the repository root, or pass --export)")
     work = Path(tempfile.mkdtemp(prefix="kern-demo-"))
