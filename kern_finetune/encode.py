@@ -118,8 +118,9 @@ class Encoder:
                 part = unique[start : start + 900]
                 rows = db.execute(f"SELECT key, data FROM vec WHERE key IN ({','.join('?' * len(part))})", part)
                 found.update(rows.fetchall())
-            todo = [k for k in unique if k not in found]
             text_of = dict(zip(keys, texts))
+            # longest first, across all chunks: batches of similar length waste little on padding
+            todo = sorted((k for k in unique if k not in found), key=lambda k: -len(text_of[k]))
             self.n_cached_ = sum(1 for k in keys if k in found)
             self.n_encoded_ = len(todo)
             if todo:
