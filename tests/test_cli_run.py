@@ -97,3 +97,22 @@ def test_help_explains_itself():
     assert proc.returncode == 0
     for word in ("--export", "--task", "--gold-attribute", "--threshold", "--loss", "examples:"):
         assert word in proc.stdout
+
+
+def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp_path):
+    """--engine quaterion writes the same outputs, and its exported model gives the evaluated vectors."""
+    from sentence_transformers import SentenceTransformer
+
+    from kern_finetune.config import RunConfig
+    from kern_finetune.pipeline import run_pipeline
+    from kern_finetune.save import load_vectors
+
+    config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
+                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache)
+    result = run_pipeline(subset_records, config, out_dir=tmp_path)
+    assert result.metrics["training"]["engine"] == "quaterion"
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "report.html").exists()
+    ids, vec = load_vectors(tmp_path / "vectors.npz")
+    texts = [f"{r['Title']}. {r['Description']}" for r in subset_records[:8]]
+    got = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(texts)
+    assert np.allclose(got, vec[:8], atol=1e-4)
