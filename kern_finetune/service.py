@@ -48,6 +48,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ._net import bind_socket
 from .config import RunConfig
 from .errors import ConfigError, KernFinetuneError
 from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, Job, JobStore
@@ -542,14 +543,7 @@ class _DataDirLock:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock = bind_socket(host, port)
     sock.listen(128)
     sock.set_inheritable(True)
     return sock

@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ._compat import patch_quaterion, quiet_quaterion
+from . import losses as native_losses
 from .errors import ConfigError, SelectionError
 from .heads import SkipConnectionHead
 
@@ -52,8 +52,7 @@ with warnings.catch_warnings():
 __all__ = [
     "QUATERION_LOSSES",
     "CachedVectorEncoder",
-    "CosFaceLoss",
-    "SupConLoss",
+    "NativeGroupLoss",
     "VectorTrainableModel",
     "fit_quaterion",
     "copy_head",
@@ -68,8 +67,8 @@ QUATERION_LOSSES = (
     "circle",  # CircleLoss
     "softmax",  # SoftmaxLoss (has a trainable class kernel)
     "arcface",  # ArcFaceLoss (has a trainable class kernel)
-    "cosface",  # CosFaceLoss below (Quaterion has none; has a trainable class kernel)
-    "supcon",  # SupConLoss below (Quaterion has none)
+    "cosface",  # the native CosFaceLoss through NativeGroupLoss (Quaterion has none)
+    "supcon",  # the native SupConLoss through NativeGroupLoss (Quaterion has none)
 )
 """Loss names this engine accepts (a superset of ``config.LOSSES``)."""
 
@@ -137,47 +136,17 @@ def _stack_vectors(batch: list[Any]) -> Tensor:
     return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in batch])
 
 
-class CosFaceLoss(GroupLoss):
-    """Large-margin cosine loss (CosFace, https://arxiv.org/abs/1801.09414), in Quaterion's style
-    (cf. its ``ArcFaceLoss``): ``CE(scale * (cos(x, W_y) - margin * onehot))`` with a trainable
-    class kernel ``W``."""
+class NativeGroupLoss(GroupLoss):
+    """A loss of :mod:`kern_finetune.losses` (same maths as the native engine) as a Quaterion
+    ``GroupLoss``; Quaterion has no CosFace or supervised contrastive loss of its own. Parameters of
+    the wrapped loss (CosFace's proxies) are this module's, so ``configure_optimizers`` sees them."""
 
-    def __init__(self, embedding_size: int, num_groups: int, scale: float = 30.0, margin: float = 0.2) -> None:
+    def __init__(self, loss: torch.nn.Module) -> None:
         super(GroupLoss, self).__init__()
-        self.kernel = torch.nn.Parameter(torch.empty(embedding_size, num_groups))
-        torch.nn.init.normal_(self.kernel, std=0.01)
-        self.scale = scale
-        self.margin = margin
+        self.loss = loss
 
     def forward(self, embeddings: Tensor, groups: Tensor) -> Tensor:
-        cos = F.normalize(embeddings, dim=1) @ F.normalize(self.kernel, dim=0)
-        logits = self.scale * (cos - self.margin * F.one_hot(groups, cos.shape[1]).to(cos.dtype))
-        return F.cross_entropy(logits, groups)
-
-
-class SupConLoss(GroupLoss):
-    """Supervised contrastive loss (https://arxiv.org/abs/2004.11362) over cosine similarities:
-    each anchor's mean log-probability of its same-group batch mates; anchors without one are
-    skipped."""
-
-    def __init__(self, temperature: float = 0.1) -> None:
-        super(GroupLoss, self).__init__()
-        self.temperature = temperature
-
-    def forward(self, embeddings: Tensor, groups: Tensor) -> Tensor:
-        z = F.normalize(embeddings, dim=1)
-        sim = z @ z.T / self.temperature
-        n = z.shape[0]
-        self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-        sim = sim.masked_fill(self_mask, float("-inf"))
-        log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-        pos = (groups[:, None] == groups[None, :]) & ~self_mask
-        n_pos = pos.sum(1)
-        has_pos = n_pos > 0
-        if not bool(has_pos.any()):
-            return embeddings.sum() * 0.0
-        pos_log_prob = log_prob.masked_fill(~pos, 0.0).sum(1)
-        return -(pos_log_prob[has_pos] / n_pos[has_pos]).mean()
+        return self.loss(embeddings, groups)
 
 
 def _make_loss(
@@ -195,9 +164,9 @@ def _make_loss(
     if name == "arcface":
         return ArcFaceLoss(dim, num_groups, margin=m)
     if name == "cosface":  # scale 30 as the native engine's CosFace
-        return CosFaceLoss(dim, num_groups, scale=30.0, margin=m)
+        return NativeGroupLoss(native_losses.CosFaceLoss(num_groups, dim, scale=30.0, margin=m))
     if name == "supcon":
-        return SupConLoss(temperature=0.1 if temperature is None else temperature)
+        return NativeGroupLoss(native_losses.SupConLoss(0.1 if temperature is None else temperature))
     raise ConfigError(f"unknown loss {name!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
 
 

@@ -6,9 +6,7 @@ fails some calls), since the real host does not fake failures.
 
 from __future__ import annotations
 
-import gzip
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kern_finetune.encode import Encoder, load_sentence_transformer
+from kern_finetune.encode import Encoder
 from kern_finetune.heads import SkipConnectionHead
 from kern_finetune.save import load_vectors, save_model, save_vectors
 

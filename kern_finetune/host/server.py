@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from typing import Any
 
 import uvicorn
 
+from .._net import bind_socket
 from ..errors import ConfigError, HostUnavailableError
 from .app import create_app
 from .store import HostStore
@@ -130,14 +130,7 @@ def serve_in_thread(
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
                         project_id=project_id, project_name=project_name)
     try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from None
+        sock = bind_socket(host, port)
         real_port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(store), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
