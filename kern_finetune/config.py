@@ -52,6 +52,9 @@ class RunConfig:
     epochs: int = 30
     batch_size: int = 256
     lr: float = 1e-3
+    """Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)."""
+    encoder_lr: float = 3e-5
+    """Full mode only: AdamW learning rate of the transformer's weights (benchmarks/results/full_mode.md)."""
     patience: int = 3
     temperature: float = 0.5
     margin: float = 0.5
@@ -86,8 +89,9 @@ class RunConfig:
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
         if self.engine == "quaterion" and self.noise_filter == "weight":
             raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be positive, got {self.lr}")
+        for name in ("lr", "encoder_lr"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
         return self

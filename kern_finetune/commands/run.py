@@ -46,7 +46,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="rows per class-aware batch (default: %(default)s)")
     g.add_argument("--patience", type=int, default=_DEFAULTS.patience,
                    help="stop after this many epochs without a lower validation loss (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate of the head (default: %(default)s)")
+    g.add_argument("--encoder-lr", type=float, default=_DEFAULTS.encoder_lr,
+                   help="--mode full: learning rate of the encoder's own weights (default: %(default)s)")
     g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
                    help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for the split, training and evaluation (default: %(default)s)")
@@ -74,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        encoder_lr=args.encoder_lr,
         noise_filter=args.noise_filter,
         seed=args.seed,
         base_model=args.base_model,
