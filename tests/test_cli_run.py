@@ -75,6 +75,7 @@ def test_second_run_encodes_nothing(subset_file, shared_cache, tmp_path, run_dir
     [
         (["--task", "Nope"], "tasks found: Topic"),
         (["--threshold", "1.5"], "threshold"),
+        (["--mode", "full", "--encoder-lr", "0"], "encoder_lr must be positive"),
         (["--text-attributes", "Headline"], "not in the export"),
     ],
 )

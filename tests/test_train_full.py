@@ -65,6 +65,7 @@ def test_fit_full_trains_the_encoder(fitted, encoder: Encoder, sel: Selection) -
     assert INFO_KEYS <= set(info)
     assert info["engine"] == "native" and info["mode"] == "full" and info["device"] == "cpu"
     assert info["steps"] == 2 and info["epochs_run"] == 1
+    assert info["encoder_lr"] == RunConfig().encoder_lr  # not given: the config's
     assert math.isfinite(info["best_val_loss"])
     assert all(math.isfinite(h["val_loss"]) for h in info["history"])
     assert info["best_val_loss"] == min(h["val_loss"] for h in info["history"])
