@@ -35,3 +35,14 @@ def subset_records(sample_records: list[dict]) -> list[dict]:
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One vector cache for the whole test session (encoding is the slow part)."""
     return tmp_path_factory.mktemp("vector-cache")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module's tests (steadier timings and no oversubscription on 2 cores)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -18,17 +18,11 @@ from kern_finetune.encode import Encoder
 from kern_finetune.export import resolve_task
 from kern_finetune.select import Selection, select_labels
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_RECORDS = 120
 SMALL = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "device": "cpu", "progress": False}
 INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_loss", "seconds", "device"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

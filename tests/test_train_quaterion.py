@@ -10,6 +10,8 @@ from kern_finetune._compat import patch_quaterion
 from kern_finetune.errors import ConfigError, SelectionError
 from kern_finetune.heads import SkipConnectionHead
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _blobs(n: int, *, seed: int, k: int = 4, dim: int = 384, signal: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
     """Separable-but-noisy classes: a weak class centre under strong isotropic noise, L2-normalised."""
@@ -28,14 +30,6 @@ def _purity_at_10(x: np.ndarray, y: np.ndarray) -> float:
     np.fill_diagonal(sims, -np.inf)
     top = np.argsort(-sims, axis=1)[:, :10]
     return float((y[top] == y[:, None]).mean())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
