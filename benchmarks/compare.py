@@ -2,7 +2,8 @@
 
 Every row trains a head on the cached base vectors of the 10,854 selected records (threshold 0.7,
 75/25 split) and reports top_1k over **all** 9,146 test records (gold ``Class Index``), plus the 2022
-protocol (250 seeded queries), the linear probe and the training time, for each seed.
+protocol (250 seeded queries), the linear probe, 2D separation (table rows with a probe) and the
+training time, for each seed.
 
     python benchmarks/compare.py                 # the table: raw, triplet parity (both engines), default
     python benchmarks/compare.py --sweep         # + losses and heads over 3 seeds (issue: better embeddings)
@@ -25,7 +26,7 @@ import torch
 from _common import load_sample, machine, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import linear_probe, neighbour_purity, sample_queries
+from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
 from kern_finetune.noise import find_label_issues
 
 PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off")
@@ -80,6 +81,12 @@ def _score(vectors: np.ndarray, sel: Any, gold: np.ndarray, seed: int, probe: bo
         to_class = {"1": 3, "2": 2, "3": 0, "4": 1}
         y_test = np.array([to_class[sel.gold[i]] for i in test])
         row["probe_accuracy"] = linear_probe(vectors[lab], sel.y[lab], vectors[test], y_test, labels=names, seed=seed)["accuracy"]
+        # 2D views as in the report: fitted on the training records, 15-NN accuracy of the test records in 2D
+        fit = sel.train_idx
+        for method in ("pca", "simplex"):
+            points = projection_2d(vectors[fit], sel.y[fit], vectors[test], method=method, seed=seed)
+            sep = separation_2d(points, gold, seed=seed)
+            row[f"knn_2d_{method}"], row[f"silhouette_2d_{method}"] = sep["knn_accuracy"], sep["silhouette"]
     return row
 
 
@@ -104,7 +111,8 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in dict.fromkeys(r["row"] for r in results):
         rs = [r for r in results if r["row"] == name]
         s: dict[str, Any] = {"row": name, "seeds": len(rs)}
-        for key in ("top_1k", "top_1k_250", "top_100", "probe_accuracy", "train_seconds"):
+        for key in ("top_1k", "top_1k_250", "top_100", "probe_accuracy", "knn_2d_pca", "knn_2d_simplex",
+                    "silhouette_2d_pca", "silhouette_2d_simplex", "train_seconds"):
             vals = [r[key] for r in rs if key in r]
             if vals:
                 s[key] = float(np.mean(vals))
@@ -115,13 +123,18 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) -> str:
     lines = [f"Command: `{command}`", "", f"Machine: {info}", "",
-             "| row | seeds | top_1k all queries | top_1k 250 queries | top_100 | probe acc | train s |",
-             "|---|---|---|---|---|---|---|"]
+             "| row | seeds | top_1k all queries | top_1k 250 queries | top_100 | probe acc | "
+             "2D 15-NN acc, PCA | 2D 15-NN acc, simplex | train s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         def f(key: str) -> str:
             return f"{s[key]:.2f} ± {s[key + '_std']:.2f}" if key in s else "-"
         lines.append(f"| {s['row']} | {s['seeds']} | {f('top_1k')} | {f('top_1k_250')} | {f('top_100')} | "
-                     f"{f('probe_accuracy')} | {f('train_seconds')} |")
+                     f"{f('probe_accuracy')} | {f('knn_2d_pca')} | {f('knn_2d_simplex')} | {f('train_seconds')} |")
+    if any("knn_2d_pca" in s for s in summary):
+        lines += ["", "2D: projections fitted on the training records, 5-fold 15-NN accuracy (percent) of the test "
+                  "records' gold class in 2D (silhouettes in compare.json). \"simplex\" = probability-weighted class "
+                  "corners of a logistic regression (kern_finetune.evaluate.projection_2d)."]
     return "\n".join(lines) + "\n"
 
 

@@ -53,7 +53,7 @@ class RunConfig:
     batch_size: int = 256
     lr: float = 1e-3
     """Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)."""
-    encoder_lr: float = 3e-5
+    encoder_lr: float = 1.5e-5
     """Full mode only: AdamW learning rate of the transformer's weights (benchmarks/results/full_mode.md)."""
     patience: int = 3
     temperature: float = 0.5
