@@ -1,6 +1,6 @@
 """Full-encoder fine-tuning (``--mode full``) on the full bundled sample, through the real pipeline.
 
-    python benchmarks/full_mode.py [--seeds 42] [--encoder-lr 3e-5]   -> benchmarks/results/full_mode.{json,md}
+    python benchmarks/full_mode.py [--seeds 42] [--encoder-lr 1.5e-5]   -> benchmarks/results/full_mode.{json,md}
 
 One epoch over the training texts on CPU (batch 32, supcon t=0.5, label check; the encoder's learning
 rate is ``--encoder-lr``), then every record is re-encoded by the fine-tuned model and evaluated like
