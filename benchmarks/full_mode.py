@@ -18,9 +18,9 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from _common import RESULTS, SAMPLE, machine
@@ -40,7 +40,7 @@ def _run(records: list, seed: int, encoder_lr: float) -> dict:
     m = result.metrics
     # The default head, fitted on the fine-tuned vectors (same selection, label check and seed).
     sel, base = result.extra["selection"], result.extra["raw_vectors"]
-    head_config = RunConfig(task="Topic", gold_attribute="Class Index", text_attributes=["Title", "Description"], seed=seed)
+    head_config = replace(config, mode="head")
     head, _ = pipeline._train_head(result.vectors, sel, head_config, None)
     stacked = pipeline._evaluate(base, pipeline._apply(head, result.vectors), sel, head_config)
     return {"seed": seed, "encoder_lr": encoder_lr, "machine": machine(),
@@ -81,9 +81,6 @@ def _merge(new_rows: list[dict]) -> list[dict]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else {}
         rows = old.get("runs", [])
-        for r in rows:  # rows written before the encoder lr was an option carried it in "training"
-            r.setdefault("encoder_lr", r.get("training", {}).get("encoder_lr"))
-            r.setdefault("machine", old.get("machine"))
         keys = {(r["encoder_lr"], r["seed"]) for r in new_rows}
         rows = [r for r in rows if (r["encoder_lr"], r["seed"]) not in keys] + new_rows
         path.write_text(json.dumps({"command": "python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR",
