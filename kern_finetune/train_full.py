@@ -5,7 +5,8 @@ transformer: class-aware batches of training texts, the configured loss (per-row
 supported), AdamW with linear warmup then linear decay, gradient clipping, validation loss every
 ``eval_every`` steps with early stopping and the best state restored, fixed seed.
 
-Settings that differ from head mode, and why (``RunConfig`` holds the head-mode values):
+Settings that differ from head mode, and why (``RunConfig``'s ``epochs``, ``batch_size`` and ``lr`` are
+the head's; ``encoder_lr`` is this mode's own):
 
 - **learning rate** ``config.encoder_lr`` (1.5e-5 by default) for the transformer's weights:
   ``config.lr`` (1e-3 by default) is tuned for a freshly initialised head and would wreck pre-trained
@@ -17,6 +18,9 @@ Settings that differ from head mode, and why (``RunConfig`` holds the head-mode 
   over-fits the (partly weak) labels within a few epochs; early stopping guards the rest.
 - **batch size** ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU:
   each row now costs a transformer forward and backward pass.
+- **batches grouped by length**: each epoch's class-aware batches are pooled 16 at a time, sorted by
+  token count and cut again (:func:`length_grouped`), so a step pads to its own longest text. On the
+  sample (seed 42) a step took ~1.1 s instead of ~2.7 s on 2 cores, and test top_1k was 74.37 vs 74.32.
 - **max sequence length** 128 tokens while training (``MAX_SEQ_LENGTH``), as a per-call tokenizer
   override: the returned model keeps the base model's own limit (256), so it encodes exactly as a
   model loaded from its saved folder does.
@@ -49,7 +53,7 @@ if TYPE_CHECKING:
 
     from .config import RunConfig
 
-__all__ = ["fit_full", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
+__all__ = ["fit_full", "length_grouped", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +65,30 @@ WARMUP_FRACTION = 0.1
 """Share of the steps over which the learning rate rises linearly from 0; it then decays linearly to 0."""
 WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
+LENGTH_WINDOW = 16
+"""Batches pooled when regrouping them by text length (:func:`length_grouped`)."""
 MIN_DELTA = 1e-5
 """A validation loss counts as better only when it is lower by more than this."""
+
+
+def length_grouped(batches: list[np.ndarray], lengths: np.ndarray, rng: np.random.Generator, *,
+                   window: int = LENGTH_WINDOW) -> list[np.ndarray]:
+    """Regroup ``batches`` so each holds texts of similar length, in a shuffled order.
+
+    Every ``window`` consecutive batches are pooled, sorted by ``lengths`` (tokens per row) and cut
+    back into batches of the same sizes; the resulting batches are then shuffled. Each pool is still
+    class-balanced as a whole, but one batch's classes are only as mixed as the pool's lengths allow.
+    Padding shrinks to the batch's own longest text: about 2.5x fewer transformer FLOPs per step on
+    AG News (median 51 tokens, batches of random texts pad to ~100).
+    """
+    out: list[np.ndarray] = []
+    for s in range(0, len(batches), window):
+        group = batches[s : s + window]
+        pool = np.concatenate(group)
+        pool = pool[np.argsort(lengths[pool], kind="stable")]
+        cuts = np.cumsum([len(b) for b in group])[:-1]
+        out.extend(np.split(pool, cuts))
+    return [out[i] for i in rng.permutation(len(out))]
 
 
 def _default_device() -> str:
@@ -145,6 +171,7 @@ def fit_full(
     eval_every: int | None = None,
     max_seq_length: int = MAX_SEQ_LENGTH,
     max_val_rows: int = MAX_VAL_ROWS,
+    group_by_length: bool = True,
 ) -> tuple[SentenceTransformer, SkipConnectionHead | None, dict[str, Any]]:
     """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels.
 
@@ -166,6 +193,8 @@ def fit_full(
             The last step is always evaluated, and so is step 0.
         max_seq_length: tokens per text while training and validating.
         max_val_rows: validation texts used per evaluation, at most.
+        group_by_length: regroup each epoch's class-aware batches by text length
+            (:func:`length_grouped`) so steps pad less.
 
     Returns:
         ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, eval mode,
@@ -191,6 +220,7 @@ def fit_full(
     if len(val_idx) > max_val_rows:
         val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, max_val_rows, replace=False))
     texts_t = [sel.texts[i] for i in train_idx]
+    lengths_t = np.array([len(ids) for ids in model.tokenizer(texts_t, truncation=True, max_length=max_seq_length)["input_ids"]])
     y_t_np = sel.y[train_idx].astype(np.int64)
     y_t = torch.from_numpy(y_t_np).to(device)
     w_t = None if weights is None else torch.from_numpy(np.asarray(weights)[train_idx].astype(np.float32)).to(device)
@@ -239,7 +269,10 @@ def fit_full(
     try:
         while step < total_steps and not stopped_early:
             epochs_run += 1
-            for idx in class_aware_batches(y_t_np, batch_size, rng):
+            batches = class_aware_batches(y_t_np, batch_size, rng)
+            if group_by_length:
+                batches = length_grouped(batches, lengths_t, rng)
+            for idx in batches:
                 b = torch.from_numpy(idx).to(device)
                 z = _embed(model, [texts_t[i] for i in idx], device, max_seq_length)
                 loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
@@ -285,6 +318,7 @@ def fit_full(
         "encoder_lr": encoder_lr,
         "batch_size": batch_size,
         "max_seq_length": max_seq_length,
+        "group_by_length": group_by_length,
         "warmup_steps": warmup,
         "eval_every": eval_every,
         "n_val_rows": int(len(val_idx)),

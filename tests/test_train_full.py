@@ -165,3 +165,22 @@ def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selectio
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
     assert np.abs(model.encode(texts, **kw) - encoder.model().encode(texts, **kw)).max() < 1e-6
+
+
+def test_length_grouped_keeps_every_row_and_batch_size_and_shrinks_padding() -> None:
+    from kern_finetune.train import class_aware_batches
+    from kern_finetune.train_full import length_grouped
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 1000)
+    lengths = rng.integers(5, 200, 1000)
+    batches = class_aware_batches(y, 32, np.random.default_rng(1))
+    grouped = length_grouped(batches, lengths, np.random.default_rng(2), window=8)
+
+    assert sorted(len(b) for b in grouped) == sorted(len(b) for b in batches)
+    assert np.array_equal(np.sort(np.concatenate(grouped)), np.sort(np.concatenate(batches)))
+    padded = lambda bs: sum(len(b) * lengths[b].max() for b in bs)  # noqa: E731
+    assert padded(grouped) < 0.8 * padded(batches)
+    # Pools of 8 batches keep their classes: the same rows, regrouped, in a shuffled order.
+    assert not all(np.array_equal(g, b) for g, b in zip(grouped, batches, strict=True))
+    assert length_grouped(batches, lengths, np.random.default_rng(2), window=8)[0].tolist() == grouped[0].tolist()
