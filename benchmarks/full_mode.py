@@ -1,13 +1,15 @@
 """Full-encoder fine-tuning (``--mode full``) on the full bundled sample, through the real pipeline.
 
-    python benchmarks/full_mode.py [--seeds 42] [--encoder-lr 1.5e-5]   -> benchmarks/results/full_mode.{json,md}
+    python benchmarks/full_mode.py [--seeds 42,43,44] [--encoder-lr 1.5e-5] [--pseudo-labels auto|off|P] [--no-head]
+        -> benchmarks/results/full_mode.{json,md}
 
-One epoch over the training texts on CPU (batch 32, supcon t=0.5, label check; the encoder's learning
-rate is ``--encoder-lr``), then every record is re-encoded by the fine-tuned model and evaluated like
-any run. Each run also fits the default head on top of the fine-tuned vectors ("full + head") to see
-whether stacking both helps. Rows are merged into the results by (encoder lr, seed), so runs with
-different learning rates can go one after another or side by side (BENCH_THREADS=1 each on 2 cores).
-Slow on 2 cores (20-40 minutes per run); a GPU is used when present.
+One epoch over the training texts on CPU (batch 32 grouped by length, supcon t=0.5, label check; the
+encoder's learning rate is ``--encoder-lr``; self-training per ``--pseudo-labels``), then every record is
+re-encoded by the fine-tuned model and evaluated like any run. Unless ``--no-head``, each run also fits
+the default head on top of the fine-tuned vectors ("full + head") to see whether stacking both helps.
+Rows are merged into the results by (encoder lr, pseudo-label threshold, length grouping, seed), so
+settings can run one after another or side by side (BENCH_THREADS=1 each on 2 cores). 10-25 minutes
+per run on 2 cores; a GPU is used when present.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from _common import RESULTS, SAMPLE, machine
@@ -30,46 +33,67 @@ from kern_finetune.config import RunConfig
 from kern_finetune.export import load_export
 
 
-def _run(records: list, seed: int, encoder_lr: float) -> dict:
+def _key(row: dict) -> tuple:
+    """What a row measured: (encoder lr, pseudo-label threshold, grouped by length, seed).
+
+    Rows from before self-training and length grouping existed ran without either.
+    """
+    return (row["encoder_lr"], row.get("pseudo_labels") or 0.0, bool(row["training"].get("group_by_length")), row["seed"])
+
+
+def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_head: bool) -> dict:
     config = RunConfig(task="Topic", gold_attribute="Class Index", text_attributes=["Title", "Description"],
-                       mode="full", seed=seed, encoder_lr=encoder_lr)
+                       mode="full", seed=seed, encoder_lr=encoder_lr, pseudo_labels=pseudo_labels)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         result = pipeline.run_pipeline(records, config, out_dir=Path(out), progress=print)
         wall = time.perf_counter() - t
     m = result.metrics
-    # The default head, fitted on the fine-tuned vectors (same selection, label check and seed).
-    sel, base = result.extra["selection"], result.extra["raw_vectors"]
-    head_config = replace(config, mode="head")
-    head, _ = pipeline._train_head(result.vectors, sel, head_config, None)
-    stacked = pipeline._evaluate(base, pipeline._apply(head, result.vectors), sel, head_config)
+    stacked = None
+    if stack_head:  # the default head, fitted on the fine-tuned vectors (same selection, label check and seed)
+        sel, base = result.extra["selection"], result.extra["raw_vectors"]
+        head_config = replace(config, mode="head")
+        head, _ = pipeline._train_head(result.vectors, sel, head_config, None)
+        stacked = pipeline._evaluate(base, pipeline._apply(head, result.vectors), sel, head_config)
     return {"seed": seed, "encoder_lr": encoder_lr, "machine": machine(),
+            "pseudo_labels": config.pseudo_label_threshold(),
+            "n_pseudo_labels": m.get("pseudo_labels", {}).get("n_added", 0),
             "top_1k_raw": m["top_k"]["raw"]["1000"], "top_1k": m["top_k"]["finetuned"]["1000"],
             "top_1k_250": m["top_1k_250"]["finetuned"],
             "probe_accuracy_raw": m["classification"]["raw"]["accuracy"],
             "probe_accuracy": m["classification"]["finetuned"]["accuracy"],
-            "full_plus_head": {"top_1k": stacked["top_k"]["finetuned"]["1000"],
-                               "probe_accuracy": stacked["classification"]["finetuned"]["accuracy"]},
+            "full_plus_head": None if stacked is None else {
+                "top_1k": stacked["top_k"]["finetuned"]["1000"],
+                "probe_accuracy": stacked["classification"]["finetuned"]["accuracy"]},
             "separation_2d": m["separation_2d"], "seconds": m["seconds"],
             "training": {k: v for k, v in m["training"].items() if k != "history"},
             "history": m["training"].get("history"), "wall_seconds": wall}
 
 
 def _markdown(rows: list[dict]) -> str:
-    lines = ["Command: `python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR` (BENCH_THREADS=1 when two ran "
-             "side by side on the 2 cores; each row's machine and commit are in full_mode.json)", "",
-             "| encoder lr | seed | top_1k raw | top_1k full-encoder | top_1k full + head | probe acc raw | "
-             "probe acc full | best step / steps | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["encoder_lr"], r["seed"])):
+    lines = ["Command: `python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR --pseudo-labels P` (BENCH_THREADS=1 "
+             "when two ran side by side on the 2 cores; each row's machine and commit are in full_mode.json)", "",
+             "| encoder lr | pseudo-labels p > (added) | grouped by length | seed | top_1k raw | top_1k full-encoder | "
+             "top_1k full + head | probe acc raw | probe acc full | best step / steps | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=_key):
         stacked = f"{r['full_plus_head']['top_1k']:.2f}" if r.get("full_plus_head") else "-"
-        lines.append(f"| {r['encoder_lr']:g} | {r['seed']} | {r['top_1k_raw']:.2f} | {r['top_1k']:.2f} | {stacked} | "
+        pseudo = f"{r['pseudo_labels']:g} ({r['n_pseudo_labels']})" if r.get("pseudo_labels") else "off"
+        grouped = "yes" if r["training"].get("group_by_length") else "no"
+        lines.append(f"| {r['encoder_lr']:g} | {pseudo} | {grouped} | {r['seed']} | {r['top_1k_raw']:.2f} | "
+                     f"{r['top_1k']:.2f} | {stacked} | "
                      f"{r['probe_accuracy_raw']:.2f} | {r['probe_accuracy']:.2f} | "
                      f"{r['training']['best_step']} / {r['training']['steps']} | "
                      f"{r['seconds']['train']:.0f} | {r['seconds']['total']:.0f} |")
     lines += ["", "top_1k over all 9,146 test queries; probe = logistic regression on the labeled records, accuracy "
               "on the test records' gold class. `train s` includes re-encoding all 20,000 records with the "
-              "fine-tuned model; `-` = run before the full + head column existed."]
+              "fine-tuned model; `-` = not measured (run before the full + head column existed, or with --no-head)."]
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        groups.setdefault(_key(r)[:3], []).append(r["top_1k"])
+    lines += ["", "| encoder lr | pseudo-labels p > | grouped by length | seeds | top_1k mean ± std |", "|---|---|---|---|---|"]
+    for (lr, p, g), vals in sorted(groups.items()):
+        lines.append(f"| {lr:g} | {f'{p:g}' if p else 'off'} | {'yes' if g else 'no'} | {len(vals)} | {np.mean(vals):.2f} ± {np.std(vals):.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -81,9 +105,10 @@ def _merge(new_rows: list[dict]) -> list[dict]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         old = json.loads(path.read_text()) if path.exists() else {}
         rows = old.get("runs", [])
-        keys = {(r["encoder_lr"], r["seed"]) for r in new_rows}
-        rows = [r for r in rows if (r["encoder_lr"], r["seed"]) not in keys] + new_rows
-        path.write_text(json.dumps({"command": "python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR",
+        keys = {_key(r) for r in new_rows}
+        rows = [r for r in rows if _key(r) not in keys] + new_rows
+        path.write_text(json.dumps({"command": "python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR "
+                                               "--pseudo-labels P",
                                     "runs": rows}, indent=2))
         (RESULTS / "full_mode.md").write_text(_markdown(rows))
     return rows
@@ -93,12 +118,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--encoder-lr", type=float, default=RunConfig().encoder_lr)
+    ap.add_argument("--pseudo-labels", default=RunConfig().pseudo_labels)
+    ap.add_argument("--no-head", action="store_true", help="skip fitting the default head on the fine-tuned vectors")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # 1 when two benchmarks share the 2 cores
     records = load_export(SAMPLE)
     new_rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        row = _run(records, seed, args.encoder_lr)
+        row = _run(records, seed, args.encoder_lr, args.pseudo_labels, not args.no_head)
         new_rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
     print(_markdown(_merge(new_rows)))

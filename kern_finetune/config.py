@@ -60,6 +60,9 @@ class RunConfig:
     margin: float = 0.5
     noise_filter: str = "drop"
     """``off``, ``drop`` or ``weight``: handle weak labels that out-of-fold predictions contradict."""
+    pseudo_labels: str = "auto"
+    """Self-training on unlabeled records (:mod:`kern_finetune.pseudo`): ``auto`` (0.9 in full mode, off in
+    head mode), ``off``, or a probability threshold such as ``"0.8"``."""
     seed: int = 42
     eval_queries: int = 250
     base_model: str | None = None
@@ -92,9 +95,27 @@ class RunConfig:
         for name in ("lr", "encoder_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        self.pseudo_label_threshold()  # raises on a bad value
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
         return self
+
+    def pseudo_label_threshold(self) -> float | None:
+        """The probability threshold ``pseudo_labels`` means in this mode, or None when it is off."""
+        from .pseudo import AUTO_THRESHOLD
+
+        value = str(self.pseudo_labels).strip().lower()
+        if value == "auto":
+            return AUTO_THRESHOLD.get(self.mode)
+        if value == "off":
+            return None
+        try:
+            threshold = float(value)
+        except ValueError:
+            threshold = float("nan")
+        if not 0.0 < threshold < 1.0:
+            raise ConfigError(f"pseudo_labels must be auto, off or a probability in (0, 1), got {self.pseudo_labels!r}")
+        return threshold
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -111,6 +132,8 @@ class RunConfig:
         data = dict(data)
         if "cache_dir" in data and data["cache_dir"] is not None:
             data["cache_dir"] = Path(data["cache_dir"])
+        if isinstance(data.get("pseudo_labels"), (int, float)) and not isinstance(data["pseudo_labels"], bool):
+            data["pseudo_labels"] = str(data["pseudo_labels"])
         if isinstance(data.get("text_attributes"), str):
             data["text_attributes"] = [a.strip() for a in data["text_attributes"].split(",") if a.strip()]
         return cls(**data)

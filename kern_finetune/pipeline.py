@@ -159,16 +159,26 @@ def run_pipeline(
             weights = noise["weights"]
         say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})")
 
+    train_sel, pseudo = sel, None
+    threshold = config.pseudo_label_threshold()
+    if threshold is not None:
+        from .pseudo import find_pseudo_labels, with_pseudo_labels
+
+        pseudo = find_pseudo_labels(base, sel, threshold=threshold, seed=config.seed)
+        train_sel = with_pseudo_labels(sel, pseudo)  # training only: evaluation keeps reading `sel`
+        say(f"      pseudo-labels: {len(pseudo['indices'])} of {pseudo['n_candidates']} unlabeled records "
+            f"predicted with p > {threshold} join training")
+
     say(f"[3/5] train ({config.engine} engine, {config.mode} mode, loss {config.loss})")
     t = time.perf_counter()
     if config.mode == "full":
         from .train_full import fit_full
 
-        model, head, train_info = fit_full(encoder, sel, config, weights=weights)
+        model, head, train_info = fit_full(encoder, train_sel, config, weights=weights)
         tuned = model.encode(sel.texts, batch_size=config.encode_batch_size, convert_to_numpy=True,
                              normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
     else:
-        head, train_info = _train_head(base, sel, config, weights)
+        head, train_info = _train_head(base, train_sel, config, weights)
         model = None
         tuned = _apply(head, base)
     t_train = time.perf_counter() - t
@@ -201,6 +211,9 @@ def run_pipeline(
         encoded=encoder.n_encoded_,
         from_cache=encoder.n_cached_,
     )
+    if pseudo is not None:
+        metrics["pseudo_labels"] = {"threshold": pseudo["threshold"], "n_added": int(len(pseudo["indices"])),
+                                    "n_candidates": pseudo["n_candidates"]}
     if noise:
         write_label_issues(out_dir / "label_issues.csv", noise)
         metrics["label_check"] = {

@@ -51,6 +51,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                    help="--mode full: learning rate of the encoder's own weights (default: %(default)s)")
     g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
                    help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
+    g.add_argument("--pseudo-labels", default=_DEFAULTS.pseudo_labels, metavar="auto|off|P",
+                   help="self-training: unlabeled records predicted with probability above P train with that "
+                        "label; auto = 0.9 in --mode full, off in --mode head (default: %(default)s)")
     g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for the split, training and evaluation (default: %(default)s)")
     g = parser.add_argument_group("where things go")
     g.add_argument("--base-model", metavar="DIR", help="local sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
@@ -78,6 +81,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         lr=args.lr,
         encoder_lr=args.encoder_lr,
         noise_filter=args.noise_filter,
+        pseudo_labels=args.pseudo_labels,
         seed=args.seed,
         base_model=args.base_model,
         embedding_name=args.embedding_name,

@@ -1,0 +1,76 @@
+"""Self-training: give confident predicted labels to records that have none, for training only.
+
+In a labeling project most records carry no usable label, and they are often not like the labeled
+ones (here: the weak labels that pass the confidence threshold are the easy records). A logistic
+regression on the base vectors, fitted on the selected labels (after the label check), predicts a
+class for every unlabeled record; those predicted with probability above ``threshold`` join the
+*training* rows with that class. The gold attribute is never used, validation rows stay labeled ones,
+and evaluation still reads the original :class:`~kern_finetune.select.Selection`.
+
+Measured on the bundled sample (``benchmarks/results/full_mode.md``, ``unlabeled.md``): it helps the
+full-encoder mode (the encoder learns from the unlabeled records' own texts) and does not measurably
+help the frozen-encoder head, so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from .select import Selection
+
+__all__ = ["find_pseudo_labels", "with_pseudo_labels", "AUTO_THRESHOLD"]
+
+AUTO_THRESHOLD = {"full": 0.9, "head": None}
+"""Threshold that ``pseudo_labels="auto"`` means in each mode (None: off)."""
+
+
+def find_pseudo_labels(base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42) -> dict[str, Any]:
+    """Predict a class for each unlabeled record with text; keep those above ``threshold``.
+
+    Args:
+        base: base vectors, one row per record of ``sel``.
+        sel: the selection; its train + validation rows are the fitting set, rows with ``y < 0`` and
+            non-empty text are the candidates.
+        threshold: keep a prediction when its probability is strictly above this.
+        seed: the logistic regression's ``random_state``.
+
+    Returns:
+        ``indices`` (record rows), ``labels`` (class index per row), ``probability`` (of that class),
+        ``n_candidates`` (unlabeled records with text) and ``threshold``.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    labeled = sel.labeled_idx
+    candidates = np.flatnonzero((sel.y < 0) & np.array([bool(t) for t in sel.texts]))
+    empty: dict[str, Any] = {"indices": candidates[:0], "labels": np.zeros(0, dtype=np.int64),
+                             "probability": np.zeros(0, dtype=np.float32), "n_candidates": int(len(candidates)),
+                             "threshold": threshold}
+    if len(candidates) == 0 or len(np.unique(sel.y[labeled])) < 2:
+        return empty
+    clf = LogisticRegression(max_iter=2000, random_state=seed).fit(base[labeled], sel.y[labeled])
+    proba = clf.predict_proba(base[candidates])
+    best = proba.max(axis=1)
+    keep = best > threshold
+    return {
+        "indices": candidates[keep],
+        "labels": clf.classes_[proba.argmax(axis=1)][keep].astype(np.int64),
+        "probability": best[keep].astype(np.float32),
+        "n_candidates": int(len(candidates)),
+        "threshold": threshold,
+    }
+
+
+def with_pseudo_labels(sel: Selection, found: dict[str, Any]) -> Selection:
+    """A copy of ``sel`` for training: ``found``'s rows added to ``train_idx`` with their predicted labels.
+
+    ``sel`` itself is not changed, so evaluation, the label fingerprint and the linear probe keep
+    seeing only the project's own labels.
+    """
+    y = sel.y.copy()
+    y[found["indices"]] = found["labels"]
+    return replace(sel, y=y, train_idx=np.sort(np.concatenate([sel.train_idx, found["indices"]])))
