@@ -1,0 +1,93 @@
+"""Quick full-mode variants on the full sample: train with `fit_full`, then top_1k on the test records only.
+
+    python benchmarks/full_mode_variants.py [--seed 42] [--lr 1.5e-5] [--epochs 1] [--batch 32]
+        [--temperature 0.5] [--no-group] [--trainval] [--pseudo P] --tag NAME
+        -> appends a row to benchmarks/results/full_mode_variants.jsonl, rewrites full_mode_variants.md
+
+Cheaper than `full_mode.py` (which runs the whole pipeline): it re-encodes only the 9,146 test records and
+measures no linear probe, so a variant costs ~9-25 minutes on 2 cores instead of ~15-35. Same selection
+and label check as the pipeline; `--trainval` trains on train + validation rows (no early stopping);
+`--pseudo P` adds the unlabeled records a logistic regression on the base vectors predicts with p > P
+(what `--pseudo-labels P` does in the pipeline). BENCH_THREADS=1 when two run side by side.
+"""
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import torch
+
+from _common import RESULTS, load_sample, machine, top_1k
+from kern_finetune.config import RunConfig, default_cache_dir
+from kern_finetune.encode import Encoder
+from kern_finetune.noise import find_label_issues
+from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
+from kern_finetune.train_full import fit_full
+
+
+def write_table() -> None:
+    """Rewrite full_mode_variants.md from every row in full_mode_variants.jsonl."""
+    rows = [json.loads(line) for line in (RESULTS / "full_mode_variants.jsonl").read_text().splitlines() if line.strip()]
+    lines = ["Command: `python benchmarks/full_mode_variants.py --tag NAME [options as in each row]` (one seed per row; "
+             "BENCH_THREADS=1 when two ran side by side)", "",
+             "| tag | seed | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tag']} | {r['seed']} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
+                     f"{'no' if r['no_group'] else 'yes'} | {'yes' if r['trainval'] else 'no'} | "
+                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r['top_1k']:.2f} | {r['train_s']} | {r['total_s']} |")
+    lines += ["", "top_1k over all 9,146 test queries (raw: 51.61). `train s` = fine-tuning incl. validation; `total s` adds "
+              "re-encoding the test records. Ungrouped seed-42 reference (full pipeline): 74.32, full_mode.md."]
+    (RESULTS / "full_mode_variants.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--lr", type=float, default=1.5e-5)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--loss", default="supcon")
+    ap.add_argument("--no-group", action="store_true")
+    ap.add_argument("--trainval", action="store_true")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--pseudo", type=float, default=None)
+    ap.add_argument("--table-only", action="store_true", help="only rewrite the .md from the .jsonl")
+    a = ap.parse_args()
+    if a.table_only:
+        write_table()
+        return
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    sel, base, gold = load_sample(seed=a.seed)
+    noise = find_label_issues(base, sel, seed=a.seed)
+    keep = np.ones(len(sel.ids), bool)
+    keep[noise["indices"]] = False
+    sel.train_idx, sel.val_idx = sel.train_idx[keep[sel.train_idx]], sel.val_idx[keep[sel.val_idx]]
+    if a.trainval:
+        sel.train_idx, sel.val_idx = np.sort(np.concatenate([sel.train_idx, sel.val_idx])), sel.val_idx[:0]
+    if a.pseudo is not None:
+        found = find_pseudo_labels(base, sel, threshold=a.pseudo, seed=a.seed)
+        sel = with_pseudo_labels(sel, found)
+        print("pseudo-labels", len(found["indices"]))
+    cfg = RunConfig(task="Topic", mode="full", seed=a.seed, encoder_lr=a.lr, temperature=a.temperature, loss=a.loss)
+    enc = Encoder(cache_dir=default_cache_dir())
+    t = time.perf_counter()
+    model, _, info = fit_full(enc, sel, cfg, epochs=a.epochs, batch_size=a.batch, group_by_length=not a.no_group, progress=False)
+    t_train = time.perf_counter() - t
+    test_texts = [sel.texts[i] for i in sel.test_idx]
+    v = model.encode(test_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    t_all = time.perf_counter() - t
+    row = dict(vars(a), top_1k=round(top_1k(v, gold), 2), raw=round(top_1k(base[sel.test_idx], gold), 2), train_s=round(t_train), total_s=round(t_all),
+               best_step=info["best_step"], steps=info["steps"], hist=[(h["step"], round(h["val_loss"], 4)) for h in info["history"]])
+    row["machine"] = machine()
+    print(json.dumps(row))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS / "full_mode_variants.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    write_table()
+
+
+if __name__ == "__main__":
+    main()
