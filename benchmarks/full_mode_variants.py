@@ -31,12 +31,12 @@ def write_table() -> None:
     rows = [json.loads(line) for line in (RESULTS / "full_mode_variants.jsonl").read_text().splitlines() if line.strip()]
     lines = ["Command: `python benchmarks/full_mode_variants.py --tag NAME [options as in each row]` (one seed per row; "
              "BENCH_THREADS=1 when two ran side by side)", "",
-             "| tag | seed | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tag | seed | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | threads | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['tag']} | {r['seed']} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
                      f"{'no' if r['no_group'] else 'yes'} | {'yes' if r['trainval'] else 'no'} | "
-                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r['top_1k']:.2f} | {r['train_s']} | {r['total_s']} |")
+                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
     lines += ["", "top_1k over all 9,146 test queries (raw: 51.61). `train s` = fine-tuning incl. validation; `total s` adds "
               "re-encoding the test records. Ungrouped seed-42 reference (full pipeline): 74.32, full_mode.md."]
     (RESULTS / "full_mode_variants.md").write_text("\n".join(lines) + "\n")
@@ -81,7 +81,7 @@ def main() -> None:
     t_all = time.perf_counter() - t
     row = dict(vars(a), top_1k=round(top_1k(v, gold), 2), raw=round(top_1k(base[sel.test_idx], gold), 2), train_s=round(t_train), total_s=round(t_all),
                best_step=info["best_step"], steps=info["steps"], hist=[(h["step"], round(h["val_loss"], 4)) for h in info["history"]])
-    row["machine"] = machine()
+    row["machine"], row["threads"] = machine(), torch.get_num_threads()
     print(json.dumps(row))
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "full_mode_variants.jsonl", "a") as f:
