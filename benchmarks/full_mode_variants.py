@@ -31,10 +31,10 @@ def write_table() -> None:
     rows = [json.loads(line) for line in (RESULTS / "full_mode_variants.jsonl").read_text().splitlines() if line.strip()]
     lines = ["Command: `python benchmarks/full_mode_variants.py --tag NAME [options as in each row]` (one seed per row; "
              "BENCH_THREADS=1 when two ran side by side)", "",
-             "| tag | seed | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | threads | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tag | seed | rounds | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | threads | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['tag']} | {r['seed']} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
+        lines.append(f"| {r['tag']} | {r['seed']} | {r.get('rounds', 1)} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
                      f"{'no' if r['no_group'] else 'yes'} | {'yes' if r['trainval'] else 'no'} | "
                      f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
     lines += ["", "top_1k over all 9,146 test queries (raw: 51.61). `train s` = fine-tuning incl. validation; `total s` adds "
@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("--trainval", action="store_true")
     ap.add_argument("--tag", default="")
     ap.add_argument("--pseudo", type=float, default=None)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="with --pseudo: round 2+ re-fits from the base model with pseudo-labels from the previous "
+                         "round's fine-tuned vectors (all records re-encoded in between)")
     ap.add_argument("--table-only", action="store_true", help="only rewrite the .md from the .jsonl")
     a = ap.parse_args()
     if a.table_only:
@@ -67,20 +70,29 @@ def main() -> None:
     sel.train_idx, sel.val_idx = sel.train_idx[keep[sel.train_idx]], sel.val_idx[keep[sel.val_idx]]
     if a.trainval:
         sel.train_idx, sel.val_idx = np.sort(np.concatenate([sel.train_idx, sel.val_idx])), sel.val_idx[:0]
-    if a.pseudo is not None:
-        found = find_pseudo_labels(base, sel, threshold=a.pseudo, seed=a.seed)
-        sel = with_pseudo_labels(sel, found)
-        print("pseudo-labels", len(found["indices"]))
     cfg = RunConfig(task="Topic", mode="full", seed=a.seed, encoder_lr=a.lr, temperature=a.temperature, loss=a.loss)
     enc = Encoder(cache_dir=default_cache_dir())
     t = time.perf_counter()
-    model, _, info = fit_full(enc, sel, cfg, epochs=a.epochs, batch_size=a.batch, group_by_length=not a.no_group, progress=False)
+    source, n_pseudo = base, []
+    for round_ in range(max(1, a.rounds)):
+        train_sel = sel
+        if a.pseudo is not None:
+            found = find_pseudo_labels(source, sel, threshold=a.pseudo, seed=a.seed)
+            train_sel = with_pseudo_labels(sel, found)
+            n_pseudo.append(len(found["indices"]))
+            print("round", round_ + 1, "pseudo-labels", len(found["indices"]), flush=True)
+        model, _, info = fit_full(enc, train_sel, cfg, epochs=a.epochs, batch_size=a.batch,
+                                  group_by_length=not a.no_group, progress=False)
+        if round_ + 1 < a.rounds:
+            source = model.encode(sel.texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
+                                  show_progress_bar=False)
+            print("round", round_ + 1, "top_1k", round(top_1k(source[sel.test_idx], gold), 2), flush=True)
     t_train = time.perf_counter() - t
     test_texts = [sel.texts[i] for i in sel.test_idx]
     v = model.encode(test_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
     t_all = time.perf_counter() - t
     row = dict(vars(a), top_1k=round(top_1k(v, gold), 2), raw=round(top_1k(base[sel.test_idx], gold), 2), train_s=round(t_train), total_s=round(t_all),
-               best_step=info["best_step"], steps=info["steps"], hist=[(h["step"], round(h["val_loss"], 4)) for h in info["history"]])
+               best_step=info["best_step"], steps=info["steps"], n_pseudo=n_pseudo, hist=[(h["step"], round(h["val_loss"], 4)) for h in info["history"]])
     row["machine"], row["threads"] = machine(), torch.get_num_threads()
     print(json.dumps(row))
     RESULTS.mkdir(parents=True, exist_ok=True)
