@@ -12,10 +12,13 @@ the head's; ``encoder_lr`` is this mode's own):
   ``config.lr`` (1e-3 by default) is tuned for a freshly initialised head and would wreck pre-trained
   weights. Parameters of the loss itself (CosFace's proxies) are new, so they get ``config.lr``. On the
   sample (seed 42, ``benchmarks/results/full_mode.md``) test top_1k was 73.59 / 74.32 / 73.78 / 71.77
-  at 7.5e-6 / 1.5e-5 / 3e-5 / 1e-4, although 1e-4 reached the lowest validation loss.
+  at 7.5e-6 / 1.5e-5 / 3e-5 / 1e-4, although 1e-4 reached the lowest validation loss. (Those runs had
+  no pseudo-labels; the pipeline adds them to ``sel`` before calling :func:`fit_full`, see
+  :mod:`kern_finetune.pseudo`.)
 - **epochs** ``min(config.epochs, 1)`` on CPU (an epoch over a few thousand texts already takes
   minutes there), ``min(config.epochs, 3)`` on a GPU: the encoder moves far faster than a head and
-  over-fits the (partly weak) labels within a few epochs; early stopping guards the rest.
+  over-fits the (partly weak) labels within a few epochs; early stopping guards the rest. On the
+  sample two CPU epochs gave 73.45 vs 74.37 for one (seed 42, ``full_mode_variants.md``).
 - **batch size** ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU:
   each row now costs a transformer forward and backward pass.
 - **batches grouped by length**: each epoch's class-aware batches are pooled 16 at a time, sorted by
