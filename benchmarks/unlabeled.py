@@ -18,11 +18,11 @@ import time
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from _common import load_sample, machine, top_1k, write_results
 
 from kern_finetune.noise import find_label_issues
+from kern_finetune.pseudo import find_pseudo_labels
 from kern_finetune.train import HeadTrainer
 
 
@@ -35,12 +35,11 @@ def main() -> None:
         keep = np.ones(len(sel.ids), dtype=bool)
         keep[flagged] = False
         ti, vi = sel.train_idx[keep[sel.train_idx]], sel.val_idx[keep[sel.val_idx]]
-        unl = np.flatnonzero(sel.y < 0)
-        lab = np.concatenate([ti, vi])
-        proba = LogisticRegression(max_iter=2000, random_state=seed).fit(base[lab], sel.y[lab]).predict_proba(base[unl])
+        sel.train_idx, sel.val_idx = ti, vi
         for cut in (None, 0.9, 0.7, 0.5):
-            extra = unl[proba.max(1) > cut] if cut is not None else unl[:0]
-            ey = proba.argmax(1)[proba.max(1) > cut] if cut is not None else sel.y[:0]
+            found = find_pseudo_labels(base, sel, threshold=cut, seed=seed) if cut is not None else None
+            extra = found["indices"] if found else ti[:0]
+            ey = found["labels"] if found else sel.y[:0]
             t = time.perf_counter()
             tr = HeadTrainer(loss="supcon", temperature=0.5, epochs=30, seed=seed, progress=False).fit(
                 np.concatenate([base[ti], base[extra]]), np.concatenate([sel.y[ti], ey]), base[vi], sel.y[vi]

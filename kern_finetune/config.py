@@ -14,11 +14,13 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "LOSSES", "ENGINES", "MODES", "default_cache_dir"]
+__all__ = ["RunConfig", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_AUTO", "default_cache_dir"]
 
 LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
 ENGINES = ("native", "quaterion")
 MODES = ("head", "full")
+PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
+"""Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
 
 
 def default_cache_dir() -> Path:
@@ -102,11 +104,9 @@ class RunConfig:
 
     def pseudo_label_threshold(self) -> float | None:
         """The probability threshold ``pseudo_labels`` means in this mode, or None when it is off."""
-        from .pseudo import AUTO_THRESHOLD
-
         value = str(self.pseudo_labels).strip().lower()
         if value == "auto":
-            return AUTO_THRESHOLD.get(self.mode)
+            return PSEUDO_LABELS_AUTO.get(self.mode)
         if value == "off":
             return None
         try:

@@ -11,7 +11,8 @@ Measured on the bundled sample: in full mode test top_1k 75.27 +- 0.19 over 3 se
 (~4,400 records added) vs 74.39 without (2 seeds), and 75.41 with p > 0.7 (seed 42;
 ``benchmarks/results/full_mode.md``, ``full_mode_variants.md``): the encoder learns from the unlabeled
 records' own texts. The frozen-encoder head gains nothing measurable (71.26 vs 71.20,
-``unlabeled.md``), so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only.
+``unlabeled.md``), so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only
+(:data:`kern_finetune.config.PSEUDO_LABELS_AUTO`).
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ import numpy as np
 
 from .select import Selection
 
-__all__ = ["find_pseudo_labels", "with_pseudo_labels", "AUTO_THRESHOLD"]
-
-AUTO_THRESHOLD = {"full": 0.9, "head": None}
-"""Threshold that ``pseudo_labels="auto"`` means in each mode (None: off)."""
+__all__ = ["find_pseudo_labels", "with_pseudo_labels"]
 
 
 def find_pseudo_labels(base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42) -> dict[str, Any]:
