@@ -223,7 +223,10 @@ def fit_full(
     if len(val_idx) > max_val_rows:
         val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, max_val_rows, replace=False))
     texts_t = [sel.texts[i] for i in train_idx]
-    lengths_t = np.array([len(ids) for ids in model.tokenizer(texts_t, truncation=True, max_length=max_seq_length)["input_ids"]])
+    lengths_t = None
+    if group_by_length:  # tokens per training text, for length_grouped
+        tokens = model.tokenizer(texts_t, truncation=True, max_length=max_seq_length)["input_ids"]
+        lengths_t = np.array([len(ids) for ids in tokens])
     y_t_np = sel.y[train_idx].astype(np.int64)
     y_t = torch.from_numpy(y_t_np).to(device)
     w_t = None if weights is None else torch.from_numpy(np.asarray(weights)[train_idx].astype(np.float32)).to(device)
@@ -273,7 +276,7 @@ def fit_full(
         while step < total_steps and not stopped_early:
             epochs_run += 1
             batches = class_aware_batches(y_t_np, batch_size, rng)
-            if group_by_length:
+            if lengths_t is not None:
                 batches = length_grouped(batches, lengths_t, rng)
             for idx in batches:
                 b = torch.from_numpy(idx).to(device)
