@@ -1,13 +1,15 @@
 """Full-encoder fine-tuning (``--mode full``) on the full bundled sample, through the real pipeline.
 
-    python benchmarks/full_mode.py [--seeds 42,43,44] [--encoder-lr 1.5e-5] [--pseudo-labels auto|off|P] [--no-head]
+    python benchmarks/full_mode.py [--seeds 42,43,44] [--encoder-lr 1.5e-5] [--pseudo-labels auto|off|P]
+        [--encoder-memory 512] [--wise-alpha 0.7] [--no-head]
         -> benchmarks/results/full_mode.{json,md}
 
 One epoch over the training texts on CPU (batch 32 grouped by length, supcon t=0.5, label check; the
 encoder's learning rate is ``--encoder-lr``; self-training per ``--pseudo-labels``), then every record is
 re-encoded by the fine-tuned model and evaluated like any run. Unless ``--no-head``, each run also fits
 the default head on top of the fine-tuned vectors ("full + head") to see whether stacking both helps.
-Rows are merged into the results by (encoder lr, pseudo-label threshold, length grouping, seed), so
+Rows are merged into the results by (encoder lr, pseudo-label threshold, length grouping, memory rows,
+WiSE alpha, seed), so
 settings can run one after another or side by side (BENCH_THREADS=1 each on 2 cores). 10-25 minutes
 per run on 2 cores; a GPU is used when present.
 """
@@ -33,17 +35,26 @@ from kern_finetune.config import RunConfig
 from kern_finetune.export import load_export
 
 
+COMMAND = ("python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR --pseudo-labels P --encoder-memory ROWS "
+           "--wise-alpha A")
+
+
 def _key(row: dict) -> tuple:
-    """What a row measured: (encoder lr, pseudo-label threshold, grouped by length, seed).
+    """What a row measured: (encoder lr, pseudo-label threshold, grouped by length, memory rows, WiSE alpha, seed).
 
-    Rows from before self-training and length grouping existed ran without either.
+    Rows from before self-training, length grouping, the cross-batch memory and WiSE-FT existed ran
+    without them (alpha 1).
     """
-    return (row["encoder_lr"], row.get("pseudo_labels") or 0.0, bool(row["training"].get("group_by_length")), row["seed"])
+    t = row["training"]
+    return (row["encoder_lr"], row.get("pseudo_labels") or 0.0, bool(t.get("group_by_length")),
+            int(t.get("memory_size") or 0), float(t.get("wise_alpha") or 1.0), row["seed"])
 
 
-def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_head: bool) -> dict:
+def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_head: bool, *,
+         encoder_memory: int, wise_alpha: float) -> dict:
     config = RunConfig(task="Topic", gold_attribute="Class Index", text_attributes=["Title", "Description"],
-                       mode="full", seed=seed, encoder_lr=encoder_lr, pseudo_labels=pseudo_labels)
+                       mode="full", seed=seed, encoder_lr=encoder_lr, pseudo_labels=pseudo_labels,
+                       encoder_memory=encoder_memory, wise_alpha=wise_alpha)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         result = pipeline.run_pipeline(records, config, out_dir=Path(out), progress=print)
@@ -71,16 +82,17 @@ def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_
 
 
 def _markdown(rows: list[dict]) -> str:
-    lines = ["Command: `python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR --pseudo-labels P` (BENCH_THREADS=1 "
+    lines = [f"Command: `{COMMAND}` (BENCH_THREADS=1 "
              "when two ran side by side on the 2 cores; each row's machine and commit are in full_mode.json)", "",
-             "| encoder lr | pseudo-labels p > (added) | grouped by length | seed | top_1k raw | top_1k full-encoder | "
-             "top_1k full + head | probe acc raw | probe acc full | best step / steps | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| encoder lr | pseudo-labels p > (added) | grouped by length | memory rows | WiSE alpha | seed | top_1k raw | "
+             "top_1k full-encoder | top_1k full + head | probe acc raw | probe acc full | best step / steps | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=_key):
         stacked = f"{r['full_plus_head']['top_1k']:.2f}" if r.get("full_plus_head") else "-"
         pseudo = f"{r['pseudo_labels']:g} ({r['n_pseudo_labels']})" if r.get("pseudo_labels") else "off"
         grouped = "yes" if r["training"].get("group_by_length") else "no"
-        lines.append(f"| {r['encoder_lr']:g} | {pseudo} | {grouped} | {r['seed']} | {r['top_1k_raw']:.2f} | "
+        _, _, _, memory, alpha, _ = _key(r)
+        lines.append(f"| {r['encoder_lr']:g} | {pseudo} | {grouped} | {memory or 'off'} | {alpha:g} | {r['seed']} | {r['top_1k_raw']:.2f} | "
                      f"{r['top_1k']:.2f} | {stacked} | "
                      f"{r['probe_accuracy_raw']:.2f} | {r['probe_accuracy']:.2f} | "
                      f"{r['training']['best_step']} / {r['training']['steps']} | "
@@ -88,12 +100,15 @@ def _markdown(rows: list[dict]) -> str:
     lines += ["", "top_1k over all 9,146 test queries; probe = logistic regression on the labeled records, accuracy "
               "on the test records' gold class. `train s` includes re-encoding all 20,000 records with the "
               "fine-tuned model; `-` = not measured (run before the full + head column existed, or with --no-head)."]
-    groups: dict[tuple, list[float]] = {}
+    groups: dict[tuple, list[tuple[float, float]]] = {}
     for r in rows:
-        groups.setdefault(_key(r)[:3], []).append(r["top_1k"])
-    lines += ["", "| encoder lr | pseudo-labels p > | grouped by length | seeds | top_1k mean ± std |", "|---|---|---|---|---|"]
-    for (lr, p, g), vals in sorted(groups.items()):
-        lines.append(f"| {lr:g} | {f'{p:g}' if p else 'off'} | {'yes' if g else 'no'} | {len(vals)} | {np.mean(vals):.2f} ± {np.std(vals):.2f} |")
+        groups.setdefault(_key(r)[:5], []).append((r["top_1k"], r["probe_accuracy"] - r["probe_accuracy_raw"]))
+    lines += ["", "| encoder lr | pseudo-labels p > | grouped by length | memory rows | WiSE alpha | seeds | top_1k mean ± std | "
+              "probe gain over raw, mean |", "|---|---|---|---|---|---|---|---|"]
+    for (lr, p, g, mem, alpha), vals in sorted(groups.items()):
+        top, gain = np.array(vals).T
+        lines.append(f"| {lr:g} | {f'{p:g}' if p else 'off'} | {'yes' if g else 'no'} | {mem or 'off'} | {alpha:g} | "
+                     f"{len(vals)} | {top.mean():.2f} ± {top.std():.2f} | {gain.mean():+.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -107,9 +122,7 @@ def _merge(new_rows: list[dict]) -> list[dict]:
         rows = old.get("runs", [])
         keys = {_key(r) for r in new_rows}
         rows = [r for r in rows if _key(r) not in keys] + new_rows
-        path.write_text(json.dumps({"command": "python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR "
-                                               "--pseudo-labels P",
-                                    "runs": rows}, indent=2))
+        path.write_text(json.dumps({"command": COMMAND, "runs": rows}, indent=2))
         (RESULTS / "full_mode.md").write_text(_markdown(rows))
     return rows
 
@@ -119,13 +132,16 @@ def main() -> None:
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--encoder-lr", type=float, default=RunConfig().encoder_lr)
     ap.add_argument("--pseudo-labels", default=RunConfig().pseudo_labels)
+    ap.add_argument("--encoder-memory", type=int, default=RunConfig().encoder_memory)
+    ap.add_argument("--wise-alpha", type=float, default=RunConfig().wise_alpha)
     ap.add_argument("--no-head", action="store_true", help="skip fitting the default head on the fine-tuned vectors")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # 1 when two benchmarks share the 2 cores
     records = load_export(SAMPLE)
     new_rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
-        row = _run(records, seed, args.encoder_lr, args.pseudo_labels, not args.no_head)
+        row = _run(records, seed, args.encoder_lr, args.pseudo_labels, not args.no_head,
+                   encoder_memory=args.encoder_memory, wise_alpha=args.wise_alpha)
         new_rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "history"}), flush=True)
     print(_markdown(_merge(new_rows)))

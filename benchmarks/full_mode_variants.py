@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--loss", default="supcon")
     ap.add_argument("--no-group", action="store_true")
+    ap.add_argument("--memory", type=int, default=0, help="cross-batch memory rows (supcon)")
     ap.add_argument("--trainval", action="store_true")
     ap.add_argument("--tag", default="")
     ap.add_argument("--pseudo", type=float, default=None)
@@ -58,6 +59,10 @@ def main() -> None:
                     help="with --pseudo: round 2+ re-fits from the base model with pseudo-labels from the previous "
                          "round's fine-tuned vectors (all records re-encoded in between)")
     ap.add_argument("--table-only", action="store_true", help="only rewrite the .md from the .jsonl")
+    ap.add_argument("--save-vectors", default=None, metavar="PATH",
+                    help="also encode every record with the fine-tuned model and save them to PATH (.npy), "
+                         "for experiments on top of the fine-tuned vectors")
+    ap.add_argument("--save-model", default=None, metavar="DIR", help="also save the fine-tuned model to DIR")
     a = ap.parse_args()
     if a.table_only:
         write_table()
@@ -82,7 +87,8 @@ def main() -> None:
             n_pseudo.append(len(found["indices"]))
             print("round", round_ + 1, "pseudo-labels", len(found["indices"]), flush=True)
         model, _, info = fit_full(enc, train_sel, cfg, epochs=a.epochs, batch_size=a.batch,
-                                  group_by_length=not a.no_group, progress=False)
+                                  group_by_length=not a.no_group, progress=False,
+                                  memory_size=a.memory)
         if round_ + 1 < a.rounds:
             source = model.encode(sel.texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
                                   show_progress_bar=False)
@@ -91,6 +97,11 @@ def main() -> None:
     test_texts = [sel.texts[i] for i in sel.test_idx]
     v = model.encode(test_texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
     t_all = time.perf_counter() - t
+    if a.save_model:
+        model.save(a.save_model)
+    if a.save_vectors:
+        np.save(a.save_vectors, model.encode(sel.texts, batch_size=64, convert_to_numpy=True,
+                                             normalize_embeddings=True, show_progress_bar=False).astype(np.float32))
     row = dict(vars(a), top_1k=round(top_1k(v, gold), 2), raw=round(top_1k(base[sel.test_idx], gold), 2), train_s=round(t_train), total_s=round(t_all),
                best_step=info["best_step"], steps=info["steps"], n_pseudo=n_pseudo, hist=[(h["step"], round(h["val_loss"], 4)) for h in info["history"]])
     row["machine"], row["threads"] = machine(), torch.get_num_threads()

@@ -57,6 +57,12 @@ class RunConfig:
     """Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)."""
     encoder_lr: float = 1.5e-5
     """Full mode only: AdamW learning rate of the transformer's weights (benchmarks/results/full_mode.md)."""
+    encoder_memory: int = 512
+    """Full mode, supcon only: rows of earlier batches (detached embeddings and labels) that each batch is
+    also contrasted with, a cross-batch memory; 0 = off. Other losses ignore it."""
+    wise_alpha: float = 0.7
+    """Full mode only: the returned encoder is ``(1 - a) * base + a * fine-tuned``, weight by weight
+    (WiSE-FT); 1 = the fine-tuned weights as they are."""
     patience: int = 3
     temperature: float = 0.5
     margin: float = 0.5
@@ -97,6 +103,10 @@ class RunConfig:
         for name in ("lr", "encoder_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.encoder_memory < 0:
+            raise ConfigError(f"encoder_memory must be 0 (off) or more, got {self.encoder_memory}")
+        if not 0.0 < self.wise_alpha <= 1.0:
+            raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         self.pseudo_label_threshold()  # raises on a bad value
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")

@@ -38,15 +38,38 @@ class SupConLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        embeddings: torch.Tensor,
+        labels: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        memory: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
+        """Loss of the batch; ``memory`` = ``(embeddings, labels, weights)`` of earlier batches (detached).
+
+        With a memory, each batch row is contrasted against the batch *and* the memory rows (a
+        cross-batch memory, Wang et al. 2020, https://arxiv.org/abs/1912.06798): more positives and
+        negatives per anchor than a small batch holds. Only the batch rows are anchors.
+        """
         z = F.normalize(embeddings, dim=1)
-        logits = z @ z.T / self.temperature
         n = z.shape[0]
-        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        keys, key_labels, key_weights = z, labels, weights
+        if memory is not None and memory[0].shape[0] > 0:
+            m_z, m_labels, m_weights = memory
+            keys = torch.cat([z, F.normalize(m_z, dim=1).to(z)])
+            key_labels = torch.cat([labels, m_labels.to(labels)])
+            if weights is not None or m_weights is not None:
+                w_b = torch.ones(n, device=z.device) if weights is None else weights.to(z)
+                w_m = torch.ones(m_z.shape[0], device=z.device) if m_weights is None else m_weights.to(z)
+                key_weights = torch.cat([w_b, w_m])
+        logits = z @ keys.T / self.temperature
+        eye = torch.zeros(n, keys.shape[0], dtype=torch.bool, device=z.device)
+        eye[:, :n] = torch.eye(n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(eye, float("-inf"))
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        pos = (labels[:, None] == labels[None, :]) & ~eye
-        pw = pos.to(z) if weights is None else pos.to(z) * weights[None, :].to(z)
+        pos = (labels[:, None] == key_labels[None, :]) & ~eye
+        pw = pos.to(z) if key_weights is None else pos.to(z) * key_weights[None, :].to(z)
         n_pos = pw.sum(1)
         per_row = -(log_prob.masked_fill(~pos, 0.0) * pw).sum(1) / n_pos.clamp_min(1e-8)
         return _weighted_mean(per_row, weights, n_pos > 0)

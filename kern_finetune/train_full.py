@@ -159,6 +159,11 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def _interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """``(1 - alpha) * base + alpha * tuned`` for every floating-point tensor; others from ``tuned``."""
+    return {k: torch.lerp(base[k], v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
+
+
 def fit_full(
     encoder: Encoder,
     sel: Selection,
@@ -175,6 +180,8 @@ def fit_full(
     max_seq_length: int = MAX_SEQ_LENGTH,
     max_val_rows: int = MAX_VAL_ROWS,
     group_by_length: bool = True,
+    memory_size: int | None = None,
+    wise_alpha: float | None = None,
 ) -> tuple[SentenceTransformer, SkipConnectionHead | None, dict[str, Any]]:
     """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels.
 
@@ -198,6 +205,11 @@ def fit_full(
         max_val_rows: validation texts used per evaluation, at most.
         group_by_length: regroup each epoch's class-aware batches by text length
             (:func:`length_grouped`) so steps pad less.
+        memory_size: rows of earlier batches (embeddings detached, with labels) each batch is also
+            contrasted with (cross-batch memory; supcon only; 0 = off); default ``config.encoder_memory``
+            with supcon, else 0.
+        wise_alpha: the returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; default
+            ``config.wise_alpha``.
 
     Returns:
         ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, eval mode,
@@ -215,6 +227,13 @@ def fit_full(
         batch_size = min(config.batch_size, 128 if on_gpu else 32)
     if epochs < 1 or batch_size < 2:
         raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    if memory_size is None:
+        memory_size = config.encoder_memory if config.loss == "supcon" else 0
+    if memory_size and config.loss != "supcon":
+        raise ValueError(f"memory_size needs loss 'supcon', got {config.loss!r}")
+    wise_alpha = config.wise_alpha if wise_alpha is None else wise_alpha
+    if not 0.0 < wise_alpha <= 1.0:
+        raise ValueError(f"wise_alpha must be in (0, 1], got {wise_alpha}")
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
@@ -266,9 +285,11 @@ def fit_full(
 
     best_val = validate()
     best_step, best_state = 0, _snapshot(model)
+    base_state = best_state
     history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": best_val}]
     bad_evals, step, epochs_run, stopped_early = 0, 0, 0, False
     running: list[float] = []
+    memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
 
     model.train()
     bar = tqdm(total=total_steps, desc=f"fine-tune encoder ({config.loss})", unit="step", disable=not progress)
@@ -281,7 +302,18 @@ def fit_full(
             for idx in batches:
                 b = torch.from_numpy(idx).to(device)
                 z = _embed(model, [texts_t[i] for i in idx], device, max_seq_length)
-                loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                w_b = None if w_t is None else w_t[b]
+                if memory_size:
+                    mem = None
+                    if memory:
+                        mem = (torch.cat([m[0] for m in memory]), torch.cat([m[1] for m in memory]),
+                               None if w_b is None else torch.cat([m[2] for m in memory]))  # type: ignore[misc]
+                    loss = loss_fn(z, y_t[b], w_b, memory=mem)
+                    memory.append((z.detach(), y_t[b], w_b))
+                    while sum(m[0].shape[0] for m in memory) > memory_size:
+                        memory.pop(0)
+                else:
+                    loss = loss_fn(z, y_t[b], w_b)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
@@ -309,7 +341,13 @@ def fit_full(
         bar.close()
     if not val_batches:  # nothing to select on: keep the last state
         best_step, best_state = step, _snapshot(model)
-    model.load_state_dict(best_state)
+    val_loss_interpolated = None
+    if wise_alpha < 1.0 and best_step > 0:
+        best_state = _interpolate(base_state, best_state, wise_alpha)
+        model.load_state_dict(best_state)
+        val_loss_interpolated = validate()
+    else:
+        model.load_state_dict(best_state)
     model.eval()
     info: dict[str, Any] = {
         "engine": "native",
@@ -325,6 +363,9 @@ def fit_full(
         "batch_size": batch_size,
         "max_seq_length": max_seq_length,
         "group_by_length": group_by_length,
+        "memory_size": memory_size,
+        "wise_alpha": wise_alpha,
+        "val_loss_interpolated": val_loss_interpolated,
         "warmup_steps": warmup,
         "eval_every": eval_every,
         "n_val_rows": int(len(val_idx)),

@@ -40,6 +40,38 @@ def test_weights_zero_out_rows():
     assert torch.isfinite(loss(emb, labels, w))
 
 
+def _supcon_reference(z, y, keys, key_y, t):
+    """SupCon written out row by row: anchor i against every key but itself (keys[:n] is the batch)."""
+    z = torch.nn.functional.normalize(z, dim=1)
+    keys = torch.nn.functional.normalize(keys, dim=1)
+    rows = []
+    for i in range(len(z)):
+        others = [j for j in range(len(keys)) if j != i]
+        logits = torch.stack([z[i] @ keys[j] / t for j in others])
+        log_prob = logits - torch.logsumexp(logits, 0)
+        pos = [k for k, j in enumerate(others) if key_y[j] == y[i]]
+        if pos:
+            rows.append(-log_prob[pos].mean())
+    return torch.stack(rows).mean()
+
+
+def test_supcon_memory_adds_keys_but_only_batch_rows_are_anchors():
+    torch.manual_seed(0)
+    z = torch.randn(6, 5, requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1, 2, 3])  # classes 2 and 3 have no positive inside the batch
+    m_z, m_y = torch.randn(4, 5), torch.tensor([2, 3, 0, 1])
+    loss = SupConLoss(0.5)
+    empty = (torch.zeros(0, 5), torch.zeros(0, dtype=torch.long), None)
+    assert torch.allclose(loss(z, y), loss(z, y, memory=empty))
+    assert torch.allclose(loss(z, y), _supcon_reference(z, y, z, y, 0.5), atol=1e-6)
+    with_memory = loss(z, y, memory=(m_z, m_y, None))
+    assert torch.allclose(with_memory, _supcon_reference(z, y, torch.cat([z, m_z]), torch.cat([y, m_y]), 0.5), atol=1e-6)
+    with_memory.backward()
+    assert z.grad is not None and bool((z.grad[4:].abs() > 0).all())  # rows 4, 5 found positives in the memory
+    # all-ones weights change nothing
+    assert torch.allclose(loss(z, y, torch.ones(6), memory=(m_z, m_y, torch.ones(4))), with_memory.detach(), atol=1e-6)
+
+
 def test_class_aware_batches_hold_every_class():
     y = np.array([0] * 100 + [1] * 10 + [2] * 50)
     batches = class_aware_batches(y, 30, np.random.default_rng(0))

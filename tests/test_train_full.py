@@ -109,7 +109,7 @@ def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) 
     from kern_finetune.train import class_aware_batches
     from kern_finetune.train_full import _val_loss, fit_full
 
-    config = RunConfig(mode="full", seed=3, patience=2)
+    config = RunConfig(mode="full", seed=3, patience=2, wise_alpha=1.0)  # the best state itself, not interpolated
     small = {**SMALL, "max_steps": 6, "eval_every": 1}
     model, _, info = fit_full(encoder, sel, config, encoder_lr=3e-4, **small)
     vals = [h["val_loss"] for h in info["history"]]
@@ -165,6 +165,41 @@ def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selectio
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
     assert np.abs(model.encode(texts, **kw) - encoder.model().encode(texts, **kw)).max() < 1e-6
+
+
+def test_wise_alpha_interpolates_base_and_fine_tuned_weights(encoder: Encoder, sel: Selection) -> None:
+    """alpha 0.5 gives exactly the midpoint of the base weights and the alpha-1 run's (same seed)."""
+    from kern_finetune.train_full import fit_full
+
+    config = RunConfig(mode="full", seed=7)
+    tuned, _, info1 = fit_full(encoder, sel, config, wise_alpha=1.0, **SMALL)
+    half, _, info = fit_full(encoder, sel, config, wise_alpha=0.5, **SMALL)
+    assert info1["memory_size"] == config.encoder_memory == info["memory_size"]  # supcon: the memory is on
+    assert info1["val_loss_interpolated"] is None
+    assert info["wise_alpha"] == 0.5 and math.isfinite(info["val_loss_interpolated"])
+    base = encoder.model().state_dict()
+    t, h = tuned.state_dict(), half.state_dict()
+    moved = [k for k in t if t[k].is_floating_point() and not torch.equal(t[k].cpu(), base[k].cpu())]
+    assert moved, "two steps changed no weight"
+    for k in moved:
+        assert torch.allclose(h[k].cpu(), (base[k].cpu() + t[k].cpu()) / 2, atol=1e-6), k
+
+
+def test_memory_needs_supcon_and_other_losses_run_without(encoder: Encoder, sel: Selection) -> None:
+    from kern_finetune.train_full import fit_full
+
+    with pytest.raises(ValueError, match="memory_size needs loss 'supcon'"):
+        fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), memory_size=64, **SMALL)
+    _, _, info = fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), **{**SMALL, "max_steps": 1})
+    assert info["memory_size"] == 0
+
+
+@pytest.mark.parametrize("field, value", [("wise_alpha", 0.0), ("wise_alpha", 1.5), ("encoder_memory", -1)])
+def test_config_rejects_bad_full_mode_settings(field: str, value: float) -> None:
+    from kern_finetune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=field):
+        RunConfig(mode="full", **{field: value}).validate()
 
 
 def test_length_grouped_keeps_every_row_and_batch_size_and_shrinks_padding() -> None:

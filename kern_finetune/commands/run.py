@@ -49,6 +49,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate of the head (default: %(default)s)")
     g.add_argument("--encoder-lr", type=float, default=_DEFAULTS.encoder_lr,
                    help="--mode full: learning rate of the encoder's own weights (default: %(default)s)")
+    g.add_argument("--encoder-memory", type=int, default=_DEFAULTS.encoder_memory, metavar="ROWS",
+                   help="--mode full, supcon: rows of earlier batches each batch is also contrasted with "
+                        "(cross-batch memory); 0 = off (default: %(default)s)")
+    g.add_argument("--wise-alpha", type=float, default=_DEFAULTS.wise_alpha, metavar="A",
+                   help="--mode full: keep (1-A) of the base weights and A of the fine-tuned ones (WiSE-FT); "
+                        "1 = fine-tuned weights as they are (default: %(default)s)")
     g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
                    help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
     g.add_argument("--pseudo-labels", default=_DEFAULTS.pseudo_labels, metavar="auto|off|P",
@@ -80,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         batch_size=args.batch_size,
         lr=args.lr,
         encoder_lr=args.encoder_lr,
+        encoder_memory=args.encoder_memory,
+        wise_alpha=args.wise_alpha,
         noise_filter=args.noise_filter,
         pseudo_labels=args.pseudo_labels,
         seed=args.seed,
