@@ -1,7 +1,8 @@
 """Quick full-mode variants on the full sample: train with `fit_full`, then top_1k on the test records only.
 
     python benchmarks/full_mode_variants.py [--seed 42] [--lr 1.5e-5] [--epochs 1] [--batch 32]
-        [--temperature 0.5] [--no-group] [--trainval] [--pseudo P] --tag NAME
+        [--temperature 0.5] [--no-group] [--trainval] [--pseudo P] [--memory ROWS] [--wise-alpha A]
+        [--save-model DIR] [--save-vectors PATH] --tag NAME
         -> appends a row to benchmarks/results/full_mode_variants.jsonl, rewrites full_mode_variants.md
 
 Cheaper than `full_mode.py` (which runs the whole pipeline): it re-encodes only the 9,146 test records and
@@ -31,14 +32,15 @@ def write_table() -> None:
     rows = [json.loads(line) for line in (RESULTS / "full_mode_variants.jsonl").read_text().splitlines() if line.strip()]
     lines = ["Command: `python benchmarks/full_mode_variants.py --tag NAME [options as in each row]` (one seed per row; "
              "BENCH_THREADS=1 when two ran side by side)", "",
-             "| tag | seed | rounds | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | top_1k | threads | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tag | seed | rounds | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | memory rows | WiSE alpha | top_1k | threads | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['tag']} | {r['seed']} | {r.get('rounds', 1)} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
                      f"{'no' if r['no_group'] else 'yes'} | {'yes' if r['trainval'] else 'no'} | "
-                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
+                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r.get('memory') or 'off'} | {r.get('wise_alpha', 1):g} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
     lines += ["", "top_1k over all 9,146 test queries (raw: 51.61). `train s` = fine-tuning incl. validation; `total s` adds "
-              "re-encoding the test records. Ungrouped seed-42 reference (full pipeline): 74.32, full_mode.md."]
+              "re-encoding the test records. Ungrouped seed-42 reference (full pipeline): 74.32, full_mode.md. Blends of "
+              "saved models with the base weights at several alphas: wise_sweep.md."]
     (RESULTS / "full_mode_variants.md").write_text("\n".join(lines) + "\n")
 
 
@@ -51,7 +53,9 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--loss", default="supcon")
     ap.add_argument("--no-group", action="store_true")
-    ap.add_argument("--memory", type=int, default=0, help="cross-batch memory rows (supcon)")
+    ap.add_argument("--memory", type=int, default=0, help="cross-batch memory rows (supcon); the pipeline's default is 512")
+    ap.add_argument("--wise-alpha", type=float, default=1.0,
+                    help="blend with the base weights (the pipeline's default is 0.7); 1 = as fine-tuned")
     ap.add_argument("--trainval", action="store_true")
     ap.add_argument("--tag", default="")
     ap.add_argument("--pseudo", type=float, default=None)
@@ -88,7 +92,7 @@ def main() -> None:
             print("round", round_ + 1, "pseudo-labels", len(found["indices"]), flush=True)
         model, _, info = fit_full(enc, train_sel, cfg, epochs=a.epochs, batch_size=a.batch,
                                   group_by_length=not a.no_group, progress=False,
-                                  memory_size=a.memory)
+                                  memory_size=a.memory, wise_alpha=a.wise_alpha)
         if round_ + 1 < a.rounds:
             source = model.encode(sel.texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
                                   show_progress_bar=False)
