@@ -143,13 +143,13 @@ def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, mon
     from kern_finetune.train_full import fit_full
 
     config = RunConfig(mode="full", seed=5, patience=2)
-    _scripted_val(monkeypatch, [1.0, 0.5])
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.7])  # the last: the WiSE-blended model's validation
     one, _, info1 = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 1})
-    assert info1["best_step"] == 1
-    _scripted_val(monkeypatch, [1.0, 0.5, 0.9, 0.95, 0.4])
+    assert info1["best_step"] == 1 and info1["val_loss_interpolated"] == 0.7
+    _scripted_val(monkeypatch, [1.0, 0.5, 0.9, 0.95, 0.6, 0.4])
     model, _, info = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 5, "eval_every": 1})
     assert info["stopped_early"] and info["steps"] == 3
-    assert info["best_step"] == 1 and info["best_val_loss"] == 0.5
+    assert info["best_step"] == 1 and info["best_val_loss"] == 0.5 and info["val_loss_interpolated"] == 0.6
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
     assert np.abs(model.encode(texts, **kw) - one.encode(texts, **kw)).max() < 1e-6
