@@ -222,7 +222,8 @@ def fit_full(
             ``config.wise_alpha``.
 
     Returns:
-        ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, eval mode,
+        ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, blended with the
+        base weights per ``wise_alpha``, eval mode,
         on ``device``) whose output is the embedding itself, so no head; ``info`` has ``engine``,
         ``mode``, ``epochs_run``, ``steps``, ``best_step``, ``best_val_loss``, ``seconds``, ``device``,
         and the settings used plus the validation ``history``.
