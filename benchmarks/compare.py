@@ -27,20 +27,17 @@ from _common import load_sample, machine, write_results
 
 from kern_finetune.config import RunConfig
 from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
-from kern_finetune.noise import find_label_issues
+from kern_finetune.noise import find_label_issues, without_label_issues
 
 PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off")
 DEFAULT = RunConfig()
 
 
 def _fit(config: RunConfig, sel: Any, base: np.ndarray) -> tuple[np.ndarray, float, int]:
-    ti, vi = sel.train_idx, sel.val_idx
     t = time.perf_counter()
     if config.noise_filter == "drop":
-        flagged = find_label_issues(base, sel, seed=config.seed)["indices"]
-        keep = np.ones(len(sel.ids), dtype=bool)
-        keep[flagged] = False
-        ti, vi = ti[keep[ti]], vi[keep[vi]]
+        sel = without_label_issues(sel, find_label_issues(base, sel, seed=config.seed))
+    ti, vi = sel.train_idx, sel.val_idx
     xt, yt, xv, yv = base[ti], sel.y[ti], base[vi], sel.y[vi]
     if config.engine == "quaterion":
         from kern_finetune.train_quaterion import fit_quaterion

@@ -22,7 +22,7 @@ import torch
 from _common import RESULTS, load_sample, machine, top_1k
 from kern_finetune.config import RunConfig, default_cache_dir
 from kern_finetune.encode import Encoder
-from kern_finetune.noise import find_label_issues
+from kern_finetune.noise import find_label_issues, without_label_issues
 from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
 from kern_finetune.train_full import fit_full
 
@@ -73,10 +73,7 @@ def main() -> None:
         return
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     sel, base, gold = load_sample(seed=a.seed)
-    noise = find_label_issues(base, sel, seed=a.seed)
-    keep = np.ones(len(sel.ids), bool)
-    keep[noise["indices"]] = False
-    sel.train_idx, sel.val_idx = sel.train_idx[keep[sel.train_idx]], sel.val_idx[keep[sel.val_idx]]
+    sel = without_label_issues(sel, find_label_issues(base, sel, seed=a.seed))
     if a.trainval:
         sel.train_idx, sel.val_idx = np.sort(np.concatenate([sel.train_idx, sel.val_idx])), sel.val_idx[:0]
     cfg = RunConfig(task="Topic", mode="full", seed=a.seed, encoder_lr=a.lr, temperature=a.temperature, loss=a.loss)

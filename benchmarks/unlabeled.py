@@ -21,7 +21,7 @@ import torch
 
 from _common import load_sample, machine, top_1k, write_results
 
-from kern_finetune.noise import find_label_issues
+from kern_finetune.noise import find_label_issues, without_label_issues
 from kern_finetune.pseudo import find_pseudo_labels
 from kern_finetune.train import HeadTrainer
 
@@ -31,11 +31,8 @@ def main() -> None:
     rows = []
     for seed in (42, 43, 44):
         sel, base, gold = load_sample(seed)
-        flagged = find_label_issues(base, sel, seed=seed)["indices"]
-        keep = np.ones(len(sel.ids), dtype=bool)
-        keep[flagged] = False
-        ti, vi = sel.train_idx[keep[sel.train_idx]], sel.val_idx[keep[sel.val_idx]]
-        sel.train_idx, sel.val_idx = ti, vi
+        sel = without_label_issues(sel, find_label_issues(base, sel, seed=seed))
+        ti, vi = sel.train_idx, sel.val_idx
         for cut in (None, 0.9, 0.7, 0.5):
             found = find_pseudo_labels(base, sel, threshold=cut, seed=seed) if cut is not None else None
             extra = found["indices"] if found else ti[:0]

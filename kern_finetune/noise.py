@@ -10,6 +10,7 @@ Manual labels are never flagged: labelers set them on purpose. The gold attribut
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from .select import Selection
 
-__all__ = ["find_label_issues", "write_label_issues"]
+__all__ = ["find_label_issues", "without_label_issues", "write_label_issues"]
 
 
 def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5) -> dict[str, Any]:
@@ -57,6 +58,17 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
         "n_flagged": int(len(rows)),
         "oof_accuracy": float(100.0 * (proba.argmax(1) == y).mean()),
     }
+
+
+def without_label_issues(sel: Selection, found: dict[str, Any]) -> Selection:
+    """A copy of ``sel`` whose training and validation rows leave out ``found``'s flagged rows.
+
+    ``found`` is :func:`find_label_issues`'s result. The dropped rows also leave ``labeled_idx``, so the
+    linear probe is fitted on the remaining labels too; ``sel`` itself is not changed.
+    """
+    keep = np.ones(len(sel.ids), dtype=bool)
+    keep[found["indices"]] = False
+    return replace(sel, train_idx=sel.train_idx[keep[sel.train_idx]], val_idx=sel.val_idx[keep[sel.val_idx]])
 
 
 def write_label_issues(path: Path, issues: dict[str, Any]) -> None:

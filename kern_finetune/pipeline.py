@@ -146,15 +146,12 @@ def run_pipeline(
     noise: dict[str, Any] = {}
     noise_audit: dict[str, Any] = {}
     if config.noise_filter != "off":
-        from .noise import find_label_issues
+        from .noise import find_label_issues, without_label_issues
 
         noise = find_label_issues(base, sel, seed=config.seed)
         noise_audit = _audit_label_check(sel, noise)  # before dropping: the audit looks at every checked label
         if config.noise_filter == "drop":
-            keep = np.ones(len(sel.ids), dtype=bool)
-            keep[noise["indices"]] = False
-            sel.train_idx = sel.train_idx[keep[sel.train_idx]]
-            sel.val_idx = sel.val_idx[keep[sel.val_idx]]
+            sel = without_label_issues(sel, noise)
         else:
             weights = noise["weights"]
         say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})")

@@ -1,0 +1,93 @@
+"""Tests for kern_finetune.noise: the label check on real vectors of the bundled sample's subset."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kern_finetune.encode import Encoder
+from kern_finetune.export import resolve_task
+from kern_finetune.noise import find_label_issues, without_label_issues, write_label_issues
+from kern_finetune.select import Selection, select_labels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def sel(subset_records: list[dict]) -> Selection:
+    return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],
+                         gold_attribute="Class Index")
+
+
+@pytest.fixture(scope="module")
+def base(sel: Selection, shared_cache) -> np.ndarray:
+    return Encoder(cache_dir=shared_cache).encode(sel.texts, progress=False)
+
+
+@pytest.fixture(scope="module")
+def flipped(sel: Selection) -> tuple[Selection, np.ndarray]:
+    """``sel`` with 15 weak training labels moved to the next class (a known set of wrong labels)."""
+    weak = np.array([i for i in sel.train_idx if sel.source[i] == "weak"])
+    rows = np.random.default_rng(0).choice(weak, size=15, replace=False)
+    y = sel.y.copy()
+    y[rows] = (y[rows] + 1) % len(sel.classes)
+    return dataclasses.replace(sel, y=y), np.sort(rows)
+
+
+def test_flipped_weak_labels_are_found(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+    sel, rows = flipped
+    found = find_label_issues(base, sel, seed=0)
+    hits = np.isin(rows, found["indices"])
+    assert hits.mean() >= 0.6, f"only {hits.sum()} of {len(rows)} flipped labels flagged"
+    # Flagged rows are a small share of the checked labels, not everything that disagrees a little.
+    assert found["n_flagged"] == len(found["indices"]) < 0.25 * found["n_checked"]
+    assert found["n_checked"] == len(sel.labeled_idx)
+    # The report a labeler reviews: ids, given and suggested labels line up with the rows.
+    for i, rid, given, suggested in zip(found["indices"], found["ids"], found["given"], found["suggested"], strict=True):
+        assert rid == sel.ids[i] and given == sel.classes[sel.y[i]] and suggested != given
+    # Down-weighting: flagged rows weigh their own label's out-of-fold probability, the rest 1.
+    w = found["weights"]
+    assert w.shape == (len(sel.ids),)
+    assert np.allclose(np.delete(w, found["indices"]), 1.0)
+    assert np.allclose(w[found["indices"]], found["probability_given"], atol=1e-4)
+    assert (w[found["indices"]] < 0.5).all()
+
+
+def test_manual_labels_are_never_flagged(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+    sel, rows = flipped
+    as_manual = dataclasses.replace(sel, source=["manual" if i in set(rows.tolist()) else s for i, s in enumerate(sel.source)])
+    found = find_label_issues(base, as_manual, seed=0)
+    assert not set(found["indices"].tolist()) & set(rows.tolist())
+    assert all(as_manual.source[i] == "weak" for i in found["indices"])
+
+
+def test_gold_is_not_used(sel: Selection, base: np.ndarray) -> None:
+    blind = dataclasses.replace(sel, gold=[None] * len(sel.gold))
+    a, b = find_label_issues(base, sel, seed=0), find_label_issues(base, blind, seed=0)
+    assert np.array_equal(a["indices"], b["indices"])
+
+
+def test_without_label_issues_returns_a_copy(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+    sel, _ = flipped
+    train_before, val_before = sel.train_idx.copy(), sel.val_idx.copy()
+    found = find_label_issues(base, sel, seed=0)
+    clean = without_label_issues(sel, found)
+    assert np.array_equal(sel.train_idx, train_before) and np.array_equal(sel.val_idx, val_before)  # untouched
+    assert not set(clean.labeled_idx.tolist()) & set(found["indices"].tolist())
+    assert len(clean.labeled_idx) == len(sel.labeled_idx) - len(found["indices"])
+    assert np.array_equal(clean.test_idx, sel.test_idx) and np.array_equal(clean.y, sel.y)
+
+
+def test_write_label_issues(flipped: tuple[Selection, np.ndarray], base: np.ndarray, tmp_path: Path) -> None:
+    found = find_label_issues(base, flipped[0], seed=0)
+    path = tmp_path / "label_issues.csv"
+    write_label_issues(path, found)
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["record_id", "given_label", "suggested_label", "probability_given"]
+    assert [r[0] for r in rows[1:]] == found["ids"]
+    assert [p.name for p in tmp_path.iterdir()] == ["label_issues.csv"]  # no temp file left behind
