@@ -2,6 +2,7 @@
 
     python benchmarks/full_mode_variants.py [--seed 42] [--lr 1.5e-5] [--epochs 1] [--batch 32]
         [--temperature 0.5] [--no-group] [--trainval] [--pseudo P] [--memory ROWS] [--wise-alpha A]
+        [--freeze-embeddings]
         [--save-model DIR] [--save-vectors PATH] --tag NAME
         -> appends a row to benchmarks/results/full_mode_variants.jsonl, rewrites full_mode_variants.md
 
@@ -9,7 +10,8 @@ Cheaper than `full_mode.py` (which runs the whole pipeline): it re-encodes only 
 measures no linear probe, so a variant costs ~9-25 minutes on 2 cores instead of ~15-35. Same selection
 and label check as the pipeline; `--trainval` trains on train + validation rows (no early stopping);
 `--pseudo P` adds the unlabeled records a logistic regression on the base vectors predicts with p > P
-(what `--pseudo-labels P` does in the pipeline). BENCH_THREADS=1 when two run side by side.
+(what `--pseudo-labels P` does in the pipeline); `--freeze-embeddings` keeps the word-embedding matrix
+(30,522 x 384, half the encoder's weights) at its base values. BENCH_THREADS=1 when two run side by side.
 """
 import argparse
 import json
@@ -24,6 +26,7 @@ from kern_finetune.config import RunConfig, default_cache_dir
 from kern_finetune.encode import Encoder
 from kern_finetune.noise import find_label_issues, without_label_issues
 from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
+from kern_finetune import train_full
 from kern_finetune.train_full import fit_full
 
 
@@ -32,12 +35,12 @@ def write_table() -> None:
     rows = [json.loads(line) for line in (RESULTS / "full_mode_variants.jsonl").read_text().splitlines() if line.strip()]
     lines = ["Command: `python benchmarks/full_mode_variants.py --tag NAME [options as in each row]` (one seed per row; "
              "BENCH_THREADS=1 when two ran side by side)", "",
-             "| tag | seed | rounds | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | memory rows | WiSE alpha | top_1k | threads | train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| tag | seed | rounds | encoder lr | epochs | batch | t | grouped by length | train+val | pseudo p > | memory rows | WiSE alpha | word emb. frozen | top_1k | threads | train s | total s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['tag']} | {r['seed']} | {r.get('rounds', 1)} | {r['lr']:g} | {r['epochs']} | {r['batch']} | {r['temperature']:g} | "
                      f"{'no' if r['no_group'] else 'yes'} | {'yes' if r['trainval'] else 'no'} | "
-                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r.get('memory') or 'off'} | {r.get('wise_alpha', 1):g} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
+                     f"{r['pseudo'] if r.get('pseudo') is not None else 'off'} | {r.get('memory') or 'off'} | {r.get('wise_alpha', 1):g} | {'yes' if r.get('freeze_embeddings') else 'no'} | {r['top_1k']:.2f} | {r.get('threads', '?')} | {r['train_s']} | {r['total_s']} |")
     lines += ["", "top_1k over all 9,146 test queries (raw: 51.61). `train s` = fine-tuning incl. validation; `total s` adds "
               "re-encoding the test records. Ungrouped seed-42 reference (full pipeline): 74.32, full_mode.md. Blends of "
               "saved models with the base weights at several alphas: wise_sweep.md."]
@@ -57,6 +60,7 @@ def main() -> None:
     ap.add_argument("--wise-alpha", type=float, default=1.0,
                     help="blend with the base weights (the pipeline's default is 0.7); 1 = as fine-tuned")
     ap.add_argument("--trainval", action="store_true")
+    ap.add_argument("--freeze-embeddings", action="store_true", help="do not train the word-embedding matrix")
     ap.add_argument("--tag", default="")
     ap.add_argument("--pseudo", type=float, default=None)
     ap.add_argument("--rounds", type=int, default=1,
@@ -78,6 +82,15 @@ def main() -> None:
         sel.train_idx, sel.val_idx = np.sort(np.concatenate([sel.train_idx, sel.val_idx])), sel.val_idx[:0]
     cfg = RunConfig(task="Topic", mode="full", seed=a.seed, encoder_lr=a.lr, temperature=a.temperature, loss=a.loss)
     enc = Encoder(cache_dir=default_cache_dir())
+    if a.freeze_embeddings:  # fit_full loads its own copy of the model: freeze the matrix as it is loaded
+        load = train_full.load_sentence_transformer
+
+        def load_frozen(path, *, device=None):  # type: ignore[no-untyped-def]
+            model = load(path, device=device)
+            model[0].auto_model.embeddings.word_embeddings.weight.requires_grad_(False)
+            return model
+
+        train_full.load_sentence_transformer = load_frozen  # type: ignore[assignment]
     t = time.perf_counter()
     source, n_pseudo = base, []
     for round_ in range(max(1, a.rounds)):

@@ -55,12 +55,12 @@ class RunConfig:
     batch_size: int = 256
     lr: float = 1e-3
     """Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)."""
-    encoder_lr: float = 1.5e-5
+    encoder_lr: float = 3e-5
     """Full mode only: AdamW learning rate of the transformer's weights (benchmarks/results/full_mode.md)."""
     encoder_memory: int = 512
     """Full mode, supcon only: rows of earlier batches (detached embeddings and labels) that each batch is
     also contrasted with, a cross-batch memory; 0 = off. Other losses ignore it."""
-    wise_alpha: float = 0.7
+    wise_alpha: float = 0.6
     """Full mode only: the returned encoder is ``(1 - a) * base + a * fine-tuned``, weight by weight
     (WiSE-FT); 1 = the fine-tuned weights as they are."""
     patience: int = 3
