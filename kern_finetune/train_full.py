@@ -52,6 +52,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -304,7 +305,8 @@ def fit_full(
     history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": best_val}]
     bad_evals, step, epochs_run, stopped_early = 0, 0, 0, False
     running: list[float] = []
-    memory: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+    memory: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = deque()  # oldest batch first
+    memory_rows = 0
 
     model.train()
     bar = tqdm(total=total_steps, desc=f"fine-tune encoder ({config.loss})", unit="step", disable=not progress)
@@ -325,8 +327,9 @@ def fit_full(
                                None if w_b is None else torch.cat([m[2] for m in memory]))  # type: ignore[misc]
                     loss = loss_fn(z, y_t[b], w_b, memory=mem)
                     memory.append((z.detach(), y_t[b], w_b))
-                    while sum(m[0].shape[0] for m in memory) > memory_size:
-                        memory.pop(0)
+                    memory_rows += len(idx)
+                    while memory_rows > memory_size:
+                        memory_rows -= memory.popleft()[0].shape[0]
                 else:
                     loss = loss_fn(z, y_t[b], w_b)
                 opt.zero_grad(set_to_none=True)
