@@ -30,9 +30,10 @@ the head's; ``encoder_lr`` is this mode's own):
   weight by weight (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903). The blend keeps what the
   base model knows about texts unlike the training ones. On the sample (seed 42, ``wise_sweep.md``)
   test top_1k went 75.42 -> 76.13 for a model fine-tuned at 1.5e-5 (alpha 0.7), and 74.95 -> 76.26 for
-  one at 3e-5 (alpha 0.6; 0.5 / 0.7 gave 75.73 / 76.12). The blend costs some linear-probe accuracy (3 seeds,
-  ``full_mode.md``: +2.9 points over raw without it, +2.7 with alpha 0.7): it trades class separation for
-  neighbourhoods.
+  one at 3e-5 (alpha 0.6; 0.5 / 0.7 gave 75.73 / 76.12). Through the pipeline, 3 seeds at these defaults:
+  76.22 +- 0.13 (``full_mode.md``). The blend costs some linear-probe accuracy (3 seeds at 1.5e-5: +2.9
+  points over raw without it, +2.7 with alpha 0.7; +2.8 at the defaults): it trades class separation
+  for neighbourhoods.
   ``info`` keeps the blended model's validation loss (``val_loss_interpolated``).
 - **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only): each batch is also
   contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
