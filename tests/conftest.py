@@ -37,6 +37,24 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vector-cache")
 
 
+@pytest.fixture(scope="session")
+def subset_sel(subset_records: list[dict]):
+    """The subset's default label selection (task Topic, gold "Class Index"); tests change only copies."""
+    from kern_finetune.export import resolve_task
+    from kern_finetune.select import select_labels
+
+    return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],
+                         gold_attribute="Class Index")
+
+
+@pytest.fixture(scope="session")
+def subset_base(subset_sel, shared_cache: Path):
+    """Base-model vectors of ``subset_sel``'s texts, through the shared cache."""
+    from kern_finetune.encode import Encoder
+
+    return Encoder(cache_dir=shared_cache).encode(subset_sel.texts, progress=False)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch on one thread for a module's tests (steadier timings and no oversubscription on 2 cores)."""

@@ -9,28 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kern_finetune.encode import Encoder
-from kern_finetune.export import resolve_task
 from kern_finetune.noise import find_label_issues, without_label_issues, write_label_issues
-from kern_finetune.select import Selection, select_labels
+from kern_finetune.select import Selection
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def sel(subset_records: list[dict]) -> Selection:
-    return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],
-                         gold_attribute="Class Index")
-
-
-@pytest.fixture(scope="module")
-def base(sel: Selection, shared_cache) -> np.ndarray:
-    return Encoder(cache_dir=shared_cache).encode(sel.texts, progress=False)
-
-
-@pytest.fixture(scope="module")
-def flipped(sel: Selection) -> tuple[Selection, np.ndarray]:
-    """``sel`` with 15 weak training labels moved to the next class (a known set of wrong labels)."""
+def flipped(subset_sel: Selection) -> tuple[Selection, np.ndarray]:
+    """The subset's selection with 15 weak training labels moved to the next class (known wrong labels)."""
+    sel = subset_sel
     weak = np.array([i for i in sel.train_idx if sel.source[i] == "weak"])
     rows = np.random.default_rng(0).choice(weak, size=15, replace=False)
     y = sel.y.copy()
@@ -38,9 +26,9 @@ def flipped(sel: Selection) -> tuple[Selection, np.ndarray]:
     return dataclasses.replace(sel, y=y), np.sort(rows)
 
 
-def test_flipped_weak_labels_are_found(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+def test_flipped_weak_labels_are_found(flipped: tuple[Selection, np.ndarray], subset_base: np.ndarray) -> None:
     sel, rows = flipped
-    found = find_label_issues(base, sel, seed=0)
+    found = find_label_issues(subset_base, sel, seed=0)
     hits = np.isin(rows, found["indices"])
     assert hits.mean() >= 0.6, f"only {hits.sum()} of {len(rows)} flipped labels flagged"
     # Flagged rows are a small share of the checked labels, not everything that disagrees a little.
@@ -57,24 +45,24 @@ def test_flipped_weak_labels_are_found(flipped: tuple[Selection, np.ndarray], ba
     assert (w[found["indices"]] < 0.5).all()
 
 
-def test_manual_labels_are_never_flagged(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+def test_manual_labels_are_never_flagged(flipped: tuple[Selection, np.ndarray], subset_base: np.ndarray) -> None:
     sel, rows = flipped
     as_manual = dataclasses.replace(sel, source=["manual" if i in set(rows.tolist()) else s for i, s in enumerate(sel.source)])
-    found = find_label_issues(base, as_manual, seed=0)
+    found = find_label_issues(subset_base, as_manual, seed=0)
     assert not set(found["indices"].tolist()) & set(rows.tolist())
     assert all(as_manual.source[i] == "weak" for i in found["indices"])
 
 
-def test_gold_is_not_used(sel: Selection, base: np.ndarray) -> None:
-    blind = dataclasses.replace(sel, gold=[None] * len(sel.gold))
-    a, b = find_label_issues(base, sel, seed=0), find_label_issues(base, blind, seed=0)
+def test_gold_is_not_used(subset_sel: Selection, subset_base: np.ndarray) -> None:
+    blind = dataclasses.replace(subset_sel, gold=[None] * len(subset_sel.gold))
+    a, b = find_label_issues(subset_base, subset_sel, seed=0), find_label_issues(subset_base, blind, seed=0)
     assert np.array_equal(a["indices"], b["indices"])
 
 
-def test_without_label_issues_returns_a_copy(flipped: tuple[Selection, np.ndarray], base: np.ndarray) -> None:
+def test_without_label_issues_returns_a_copy(flipped: tuple[Selection, np.ndarray], subset_base: np.ndarray) -> None:
     sel, _ = flipped
     train_before, val_before = sel.train_idx.copy(), sel.val_idx.copy()
-    found = find_label_issues(base, sel, seed=0)
+    found = find_label_issues(subset_base, sel, seed=0)
     clean = without_label_issues(sel, found)
     assert np.array_equal(sel.train_idx, train_before) and np.array_equal(sel.val_idx, val_before)  # untouched
     assert not set(clean.labeled_idx.tolist()) & set(found["indices"].tolist())
@@ -82,8 +70,8 @@ def test_without_label_issues_returns_a_copy(flipped: tuple[Selection, np.ndarra
     assert np.array_equal(clean.test_idx, sel.test_idx) and np.array_equal(clean.y, sel.y)
 
 
-def test_write_label_issues(flipped: tuple[Selection, np.ndarray], base: np.ndarray, tmp_path: Path) -> None:
-    found = find_label_issues(base, flipped[0], seed=0)
+def test_write_label_issues(flipped: tuple[Selection, np.ndarray], subset_base: np.ndarray, tmp_path: Path) -> None:
+    found = find_label_issues(subset_base, flipped[0], seed=0)
     path = tmp_path / "label_issues.csv"
     write_label_issues(path, found)
     with path.open(newline="", encoding="utf-8") as fh:

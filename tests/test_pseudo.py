@@ -11,55 +11,42 @@ import numpy as np
 import pytest
 
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import Encoder
 from kern_finetune.errors import ConfigError
-from kern_finetune.export import resolve_task
 from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-from kern_finetune.select import Selection, select_labels
+from kern_finetune.select import Selection
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def sel(subset_records: list[dict]) -> Selection:
-    return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],
-                         gold_attribute="Class Index")
-
-
-@pytest.fixture(scope="module")
-def base(sel: Selection, shared_cache) -> np.ndarray:
-    return Encoder(cache_dir=shared_cache).encode(sel.texts, progress=False)
-
-
-def test_only_unlabeled_records_above_the_threshold_get_a_label(sel: Selection, base: np.ndarray) -> None:
-    found = find_pseudo_labels(base, sel, threshold=0.7, seed=0)
-    unlabeled = set(np.flatnonzero(sel.y < 0).tolist())
+def test_only_unlabeled_records_above_the_threshold_get_a_label(subset_sel: Selection, subset_base: np.ndarray) -> None:
+    found = find_pseudo_labels(subset_base, subset_sel, threshold=0.7, seed=0)
+    unlabeled = set(np.flatnonzero(subset_sel.y < 0).tolist())
     assert found["n_candidates"] == len(unlabeled)
     assert 0 < len(found["indices"]) < len(unlabeled)
     assert set(found["indices"].tolist()) <= unlabeled
     assert (found["probability"] > 0.7).all()
-    assert set(found["labels"].tolist()) <= set(range(len(sel.classes)))
-    stricter = find_pseudo_labels(base, sel, threshold=0.95, seed=0)
+    assert set(found["labels"].tolist()) <= set(range(len(subset_sel.classes)))
+    stricter = find_pseudo_labels(subset_base, subset_sel, threshold=0.95, seed=0)
     assert set(stricter["indices"].tolist()) < set(found["indices"].tolist())
     # Most confident predictions agree with the gold class the pseudo-labeler never saw.
-    mapping = {g: int(sel.y[i]) for i in sel.labeled_idx for g in [sel.gold[i]]}
-    right = np.mean([mapping.get(sel.gold[i]) == lab for i, lab in zip(stricter["indices"], stricter["labels"], strict=True)])
+    mapping = {g: int(subset_sel.y[i]) for i in subset_sel.labeled_idx for g in [subset_sel.gold[i]]}
+    right = np.mean([mapping.get(subset_sel.gold[i]) == lab for i, lab in zip(stricter["indices"], stricter["labels"], strict=True)])
     assert right > 0.8
 
 
-def test_gold_is_not_used(sel: Selection, base: np.ndarray) -> None:
-    blind = dataclasses.replace(sel, gold=[None] * len(sel.gold))
-    a, b = find_pseudo_labels(base, sel, threshold=0.7), find_pseudo_labels(base, blind, threshold=0.7)
+def test_gold_is_not_used(subset_sel: Selection, subset_base: np.ndarray) -> None:
+    blind = dataclasses.replace(subset_sel, gold=[None] * len(subset_sel.gold))
+    a, b = find_pseudo_labels(subset_base, subset_sel, threshold=0.7), find_pseudo_labels(subset_base, blind, threshold=0.7)
     assert np.array_equal(a["indices"], b["indices"]) and np.array_equal(a["labels"], b["labels"])
 
 
-def test_with_pseudo_labels_returns_a_training_copy(sel: Selection, base: np.ndarray) -> None:
-    y_before, train_before = sel.y.copy(), sel.train_idx.copy()
-    found = find_pseudo_labels(base, sel, threshold=0.7)
-    train_sel = with_pseudo_labels(sel, found)
-    assert np.array_equal(sel.y, y_before) and np.array_equal(sel.train_idx, train_before)  # untouched
-    assert len(train_sel.train_idx) == len(sel.train_idx) + len(found["indices"])
-    assert np.array_equal(train_sel.val_idx, sel.val_idx) and np.array_equal(train_sel.test_idx, sel.test_idx)
+def test_with_pseudo_labels_returns_a_training_copy(subset_sel: Selection, subset_base: np.ndarray) -> None:
+    y_before, train_before = subset_sel.y.copy(), subset_sel.train_idx.copy()
+    found = find_pseudo_labels(subset_base, subset_sel, threshold=0.7)
+    train_sel = with_pseudo_labels(subset_sel, found)
+    assert np.array_equal(subset_sel.y, y_before) and np.array_equal(subset_sel.train_idx, train_before)  # untouched
+    assert len(train_sel.train_idx) == len(subset_sel.train_idx) + len(found["indices"])
+    assert np.array_equal(train_sel.val_idx, subset_sel.val_idx) and np.array_equal(train_sel.test_idx, subset_sel.test_idx)
     assert np.array_equal(train_sel.y[found["indices"]], found["labels"])
 
 
