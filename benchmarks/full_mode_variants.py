@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--no-group", action="store_true")
     ap.add_argument("--memory", type=int, default=0, help="cross-batch memory rows (supcon); the pipeline's default is 512")
     ap.add_argument("--wise-alpha", type=float, default=1.0,
-                    help="blend with the base weights (the pipeline's default is 0.7); 1 = as fine-tuned")
+                    help=f"blend with the base weights (the pipeline's default is {RunConfig().wise_alpha}); 1 = as fine-tuned")
     ap.add_argument("--trainval", action="store_true")
     ap.add_argument("--freeze-embeddings", action="store_true", help="do not train the word-embedding matrix")
     ap.add_argument("--tag", default="")
