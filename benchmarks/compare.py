@@ -28,7 +28,7 @@ from _common import load_sample, machine, write_results
 from kern_finetune.config import RunConfig
 from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
 from kern_finetune.noise import find_label_issues, without_label_issues
-from kern_finetune.pipeline import _gold_to_class
+from kern_finetune.select import gold_to_class
 
 PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off")
 DEFAULT = RunConfig()
@@ -75,7 +75,7 @@ def _score(vectors: np.ndarray, sel: Any, gold: np.ndarray, seed: int, probe: bo
     }
     if probe:
         lab = sel.labeled_idx
-        to_class = _gold_to_class(sel)  # the pipeline's gold -> class mapping
+        to_class = gold_to_class(sel)  # the pipeline's gold -> class mapping
         assert to_class is not None
         y_test = np.array([to_class[sel.gold[i]] for i in test])  # type: ignore[index]
         row["probe_accuracy"] = linear_probe(vectors[lab], sel.y[lab], vectors[test], y_test, labels=sel.classes,

@@ -23,7 +23,7 @@ from kern_finetune.config import default_cache_dir
 from kern_finetune.encode import Encoder, load_sentence_transformer
 from kern_finetune.evaluate import linear_probe
 from kern_finetune.noise import find_label_issues, without_label_issues
-from kern_finetune.pipeline import _gold_to_class
+from kern_finetune.select import gold_to_class
 from kern_finetune.train_full import _interpolate
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     if a.probe:  # as the pipeline: the probe is fitted on the labels left after the label check
         sel = without_label_issues(sel, find_label_issues(base_vectors, sel, seed=a.seed))
         labeled = sel.labeled_idx
-        to_class = _gold_to_class(sel)  # the pipeline's own gold -> class mapping
+        to_class = gold_to_class(sel)  # the pipeline's own gold -> class mapping
         assert to_class is not None
         y_test = np.array([to_class[sel.gold[i]] for i in sel.test_idx])
         rows_encoded = np.concatenate([labeled, sel.test_idx])

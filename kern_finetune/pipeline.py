@@ -7,7 +7,6 @@ head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every r
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +22,7 @@ from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import write_report
 from .save import save_model, save_vectors, write_json
-from .select import Selection, default_text_attributes, label_fingerprint, select_labels
+from .select import Selection, default_text_attributes, gold_to_class, label_fingerprint, select_labels
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
 
@@ -44,26 +43,9 @@ class RunResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _gold_to_class(selection: Selection) -> dict[str, int] | None:
-    """Map gold values to task classes: by name, else by majority over labeled records that have gold."""
-    values = {g for g in selection.gold if g is not None}
-    index = {c: i for i, c in enumerate(selection.classes)}
-    if values <= set(index):
-        return {v: index[v] for v in values}
-    votes: dict[str, Counter[int]] = {}
-    for i in selection.labeled_idx.tolist():
-        g = selection.gold[i]
-        if g is not None:
-            votes.setdefault(g, Counter())[int(selection.y[i])] += 1
-    if set(votes) != values:
-        return None
-    mapping = {g: c.most_common(1)[0][0] for g, c in votes.items()}
-    return mapping if len(set(mapping.values())) == len(mapping) else None
-
-
 def _audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
     """Where gold exists on weak-labeled training records, how right was the label check? (evaluation only)"""
-    mapping = _gold_to_class(sel)
+    mapping = gold_to_class(sel)
     if mapping is None:
         return {}
     flagged = set(noise["indices"].tolist())
@@ -263,7 +245,7 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
         per_query[name] = per[1000]
     metrics.update(top_k=top_k, top_1k_250=top_250)
 
-    mapping = _gold_to_class(sel)
+    mapping = gold_to_class(sel)
     labeled = sel.labeled_idx
     if mapping is not None:
         y_test = np.array([mapping[sel.gold[i]] for i in test])  # type: ignore[index]

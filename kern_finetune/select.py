@@ -30,7 +30,14 @@ import numpy as np
 from .errors import ConfigError, ExportError, SelectionError
 from .export import Record, TaskColumns
 
-__all__ = ["Selection", "select_labels", "build_texts", "default_text_attributes", "label_fingerprint"]
+__all__ = [
+    "Selection",
+    "select_labels",
+    "build_texts",
+    "default_text_attributes",
+    "gold_to_class",
+    "label_fingerprint",
+]
 
 
 @dataclass
@@ -61,6 +68,28 @@ class Selection:
         """``{record id: label}`` of every selected label: what a re-sync fingerprints."""
         idx = self.labeled_idx
         return {self.ids[i]: self.classes[self.y[i]] for i in sorted(idx.tolist())}
+
+
+def gold_to_class(selection: Selection) -> dict[str, int] | None:
+    """Map gold values to task classes, for evaluation only (the gold never trains).
+
+    By name where every gold value is a class name; else by majority vote over the labeled records that
+    carry gold (e.g. AG News' ``"1".."4"`` against ``World``/``Sports``/...). ``None`` when some gold value
+    has no labeled record or two gold values would map to the same class.
+    """
+    values = {g for g in selection.gold if g is not None}
+    index = {c: i for i, c in enumerate(selection.classes)}
+    if values <= set(index):
+        return {v: index[v] for v in values}
+    votes: dict[str, Counter[int]] = {}
+    for i in selection.labeled_idx.tolist():
+        g = selection.gold[i]
+        if g is not None:
+            votes.setdefault(g, Counter())[int(selection.y[i])] += 1
+    if set(votes) != values:
+        return None
+    mapping = {g: c.most_common(1)[0][0] for g, c in votes.items()}
+    return mapping if len(set(mapping.values())) == len(mapping) else None
 
 
 def default_text_attributes(records: list[Record], *, id_attribute: str, gold_attribute: str | None) -> list[str]:

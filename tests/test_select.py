@@ -5,7 +5,7 @@ import pytest
 
 from kern_finetune.errors import ExportError, SelectionError, TaskNotFoundError
 from kern_finetune.export import discover_tasks, parse_export_payload, resolve_task
-from kern_finetune.select import default_text_attributes, select_labels
+from kern_finetune.select import default_text_attributes, gold_to_class, select_labels
 
 M, W, C = "__Topic__MANUAL", "__Topic__WEAK_SUPERVISION", "__Topic__WEAK_SUPERVISION__confidence"
 
@@ -128,6 +128,21 @@ def test_default_text_attributes_skip_id_gold_numbers_and_labels():
     assert default_text_attributes(records, id_attribute="running_id", gold_attribute="Class Index") == ["Title", "Description"]
 
 
+def test_gold_to_class_by_name_by_vote_or_none():
+    by_name = select([rec(i, weak="AB"[i % 2], conf="0.9", gold="AB"[i % 2]) for i in range(20)], gold_attribute="Gold")
+    assert gold_to_class(by_name) == {"A": 0, "B": 1}
+    # codes, not names: each code maps to the class most of its labeled records carry (one weak label wrong)
+    coded = [rec(i, weak="AB"[i % 2], conf="0.9", gold="21"[i % 2]) for i in range(20)]
+    coded[0][W] = "B"
+    assert gold_to_class(select(coded, gold_attribute="Gold")) == {"2": 0, "1": 1}
+    # two codes voting for the same class: no honest mapping
+    clash = [rec(i, weak="A", conf="0.9", gold="12"[i % 2]) for i in range(20)] + [rec(98 + j, weak="B", conf="0.9") for j in range(2)]
+    assert gold_to_class(select(clash, gold_attribute="Gold")) is None
+    # a gold value no labeled record carries: no mapping either
+    unseen = [rec(i, weak="AB"[i % 2], conf="0.9", gold="21"[i % 2]) for i in range(20)] + [rec(50, gold="3")]
+    assert gold_to_class(select(unseen, gold_attribute="Gold")) is None
+
+
 def test_sample_selection_matches_the_experiment(sample_records):
     sel = select_labels(
         sample_records, resolve_task(sample_records, "Topic"), text_attributes=["Title", "Description"],
@@ -140,3 +155,5 @@ def test_sample_selection_matches_the_experiment(sample_records):
     assert sel.class_counts(sel.test_idx) == {"Business": 0, "Sci/Tech": 0, "Sports": 0, "World": 0}
     golds = [sel.gold[i] for i in sel.test_idx]
     assert {g: golds.count(g) for g in "1234"} == {"1": 2190, "2": 1057, "3": 2803, "4": 3096}
+    assert gold_to_class(sel) == {"1": sel.classes.index("World"), "2": sel.classes.index("Sports"),
+                                  "3": sel.classes.index("Business"), "4": sel.classes.index("Sci/Tech")}
