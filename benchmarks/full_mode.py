@@ -1,7 +1,7 @@
 """Full-encoder fine-tuning (``--mode full``) on the full bundled sample, through the real pipeline.
 
     python benchmarks/full_mode.py [--seeds 42,43,44] [--encoder-lr 3e-5] [--pseudo-labels auto|off|P]
-        [--encoder-memory 512] [--wise-alpha 0.6] [--no-head]
+        [--encoder-memory 512] [--wise-alpha 0.7] [--no-head]
         -> benchmarks/results/full_mode.{json,md}
 
 One epoch over the training texts on CPU (batch 32 grouped by length, supcon t=0.5, label check; the

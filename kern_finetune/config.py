@@ -60,7 +60,7 @@ class RunConfig:
     encoder_memory: int = 512
     """Full mode, supcon only: rows of earlier batches (detached embeddings and labels) that each batch is
     also contrasted with, a cross-batch memory; 0 = off. Other losses ignore it."""
-    wise_alpha: float = 0.6
+    wise_alpha: float = 0.7
     """Full mode only: the returned encoder is ``(1 - a) * base + a * fine-tuned``, weight by weight
     (WiSE-FT); 1 = the fine-tuned weights as they are."""
     patience: int = 3
