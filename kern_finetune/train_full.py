@@ -34,7 +34,9 @@ the head's; ``encoder_lr`` is this mode's own):
   neighbourhoods with linear-probe accuracy: through the pipeline, 3 seeds at 3e-5, alpha 0.6 gave top_1k
   76.22 +- 0.13 and a probe +2.81 points over raw, alpha 0.7 (the default) 76.15 +- 0.10 and +3.12
   (``full_mode.md``); the default is the alpha that clears both of the project's targets (top_1k >= 76,
-  probe >= +3).
+  probe >= +3). The validation records cannot pick alpha: their top_250 on their own (confident) labels
+  rises all the way to alpha 1 (92.14 / 92.80 / 93.18 / 93.42 / 93.56 at 0.5 / 0.6 / 0.7 / 0.8 / 1, seed 42,
+  ``wise_sweep.py --val``), while the test records, those without a confident label, peak at 0.6-0.7.
   ``info`` keeps the blended model's validation loss (``val_loss_interpolated``).
 - **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only): each batch is also
   contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
