@@ -13,7 +13,7 @@ import pytest
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
 from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-from kern_finetune.select import Selection
+from kern_finetune.select import Selection, gold_to_class
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,7 +29,8 @@ def test_only_unlabeled_records_above_the_threshold_get_a_label(subset_sel: Sele
     stricter = find_pseudo_labels(subset_base, subset_sel, threshold=0.95, seed=0)
     assert set(stricter["indices"].tolist()) < set(found["indices"].tolist())
     # Most confident predictions agree with the gold class the pseudo-labeler never saw.
-    mapping = {g: int(subset_sel.y[i]) for i in subset_sel.labeled_idx for g in [subset_sel.gold[i]]}
+    mapping = gold_to_class(subset_sel)
+    assert mapping is not None
     right = np.mean([mapping.get(subset_sel.gold[i]) == lab for i, lab in zip(stricter["indices"], stricter["labels"], strict=True)])
     assert right > 0.8
 
