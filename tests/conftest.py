@@ -14,6 +14,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
+SHARED = ROOT.parent / "shared"
+"""The workplace's shared folder beside the repo (CI lays a copy there); never needed at run time."""
+
+
+def shared_file(relpath: str) -> Path:
+    """A file under ``../shared`` for a test that checks against it.
+
+    Under CI (``CI`` set) a missing file fails the test: a check that silently does nothing is a defect.
+    Elsewhere (a clone without ``../shared``) the test is skipped with the path it looked for.
+    """
+    path = SHARED / relpath
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI lays ../shared beside the repo, so this check must run")
+        pytest.skip(f"{path} not present (only CI and the workplace have ../shared)")
+    return path
 
 
 @pytest.fixture(scope="session")
