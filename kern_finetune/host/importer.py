@@ -49,7 +49,13 @@ _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
 _PYTHON_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
 _ATTRIBUTE_FROM_NAME = re.compile(r"^(.+)-(?:classification|extraction).*")
-_TOKEN = re.compile(r"\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b|\w+|[^\w\s]", re.IGNORECASE)
+_TOKEN = re.compile(
+    r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
+    r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
+    r"|\w+|[^\w\s]"  # words, and each punctuation mark
+    r"|\s{2,}|[^\S ]",  # whitespace other than one space is a token of its own
+    re.IGNORECASE,
+)
 
 
 @dataclass
@@ -78,7 +84,8 @@ class ImportedProject:
 
 
 def approximate_token_count(text: str | None) -> int:
-    """How many tokens spaCy's English tokenizer makes of ``text``, approximately (words, punctuation, clitics)."""
+    """How many tokens spaCy's English tokenizer makes of ``text``, approximately (words, punctuation, clitics,
+    abbreviations, extra whitespace)."""
     return len(_TOKEN.findall(text)) if text else 0
 
 
@@ -193,9 +200,10 @@ def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any
         columns.extend(names)
         for rec, rid in zip(records, uuids):
             n = counts.get((rid, attr_id))
-            if n is None:
+            if n is None:  # approximated, but never short of a labelled token
                 value = rec.get(attr)
-                n = approximate_token_count(value if isinstance(value, str) else None)
+                labelled = [t for kind in ("MANUAL", "WEAK_SUPERVISION") for t in tagged.get((tid, rid, kind), {})]
+                n = max([approximate_token_count(value if isinstance(value, str) else None)] + [t + 1 for t in labelled])
             manual, weak, weak_conf = [], [], []
             for kind, out in (("MANUAL", manual), ("WEAK_SUPERVISION", weak)):
                 slot = tagged.get((tid, rid, kind), {})
