@@ -641,3 +641,60 @@ def test_snapshot_embedding_is_searchable_under_its_import_name(tmp_path: Path) 
     vectors = np.asarray([t["data"] for t in data["embedding_tensors_data"]], dtype=np.float32)
     want = _expected_search(vectors, uuids.index(query))
     assert got[0] == query and got == [uuids[int(i)] for i in want]
+
+
+# ------------------------------------------------------------------------------------------------
+# fuzz: no body a client sends gives a 5xx, on any route
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_KEYS = ["name", "dimension", "type", "custom", "count", "attribute", "platform", "model", "chunk", "tensors",
+         "record_id", "data", "data_b64", "embedding", "limit", "task", "labels", "label", "confidence", "source_type",
+         "associations", "indices", "label_task_name", "running_id", "embeddingId", "recordId", "attFilter",
+         "recordSubKey", "method", "password", "identifier", "password_identifier"]
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
+            | st.sampled_from(["0", "1", "Topic", "heuristic", "MANUAL", "World", "ON_ATTRIBUTE", "AAAA", "[]", "\ud800"]))
+_JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+    st.sampled_from(_KEYS) | st.text(max_size=6), inner, max_size=5), max_leaves=16)
+_BODIES = _JSON | st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=6)
+
+
+@pytest.fixture(scope="module")
+def fuzz_host(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp = tmp_path_factory.mktemp("fuzz")
+    with _start(tmp, _make_export(tmp / "export.json")) as running:
+        api = _Api(running)
+        served = api.push(_vectors(12))
+        staged = api.create("Title-classification-kern-finetune-staged")
+        yield api, served, staged
+
+
+def _fuzz_calls(api: _Api, staged: str) -> list[tuple[str, str]]:
+    gateway = f"{api.host.url}/refinery-gateway/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
+    return [
+        ("POST", gateway), ("POST", api.base + "/associations"), ("POST", api.base + "/labels"),
+        ("POST", api.base + "/embeddings"), ("PUT", f"{api.base}/embeddings/{staged}/tensors"),
+        ("POST", f"{api.base}/embeddings/{staged}/finalize"), ("POST", api.base + "/similarity"),
+        ("POST", api.base + "/labeling-sessions"), ("GET", api.base + "/export"), ("GET", api.base + "/embeddings"),
+        ("POST", api.host.url + "/.ory/kratos/public/self-service/login?flow=x"), ("GET", api.base),
+    ]
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_BODIES, query=st.text(max_size=8), route=st.integers(min_value=0, max_value=11))
+def test_fuzzed_bodies_never_give_a_server_error(fuzz_host: Any, body: Any, query: str, route: int) -> None:
+    """One route per example, each route about a dozen times; a fresh connection per request."""
+    api, served, staged = fuzz_host
+    method, url = _fuzz_calls(api, staged)[route]
+    payload = json.dumps(body)  # NaN and Infinity included, as a lenient client writes them
+    resp = requests.request(method, url, data=payload, params={"num_samples": query, "include_staged": query},
+                            headers={**api.s.headers, "content-type": "application/json"}, timeout=30)
+    assert resp.status_code < 500, (method, url, payload[:200], resp.text[:300])
+    resp.json()  # always a JSON answer
+
+
+def test_fuzzed_host_still_serves(fuzz_host: Any) -> None:
+    api, served, _ = fuzz_host
+    assert api.similar(served, "1").status_code == 200
+    assert len(api.export()) == N
