@@ -40,7 +40,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .store import ApiError, GatewayError, HostStore
+from .store import ApiError, HostStore
 
 __all__ = ["create_app", "LOGIN_FLOW_PATH", "LOGIN_SUBMIT_PATH", "MAX_BODY_BYTES"]
 

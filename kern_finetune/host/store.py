@@ -49,7 +49,7 @@ from ..export import TaskColumns, discover_tasks, resolve_task
 from .importer import read_project
 from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
 
-__all__ = ["ApiError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
+__all__ = ["ApiError", "GatewayError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
 
 log = logging.getLogger(__name__)
 
@@ -949,6 +949,7 @@ class HostStore:
             ]
             for old in replaced:
                 conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
+                conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (old,))
                 conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
             conn.execute(
                 "UPDATE embeddings SET state = 'FINISHED', served = 1, updated_at = ?, finished_at = ? WHERE id = ?",
@@ -973,6 +974,7 @@ class HostStore:
                     409, "EMBEDDING_SERVED", f"version {embedding_id} is the served {row[1]!r}; add ?force=true to drop it"
                 )
             conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
+            conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (embedding_id,))
             conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
         self._vectors.drop(embedding_id)
         return {"id": embedding_id, "deleted": True, "was_served": bool(row[0])}
