@@ -38,6 +38,7 @@ from fastapi import Body, Depends, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .store import ApiError, HostStore
@@ -178,19 +179,19 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_e
             return await call_next(request)
         if request.method not in ("GET", "POST") and not (proxy and push_extension):
             return _oathkeeper_error(404)  # the access rules match GET and POST only
-        if store.session_user(_bearer_of(request)) is None:
+        # session lookups take the store's lock, which a large upload may hold: off the event loop
+        found = await run_in_threadpool(store.session_user, _bearer_of(request))
+        if found is None:
             return _oathkeeper_error(401)
-        if gateway:
-            found = store.session_user(_bearer_of(request))
-        else:  # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
-            found = store.session_user(request.headers.get("identifier"))
+        if proxy:  # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
+            found = await run_in_threadpool(store.session_user, request.headers.get("identifier"))
             if found is None:
                 return _error_code(401, "UNRECOGNIZED_USER")
-        request.state.user = found[0] if found else ""
+        request.state.user = found[0]
         return await call_next(request)
 
     # ------------------------------------------------------------------------------------------
-    # errors: always JSON {"error_code", "detail"}
+    # errors: {"error_code", "detail"} on the push extension, refinery's own shapes elsewhere
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
