@@ -579,17 +579,22 @@ def test_no_push_extension_answers_as_refinery(tmp_path: Path, export: Path) -> 
         assert len(api.export()) == N and api.get().status_code == 200
 
 
-def _snapshot_tables() -> dict[str, Any]:
+def _snapshot_tables(path: Path = SNAPSHOT) -> dict[str, Any]:
     import zipfile
 
-    with zipfile.ZipFile(SNAPSHOT) as zf:
+    with zipfile.ZipFile(path) as zf:
         return json.loads(zf.read(zf.namelist()[0]))
 
 
-def test_snapshot_export_as_the_gateway_builds_it(tmp_path: Path) -> None:
-    """Columns, row order and extraction arrays as refinery-submodule-model ``build_full_record_sql_export`` makes them."""
-    data = _snapshot_tables()
-    with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD) as host:
+@pytest.mark.parametrize("which", ["small", "shared"])
+def test_snapshot_export_as_the_gateway_builds_it(tmp_path: Path, which: str) -> None:
+    """Columns, row order and extraction arrays as refinery-submodule-model ``build_full_record_sql_export`` makes
+    them: on the bundled 200-record cut and on the real AG News snapshot (3,000 records, 65 with manual spans)."""
+    from conftest import shared_file
+
+    path = SNAPSHOT if which == "small" else shared_file("data/refinery_snapshots/ag_news.zip")
+    data = _snapshot_tables(path)
+    with serve_in_thread(path, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD) as host:
         api = _Api(host)
         records = api.export()
         tasks = {t["name"]: t["task_type"] for t in api.get().json()["labeling_tasks"]}
@@ -600,6 +605,7 @@ def test_snapshot_export_as_the_gateway_builds_it(tmp_path: Path) -> None:
         "headline__indicators__WEAK_SUPERVISION__confidence",
     ]
     assert tasks == {"topic": "MULTICLASS_CLASSIFICATION", "indicators": "INFORMATION_EXTRACTION"}
+    assert len(records) == len(data["records_data"])
     ids = [r["running_id"] for r in records]
     assert ids == sorted(ids) and ids[:3] != sorted(ids, key=int)[:3]  # ORDER BY 1: the text, "10" < "2"
     # every valid manual span of the snapshot sits in its record's array as B-/I-<label>; the rest is OUTSIDE
