@@ -42,6 +42,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .store import ApiError, HostStore
+from .values import is_text
 
 __all__ = ["create_app", "LOGIN_FLOW_PATH", "LOGIN_SUBMIT_PATH", "MAX_BODY_BYTES"]
 
@@ -414,11 +415,11 @@ def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
     for key in ("embeddingId", "recordId"):
         if key not in body:
             errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
-        elif not isinstance(body[key], str) or not _encodable(body[key]):
+        elif not isinstance(body[key], str) or not is_text(body[key]):
             errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
     att = body.get("attFilter")
     if att:
-        ok = isinstance(att, str) and _encodable(att)
+        ok = isinstance(att, str) and is_text(att)
         if ok:
             try:
                 ok = isinstance(json.loads(att), list)
@@ -431,14 +432,6 @@ def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
         errors.append({"loc": ["body", "recordSubKey"], "msg": "only null: attribute-level embeddings have no sub keys",
                        "type": "value_error"})
     return errors
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 _MANUAL_SOURCES = {"manual": "MANUAL"}

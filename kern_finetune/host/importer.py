@@ -39,10 +39,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..export import Record, load_export
+from ..export import Record, TaskColumns, discover_tasks, load_export
 from ..snapshot import read_snapshot
+from .values import as_confidence, as_string, dump_row, is_text
 
-__all__ = ["ImportedEmbedding", "ImportedProject", "read_project", "embedding_import_name", "approximate_token_count"]
+__all__ = [
+    "ImportPlan",
+    "ImportedEmbedding",
+    "ImportedProject",
+    "approximate_token_count",
+    "embedding_import_name",
+    "plan_import",
+    "read_project",
+]
 
 _LABEL_SUFFIXES = ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL")
 _EXTRACTION = "INFORMATION_EXTRACTION"
@@ -81,6 +90,96 @@ class ImportedProject:
     extraction_columns: list[str]
     embeddings: list[ImportedEmbedding]
     name: str | None = None
+
+
+@dataclass
+class ImportPlan:
+    """What the store writes on the first start: rows, record UUIDs, attributes, tasks, embeddings."""
+
+    rows: list[tuple[int, str, str]] = field(repr=False)
+    """``(position, record id, row JSON)``: the export row, every value a string or null (arrays kept)."""
+    uuids: list[str | None] = field(repr=False)
+    attributes: list[dict[str, Any]]
+    """``{"name", "data_type", "is_primary_key"}`` in column order."""
+    tasks: list[dict[str, Any]]
+    """Classification tasks: ``{"name", "attribute", "manual", "weak", "confidence", "labels"}`` (column names)."""
+    extraction_tasks: list[dict[str, Any]]
+    """``{"name", "attribute", "columns"}``; their columns are served as they are."""
+    embeddings: list[ImportedEmbedding]
+    name: str | None
+
+
+def plan_import(path: str | Path, *, id_attribute: str) -> ImportPlan:
+    """Read ``path`` (:func:`read_project`) and lay out what the host stores. Errors are :class:`ExportError`."""
+    project = read_project(path)
+    records = project.records
+    extraction = set(project.extraction_columns)
+    columns: dict[str, None] = {}
+    for rec in records:
+        for key in rec:
+            columns.setdefault(key, None)
+    label_columns: set[str] = set(extraction)
+    tasks: list[dict[str, Any]] = []
+    for task in discover_tasks([{c: None for c in columns if c not in extraction}]):
+        label_set: dict[str, None] = {}
+        for col in (task.manual, task.weak):
+            if col:
+                for rec in records:
+                    value = rec.get(col)
+                    if isinstance(value, str) and value:
+                        label_set.setdefault(value, None)
+        info = _task_json(task, sorted(label_set))
+        tasks.append(info)
+        label_columns.update((info["manual"], info["weak"], info["confidence"]))
+    attributes = [c for c in columns if c not in label_columns]
+    synthesize_id = id_attribute not in columns
+    if synthesize_id and id_attribute != "running_id":
+        raise ExportError(f"id attribute {id_attribute!r} is not in the export; attributes: {', '.join(attributes)}")
+    order = list(columns)
+    for info in tasks:  # a task column the export lacks is still served, after the others
+        order.extend(c for c in (info["manual"], info["weak"], info["confidence"]) if c not in columns)
+    if synthesize_id:  # refinery numbers records itself; do the same when the export lacks the column
+        attributes.insert(0, id_attribute)
+        order.insert(0, id_attribute)
+    confidences = {info["confidence"] for info in tasks}
+    rows: list[tuple[int, str, str]] = []
+    seen: set[str] = set()
+    values_by_attr: dict[str, list[str | None]] = {a: [] for a in attributes}
+    for i, rec in enumerate(records):
+        row: dict[str, Any] = {}
+        for col in order:
+            if synthesize_id and col == id_attribute:
+                row[col] = str(i)
+            elif col in extraction:
+                value = rec.get(col)
+                row[col] = value if isinstance(value, list) else None
+            elif col in confidences:
+                row[col] = as_confidence(rec.get(col))
+            else:
+                row[col] = as_string(rec.get(col))
+        for attr in attributes:
+            if len(values_by_attr[attr]) < 2000:
+                values_by_attr[attr].append(row[attr])
+        rid = row[id_attribute]
+        if rid is None or rid == "":
+            raise ExportError(f"record #{i} has no value for the id attribute {id_attribute!r}")
+        if rid in seen:
+            raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
+        seen.add(rid)
+        dumped = dump_row(row)
+        if not is_text(dumped):
+            raise ExportError(f"record #{i} holds text that is not valid Unicode (a lone surrogate)")
+        rows.append((i, rid, dumped))
+    return ImportPlan(
+        rows=rows,
+        uuids=project.uuids,
+        attributes=[{"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
+                    for a in attributes],
+        tasks=tasks,
+        extraction_tasks=_extraction_tasks(project.extraction_columns),
+        embeddings=project.embeddings,
+        name=project.name,
+    )
 
 
 def approximate_token_count(text: str | None) -> int:
@@ -266,6 +365,8 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
             if p is not None and t.get("sub_key") is None:
                 pairs.append((p, t.get("data")))
         pairs.sort(key=lambda x: x[0])
+        if not pairs:
+            continue  # no tensor belongs to a record of the snapshot
         try:
             matrix = np.asarray([d for _, d in pairs], dtype=np.float32)
         except (TypeError, ValueError, OverflowError):
@@ -276,3 +377,60 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
                                      platform=str(platform), model=str(model or ""), positions=[p for p, _ in pairs],
                                      matrix=matrix))
     return out
+
+
+def _guess_data_type(values: list[str]) -> str:
+    """A refinery attribute data type guessed from string values: INTEGER, FLOAT, BOOLEAN, CATEGORY or TEXT."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "TEXT"
+
+    def _all(pred: Any) -> bool:
+        return all(pred(v) for v in present)
+
+    def _is_int(v: str) -> bool:
+        return v.lstrip("-").isdigit()
+
+    def _is_float(v: str) -> bool:
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+
+    if _all(_is_int):
+        return "INTEGER"
+    if _all(_is_float):
+        return "FLOAT"
+    if _all(lambda v: v.lower() in ("true", "false")):
+        return "BOOLEAN"
+    distinct = set(present)
+    if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
+        return "CATEGORY"
+    return "TEXT"
+
+
+def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
+    base = f"{task.attribute or ''}__{task.name}"
+    return {
+        "name": task.name,
+        "attribute": task.attribute,
+        "manual": task.manual or f"{base}__MANUAL",
+        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
+        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
+        "labels": labels,
+    }
+
+
+def _extraction_tasks(columns: list[str]) -> list[dict[str, Any]]:
+    """Extraction tasks (name, attribute, columns) from their export columns ``<attribute>__<task>__<suffix>``."""
+    found: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        for suffix in ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL"):
+            if col.endswith(suffix):
+                base = col[: -len(suffix)]
+                attribute, _, name = base.rpartition("__")
+                info = found.setdefault(base, {"name": name, "attribute": attribute or None, "columns": []})
+                info["columns"].append(col)
+                break
+    return list(found.values())

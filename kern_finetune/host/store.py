@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import sqlite3
 import threading
@@ -44,9 +43,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError, TaskNotFoundError
-from ..export import TaskColumns, discover_tasks, resolve_task
-from .importer import read_project
+from ..errors import ConfigError, TaskNotFoundError
+from ..export import resolve_task
+from .importer import plan_import
+from .values import dump_row, is_int, is_text, is_unit_number
 from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
 
 __all__ = ["ApiError", "GatewayError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
@@ -108,8 +108,6 @@ class GatewayError(ApiError):
         super().__init__(500, "GATEWAY_ERROR", detail)
 
 
-def _dump_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
 def _decode_b64(text: str, pos: int) -> np.ndarray:
@@ -123,25 +121,10 @@ def _decode_b64(text: str, pos: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4")
 
 
-def _is_text(value: str) -> bool:
-    """True when ``value`` can be stored and sent as UTF-8 (JSON allows lone surrogates such as ``"\\ud800"``)."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
-def _is_int(value: Any, lo: int, hi: int) -> bool:
-    """An integer (not a bool) in ``[lo, hi]``."""
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
-def _is_unit_number(value: Any) -> bool:
-    """A number (not a bool) in [0, 1]; compared before any float conversion, so huge integers are safe."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return 0 <= value <= 1
 
 
 def _now_iso() -> str:
@@ -162,85 +145,6 @@ def _file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _as_string(value: Any) -> str | None:
-    """Export values are strings (or null), as refinery sends them."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _as_confidence(value: Any) -> str | None:
-    """Confidence columns hold a string rounded to 4 places (``"0.6220"``)."""
-    if value is None or isinstance(value, str):
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return _as_string(value)
-    return f"{number:.4f}" if math.isfinite(number) else None
-
-
-def _guess_data_type(values: list[str]) -> str:
-    """A refinery attribute data type guessed from string values: INTEGER, FLOAT, BOOLEAN, CATEGORY or TEXT."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return "TEXT"
-
-    def _all(pred: Any) -> bool:
-        return all(pred(v) for v in present)
-
-    def _is_int(v: str) -> bool:
-        return v.lstrip("-").isdigit()
-
-    def _is_float(v: str) -> bool:
-        try:
-            float(v)
-        except ValueError:
-            return False
-        return True
-
-    if _all(_is_int):
-        return "INTEGER"
-    if _all(_is_float):
-        return "FLOAT"
-    if _all(lambda v: v.lower() in ("true", "false")):
-        return "BOOLEAN"
-    distinct = set(present)
-    if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
-        return "CATEGORY"
-    return "TEXT"
-
-
-def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
-    base = f"{task.attribute or ''}__{task.name}"
-    return {
-        "name": task.name,
-        "attribute": task.attribute,
-        "manual": task.manual or f"{base}__MANUAL",
-        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
-        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
-        "labels": labels,
-    }
-
-
-def _extraction_tasks(columns: list[str]) -> list[dict[str, Any]]:
-    """Extraction tasks (name, attribute, columns) from their export columns ``<attribute>__<task>__<suffix>``."""
-    found: dict[str, dict[str, Any]] = {}
-    for col in columns:
-        for suffix in ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL"):
-            if col.endswith(suffix):
-                base = col[: -len(suffix)]
-                attribute, _, name = base.rpartition("__")
-                info = found.setdefault(base, {"name": name, "attribute": attribute or None, "columns": []})
-                info["columns"].append(col)
-                break
-    return list(found.values())
 
 
 class HostStore:
@@ -371,95 +275,31 @@ class HostStore:
                 )
 
     def _import(self, path: Path, *, id_attribute: str, project_id: str | None, name: str | None) -> None:
-        project = read_project(path)
-        records = project.records
-        extraction = set(project.extraction_columns)
-        columns: dict[str, None] = {}
-        for rec in records:
-            for key in rec:
-                columns.setdefault(key, None)
-        tasks = discover_tasks([{c: None for c in columns if c not in extraction}])
-        label_columns: set[str] = set(extraction)
-        task_infos: list[dict[str, Any]] = []
-        for task in tasks:
-            label_set: dict[str, None] = {}
-            for col in (task.manual, task.weak):
-                if col:
-                    for rec in records:
-                        value = rec.get(col)
-                        if isinstance(value, str) and value:
-                            label_set.setdefault(value, None)
-            info = _task_json(task, sorted(label_set))
-            task_infos.append(info)
-            label_columns.update((info["manual"], info["weak"], info["confidence"]))
-        extraction_infos = _extraction_tasks(project.extraction_columns)
-        attributes = [c for c in columns if c not in label_columns]
-        synthesize_id = id_attribute not in columns
-        if synthesize_id and id_attribute != "running_id":
-            raise ExportError(f"id attribute {id_attribute!r} is not in the export; attributes: {', '.join(attributes)}")
-        order = list(columns)
-        for info in task_infos:  # a task column the export lacks is still served, after the others
-            order.extend(c for c in (info["manual"], info["weak"], info["confidence"]) if c not in columns)
-        if synthesize_id:  # refinery numbers records itself; do the same when the export lacks the column
-            attributes.insert(0, id_attribute)
-            order.insert(0, id_attribute)
-        confidences = {info["confidence"] for info in task_infos}
-        rows: list[tuple[int, str, str]] = []
-        seen: set[str] = set()
-        values_by_attr: dict[str, list[str | None]] = {a: [] for a in attributes}
-        for i, rec in enumerate(records):
-            row: dict[str, Any] = {}
-            for col in order:
-                if synthesize_id and col == id_attribute:
-                    row[col] = str(i)
-                elif col in extraction:
-                    value = rec.get(col)
-                    row[col] = value if isinstance(value, list) else None
-                elif col in confidences:
-                    row[col] = _as_confidence(rec.get(col))
-                else:
-                    row[col] = _as_string(rec.get(col))
-            for attr in attributes:
-                if len(values_by_attr[attr]) < 2000:
-                    values_by_attr[attr].append(row[attr])
-            rid = row[id_attribute]
-            if rid is None or rid == "":
-                raise ExportError(f"record #{i} has no value for the id attribute {id_attribute!r}")
-            if rid in seen:
-                raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
-            seen.add(rid)
-            dumped = _dump_row(row)
-            if not _is_text(dumped):
-                raise ExportError(f"record #{i} holds text that is not valid Unicode (a lone surrogate)")
-            rows.append((i, rid, dumped))
-        attr_infos = [
-            {"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
-            for a in attributes
-        ]
+        plan = plan_import(path, id_attribute=id_attribute)
         meta = {
             "project_id": project_id or str(uuid.uuid4()),
-            "name": name or project.name or path.name.split(".")[0],
+            "name": name or plan.name or path.name.split(".")[0],
             "description": f"imported by kern-finetune host from {path.name}",
             "tokenizer": "en_core_web_sm",
             "id_attribute": id_attribute,
-            "attributes": attr_infos,
-            "tasks": task_infos,
-            "extraction_tasks": extraction_infos,
+            "attributes": plan.attributes,
+            "tasks": plan.tasks,
+            "extraction_tasks": plan.extraction_tasks,
             "export_file": str(path),
             "export_sha256": _file_sha256(path),
             "imported_at": _now_iso(),
         }
         now, stamp = time.time(), _now_iso()
         with self._tx() as conn:
-            conn.executemany("INSERT INTO records (idx, record_id, data) VALUES (?, ?, ?)", rows)
+            conn.executemany("INSERT INTO records (idx, record_id, data) VALUES (?, ?, ?)", plan.rows)
             conn.executemany(
                 "INSERT INTO record_uuids (idx, uuid) VALUES (?, ?)",
-                [(i, u) for i, u in enumerate(project.uuids) if u is not None],
+                [(i, u) for i, u in enumerate(plan.uuids) if u is not None],
             )
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
             )
-            for emb in project.embeddings:
+            for emb in plan.embeddings:
                 eid = str(uuid.uuid4())
                 conn.execute(
                     "INSERT INTO embeddings (id, name, attribute, type, custom, dimension, platform, model,"
@@ -472,8 +312,8 @@ class HostStore:
                     "INSERT INTO tensors (embedding_id, record_idx, data) VALUES (?, ?, ?)",
                     [(eid, p, emb.matrix[k].astype("<f4").tobytes()) for k, p in enumerate(emb.positions)],
                 )
-        log.info("imported %d records, %d labeling task(s) and %d embedding(s) from %s", len(rows), len(task_infos),
-                 len(project.embeddings), path)
+        log.info("imported %d records, %d labeling task(s) and %d embedding(s) from %s", len(plan.rows),
+                 len(plan.tasks), len(plan.embeddings), path)
 
     # ------------------------------------------------------------------------------------------
     # project
@@ -593,10 +433,10 @@ class HostStore:
                 idx = self.record_index(record_id)
             except ApiError as exc:
                 raise ApiError(422, "RECORD_NOT_FOUND" if exc.status == 404 else exc.error_code, exc.detail) from None
-            if label is not None and (not isinstance(label, str) or not label.strip() or not _is_text(label)
+            if label is not None and (not isinstance(label, str) or not label.strip() or not is_text(label)
                                       or len(label) > 1000):
                 raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: a label is a non-empty string or null")
-            if confidence is not None and not _is_unit_number(confidence):
+            if confidence is not None and not is_unit_number(confidence):
                 raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be a number in [0, 1]")
             resolved[idx] = (label, None if confidence is None else float(confidence))
         now = _now_iso()
@@ -611,7 +451,7 @@ class HostStore:
                     row[info["weak"]] = label
                     conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
                     row[info["confidence"]] = conf_text
-                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (_dump_row(row), idx))
+                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (dump_row(row), idx))
                 conn.execute(
                     "INSERT INTO label_events (record_idx, task, source, label, confidence, origin, user_name, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -644,7 +484,7 @@ class HostStore:
         task = next((t for t in self._meta["tasks"] if t["name"] == task_name), None)
         if task is None:
             raise GatewayError(f"no labeling task named {task_name!r}")
-        if not isinstance(name, str) or not _is_text(name) or not name:
+        if not isinstance(name, str) or not is_text(name) or not name:
             raise GatewayError("name must be the information source's name")
         with self._lock:
             known = self._conn.execute(
@@ -674,7 +514,7 @@ class HostStore:
             label, confidence = association
             if not isinstance(label, str) or label not in task["labels"]:
                 raise GatewayError(f"label {label!r} is not a label of task {task_name!r}")
-            if confidence is not None and not _is_unit_number(confidence):
+            if confidence is not None and not is_unit_number(confidence):
                 raise GatewayError("confidence must be a number in [0, 1]")
             rows.append((idx, label, None if confidence is None else float(confidence)))
         now = _now_iso()
@@ -784,7 +624,7 @@ class HostStore:
         if not isinstance(spec, dict):
             raise ApiError(422, "INVALID_REQUEST", "body must be a JSON object")
         name = spec.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200 or not _is_text(name):
+        if not isinstance(name, str) or not name.strip() or len(name) > 200 or not is_text(name):
             raise ApiError(422, "INVALID_REQUEST", "name must be a non-empty string of at most 200 characters")
         dim = spec.get("dimension")
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIMENSION:
@@ -793,7 +633,7 @@ class HostStore:
         if etype != "ON_ATTRIBUTE":
             raise ApiError(422, "INVALID_REQUEST", f"type {etype!r} is not supported here, only ON_ATTRIBUTE")
         count = spec.get("count")
-        if count is not None and not _is_int(count, 0, 10**9):
+        if count is not None and not is_int(count, 0, 10**9):
             raise ApiError(422, "INVALID_REQUEST", "count must be an integer in [0, 10^9]")
         custom = spec.get("custom", True)
         if not isinstance(custom, bool):
@@ -801,7 +641,7 @@ class HostStore:
         texts = {}
         for key in ("attribute", "platform", "model"):
             value = spec.get(key)
-            if value is not None and (not isinstance(value, str) or len(value) > 200 or not _is_text(value)):
+            if value is not None and (not isinstance(value, str) or len(value) > 200 or not is_text(value)):
                 raise ApiError(422, "INVALID_REQUEST", f"{key} must be a string of at most 200 characters")
             texts[key] = value
         eid = str(uuid.uuid4())
@@ -853,7 +693,7 @@ class HostStore:
         if not isinstance(body, dict) or not isinstance(body.get("tensors"), list):
             raise ApiError(422, "INVALID_REQUEST", 'body must be {"chunk": N, "tensors": [{"record_id", "data"}]}')
         chunk = body.get("chunk")
-        if chunk is not None and not _is_int(chunk, 0, 10**9):
+        if chunk is not None and not is_int(chunk, 0, 10**9):
             raise ApiError(422, "INVALID_REQUEST", "chunk must be a non-negative integer")
         tensors = body["tensors"]
         indices: list[int] = []
@@ -924,7 +764,7 @@ class HostStore:
         if body is not None and not isinstance(body, dict):
             raise ApiError(422, "INVALID_REQUEST", 'body must be {"count": N} or empty')
         count = body.get("count") if isinstance(body, dict) else None
-        if count is not None and not _is_int(count, 0, 10**9):
+        if count is not None and not is_int(count, 0, 10**9):
             raise ApiError(422, "INVALID_REQUEST", "count must be an integer in [0, 10^9]")
         replaced: list[str] = []
         with self._tx() as conn:
@@ -983,7 +823,7 @@ class HostStore:
     # similarity search and labeling sessions
 
     def _served(self, name_or_id: Any) -> tuple[str, str]:
-        if not isinstance(name_or_id, str) or not name_or_id or not _is_text(name_or_id):
+        if not isinstance(name_or_id, str) or not name_or_id or not is_text(name_or_id):
             raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id (a string)")
         with self._lock:
             row = self._conn.execute(
