@@ -435,6 +435,10 @@ def test_invalid_chunks_are_refused(api: _Api) -> None:
     assert api.get(f"/embeddings/{eid}").json()["stored"] == 0  # nothing of a refused chunk was kept
     resp = api.post("/embeddings", {"name": "x", "dimension": 0})
     assert resp.status_code == 422
+    for bad in ({"attribute": "NoSuchAttribute"}, {"custom": "yes"}, {"count": 10**30}, {"name": "\ud800"},
+                {"type": "ON_TOKEN"}, {"platform": 5}):
+        resp = api.post("/embeddings", {"name": "x", "dimension": DIM, **bad})
+        assert resp.status_code == 422 and resp.json()["error_code"] == "INVALID_REQUEST", bad
     assert api.put("/embeddings/not-an-id/tensors", {"chunk": 0, "tensors": []}).status_code == 404
 
 

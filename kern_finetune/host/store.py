@@ -644,6 +644,9 @@ class HostStore:
             if value is not None and (not isinstance(value, str) or len(value) > 200 or not is_text(value)):
                 raise ApiError(422, "INVALID_REQUEST", f"{key} must be a string of at most 200 characters")
             texts[key] = value
+        names = [a["name"] for a in self._meta["attributes"]]
+        if texts["attribute"] is not None and texts["attribute"] not in names:
+            raise ApiError(422, "INVALID_REQUEST", f"attribute must be one of the project's attributes: {', '.join(names)}")
         eid = str(uuid.uuid4())
         now = time.time()
         with self._tx() as conn:
