@@ -220,7 +220,7 @@ def test_unknown_project_is_404(api: _Api) -> None:
 def test_project_details(api: _Api) -> None:
     body = api.get().json()
     assert {"name", "description", "tokenizer", "attributes", "knowledge_base_ids"} <= set(body)
-    assert body["knowledge_base_ids"] == []
+    assert body["knowledge_base_ids"] == [] and body["max_running_id"] == N - 1
     attrs = {a["name"]: a for a in body["attributes"]}
     assert list(attrs) == ["running_id", "Title", "Description", "Class Index"]
     assert attrs["running_id"]["is_primary_key"] is True and attrs["Title"]["is_primary_key"] is False

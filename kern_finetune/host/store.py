@@ -352,7 +352,7 @@ class HostStore:
         return {
             "id": self.project_id,
             "name": self._meta["name"],
-            "max_running_id": self.record_count - 1,
+            "max_running_id": self._max_running_id(),
             "description": self._meta["description"],
             "tokenizer": self._meta["tokenizer"],
             "attributes": [dict(a, state="UPLOADED") for a in self._meta["attributes"]],
@@ -360,6 +360,17 @@ class HostStore:
             "labeling_tasks": tasks,
             "record_count": self.record_count,
         }
+
+    def _max_running_id(self) -> int:
+        """refinery-submodule-model ``business_objects/project.py`` ``get_max_running_id``: the largest integer
+        value of the running-id attribute, -1 for none (ours: the id attribute when its values are integers)."""
+        best = -1
+        for rid in self._record_ids:
+            try:
+                best = max(best, int(rid))
+            except ValueError:  # not an integer ("²" passes isdigit but not int)
+                continue
+        return best
 
     def export_json(self, num_samples: int | None = None) -> str:
         """The records as a JSON list (one object per record, label columns current), once encoded.
