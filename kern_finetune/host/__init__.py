@@ -1,13 +1,15 @@
-"""A local refinery-compatible host: one project from an export file, served over HTTP (``docs/host.md``).
+"""A local refinery-compatible host: one project from an export file or snapshot, served over HTTP (``docs/host.md``).
 
-It speaks the refinery API the SDK uses (Kratos login, project, export, associations) and the
-embedding push contract (``docs/push-contract.md``), with similarity search and labeling sessions on
-top, keeping its state in SQLite under a data dir.
+It answers what a self-hosted refinery answers (Kratos login; oathkeeper and the gateway proxy in front of
+the project, export and associations routes; the data browser's similarity search with refinery's
+threshold) and, unless ``push_extension=False``, kern-finetune's push extension (``docs/push-contract.md``):
+routes that take vectors, which no refinery version has. State lives in SQLite under a data dir.
 
 ::
 
     from kern_finetune.host import serve_in_thread
-    with serve_in_thread("export.json.gz", data_dir="state", user_name="me@x.org", password=pw) as host:
+    with serve_in_thread("export.json.gz", data_dir="state", user_name="me@x.org", password=pw,
+                         push_extension=False) as host:  # only what a real refinery serves
         print(host.url, host.project_id)
 """
 
@@ -24,13 +26,14 @@ from .server import (
     serve_forever,
     serve_in_thread,
 )
-from .store import ApiError, HostStore
+from .store import ApiError, GatewayError, HostStore
 
 __all__ = [
     "ApiError",
     "DEFAULT_DATA_DIR",
     "DEMO_PASSWORD",
     "DEMO_USER",
+    "GatewayError",
     "HostStore",
     "RunningHost",
     "check_bind",
