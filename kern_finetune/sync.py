@@ -280,7 +280,11 @@ def sync_project(
             changed = len(labels)
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
-        if not force and previous and same_key and (fingerprint == prev_fp or changed < min_new_labels):
+        # a file door is up to date only while what it wrote is still where this sync would write it
+        target = _target(chosen, write_snapshot, Path(out_dir))
+        still_there = target is None or (previous is not None and previous.get("written") == str(target)
+                                         and target.exists())
+        if not force and previous and same_key and still_there and (fingerprint == prev_fp or changed < min_new_labels):
             why = "labels unchanged" if fingerprint == prev_fp else f"{changed} changed label(s) < --min-new-labels {min_new_labels}"
             msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
@@ -342,6 +346,15 @@ def _default_pipeline() -> PipelineFn:
     from .pipeline import run_pipeline
 
     return run_pipeline
+
+
+def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | None:
+    """What a file door writes (compared with the last sync's): the snapshot zip or the model folder."""
+    if door == "snapshot" and write_snapshot is not None:
+        return Path(write_snapshot)
+    if door == "model":
+        return out_dir / "model"
+    return None
 
 
 def _read_source_snapshot(path: Path | None) -> Any:
