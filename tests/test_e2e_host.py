@@ -65,7 +65,13 @@ def test_login_project_export(host: Any) -> None:
     details = c.get_project()
     assert {a["name"] for a in details["attributes"]} >= {"running_id", "headline"}
     records = c.get_export()
-    assert records == load_export(SNAPSHOT)
+    # every column the snapshot reader derives, record by record; the host may serve more columns
+    # (extraction tasks, as the real export does) and the gateway's record order
+    by_id = {r["running_id"]: r for r in records}
+    local = load_export(SNAPSHOT)
+    assert len(records) == len(by_id) == len(local)
+    for rec in local:
+        assert {k: by_id[rec["running_id"]].get(k) for k in rec} == rec
     assert len(c.get_export(num_samples=7)) == 7
 
 
@@ -116,11 +122,11 @@ def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
         flaky.push_embedding(None, NAME, ids, _unit(len(ids), seed=2), attribute="headline", model="m", chunk_size=50)
     with pytest.raises(PushError, match="EMBEDDING_INCOMPLETE"):
         c.push_embedding(None, NAME, ids[:-5], _unit(len(ids) - 5, seed=3), attribute="headline", model="m")
-    served = c.list_embeddings()
+    served = [e for e in c.list_embeddings() if e["name"] == NAME]  # the snapshot may bring its own
     assert [e["id"] for e in served] == [old.embedding_id]
     assert c.similarity(NAME, ids[3]) == before
     staged = c._request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
-    assert [e["id"] for e in staged] == [old.embedding_id]  # nothing half-written left behind
+    assert [e["id"] for e in staged if e["name"] == NAME] == [old.embedding_id]  # nothing half-written left behind
 
 
 def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -> None:
