@@ -202,7 +202,7 @@ def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None) 
 
 def model_door_steps(model_dir: Path, attribute: str, n_records: int) -> list[str]:
     """How the model folder reaches refinery's embedder (refinery-embedder ``util/embedders.py``)."""
-    name = model_dir.resolve().parent.name or "kern-finetune-model"
+    name = f"kern-finetune-{model_dir.resolve().parent.name or 'model'}"
     steps = [
         f"model door: {model_dir} is a sentence-transformers folder; refinery's embedder computes it itself:",
         f"  1. put the folder inside the refinery-embedder container, e.g. `docker cp {model_dir} "
