@@ -21,8 +21,9 @@ Doors (``door=``), each named for what it is:
     the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
     embedder to compute as a ``huggingface`` embedding itself (:func:`model_door_steps`).
 ``auto``
-    ``api`` when the host offers it, else ``snapshot`` when ``write_snapshot`` is given, else the sync
-    fails within seconds, before anything is pulled or encoded, with one line naming the snapshot door.
+    ``snapshot`` when ``write_snapshot`` is given (an explicit output wins), else ``api`` when the host
+    offers it, else the sync fails within seconds, before anything is pulled or encoded, with one line
+    naming the snapshot door.
 
 Before anything is encoded the door is checked: ``api`` asks the host
 (:meth:`~kern_finetune.client.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
@@ -182,12 +183,12 @@ def choose_door(
         raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door {door}")
     if door == "snapshot" or (door == "auto" and write_snapshot is not None):
         _check_snapshot_options(snapshot, write_snapshot)
+    if door == "auto" and write_snapshot is not None:
+        return "snapshot"
     if door in ("snapshot", "model"):
         return door
     if client.offers_push_extension(project_id):
         return "api"
-    if door == "auto" and write_snapshot is not None:
-        return "snapshot"
     raise PushError(no_door_message(client.uri, project_id))
 
 

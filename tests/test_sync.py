@@ -29,7 +29,7 @@ from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError, ExportError, HostUnavailableError, PushError, SyncBusyError
 from kern_finetune.host import RunningHost, serve_in_thread
 from kern_finetune.pipeline import RunResult
-from kern_finetune.sync import LOCK_FILE, STATE_FILE, sync_project, sync_state_dir
+from kern_finetune.sync import LOCK_FILE, STATE_FILE, choose_door, sync_project, sync_state_dir
 
 USER, PASSWORD = "labeler@example.com", "sync-pw-91b3"
 NAME = "Title-classification-kern-finetune-all-MiniLM-L6-v2"
@@ -342,6 +342,15 @@ def test_door_options_are_checked_before_anything_runs(host: RunningHost, config
         with pytest.raises(ConfigError):
             _sync(host, config, tmp_path, MustNotTrain(), faults, **kw)
     assert not faults.sent_to("GET", "/export$")
+
+
+def test_auto_door_prefers_an_explicit_snapshot_output(host: RunningHost, faults: FaultAdapter, tmp_path: Path) -> None:
+    c = _client(host, faults)
+    assert choose_door(c, host.project_id, "auto") == "api"
+    assert len(faults.sent_to("GET", "/embeddings$")) == 1  # one read decides
+    assert choose_door(c, host.project_id, "auto", snapshot=SNAPSHOT, write_snapshot=tmp_path / "o.zip") == "snapshot"
+    assert choose_door(c, host.project_id, "model") == "model"
+    assert len(faults.sent_to("GET", "/embeddings$")) == 1  # neither asked the host
 
 
 def test_switching_door_is_a_new_state(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:

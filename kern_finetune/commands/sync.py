@@ -36,8 +36,8 @@ doors (--door; checked before anything is pulled or encoded):
   snapshot  --snapshot SRC.zip (exported in refinery) -> --write-snapshot OUT.zip with our embedding;
             import OUT.zip in refinery's UI (it becomes a new project)
   model     the fine-tuned sentence-transformers folder (<out>/model) for refinery's embedder to compute
-  auto      api when the host offers it, else snapshot when --write-snapshot is given, else stop with a
-            one-line error naming the snapshot door (default)
+  auto      snapshot when --write-snapshot is given, else api when the host offers it, else stop with
+            a one-line error naming the snapshot door (default)
 
 A sync trains only when the selected labels (manual + weak above --threshold) changed since the last
 successful sync of that project through that door; --force trains anyway. Exit codes: 0 ok (pushed,
