@@ -433,16 +433,21 @@ class RefineryClient:
                               idempotent=idempotent, what=what, timeout=timeout, null_ok=null_ok)
             # Any 401: the token is unknown or expired. refinery's proxy says so with
             # {"error_code": "UNRECOGNIZED_USER"}, but oathkeeper checks the bearer token first and
-            # refuses an expired one with its own body ({"error": {"code": 401, ...}}): log in once more.
-            if resp.status_code == 401 and not relogin:
-                log.info("%s: session expired or refused (HTTP 401), logging in again", what)
+            # refuses an expired one with its own body ({"error": {"code": 401, ...}}), or, where its
+            # redirect error handler applies (refinery's oathkeeper/access-rules.yml, the /api rule),
+            # with a redirect to the login page: log in once more.
+            refused = resp.status_code == 401 or _to_login(resp)
+            if refused and not relogin:
+                log.info("%s: session expired or refused (HTTP %d), logging in again", what, resp.status_code)
                 self.login()
                 continue
-            if resp.status_code == 401:
-                reason = _error_code(resp) or _error_detail(resp) or "no reason given"
+            if refused:
+                reason = _error_code(resp) or _error_detail(resp) or (
+                    "redirected to the login page" if _to_login(resp) else "no reason given")
                 raise AuthError(self._scrub(
-                    f"{what}: {self.uri} refused a fresh session of user {self.user_name!r} (HTTP 401 again "
-                    f"after logging in anew: {reason}); check that this user may use the API of this project"
+                    f"{what}: {self.uri} refused a fresh session of user {self.user_name!r} (HTTP "
+                    f"{resp.status_code} again after logging in anew: {reason}); check that this user may use "
+                    "the API of this project"
                 ))
             break
         if resp.status_code in ok:
@@ -765,6 +770,11 @@ def _as_push_error(exc: KernFinetuneError, name: str, note: str = "") -> KernFin
             return type(exc)(f"pushing {name!r}: {exc} ({note}; the previous embedding stays served)")
         return exc
     return PushError(f"the host refused embedding {name!r}: {exc}" + (f" ({note})" if note else ""))
+
+
+def _to_login(resp: requests.Response) -> bool:
+    """A redirect to a login page: how oathkeeper's redirect error handler refuses a session."""
+    return 300 <= resp.status_code < 400 and "login" in resp.headers.get("location", "").lower()
 
 
 def _is_null(resp: requests.Response) -> bool:

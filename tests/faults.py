@@ -14,6 +14,8 @@ action         what the client sees
 ``401``        oathkeeper's 401 for an expired/unknown bearer token (its JSON error handler's body,
                not the proxy's ``error_code``); the host never saw the request
 ``403``        the proxy's ``403 {"error_code": "FORBIDDEN_USER"}``
+``login-302``  oathkeeper's redirect error handler: ``302`` to ``http://localhost:4455/auth/login``
+               (refinery's ``oathkeeper/access-rules.yml`` gives the ``/api`` rule that handler)
 ``drop``       the connection drops before the host got the request (``ConnectionError``)
 ``refused``    connection refused (the request was never sent)
 ``drop-after`` the host did the work, then the connection dropped: the answer is lost
@@ -41,6 +43,7 @@ from urllib3.response import HTTPResponse
 
 __all__ = ["FaultAdapter", "Rule", "Sent", "faulty_session", "OATHKEEPER_401"]
 
+# oathkeeper's json error handler (refinery's oathkeeper/oathkeeper.yml: errors.handlers.json, verbose)
 OATHKEEPER_401 = {
     "error": {"code": 401, "status": "Unauthorized", "reason": "session is expired", "message": "Access credentials are invalid"}
 }
@@ -49,7 +52,9 @@ _SYNTHETIC = {
     "null": (200, b"null"),
     "401": (401, json.dumps(OATHKEEPER_401).encode()),
     "403": (403, b'{"error_code": "FORBIDDEN_USER"}'),
+    "login-302": (302, b""),
 }
+_HEADERS = {"login-302": {"location": "http://localhost:4455/auth/login"}}
 _ACTIONS = set(_SYNTHETIC) | {"drop", "refused", "drop-after", "timeout", "respond"}
 
 
@@ -118,8 +123,10 @@ class FaultAdapter(HTTPAdapter):
                     return rule
         return None
 
-    def _synthetic(self, request: requests.PreparedRequest, status: int, body: bytes) -> requests.Response:
-        raw = HTTPResponse(body=io.BytesIO(body), status=status, headers={"content-type": "application/json"},
+    def _synthetic(self, request: requests.PreparedRequest, status: int, body: bytes,
+                   headers: dict[str, str] | None = None) -> requests.Response:
+        raw = HTTPResponse(body=io.BytesIO(body), status=status,
+                           headers={"content-type": "application/json", **(headers or {})},
                            preload_content=False, decode_content=False)
         return self.build_response(request, raw)
 
@@ -139,7 +146,7 @@ class FaultAdapter(HTTPAdapter):
         if rule.action == "respond":
             return self._synthetic(request, rule.status, rule.body)
         if rule.action in _SYNTHETIC:
-            return self._synthetic(request, *_SYNTHETIC[rule.action])
+            return self._synthetic(request, *_SYNTHETIC[rule.action], _HEADERS.get(rule.action))
         if rule.action == "drop":
             raise requests.exceptions.ConnectionError(
                 "('Connection aborted.', RemoteDisconnected('Remote end closed connection without response'))",

@@ -138,6 +138,18 @@ def test_any_401_logs_in_again_once(host: RunningHost, faults: FaultAdapter) -> 
     assert len(faults.sent_to("POST", "/self-service/login$")) == 2  # the first login and one more
 
 
+def test_a_redirect_to_the_login_page_logs_in_again_once(host: RunningHost, faults: FaultAdapter) -> None:
+    """oathkeeper's redirect error handler answers a refused session with 302 to /auth/login."""
+    c = client_for(host, faults)
+    c.get_project()
+    redirected = faults.fail("GET", "/export$", "login-302")
+    assert len(c.get_export()) == N
+    assert redirected.hits == 1 and len(faults.sent_to("POST", "/self-service/login$")) == 2
+    faults.fail("GET", "/export$", "login-302", times=2)
+    with pytest.raises(AuthError, match="redirected to the login page"):
+        c.get_export()
+
+
 def test_a_second_401_fails_clearly(host: RunningHost, faults: FaultAdapter) -> None:
     c = client_for(host, faults)
     refused = faults.fail("GET", f"/api/project/{host.project_id}$", "401", times=5)
