@@ -1,7 +1,7 @@
 """Client-side fault injection: a ``requests`` transport adapter that fails chosen calls.
 
-The client takes any :class:`requests.Session` (its swappable transport). :func:`faulty_session`
-mounts a :class:`FaultAdapter` on one, so tests talk to the product's own host
+The client takes any :class:`requests.Session` (its swappable transport). Tests mount a
+:class:`FaultAdapter` on one (``session.mount("http://", adapter)``), so they talk to the product's own host
 (``kern_finetune.host.serve_in_thread``) over real HTTP on 127.0.0.1 and still see the failures a
 real refinery and a real network produce, without a stand-in host that could drift from the real one:
 
@@ -41,7 +41,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.response import HTTPResponse
 
-__all__ = ["FaultAdapter", "Rule", "Sent", "faulty_session", "OATHKEEPER_401"]
+__all__ = ["FaultAdapter", "Rule", "Sent", "OATHKEEPER_401"]
 
 # oathkeeper's json error handler (refinery's oathkeeper/oathkeeper.yml: errors.handlers.json, verbose)
 OATHKEEPER_401 = {
@@ -166,12 +166,3 @@ class FaultAdapter(HTTPAdapter):
                 request=request,
             )
         raise requests.exceptions.ReadTimeout("Read timed out. (read timeout=...)", request=request)
-
-
-def faulty_session() -> tuple[requests.Session, FaultAdapter]:
-    """A session whose every http(s) call goes through a fresh :class:`FaultAdapter`."""
-    adapter = FaultAdapter()
-    session = requests.Session()
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session, adapter

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import requests
 
-from faults import OATHKEEPER_401, FaultAdapter, faulty_session
+from faults import OATHKEEPER_401, FaultAdapter
 from kern_finetune.client import RefineryClient, client_from_options, default_embedding_name
 from kern_finetune.errors import (
     AuthError,
