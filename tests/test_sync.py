@@ -38,7 +38,7 @@ NAME = "Title-classification-kern-finetune-all-MiniLM-L6-v2"
 # product's host, with the client's transport answering the extension's routes as refinery's proxy
 # answers routes it lacks (404 {"detail": "Not Found"}). "host": `kern-finetune host --no-push-extension`
 # (serve_in_thread(..., push_extension=False)) once the host has it. Switching is this one line.
-NO_EXTENSION_BY = "transport"
+NO_EXTENSION_BY = "host"
 _EXTENSION_ROUTES = r"/api/project/[^/]+/(embeddings|similarity|labeling-sessions)(/.*)?$"
 
 
