@@ -33,7 +33,7 @@ command line). Without them the documented demo user is used, which only binds a
 
 def register(subparsers: Any) -> None:
     """Add the ``host`` sub-command."""
-    from ..host import DEFAULT_DATA_DIR
+    from ..host.defaults import DEFAULT_DATA_DIR
 
     p = subparsers.add_parser(
         "host", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -15,18 +15,30 @@ routes that take vectors, which no refinery version has. State lives in SQLite u
 
 from __future__ import annotations
 
-from .app import create_app
-from .server import (
-    DEFAULT_DATA_DIR,
-    DEMO_PASSWORD,
-    DEMO_USER,
-    RunningHost,
-    check_bind,
-    is_loopback,
-    serve_forever,
-    serve_in_thread,
-)
-from .store import ApiError, GatewayError, HostStore
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .server import RunningHost, check_bind, is_loopback, serve_forever, serve_in_thread
+    from .store import ApiError, GatewayError, HostStore
+
+# The server stack (fastapi, uvicorn) loads on first use, not when the CLI builds its parsers.
+_LAZY = {
+    "create_app": ".app",
+    "RunningHost": ".server", "check_bind": ".server", "is_loopback": ".server",
+    "serve_forever": ".server", "serve_in_thread": ".server",
+    "ApiError": ".store", "GatewayError": ".store", "HostStore": ".store",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ApiError",

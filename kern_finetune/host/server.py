@@ -16,6 +16,7 @@ import uvicorn
 from .._net import bind_socket
 from ..errors import ConfigError, HostUnavailableError
 from .app import create_app
+from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
 from .store import HostStore
 
 __all__ = [
@@ -31,10 +32,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEMO_USER = "demo@kern.ai"
-DEMO_PASSWORD = "kern-demo"
-"""The documented demo credentials: only for a host bound to a loopback address."""
-DEFAULT_DATA_DIR = Path(".kern-host")
 
 
 def is_loopback(host: str) -> bool:
