@@ -152,7 +152,8 @@ def _is_token_array(value: Any) -> bool:
 def discover_tasks(records: list[Record]) -> list[TaskColumns]:
     """All labeling tasks whose columns appear in the export, in column order.
 
-    A task whose values (in the first 1,000 records) are per-token arrays is ``kind="extraction"``.
+    A task whose values (most non-null ones in the first 1,000 records) are per-token arrays is
+    ``kind="extraction"``.
     """
     window = records[:1000]
     columns: dict[str, None] = {}
@@ -173,8 +174,8 @@ def discover_tasks(records: list[Record]) -> list[TaskColumns]:
                 break
     out = []
     for (attr, name), c in found.items():
-        cols = [v for v in c.values()]
-        extraction = any(_is_token_array(rec.get(col)) for col in cols for rec in window)
+        values = [v for col in c.values() for rec in window if (v := rec.get(col)) is not None]
+        extraction = bool(values) and 2 * sum(_is_token_array(v) for v in values) > len(values)
         out.append(TaskColumns(
             name=name, attribute=attr, manual=c.get("manual"), weak=c.get("weak"), confidence=c.get("confidence"),
             kind=EXTRACTION if extraction else CLASSIFICATION,
