@@ -167,3 +167,35 @@ def test_attribute_and_name_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="INTEGER"):
         write_snapshot(FIXTURE, tmp_path / "b.zip", ids=ids, vectors=vec, model="m", attribute="running_id")
     assert not (tmp_path / "b.zip").exists()
+
+
+# --- kern-finetune run --write-snapshot --------------------------------------------------------------------
+
+def test_run_write_snapshot_end_to_end(tmp_path: Path, shared_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.cli import main
+
+    out = tmp_path / "with_embedding.zip"
+    code = main(["run", "--export", str(FIXTURE), "--task", "topic", "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(shared_cache), "--epochs", "3", "--write-snapshot", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"wrote snapshot {out}: embedding {OURS!r} on attribute 'headline' (200 vectors of 384 dimensions)" in printed
+    assert 'click "Import snapshot"' in printed and "recreate_embeddings" in printed
+    _check_ours(out, attribute="headline", n=200, dim=384)
+    from kern_finetune.save import load_vectors
+
+    ids, vec = load_vectors(tmp_path / "run" / "vectors.npz")
+    got_ids, got = read_snapshot(out).embedding_vectors(OURS)
+    want = dict(zip(ids, vec))
+    assert np.allclose(got, np.array([want[i] for i in got_ids]), atol=1e-6)
+
+
+def test_run_write_snapshot_needs_a_snapshot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.cli import main
+
+    export = tmp_path / "e.json"
+    export.write_text("[]")
+    assert main(["run", "--export", str(export), "--write-snapshot", str(tmp_path / "o.zip")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--write-snapshot needs --export to be a refinery project snapshot (.zip)" in err
+    assert not (tmp_path / "o.zip").exists()
