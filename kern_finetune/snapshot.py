@@ -426,5 +426,8 @@ def _as_string(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:
+            raise ExportError("a record's attribute value nests too deeply to be read as text") from None
     return str(value)
