@@ -3,11 +3,14 @@
 Rules, each with a defined outcome (counted in ``Selection.skipped`` and the report):
 
 - a manual label wins over a weak one;
-- several manual labels on one record: kept when they agree, else the record is skipped
-  (``manual_conflict``);
+- several manual labels on one record (refinery joins them with ``", "``): kept when they agree, else the
+  record is skipped (``manual_conflict``). The joined value is split against the task's labels (given, or
+  inferred from the export by :func:`task_labels`), so a label that itself contains ``", "`` survives;
 - a label outside the task's label set (when the set is known): skipped (``label_outside_task``);
-- a weak label counts only when its confidence parses and is strictly above the threshold; a missing
-  (``weak_confidence_missing``) or unparseable (``weak_confidence_invalid``) confidence drops that weak label;
+- a label value that is not text (an array or object): skipped (``label_invalid``);
+- a weak label counts only when its confidence parses, lies in [0, 1] and is strictly above the threshold;
+  a missing (``weak_confidence_missing``) or unparseable or out-of-range (``weak_confidence_invalid``)
+  confidence drops that weak label;
 - a record whose text is empty is not trained on or evaluated (``empty_text``), but still gets a
   vector so the pushed embedding covers every record;
 - a record without an id, or two records with the same id, is an :class:`ExportError` (vectors are
@@ -24,6 +27,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +41,8 @@ __all__ = [
     "default_text_attributes",
     "gold_to_class",
     "label_fingerprint",
+    "task_labels",
+    "split_manual_labels",
 ]
 
 
@@ -142,14 +148,18 @@ def select_labels(
     skipped: Counter[str] = Counter()
     known = set(known_labels) if known_labels else None
 
+    labels = known if known is not None else task_labels(records, task)
+
     chosen: list[str | None] = []
     source: list[str] = []
     confidence = np.full(len(records), np.nan)
     for i, rec in enumerate(records):
         label, src, blocked = None, "", False
-        manual = rec.get(task.manual) if task.manual else None
-        if manual not in (None, ""):
-            names = _split_manual(str(manual), known)
+        manual = _as_label(rec.get(task.manual)) if task.manual else None
+        if manual is _INVALID:
+            skipped["label_invalid"] += 1
+        elif manual is not None:
+            names = split_manual_labels(manual, labels)
             if len(set(names)) > 1:
                 skipped["manual_conflict"] += 1
                 blocked = True  # labelers disagree: the weak label must not decide
@@ -157,13 +167,15 @@ def select_labels(
                 skipped["label_outside_task"] += 1
             else:
                 label, src = names[0], "manual"
-        weak = rec.get(task.weak) if task.weak else None
+        weak = _as_label(rec.get(task.weak)) if task.weak else None
         conf_raw = rec.get(task.confidence) if task.confidence else None
         conf = _parse_confidence(conf_raw)
-        if weak not in (None, ""):
+        if weak is not None and weak is not _INVALID:
             confidence[i] = conf if conf is not None else np.nan
-        if label is None and not blocked and weak not in (None, ""):
-            if conf_raw in (None, ""):
+        if label is None and not blocked and weak is not None:
+            if weak is _INVALID:
+                skipped["label_invalid"] += 1
+            elif conf_raw in (None, ""):
                 skipped["weak_confidence_missing"] += 1
             elif conf is None:
                 skipped["weak_confidence_invalid"] += 1
@@ -237,22 +249,88 @@ def _record_ids(records: list[Record], id_attribute: str) -> list[str]:
     return ids
 
 
-def _split_manual(value: str, known: set[str] | None) -> list[str]:
-    """Manual labels are joined with ", "; a label that itself contains ", " is kept whole if known."""
-    if known is not None and value in known:
+class _Invalid:
+    """Marker for a label value that is not text."""
+
+
+_INVALID: Any = _Invalid()
+
+
+def _as_label(value: Any) -> Any:
+    """A label cell as text: None for empty, :data:`_INVALID` for arrays/objects, numbers as their text."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return _INVALID
+
+
+def task_labels(records: list[Record], task: TaskColumns) -> set[str]:
+    """The task's labels as the export shows them, for splitting manual values joined with ``", "``.
+
+    Every weak-supervision label and every manual value without ``", "`` is a label. A manual value with
+    ``", "`` is a label of its own only when none of its parts is a label alone and it does not split into
+    several labels (so ``"Sci, Tech"`` stays whole where no record carries ``"Sci"`` or ``"Tech"`` alone).
+    """
+    weak: set[str] = set()
+    manual: set[str] = set()
+    for rec in records:
+        if task.weak and isinstance(v := _as_label(rec.get(task.weak)), str):
+            weak.add(v)
+        if task.manual and isinstance(v := _as_label(rec.get(task.manual)), str):
+            manual.add(v)
+    base = weak | {v for v in manual if ", " not in v}
+    labels = set(base)
+    for value in sorted((v for v in manual if ", " in v), key=lambda v: (v.count(", "), v)):
+        if any(part in base for part in value.split(", ")):
+            continue
+        if _segment(value, labels) is None:
+            labels.add(value)
+    return labels
+
+
+def split_manual_labels(value: str, labels: set[str] | None) -> list[str]:
+    """Split refinery's ``", "``-joined manual labels against the known ``labels``.
+
+    A value that is a label is kept whole; else the split into the fewest known labels; else (a part is
+    unknown) a plain split on ``", "``.
+    """
+    if labels and value in labels:
         return [value]
+    if labels:
+        seg = _segment(value, labels)
+        if seg is not None:
+            return seg
     parts = [p.strip() for p in value.split(", ") if p.strip()]
     return parts or [value]
 
 
+def _segment(value: str, labels: set[str]) -> list[str] | None:
+    """``value`` as the fewest labels joined by ``", "`` (dynamic programming over the parts), or None."""
+    parts = value.split(", ")
+    longest = max((label.count(", ") + 1 for label in labels), default=1)
+    best: list[list[str] | None] = [[]] + [None] * len(parts)
+    for end in range(1, len(parts) + 1):
+        for start in range(max(0, end - longest), end):
+            prev = best[start]
+            if prev is None:
+                continue
+            piece = ", ".join(parts[start:end])
+            if piece in labels and (best[end] is None or len(prev) + 1 < len(best[end])):  # type: ignore[arg-type]
+                best[end] = prev + [piece]
+    return best[-1]
+
+
 def _parse_confidence(value: object) -> float | None:
-    if value in (None, ""):
+    if value is None or value == "" or isinstance(value, bool):
         return None
     try:
         conf = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
-    return conf if math.isfinite(conf) else None
+    return conf if math.isfinite(conf) and 0.0 <= conf <= 1.0 else None
 
 
 def _is_number(value: object) -> bool:

@@ -13,9 +13,12 @@ for ``GET /export``:
   ``<base>__WEAK_SUPERVISION`` and ``<base>__WEAK_SUPERVISION__confidence`` (4 places, a string).
   Information-extraction tasks (per-token spans) and raw ``INFORMATION_SOURCE`` votes are left out.
 
-:func:`write_snapshot` is the other door for pushed vectors, for hosts without the push endpoint:
-it copies a snapshot and adds a custom embedding (``custom: true``, ``type: ON_ATTRIBUTE``) with one
-L2-normalised tensor per record, which refinery imports as is into a new project.
+:func:`write_snapshot` is the *snapshot door*: the one way refinery itself takes vectors from outside.
+It copies a snapshot and adds our embedding exactly as refinery-gateway's own export writes one
+(v1.17.0, ``controller/transfer/project_transfer_manager.py``, ``get_project_export_dump``), so that the
+gateway's import (same file, ``import_file``) keeps its name and attribute and uploads its tensors; importing
+the file in refinery's UI ("Import snapshot") makes a **new project**. What the import does with the file,
+and what later destroys an imported custom embedding, is in ``docs/snapshot.md``.
 """
 
 from __future__ import annotations
@@ -26,17 +29,21 @@ import tempfile
 import uuid
 import zipfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import ExportError, PushError
-from .export import Record
+from .errors import ConfigError, ExportError, PushError
+from .export import PLATFORM, Record, embedding_name, model_short_name
+from .reader import parse_json, read_zip_json_member
 
-__all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records"]
+__all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records", "import_steps"]
 
 _CLASSIFICATION = "MULTICLASS_CLASSIFICATION"
+_COUNT_BASED = ("bag-of-words", "bag-of-characters", "tf-idf")
+"""Models the gateway's import gives platform ``python`` (``__transform_embedding_by_name``)."""
 
 
 @dataclass
@@ -50,33 +57,44 @@ class Snapshot:
     """The raw tables, as read."""
     records: list[Record] = field(repr=False)
     record_uuids: list[str] = field(repr=False)
+    notices: list[str] = field(default_factory=list)
+    """What :func:`write_snapshot` changed besides adding the embedding (dropped or completed embeddings)."""
 
     @property
     def project_name(self) -> str:
-        return str((self.data.get("project_details_data") or {}).get("name") or "")
+        details = self.data.get("project_details_data")
+        return str((details if isinstance(details, dict) else {}).get("name") or "")
 
     @property
     def embeddings(self) -> dict[str, dict[str, Any]]:
-        """``{name: {"id", "custom", "type", "count", "dimension"}}`` of the embeddings in the snapshot."""
+        """``{name: {"id", "custom", "type", "platform", "count", "dimension"}}`` of the snapshot's embeddings."""
+        counts: dict[Any, int] = {}
+        dims: dict[Any, int] = {}
+        for t in _rows(self.data, "embedding_tensors_data"):
+            eid = t.get("embedding_id")
+            counts[eid] = counts.get(eid, 0) + 1
+            if eid not in dims and isinstance(t.get("data"), list):
+                dims[eid] = len(t["data"])
         out: dict[str, dict[str, Any]] = {}
-        tensors = self.data.get("embedding_tensors_data") or []
-        for emb in self.data.get("embeddings_data") or []:
-            rows = [t for t in tensors if t.get("embedding_id") == emb.get("id")]
+        for emb in _rows(self.data, "embeddings_data"):
+            eid = emb.get("id")
             out[str(emb.get("name"))] = {
-                "id": emb.get("id"),
+                "id": eid,
                 "custom": bool(emb.get("custom")),
                 "type": emb.get("type"),
-                "count": len(rows),
-                "dimension": len(rows[0]["data"]) if rows else 0,
+                "platform": emb.get("platform"),
+                "count": counts.get(eid, 0),
+                "dimension": dims.get(eid, 0),
             }
         return out
 
     def embedding_vectors(self, name: str, *, id_attribute: str = "running_id") -> tuple[list[str], np.ndarray]:
         """The tensors of embedding ``name`` keyed by the records' ``id_attribute`` values, in record order."""
-        emb = next((e for e in self.data.get("embeddings_data") or [] if e.get("name") == name), None)
+        emb = next((e for e in _rows(self.data, "embeddings_data") if e.get("name") == name), None)
         if emb is None:
             raise KeyError(f"no embedding named {name!r} in {self.path}")
-        by_uuid = {t["record_id"]: t["data"] for t in self.data.get("embedding_tensors_data") or [] if t.get("embedding_id") == emb["id"]}
+        by_uuid = {t.get("record_id"): t.get("data") for t in _rows(self.data, "embedding_tensors_data")
+                   if t.get("embedding_id") == emb.get("id")}
         ids, rows = [], []
         for rec, rid in zip(self.records, self.record_uuids):
             if rid in by_uuid:
@@ -85,10 +103,10 @@ class Snapshot:
         return ids, np.asarray(rows, dtype=np.float32)
 
 
-def read_snapshot(path: str | Path) -> Snapshot:
+def read_snapshot(path: str | Path, *, max_bytes: int | None = None) -> Snapshot:
     """Open a snapshot zip and derive its export-shaped records. Errors are :class:`ExportError`."""
     path = Path(path)
-    member, data = _load(path)
+    member, data = _load(path, max_bytes=max_bytes)
     records, uuids = snapshot_records(data, source=str(path))
     return Snapshot(path=path, member=member, data=data, records=records, record_uuids=uuids)
 
@@ -98,9 +116,12 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
     for key in ("records_data", "labeling_tasks_data", "labeling_task_labels_data", "record_label_associations_data"):
         if not isinstance(data.get(key), list):
             raise ExportError(f"{source}: not a refinery snapshot (no list {key!r})")
+        for i, row in enumerate(data[key]):
+            if not isinstance(row, dict):
+                raise ExportError(f"{source}: {key} row #{i} is a {type(row).__name__}, expected an object")
     attributes = sorted(
-        (a for a in data.get("attributes_data") or [] if isinstance(a, dict) and a.get("name")),
-        key=lambda a: (a.get("relative_position") is None, a.get("relative_position") or 0),
+        (a for a in _rows(data, "attributes_data") if isinstance(a.get("name"), str) and a.get("name")),
+        key=lambda a: _position(a.get("relative_position")),
     )
     attr_names: list[str] = [str(a["name"]) for a in attributes]
     attr_by_id = {str(a.get("id")): str(a["name"]) for a in attributes}
@@ -109,19 +130,23 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
     for t in data["labeling_tasks_data"]:
         if t.get("task_type") != _CLASSIFICATION:
             continue
+        if not isinstance(t.get("name"), str) or t.get("id") is None:
+            raise ExportError(f"{source}: a labeling task lacks its id or name")
         attr_id = str(t.get("attribute_id"))
         if t.get("task_target") == "ON_ATTRIBUTE" and attr_id not in attr_by_id:
             raise ExportError(f"{source}: task {t.get('name')!r} points at an unknown attribute")
         attr = attr_by_id[attr_id] if t.get("task_target") == "ON_ATTRIBUTE" else ""
         tasks[str(t["id"])] = f"{attr}__{t['name']}"
-    label_task = {
-        str(lab["id"]): (str(lab["labeling_task_id"]), str(lab["name"]))
-        for lab in data["labeling_task_labels_data"]
-        if str(lab.get("labeling_task_id")) in tasks
-    }
+    label_task: dict[str, tuple[str, str]] = {}
+    for lab in data["labeling_task_labels_data"]:
+        if str(lab.get("labeling_task_id")) not in tasks:
+            continue
+        if lab.get("id") is None or not isinstance(lab.get("name"), str):
+            raise ExportError(f"{source}: a label of a classification task lacks its id or name")
+        label_task[str(lab["id"])] = (str(lab["labeling_task_id"]), lab["name"])
 
     manual: dict[tuple[str, str], list[str]] = {}
-    weak: dict[tuple[str, str], tuple[str, float]] = {}
+    weak: dict[tuple[str, str], tuple[str, float | None]] = {}
     for rla in data["record_label_associations_data"]:
         hit = label_task.get(str(rla.get("labeling_task_label_id")))
         if hit is None:
@@ -134,14 +159,15 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
             if label not in names:
                 names.append(label)
         elif source_type == "WEAK_SUPERVISION":
-            conf = float(rla.get("confidence") or 0.0)
-            if key not in weak or conf > weak[key][1]:
+            conf = _float_or_none(rla.get("confidence"))
+            old = weak.get(key)
+            if old is None or (conf is not None and (old[1] is None or conf > old[1])):
                 weak[key] = (label, conf)
 
     records: list[Record] = []
     uuids: list[str] = []
     for i, row in enumerate(data["records_data"]):
-        if not isinstance(row, dict) or not isinstance(row.get("data"), dict) or not row.get("id"):
+        if not isinstance(row.get("data"), dict) or not row.get("id"):
             raise ExportError(f"{source}: record #{i} lacks id or data")
         values = row["data"]
         rec: Record = {}
@@ -155,7 +181,7 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
             rec[f"{base}__MANUAL"] = ", ".join(names) if names else None
             w = weak.get((rid, task_id))
             rec[f"{base}__WEAK_SUPERVISION"] = w[0] if w else None
-            rec[f"{base}__WEAK_SUPERVISION__confidence"] = f"{w[1]:.4f}" if w else None
+            rec[f"{base}__WEAK_SUPERVISION__confidence"] = f"{w[1]:.4f}" if w and w[1] is not None else None
         records.append(rec)
         uuids.append(rid)
     if not records:
@@ -167,17 +193,37 @@ def write_snapshot(
     src: str | Path,
     dst: str | Path,
     *,
-    name: str,
     ids: list[Any],
     vectors: np.ndarray,
+    attribute: str | None = None,
+    model: str,
+    platform: str = PLATFORM,
     id_attribute: str = "running_id",
+    name: str | None = None,
 ) -> Snapshot:
-    """Copy snapshot ``src`` to ``dst`` with a custom embedding ``name`` added, and read it back.
+    """Copy snapshot ``src`` to ``dst`` with our embedding added as refinery's own export writes one.
 
-    ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised. Every record must get
-    exactly one vector, as the push endpoint's finalize demands. An embedding of the same name in
-    ``src`` is replaced. ``dst`` is written atomically (a temporary file renamed into place); on any
-    error it is left untouched. Raises :class:`PushError` for bad ids/vectors.
+    - ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised; every record of the
+      snapshot must get exactly one vector.
+    - The embedding belongs to ``attribute``, a TEXT attribute of the snapshot (default: the first TEXT
+      attribute), and is named ``name`` (default :func:`kern_finetune.export.embedding_name`,
+      ``<attribute>-classification-<platform>-<model>``). It is written with ``id``, ``attribute_id``,
+      ``name``, ``custom: true``, ``type: ON_ATTRIBUTE``, ``started_at``, ``finished_at``, ``platform``,
+      ``model``, ``filter_attributes``, ``additional_data``; its tensors with ``sub_key: null``. With
+      ``platform`` and ``attribute_id`` set, the gateway's import neither renames it nor looks its attribute
+      up by name. It comes first in ``embeddings_data``: the import uploads tensors in that order and
+      stops at the first failure.
+    - An embedding of the same name in ``src`` is replaced.
+    - Because the file now holds tensors, the import *uploads* tensors for every embedding instead of
+      recomputing them: embeddings of ``src`` that have no tensors (a snapshot exported without
+      "embedding tensors") are **dropped**, with a notice in :attr:`Snapshot.notices` (recreate them in
+      refinery's UI after the import). Older embeddings without ``platform``/``attribute_id`` get both,
+      with the values the gateway's import would infer (their names stay, so heuristics that name them
+      keep working); one whose attribute cannot be told from its name is dropped, with a notice.
+
+    ``dst`` is written atomically (a temporary file renamed into place); on any error it is left
+    untouched. Raises :class:`PushError` for bad ids/vectors, :class:`ConfigError` for a bad attribute,
+    :class:`ExportError` for an unreadable ``src``.
     """
     src, dst = Path(src), Path(dst)
     snap = read_snapshot(src)
@@ -206,15 +252,55 @@ def write_snapshot(
     if len(ids_s) != len(by_id):
         raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
 
+    attr = _text_attribute(snap, attribute)
+    name = name or embedding_name(str(attr["name"]), model=model, platform=platform)
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("the embedding name must be a non-empty string")
+
     data = dict(snap.data)
-    old_ids = {e.get("id") for e in data.get("embeddings_data") or [] if e.get("name") == name}
+    notices: list[str] = []
     emb_id = str(uuid.uuid4())
-    data["embeddings_data"] = [e for e in data.get("embeddings_data") or [] if e.get("id") not in old_ids] + [
-        {"id": emb_id, "name": name, "custom": True, "type": "ON_ATTRIBUTE"}
-    ]
+    now = str(datetime.now(timezone.utc).replace(tzinfo=None))  # the export's json.dumps(default=str) form
+    ours = {
+        "id": emb_id,
+        "attribute_id": str(attr["id"]),
+        "name": name,
+        "custom": True,
+        "type": "ON_ATTRIBUTE",
+        "started_at": now,
+        "finished_at": now,
+        "platform": platform,
+        "model": model_short_name(model),
+        "filter_attributes": None,
+        "additional_data": None,
+    }
+    tensors = [t for t in _rows(data, "embedding_tensors_data")]
+    uuids = set(snap.record_uuids)
+    kept: list[dict[str, Any]] = []
+    for emb in _rows(data, "embeddings_data"):
+        ename = str(emb.get("name"))
+        if ename == name:
+            continue  # replaced by ours
+        if not any(t.get("embedding_id") == emb.get("id") for t in tensors):
+            notices.append(f"dropped embedding {ename!r}: it has no tensors in the source snapshot (exported "
+                           "without embedding tensors); recreate it in refinery after the import")
+            continue
+        fixed, note = _complete_legacy(emb, snap)
+        if fixed is None:
+            notices.append(f"dropped embedding {ename!r}: {note}")
+            continue
+        if note:
+            notices.append(note)
+        kept.append(fixed)
+    keep_ids = {e.get("id") for e in kept}
+    data["embeddings_data"] = [ours] + kept
+    rows = np.round(arr, 7)
     data["embedding_tensors_data"] = [
-        t for t in data.get("embedding_tensors_data") or [] if t.get("embedding_id") not in old_ids
-    ] + [{"embedding_id": emb_id, "record_id": by_id[i], "data": row.tolist()} for i, row in zip(ids_s, arr)]
+        t for t in tensors if t.get("embedding_id") in keep_ids and t.get("record_id") in uuids
+    ] + [
+        {"embedding_id": emb_id, "record_id": by_id[i], "data": row.tolist(), "sub_key": None}
+        for i, row in zip(ids_s, rows)
+    ]
 
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
@@ -231,31 +317,104 @@ def write_snapshot(
         Path(tmp).unlink(missing_ok=True)
         raise
     back.path = dst
+    back.notices = notices
     return back
 
 
-def _load(path: Path) -> tuple[str, dict[str, Any]]:
-    if not path.exists():
-        raise ExportError(f"snapshot not found: {path}")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            members = [m for m in zf.namelist() if m.endswith(".json") and not m.startswith("__MACOSX")]
-            if len(members) != 1:
-                raise ExportError(f"{path}: a snapshot holds exactly one JSON file, found {len(members)}")
-            raw = zf.read(members[0])
-    except zipfile.BadZipFile:
-        raise ExportError(f"{path} is not a zip file") from None
-    except OSError as exc:
-        raise ExportError(f"cannot read snapshot {path}: {exc}") from None
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{path}: the snapshot JSON is malformed ({type(exc).__name__})") from None
+def import_steps(path: str | Path, embedding: str) -> list[str]:
+    """The steps to import a written snapshot in refinery's UI (refinery-ui ``ButtonsContainer.tsx``)."""
+    return [
+        "open refinery (http://localhost:4455) and go to the projects overview",
+        f'click "Import snapshot" and upload {path} (leave the password empty)',
+        "refinery creates a NEW project from it (the source project stays as it was)",
+        f"once tokenization has finished, refinery uploads the tensors: the embedding {embedding!r} shows as "
+        "FINISHED under Project settings > Embeddings and serves the data browser's similarity search",
+        "do not upload records into that project later: a record upload recomputes every embedding "
+        "(recreate_embeddings) and ours cannot be recomputed by refinery; write and import a new snapshot instead",
+    ]
+
+
+def _text_attribute(snap: Snapshot, attribute: str | None) -> dict[str, Any]:
+    attrs = sorted(
+        (a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str) and a.get("id") is not None),
+        key=lambda a: _position(a.get("relative_position")),
+    )
+    texts = [a for a in attrs if a.get("data_type") == "TEXT"]
+    if attribute is None:
+        if not texts:
+            raise ExportError(f"{snap.path}: the snapshot has no TEXT attribute to attach an embedding to")
+        return texts[0]
+    found = next((a for a in attrs if a["name"] == attribute), None)
+    listing = ", ".join(a["name"] for a in texts) or "none"
+    if found is None:
+        raise ConfigError(f"attribute {attribute!r} is not in the snapshot; its TEXT attributes: {listing}")
+    if found.get("data_type") != "TEXT":
+        raise ConfigError(f"attribute {attribute!r} is {found.get('data_type')}, refinery embeds TEXT attributes: {listing}")
+    return found
+
+
+def _complete_legacy(emb: dict[str, Any], snap: Snapshot) -> tuple[dict[str, Any] | None, str]:
+    """Give an older embedding entry the ``platform``/``model``/``attribute_id`` the import would infer.
+
+    The gateway infers them from the name (``__transform_embedding_by_name`` splits it on ``-``, and
+    ``__get_attribute_name_from_embedding_name`` matches ``^(.+)-(?:classification|extraction).*``), which
+    fails for an attribute whose name contains ``-``. Here the attribute is the longest attribute name
+    that prefixes the embedding name, and the name is kept.
+    """
+    if emb.get("platform") and emb.get("attribute_id"):
+        return emb, ""
+    ename = str(emb.get("name") or "")
+    attrs = sorted((a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str)),
+                   key=lambda a: -len(a["name"]))
+    for a in attrs:
+        prefix = f"{a['name']}-"
+        if not ename.startswith(prefix):
+            continue
+        kind, _, rest = ename[len(prefix):].partition("-")
+        if kind not in ("classification", "extraction") or not rest:
+            continue
+        out = dict(emb)
+        if not out.get("platform"):
+            out["platform"] = "python" if rest in _COUNT_BASED else "huggingface"
+            out["model"] = rest
+        if not out.get("attribute_id"):
+            out["attribute_id"] = str(a.get("id"))
+        return out, (f"completed older embedding {ename!r} with platform {out['platform']!r}, model "
+                     f"{out.get('model')!r} and attribute {a['name']!r} (its name stays)")
+    return None, "its attribute cannot be told from its name, and refinery's import would fail on it"
+
+
+def _load(path: Path, *, max_bytes: int | None = None) -> tuple[str, dict[str, Any]]:
+    member, raw = read_zip_json_member(path, max_bytes=max_bytes)
+    data = parse_json(raw, source=f"{path} ({member})")
     if isinstance(data, str):  # tolerate a double-encoded body, as the export has
-        data = json.loads(data)
+        data = parse_json(data, source=f"{path} ({member}, double-encoded)")
     if not isinstance(data, dict):
-        raise ExportError(f"{path}: the snapshot JSON must be an object of tables")
-    return members[0], data
+        raise ExportError(f"{path}: the snapshot JSON must be an object of tables, got {type(data).__name__}")
+    return member, data
+
+
+def _rows(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    """The object rows of table ``key`` (absent or malformed tables read as empty)."""
+    table = data.get(key)
+    return [r for r in table if isinstance(r, dict)] if isinstance(table, list) else []
+
+
+def _position(value: Any) -> tuple[bool, float]:
+    try:
+        return (False, float(value))
+    except (TypeError, ValueError):
+        return (True, 0.0)
+
+
+def _float_or_none(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
 
 
 def _as_string(value: Any) -> str | None:
@@ -267,5 +426,8 @@ def _as_string(value: Any) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
+        try:
+            return json.dumps(value, ensure_ascii=False)
+        except RecursionError:
+            raise ExportError("a record's attribute value nests too deeply to be read as text") from None
     return str(value)

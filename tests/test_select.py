@@ -28,17 +28,19 @@ def select(records, **kw):
 
 
 def test_manual_wins_over_weak_and_threshold_is_strict():
-    records = base_records() + [
-        rec(100, manual="B", weak="A", conf="0.99"),
-        rec(101, weak="A", conf="0.7000"),  # not above 0.7
-        rec(102, weak="A", conf="0.7001"),
+    records = [rec(i, weak="A" if i % 2 else "B", conf="0.9", gold="AB"[i % 2]) for i in range(20)] + [
+        rec(100, manual="B", weak="A", conf="0.99", gold="B"),
+        rec(101, weak="A", conf="0.7000", gold="A"),  # not above 0.7
+        rec(102, weak="A", conf="0.7001", gold="A"),
     ]
-    sel = select(records)
+    sel = select(records, gold_attribute="Gold")
     by_id = dict(zip(sel.ids, range(len(sel.ids))))
     assert sel.classes[sel.y[by_id["100"]]] == "B" and sel.source[by_id["100"]] == "manual"
-    assert sel.y[by_id["101"]] == -1
-    assert sel.classes[sel.y[by_id["102"]]] == "A"
-    assert by_id["101"] in sel.test_idx.tolist() or sel.gold[by_id["101"]] is None
+    assert sel.y[by_id["101"]] == -1 and sel.source[by_id["101"]] == ""
+    assert sel.classes[sel.y[by_id["102"]]] == "A" and sel.source[by_id["102"]] == "weak"
+    # the record below the threshold is a test record; the labeled ones are not
+    assert sel.test_idx.tolist() == [by_id["101"]]
+    assert {by_id["100"], by_id["102"]} <= set(sel.labeled_idx.tolist())
 
 
 def test_several_manual_labels():
@@ -57,12 +59,27 @@ def test_bad_confidences_and_outside_labels_are_counted():
         rec(301, weak="A", conf="high"),
         rec(302, weak="Z", conf="0.99"),
         rec(303, manual="Q"),
+        rec(304, weak="A", conf="1.5"),  # outside [0, 1]: invalid, never trained on
+        rec(305, weak="B", conf="-1"),
+        rec(306, weak="A", conf="nan"),
     ]
     sel = select(records, known_labels=["A", "B"])
     assert sel.skipped["weak_confidence_missing"] == 1
-    assert sel.skipped["weak_confidence_invalid"] == 1
+    assert sel.skipped["weak_confidence_invalid"] == 4
     assert sel.skipped["label_outside_task"] == 2
     assert sel.classes == ["A", "B"]
+    by_id = dict(zip(sel.ids, range(len(sel.ids))))
+    assert all(sel.y[by_id[i]] == -1 for i in ("304", "305", "306"))
+    assert np.isnan(sel.confidence[by_id["304"]]) and sel.confidence[by_id["0"]] == 0.9
+
+
+def test_label_cells_that_are_not_text_are_counted():
+    records = base_records() + [rec(500, manual=["A"]), rec(501, weak={"x": 1}, conf="0.9"), rec(502, weak=7, conf="0.9"),
+                                rec(503, weak=7, conf="0.9")]
+    sel = select(records)
+    assert sel.skipped["label_invalid"] == 2
+    by_id = dict(zip(sel.ids, range(len(sel.ids))))
+    assert sel.classes == ["7", "A", "B"] and sel.classes[sel.y[by_id["502"]]] == "7"
 
 
 def test_empty_text_is_skipped_but_kept_for_vectors():

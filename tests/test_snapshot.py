@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import shared_file
 
 from kern_finetune.errors import ExportError, PushError
 from kern_finetune.export import discover_tasks, load_export, resolve_task
 from kern_finetune.snapshot import read_snapshot, write_snapshot
 
 FIXTURE = Path(__file__).parent / "data" / "ag_news_snapshot_small.zip"
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "refinery_snapshots" / "ag_news.zip"
 
 
 def _tiny_tables() -> dict[str, Any]:
@@ -105,9 +105,8 @@ def test_fixture_reads_like_an_export() -> None:
     assert list(records[0])[:2] == ["running_id", "headline"]
 
 
-@pytest.mark.skipif(not REAL.exists(), reason="shared/ snapshot not present")
-def test_real_snapshot_if_present() -> None:
-    snap = read_snapshot(REAL)
+def test_real_snapshot() -> None:
+    snap = read_snapshot(shared_file("data/refinery_snapshots/ag_news.zip"))
     assert len(snap.records) == 3000
     assert sum(r["__topic__MANUAL"] is not None for r in snap.records) == 123
     assert sum(r["__topic__WEAK_SUPERVISION"] is not None for r in snap.records) == 2818
@@ -117,7 +116,8 @@ def test_write_snapshot_adds_custom_embedding_and_reads_back(tmp_path: Path) -> 
     snap = read_snapshot(FIXTURE)
     ids = [r["running_id"] for r in snap.records][::-1]  # any order
     vec = np.random.default_rng(0).normal(size=(len(ids), 16)).astype(np.float32) * 3
-    out = write_snapshot(FIXTURE, tmp_path / "out.zip", name="headline-classification-kern-finetune-m", ids=ids, vectors=vec)
+    out = write_snapshot(FIXTURE, tmp_path / "out.zip", name="headline-classification-kern-finetune-m", ids=ids, vectors=vec,
+                         model="m")
     assert out.path == tmp_path / "out.zip"
     info = out.embeddings["headline-classification-kern-finetune-m"]
     assert info["custom"] is True and info["type"] == "ON_ATTRIBUTE" and info["count"] == 200 and info["dimension"] == 16
@@ -127,7 +127,8 @@ def test_write_snapshot_adds_custom_embedding_and_reads_back(tmp_path: Path) -> 
     assert np.allclose(got, np.array([want[i] for i in got_ids]), atol=1e-6)
     assert out.records == snap.records  # labels and attributes untouched
     # same name again: replaced, not duplicated
-    again = write_snapshot(tmp_path / "out.zip", tmp_path / "out.zip", name="headline-classification-kern-finetune-m", ids=ids, vectors=vec[:, :8])
+    again = write_snapshot(tmp_path / "out.zip", tmp_path / "out.zip", name="headline-classification-kern-finetune-m", ids=ids,
+                           vectors=vec[:, :8], model="m")
     assert len(again.embeddings) == 2 and again.embeddings["headline-classification-kern-finetune-m"]["dimension"] == 8
     assert len(again.data["embedding_tensors_data"]) == 400
 
@@ -138,13 +139,13 @@ def test_write_snapshot_refuses_incomplete_and_leaves_dst_alone(tmp_path: Path) 
     ids = [r["running_id"] for r in read_snapshot(FIXTURE).records]
     vec = np.ones((len(ids), 4))
     with pytest.raises(PushError, match="no vector"):
-        write_snapshot(FIXTURE, dst, name="e", ids=ids[:-1], vectors=vec[:-1])
+        write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids[:-1], vectors=vec[:-1])
     with pytest.raises(PushError, match="not in the snapshot"):
-        write_snapshot(FIXTURE, dst, name="e", ids=ids[:-1] + ["nope"], vectors=vec)
+        write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids[:-1] + ["nope"], vectors=vec)
     bad = vec.copy()
     bad[0, 0] = np.inf
     with pytest.raises(PushError):
-        write_snapshot(FIXTURE, dst, name="e", ids=ids, vectors=bad)
+        write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids, vectors=bad)
     assert dst.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.zip"]
 

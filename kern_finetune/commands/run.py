@@ -5,8 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ENGINES, LOSSES, MODES, RunConfig
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..export import Record
+    from ..pipeline import RunResult
 
 __all__ = ["register", "add_run_options", "config_from_args"]
 
@@ -16,6 +22,7 @@ EPILOG = """\
 examples:
   kern-finetune run --export samples/ag_news/export.json.gz --task Topic --gold-attribute "Class Index"
   kern-finetune run --export project_snapshot.zip --task topic --loss triplet --out runs/triplet
+  kern-finetune run --export project_snapshot.zip --task topic --write-snapshot with_embedding.zip
 
 What is trained on: every manual label, plus every weak-supervision label whose confidence is above
 --threshold (a manual label wins). Records without such a label are the test records: with
@@ -104,11 +111,38 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
 
     config = config_from_args(args)
+    if args.write_snapshot is not None and args.export.suffix != ".zip":
+        raise ConfigError(f"--write-snapshot needs --export to be a refinery project snapshot (.zip), got {args.export}")
     records = load_export(args.export)
     result = run_pipeline(records, config, out_dir=args.out, progress=print)
+    if args.write_snapshot is not None:
+        _write_snapshot(args, config, records, result)
     if args.json:
         print(json.dumps({k: result.metrics[k] for k in ("n_train", "n_val", "n_test", "chance", "top_k", "top_1k_250", "seconds")}))
     return 0
+
+
+def _write_snapshot(args: argparse.Namespace, config: RunConfig, records: list[Record], result: RunResult) -> None:
+    """The snapshot door: the source snapshot plus the fine-tuned embedding, and how to import it."""
+    from ..export import embedding_name, resolve_task
+    from ..snapshot import import_steps, write_snapshot
+
+    task = resolve_task(records, config.task)
+    attribute = task.attribute or result.metrics["text_attributes"][0]
+    model = result.extra["base_model_name"]
+    name = config.embedding_name or embedding_name(attribute, model=model)
+    snap = write_snapshot(
+        args.export, args.write_snapshot, ids=result.ids, vectors=result.vectors,
+        attribute=attribute, model=model, id_attribute=config.id_attribute, name=name,
+    )
+    info = snap.embeddings[name]
+    print(f"wrote snapshot {args.write_snapshot}: embedding {name!r} on attribute {attribute!r} "
+          f"({info['count']} vectors of {info['dimension']} dimensions)")
+    for note in snap.notices:
+        print(f"  note: {note}")
+    print("to import it into refinery:")
+    for i, step in enumerate(import_steps(args.write_snapshot, name), 1):
+        print(f"  {i}. {step}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -119,5 +153,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--export", required=True, type=Path, help="record export (.json, .json.gz) or refinery snapshot (.zip)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the headline metrics")
+    p.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
+                   help="--export is a refinery snapshot: write a copy with the fine-tuned embedding added, "
+                        "to import into refinery as a new project (docs/snapshot.md)")
     add_run_options(p)
     p.set_defaults(func=_run)

@@ -1,0 +1,200 @@
+"""The one reader of input files: bytes and JSON from ``.json``, ``.json.gz`` and snapshot ``.zip`` files.
+
+Every way a file can be unreadable ends here as an :class:`~kern_finetune.errors.ExportError` with one
+line that says what to fix: a missing file, a broken or password-protected zip, a zip compression method
+Python cannot read (e.g. 9, Deflate64), a decompressed size above the cap, invalid UTF-8, malformed JSON,
+JSON nested deeper than the parser allows. :func:`read_export_bytes` and :func:`parse_json` are used by
+:mod:`kern_finetune.export` (record exports) and :mod:`kern_finetune.snapshot` (project snapshots).
+
+**Size cap.** Compressed inputs are decompressed while streaming and refused once they pass the cap, so a
+small zip or gzip bomb never fills memory. The cap is :data:`DEFAULT_MAX_MB` MiB (generous: the bundled
+20,000-record AG News export is 8 MiB, the 3,000-record refinery snapshot with its 64-dimensional tensors 9 MiB); set the environment
+variable ``KERN_FINETUNE_MAX_INPUT_MB`` or pass ``max_bytes`` for larger projects.
+
+**Lone surrogates.** JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which no real text holds
+(refinery's Postgres refuses them) and which no UTF-8 codec, hash or tokenizer accepts. They are
+replaced by U+FFFD (the Unicode replacement character) as the JSON is read, so every later stage sees
+valid text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+from .errors import ExportError
+
+__all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "read_export_bytes", "read_zip_json_member", "parse_json"]
+
+DEFAULT_MAX_MB = 1024
+"""Default cap on the decompressed size of one input file, in MiB."""
+MAX_INPUT_ENV = "KERN_FINETUNE_MAX_INPUT_MB"
+"""Environment variable that overrides :data:`DEFAULT_MAX_MB`."""
+
+_CHUNK = 1 << 20
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_ZIP_METHODS = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES encryption"}
+
+
+def max_input_bytes(max_bytes: int | None = None) -> int:
+    """The cap in bytes: ``max_bytes`` if given, else ``$KERN_FINETUNE_MAX_INPUT_MB``, else the default."""
+    if max_bytes is not None:
+        return int(max_bytes)
+    raw = os.environ.get(MAX_INPUT_ENV, "").strip()
+    if raw:
+        try:
+            mb = float(raw)
+        except ValueError:
+            raise ExportError(f"{MAX_INPUT_ENV}={raw!r} is not a number of MiB") from None
+        if not mb > 0:
+            raise ExportError(f"{MAX_INPUT_ENV} must be above 0, got {raw!r}")
+        return int(mb * (1 << 20))
+    return DEFAULT_MAX_MB << 20
+
+
+def _too_big(path: Path, cap: int) -> ExportError:
+    return ExportError(
+        f"{path} holds more than {cap / (1 << 20):.0f} MiB once decompressed; if the file is genuine, "
+        f"raise the cap with {MAX_INPUT_ENV}=<MiB>"
+    )
+
+
+def _read_stream(fh: Any, path: Path, cap: int) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        chunk = fh.read(_CHUNK)
+        if not chunk:
+            return b"".join(parts)
+        total += len(chunk)
+        if total > cap:
+            raise _too_big(path, cap)
+        parts.append(chunk)
+
+
+def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
+    """The raw bytes of a ``.json`` (or any plain) file or a ``.gz`` file, decompressed under the cap."""
+    path = Path(path)
+    cap = max_input_bytes(max_bytes)
+    if not path.exists():
+        raise ExportError(f"export file not found: {path}")
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; name the export file (.json, .json.gz or a snapshot .zip)")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return _read_stream(fh, path, cap)
+        if path.stat().st_size > cap:
+            raise _too_big(path, cap)
+        return path.read_bytes()
+    except ExportError:
+        raise
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise ExportError(f"cannot read {path}: {_reason(exc)}; is it a complete .json or .json.gz file?") from None
+
+
+def read_zip_json_member(path: str | Path, *, max_bytes: int | None = None) -> tuple[str, bytes]:
+    """``(member name, bytes)`` of the one JSON file inside a snapshot zip, decompressed under the cap.
+
+    Like the gateway (refinery-gateway ``util/file.py``, ``zip_to_json``) the zip must hold the JSON as its
+    file; folders and ``__MACOSX`` entries are ignored.
+    """
+    path = Path(path)
+    cap = max_input_bytes(max_bytes)
+    if not path.exists():
+        raise ExportError(f"snapshot not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = [i for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX")]
+            members = [i for i in infos if i.filename.endswith(".json")]
+            if len(members) != 1:
+                raise ExportError(f"{path}: a snapshot holds exactly one JSON file, found {len(members)}")
+            info = members[0]
+            if info.flag_bits & 0x1:
+                raise ExportError(
+                    f"{path} is password-protected: export the snapshot from refinery again without a password "
+                    f"(or unzip it with its password and zip the JSON file again)"
+                )
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+                method = _ZIP_METHODS.get(info.compress_type, "unknown")
+                raise ExportError(
+                    f"{path} uses zip compression method {info.compress_type} ({method}), which cannot be read here: "
+                    f"unzip it and zip the JSON file again with standard deflate"
+                )
+            if info.file_size > cap:
+                raise _too_big(path, cap)
+            with zf.open(info) as fh:
+                return info.filename, _read_stream(fh, path, cap)
+    except ExportError:
+        raise
+    except zipfile.BadZipFile:
+        raise ExportError(f"{path} is not a zip file (or a damaged one): export the snapshot again") from None
+    except (OSError, EOFError, zlib.error, RuntimeError, NotImplementedError, ValueError) as exc:
+        raise ExportError(f"cannot read snapshot {path}: {_reason(exc)}; export the snapshot again") from None
+
+
+def parse_json(raw: bytes | str, *, source: str) -> Any:
+    """Decode UTF-8 (a leading BOM is allowed) and parse JSON; errors are one-line :class:`ExportError`."""
+    if isinstance(raw, (bytes, bytearray)):
+        try:
+            text = bytes(raw).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ExportError(
+                f"{source} is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at position {exc.start}): save it as UTF-8"
+            ) from None
+        has_escape = _SURROGATE_ESCAPE.search(raw) is not None
+    else:
+        text = raw
+        has_escape = "\\u" in text or _LONE_SURROGATE.search(text) is not None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise ExportError(f"{source} nests JSON deeper than can be parsed: it is not a refinery export") from None
+    return _scrub_surrogates(value) if has_escape else value
+
+
+def _scrub_surrogates(value: Any) -> Any:
+    """Replace lone surrogates in every string (keys included), iteratively (no recursion limit)."""
+
+    def fix(s: str) -> str:
+        if s.isascii():
+            return s
+        return _LONE_SURROGATE.sub("\ufffd", s)
+
+    if isinstance(value, str):
+        return fix(value)
+    stack: list[Any] = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                if isinstance(item, str):
+                    node[i] = fix(item)
+                elif isinstance(item, (list, dict)):
+                    stack.append(item)
+        elif isinstance(node, dict):
+            for key in list(node):
+                item = node[key]
+                new_key = fix(key)
+                if isinstance(item, str):
+                    item = fix(item)
+                elif isinstance(item, (list, dict)):
+                    stack.append(item)
+                if new_key != key:
+                    del node[key]
+                node[new_key] = item
+    return value
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
