@@ -70,7 +70,7 @@ from .errors import (
     PushError,
 )
 from ._net import host_identity, redact_uri
-from .export import Record, parse_export_payload
+from .export import PLATFORM, Record, embedding_name, model_short_name, parse_export_payload
 
 __all__ = [
     "DEFAULT_URI",
@@ -78,12 +78,9 @@ __all__ = [
     "ENV_PASSWORD",
     "ENV_URI",
     "ENV_PROJECT",
-    "PLATFORM",
     "RefineryClient",
     "PushResult",
     "SimilarRecords",
-    "default_embedding_name",
-    "model_short",
     "client_from_options",
 ]
 
@@ -94,26 +91,11 @@ ENV_USER = "KERN_FINETUNE_USER"
 ENV_PASSWORD = "KERN_FINETUNE_PASSWORD"
 ENV_URI = "KERN_FINETUNE_URI"
 ENV_PROJECT = "KERN_FINETUNE_PROJECT"
-PLATFORM = "kern-finetune"
 _LOGIN_PATH = "/.ory/kratos/public/self-service/login/api"
 _AUTH_CODES = {"UNRECOGNIZED_USER", "FORBIDDEN_USER"}
 _MASK = "***"
 
 ProgressFn = Callable[[str], None]
-
-
-def default_embedding_name(attribute: str, model: str, *, platform: str = PLATFORM) -> str:
-    """``<attribute>-classification-<platform>-<model>``: refinery's naming (docs/refinery-api.md).
-
-    The one place kern-finetune builds an embedding name (sync, demo, push); ``platform`` is
-    ``kern-finetune`` for our vectors, ``huggingface`` for a base model refinery could compute itself.
-    """
-    return f"{attribute}-classification-{platform}-{model_short(model)}"
-
-
-def model_short(model: str) -> str:
-    """``/path/to/all-MiniLM-L6-v2/`` -> ``all-MiniLM-L6-v2``; ``org/name`` -> ``name``."""
-    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model
 
 
 @dataclass(frozen=True)
@@ -643,7 +625,7 @@ class RefineryClient:
     ) -> PushResult:
         """Create, upload in chunks, finalize; on any failure drop the staged version and raise.
 
-        ``name`` None -> :func:`default_embedding_name`. Vectors are L2-normalised here again
+        ``name`` None -> :func:`kern_finetune.export.embedding_name`. Vectors are L2-normalised here again
         (defensively: the host ranks by Euclidean distance). Until finalize succeeds the previously
         served embedding of that name stays served and nothing of the new one is visible.
         Raises :class:`PushError` (host refused), :class:`HostUnavailableError` (host kept failing),
@@ -657,7 +639,7 @@ class RefineryClient:
             raise ConfigError(f"tensor_format must be 'json' or 'b64', got {tensor_format!r}")
         pid = self._project(project_id)
         say = progress or (lambda _msg: None)
-        name = name or default_embedding_name(attribute, model)
+        name = name or embedding_name(attribute, model=model)
         ids_s, unit = _prepare_vectors(ids, vectors)
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -670,7 +652,7 @@ class RefineryClient:
             "custom": True,
             "dimension": int(dim),
             "platform": PLATFORM,
-            "model": model_short(model),
+            "model": model_short_name(model),
             "count": int(n),
         }
         say(f"push: staging {name!r} ({n} vectors, {dim} dims) on {self.uri}")

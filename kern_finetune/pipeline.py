@@ -17,7 +17,7 @@ import torch
 from .config import RunConfig
 from .encode import Encoder
 from .evaluate import chance_level, linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
-from .export import Record, resolve_task
+from .export import Record, embedding_name, resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import write_report
@@ -173,7 +173,7 @@ def run_pipeline(
     save_model(model if model is not None else encoder.model(), head, model_dir)
     save_vectors(out_dir / "vectors.npz", sel.ids, tuned)
     attr = text_attrs[0] if task.attribute is None else task.attribute
-    name = config.embedding_name or f"{attr}-classification-kern-finetune-{encoder.model_name}"
+    name = config.embedding_name or embedding_name(attr, model=encoder.model_name)
     fingerprint = label_fingerprint(sel, task.label, config.threshold)
     metrics.update(
         task=task.label,

@@ -59,7 +59,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._net import host_identity
-from .client import PushResult, RefineryClient, default_embedding_name, model_short
+from .client import PushResult, RefineryClient
+from .export import embedding_name, model_short_name
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
 from .export import Record, resolve_task
@@ -295,7 +296,7 @@ def sync_project(
         run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
         result = run(records, config, out_dir=Path(out_dir), progress=say)
-        model = model_short(str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2"))
+        model = model_short_name(str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2"))
 
         pushed: PushResult | None = None
         written: Path | None = None
@@ -380,7 +381,7 @@ def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, 
     """The snapshot door: ``write_snapshot`` names the embedding refinery's way; returns that name."""
     from .snapshot import write_snapshot
 
-    name = config.embedding_name or default_embedding_name(attribute, model)
+    name = config.embedding_name or embedding_name(attribute, model=model)
     written = write_snapshot(
         src, dst, ids=result.ids, vectors=result.vectors, attribute=attribute, model=model,
         id_attribute=config.id_attribute, name=config.embedding_name,

@@ -21,7 +21,8 @@ import pytest
 import requests
 
 from faults import OATHKEEPER_401, FaultAdapter
-from kern_finetune.client import RefineryClient, client_from_options, default_embedding_name
+from kern_finetune.client import RefineryClient, client_from_options
+from kern_finetune.export import embedding_name
 from kern_finetune.errors import (
     AuthError,
     ConfigError,
@@ -343,8 +344,8 @@ def test_push_happy_path_normalises_and_serves(host: RunningHost, faults: FaultA
 
 
 def test_default_name() -> None:
-    assert default_embedding_name("Title", "/models/all-MiniLM-L6-v2/") == NAME
-    assert default_embedding_name("Title", "sentence-transformers/all-MiniLM-L6-v2", platform="huggingface") == (
+    assert embedding_name("Title", model="/models/all-MiniLM-L6-v2/") == NAME
+    assert embedding_name("Title", model="sentence-transformers/all-MiniLM-L6-v2", platform="huggingface") == (
         "Title-classification-huggingface-all-MiniLM-L6-v2"
     )
 

@@ -36,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from ..client import RefineryClient, default_embedding_name
+from ..client import RefineryClient
+from ..export import embedding_name
 from ..errors import ConfigError
 from ..export import load_export
 from ..select import gold_to_class
@@ -140,7 +141,7 @@ def _demo(args: argparse.Namespace) -> int:
             if raw is None:
                 raise ConfigError("the pipeline returned no raw vectors (RunResult.extra['raw_vectors'])")
             base_model = str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2")
-            raw_name = default_embedding_name(result.attribute, base_model, platform="huggingface")
+            raw_name = embedding_name(result.attribute, model=base_model, platform="huggingface")
             say(f"demo: pushing the raw base vectors as {raw_name!r} for comparison")
             client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=result.attribute,
                                   model=base_model, progress=None, tensor_format="b64")
