@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..export import Record, TaskColumns, discover_tasks, load_export
+from ..export import EXTRACTION, Record, TaskColumns, discover_tasks, load_export
 from ..snapshot import read_snapshot
 from .values import as_confidence, as_string, dump_row, is_text
 
@@ -53,7 +53,6 @@ __all__ = [
     "read_project",
 ]
 
-_LABEL_SUFFIXES = ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL")
 _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
 _PYTHON_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
@@ -237,21 +236,10 @@ def read_project(path: str | Path) -> ImportedProject:
 
 
 def extraction_columns(records: list[Record]) -> list[str]:
-    """Label columns whose values are JSON arrays: an extraction task's, as the real export writes them."""
-    found: dict[str, None] = {}
-    for rec in records:
-        for key, value in rec.items():
-            if isinstance(value, list) and key.endswith(_LABEL_SUFFIXES):
-                found.setdefault(key, None)
-    if not found:
-        return []
-    bases = {key[: -len(s)] for key in found for s in _LABEL_SUFFIXES if key.endswith(s)}
-    columns: dict[str, None] = {}
-    for rec in records[:1000]:
-        for key in rec:
-            if any(key == b + s for b in bases for s in _LABEL_SUFFIXES):
-                columns.setdefault(key, None)
-    return list(columns)
+    """The label columns of the export's extraction tasks (per-token arrays, as the real export writes them);
+    :func:`kern_finetune.export.discover_tasks` is the one place that tells the two kinds of task apart."""
+    return [col for task in discover_tasks(records) if task.kind == EXTRACTION
+            for col in (task.manual, task.weak, task.confidence) if col]
 
 
 def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any], attributes: list[dict[str, Any]],
