@@ -23,6 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..body_limit import BodyLimit
 from .store import ApiError, HostStore
 
 __all__ = ["create_app", "LOGIN_FLOW_PATH", "LOGIN_SUBMIT_PATH", "MAX_BODY_BYTES"]
@@ -140,17 +141,14 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
         return _error(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > max_body_bytes
-            except ValueError:
-                return _error(400, "INVALID_REQUEST", "bad Content-Length")
-            if too_big:
-                return _error(413, "PAYLOAD_TOO_LARGE", f"request body over {max_body_bytes} bytes; send smaller chunks")
-        return await call_next(request)
+    # body size: counted while it streams in, before any route or token check reads it; a request
+    # without a valid session token may send 64 KiB (a login), a logged-in one max_body_bytes
+    app.add_middleware(
+        BodyLimit, max_bytes=max_body_bytes, anonymous_max_bytes=64 * 1024,
+        is_authenticated=lambda scope: store.session_user(_token_of(Request(scope))) is not None,
+        render=lambda status, detail: {"error_code": "PAYLOAD_TOO_LARGE" if status == 413 else "INVALID_REQUEST",
+                                       "detail": detail},
+    )
 
     # ------------------------------------------------------------------------------------------
     # Kratos-style login
