@@ -146,7 +146,10 @@ def _run_pipeline(
             sel = without_label_issues(sel, noise)
         else:
             weights = noise["weights"]
-        say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})")
+        say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})"
+            + (f"; not run: {noise['note']}" if noise["note"] else f", {noise['n_folds']} folds")
+            + (f"; classes with too few labels to check: {', '.join(noise['unchecked_classes'])}"
+               if noise["unchecked_classes"] and not noise["note"] else ""))
 
     train_sel, pseudo = sel, None
     threshold = config.pseudo_label_threshold()
@@ -207,7 +210,7 @@ def _run_pipeline(
         write_label_issues(stage / "label_issues.csv", noise)
         metrics["label_check"] = {
             "action": config.noise_filter, "file": "label_issues.csv",
-            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy")},
+            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note")},
             **noise_audit,
         }
     metrics["seconds"] = {
