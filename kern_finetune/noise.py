@@ -38,8 +38,9 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
     out-of-fold probability of the given label for flagged rows), ``ids``, ``suggested`` (most likely
     class per flagged row) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
     ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
-    ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged) and
-    ``note`` (why nothing was checked, else None).
+    ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged),
+    ``note`` (why nothing was checked, else None), and per row of ``sel.labeled_idx``: ``pred_probs`` (the
+    out-of-fold class probabilities) and ``checked`` (whether the row got them).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -102,6 +103,8 @@ def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndar
         "n_folds": n_folds,
         "unchecked_classes": unchecked,
         "note": note,
+        "pred_probs": proba,
+        "checked": checked,
         "oof_accuracy": float(100.0 * (proba[checked].argmax(1) == y[checked]).mean()) if checked.any() else None,
     }
 

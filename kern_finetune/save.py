@@ -78,8 +78,13 @@ def check_out_dir(out_dir: Path) -> Path:
     a run never deletes what it did not write.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() or out_dir.is_symlink():
-        if not out_dir.is_dir() or out_dir.is_symlink():
+    here, target = Path.cwd(), Path(os.path.abspath(out_dir))
+    if target == here or target in here.parents:
+        raise ConfigError(f"the output folder {out_dir} is the current folder or holds it; name a sub-folder (--out)")
+    if out_dir.is_symlink():
+        raise ConfigError(f"the output folder {out_dir} is a symbolic link; name the folder itself (--out)")
+    if out_dir.exists():
+        if not out_dir.is_dir():
             raise ConfigError(f"the output folder {out_dir} is a file; name a folder (--out)")
         try:
             foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in RUN_OUTPUTS and not _is_our_leftover(p.name))
@@ -124,7 +129,7 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     On an exception the temporary folder is removed and ``out_dir`` (an earlier run's output, or nothing)
     is left exactly as it was. Check ``out_dir`` with :func:`check_out_dir` first.
     """
-    final = check_out_dir(Path(out_dir))
+    final = Path(os.path.abspath(check_out_dir(Path(out_dir))))  # "." has no name to put beside
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{final.name}-new-", dir=final.parent))

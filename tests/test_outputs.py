@@ -92,6 +92,21 @@ def test_out_dir_checks(tmp_path: Path) -> None:
     with pytest.raises(ConfigError), staged_output(mine):
         pass
     assert (mine / "notes.txt").read_text() == "precious"
+    (tmp_path / "link").symlink_to(tmp_path / "new")
+    with pytest.raises(ConfigError, match="symbolic link"):
+        check_out_dir(tmp_path / "link")
+
+
+def test_the_current_folder_is_never_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    for target in (".", "..", str(work)):
+        with pytest.raises(ConfigError, match="current folder"):
+            check_out_dir(Path(target))
+    with staged_output(Path("runs") / "x") as stage:  # a sub-folder is fine
+        (stage / "metrics.json").write_text("{}")
+    assert (work / "runs" / "x" / "metrics.json").exists() and Path.cwd() == work
 
 
 @pytest.mark.parametrize("kind", ["file", "foreign folder", "under a file"])
