@@ -11,8 +11,9 @@ every authentication check, so nobody can make a server buffer more than the lim
   whatever answer it tries to give to a body it did not get whole is replaced by the ``413``;
 - with ``anonymous_max_bytes`` and ``is_authenticated(scope)``, a body may pass the smaller anonymous
   limit only when the request is authenticated (checked once, in a worker thread, when that limit is
-  reached). The host uses it so that a stranger's upload is refused at 64 KiB, before any route reads it,
-  while a logged-in client may send 64 MiB.
+  reached), and is refused with ``anonymous_status`` (the host: ``401``, so a client whose token expired
+  logs in again). The host uses it so that a stranger's upload is refused at 64 KiB, before any route
+  reads it, while a logged-in client may send 64 MiB.
 
 After the 413, uvicorn discards the rest of the body as it arrives (memory stays flat) and closes the
 connection once its keep-alive timeout passes.
@@ -65,6 +66,7 @@ class BodyLimit:
         max_bytes: int,
         anonymous_max_bytes: int | None = None,
         is_authenticated: Callable[[Scope], bool] | None = None,
+        anonymous_status: int = 413,
         render: Render | None = None,
     ) -> None:
         if max_bytes < 0 or (anonymous_max_bytes is not None and anonymous_max_bytes < 0):
@@ -75,6 +77,7 @@ class BodyLimit:
         self.max_bytes = max_bytes
         self.anonymous_max_bytes = min(anonymous_max_bytes, max_bytes) if anonymous_max_bytes is not None else max_bytes
         self.is_authenticated = is_authenticated
+        self.anonymous_status = anonymous_status
         self.render = render or _default_render
 
     async def _answer(self, send: Send, status: int, detail: str) -> None:
@@ -83,10 +86,12 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    def _detail(self, limit: int) -> str:
-        if limit < self.max_bytes:
-            return f"request body over {limit} bytes without a valid session token; log in first"
-        return f"request body over {limit} bytes; send smaller requests"
+    async def _refuse(self, send: Send, limit: int) -> None:
+        if limit < self.max_bytes:  # refused for want of credentials, not for its size as such
+            await self._answer(send, self.anonymous_status,
+                               f"request body over {limit} bytes without a valid session token; log in first")
+        else:
+            await self._answer(send, 413, f"request body over {limit} bytes; send smaller requests")
 
     async def _limit(self, scope: Scope, size: int) -> int:
         """The limit that applies to a body of ``size`` bytes (asks ``is_authenticated`` only when it matters)."""
@@ -111,7 +116,7 @@ class BodyLimit:
             if int(text) > self.anonymous_max_bytes:
                 limit = await self._limit(scope, int(text))
                 if int(text) > limit:
-                    await self._answer(send, 413, self._detail(limit))
+                    await self._refuse(send, limit)
                     return
 
         limit: int | None = None  # decided once the body passes the anonymous limit
@@ -148,4 +153,4 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await self._answer(send, 413, self._detail(limit if limit is not None else self.anonymous_max_bytes))
+            await self._refuse(send, limit if limit is not None else self.anonymous_max_bytes)

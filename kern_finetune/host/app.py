@@ -142,12 +142,13 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> Fas
         return _error(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
 
     # body size: counted while it streams in, before any route or token check reads it; a request
-    # without a valid session token may send 64 KiB (a login), a logged-in one max_body_bytes
+    # without a valid session token may send 64 KiB (a login; over it: 401), a logged-in one max_body_bytes
     app.add_middleware(
         BodyLimit, max_bytes=max_body_bytes, anonymous_max_bytes=64 * 1024,
         is_authenticated=lambda scope: store.session_user(_token_of(Request(scope))) is not None,
-        render=lambda status, detail: {"error_code": "PAYLOAD_TOO_LARGE" if status == 413 else "INVALID_REQUEST",
-                                       "detail": detail},
+        anonymous_status=401,
+        render=lambda status, detail: {"error_code": {401: "UNRECOGNIZED_USER", 413: "PAYLOAD_TOO_LARGE"}.get(
+            status, "INVALID_REQUEST"), "detail": detail},
     )
 
     # ------------------------------------------------------------------------------------------
