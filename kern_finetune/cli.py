@@ -61,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kern-finetune: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a defect, not a user error: still one line; -v shows the traceback
+        if args.verbose:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"kern-finetune: internal error: {type(exc).__name__}: {first} "
+              "(run with -v for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

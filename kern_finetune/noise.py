@@ -5,6 +5,11 @@ out-of-fold predicted probabilities from a logistic regression on the base vecto
 suspicious when the probability of its own class is below that class's threshold (the mean
 probability the model gives the class on records labeled with it) **and** another class is more likely.
 Manual labels are never flagged: labelers set them on purpose. The gold attribute is never used here.
+
+Few labels are normal (a new project): the folds are at most as many as the smallest checked class has
+labels, classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels are not checked (listed in
+``unchecked_classes``), and with no weak labels, or fewer than two checkable classes, nothing is checked
+(``note`` says why).
 """
 
 from __future__ import annotations
@@ -18,7 +23,12 @@ import numpy as np
 
 from .select import Selection
 
-__all__ = ["find_label_issues", "without_label_issues", "write_label_issues"]
+__all__ = ["find_label_issues", "without_label_issues", "write_label_issues", "MIN_LABELS_TO_CHECK"]
+
+
+MIN_LABELS_TO_CHECK = 3
+"""A class with fewer labels than this is not checked: its labels are never flagged (they still train the
+out-of-fold classifiers). A new project's classes often have only a few labels."""
 
 
 def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5) -> dict[str, Any]:
@@ -26,7 +36,11 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
 
     Returns ``indices`` (record rows with likely wrong weak labels), ``weights`` (per record: 1, or the
     out-of-fold probability of the given label for flagged rows), ``ids``, ``suggested`` (most likely
-    class per flagged row) and counts.
+    class per flagged row) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
+    ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
+    ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged),
+    ``note`` (why nothing was checked, else None), and per row of ``sel.labeled_idx``: ``pred_probs`` (the
+    out-of-fold class probabilities) and ``checked`` (whether the row got them).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -34,15 +48,45 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
     idx = sel.labeled_idx
     x, y = base[idx], sel.y[idx]
     n_classes = len(sel.classes)
+    counts = np.bincount(y, minlength=n_classes)
+    checkable = counts >= MIN_LABELS_TO_CHECK
+    unchecked = [sel.classes[c] for c in range(n_classes) if 0 < counts[c] < MIN_LABELS_TO_CHECK]
+    weak = np.array([sel.source[i] == "weak" for i in idx], dtype=bool)
+    note = None
+    if not weak.any():
+        note = "no weak labels to check (manual labels are never flagged)"
+    elif checkable.sum() < 2:
+        note = f"fewer than 2 classes have {MIN_LABELS_TO_CHECK} or more labels"
+    if note is not None:
+        return _result(sel, idx, np.zeros(len(idx), dtype=bool), np.zeros((len(idx), n_classes)),
+                       n_folds=0, unchecked=[sel.classes[c] for c in range(n_classes) if counts[c] > 0], note=note)
+
+    # rows of classes too small to check are held out of the folds: they train every fold's classifier
+    in_cv = np.flatnonzero(checkable[y])
+    always_fit = np.flatnonzero(~checkable[y])
+    folds_used = int(min(n_folds, counts[checkable].min()))
     proba = np.zeros((len(idx), n_classes))
-    folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for fit, held in folds.split(x, y):
-        clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed).fit(x[fit], y[fit])
-        proba[np.ix_(held, clf.classes_)] = clf.predict_proba(x[held])
+    folds = StratifiedKFold(n_splits=folds_used, shuffle=True, random_state=seed)
+    for fit, held in folds.split(x[in_cv], y[in_cv]):
+        fit_rows = np.concatenate([in_cv[fit], always_fit])
+        held_rows = in_cv[held]
+        clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed).fit(x[fit_rows], y[fit_rows])
+        proba[np.ix_(held_rows, clf.classes_)] = clf.predict_proba(x[held_rows])
+    checked = np.zeros(len(idx), dtype=bool)
+    checked[in_cv] = True
+    return _result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None)
+
+
+def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndarray, *,
+            n_folds: int, unchecked: list[str], note: str | None) -> dict[str, Any]:
+    """Flag checked weak labels whose own class is less likely than its threshold and not the most likely."""
+    y = sel.y[idx]
+    n_classes = len(sel.classes)
     given = proba[np.arange(len(idx)), y]
-    thresholds = np.array([given[y == c].mean() if np.any(y == c) else 1.0 for c in range(n_classes)])
-    weak = np.array([sel.source[i] == "weak" for i in idx])
-    suspicious = weak & (given < thresholds[y]) & (proba.argmax(1) != y)
+    thresholds = np.array([given[checked & (y == c)].mean() if np.any(checked & (y == c)) else 1.0
+                           for c in range(n_classes)])
+    weak = np.array([sel.source[i] == "weak" for i in idx], dtype=bool)
+    suspicious = checked & weak & (given < thresholds[y]) & (proba.argmax(1) != y)
     rows = idx[suspicious]
     weights = np.ones(len(sel.ids), dtype=np.float32)
     weights[rows] = given[suspicious].astype(np.float32)
@@ -54,9 +98,14 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
         "given": [sel.classes[sel.y[i]] for i in rows],
         "suggested": [sel.classes[c] for c in suggested],
         "probability_given": given[suspicious].round(4).tolist(),
-        "n_checked": int(len(idx)),
+        "n_checked": int(checked.sum()),
         "n_flagged": int(len(rows)),
-        "oof_accuracy": float(100.0 * (proba.argmax(1) == y).mean()),
+        "n_folds": n_folds,
+        "unchecked_classes": unchecked,
+        "note": note,
+        "pred_probs": proba,
+        "checked": checked,
+        "oof_accuracy": float(100.0 * (proba[checked].argmax(1) == y[checked]).mean()) if checked.any() else None,
     }
 
 

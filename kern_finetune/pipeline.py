@@ -21,7 +21,7 @@ from .export import Record, embedding_name, resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import write_report
-from .save import save_model, save_vectors, write_json
+from .save import check_out_dir, save_model, save_vectors, staged_output, write_json
 from .select import Selection, default_text_attributes, gold_to_class, label_fingerprint, select_labels
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
@@ -96,13 +96,23 @@ def _apply(head: SkipConnectionHead, x: np.ndarray) -> np.ndarray:
 def run_pipeline(
     records: list[Record], config: RunConfig, *, out_dir: Path, progress: ProgressFn | None = None
 ) -> RunResult:
-    """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``."""
+    """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``.
+
+    The outputs are written into a temporary folder beside ``out_dir`` that replaces it as a whole once
+    everything is written; a run that fails leaves ``out_dir`` (an earlier run's output) as it was.
+    """
+    out_dir = check_out_dir(Path(out_dir))  # a file or a foreign folder fails now, not after training
+    with staged_output(out_dir) as stage:
+        return _run_pipeline(records, config, out_dir=out_dir, stage=stage, progress=progress)
+
+
+def _run_pipeline(
+    records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path, progress: ProgressFn | None
+) -> RunResult:
     say = progress or (lambda _msg: None)
     config.validate()
     t0 = time.perf_counter()
     torch.manual_seed(config.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     task = resolve_task(records, config.task)
     text_attrs = config.text_attributes or default_text_attributes(
@@ -136,7 +146,10 @@ def run_pipeline(
             sel = without_label_issues(sel, noise)
         else:
             weights = noise["weights"]
-        say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})")
+        say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})"
+            + (f"; not run: {noise['note']}" if noise["note"] else f", {noise['n_folds']} folds")
+            + (f"; classes with too few labels to check: {', '.join(noise['unchecked_classes'])}"
+               if noise["unchecked_classes"] and not noise["note"] else ""))
 
     train_sel, pseudo = sel, None
     threshold = config.pseudo_label_threshold()
@@ -170,8 +183,8 @@ def run_pipeline(
 
     say("[5/5] write model, vectors, metrics, report")
     model_dir = out_dir / "model"
-    save_model(model if model is not None else encoder.model(), head, model_dir)
-    save_vectors(out_dir / "vectors.npz", sel.ids, tuned)
+    save_model(model if model is not None else encoder.model(), head, stage / "model")
+    save_vectors(stage / "vectors.npz", sel.ids, tuned)
     attr = text_attrs[0] if task.attribute is None else task.attribute
     name = config.embedding_name or embedding_name(attr, model=encoder.model_name)
     fingerprint = label_fingerprint(sel, task.label, config.threshold)
@@ -194,10 +207,10 @@ def run_pipeline(
         metrics["pseudo_labels"] = {"threshold": pseudo["threshold"], "n_added": int(len(pseudo["indices"])),
                                     "n_candidates": pseudo["n_candidates"]}
     if noise:
-        write_label_issues(out_dir / "label_issues.csv", noise)
+        write_label_issues(stage / "label_issues.csv", noise)
         metrics["label_check"] = {
             "action": config.noise_filter, "file": "label_issues.csv",
-            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy")},
+            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note")},
             **noise_audit,
         }
     metrics["seconds"] = {
@@ -205,8 +218,8 @@ def run_pipeline(
         "total": round(time.perf_counter() - t0, 2),
     }
     plots = metrics.pop("_plots", None)
-    write_report(out_dir / "report.html", metrics, plots=plots)
-    write_json(out_dir / "metrics.json", metrics)
+    write_report(stage / "report.html", metrics, plots=plots)
+    write_json(stage / "metrics.json", metrics)
     if "1000" in metrics["top_k"]["raw"]:
         say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "
             f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")

@@ -17,7 +17,9 @@ body>")>``. Built by :func:`sign`, checked by :func:`verify_signature` with :fun
 timestamps more than :data:`TOLERANCE_S` seconds away from the service's clock are refused. A replay of
 a captured request inside that window is *not* refused: triggering is idempotent (a duplicate trigger
 returns the active job, an unchanged project syncs as ``up_to_date``). Bodies are read as raw bytes,
-at most :data:`MAX_BODY_BYTES` (else 413), before anything is parsed.
+at most :data:`MAX_BODY_BYTES` (else 413, counted while the body streams in, before the signature
+is checked: :class:`kern_finetune.body_limit.BodyLimit`), before anything is parsed. A signature
+header that is not plain ASCII ``t=<digits>,v1=<hex>`` is a malformed signature (401).
 
 Restarts: see :mod:`kern_finetune.jobs` (a job a killed service left running is re-run once, then
 failed with the reason ``"interrupted by service restart"``).
@@ -49,6 +51,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from ._net import bind_socket
+from .body_limit import BodyLimit
 from .config import RunConfig
 from .errors import ConfigError, KernFinetuneError
 from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, Job, JobStore
@@ -80,6 +83,8 @@ TOLERANCE_S = 300
 """A signature's timestamp may be at most this many seconds in the past or in the future."""
 MAX_BODY_BYTES = 64 * 1024
 MIN_SECRET_BYTES = 16
+_TIMESTAMP_RE = re.compile(r"[0-9]{1,12}", re.ASCII)
+_MAX_HEADER_CHARS = 4096
 _PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TRIGGER_KEYS = {"project_id", "options", "force", "min_new_labels"}
 _SERVICE_OWNED_OPTIONS = {"cache_dir"}
@@ -124,24 +129,26 @@ def verify_signature(
     :class:`SignatureError` with a short reason (never the expected value)."""
     if not header:
         raise SignatureError(f"missing {SIGNATURE_HEADER} header")
+    if not isinstance(header, str) or not header.isascii() or len(header) > _MAX_HEADER_CHARS:
+        raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
     timestamp: int | None = None
-    candidates: list[str] = []
+    candidates: list[bytes] = []
     for part in header.split(","):
         key, sep, value = part.strip().partition("=")
         if not sep:
             raise SignatureError(f"malformed {SIGNATURE_HEADER} header")
         if key == "t":
-            if not value.isdigit() or len(value) > 12:
+            if not _TIMESTAMP_RE.fullmatch(value):
                 raise SignatureError("malformed timestamp in signature header")
             timestamp = int(value)
         elif key == "v1":
-            candidates.append(value.strip().lower())
+            candidates.append(value.strip().lower().encode("ascii"))
     if timestamp is None or not candidates:
         raise SignatureError(f"{SIGNATURE_HEADER} needs t=<unix seconds> and v1=<hex hmac>")
     now = time.time() if now is None else now
     if abs(now - timestamp) > tolerance_s:
         raise SignatureError(f"signature timestamp outside the allowed window of {tolerance_s} s (stale or clock skew)")
-    expected = _digest(_as_bytes(secret), timestamp, body)
+    expected = _digest(_as_bytes(secret), timestamp, body).encode("ascii")
     ok = False
     for candidate in candidates:  # compare against every candidate: no early exit
         ok |= hmac.compare_digest(expected, candidate)
@@ -431,25 +438,15 @@ def create_app(store: JobStore, secret: bytes, *, worker: JobWorker | None = Non
     def _error(status: int, error: str, detail: str) -> JSONResponse:
         return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
-    async def _read_body(request: Request) -> bytes | JSONResponse:
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                return _error(400, "bad_request", "invalid Content-Length")
-            if int(declared) > max_body_bytes:
-                return _error(413, "payload_too_large", f"body larger than {max_body_bytes} bytes")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > max_body_bytes:
-                return _error(413, "payload_too_large", f"body larger than {max_body_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    # the size limit is enforced while the body streams in, before the signature is checked
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, render=lambda status, detail: {
+        "error": "payload_too_large" if status == 413 else "bad_request", "detail": detail})
+
+    async def _read_body(request: Request) -> bytes:
+        return await request.body()  # BodyLimit ends the request with 413 past max_body_bytes
 
     async def _authenticated_body(request: Request) -> bytes | JSONResponse:
         body = await _read_body(request)
-        if isinstance(body, JSONResponse):
-            return body
         try:
             verify_signature(secret, body, request.headers.get(SIGNATURE_HEADER))
         except SignatureError as exc:
@@ -471,6 +468,8 @@ def create_app(store: JobStore, secret: bytes, *, worker: JobWorker | None = Non
             payload = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return _error(400, "bad_request", f"body is not JSON: {exc}")
+        except RecursionError:
+            return _error(400, "bad_request", "body is nested too deeply")
         try:
             project_id, options, force, min_new_labels = _validate_trigger(payload)
         except ConfigError as exc:

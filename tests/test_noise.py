@@ -34,6 +34,10 @@ def test_flipped_weak_labels_are_found(flipped: tuple[Selection, np.ndarray], su
     # Flagged rows are a small share of the checked labels, not everything that disagrees a little.
     assert found["n_flagged"] == len(found["indices"]) < 0.25 * found["n_checked"]
     assert found["n_checked"] == len(sel.labeled_idx)
+    # every class has plenty of labels here: five folds, nothing skipped, and every row got probabilities
+    assert found["n_folds"] == 5 and found["unchecked_classes"] == [] and found["note"] is None
+    assert found["pred_probs"].shape == (len(sel.labeled_idx), len(sel.classes)) and found["checked"].all()
+    assert np.allclose(found["pred_probs"].sum(1), 1.0)
     # The report a labeler reviews: ids, given and suggested labels line up with the rows.
     for i, rid, given, suggested in zip(found["indices"], found["ids"], found["given"], found["suggested"], strict=True):
         assert rid == sel.ids[i] and given == sel.classes[sel.y[i]] and suggested != given

@@ -151,7 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--export", required=True, type=Path, help="record export (.json, .json.gz) or refinery snapshot (.zip)")
-    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"),
+                   help="output folder: new, empty or an earlier run's, which a successful run replaces as a whole "
+                        "(default: %(default)s)")
     p.add_argument("--json", action="store_true", help="end with one JSON line of the headline metrics")
     p.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
                    help="--export is a refinery snapshot: write a copy with the fine-tuned embedding added, "

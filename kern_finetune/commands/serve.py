@@ -61,6 +61,8 @@ def _check_secrets_file(path: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     from ..service import default_runner, load_secret, run_service
 
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, got {args.port}")
     secret = load_secret(args.secret_file)
     if args.runner:
         runner = _load_runner(args.runner)

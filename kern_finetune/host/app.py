@@ -41,6 +41,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..body_limit import BodyLimit
 from .store import ApiError, HostStore
 from .values import is_text
 
@@ -214,17 +215,15 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_e
         codes = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
         return _error(exc.status_code, codes.get(exc.status_code, "HTTP_ERROR"), str(exc.detail))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > max_body_bytes
-            except ValueError:
-                return _error(400, "INVALID_REQUEST", "bad Content-Length")
-            if too_big:
-                return _error(413, "PAYLOAD_TOO_LARGE", f"request body over {max_body_bytes} bytes; send smaller chunks")
-        return await call_next(request)
+    # body size: counted while it streams in, before any route or token check reads it; a request
+    # without a valid session token may send 64 KiB (a login; over it: 401), a logged-in one max_body_bytes
+    app.add_middleware(
+        BodyLimit, max_bytes=max_body_bytes, anonymous_max_bytes=64 * 1024,
+        is_authenticated=lambda scope: store.session_user(_token_of(Request(scope))) is not None,
+        anonymous_status=401,
+        render=lambda status, detail: {"error_code": {401: "UNRECOGNIZED_USER", 413: "PAYLOAD_TOO_LARGE"}.get(
+            status, "INVALID_REQUEST"), "detail": detail},
+    )
 
     # ------------------------------------------------------------------------------------------
     # Kratos-style login
