@@ -14,8 +14,9 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_AUTO", "default_cache_dir"]
+__all__ = ["RunConfig", "DEVICES", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_AUTO", "default_cache_dir"]
 
+DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
 ENGINES = ("native", "quaterion")
 MODES = ("head", "full")
@@ -79,6 +80,12 @@ class RunConfig:
     embedding_name: str | None = None
     """Name of the pushed embedding; None = ``<attribute>-classification-kern-finetune-<model>``."""
     encode_batch_size: int = 64
+    device: str = "auto"
+    """``auto`` (CUDA when ``torch.cuda.is_available()``), ``cpu`` or ``cuda``: where encoding and full-mode
+    training run. On CUDA, encoding runs in fp16 and its vectors are cached apart (docs/scale.md)."""
+    ray_address: str | None = None
+    """Encode on Ray (the ``ray`` extra): a cluster address, or ``local`` for a local Ray runtime; None = in
+    this process. Only texts missing from the vector cache are sent (:mod:`kern_finetune.encode_ray`)."""
 
     def validate(self) -> RunConfig:
         if not 0.0 <= self.threshold < 1.0:
@@ -108,9 +115,31 @@ class RunConfig:
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         self.pseudo_label_threshold()  # raises on a bad value
+        self.resolved_device()  # raises when CUDA is asked for and absent
+        if self.ray_address is not None:
+            import importlib.util
+
+            if not str(self.ray_address).strip():
+                raise ConfigError("ray_address is empty: give a Ray address, or local for a local Ray runtime")
+            if importlib.util.find_spec("ray") is None:
+                raise ConfigError("--ray-address needs Ray: pip install 'kern-finetune[ray]'")
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
         return self
+
+    def resolved_device(self) -> str:
+        """``cpu`` or ``cuda``: what ``device`` means on this machine (``auto``: CUDA when present)."""
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of: {', '.join(DEVICES)}")
+        if self.device == "cpu":
+            return "cpu"
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if self.device == "cuda":
+            raise ConfigError("--device cuda, but torch sees no CUDA device here; use --device auto or cpu")
+        return "cpu"
 
     def pseudo_label_threshold(self) -> float | None:
         """The probability threshold ``pseudo_labels`` means in this mode, or None when it is off."""

@@ -4,15 +4,22 @@ The cache is one SQLite file per model identity (a hash of the model's config an
 by the SHA-1 of each text, so an unchanged record is never encoded twice, across runs and projects.
 Vectors are written in chunks inside transactions: an interrupted run keeps what it finished and never
 leaves a half-written entry.
+
+Device and precision: on CUDA the encoder runs in fp16 (autocast; the model's weights stay fp32), and the
+cache file's name then carries the precision (``vectors-<identity>-fp16.sqlite``), because fp16 vectors
+were not measured against fp32 ones (docs/scale.md). fp32, the CPU default, keeps the plain identity, so
+caches written before devices existed stay valid.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import sqlite3
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,11 +30,21 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-__all__ = ["Encoder", "default_model_path", "model_identity", "load_sentence_transformer"]
+__all__ = ["Encoder", "PRECISIONS", "default_model_path", "model_identity", "load_sentence_transformer", "resolve_device"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 512
+PRECISIONS = ("fp32", "fp16")
+
+
+def resolve_device(device: str | None) -> str:
+    """``None``/``"auto"`` -> ``"cuda"`` when torch sees a CUDA device, else ``"cpu"``; others unchanged."""
+    if device in (None, "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def default_model_path() -> Path:
@@ -64,7 +81,11 @@ def load_sentence_transformer(path: Path | str, *, device: str | None = None) ->
 
 
 class Encoder:
-    """Cached text encoder. Constructor stores settings; the model loads on first use."""
+    """Cached text encoder. Constructor stores settings; the model loads on first use.
+
+    ``device``: ``None``/``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. ``precision``: ``"fp32"`` or
+    ``"fp16"``; None = fp16 on CUDA, fp32 elsewhere. The precision is part of the cache key unless fp32.
+    """
 
     def __init__(
         self,
@@ -73,11 +94,13 @@ class Encoder:
         cache_dir: Path | str,
         batch_size: int = 64,
         device: str | None = None,
+        precision: str | None = None,
     ) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
         self.device = device
+        self.precision = precision
         self._model: SentenceTransformer | None = None
         self.n_encoded_ = 0
         self.n_cached_ = 0
@@ -87,8 +110,23 @@ class Encoder:
         return self.model_path or default_model_path()
 
     @property
+    def device_(self) -> str:
+        """The device vectors are computed on (``auto`` resolved)."""
+        return resolve_device(self.device)
+
+    @property
+    def precision_(self) -> str:
+        """``fp32`` or ``fp16``: the precision vectors are computed in."""
+        precision = self.precision or ("fp16" if self.device_.startswith("cuda") else "fp32")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
+        return precision
+
+    @property
     def identity(self) -> str:
-        return model_identity(self.path)
+        """Names the cache file: the model's identity, plus ``-fp16`` when vectors are computed in fp16."""
+        base = model_identity(self.path)
+        return base if self.precision_ == "fp32" else f"{base}-{self.precision_}"
 
     @property
     def model_name(self) -> str:
@@ -96,9 +134,35 @@ class Encoder:
         return "all-MiniLM-L6-v2" if name == "model" and "minilm" in str(self.path).lower() else name
 
     def model(self) -> SentenceTransformer:
+        """The fp32 model on ``device_`` (fp16 is applied per call, so a saved model keeps fp32 weights)."""
         if self._model is None:
-            self._model = load_sentence_transformer(self.path, device=self.device)
+            self._model = load_sentence_transformer(self.path, device=self.device_)
         return self._model
+
+    def encode_uncached(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
+        """Encode texts the cache lacks: yields ``(positions in texts, L2-normalised float32 rows)`` chunks.
+
+        :class:`kern_finetune.encode_ray.RayEncoder` overrides this to spread the work over a Ray cluster.
+        """
+        model = self.model()
+        for start in range(0, len(texts), _CHUNK):
+            with self._precision_context():
+                vecs = model.encode(
+                    texts[start : start + _CHUNK],
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            yield list(range(start, start + len(vecs))), np.asarray(vecs, dtype=np.float32)
+
+    def _precision_context(self) -> contextlib.AbstractContextManager[object]:
+        """fp16: autocast on the model's device (weights stay fp32); fp32: nothing."""
+        if self.precision_ == "fp32":
+            return contextlib.nullcontext()
+        import torch
+
+        return torch.autocast("cuda" if self.device_.startswith("cuda") else "cpu", dtype=torch.float16)
 
     def _db(self) -> sqlite3.Connection:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -125,17 +189,9 @@ class Encoder:
             self.n_encoded_ = len(todo)
             if todo:
                 log.info("encoding %d texts (%d from cache)", len(todo), len(unique) - len(todo))
-                model = self.model()
                 bar = tqdm(total=len(todo), desc="encode", unit="text", disable=not progress)
-                for start in range(0, len(todo), _CHUNK):
-                    part = todo[start : start + _CHUNK]
-                    vecs = model.encode(
-                        [text_of[k] for k in part],
-                        batch_size=self.batch_size,
-                        convert_to_numpy=True,
-                        normalize_embeddings=True,
-                        show_progress_bar=False,
-                    ).astype(np.float32)
+                for positions, vecs in self.encode_uncached([text_of[k] for k in todo]):
+                    part = [todo[i] for i in positions]
                     with db:
                         db.executemany("INSERT OR REPLACE INTO vec VALUES (?, ?)", zip(part, (v.tobytes() for v in vecs)))
                     found.update(zip(part, (v.tobytes() for v in vecs)))

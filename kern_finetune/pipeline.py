@@ -129,7 +129,14 @@ def _run_pipeline(
 
     say(f"[2/5] encode {len(sel.texts)} records")
     t = time.perf_counter()
-    encoder = Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size)
+    if config.ray_address:
+        from .encode_ray import RayEncoder
+
+        encoder: Encoder = RayEncoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
+                                      device=config.device, address=config.ray_address)
+    else:
+        encoder = Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
+                          device=config.resolved_device())
     base = encoder.encode(sel.texts)
     t_encode = time.perf_counter() - t
     say(f"      {encoder.n_encoded_} encoded, {encoder.n_cached_} from cache ({t_encode:.1f} s)")
@@ -166,7 +173,7 @@ def _run_pipeline(
     if config.mode == "full":
         from .train_full import fit_full
 
-        model, head, train_info = fit_full(encoder, train_sel, config, weights=weights)
+        model, head, train_info = fit_full(encoder, train_sel, config, weights=weights, device=config.resolved_device())
         tuned = model.encode(sel.texts, batch_size=config.encode_batch_size, convert_to_numpy=True,
                              normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
     else:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import ENGINES, LOSSES, MODES, RunConfig
+from ..config import DEVICES, ENGINES, LOSSES, MODES, RunConfig
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -71,6 +72,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("where things go")
     g.add_argument("--base-model", metavar="DIR", help="local sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
     g.add_argument("--cache-dir", type=Path, default=None, help="vector cache (default: $KERN_FINETUNE_CACHE or ~/.cache/kern-finetune)")
+    g.add_argument("--device", choices=DEVICES, default=_DEFAULTS.device,
+                   help="where to encode and (--mode full) train; auto = CUDA when present; "
+                        "CUDA encodes in fp16 (default: %(default)s)")
+    g.add_argument("--ray-address", metavar="ADDRESS|local", default=None,
+                   help="encode the texts missing from the vector cache on Ray (the ray extra): a cluster "
+                        "address, or local for a local Ray runtime (default: $RAY_ADDRESS, else in this process)")
     g.add_argument("--embedding-name", help="name of the pushed embedding (default: <attribute>-classification-kern-finetune-<model>)")
 
 
@@ -100,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         seed=args.seed,
         base_model=args.base_model,
         embedding_name=args.embedding_name,
+        device=args.device,
+        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
     )
     if args.cache_dir is not None:
         config.cache_dir = args.cache_dir
