@@ -1,8 +1,10 @@
-"""Small socket helper shared by the local host and the webhook service."""
+"""Small network helpers: a bound socket (the local host, the webhook service) and URI identity/redaction."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 
@@ -18,3 +20,61 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     return sock
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` without its userinfo: ``http://user:PW@host:4455/x`` -> ``http://host:4455/x``.
+
+    Every URI that is printed, logged or stored goes through this, so a password written into the
+    URI never leaves the process (issue 16, point 7).
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def host_identity(uri: str) -> str:
+    """The host a URI names, however it is spelled: ``scheme://host:port[/path]``.
+
+    The scheme and host are lower-cased, userinfo is dropped, the default port is written out
+    (``http`` 80, ``https`` 443), every loopback spelling (``localhost``, ``127.0.0.1``, any
+    127.0.0.0/8 address, ``[::1]``) becomes ``localhost``, and a trailing slash is removed. Two URIs
+    with the same identity reach the same host, so the sync lock and state are keyed by it.
+    Raises :class:`ConfigError` for a URI that names no host or has a bad port.
+    """
+    parts = urlsplit(uri.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        raise ConfigError(f"host URI must look like http://host:port, got {redact_uri(uri)!r}")
+    try:
+        port = parts.port or _DEFAULT_PORTS[scheme]
+    except ValueError:
+        raise ConfigError(f"host URI has a bad port: {redact_uri(uri)!r}") from None
+    if _is_loopback(host):
+        host = "localhost"
+    elif ":" in host:
+        host = f"[{ipaddress.ip_address(host).compressed}]" if _is_ip(host) else f"[{host}]"
+    path = parts.path.rstrip("/")
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

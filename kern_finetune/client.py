@@ -23,13 +23,24 @@ Reliability rules:
   connection errors, timeouts and 5xx, ``retries`` times, sleeping ``backoff * 2**attempt`` seconds in
   between; the embedding-create POST is retried only when the connection could not be opened at all
   (the request never reached the host), so a retry can never stage two versions;
-- a 401 on an API call triggers one fresh login and one repeat of the call;
+- a 401 on an API call, whatever its body (refinery's proxy answers ``{"error_code": ...}``, but an
+  expired token is refused earlier by oathkeeper with its own body), triggers one fresh login and one
+  repeat of the call; a second 401 is an :class:`AuthError` that says the fresh session was refused;
+- refinery's proxy turns every gateway status it does not map into ``200`` with body ``null``
+  (refinery-gateway-proxy ``app.py``): such an answer is a gateway failure, retried like a 5xx and then
+  raised as :class:`HostUnavailableError` that says so, never handed on as data;
 - host ``error_code``\\ s map onto :mod:`kern_finetune.errors`: ``UNRECOGNIZED_USER`` /
   ``FORBIDDEN_USER`` -> :class:`AuthError`, ``PROJECT_NOT_FOUND`` -> :class:`ProjectNotFoundError`,
   exhausted retries -> :class:`HostUnavailableError`;
 - the password and the session token never appear in logs, exception messages or ``repr``: they are
   sent only in the login body and the ``Authorization``/``identifier`` headers, and every message the
-  client builds passes through a scrubber that masks both.
+  client builds passes through a scrubber that masks both. Userinfo written into the URI
+  (``http://user:PW@host``) is dropped with a warning: never sent, shown, logged or stored
+  (:func:`kern_finetune._net.redact_uri`); credentials come from the secrets file or the environment.
+
+Writing vectors: the ``api`` door (``docs/push-contract.md``) is an extension proposed for refinery's
+issues #24 / #48 that a refinery-compatible host (``kern-finetune host``) may implement; no refinery
+version has it. :meth:`RefineryClient.offers_push_extension` asks the host before anything is encoded.
 """
 
 from __future__ import annotations
@@ -58,6 +69,7 @@ from .errors import (
     ProjectNotFoundError,
     PushError,
 )
+from ._net import host_identity, redact_uri
 from .export import Record, parse_export_payload
 
 __all__ = [
@@ -69,7 +81,9 @@ __all__ = [
     "PLATFORM",
     "RefineryClient",
     "PushResult",
+    "SimilarRecords",
     "default_embedding_name",
+    "model_short",
     "client_from_options",
 ]
 
@@ -88,12 +102,16 @@ _MASK = "***"
 ProgressFn = Callable[[str], None]
 
 
-def default_embedding_name(attribute: str, model: str) -> str:
-    """``<attribute>-classification-kern-finetune-<model>``, refinery's naming with our platform."""
-    return f"{attribute}-classification-{PLATFORM}-{_model_short(model)}"
+def default_embedding_name(attribute: str, model: str, *, platform: str = PLATFORM) -> str:
+    """``<attribute>-classification-<platform>-<model>``: refinery's naming (docs/refinery-api.md).
+
+    The one place kern-finetune builds an embedding name (sync, demo, push); ``platform`` is
+    ``kern-finetune`` for our vectors, ``huggingface`` for a base model refinery could compute itself.
+    """
+    return f"{attribute}-classification-{platform}-{model_short(model)}"
 
 
-def _model_short(model: str) -> str:
+def model_short(model: str) -> str:
     """``/path/to/all-MiniLM-L6-v2/`` -> ``all-MiniLM-L6-v2``; ``org/name`` -> ``name``."""
     return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model
 
@@ -110,6 +128,31 @@ class PushResult:
     state: str = "FINISHED"
 
 
+@dataclass(frozen=True)
+class SimilarRecords:
+    """A host's similarity-search answer, ranked as the host ranked it.
+
+    refinery's data browser returns at most 100 records within the embedding's similarity
+    threshold, the query record first (distance 0); ``query_included`` says whether this host did.
+    ``threshold`` is None where the host applies none.
+    """
+
+    record_id: str
+    record_ids: list[str]
+    scores: list[float]
+    threshold: float | None
+    embedding: str
+
+    @property
+    def query_included(self) -> bool:
+        return bool(self.record_ids) and self.record_ids[0] == self.record_id
+
+    @property
+    def neighbours(self) -> list[str]:
+        """The results other than the query record."""
+        return [r for r in self.record_ids if r != self.record_id]
+
+
 @dataclass
 class _Attempt:
     """Outcome of one HTTP exchange (private)."""
@@ -117,6 +160,7 @@ class _Attempt:
     response: requests.Response | None = None
     error: str = ""
     retryable: bool = False
+    gateway_null: bool = False
 
 
 class RefineryClient:
@@ -142,14 +186,20 @@ class RefineryClient:
     ) -> None:
         if not uri:
             raise ConfigError("no host URI given")
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(f"host URI must look like http://host:port, got {uri!r}")
+        self.identity = host_identity(uri)  # validates; ConfigError for a URI that names no host
+        """The host however its URI is spelled (:func:`kern_finetune._net.host_identity`)."""
         if not user_name or not password:
             raise ConfigError("user name and password are both required to log in")
         if timeout <= 0 or retries < 0 or backoff < 0:
             raise ConfigError("timeout must be positive, retries and backoff not negative")
-        self.uri = uri.rstrip("/")
+        # Userinfo (http://user:PW@host) is dropped: never sent (requests would turn it into a Basic
+        # header over our bearer token), shown, logged or stored. Credentials come from secrets/env.
+        self._uri_password = urlsplit(uri).password
+        if "@" in urlsplit(uri).netloc:
+            log.warning("ignoring the user name/password written into the host URI; use --secrets or the environment")
+        self._base = redact_uri(uri.strip()).rstrip("/")
+        self.uri = self._base
+        """The host URI as requests go to it and messages show it: without userinfo."""
         self.user_name = user_name
         self._password = password
         self.timeout = float(timeout)
@@ -217,7 +267,7 @@ class RefineryClient:
 
     def _scrub(self, text: str) -> str:
         """Mask the password and the token wherever they might appear in ``text``."""
-        for secret in (self._password, self._token):
+        for secret in (self._password, self._token, self._uri_password):
             if secret:
                 text = text.replace(secret, _MASK)
         return text
@@ -232,7 +282,7 @@ class RefineryClient:
     def login(self) -> None:
         """Ory Kratos API flow: fetch a login flow, post the password to its action URL, keep the token."""
         self._token = None
-        flow_url = self.uri + _LOGIN_PATH
+        flow_url = self._base + _LOGIN_PATH
         resp = self._send("GET", flow_url, headers={"Accept": "application/json"}, idempotent=True, what="login flow")
         if resp.status_code != 200:
             raise self._error_for(resp, what="login flow")
@@ -242,7 +292,7 @@ class RefineryClient:
                 raise TypeError
         except (ValueError, KeyError, TypeError):
             raise AuthError(f"{self.uri} did not answer the login flow with ui.action: is it a refinery host?") from None
-        action = urljoin(self.uri + "/", action)
+        action = urljoin(self._base + "/", action)
         body = {"method": "password", "password": self._password, "password_identifier": self.user_name}
         # Creating a session is harmless to repeat: retried like an idempotent call.
         resp = self._send(
@@ -289,19 +339,26 @@ class RefineryClient:
         idempotent: bool,
         what: str,
         timeout: float | None = None,
+        null_ok: bool = False,
     ) -> requests.Response:
         """One request with retries/backoff; returns the last response (any status) or raises
-        :class:`HostUnavailableError` when no usable answer came back."""
+        :class:`HostUnavailableError` when no usable answer came back.
+
+        ``200`` with body ``null`` is refinery's proxy passing on a gateway failure: retried like a
+        5xx (when ``idempotent``), then raised, unless ``null_ok`` (the door probe reads it itself).
+        """
         timeout = timeout or self.timeout
         path = urlsplit(url).path
         last = ""
+        gateway_null = False
         for attempt in range(self.retries + 1):
             outcome = self._once(method, url, headers=headers, data=data, params=params, timeout=timeout,
-                                 idempotent=idempotent)
-            if outcome.response is not None and not outcome.retryable:
+                                 idempotent=idempotent, null_ok=null_ok)
+            gateway_null = outcome.gateway_null
+            if outcome.response is not None and not outcome.retryable and not gateway_null:
                 return outcome.response
             last = outcome.error
-            if outcome.response is not None:
+            if outcome.response is not None and not gateway_null:
                 last = f"HTTP {outcome.response.status_code}"
             if not outcome.retryable or attempt == self.retries:
                 break
@@ -309,6 +366,11 @@ class RefineryClient:
             log.warning("%s %s: %s; retry %d/%d in %.1fs", method, path, last, attempt + 1, self.retries, delay)
             self._sleep(delay)
         tries = attempt + 1
+        if gateway_null:
+            raise HostUnavailableError(self._scrub(
+                f"{what}: the refinery gateway behind {self.uri} failed ({method} {path} answered 200 with body "
+                f"null, the proxy's answer for any gateway error; {tries} attempt(s)): see the refinery-gateway logs"
+            ))
         raise HostUnavailableError(self._scrub(f"{what} failed at {self.uri}{path} after {tries} attempt(s): {last}"))
 
     def _once(
@@ -321,11 +383,13 @@ class RefineryClient:
         params: dict[str, Any] | None,
         timeout: float,
         idempotent: bool,
+        null_ok: bool = False,
     ) -> _Attempt:
         path = urlsplit(url).path
         try:
             resp = self.session.request(
-                method, url, headers=headers, data=data, params=params, timeout=(min(timeout, 10.0), timeout)
+                method, url, headers=headers, data=data, params=params, timeout=(min(timeout, 10.0), timeout),
+                allow_redirects=False,
             )
         except requests.exceptions.ConnectTimeout:
             return _Attempt(error="connect timeout", retryable=True)
@@ -339,6 +403,8 @@ class RefineryClient:
         log.debug("%s %s -> %d", method, path, resp.status_code)
         if resp.status_code >= 500:
             return _Attempt(response=resp, retryable=idempotent)
+        if resp.status_code == 200 and not null_ok and _is_null(resp):
+            return _Attempt(response=resp, error="200 null", retryable=idempotent, gateway_null=True)
         return _Attempt(response=resp)
 
     def _request(
@@ -352,23 +418,37 @@ class RefineryClient:
         what: str = "",
         timeout: float | None = None,
         ok: tuple[int, ...] = (200, 201, 204),
+        null_ok: bool = False,
     ) -> requests.Response:
-        """An authenticated API call: lazy login, one re-login on 401, errors mapped onto our classes."""
+        """An authenticated API call: lazy login, one re-login on any 401, errors mapped onto our classes."""
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "DELETE", "HEAD")
         what = what or f"{method} {path}"
         if self._token is None:
             self.login()
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
-        url = self.uri + path
+        url = self._base + path
         for relogin in (False, True):
             resp = self._send(method, url, headers=self._headers(), data=data, params=params,
-                              idempotent=idempotent, what=what, timeout=timeout)
-            # 401 = token unknown or expired: log in once more. FORBIDDEN_USER = no access: no point.
-            if resp.status_code == 401 and not relogin and _error_code(resp) != "FORBIDDEN_USER":
-                log.info("%s: session expired or refused, logging in again", what)
+                              idempotent=idempotent, what=what, timeout=timeout, null_ok=null_ok)
+            # Any 401: the token is unknown or expired. refinery's proxy says so with
+            # {"error_code": "UNRECOGNIZED_USER"}, but oathkeeper checks the bearer token first and
+            # refuses an expired one with its own body ({"error": {"code": 401, ...}}), or, where its
+            # redirect error handler applies (refinery's oathkeeper/access-rules.yml, the /api rule),
+            # with a redirect to the login page: log in once more.
+            refused = resp.status_code == 401 or _to_login(resp)
+            if refused and not relogin:
+                log.info("%s: session expired or refused (HTTP %d), logging in again", what, resp.status_code)
                 self.login()
                 continue
+            if refused:
+                reason = _error_code(resp) or _error_detail(resp) or (
+                    "redirected to the login page" if _to_login(resp) else "no reason given")
+                raise AuthError(self._scrub(
+                    f"{what}: {self.uri} refused a fresh session of user {self.user_name!r} (HTTP "
+                    f"{resp.status_code} again after logging in anew: {reason}); check that this user may use "
+                    "the API of this project"
+                ))
             break
         if resp.status_code in ok:
             return resp
@@ -386,6 +466,10 @@ class RefineryClient:
             return ProjectNotFoundError(self._scrub(f"{what}: project not found on {self.uri}{suffix}"))
         if resp.status_code >= 500:
             return HostUnavailableError(self._scrub(f"{what}: host error HTTP {resp.status_code}{suffix}"))
+        if 300 <= resp.status_code < 400:
+            where = redact_uri(resp.headers.get("location", "?"))
+            return HostError(self._scrub(f"{what}: {self.uri} redirected to {where} (HTTP {resp.status_code}); "
+                                         "pass the URI the host really answers on"))
         label = f"{code} " if code else ""
         return HostError(self._scrub(f"{what}: {label}HTTP {resp.status_code}{suffix}"))
 
@@ -434,23 +518,65 @@ class RefineryClient:
             raise HostError("embedding list is not a JSON list")
         return data
 
-    def similarity(
-        self, embedding: str, record_id: str, *, limit: int = 100, project_id: str | None = None
-    ) -> list[str]:
-        """``POST /api/project/{id}/similarity``: ids of the ``limit`` nearest records (query excluded)."""
+    def offers_push_extension(self, project_id: str | None = None) -> bool:
+        """Does this host take vectors through the ``api`` door (``docs/push-contract.md``)?
+
+        Asks ``GET /api/project/{id}/embeddings``: a JSON list means yes. ``404`` without
+        ``PROJECT_NOT_FOUND`` (refinery's proxy answers ``{"detail": "Not Found"}`` for routes it lacks)
+        or ``200 null`` (a gateway behind the proxy that lacks it) means no. Auth and project errors
+        are raised as on any call. Cheap: nothing is encoded or sent but this one read.
+        """
         pid = self._project(project_id)
+        resp = self._request("GET", f"/api/project/{pid}/embeddings", what="asking for the push extension",
+                             ok=(200, 404, 405), null_ok=True)
+        if resp.status_code != 200:
+            if _error_code(resp) == "PROJECT_NOT_FOUND":
+                raise ProjectNotFoundError(f"asking for the push extension: project {pid} not found on {self.uri}")
+            return False
+        try:
+            data = resp.json()
+        except ValueError:
+            return False
+        if isinstance(data, dict):
+            data = data.get("embeddings")
+        return isinstance(data, list)
+
+    def search_similar(
+        self, embedding: str, record_id: str, *, limit: int | None = None, project_id: str | None = None
+    ) -> SimilarRecords:
+        """``POST /api/project/{id}/similarity`` (a read of the push extension, ``docs/push-contract.md``).
+
+        The host answers as refinery's data browser does: at most 100 records within the embedding's
+        similarity threshold, the query record first. ``limit`` (1..100) asks for fewer; None sends
+        none (the host's default, 100).
+        """
+        pid = self._project(project_id)
+        body: dict[str, Any] = {"embedding": embedding, "record_id": str(record_id)}
+        if limit is not None:
+            body["limit"] = int(limit)
         resp = self._request(
-            "POST",
-            f"/api/project/{pid}/similarity",
-            body={"embedding": embedding, "record_id": str(record_id), "limit": int(limit)},
-            idempotent=True,  # a read
+            "POST", f"/api/project/{pid}/similarity", body=body, idempotent=True,  # a read
             what="similarity search",
         )
         data = _json(resp, what="similarity result")
         ids = data.get("record_ids") if isinstance(data, dict) else None
         if not isinstance(ids, list):
             raise HostError("similarity result lacks record_ids")
-        return [str(i) for i in ids]
+        scores = data.get("scores")
+        threshold = data.get("threshold")
+        return SimilarRecords(
+            record_id=str(data.get("record_id", record_id)),
+            record_ids=[str(i) for i in ids],
+            scores=[float(x) for x in scores] if isinstance(scores, list) and len(scores) == len(ids) else [],
+            threshold=float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else None,
+            embedding=str(data.get("embedding", embedding)),
+        )
+
+    def similarity(
+        self, embedding: str, record_id: str, *, limit: int | None = None, project_id: str | None = None
+    ) -> list[str]:
+        """The record ids of :meth:`search_similar`, in the host's order (the query first)."""
+        return self.search_similar(embedding, record_id, limit=limit, project_id=project_id).record_ids
 
     # ----------------------------------------------------------------------------------------------
     # pushing (docs/push-contract.md)
@@ -544,7 +670,7 @@ class RefineryClient:
             "custom": True,
             "dimension": int(dim),
             "platform": PLATFORM,
-            "model": _model_short(model),
+            "model": model_short(model),
             "count": int(n),
         }
         say(f"push: staging {name!r} ({n} vectors, {dim} dims) on {self.uri}")
@@ -646,6 +772,16 @@ def _as_push_error(exc: KernFinetuneError, name: str, note: str = "") -> KernFin
     return PushError(f"the host refused embedding {name!r}: {exc}" + (f" ({note})" if note else ""))
 
 
+def _to_login(resp: requests.Response) -> bool:
+    """A redirect to a login page: how oathkeeper's redirect error handler refuses a session."""
+    return 300 <= resp.status_code < 400 and "login" in resp.headers.get("location", "").lower()
+
+
+def _is_null(resp: requests.Response) -> bool:
+    """The body is JSON ``null``: what refinery's proxy answers for a gateway error."""
+    return resp.content.strip() == b"null"
+
+
 def _json(resp: requests.Response, *, what: str) -> Any:
     try:
         return resp.json()
@@ -674,10 +810,10 @@ def _error_detail(resp: requests.Response) -> str:
         return ""
     if not isinstance(data, dict):
         return ""
-    for key in ("detail", "error_message", "message"):
+    for key in ("detail", "error_message", "message", "error"):
         value = data.get(key)
-        if isinstance(value, dict):
-            value = value.get("detail") or value.get("message")
+        if isinstance(value, dict):  # FastAPI's {"detail": {...}}, oathkeeper's {"error": {"message", ...}}
+            value = value.get("detail") or value.get("message") or value.get("reason")
         if isinstance(value, str) and value:
             return value[:300]
     return ""

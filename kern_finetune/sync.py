@@ -1,20 +1,47 @@
-"""Re-train and re-push only when the labels changed: ``kern-finetune sync``.
+"""Re-train and write the embedding only when the labels changed: ``kern-finetune sync``.
 
-One sync: pull the export -> select the labels the pipeline would train on (manual, plus weak labels
-above the threshold) -> fingerprint them -> compare with what the last *successful* sync of this
-project stored -> if nothing (or fewer than ``min_new_labels`` labels) changed and not ``force``:
-"up to date", nothing trained or pushed -> else run the pipeline, push the embedding, and only then
-store the new fingerprint and label state.
+One sync: check which *door* can take the vectors -> pull the export -> select the labels the
+pipeline would train on (manual, plus weak labels above the threshold) -> fingerprint them -> compare
+with what the last *successful* sync of this project stored -> if nothing (or fewer than
+``min_new_labels`` labels) changed and not ``force``: "up to date", nothing trained or written -> else
+run the pipeline, write the embedding through the door, and only then store the new fingerprint and
+label state.
+
+Doors (``door=``), each named for what it is:
+
+``api``
+    the push contract of ``docs/push-contract.md``: an extension proposed for refinery's issues #24 /
+    #48 that a refinery-compatible host (``kern-finetune host``) may implement. No refinery version
+    has it.
+``snapshot``
+    write a copy of a project snapshot (``snapshot=SRC.zip``, exported in refinery's UI) with our
+    embedding added (``write_snapshot=OUT.zip``); the user imports it in refinery's UI, where it becomes
+    a new project (:func:`kern_finetune.snapshot.write_snapshot`).
+``model``
+    the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
+    embedder to compute as a ``huggingface`` embedding itself (:func:`model_door_steps`).
+``auto``
+    ``snapshot`` when ``write_snapshot`` is given (an explicit output wins), else ``api`` when the host
+    offers it, else the sync fails within seconds, before anything is pulled or encoded, with one line
+    naming the snapshot door.
+
+Before anything is encoded the door is checked: ``api`` asks the host
+(:meth:`~kern_finetune.client.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
+snapshot and, once the export is pulled, checks that it holds the same records.
 
 State lives per host and project in ``state_dir`` (default
-``<config.cache_dir>/sync/<host-hash>/<project>/``): ``state.json`` (fingerprint, labels, embedding
-pushed, when) and ``sync.lock``. The lock is an ``fcntl.flock`` taken without blocking: a second
-sync of the same project while one runs raises :class:`SyncBusyError` at once. The kernel releases
-the lock when the process ends, so a crashed sync leaves no stale lock behind.
+``<config.cache_dir>/sync/<12 hex of sha256(host identity)>/<project>/``): ``state.json``
+(fingerprint, labels, door, what was written, when) and ``sync.lock``. The host identity is the
+normalised ``scheme://host:port`` (:func:`kern_finetune._net.host_identity`: ``localhost``,
+``127.0.0.1`` and ``[::1]`` are one host, default ports and a trailing slash do not matter), so one
+project reached under two spellings shares one lock. No URI is stored or printed with userinfo. The
+lock is an ``fcntl.flock`` taken without blocking: a second sync of the same project while one runs
+raises :class:`SyncBusyError` at once. The kernel releases the lock when the process ends, so a
+crashed sync leaves no stale lock behind.
 
-What counts as the label state: ``{record id: selected label}`` plus the task, the threshold and the
-id attribute (see :func:`kern_finetune.select.label_fingerprint`). Other training options are not
-part of it: after changing e.g. ``--loss``, use ``--force``.
+What counts as the label state: ``{record id: selected label}`` plus the task, the threshold, the
+id attribute and the door (see :func:`kern_finetune.select.label_fingerprint`). Other training
+options are not part of it: after changing e.g. ``--loss``, use ``--force``.
 """
 
 from __future__ import annotations
@@ -31,20 +58,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .client import PushResult, RefineryClient
+from ._net import host_identity
+from .client import PushResult, RefineryClient, default_embedding_name, model_short
 from .config import RunConfig
-from .errors import ConfigError, SyncBusyError
+from .errors import ConfigError, PushError, SyncBusyError
 from .export import Record, resolve_task
 from .select import default_text_attributes, label_fingerprint, select_labels
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
     from .pipeline import RunResult
 
-__all__ = ["SyncResult", "sync_project", "sync_state_dir", "label_state", "STATE_FILE", "LOCK_FILE"]
+__all__ = [
+    "DOORS",
+    "SyncResult",
+    "sync_project",
+    "choose_door",
+    "sync_state_dir",
+    "label_state",
+    "embedding_attribute",
+    "model_door_steps",
+    "no_door_message",
+    "STATE_FILE",
+    "LOCK_FILE",
+]
 
 STATE_FILE = "state.json"
 LOCK_FILE = "sync.lock"
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+DOORS = ("auto", "api", "snapshot", "model")
+"""``--door`` values: ``auto`` picks what the host offers (see the module docstring)."""
 
 ProgressFn = Callable[[str], None]
 PipelineFn = Callable[..., "RunResult"]
@@ -52,7 +94,8 @@ PipelineFn = Callable[..., "RunResult"]
 
 @dataclass
 class SyncResult:
-    """What one sync did. ``status`` is ``"up-to-date"`` or ``"pushed"``."""
+    """What one sync did. ``status``: ``"up-to-date"``, ``"pushed"`` (api door) or ``"written"``
+    (snapshot or model door: a file or folder for the user to bring into refinery)."""
 
     status: str
     project_id: str
@@ -64,6 +107,13 @@ class SyncResult:
     message: str
     run: RunResult | None = field(default=None, repr=False)
     push: PushResult | None = None
+    door: str = "api"
+    attribute: str = ""
+    """The attribute the embedding belongs to (what refinery names it after)."""
+    written: Path | None = None
+    """The snapshot zip (snapshot door) or model folder (model door) written."""
+    embedding: str | None = None
+    """The embedding's name: pushed, written, or (up to date) the one the last sync wrote."""
 
     @property
     def pushed(self) -> bool:
@@ -71,23 +121,103 @@ class SyncResult:
 
 
 def sync_state_dir(uri: str, project_id: str, config: RunConfig) -> Path:
-    """``<cache_dir>/sync/<12 hex of sha256(host uri)>/<project id>``."""
-    host_hash = hashlib.sha256(uri.rstrip("/").lower().encode()).hexdigest()[:12]
+    """``<cache_dir>/sync/<12 hex of sha256(host identity)>/<project id>``: one per project, however
+    the host's URI is spelled (:func:`kern_finetune._net.host_identity`)."""
+    host_hash = hashlib.sha256(host_identity(uri).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in project_id) or "_"
     return Path(config.cache_dir) / "sync" / host_hash / safe
 
 
-def label_state(records: list[Record], config: RunConfig) -> tuple[str, dict[str, str], str]:
-    """``(fingerprint, {record id: label}, task label)`` of the labels the pipeline would select."""
+def _task_and_texts(records: list[Record], config: RunConfig) -> tuple[Any, list[str]]:
     task = resolve_task(records, config.task)
     text_attrs = config.text_attributes or default_text_attributes(
         records, id_attribute=config.id_attribute, gold_attribute=config.gold_attribute
     )
+    return task, list(text_attrs)
+
+
+def embedding_attribute(records: list[Record], config: RunConfig) -> str:
+    """The attribute the embedding belongs to: the task's attribute, else the first text attribute
+    (the pipeline's rule: ``<attribute>-classification-<platform>-<model>``)."""
+    task, text_attrs = _task_and_texts(records, config)
+    return str(task.attribute or (text_attrs[0] if text_attrs else "text"))
+
+
+def label_state(records: list[Record], config: RunConfig) -> tuple[str, dict[str, str], str]:
+    """``(fingerprint, {record id: label}, task label)`` of the labels the pipeline would select."""
+    task, text_attrs = _task_and_texts(records, config)
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
         gold_attribute=None, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
     )
     return label_fingerprint(sel, task.label, config.threshold), sel.label_state(), task.label
+
+
+def no_door_message(uri: str, project_id: str) -> str:
+    """The one line a sync ends with when the host cannot take vectors and no other door was chosen."""
+    return (
+        f"{uri} cannot take vectors: it has no push extension (GET /api/project/{project_id}/embeddings "
+        "is not served; no refinery version has one). Use the snapshot door: export a project snapshot "
+        "in refinery, run `kern-finetune run --export SNAPSHOT.zip --write-snapshot OUT.zip` (or `sync "
+        "--door snapshot --snapshot SNAPSHOT.zip --write-snapshot OUT.zip`) and import OUT.zip as a new "
+        "project; or `--door model` for a model refinery's embedder computes itself"
+    )
+
+
+def choose_door(
+    client: RefineryClient,
+    project_id: str,
+    door: str = "auto",
+    *,
+    snapshot: Path | None = None,
+    write_snapshot: Path | None = None,
+) -> str:
+    """The door this sync writes through (``api``, ``snapshot`` or ``model``); see the module docstring.
+
+    Checks the options (:class:`ConfigError`) and, for ``api``/``auto``, asks the host with one read.
+    Raises :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
+    """
+    if door not in DOORS:
+        raise ConfigError(f"--door must be one of {', '.join(DOORS)}, got {door!r}")
+    if door in ("api", "model") and (snapshot is not None or write_snapshot is not None):
+        raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door {door}")
+    if door == "snapshot" or (door == "auto" and write_snapshot is not None):
+        _check_snapshot_options(snapshot, write_snapshot)
+    if door == "auto" and write_snapshot is not None:
+        return "snapshot"
+    if door in ("snapshot", "model"):
+        return door
+    if client.offers_push_extension(project_id):
+        return "api"
+    raise PushError(no_door_message(client.uri, project_id))
+
+
+def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None) -> None:
+    if snapshot is None or write_snapshot is None:
+        raise ConfigError("the snapshot door needs --snapshot SRC.zip (exported in refinery) and --write-snapshot OUT.zip")
+    if not Path(snapshot).is_file():
+        raise ConfigError(f"--snapshot {snapshot}: no such file (export a project snapshot in refinery first)")
+    if Path(write_snapshot).resolve() == Path(snapshot).resolve():
+        raise ConfigError("--write-snapshot must name a new file, not the source snapshot")
+
+
+def model_door_steps(model_dir: Path, attribute: str, n_records: int) -> list[str]:
+    """How the model folder reaches refinery's embedder (refinery-embedder ``util/embedders.py``)."""
+    name = f"kern-finetune-{model_dir.resolve().parent.name or 'model'}"
+    steps = [
+        f"model door: {model_dir} is a sentence-transformers folder; refinery's embedder computes it itself:",
+        f"  1. put the folder inside the refinery-embedder container, e.g. `docker cp {model_dir} "
+        f"<refinery-embedder container>:/models/{name}` (or mount a volume there)",
+        f"  2. in the project's settings add an embedding on attribute {attribute!r}: platform Hugging Face, "
+        f"model `/models/{name}` (the gateway's POST /refinery-gateway/v1/embedding/<project id>/create-embedding "
+        "with config platform 'huggingface', model = that path)",
+    ]
+    if n_records >= 64:
+        steps.append(
+            "  note: refinery reduces attribute-level embeddings of projects with 64 or more records to 64 "
+            "dimensions by PCA before search (refinery-embedder util/embedders.py)"
+        )
+    return steps
 
 
 def sync_project(
@@ -103,13 +233,18 @@ def sync_project(
     pipeline: PipelineFn | None = None,
     chunk_size: int = 1000,
     tensor_format: str = "json",
+    door: str = "auto",
+    snapshot: Path | None = None,
+    write_snapshot: Path | None = None,
 ) -> SyncResult:
-    """Pull, compare, and (when labels changed) train and push; see the module docstring.
+    """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
     ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (tests may inject a small
     one with the same signature). ``chunk_size`` / ``tensor_format`` go to
-    :meth:`RefineryClient.push_embedding`. Raises :class:`SyncBusyError` when another sync of the project
-    holds the lock, and whatever the client / pipeline raise; a failed push stores nothing.
+    :meth:`RefineryClient.push_embedding`. ``door`` / ``snapshot`` / ``write_snapshot``: see
+    :func:`choose_door`. Raises :class:`SyncBusyError` when another sync of the project holds the lock,
+    :class:`PushError` when no door can take the vectors (before anything is pulled or encoded), and
+    whatever the client / pipeline raise; a failed write stores nothing.
     """
     say = progress or (lambda _msg: None)
     config.validate()
@@ -123,53 +258,85 @@ def sync_project(
     sdir.mkdir(parents=True, exist_ok=True)
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
+        chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot)
+        say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
+        source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
+
         say(f"sync 1/4: pull the export of project {pid} from {client.uri}")
         t = time.perf_counter()
         records = client.get_export(pid)
         say(f"         {len(records)} records ({time.perf_counter() - t:.1f} s)")
+        if source is not None:
+            _check_same_records(source, records, config.id_attribute, snapshot)
 
         say("sync 2/4: compare the labels with the last sync")
         fingerprint, labels, task = label_state(records, config)
+        attribute = embedding_attribute(records, config)
+        key = _state_key(task, config, chosen)
         previous = _read_state(sdir / STATE_FILE)
         prev_fp = previous.get("fingerprint") if previous else None
-        same_key = bool(previous) and previous.get("key") == _state_key(task, config)
+        same_key = bool(previous) and previous.get("key") == key
         changed = _count_changed(previous.get("labels", {}) if same_key and previous else {}, labels)
         if not same_key:
             changed = len(labels)
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
-        if not force and previous and (fingerprint == prev_fp or changed < min_new_labels):
+        # a file door is up to date only while what it wrote is still where this sync would write it
+        target = _target(chosen, write_snapshot, Path(out_dir))
+        still_there = target is None or (previous is not None and previous.get("written") == str(target)
+                                         and target.exists())
+        if not force and previous and same_key and still_there and (fingerprint == prev_fp or changed < min_new_labels):
             why = "labels unchanged" if fingerprint == prev_fp else f"{changed} changed label(s) < --min-new-labels {min_new_labels}"
-            msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays served"
+            msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
-            return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg)
+            return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg,
+                              door=chosen, attribute=attribute, embedding=previous.get("embedding"))
 
         run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
         result = run(records, config, out_dir=Path(out_dir), progress=say)
+        model = model_short(str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2"))
 
-        say(f"sync 4/4: push {result.embedding_name!r}")
-        attribute = _attribute_of(result, config)
-        model = str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2")
-        pushed = client.push_embedding(
-            pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
-            chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
-        )
-        # only a successful push reaches this point: now the new state may be stored
+        pushed: PushResult | None = None
+        written: Path | None = None
+        if chosen == "api":
+            say(f"sync 4/4: push {result.embedding_name!r} through the push extension")
+            pushed = client.push_embedding(
+                pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
+                chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
+            )
+            name, status = pushed.name, "pushed"
+            msg = f"pushed {name!r} ({pushed.count} vectors) after {changed} label change(s)"
+        elif chosen == "snapshot":
+            assert snapshot is not None and write_snapshot is not None
+            say(f"sync 4/4: write {write_snapshot} (snapshot door)")
+            name = _write_snapshot(snapshot, write_snapshot, result, attribute=attribute, model=model, config=config)
+            written, status = Path(write_snapshot), "written"
+            msg = (f"wrote {written} with embedding {name!r} after {changed} label change(s); import it in "
+                   "refinery's UI as a new project (upload a project snapshot)")
+        else:
+            say("sync 4/4: model folder (model door)")
+            name, written, status = result.embedding_name, Path(result.model_dir), "written"
+            for line in model_door_steps(written, attribute, len(result.ids)):
+                say(line)
+            msg = f"wrote the model folder {written} after {changed} label change(s)"
+        # only a successful write reaches this point: now the new state may be stored
         _write_state(sdir / STATE_FILE, {
             "version": _STATE_VERSION,
-            "host": client.uri,
+            "host": client.identity,
             "project_id": pid,
-            "key": _state_key(task, config),
+            "key": key,
+            "door": chosen,
             "fingerprint": fingerprint,
             "labels": labels,
-            "embedding": pushed.name,
-            "embedding_id": pushed.embedding_id,
+            "embedding": name,
+            "embedding_id": pushed.embedding_id if pushed else None,
+            "written": str(written) if written else None,
             "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        msg = f"pushed {pushed.name!r} ({pushed.count} vectors) after {changed} label change(s)"
         say(f"sync: {msg}")
-        return SyncResult("pushed", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg, run=result, push=pushed)
+        return SyncResult(status, pid, fingerprint, prev_fp, changed, len(labels), sdir, msg, run=result,
+                          push=pushed, door=chosen, attribute=attribute, written=written, embedding=name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,16 +349,49 @@ def _default_pipeline() -> PipelineFn:
     return run_pipeline
 
 
-def _attribute_of(result: RunResult, config: RunConfig) -> str:
-    """The attribute the embedding is named after: ``<attribute>-classification-...``."""
-    if "-classification-" in result.embedding_name:
-        return result.embedding_name.split("-classification-", 1)[0]
-    texts = result.metrics.get("text_attributes") or config.text_attributes or ["text"]
-    return str(texts[0])
+def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | None:
+    """What a file door writes (compared with the last sync's): the snapshot zip or the model folder."""
+    if door == "snapshot" and write_snapshot is not None:
+        return Path(write_snapshot)
+    if door == "model":
+        return out_dir / "model"
+    return None
 
 
-def _state_key(task: str, config: RunConfig) -> dict[str, Any]:
-    return {"task": task, "threshold": config.threshold, "id_attribute": config.id_attribute}
+def _read_source_snapshot(path: Path | None) -> Any:
+    from .snapshot import read_snapshot
+
+    assert path is not None
+    return read_snapshot(path)
+
+
+def _check_same_records(source: Any, records: list[Record], id_attribute: str, path: Path | None) -> None:
+    """The snapshot door writes one vector per snapshot record: the project must hold the same records."""
+    want = {str(r.get(id_attribute)) for r in source.records}
+    have = {str(r.get(id_attribute)) for r in records}
+    if want != have:
+        raise ConfigError(
+            f"--snapshot {path} holds other records than the project ({len(want - have)} only in the snapshot, "
+            f"{len(have - want)} only in the project, by {id_attribute!r}): export a fresh snapshot of this project"
+        )
+
+
+def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, model: str, config: RunConfig) -> str:
+    """The snapshot door: ``write_snapshot`` names the embedding refinery's way; returns that name."""
+    from .snapshot import write_snapshot
+
+    name = config.embedding_name or default_embedding_name(attribute, model)
+    written = write_snapshot(
+        src, dst, ids=result.ids, vectors=result.vectors, attribute=attribute, model=model,
+        id_attribute=config.id_attribute, name=config.embedding_name,
+    )
+    if name not in written.embeddings:
+        raise PushError(f"read-back check: {dst} holds no embedding named {name!r}")
+    return name
+
+
+def _state_key(task: str, config: RunConfig, door: str) -> dict[str, Any]:
+    return {"task": task, "threshold": config.threshold, "id_attribute": config.id_attribute, "door": door}
 
 
 def _count_changed(old: dict[str, str], new: dict[str, str]) -> int:

@@ -1,7 +1,7 @@
-"""The client and sync against the product's own host (kern_finetune.host) over HTTP on 127.0.0.1.
+"""The client, sync and demo against the product's own host (kern_finetune.host) over HTTP on 127.0.0.1.
 
-Faults are injected on the client side through the swappable transport (a requests.Session that
-fails some calls), since the real host does not fake failures.
+Faults are injected on the client side through the swappable transport (tests/faults.py), since the
+real host does not fake failures.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import requests
 
+from faults import FaultAdapter
+from kern_finetune import host as host_mod
 from kern_finetune.client import RefineryClient
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import AuthError, HostUnavailableError, ProjectNotFoundError, PushError
@@ -22,13 +24,13 @@ from kern_finetune.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 
-host_mod = pytest.importorskip("kern_finetune.host")
-
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tests" / "data" / "ag_news_snapshot_small.zip"
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 USER, PASSWORD = "e2e@example.com", "e2e-Pa55-c0ffee"
 NAME = "headline-classification-kern-finetune-all-MiniLM-L6-v2"
+MARGIN_PRECISION = 3.0  # points of "share same class" among the host's search results (measured +4.9)
+MARGIN_TOP_100 = 2.0  # points of top_100 on the 1,000-record subset (measured +3.0)
 
 
 @pytest.fixture
@@ -43,22 +45,14 @@ def _client(host: Any, **kw: Any) -> RefineryClient:
     return RefineryClient(host.url, USER, PASSWORD, **opts)
 
 
-class FlakySession(requests.Session):
-    """Drops the connection on chosen calls: ``plan[(method, path suffix)] = number of failures``."""
-
-    def __init__(self, plan: dict[tuple[str, str], int], exc: type[Exception] = requests.exceptions.ConnectionError) -> None:
-        super().__init__()
-        self.plan = dict(plan)
-        self.exc = exc
-        self.seen: list[tuple[str, str]] = []
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        self.seen.append((method, url))
-        for (m, suffix), left in self.plan.items():
-            if left and m == method and url.split("?")[0].endswith(suffix):
-                self.plan[(m, suffix)] = left - 1
-                raise self.exc("('Connection aborted.', RemoteDisconnected('Remote end closed connection'))")
-        return super().request(method, url, *args, **kwargs)
+def _flaky(plan: dict[tuple[str, str], int]) -> tuple[requests.Session, FaultAdapter]:
+    """A session that drops the connection ``n`` times on ``(method, path suffix)``."""
+    adapter = FaultAdapter()
+    for (method, suffix), n in plan.items():
+        adapter.fail(method, rf"{suffix}$", "drop", times=n)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    return session, adapter
 
 
 def _unit(n: int, d: int = 16, seed: int = 0) -> np.ndarray:
@@ -71,7 +65,13 @@ def test_login_project_export(host: Any) -> None:
     details = c.get_project()
     assert {a["name"] for a in details["attributes"]} >= {"running_id", "headline"}
     records = c.get_export()
-    assert records == load_export(SNAPSHOT)
+    # every column the snapshot reader derives, record by record; the host may serve more columns
+    # (extraction tasks, as the real export does) and the gateway's record order
+    by_id = {r["running_id"]: r for r in records}
+    local = load_export(SNAPSHOT)
+    assert len(records) == len(by_id) == len(local)
+    for rec in local:
+        assert {k: by_id[rec["running_id"]].get(k) for k in rec} == rec
     assert len(c.get_export(num_samples=7)) == 7
 
 
@@ -85,17 +85,19 @@ def test_wrong_password_and_unknown_project(host: Any) -> None:
 def test_push_retries_dropped_chunks_and_serves(host: Any) -> None:
     records = load_export(SNAPSHOT)
     ids = [r["running_id"] for r in records]
-    session = FlakySession({("PUT", "/tensors"): 2, ("POST", "/finalize"): 1})
+    session, adapter = _flaky({("PUT", "/tensors"): 2, ("POST", "/finalize"): 1})
     c = _client(host, session=session)
     res = c.push_embedding(None, NAME, ids, _unit(len(ids)) * 3, attribute="headline", model="all-MiniLM-L6-v2", chunk_size=64)
-    assert res.chunks == 4
+    assert res.chunks == 4 and [r.hits for r in adapter.rules] == [2, 1]
     served = {e["name"]: e for e in c.list_embeddings()}
     assert served[NAME]["id"] == res.embedding_id
-    hits = c.similarity(NAME, ids[0], limit=100)
-    assert len(hits) == 100 and ids[0] not in hits
+    found = c.search_similar(NAME, ids[0])
+    assert 1 <= len(found.record_ids) <= 100
     want = _unit(len(ids))
     expected = [ids[j] for j in np.argsort(np.linalg.norm(want - want[0], axis=1))[1:101]]
-    assert hits[:20] == expected[:20]  # the host ranks what we pushed, normalised
+    # the host ranks what we pushed, normalised. Today's host leaves the query out and applies no
+    # threshold; refinery's data browser (and the host being rewritten) puts the query first.
+    assert found.neighbours[:20] == expected[: min(20, len(found.neighbours))]
 
 
 def test_compact_b64_tensors(host: Any) -> None:
@@ -105,7 +107,8 @@ def test_compact_b64_tensors(host: Any) -> None:
     res = c.push_embedding(None, NAME, ids, v, attribute="headline", model="m", tensor_format="b64")
     assert res.count == 200
     expected = [ids[j] for j in np.argsort(np.linalg.norm(v - v[7], axis=1))[1:11]]
-    assert c.similarity(NAME, ids[7], limit=10) == expected
+    found = c.search_similar(NAME, ids[7], limit=10)
+    assert 1 <= len(found.record_ids) <= 10 and found.neighbours == expected[: len(found.neighbours)]
 
 
 def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
@@ -114,16 +117,16 @@ def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
     c = _client(host)
     old = c.push_embedding(None, NAME, ids, _unit(len(ids), seed=1), attribute="headline", model="m")
     before = c.similarity(NAME, ids[3])
-    flaky = _client(host, session=FlakySession({("PUT", "/tensors"): 99}), retries=1)
+    flaky = _client(host, session=_flaky({("PUT", "/tensors"): 99})[0], retries=1)
     with pytest.raises(HostUnavailableError):
         flaky.push_embedding(None, NAME, ids, _unit(len(ids), seed=2), attribute="headline", model="m", chunk_size=50)
     with pytest.raises(PushError, match="EMBEDDING_INCOMPLETE"):
         c.push_embedding(None, NAME, ids[:-5], _unit(len(ids) - 5, seed=3), attribute="headline", model="m")
-    served = c.list_embeddings()
+    served = [e for e in c.list_embeddings() if e["name"] == NAME]  # the snapshot may bring its own
     assert [e["id"] for e in served] == [old.embedding_id]
     assert c.similarity(NAME, ids[3]) == before
     staged = c._request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
-    assert [e["id"] for e in staged] == [old.embedding_id]  # nothing half-written left behind
+    assert [e["id"] for e in staged if e["name"] == NAME] == [old.embedding_id]  # nothing half-written left behind
 
 
 def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -> None:
@@ -144,19 +147,36 @@ def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -
 
 
 @pytest.mark.slow
-def test_demo_json_on_a_small_sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """The real pipeline end to end through ``kern-finetune demo --json`` on 240 sample records."""
+def test_demo_fine_tuning_beats_raw_through_the_host_search(
+    subset_records: list[dict[str, Any]], shared_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real pipeline end to end through ``kern-finetune demo --json`` on the seeded 1,000-record
+    subset: fine-tuning must make the host's own similarity search serve more same-class records.
+
+    Measured (seed 42, 50 queries): share same class among the host's results 52.78% raw -> 57.66%
+    fine-tuned against the host before its rewrite (100 nearest, query left out), 59.65% -> 64.17%
+    against the rewritten host (refinery's threshold, query first; 48.4 -> 42.2 neighbours returned);
+    top_100 45.29% -> 48.33%. top_1k cannot tell them apart on 1,000 records (k is capped at n - 1), so
+    it is not asserted.
+    """
     import torch
 
     from kern_finetune import cli
 
     torch.set_num_threads(1)
-    monkeypatch.setenv("KERN_FINETUNE_CACHE", str(tmp_path / "cache"))
-    rc = cli.main(["demo", "--json", "--sample", "240", "--queries", "10", "--epochs", "3",
-                   "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    export = tmp_path / "subset.json"
+    export.write_text(json.dumps(subset_records))
+    rc = cli.main(["demo", "--json", "--export", str(export), "--queries", "50",
+                   "--out", str(tmp_path / "out"), "--cache-dir", str(shared_cache)])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("top_1k_raw", "top_1k_finetuned", "search_same_class_raw", "search_same_class_finetuned", "embedding"):
-        assert line[key] is not None, key
+    print({k: v for k, v in line.items() if k.startswith("search_")}, {k: line["top_k"][k]["100"] for k in line["top_k"]})
     assert line["embedding"] == "Title-classification-kern-finetune-all-MiniLM-L6-v2"
-    assert 0 <= line["search_same_class_raw"] <= 100 and 0 <= line["search_same_class_finetuned"] <= 100
+    assert line["raw_embedding"] == "Title-classification-huggingface-all-MiniLM-L6-v2"
+    assert line["search_queries"] == 50 and line["n_records"] == 1000
+    for kind in ("raw", "finetuned"):
+        assert 0 < line[f"search_results_{kind}"] <= 100
+    # the direction, by a margin, through the host's own search and at a k the subset tells apart
+    assert line["search_precision_finetuned"] >= line["search_precision_raw"] + MARGIN_PRECISION
+    top = line["top_k"]
+    assert top["finetuned"]["100"] >= top["raw"]["100"] + MARGIN_TOP_100

@@ -36,6 +36,7 @@ def test_defaults_are_loopback_and_demo_user(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv(host_command.PASSWORD_ENV, raising=False)
     args = _parse("--export", "x.json")
     assert args.host == "127.0.0.1" and args.port == 4455
+    assert args.push_extension is True and _parse("--no-push-extension").push_extension is False
     assert host_command._credentials(args) == (DEMO_USER, DEMO_PASSWORD)
 
 
@@ -56,6 +57,17 @@ def test_password_comes_from_file_or_env_never_argv(tmp_path: Path, monkeypatch:
         host_command._credentials(_parse("--user-name", "me@x.org", "--password-file", str(empty)))
 
 
+def test_secrets_file_is_written_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "secrets.json"
+    path.parent.mkdir()
+    path.write_text("old", encoding="utf-8")
+    os.chmod(path, 0o644)
+    host_command._write_secrets(path, {"user_name": "u", "password": "p", "project_id": "x", "uri": "http://h"})
+    assert json.loads(path.read_text())["password"] == "p"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the replaced file's mode does not carry over
+    assert [p.name for p in path.parent.iterdir()] == ["secrets.json"]  # no temporary file left
+
+
 def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
     export = tmp_path / "export.json"
     export.write_text(json.dumps([{"running_id": str(i), "Title": f"t{i}", "__Topic__MANUAL": None} for i in range(6)]))
@@ -63,17 +75,17 @@ def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
     pw.write_text("a long password\n", encoding="utf-8")
     secrets_path = tmp_path / "secrets.json"
     argv = ["host", "--export", str(export), "--port", "0", "--data-dir", str(tmp_path / "state"),
-            "--user-name", "me@x.org", "--password-file", str(pw), "--write-secrets", str(secrets_path)]
+            "--user-name", "me@x.org", "--password-file", str(pw), "--write-secrets", str(secrets_path),
+            "--no-push-extension"]
     env = {k: v for k, v in os.environ.items() if k != host_command.PASSWORD_ENV}
     proc = subprocess.Popen([sys.executable, "-c", _RUN_HOST_ONLY, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not secrets_path.exists():
+        deadline = time.monotonic() + 120
+        while not secrets_path.exists():  # written to a temporary file, then renamed: complete once it exists
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
             assert time.monotonic() < deadline, "host did not start"
             time.sleep(0.1)
-        time.sleep(0.1)  # written, then flushed
         secrets = json.loads(secrets_path.read_text())
         assert stat.S_IMODE(secrets_path.stat().st_mode) == 0o600
         assert secrets["user_name"] == "me@x.org" and secrets["password"] == "a long password"
@@ -83,9 +95,11 @@ def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
         token = requests.post(flow["ui"]["action"], timeout=10, json={
             "method": "password", "password": secrets["password"], "password_identifier": secrets["user_name"]
         }).json()["session_token"]
-        resp = requests.get(f"{uri}/api/project/{secrets['project_id']}/export", timeout=10,
-                            headers={"Authorization": f"Bearer {token}"})
+        headers = {"Authorization": f"Bearer {token}", "identifier": token}
+        resp = requests.get(f"{uri}/api/project/{secrets['project_id']}/export", timeout=10, headers=headers)
         assert len(json.loads(resp.json())) == 6
+        resp = requests.get(f"{uri}/api/project/{secrets['project_id']}/embeddings", timeout=10, headers=headers)
+        assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}  # --no-push-extension
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-host_mod = pytest.importorskip("kern_finetune.host")
+import kern_finetune.host as host_mod
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tests" / "data" / "ag_news_snapshot_small.zip"
@@ -120,5 +120,8 @@ def test_errors_as_the_sdk_maps_them(host: Any, token: str) -> None:
     resp = _sdk_get(f"{host.url}/api/project/00000000-0000-0000-0000-000000000000", token)
     assert resp.status_code == 404 and resp.json().get("error_code") == "PROJECT_NOT_FOUND"
     resp = _sdk_get(f"{host.url}/api/project/{host.project_id}", "not-a-token")
-    assert resp.status_code == 401  # UnauthorizedError in the SDK
-    assert resp.json().get("error_code") == "UNRECOGNIZED_USER"
+    assert resp.status_code == 401  # UnauthorizedError in the SDK; oathkeeper refuses the bearer token
+    assert "error_code" not in resp.json() and resp.json()["error"]["code"] == 401
+    headers = dict(_sdk_headers(token), identifier="not-a-token")  # a valid bearer, an unknown identifier
+    resp = requests.get(f"{host.url}/api/project/{host.project_id}", headers=headers, timeout=TIMEOUT)
+    assert resp.status_code == 401 and resp.json() == {"error_code": "UNRECOGNIZED_USER"}

@@ -1,30 +1,45 @@
-"""sync_project and ``kern-finetune sync`` over real HTTP against tests/fakehost.py.
+"""sync_project and ``kern-finetune sync`` over real HTTP against the product's own host on 127.0.0.1.
 
 The pipeline is replaced by a tiny fake (random unit vectors) here: what is tested is when a sync
-trains and pushes, not the training. tests/test_e2e_host.py runs the real pipeline on the real host.
+trains and where it writes, not the training (tests/test_e2e_host.py runs the real pipeline). Label
+changes and failures are injected on the client's side (tests/faults.py): a changed export is served
+to the client as the host would serve it, and the host itself stays the product's.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
-from fakehost import FakeHost, Running
+from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune import sync as sync_mod
+from kern_finetune._net import host_identity, redact_uri
 from kern_finetune.client import RefineryClient
+from kern_finetune.commands import sync as sync_cmd
 from kern_finetune.config import RunConfig
-from kern_finetune.errors import ExportError, HostUnavailableError, SyncBusyError
+from kern_finetune.errors import ConfigError, ExportError, HostUnavailableError, PushError, SyncBusyError
+from kern_finetune.host import RunningHost, serve_in_thread
 from kern_finetune.pipeline import RunResult
-from kern_finetune.sync import LOCK_FILE, STATE_FILE, sync_project
+from kern_finetune.sync import LOCK_FILE, STATE_FILE, choose_door, sync_project, sync_state_dir
 
-USER, PASSWORD, PID = "labeler@example.com", "sync-pw-91b3", "p-sync"
+USER, PASSWORD = "labeler@example.com", "sync-pw-91b3"
+NAME = "Title-classification-kern-finetune-all-MiniLM-L6-v2"
+
+# How a host without the push extension (what every real refinery is) is made here. "transport": the
+# product's host, with the client's transport answering the extension's routes as refinery's proxy
+# answers routes it lacks (404 {"detail": "Not Found"}). "host": `kern-finetune host --no-push-extension`
+# (serve_in_thread(..., push_extension=False)) once the host has it. Switching is this one line.
+NO_EXTENSION_BY = "host"
+_EXTENSION_ROUTES = r"/api/project/[^/]+/(embeddings|similarity|labeling-sessions)(/.*)?$"
 
 
 def make_records(n: int = 40) -> list[dict[str, Any]]:
@@ -43,7 +58,7 @@ def make_records(n: int = 40) -> list[dict[str, Any]]:
 
 
 class FakePipeline:
-    """Same signature as run_pipeline; counts calls."""
+    """Same signature as run_pipeline; counts calls; writes a stand-in model folder."""
 
     def __init__(self) -> None:
         self.calls = 0
@@ -53,18 +68,47 @@ class FakePipeline:
         ids = [r[config.id_attribute] for r in records]
         v = np.random.default_rng(self.calls).normal(size=(len(ids), 6)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
+        (out_dir / "model").mkdir(parents=True, exist_ok=True)
+        (out_dir / "model" / "modules.json").write_text("[]")
         return RunResult(ids=ids, vectors=v, metrics={"top_k": {"raw": {"1000": 30.0}, "finetuned": {"1000": 60.0}}},
-                         out_dir=out_dir, model_dir=out_dir / "model",
-                         embedding_name="Title-classification-kern-finetune-all-MiniLM-L6-v2")
+                         out_dir=out_dir, model_dir=out_dir / "model", embedding_name=NAME,
+                         extra={"base_model_name": "all-MiniLM-L6-v2"})
+
+
+class MustNotTrain(FakePipeline):
+    def __call__(self, *a: Any, **kw: Any) -> RunResult:
+        raise AssertionError("the sync encoded/trained although no door could take the vectors")
+
+
+def _serve(tmp_path: Path, records: list[dict[str, Any]] | None = None, **kw: Any) -> RunningHost:
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(records or make_records()))
+    return serve_in_thread(export, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD, **kw)
 
 
 @pytest.fixture
-def host() -> Iterator[Running]:
-    fake = FakeHost(users={USER: PASSWORD})
-    fake.add_project(PID, make_records())
-    running = Running(fake)
-    yield running
-    running.stop()
+def host(tmp_path: Path) -> Iterator[RunningHost]:
+    with _serve(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def faults() -> FaultAdapter:
+    return FaultAdapter()
+
+
+@pytest.fixture
+def refinery_like(tmp_path: Path) -> Iterator[tuple[RunningHost, FaultAdapter]]:
+    """A host that, like every real refinery, has no push extension (see NO_EXTENSION_BY)."""
+    adapter = FaultAdapter()
+    if NO_EXTENSION_BY == "host":
+        with _serve(tmp_path, push_extension=False) as running:
+            yield running, adapter
+        return
+    with _serve(tmp_path) as running:
+        for method in ("GET", "POST", "PUT", "DELETE"):
+            adapter.respond(method, _EXTENSION_ROUTES, 404, '{"detail": "Not Found"}', times=1000)
+        yield running, adapter
 
 
 @pytest.fixture
@@ -72,47 +116,68 @@ def config(tmp_path: Path) -> RunConfig:
     return RunConfig(task="Topic", text_attributes=["Title"], cache_dir=tmp_path / "cache")
 
 
-def _client(host: Running) -> RefineryClient:
-    return RefineryClient(host.url, USER, PASSWORD, timeout=2, retries=1, backoff=0.01)
+def _client(host: RunningHost, faults: FaultAdapter | None = None, *, uri: str | None = None) -> RefineryClient:
+    session = requests.Session()
+    if faults is not None:
+        session.mount("http://", faults)
+    return RefineryClient(uri or host.url, USER, PASSWORD, timeout=30, retries=1, backoff=0, session=session,
+                          project_id=host.project_id)
 
 
-def _sync(host: Running, config: RunConfig, tmp_path: Path, fake: FakePipeline, **kw: Any) -> sync_mod.SyncResult:
-    return sync_project(_client(host), PID, config, out_dir=tmp_path / "out", pipeline=fake, progress=None, **kw)
+def _sync(host: RunningHost, config: RunConfig, tmp_path: Path, fake: FakePipeline, faults: FaultAdapter | None = None,
+          **kw: Any) -> sync_mod.SyncResult:
+    return sync_project(_client(host, faults), None, config, out_dir=tmp_path / "out", pipeline=fake, progress=None, **kw)
 
 
-def test_first_sync_pushes_then_up_to_date(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def _serve_export(faults: FaultAdapter, records: list[dict[str, Any]]) -> None:
+    """The client reads ``records`` as the project's export (double-encoded, as the host sends it)."""
+    faults.respond("GET", "/export$", 200, json.dumps(json.dumps(records)), times=1)
+
+
+def _served(c: RefineryClient) -> dict[str, str]:
+    return {e["name"]: e["id"] for e in c.list_embeddings()}
+
+
+def test_first_sync_pushes_then_up_to_date(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
     fake = FakePipeline()
     msgs: list[str] = []
-    first = sync_project(_client(host), PID, config, out_dir=tmp_path / "out", pipeline=fake, progress=msgs.append)
-    assert first.status == "pushed" and fake.calls == 1
+    first = sync_project(_client(host), None, config, out_dir=tmp_path / "out", pipeline=fake, progress=msgs.append)
+    assert first.status == "pushed" and first.door == "api" and fake.calls == 1
+    assert first.attribute == "Title" and first.embedding == NAME
     assert first.previous_fingerprint is None and first.changed_labels == first.n_labels > 0
-    assert set(host.host.served[PID]) == {"Title-classification-kern-finetune-all-MiniLM-L6-v2"}
+    assert set(_served(_client(host))) == {NAME}
+    assert any(m.startswith("sync: door api") for m in msgs)
     assert any(m.startswith("sync 1/4") for m in msgs) and any(m.startswith("sync 4/4") for m in msgs)
     state = json.loads((first.state_dir / STATE_FILE).read_text())
-    assert state["fingerprint"] == first.fingerprint and state["embedding"] == first.push.name  # type: ignore[union-attr]
+    assert state["fingerprint"] == first.fingerprint and state["embedding"] == NAME and state["door"] == "api"
+    assert state["host"] == host_identity(host.url)
     assert first.state_dir.is_relative_to(config.cache_dir / "sync")
 
-    n_posts = len(host.host.requests_to("POST", "/embeddings$"))
-    second = _sync(host, config, tmp_path, fake)
-    assert second.status == "up-to-date" and "labels unchanged" in second.message
-    assert fake.calls == 1 and len(host.host.requests_to("POST", "/embeddings$")) == n_posts
+    faults = FaultAdapter()
+    second = _sync(host, config, tmp_path, fake, faults)
+    assert second.status == "up-to-date" and "labels unchanged" in second.message and second.embedding == NAME
+    assert fake.calls == 1 and not faults.sent_to("POST", "/embeddings$")
 
 
-def test_label_change_triggers_and_min_new_labels_holds_back(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_label_change_triggers_and_min_new_labels_holds_back(host: RunningHost, config: RunConfig, tmp_path: Path,
+                                                             faults: FaultAdapter) -> None:
     fake = FakePipeline()
-    _sync(host, config, tmp_path, fake)
-    records = host.host.projects[PID]["records"]
+    _sync(host, config, tmp_path, fake, faults)
+    records = make_records()
     records[1]["__Topic__MANUAL"] = "World"  # record 1 was weak "Sports" at 0.9 -> now manual "World"
-    held = _sync(host, config, tmp_path, fake, min_new_labels=2)
+    _serve_export(faults, records)
+    held = _sync(host, config, tmp_path, fake, faults, min_new_labels=2)
     assert held.status == "up-to-date" and held.changed_labels == 1 and "min-new-labels" in held.message
     assert fake.calls == 1
-    done = _sync(host, config, tmp_path, fake)
+    _serve_export(faults, records)
+    done = _sync(host, config, tmp_path, fake, faults)
     assert done.status == "pushed" and done.changed_labels == 1 and fake.calls == 2
-    forced = _sync(host, config, tmp_path, fake, force=True)
+    _serve_export(faults, records)
+    forced = _sync(host, config, tmp_path, fake, faults, force=True)
     assert forced.status == "pushed" and forced.changed_labels == 0 and fake.calls == 3
 
 
-def test_threshold_change_counts_as_new_state(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_threshold_change_counts_as_new_state(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
     fake = FakePipeline()
     _sync(host, config, tmp_path, fake)
     config.threshold = 0.4  # the 0.5-confidence weak labels now count
@@ -120,43 +185,55 @@ def test_threshold_change_counts_as_new_state(host: Running, config: RunConfig, 
     assert res.status == "pushed" and res.changed_labels == res.n_labels
 
 
-def test_failed_push_keeps_old_state_and_old_embedding(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_failed_push_keeps_old_state_and_old_embedding(host: RunningHost, config: RunConfig, tmp_path: Path,
+                                                        faults: FaultAdapter) -> None:
     fake = FakePipeline()
-    first = _sync(host, config, tmp_path, fake)
-    served_id = host.host.served[PID][first.push.name]["id"]  # type: ignore[union-attr]
+    first = _sync(host, config, tmp_path, fake, faults)
+    served_before = _served(_client(host))
     state_before = (first.state_dir / STATE_FILE).read_text()
-    host.host.projects[PID]["records"][1]["__Topic__MANUAL"] = "World"
-    host.host.fail("PUT", "/tensors$", "500", times=10)
+    records = make_records()
+    records[1]["__Topic__MANUAL"] = "World"
+    _serve_export(faults, records)
+    failing = faults.fail("PUT", "/tensors$", "500", times=10)
     with pytest.raises(HostUnavailableError):
-        _sync(host, config, tmp_path, fake)
+        _sync(host, config, tmp_path, fake, faults)
+    assert failing.hits == 2
     assert (first.state_dir / STATE_FILE).read_text() == state_before
-    assert host.host.served[PID][first.push.name]["id"] == served_id  # type: ignore[union-attr]
-    assert not host.host.staged
-    host.host.faults.clear()
-    again = _sync(host, config, tmp_path, fake)  # the change is still pending: it retrains and pushes
+    assert _served(_client(host)) == served_before
+    failing.times = 0
+    _serve_export(faults, records)
+    again = _sync(host, config, tmp_path, fake, faults)  # the change is still pending: it retrains and pushes
     assert again.status == "pushed" and again.changed_labels == 1
 
 
-def test_malformed_export_pushes_nothing(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_malformed_export_pushes_nothing(host: RunningHost, config: RunConfig, tmp_path: Path, faults: FaultAdapter) -> None:
     fake = FakePipeline()
-    host.host.export_override[PID] = b'"not json at all'
+    faults.respond("GET", "/export$", 200, b'"not json at all')
     with pytest.raises(ExportError):
-        _sync(host, config, tmp_path, fake)
-    assert fake.calls == 0 and not host.host.requests_to("POST", "/embeddings$")
+        _sync(host, config, tmp_path, fake, faults)
+    assert fake.calls == 0 and not faults.sent_to("POST", "/embeddings$")
 
 
-def test_second_overlapping_sync_is_refused(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_gateway_failure_pushes_nothing(host: RunningHost, config: RunConfig, tmp_path: Path, faults: FaultAdapter) -> None:
+    fake = FakePipeline()
+    faults.fail("GET", "/export$", "null", times=5)
+    with pytest.raises(HostUnavailableError, match="gateway"):
+        _sync(host, config, tmp_path, fake, faults)
+    assert fake.calls == 0 and not faults.sent_to("POST", "/embeddings$")
+
+
+def test_second_overlapping_sync_is_refused(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     with open(state_dir / LOCK_FILE, "a+") as holder:
         fcntl.flock(holder.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(SyncBusyError, match="another sync of project p-sync"):
+        with pytest.raises(SyncBusyError, match=f"another sync of project {host.project_id}"):
             _sync(host, config, tmp_path, FakePipeline(), state_dir=state_dir)
         fcntl.flock(holder.fileno(), fcntl.LOCK_UN)
     assert _sync(host, config, tmp_path, FakePipeline(), state_dir=state_dir).status == "pushed"
 
 
-def test_lock_is_held_during_the_run(host: Running, config: RunConfig, tmp_path: Path) -> None:
+def test_lock_is_held_during_the_run(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
     state_dir = tmp_path / "state"
     seen: list[str] = []
 
@@ -172,41 +249,200 @@ def test_lock_is_held_during_the_run(host: Running, config: RunConfig, tmp_path:
     assert seen and "wait for it to finish" in seen[0]
 
 
+# ---- identity and secrets -----------------------------------------------------------------------
+
+
+def test_host_identity_ignores_spelling() -> None:
+    same = ["http://127.0.0.1:4455", "http://localhost:4455/", "http://LOCALHOST:4455", "http://[::1]:4455",
+            "http://user:pw@127.0.0.1:4455", "http://127.0.0.2:4455//"]
+    assert {host_identity(u) for u in same} == {"http://localhost:4455"}
+    assert host_identity("http://example.org") == host_identity("http://Example.org:80/") == "http://example.org:80"
+    assert host_identity("https://example.org/") == "https://example.org:443"
+    assert len({host_identity(u) for u in ("http://localhost:4455", "http://localhost:4456",
+                                           "https://localhost:4455", "http://example.org:4455")}) == 4
+    for bad in ("localhost:4455", "ftp://x", "http://host:99999"):
+        with pytest.raises(ConfigError):
+            host_identity(bad)
+    assert redact_uri("http://u:S3cret@host:1/x") == "http://host:1/x"
+
+
+def test_one_project_under_two_spellings_shares_lock_and_state(host: RunningHost, config: RunConfig,
+                                                               tmp_path: Path) -> None:
+    other = host.url.replace("127.0.0.1", "localhost") + "/"
+    assert sync_state_dir(host.url, host.project_id, config) == sync_state_dir(other, host.project_id, config)
+    seen: list[str] = []
+
+    class Nested(FakePipeline):
+        def __call__(self, *a: Any, **kw: Any) -> RunResult:
+            try:
+                sync_project(_client(host, uri=other), None, config, out_dir=tmp_path / "o2", pipeline=FakePipeline(),
+                             progress=None)
+            except SyncBusyError as exc:
+                seen.append(str(exc))
+            return super().__call__(*a, **kw)
+
+    first = sync_project(_client(host), None, config, out_dir=tmp_path / "out", pipeline=Nested(), progress=None)
+    assert first.status == "pushed" and seen  # the second spelling waited for the first: no double training
+    again = sync_project(_client(host, uri=other), None, config, out_dir=tmp_path / "o2", pipeline=MustNotTrain(),
+                         progress=None)
+    assert again.status == "up-to-date"
+
+
+def test_userinfo_is_never_printed_or_stored(host: RunningHost, config: RunConfig, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    secret = "Uri-pa55-6a1e"
+    uri = host.url.replace("http://", f"http://admin:{secret}@")
+    msgs: list[str] = []
+    res = sync_project(_client(host, uri=uri), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
+                       progress=msgs.append)
+    assert res.status == "pushed"
+    stored = "".join(p.read_text() for p in res.state_dir.rglob("*") if p.is_file())
+    assert secret not in "\n".join(msgs) + stored + capsys.readouterr().err
+    assert any(host.url in m for m in msgs)  # the URI is shown, without its userinfo
+
+
+# ---- doors --------------------------------------------------------------------------------------
+
+
+def test_no_door_fails_before_pulling_or_encoding(refinery_like: tuple[RunningHost, FaultAdapter], config: RunConfig,
+                                                  tmp_path: Path) -> None:
+    host, adapter = refinery_like
+    for door in ("auto", "api"):
+        with pytest.raises(PushError) as info:
+            _sync(host, config, tmp_path, MustNotTrain(), adapter, door=door)
+        message = str(info.value)
+        assert "\n" not in message and "--write-snapshot" in message and "snapshot door" in message
+    assert not adapter.sent_to("GET", "/export$")  # nothing pulled, nothing encoded
+
+
+def test_model_door_writes_the_folder_and_says_how_refinery_gets_it(refinery_like: tuple[RunningHost, FaultAdapter],
+                                                                    config: RunConfig, tmp_path: Path) -> None:
+    host, adapter = refinery_like
+    msgs: list[str] = []
+    res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
+                       progress=msgs.append, door="model")
+    assert res.status == "written" and res.door == "model" and res.written == tmp_path / "out" / "model"
+    assert res.push is None and not adapter.sent_to("POST", "/embeddings$")
+    text = "\n".join(msgs)
+    assert "refinery-embedder" in text and "huggingface" in text.lower() and "create-embedding" in text
+    again = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=MustNotTrain(),
+                         progress=None, door="model")
+    assert again.status == "up-to-date"
+
+
+def test_door_options_are_checked_before_anything_runs(host: RunningHost, config: RunConfig, tmp_path: Path,
+                                                       faults: FaultAdapter) -> None:
+    cases: list[dict[str, Any]] = [
+        {"door": "snapshot"},
+        {"door": "snapshot", "snapshot": tmp_path / "missing.zip", "write_snapshot": tmp_path / "out.zip"},
+        {"door": "api", "write_snapshot": tmp_path / "out.zip"},
+        {"door": "sideways"},
+    ]
+    for kw in cases:
+        with pytest.raises(ConfigError):
+            _sync(host, config, tmp_path, MustNotTrain(), faults, **kw)
+    assert not faults.sent_to("GET", "/export$")
+
+
+def test_auto_door_prefers_an_explicit_snapshot_output(host: RunningHost, faults: FaultAdapter, tmp_path: Path) -> None:
+    c = _client(host, faults)
+    assert choose_door(c, host.project_id, "auto") == "api"
+    assert len(faults.sent_to("GET", "/embeddings$")) == 1  # one read decides
+    assert choose_door(c, host.project_id, "auto", snapshot=SNAPSHOT, write_snapshot=tmp_path / "o.zip") == "snapshot"
+    assert choose_door(c, host.project_id, "model") == "model"
+    assert len(faults.sent_to("GET", "/embeddings$")) == 1  # neither asked the host
+
+
+def test_switching_door_is_a_new_state(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
+    fake = FakePipeline()
+    assert _sync(host, config, tmp_path, fake).door == "api"
+    res = _sync(host, config, tmp_path, fake, door="model")
+    assert res.status == "written" and fake.calls == 2  # labels unchanged, but the model door never got them
+
+
+SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zip"
+
+
+def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> None:
+    """Against a host without the push extension: auto picks the snapshot door when --write-snapshot is given."""
+    from kern_finetune.snapshot import read_snapshot
+
+    src = read_snapshot(SNAPSHOT)
+    adapter = FaultAdapter()
+    adapter.respond("GET", _EXTENSION_ROUTES, 404, '{"detail": "Not Found"}', times=1000)
+    config = RunConfig(task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
+    with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD) as host:
+        res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
+                           progress=None, snapshot=SNAPSHOT, write_snapshot=tmp_path / "new.zip")
+    assert res.status == "written" and res.door == "snapshot" and res.written == tmp_path / "new.zip"
+    out = read_snapshot(tmp_path / "new.zip")
+    name = f"{res.attribute}-classification-kern-finetune-all-MiniLM-L6-v2"
+    assert res.embedding == name and out.embeddings[name]["count"] == len(src.records)
+    assert set(out.embeddings) == set(src.embeddings) | {name}
+
+
 # ---- the command --------------------------------------------------------------------------------
 
 
-def _cli(host: Running, tmp_path: Path, *extra: str, secrets: dict[str, str] | None = None) -> list[str]:
+def _cli(host: RunningHost, tmp_path: Path, *extra: str, secrets: dict[str, str] | None = None) -> list[str]:
     p = tmp_path / "secrets.json"
-    p.write_text(json.dumps(secrets or {"user_name": USER, "password": PASSWORD, "project_id": PID, "uri": host.url}))
-    return ["sync", "--secrets", str(p), "--task", "Topic", "--text-attributes", "Title", "--timeout", "2",
+    p.write_text(json.dumps(secrets or {"user_name": USER, "password": PASSWORD, "project_id": host.project_id,
+                                        "uri": host.url}))
+    return ["sync", "--secrets", str(p), "--task", "Topic", "--text-attributes", "Title", "--timeout", "30",
             "--retries", "0", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out"), *extra]
 
 
-def test_cli_sync_pushes_and_reports_json(host: Running, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_sync_pushes_and_reports_json(host: RunningHost, tmp_path: Path, monkeypatch, capsys) -> None:
     fake = FakePipeline()
     monkeypatch.setattr(sync_mod, "_default_pipeline", lambda: fake)
     assert cli.main(_cli(host, tmp_path, "--json")) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line["status"] == "pushed" and line["top_1k_finetuned"] == 60.0
+    assert line["status"] == "pushed" and line["door"] == "api" and line["top_1k_finetuned"] == 60.0
+    assert line["embedding"] == NAME
     assert cli.main(_cli(host, tmp_path, "--json")) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["status"] == "up-to-date"
 
 
-def test_cli_bad_credentials_exit_nonzero_without_leaking(host: Running, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_sync_without_a_door_exits_in_one_line(refinery_like: tuple[RunningHost, FaultAdapter], tmp_path: Path,
+                                                   monkeypatch, capsys) -> None:
+    """`kern-finetune sync` against a refinery-like host: non-zero, one line naming the snapshot door,
+    before anything is pulled or encoded."""
+    host, adapter = refinery_like
+    monkeypatch.setattr(sync_mod, "_default_pipeline", MustNotTrain)
+    real = sync_cmd.client_from_args
+
+    def with_transport(args: Any) -> RefineryClient:
+        client = real(args)
+        client.session.mount("http://", adapter)
+        return client
+
+    monkeypatch.setattr(sync_cmd, "client_from_args", with_transport)
+    t = time.perf_counter()
+    rc = cli.main(_cli(host, tmp_path))
+    seconds = time.perf_counter() - t
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "kern-finetune run --export SNAPSHOT.zip --write-snapshot OUT.zip" in err
+    assert not adapter.sent_to("GET", "/export$")
+    print(f"no-door sync exited after {seconds:.2f} s")  # reported, not asserted (no timing in unit tests)
+
+
+def test_cli_bad_credentials_exit_nonzero_without_leaking(host: RunningHost, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(sync_mod, "_default_pipeline", FakePipeline)
     wrong = "Wr0ng-pass-5e1d"
-    rc = cli.main(_cli(host, tmp_path, secrets={"user_name": USER, "password": wrong, "project_id": PID, "uri": host.url}))
+    rc = cli.main(_cli(host, tmp_path, secrets={"user_name": USER, "password": wrong, "project_id": host.project_id,
+                                                "uri": host.url}))
     out = capsys.readouterr()
     assert rc == 1 and "login refused" in out.err
     assert wrong not in out.out + out.err
 
 
-def test_cli_unknown_project_and_env_credentials(host: Running, tmp_path: Path, monkeypatch, capsys) -> None:
+def test_cli_unknown_project_and_env_credentials(host: RunningHost, tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("KERN_FINETUNE_USER", USER)
     monkeypatch.setenv("KERN_FINETUNE_PASSWORD", PASSWORD)
     args = ["sync", "--uri", host.url, "--project", "nope", "--task", "Topic", "--retries", "0",
             "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "out")]
     assert cli.main(args) == 1
-    assert "project not found" in capsys.readouterr().err
+    assert "not found" in capsys.readouterr().err
     monkeypatch.delenv("KERN_FINETUNE_PASSWORD")
     assert cli.main(args) == 2  # no credentials: a ConfigError

@@ -2,15 +2,23 @@
 
 1. start the local refinery-compatible host on 127.0.0.1 with the bundled AG News sample export;
 2. ``sync`` against it: pull the export, fine-tune from the manual + confident weak labels, push the
-   fine-tuned embedding;
-3. push the raw base vectors too (as ``<attribute>-classification-<base model>``), so the host can
-   search with both;
+   fine-tuned embedding through the local host's push extension (the ``api`` door,
+   docs/push-contract.md; a real refinery has no such door);
+3. push the raw base vectors too (as ``<attribute>-classification-huggingface-<base model>``, what
+   refinery would compute from the base model), so the host can search with both;
 4. print the before/after table (top-k same-class neighbours on the test records, judged by the gold
-   attribute) and, for seeded test records, how many of the host's 100 similarity-search results
-   share the record's class with the raw vs the fine-tuned embedding.
+   attribute) and, for seeded test records, what the host's similarity search returns with the raw
+   vs the fine-tuned embedding.
+
+The host search is the one refinery's data browser runs (``POST /api/project/{id}/similarity`` of the
+local host, docs/push-contract.md): at most 100 records within the embedding's similarity threshold,
+the query record first. Per embedding the demo reports, over the seeded test queries and not counting
+the query record itself: ``search_results_*`` (mean neighbours returned), ``search_same_class_*`` (mean
+neighbours sharing the query's class) and ``search_precision_*`` (the share of all returned neighbours
+that share it, in %). A host that leaves the query out and applies no threshold gives 100 neighbours.
 
 A neighbour's class is its gold value; for training records without one, it is the label the record
-was trained on, translated to the gold value that most labeled records with gold carry (when that
+was trained on, translated to its gold value (:func:`kern_finetune.select.gold_to_class`, when that
 translation is one-to-one). ``*_gold_only`` counts only neighbours whose gold is known.
 """
 
@@ -22,24 +30,26 @@ import json
 import random
 import shutil
 import tempfile
-from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..client import RefineryClient
+from ..client import RefineryClient, default_embedding_name
 from ..errors import ConfigError
 from ..export import load_export
+from ..select import gold_to_class
 from ..sync import sync_project
 from .run import add_run_options, config_from_args
 
-__all__ = ["register", "search_same_class"]
+__all__ = ["register", "search_same_class", "SearchFigures"]
 
 DEFAULT_EXPORT = Path("samples/ag_news/export.json.gz")
 # an editable/source install can find the bundled sample from anywhere
 _REPO_EXPORT = Path(__file__).resolve().parents[2] / DEFAULT_EXPORT
 SEARCH_LIMIT = 100
+"""refinery's data browser asks for the 100 most similar records (gateway controller/record/manager.py)."""
 
 
 def _sample_export(src: Path, n: int, dst: Path, seed: int) -> Path:
@@ -53,33 +63,54 @@ def _sample_export(src: Path, n: int, dst: Path, seed: int) -> Path:
 
 
 def _classes(sel: Any) -> tuple[list[str | None], str]:
-    """Class per record: gold, else its training label mapped to gold by majority (see module doc)."""
-    votes: dict[int, Counter[str]] = {}
-    for i in sel.labeled_idx.tolist():
-        if sel.gold[i] is not None:
-            votes.setdefault(int(sel.y[i]), Counter())[sel.gold[i]] += 1
-    mapping = {k: c.most_common(1)[0][0] for k, c in votes.items()}
-    one_to_one = len(set(mapping.values())) == len(mapping) == len(sel.classes)
+    """Class per record: gold, else its training label mapped to gold (see module doc)."""
+    mapping = gold_to_class(sel)
+    one_to_one = mapping is not None and len(mapping) == len(sel.classes)
+    to_gold = {c: g for g, c in mapping.items()} if one_to_one and mapping is not None else {}
     out: list[str | None] = []
     for i, g in enumerate(sel.gold):
-        if g is None and one_to_one and sel.y[i] >= 0:
-            g = mapping[int(sel.y[i])]
+        if g is None and to_gold and sel.y[i] >= 0:
+            g = to_gold[int(sel.y[i])]
         out.append(g)
     return out, ("gold, else training label mapped to gold" if one_to_one else "gold only")
 
 
+@dataclass(frozen=True)
+class SearchFigures:
+    """What the host's similarity search returned for one embedding over the demo's queries."""
+
+    results: float
+    """Mean neighbours returned per query (the query record not counted)."""
+    same_class: float
+    """Mean neighbours sharing the query's class."""
+    same_class_gold_only: float
+    """Mean neighbours with known gold sharing the query's class."""
+    precision: float
+    """Share (%) of all returned neighbours that share their query's class."""
+    query_included: bool
+    """Whether the host returned the query record first, as refinery's data browser does."""
+
+
 def search_same_class(
     client: RefineryClient, project_id: str, embedding: str, queries: list[str], classes: dict[str, str | None],
-    gold_known: set[str], *, limit: int = SEARCH_LIMIT,
-) -> tuple[float, float]:
-    """Mean number of the host's ``limit`` results sharing the query's class: (with mapping, gold only)."""
-    same, same_gold = [], []
+    gold_known: set[str],
+) -> SearchFigures:
+    """Run the host's similarity search (refinery's data browser: 100 records within the threshold,
+    the query first) for every query and count the neighbours that share its class."""
+    returned, same, same_gold, included = [], [], [], []
     for rid in queries:
-        hits = client.similarity(embedding, rid, limit=limit, project_id=project_id)
+        found = client.search_similar(embedding, rid, project_id=project_id)
+        hits = found.neighbours
         want = classes[rid]
+        returned.append(len(hits))
         same.append(sum(1 for h in hits if classes.get(h) == want))
         same_gold.append(sum(1 for h in hits if classes.get(h) == want and h in gold_known))
-    return float(np.mean(same)), float(np.mean(same_gold))
+        included.append(found.query_included)
+    total = sum(returned)
+    return SearchFigures(
+        results=float(np.mean(returned)), same_class=float(np.mean(same)), same_class_gold_only=float(np.mean(same_gold)),
+        precision=100.0 * sum(same) / total if total else 0.0, query_included=all(included),
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -102,18 +133,17 @@ def _demo(args: argparse.Namespace) -> int:
             say(f"demo: host at {host.url}, project {host.project_id} (user {DEMO_USER})")
             client = RefineryClient(host.url, DEMO_USER, DEMO_PASSWORD, project_id=host.project_id, timeout=60)
             result = sync_project(client, host.project_id, config, out_dir=args.out, force=True,
-                                  state_dir=work / "sync", progress=say, tensor_format="b64")
+                                  state_dir=work / "sync", progress=say, tensor_format="b64", door="api")
             run = result.run
             assert run is not None and result.push is not None
             raw = run.extra.get("raw_vectors")
             if raw is None:
                 raise ConfigError("the pipeline returned no raw vectors (RunResult.extra['raw_vectors'])")
-            attr = result.push.name.split("-classification-", 1)[0]
-            raw_name = f"{attr}-classification-{run.extra.get('base_model_name') or 'all-MiniLM-L6-v2'}"
+            base_model = str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2")
+            raw_name = default_embedding_name(result.attribute, base_model, platform="huggingface")
             say(f"demo: pushing the raw base vectors as {raw_name!r} for comparison")
-            client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=attr,
-                                  model=str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2"), progress=None,
-                                  tensor_format="b64")
+            client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=result.attribute,
+                                  model=base_model, progress=None, tensor_format="b64")
 
             sel = run.extra["selection"]
             cls, how = _classes(sel)
@@ -121,9 +151,9 @@ def _demo(args: argparse.Namespace) -> int:
             gold_known = {i for i, g in zip(sel.ids, sel.gold) if g is not None}
             test_ids = [sel.ids[i] for i in sel.test_idx.tolist()]
             queries = random.Random(config.seed).sample(test_ids, min(args.queries, len(test_ids)))
-            say(f"demo: {len(queries)} seeded test records, {SEARCH_LIMIT} host search results each ...")
-            raw_same, raw_gold = search_same_class(client, host.project_id, raw_name, queries, classes, gold_known)
-            ft_same, ft_gold = search_same_class(client, host.project_id, result.push.name, queries, classes, gold_known)
+            say(f"demo: {len(queries)} seeded test records through the host's similarity search ...")
+            raw_s = search_same_class(client, host.project_id, raw_name, queries, classes, gold_known)
+            ft_s = search_same_class(client, host.project_id, result.push.name, queries, classes, gold_known)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -134,17 +164,26 @@ def _demo(args: argparse.Namespace) -> int:
         for k in sorted(top.get("raw", {}), key=int):
             print(f"{'top_' + k:<44}{top['raw'][k]:>9.2f}%{top['finetuned'][k]:>11.2f}%")
         print(f"{'chance':<44}{run.metrics.get('chance', float('nan')):>9.2f}%")
-        print(f"{f'host search: same class among {SEARCH_LIMIT} results':<44}{raw_same:>10.1f}{ft_same:>12.1f}")
-        print(f"{'  (neighbours with known gold only)':<44}{raw_gold:>10.1f}{ft_gold:>12.1f}")
-        print(f"  over {len(queries)} test records; class = {how}")
+        print(f"{'host search: neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
+        print(f"{'  of them same class':<44}{raw_s.same_class:>10.1f}{ft_s.same_class:>12.1f}")
+        print(f"{'  (neighbours with known gold only)':<44}{raw_s.same_class_gold_only:>10.1f}{ft_s.same_class_gold_only:>12.1f}")
+        print(f"{'  share same class':<44}{raw_s.precision:>9.2f}%{ft_s.precision:>11.2f}%")
+        print(f"  over {len(queries)} test records (query record not counted; at most {SEARCH_LIMIT} per search"
+              f"{', within the threshold' if ft_s.query_included else ''}); class = {how}")
         print(f"pushed {result.push.name!r} and {raw_name!r}; outputs in {args.out}")
     line = {
         "top_1k_raw": top.get("raw", {}).get("1000"),
         "top_1k_finetuned": top.get("finetuned", {}).get("1000"),
-        "search_same_class_raw": raw_same,
-        "search_same_class_finetuned": ft_same,
-        "search_same_class_gold_only_raw": raw_gold,
-        "search_same_class_gold_only_finetuned": ft_gold,
+        "top_k": top,
+        "search_results_raw": raw_s.results,
+        "search_results_finetuned": ft_s.results,
+        "search_same_class_raw": raw_s.same_class,
+        "search_same_class_finetuned": ft_s.same_class,
+        "search_same_class_gold_only_raw": raw_s.same_class_gold_only,
+        "search_same_class_gold_only_finetuned": ft_s.same_class_gold_only,
+        "search_precision_raw": raw_s.precision,
+        "search_precision_finetuned": ft_s.precision,
+        "search_query_included": raw_s.query_included and ft_s.query_included,
         "search_queries": len(queries),
         "search_limit": SEARCH_LIMIT,
         "embedding": result.push.name,

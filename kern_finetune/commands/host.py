@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,10 @@ PASSWORD_ENV = "KERN_HOST_PASSWORD"
 HELP = "serve a project from an export file as a local refinery-compatible host"
 DESCRIPTION = f"""\
 Serve ONE refinery project from a record export (.json, .json.gz) or a project snapshot (.zip) over
-HTTP: Kratos-style login, project details, the record export, labels, the embedding push contract,
-similarity search and labeling sessions (docs/host.md).
+HTTP, answering as a self-hosted refinery answers: Kratos login, project details, the record export,
+the SDK's associations, the data browser's similarity search; plus kern-finetune's push extension
+(embeddings, similarity search by record id, labeling sessions, labels: an extension a refinery-compatible
+host may implement, not refinery's API), which --no-push-extension switches off (docs/host.md).
 
 State (records, labels, users, embeddings) lives in SQLite under --data-dir; the export is imported
 once, on the first start, and a restart keeps everything.
@@ -29,7 +33,7 @@ command line). Without them the documented demo user is used, which only binds a
 
 def register(subparsers: Any) -> None:
     """Add the ``host`` sub-command."""
-    from ..host import DEFAULT_DATA_DIR
+    from ..host.defaults import DEFAULT_DATA_DIR
 
     p = subparsers.add_parser(
         "host", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,6 +54,12 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="PATH",
         help="write a refinery secrets.json (user_name, password, project_id, uri) for clients, mode 0600",
+    )
+    p.add_argument(
+        "--no-push-extension",
+        dest="push_extension",
+        action="store_false",
+        help="serve only what a real refinery serves: the push extension's routes answer 404 as refinery's do",
     )
     p.set_defaults(func=run)
 
@@ -81,12 +91,21 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _write_secrets(path: Path, content: dict[str, str]) -> None:
+    """Write ``content`` to ``path`` atomically with mode 0600: a reader sees no file or the whole file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IRUSR | stat.S_IWUSR)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(content, fh, indent=2)
-        fh.write("\n")
-    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(content, fh, indent=2)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"kern-finetune host: project {store.project_id} ({store.record_count} records) at {url}")
         print(f"  login user: {user_name}" + (" (demo password, see docs/host.md)" if password == DEMO_PASSWORD else ""))
         print(f"  state: {args.data_dir.resolve()}")
+        if not args.push_extension:
+            print("  push extension off: only what a real refinery serves")
         if args.write_secrets:
             _write_secrets(
                 args.write_secrets,
@@ -119,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
         id_attribute=args.id_attribute,
         project_id=args.project_id,
         project_name=args.project_name,
+        push_extension=args.push_extension,
         on_ready=_ready,
     )
     return 0

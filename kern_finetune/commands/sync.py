@@ -1,5 +1,8 @@
 """``kern-finetune sync``: pull a project's labels from a refinery host; when they changed, fine-tune
-and push the embedding back (``docs/push-contract.md``)."""
+and write the embedding through a door: ``api`` (the push extension of ``docs/push-contract.md``,
+proposed for refinery's issues #24/#48; ``kern-finetune host`` implements it, refinery does not),
+``snapshot`` (a snapshot zip to import in refinery's UI) or ``model`` (a model folder for refinery's
+embedder)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 from ..client import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..errors import ConfigError
-from ..sync import sync_project
+from ..sync import DOORS, sync_project
 from .run import add_run_options, config_from_args
 
 __all__ = ["register", "add_host_options", "client_from_args"]
@@ -25,9 +28,21 @@ examples:
   kern-finetune sync --secrets secrets.json --task Topic
   kern-finetune sync --uri http://localhost:4455 --project 1f0c... --task Topic --min-new-labels 50
 
+  kern-finetune sync --secrets secrets.json --door snapshot --snapshot project.zip --write-snapshot out.zip
+
+doors (--door; checked before anything is pulled or encoded):
+  api       the push extension (docs/push-contract.md), proposed for refinery issues #24/#48; the local
+            `kern-finetune host` has it, no refinery version does
+  snapshot  --snapshot SRC.zip (exported in refinery) -> --write-snapshot OUT.zip with our embedding;
+            import OUT.zip in refinery's UI (it becomes a new project)
+  model     the fine-tuned sentence-transformers folder (<out>/model) for refinery's embedder to compute
+  auto      snapshot when --write-snapshot is given, else api when the host offers it, else stop with
+            a one-line error naming the snapshot door (default)
+
 A sync trains only when the selected labels (manual + weak above --threshold) changed since the last
-successful sync of that project; --force trains anyway. Exit codes: 0 ok (pushed or up to date),
-1 host/export/training error, 2 bad options, 3 another sync of the project is running."""
+successful sync of that project through that door; --force trains anyway. Exit codes: 0 ok (pushed,
+written or up to date), 1 host/export/training error or no door, 2 bad options, 3 another sync of the
+project is running."""
 
 
 def add_host_options(parser: argparse.ArgumentParser) -> None:
@@ -56,12 +71,15 @@ def _sync(args: argparse.Namespace) -> int:
     result = sync_project(
         client, client.project_id, config, out_dir=args.out, force=args.force,
         min_new_labels=args.min_new_labels, state_dir=args.state_dir, progress=None if args.json else print,
+        door=args.door, snapshot=args.snapshot, write_snapshot=args.write_snapshot,
     )
     if args.json:
         line = {
             "status": result.status, "project_id": result.project_id, "changed_labels": result.changed_labels,
             "n_labels": result.n_labels, "fingerprint": result.fingerprint,
-            "embedding": result.push.name if result.push else None,
+            "door": result.door,
+            "embedding": result.embedding,
+            "written": str(result.written) if result.written else None,
         }
         if result.run is not None:
             top = result.run.metrics.get("top_k", {})
@@ -83,6 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train only when at least N selected labels changed (default: %(default)s)")
     g.add_argument("--state-dir", type=Path, default=None,
                    help="where the last sync's fingerprint and lock live (default: <cache-dir>/sync/<host>/<project>)")
+    g = p.add_argument_group("where the embedding goes")
+    g.add_argument("--door", choices=DOORS, default="auto",
+                   help="api | snapshot | model | auto: what the host offers (default: %(default)s)")
+    g.add_argument("--snapshot", type=Path, metavar="SRC.zip", help="snapshot door: the project snapshot exported in refinery")
+    g.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
+                   help="snapshot door: where to write the snapshot with the embedding added")
     p.add_argument("--out", type=Path, default=Path("runs/sync"), help="output folder of the run (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print only one JSON line with the outcome")
     add_run_options(p)

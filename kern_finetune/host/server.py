@@ -16,6 +16,7 @@ import uvicorn
 from .._net import bind_socket
 from ..errors import ConfigError, HostUnavailableError
 from .app import create_app
+from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
 from .store import HostStore
 
 __all__ = [
@@ -31,10 +32,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEMO_USER = "demo@kern.ai"
-DEMO_PASSWORD = "kern-demo"
-"""The documented demo credentials: only for a host bound to a loopback address."""
-DEFAULT_DATA_DIR = Path(".kern-host")
 
 
 def is_loopback(host: str) -> bool:
@@ -60,13 +57,14 @@ class RunningHost:
     """A host serving in a background thread; ``stop()`` (or leaving the ``with`` block) shuts it down."""
 
     def __init__(self, server: uvicorn.Server, thread: threading.Thread, store: HostStore, host: str, port: int,
-                 user_name: str) -> None:
+                 user_name: str, *, push_extension: bool = True) -> None:
         self._server = server
         self._thread = thread
         self.store = store
         self.host = host
         self.port = port
         self.user_name = user_name
+        self.push_extension = push_extension
         self.project_id = store.project_id
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{port}"
@@ -117,6 +115,7 @@ def serve_in_thread(
     id_attribute: str = "running_id",
     project_id: str | None = None,
     project_name: str | None = None,
+    push_extension: bool = True,
     startup_timeout: float = 30.0,
 ) -> RunningHost:
     """Start a host for the project in ``export_path`` (imported into ``data_dir`` on first use).
@@ -124,7 +123,8 @@ def serve_in_thread(
     ``port=0`` binds a free port; the real one is in ``RunningHost.port`` / ``.url``. ``export_path``
     may be None when ``data_dir`` already holds a project. Raises :class:`ConfigError` /
     :class:`~kern_finetune.errors.ExportError` for bad inputs, :class:`HostUnavailableError` when the
-    server does not come up.
+    server does not come up. ``push_extension=False`` serves only what a real refinery serves (the push
+    extension's routes answer 404, see ``docs/host.md``).
     """
     check_bind(host, user_name, password)
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
@@ -132,7 +132,7 @@ def serve_in_thread(
     try:
         sock = bind_socket(host, port)
         real_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(store), log_level="warning", access_log=False, lifespan="off",
+        config = uvicorn.Config(create_app(store, push_extension=push_extension), log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"kern-host:{real_port}",
@@ -148,7 +148,7 @@ def serve_in_thread(
     except BaseException:
         store.close()
         raise
-    running = RunningHost(server, thread, store, host, real_port, user_name)
+    running = RunningHost(server, thread, store, host, real_port, user_name, push_extension=push_extension)
     log.info("host serving project %s at %s", running.project_id, running.url)
     return running
 
@@ -164,6 +164,7 @@ def serve_forever(
     id_attribute: str = "running_id",
     project_id: str | None = None,
     project_name: str | None = None,
+    push_extension: bool = True,
     on_ready: Callable[[HostStore, str], None] | None = None,
 ) -> None:
     """Serve in the foreground until interrupted (Ctrl-C).
@@ -175,7 +176,7 @@ def serve_forever(
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
                         project_id=project_id, project_name=project_name)
     try:
-        config = uvicorn.Config(create_app(store), host=host, port=port, log_level="info", lifespan="off",
+        config = uvicorn.Config(create_app(store, push_extension=push_extension), host=host, port=port, log_level="info", lifespan="off",
                                 timeout_graceful_shutdown=5)
         server = uvicorn.Server(config)
         if on_ready is not None:

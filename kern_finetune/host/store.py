@@ -13,6 +13,9 @@ Tables::
     sessions      login tokens, stored as SHA-256 hashes, with an expiry
     embeddings    one row per version: state INITIALIZING/ENCODING (staged) or FINISHED (served)
     tensors       (embedding_id, record_idx) -> float32 little-endian blob
+    record_uuids  the record UUIDs (a snapshot's record ids; made from project and record id for an export)
+    thresholds    each served embedding's similarity threshold, computed on its first search
+    model_callbacks  associations posted the SDK's way (refinery stores them as MODEL_CALLBACK votes)
     labeling_sessions  ordered record-id lists produced by similarity search
 
 Staged embedding versions are never served; :meth:`HostStore.finalize_embedding` swaps a complete one in
@@ -27,7 +30,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import sqlite3
 import threading
@@ -41,11 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError, TaskNotFoundError
-from ..export import TaskColumns, discover_tasks, load_export, resolve_task
-from .vectors import VectorCache, VectorIndex
+from ..errors import ConfigError, TaskNotFoundError
+from ..export import resolve_task
+from .importer import plan_import
+from .values import dump_row, is_int, is_text, is_unit_number
+from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
 
-__all__ = ["ApiError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
+__all__ = ["ApiError", "GatewayError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +80,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS embeddings_served_name ON embeddings(name) WHE
 CREATE TABLE IF NOT EXISTS tensors (
     embedding_id TEXT NOT NULL, record_idx INTEGER NOT NULL, data BLOB NOT NULL,
     PRIMARY KEY (embedding_id, record_idx));
+CREATE TABLE IF NOT EXISTS record_uuids (idx INTEGER PRIMARY KEY, uuid TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS thresholds (embedding_id TEXT PRIMARY KEY, value REAL);
+CREATE TABLE IF NOT EXISTS model_callbacks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, record_idx INTEGER NOT NULL, task TEXT NOT NULL, source_name TEXT NOT NULL,
+    label TEXT NOT NULL, confidence REAL, user_name TEXT, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS labeling_sessions (
     id TEXT PRIMARY KEY, embedding_id TEXT NOT NULL, embedding_name TEXT NOT NULL, query_record_id TEXT NOT NULL,
     record_ids TEXT NOT NULL, user_name TEXT, created_at TEXT NOT NULL);
@@ -92,19 +101,30 @@ class ApiError(Exception):
         self.detail = detail
 
 
-def _dump_row(row: dict[str, Any]) -> str:
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+class GatewayError(ApiError):
+    """A failure inside the gateway behind refinery's proxy: the proxy answers it as ``200 null``."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(500, "GATEWAY_ERROR", detail)
 
 
-def _decode_b64(text: str, record_id: Any) -> np.ndarray:
+
+
+def _decode_b64(text: str, pos: int) -> np.ndarray:
     """A vector sent as base64 of little-endian float32 (``data_b64``), the compact form of ``data``."""
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise ApiError(422, "INVALID_VECTOR", f"record {record_id!r}: data_b64 is not valid base64") from None
+        raise ApiError(422, "INVALID_VECTOR", f"tensor #{pos}: data_b64 is not valid base64") from None
     if len(raw) % 4:
-        raise ApiError(422, "INVALID_VECTOR", f"record {record_id!r}: data_b64 is not a whole number of float32 values")
+        raise ApiError(422, "INVALID_VECTOR", f"tensor #{pos}: data_b64 is not a whole number of float32 values")
     return np.frombuffer(raw, dtype="<f4")
+
+
+
+
+
+
 
 
 def _now_iso() -> str:
@@ -127,71 +147,6 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _as_string(value: Any) -> str | None:
-    """Export values are strings (or null), as refinery sends them."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
-
-
-def _as_confidence(value: Any) -> str | None:
-    """Confidence columns hold a string rounded to 4 places (``"0.6220"``)."""
-    if value is None or isinstance(value, str):
-        return value
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return _as_string(value)
-    return f"{number:.4f}" if math.isfinite(number) else None
-
-
-def _guess_data_type(values: list[str]) -> str:
-    """A refinery attribute data type guessed from string values: INTEGER, FLOAT, BOOLEAN, CATEGORY or TEXT."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return "TEXT"
-
-    def _all(pred: Any) -> bool:
-        return all(pred(v) for v in present)
-
-    def _is_int(v: str) -> bool:
-        return v.lstrip("-").isdigit()
-
-    def _is_float(v: str) -> bool:
-        try:
-            float(v)
-        except ValueError:
-            return False
-        return True
-
-    if _all(_is_int):
-        return "INTEGER"
-    if _all(_is_float):
-        return "FLOAT"
-    if _all(lambda v: v.lower() in ("true", "false")):
-        return "BOOLEAN"
-    distinct = set(present)
-    if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
-        return "CATEGORY"
-    return "TEXT"
-
-
-def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
-    base = f"{task.attribute or ''}__{task.name}"
-    return {
-        "name": task.name,
-        "attribute": task.attribute,
-        "manual": task.manual or f"{base}__MANUAL",
-        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
-        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
-        "labels": labels,
-    }
-
-
 class HostStore:
     """The host's state in SQLite; thread-safe (one connection guarded by a lock).
 
@@ -205,7 +160,9 @@ class HostStore:
         self._meta: dict[str, Any] = {}
         self._record_ids: list[str] = []
         self._idx_by_id: dict[str, int] = {}
-        self._export_cache: tuple[int, str] | None = None
+        self._uuids: list[str] = []
+        self._idx_by_uuid: dict[str, int] = {}
+        self._export_cache: tuple[int, list[str]] | None = None
         self._label_generation = 0
         self._vectors = VectorCache(capacity=4)
 
@@ -286,6 +243,18 @@ class HostStore:
         if any(idx != i for i, (idx, _) in enumerate(rows)):
             raise ConfigError(f"{self.data_dir / DB_FILE}: record table is damaged (gaps in idx)")
         self._idx_by_id = {rid: i for i, rid in enumerate(self._record_ids)}
+        with self._tx() as conn:  # a data dir from before record UUIDs were kept gets them now
+            if conn.execute("SELECT COUNT(*) FROM record_uuids").fetchone()[0] != len(self._record_ids):
+                conn.execute("DELETE FROM record_uuids")
+                conn.executemany("INSERT INTO record_uuids (idx, uuid) VALUES (?, ?)",
+                                 [(i, self._made_uuid(rid)) for i, rid in enumerate(self._record_ids)])
+            rows = conn.execute("SELECT uuid FROM record_uuids ORDER BY idx").fetchall()
+        self._uuids = [r[0] for r in rows]
+        self._idx_by_uuid = {u: i for i, u in enumerate(self._uuids)}
+
+    def _made_uuid(self, record_id: str) -> str:
+        """A record UUID for a record imported from an export (which carries none): stable per project and record."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kern-host:{self._meta['project_id']}:{record_id}"))
 
     def _check_same_project(self, export_path: str | Path | None, *, id_attribute: str, project_id: str | None) -> None:
         where = self.data_dir / DB_FILE
@@ -306,73 +275,45 @@ class HostStore:
                 )
 
     def _import(self, path: Path, *, id_attribute: str, project_id: str | None, name: str | None) -> None:
-        records = load_export(path)
-        columns: dict[str, None] = {}
-        for rec in records:
-            for key in rec:
-                columns.setdefault(key, None)
-        tasks = discover_tasks([dict.fromkeys(columns)])
-        label_columns: set[str] = set()
-        task_infos: list[dict[str, Any]] = []
-        for task in tasks:
-            label_set: dict[str, None] = {}
-            for col in (task.manual, task.weak):
-                if col:
-                    for rec in records:
-                        value = rec.get(col)
-                        if isinstance(value, str) and value:
-                            label_set.setdefault(value, None)
-            info = _task_json(task, sorted(label_set))
-            task_infos.append(info)
-            label_columns.update((info["manual"], info["weak"], info["confidence"]))
-        attributes = [c for c in columns if c not in label_columns]
-        synthesize_id = id_attribute not in columns
-        if synthesize_id and id_attribute != "running_id":
-            raise ExportError(f"id attribute {id_attribute!r} is not in the export; attributes: {', '.join(attributes)}")
-        if synthesize_id:  # refinery numbers records itself; do the same when the export lacks the column
-            attributes.insert(0, id_attribute)
-        rows: list[tuple[int, str, str]] = []
-        seen: set[str] = set()
-        values_by_attr: dict[str, list[str]] = {a: [] for a in attributes}
-        for i, rec in enumerate(records):
-            row: dict[str, Any] = {}
-            for attr in attributes:
-                row[attr] = str(i) if (synthesize_id and attr == id_attribute) else _as_string(rec.get(attr))
-                if len(values_by_attr[attr]) < 2000:
-                    values_by_attr[attr].append(row[attr])
-            for info in task_infos:
-                row[info["manual"]] = _as_string(rec.get(info["manual"]))
-                row[info["weak"]] = _as_string(rec.get(info["weak"]))
-                row[info["confidence"]] = _as_confidence(rec.get(info["confidence"]))
-            rid = row[id_attribute]
-            if rid is None or rid == "":
-                raise ExportError(f"record #{i} has no value for the id attribute {id_attribute!r}")
-            if rid in seen:
-                raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
-            seen.add(rid)
-            rows.append((i, rid, _dump_row(row)))
-        attr_infos = [
-            {"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
-            for a in attributes
-        ]
+        plan = plan_import(path, id_attribute=id_attribute)
         meta = {
             "project_id": project_id or str(uuid.uuid4()),
-            "name": name or path.name.split(".")[0],
+            "name": name or plan.name or path.name.split(".")[0],
             "description": f"imported by kern-finetune host from {path.name}",
             "tokenizer": "en_core_web_sm",
             "id_attribute": id_attribute,
-            "attributes": attr_infos,
-            "tasks": task_infos,
+            "attributes": plan.attributes,
+            "tasks": plan.tasks,
+            "extraction_tasks": plan.extraction_tasks,
             "export_file": str(path),
             "export_sha256": _file_sha256(path),
             "imported_at": _now_iso(),
         }
+        now, stamp = time.time(), _now_iso()
         with self._tx() as conn:
-            conn.executemany("INSERT INTO records (idx, record_id, data) VALUES (?, ?, ?)", rows)
+            conn.executemany("INSERT INTO records (idx, record_id, data) VALUES (?, ?, ?)", plan.rows)
+            conn.executemany(
+                "INSERT INTO record_uuids (idx, uuid) VALUES (?, ?)",
+                [(i, u) for i, u in enumerate(plan.uuids) if u is not None],
+            )
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
             )
-        log.info("imported %d records and %d labeling task(s) from %s", len(rows), len(task_infos), path)
+            for emb in plan.embeddings:
+                eid = str(uuid.uuid4())
+                conn.execute(
+                    "INSERT INTO embeddings (id, name, attribute, type, custom, dimension, platform, model,"
+                    " expected_count, state, served, created_at, updated_at, finished_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'FINISHED', 1, ?, ?, ?)",
+                    (eid, emb.name, emb.attribute, emb.type, int(emb.custom), int(emb.matrix.shape[1]), emb.platform,
+                     emb.model, len(emb.positions), stamp, now, stamp),
+                )
+                conn.executemany(
+                    "INSERT INTO tensors (embedding_id, record_idx, data) VALUES (?, ?, ?)",
+                    [(eid, p, emb.matrix[k].astype("<f4").tobytes()) for k, p in enumerate(emb.positions)],
+                )
+        log.info("imported %d records, %d labeling task(s) and %d embedding(s) from %s", len(plan.rows),
+                 len(plan.tasks), len(plan.embeddings), path)
 
     # ------------------------------------------------------------------------------------------
     # project
@@ -390,7 +331,10 @@ class HostStore:
         return len(self._record_ids)
 
     def project_details(self) -> dict[str, Any]:
-        """What ``GET /api/project/{id}`` answers (refinery's fields plus a few of ours)."""
+        """What ``GET /api/project/{id}`` answers: refinery-gateway ``api/project.py`` ``ProjectDetails``'s
+        fields (``name``, ``max_running_id``, ``description``, ``tokenizer``, ``attributes`` with
+        ``name``/``data_type``/``is_primary_key``/``state``, ``knowledge_base_ids``), plus ``id``,
+        ``labeling_tasks`` and ``record_count`` of ours."""
         tasks = [
             {
                 "name": t["name"],
@@ -400,39 +344,50 @@ class HostStore:
                 "labels": t["labels"],
             }
             for t in self._meta["tasks"]
+        ] + [
+            {"name": t["name"], "attribute": t["attribute"], "task_target": "ON_ATTRIBUTE",
+             "task_type": "INFORMATION_EXTRACTION", "labels": []}
+            for t in self._meta.get("extraction_tasks", [])
         ]
         return {
             "id": self.project_id,
             "name": self._meta["name"],
+            "max_running_id": self._max_running_id(),
             "description": self._meta["description"],
             "tokenizer": self._meta["tokenizer"],
-            "attributes": [dict(a) for a in self._meta["attributes"]],
+            "attributes": [dict(a, state="UPLOADED") for a in self._meta["attributes"]],
             "knowledge_base_ids": [],
             "labeling_tasks": tasks,
             "record_count": self.record_count,
-            "max_running_id": self.record_count - 1,
         }
 
+    def _max_running_id(self) -> int:
+        """refinery-submodule-model ``business_objects/project.py`` ``get_max_running_id``: the largest integer
+        value of the running-id attribute, -1 for none (ours: the id attribute when its values are integers)."""
+        best = -1
+        for rid in self._record_ids:
+            try:
+                best = max(best, int(rid))
+            except ValueError:  # not an integer ("²" passes isdigit but not int)
+                continue
+        return best
+
     def export_json(self, num_samples: int | None = None) -> str:
-        """The records as a JSON list (one object per record, label columns current), once encoded."""
-        if num_samples is not None and num_samples < 1:
-            raise ApiError(422, "INVALID_REQUEST", "num_samples must be at least 1")
+        """The records as a JSON list (one object per record, label columns current), once encoded.
+
+        ``num_samples`` is applied as refinery-gateway ``controller/transfer/manager.py`` ``export_records``
+        applies it: ``sql_df.head(int(num_samples))``, i.e. the first N rows, and for a negative N every row
+        but the last -N (pandas' ``head``; a Python slice ``[:N]`` does the same, also for huge N).
+        """
         with self._lock:
             generation = self._label_generation
-            if num_samples is None and self._export_cache and self._export_cache[0] == generation:
-                return self._export_cache[1]
-            sql = "SELECT data FROM records ORDER BY idx"
-            params: tuple[Any, ...] = ()
-            if num_samples is not None:
-                sql += " LIMIT ?"
-                params = (num_samples,)
-            rows = self._conn.execute(sql, params).fetchall()
-        text = "[" + ",".join(r[0] for r in rows) + "]"
-        if num_samples is None:
-            with self._lock:
-                if self._label_generation == generation:
-                    self._export_cache = (generation, text)
-        return text
+            if self._export_cache is None or self._export_cache[0] != generation:
+                rows = [r[0] for r in self._conn.execute("SELECT data FROM records ORDER BY idx").fetchall()]
+                self._export_cache = (generation, rows)
+            rows = self._export_cache[1]
+        if num_samples is not None:
+            rows = rows[:num_samples]
+        return "[" + ",".join(rows) + "]"
 
     # ------------------------------------------------------------------------------------------
     # labels
@@ -453,11 +408,17 @@ class HostStore:
         raise ApiError(404, "LABELING_TASK_NOT_FOUND", f"task {task!r} is not in this project")
 
     def record_index(self, record_id: Any) -> int:
-        """Import position of a record, by the id attribute's value (404 RECORD_NOT_FOUND)."""
-        idx = self._idx_by_id.get(str(record_id)) if isinstance(record_id, (str, int)) else None
-        if idx is None or isinstance(record_id, bool):
+        """Import position of a record, by the id attribute's value as a string (404 RECORD_NOT_FOUND)."""
+        if not isinstance(record_id, str):
+            raise ApiError(422, "INVALID_REQUEST", f"record_id must be a string (the {self.id_attribute} value)")
+        idx = self._idx_by_id.get(record_id)
+        if idx is None:
             raise ApiError(404, "RECORD_NOT_FOUND", f"no record with {self.id_attribute} = {record_id!r}")
         return idx
+
+    def record_uuid(self, record_id: str) -> str:
+        """The record UUID (what the data browser's routes name records by) of a record id."""
+        return self._uuids[self.record_index(record_id)]
 
     def set_labels(
         self,
@@ -482,15 +443,13 @@ class HostStore:
             try:
                 idx = self.record_index(record_id)
             except ApiError as exc:
-                raise ApiError(422, "RECORD_NOT_FOUND", exc.detail) from None
-            if label is not None and (not isinstance(label, str) or not label.strip()):
+                raise ApiError(422, "RECORD_NOT_FOUND" if exc.status == 404 else exc.error_code, exc.detail) from None
+            if label is not None and (not isinstance(label, str) or not label.strip() or not is_text(label)
+                                      or len(label) > 1000):
                 raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: a label is a non-empty string or null")
-            if confidence is not None:
-                if isinstance(confidence, bool) or not isinstance(confidence, (int, float)):
-                    raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be a number")
-                if not math.isfinite(confidence) or not 0.0 <= confidence <= 1.0:
-                    raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be in [0, 1]")
-            resolved[idx] = (label, confidence)
+            if confidence is not None and not is_unit_number(confidence):
+                raise ApiError(422, "INVALID_REQUEST", f"record {record_id!r}: confidence must be a number in [0, 1]")
+            resolved[idx] = (label, None if confidence is None else float(confidence))
         now = _now_iso()
         new_labels: set[str] = set()
         with self._tx() as conn:
@@ -503,7 +462,7 @@ class HostStore:
                     row[info["weak"]] = label
                     conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
                     row[info["confidence"]] = conf_text
-                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (_dump_row(row), idx))
+                conn.execute("UPDATE records SET data = ? WHERE idx = ?", (dump_row(row), idx))
                 conn.execute(
                     "INSERT INTO label_events (record_idx, task, source, label, confidence, origin, user_name, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -519,6 +478,66 @@ class HostStore:
             self._export_cache = None
         info["labels"] = updated
         return {"stored": len(resolved), "task": info["name"], "source": source}
+
+    def import_associations(self, body: dict[str, Any], *, user_name: str) -> int:
+        """The SDK's ``POST /associations``, as refinery-gateway v1.15.1 stores it.
+
+        refinery-gateway ``controller/transfer/association_transfer_manager.py`` ``import_associations``: the
+        associations become ``MODEL_CALLBACK`` votes of the information source ``name`` (created only for
+        ``source_type == "heuristic"``), replacing that source's earlier votes on the same records; they are
+        not manual labels and do not appear in the record export. Answers how many were stored. What fails
+        in the gateway there (unknown task, unknown source type, unknown label, no indices) raises
+        :class:`GatewayError`, which the proxy turns into ``200 null``. (Gateway v1.17.0 answers every
+        associations call with 404, which the proxy reports as ``PROJECT_NOT_FOUND``.)
+        """
+        name, task_name, source_type = body["name"], body["label_task_name"], body["source_type"]
+        associations, indices = body["associations"], body["indices"]
+        task = next((t for t in self._meta["tasks"] if t["name"] == task_name), None)
+        if task is None:
+            raise GatewayError(f"no labeling task named {task_name!r}")
+        if not isinstance(name, str) or not is_text(name) or not name:
+            raise GatewayError("name must be the information source's name")
+        with self._lock:
+            known = self._conn.execute(
+                "SELECT 1 FROM model_callbacks WHERE source_name = ? LIMIT 1", (name,)
+            ).fetchone() is not None
+        if not known and source_type != "heuristic":
+            raise GatewayError("Unknown source type")
+        if not isinstance(indices, list) or not indices or not isinstance(indices[0], dict):
+            raise GatewayError("indices must be a non-empty list of primary-key objects")
+        if not isinstance(associations, list):
+            raise GatewayError("associations must be a list")
+        keys = list(indices[0])
+        if keys != [self.id_attribute]:
+            raise GatewayError(f"indices must name records by {self.id_attribute!r}")
+        found: list[int] = []  # get_records_by_composite_keys: records that exist, in the order asked
+        for index in indices:
+            value = index.get(self.id_attribute) if isinstance(index, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                continue
+            idx = self._idx_by_id.get(str(value))
+            if idx is not None and idx not in found:
+                found.append(idx)
+        rows: list[tuple[int, str, float | None]] = []
+        for idx, association in zip(found, associations):
+            if not isinstance(association, list) or len(association) != 2:
+                raise GatewayError("each association is [label, confidence]")
+            label, confidence = association
+            if not isinstance(label, str) or label not in task["labels"]:
+                raise GatewayError(f"label {label!r} is not a label of task {task_name!r}")
+            if confidence is not None and not is_unit_number(confidence):
+                raise GatewayError("confidence must be a number in [0, 1]")
+            rows.append((idx, label, None if confidence is None else float(confidence)))
+        now = _now_iso()
+        with self._tx() as conn:
+            conn.executemany("DELETE FROM model_callbacks WHERE source_name = ? AND record_idx = ?",
+                             [(name, idx) for idx in found])
+            conn.executemany(
+                "INSERT INTO model_callbacks (record_idx, task, source_name, label, confidence, user_name, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(idx, task["name"], name, label, conf, user_name, now) for idx, label, conf in rows],
+            )
+        return len(rows)
 
     # ------------------------------------------------------------------------------------------
     # users and sessions
@@ -616,7 +635,7 @@ class HostStore:
         if not isinstance(spec, dict):
             raise ApiError(422, "INVALID_REQUEST", "body must be a JSON object")
         name = spec.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+        if not isinstance(name, str) or not name.strip() or len(name) > 200 or not is_text(name):
             raise ApiError(422, "INVALID_REQUEST", "name must be a non-empty string of at most 200 characters")
         dim = spec.get("dimension")
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIMENSION:
@@ -625,14 +644,20 @@ class HostStore:
         if etype != "ON_ATTRIBUTE":
             raise ApiError(422, "INVALID_REQUEST", f"type {etype!r} is not supported here, only ON_ATTRIBUTE")
         count = spec.get("count")
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
-            raise ApiError(422, "INVALID_REQUEST", "count must be a non-negative integer")
+        if count is not None and not is_int(count, 0, 10**9):
+            raise ApiError(422, "INVALID_REQUEST", "count must be an integer in [0, 10^9]")
+        custom = spec.get("custom", True)
+        if not isinstance(custom, bool):
+            raise ApiError(422, "INVALID_REQUEST", "custom must be true or false")
         texts = {}
         for key in ("attribute", "platform", "model"):
             value = spec.get(key)
-            if value is not None and not isinstance(value, str):
-                raise ApiError(422, "INVALID_REQUEST", f"{key} must be a string")
+            if value is not None and (not isinstance(value, str) or len(value) > 200 or not is_text(value)):
+                raise ApiError(422, "INVALID_REQUEST", f"{key} must be a string of at most 200 characters")
             texts[key] = value
+        names = [a["name"] for a in self._meta["attributes"]]
+        if texts["attribute"] is not None and texts["attribute"] not in names:
+            raise ApiError(422, "INVALID_REQUEST", f"attribute must be one of the project's attributes: {', '.join(names)}")
         eid = str(uuid.uuid4())
         now = time.time()
         with self._tx() as conn:
@@ -649,7 +674,7 @@ class HostStore:
             conn.execute(
                 "INSERT INTO embeddings (id, name, attribute, type, custom, dimension, platform, model,"
                 " expected_count, state, served, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
-                (eid, name, texts["attribute"], etype, int(bool(spec.get("custom", True))), dim,
+                (eid, name, texts["attribute"], etype, int(custom), dim,
                  texts["platform"], texts["model"], count, "INITIALIZING", _now_iso(), now),
             )
         if stale:
@@ -681,24 +706,35 @@ class HostStore:
             raise ApiError(409, "EMBEDDING_NOT_STAGED", f"embedding version {embedding_id} is {state}, not staged")
         if not isinstance(body, dict) or not isinstance(body.get("tensors"), list):
             raise ApiError(422, "INVALID_REQUEST", 'body must be {"chunk": N, "tensors": [{"record_id", "data"}]}')
+        chunk = body.get("chunk")
+        if chunk is not None and not is_int(chunk, 0, 10**9):
+            raise ApiError(422, "INVALID_REQUEST", "chunk must be a non-negative integer")
         tensors = body["tensors"]
         indices: list[int] = []
         unknown: list[str] = []
         vectors: list[Any] = []
         for pos, item in enumerate(tensors):
-            if not isinstance(item, dict) or "record_id" not in item or not (
-                isinstance(item.get("data"), list) or isinstance(item.get("data_b64"), str)
-            ):
-                raise ApiError(422, "INVALID_REQUEST", f"tensor #{pos} must be an object with record_id and data")
+            if not isinstance(item, dict) or not isinstance(item.get("record_id"), str):
+                raise ApiError(422, "INVALID_REQUEST", f"tensor #{pos} must be an object with a string record_id")
             rid = item["record_id"]
-            idx = self._idx_by_id.get(str(rid)) if isinstance(rid, (str, int)) and not isinstance(rid, bool) else None
+            has_list, has_b64 = "data" in item, "data_b64" in item
+            if has_list == has_b64:
+                raise ApiError(422, "INVALID_REQUEST", f"tensor #{pos} must carry exactly one of data (a list) or data_b64")
+            if has_list:
+                data = item["data"]
+                if not isinstance(data, list) or not all(type(v) in (int, float) for v in data):
+                    raise ApiError(422, "INVALID_VECTOR", f"tensor #{pos}: data must be a flat list of numbers")
+            else:
+                if not isinstance(item["data_b64"], str):
+                    raise ApiError(422, "INVALID_VECTOR", f"tensor #{pos}: data_b64 must be a base64 string")
+                data = _decode_b64(item["data_b64"], pos)
+            idx = self._idx_by_id.get(rid)
             if idx is None:
                 unknown.append(repr(rid))
                 continue
-            data = item["data"] if "data" in item else _decode_b64(item["data_b64"], rid)
             if len(data) != dim:
                 raise ApiError(
-                    422, "DIMENSION_MISMATCH", f"record {rid!r}: vector has {len(data)} values, the embedding has {dim}"
+                    422, "DIMENSION_MISMATCH", f"tensor #{pos}: vector has {len(data)} values, the embedding has {dim}"
                 )
             indices.append(idx)
             vectors.append(data)
@@ -708,11 +744,11 @@ class HostStore:
         if vectors:
             try:
                 matrix = np.asarray(vectors, dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ApiError(422, "INVALID_VECTOR", "vectors must hold numbers only") from None
+            except (TypeError, ValueError, OverflowError):  # an integer beyond float range
+                raise ApiError(422, "INVALID_VECTOR", "vectors must hold finite numbers within float32's range") from None
             if matrix.shape != (len(vectors), dim):
                 raise ApiError(422, "INVALID_VECTOR", "vectors must be flat lists of numbers")
-            with np.errstate(over="ignore"):
+            with np.errstate(over="ignore", invalid="ignore"):
                 matrix32 = matrix.astype("<f4")
             bad = ~np.isfinite(matrix32).all(axis=1)
             if bad.any():
@@ -732,16 +768,18 @@ class HostStore:
                 "UPDATE embeddings SET state = 'ENCODING', updated_at = ? WHERE id = ?", (time.time(), embedding_id)
             )
             total = conn.execute("SELECT COUNT(*) FROM tensors WHERE embedding_id = ?", (embedding_id,)).fetchone()[0]
-        return {"chunk": body.get("chunk"), "received": len(tensors), "stored": len(set(indices)), "total": total}
+        return {"chunk": chunk, "received": len(tensors), "stored": len(set(indices)), "total": total}
 
     def finalize_embedding(self, embedding_id: str, body: Any = None) -> dict[str, Any]:
         """Check completeness and, in one transaction, serve this version and drop the previous one.
 
         Idempotent: finalizing the version that is already served answers the same as the first time.
         """
+        if body is not None and not isinstance(body, dict):
+            raise ApiError(422, "INVALID_REQUEST", 'body must be {"count": N} or empty')
         count = body.get("count") if isinstance(body, dict) else None
-        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
-            raise ApiError(422, "INVALID_REQUEST", "count must be an integer")
+        if count is not None and not is_int(count, 0, 10**9):
+            raise ApiError(422, "INVALID_REQUEST", "count must be an integer in [0, 10^9]")
         replaced: list[str] = []
         with self._tx() as conn:
             row = conn.execute("SELECT * FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
@@ -765,6 +803,7 @@ class HostStore:
             ]
             for old in replaced:
                 conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
+                conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (old,))
                 conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
             conn.execute(
                 "UPDATE embeddings SET state = 'FINISHED', served = 1, updated_at = ?, finished_at = ? WHERE id = ?",
@@ -789,6 +828,7 @@ class HostStore:
                     409, "EMBEDDING_SERVED", f"version {embedding_id} is the served {row[1]!r}; add ?force=true to drop it"
                 )
             conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
+            conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (embedding_id,))
             conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
         self._vectors.drop(embedding_id)
         return {"id": embedding_id, "deleted": True, "was_served": bool(row[0])}
@@ -797,8 +837,8 @@ class HostStore:
     # similarity search and labeling sessions
 
     def _served(self, name_or_id: Any) -> tuple[str, str]:
-        if not isinstance(name_or_id, str) or not name_or_id:
-            raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id")
+        if not isinstance(name_or_id, str) or not name_or_id or not is_text(name_or_id):
+            raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id (a string)")
         with self._lock:
             row = self._conn.execute(
                 "SELECT id, name FROM embeddings WHERE served = 1 AND (id = ? OR name = ?) ORDER BY id = ? DESC",
@@ -821,35 +861,116 @@ class HostStore:
         matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
         return VectorIndex(positions, matrix)
 
-    def similar(self, embedding: Any, record_id: Any, limit: Any = 100) -> dict[str, Any]:
-        """The ``limit`` records nearest to ``record_id`` by Euclidean distance (query excluded)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
-            raise ApiError(422, "INVALID_REQUEST", "limit must be an integer in [1, 10000]")
+    def _threshold(self, embedding_id: str, index: VectorIndex) -> float | None:
+        """The embedding's similarity threshold: computed on its first search, then stored (``similarity_threshold.py``)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM thresholds WHERE embedding_id = ?", (embedding_id,)).fetchone()
+        if row is not None:
+            return row[0]
+        value = similarity_threshold(index.matrix, seed=embedding_id)
+        if value is not None:
+            with self._tx() as conn:
+                if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
+                    conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
+        return value
+
+    def _search(self, embedding_id: str, idx: int, limit: int) -> tuple[list[int], list[float], float | None]:
+        """Positions and distances of the records within the threshold of record ``idx``, query first; the query
+        alone when the search finds nothing (``get_records_by_similarity_search``)."""
+        index = self._vectors.get(embedding_id, self._load_index)
+        threshold = self._threshold(embedding_id, index)
+        positions, distances = index.search(idx, threshold=threshold, limit=limit)
+        if not positions:
+            positions, distances = [idx], [0.0]
+        return positions, distances, threshold
+
+    def similar(self, embedding: Any, record_id: Any, limit: Any = SEARCH_LIMIT) -> dict[str, Any]:
+        """The push extension's search: the data browser's, by record id (see :mod:`.vectors`).
+
+        ``record_ids`` starts with the query record (score 0); ``scores`` are Euclidean distances, nearest
+        first, all within ``threshold``; at most ``limit`` (1..100, default 100) records.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
+            raise ApiError(422, "INVALID_REQUEST", f"limit must be an integer in [1, {SEARCH_LIMIT}]")
         eid, name = self._served(embedding)
         idx = self.record_index(record_id)
-        index = self._vectors.get(eid, self._load_index)
-        positions, distances = index.nearest(idx, limit)
+        positions, distances, threshold = self._search(eid, idx, limit)
         return {
+            "record_ids": [self._record_ids[p] for p in positions],
+            "scores": [round(d, 6) for d in distances],
             "embedding": name,
             "embedding_id": eid,
             "record_id": self._record_ids[idx],
-            "record_ids": [self._record_ids[p] for p in positions],
-            "scores": [round(float(d), 6) for d in distances],
+            "threshold": None if threshold is None else round(threshold, 6),
         }
 
     def create_labeling_session(self, embedding: Any, record_id: Any, limit: Any, user_name: str) -> dict[str, Any]:
-        """Run a similarity search and keep its result as an ordered session (query first)."""
+        """Run a similarity search and keep its ordered result as a session, as the data browser does."""
         found = self.similar(embedding, record_id, limit)
+        sid = self._store_session(found["embedding_id"], found["embedding"], found["record_id"], found["record_ids"],
+                                  user_name)
+        return self.get_labeling_session(sid)
+
+    def _store_session(self, embedding_id: str, embedding_name: str, query: str, record_ids: list[str], user_name: str) -> str:
         sid = str(uuid.uuid4())
-        record_ids = [found["record_id"], *found["record_ids"]]
-        created = _now_iso()
         with self._tx() as conn:
             conn.execute(
                 "INSERT INTO labeling_sessions (id, embedding_id, embedding_name, query_record_id, record_ids,"
                 " user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (sid, found["embedding_id"], found["embedding"], found["record_id"], json.dumps(record_ids), user_name, created),
+                (sid, embedding_id, embedding_name, query, json.dumps(record_ids), user_name, _now_iso()),
             )
-        return self.get_labeling_session(sid)
+        return sid
+
+    def search_records_by_similarity(self, body: dict[str, Any], user_name: str) -> dict[str, Any]:
+        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``.
+
+        ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}`` (record UUIDs).
+        The answer has the gateway's shape: ``{"data": {"searchRecordsBySimilarity": {"recordList":
+        [{"recordData": JSON text of the record row, "typename": "ExtendedRecord"}], "queryLimit": 100,
+        "queryOffset": 0, "fullCount", "sessionId"}}}`` (``pack_json_result`` camel-cases ``__typename``).
+        An attribute filter is not supported here: a non-empty ``attFilter`` finds nothing, as for an
+        embedding without filter attributes (``is_filter_valid_for_embedding``), so the query record alone.
+        """
+        embedding_id, record_uuid = body["embeddingId"], body["recordId"]
+        with self._lock:
+            row = self._conn.execute("SELECT id, name FROM embeddings WHERE served = 1 AND id = ?", (embedding_id,)).fetchone()
+        if row is None:
+            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no served embedding with id {embedding_id!r}")
+        idx = self._idx_by_uuid.get(record_uuid)
+        if idx is None:
+            raise ApiError(404, "RECORD_NOT_FOUND", f"no record with id {record_uuid!r}")
+        if body.get("attFilter"):
+            positions = [idx]
+        else:
+            positions, _, _ = self._search(row[0], idx, SEARCH_LIMIT)
+        sid = self._store_session(row[0], row[1], self._record_ids[idx], [self._record_ids[p] for p in positions], user_name)
+        with self._lock:
+            datas = {
+                i: d for i, d in self._conn.execute(
+                    f"SELECT idx, data FROM records WHERE idx IN ({','.join('?' * len(positions))})", positions
+                ).fetchall()
+            }
+        attribute_names = [a["name"] for a in self._meta["attributes"]]
+        record_list = []
+        for order, p in enumerate(positions, start=1):
+            full = json.loads(datas[p])
+            record = {
+                "id": self._uuids[p],
+                "project_id": self.project_id,
+                "data": {a: full.get(a) for a in attribute_names},
+                "category": "SCALE",
+                "record_id": self._uuids[p],
+                "db_order": order,
+                "rla_data": None,
+            }
+            record_list.append({"recordData": json.dumps(record), "typename": "ExtendedRecord"})
+        return {"data": {"searchRecordsBySimilarity": {
+            "recordList": record_list,
+            "queryLimit": SEARCH_LIMIT,
+            "queryOffset": 0,
+            "fullCount": len(positions),
+            "sessionId": sid,
+        }}}
 
     def get_labeling_session(self, session_id: str) -> dict[str, Any]:
         """A stored labeling session (its record list is fixed when it is created)."""

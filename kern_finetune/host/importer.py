@@ -1,0 +1,436 @@
+"""What the host imports on its first start: an export file or a project snapshot, as refinery would serve it.
+
+- A record export (``.json``, ``.json.gz``) is what ``GET /api/project/{id}/export`` returned: its rows and
+  columns are kept as they are, in their order; extraction columns (values that are JSON arrays) included.
+- A snapshot (``.zip``) is turned into the record export the gateway would serve once the snapshot is
+  imported, following the export SQL of refinery-submodule-model ``business_objects/export.py``
+  (``build_full_record_sql_export``, used by refinery-gateway ``controller/transfer/manager.py``
+  ``export_records``):
+
+  - columns: the attributes in ``relative_position`` order, then per classification task
+    ``__MANUAL``, ``__WEAK_SUPERVISION``, ``__WEAK_SUPERVISION__confidence``, then per extraction task the
+    same three, whose values are per-token arrays (``__build_extraction_part``): ``B-<label>`` /
+    ``I-<label>`` on labelled tokens and ``OUTSIDE`` elsewhere, weak-supervision confidences ``0`` on
+    unlabelled tokens;
+  - rows: ``ORDER BY 1``, i.e. by the first attribute's value *as text* (``"0" < "1" < "10" < "100"``),
+    nulls last.
+
+  The number of tokens per record comes from the snapshot's ``record_attribute_token_statistics_data``;
+  a snapshot without it (refinery re-tokenizes with spaCy on import) gets an approximation of spaCy's
+  English tokenizer (words, punctuation, clitics), so an array's length may differ by a token or two
+  from a real refinery's on unusual text. Records are kept even where the real export's inner join on
+  token statistics would drop one (a record whose extraction attribute is empty).
+
+  The snapshot's embeddings that carry tensors (``type ON_ATTRIBUTE``) become served embeddings, named as
+  the gateway's import names them (``controller/transfer/project_transfer_manager.py``,
+  ``import_records_and_rlas``: ``__transform_embedding_by_name`` renames an embedding without
+  ``platform`` to ``<attribute>-<type>-<platform>-<model>``; without ``attribute_id`` the attribute is
+  found by ``__get_attribute_name_from_embedding_name``). An embedding the gateway could not import
+  makes the whole snapshot unusable there, so it is refused here too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ExportError
+from ..export import Record, TaskColumns, discover_tasks, load_export
+from ..snapshot import read_snapshot
+from .values import as_confidence, as_string, dump_row, is_text
+
+__all__ = [
+    "ImportPlan",
+    "ImportedEmbedding",
+    "ImportedProject",
+    "approximate_token_count",
+    "embedding_import_name",
+    "plan_import",
+    "read_project",
+]
+
+_LABEL_SUFFIXES = ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL")
+_EXTRACTION = "INFORMATION_EXTRACTION"
+_OUTSIDE = "OUTSIDE"
+_PYTHON_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
+_ATTRIBUTE_FROM_NAME = re.compile(r"^(.+)-(?:classification|extraction).*")
+_TOKEN = re.compile(
+    r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
+    r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
+    r"|\w+|[^\w\s]"  # words, and each punctuation mark
+    r"|\s{2,}|[^\S ]",  # whitespace other than one space is a token of its own
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class ImportedEmbedding:
+    """An embedding of a snapshot, as the gateway's import would store it."""
+
+    name: str
+    attribute: str
+    type: str
+    custom: bool
+    platform: str
+    model: str
+    positions: list[int]
+    """Record positions (into :attr:`ImportedProject.records`) that have a vector, in record order."""
+    matrix: np.ndarray = field(repr=False)
+
+
+@dataclass
+class ImportedProject:
+    records: list[Record] = field(repr=False)
+    uuids: list[str | None] = field(repr=False)
+    """The host's record UUID per record (a snapshot's record ids; None for a record export)."""
+    extraction_columns: list[str]
+    embeddings: list[ImportedEmbedding]
+    name: str | None = None
+
+
+@dataclass
+class ImportPlan:
+    """What the store writes on the first start: rows, record UUIDs, attributes, tasks, embeddings."""
+
+    rows: list[tuple[int, str, str]] = field(repr=False)
+    """``(position, record id, row JSON)``: the export row, every value a string or null (arrays kept)."""
+    uuids: list[str | None] = field(repr=False)
+    attributes: list[dict[str, Any]]
+    """``{"name", "data_type", "is_primary_key"}`` in column order."""
+    tasks: list[dict[str, Any]]
+    """Classification tasks: ``{"name", "attribute", "manual", "weak", "confidence", "labels"}`` (column names)."""
+    extraction_tasks: list[dict[str, Any]]
+    """``{"name", "attribute", "columns"}``; their columns are served as they are."""
+    embeddings: list[ImportedEmbedding]
+    name: str | None
+
+
+def plan_import(path: str | Path, *, id_attribute: str) -> ImportPlan:
+    """Read ``path`` (:func:`read_project`) and lay out what the host stores. Errors are :class:`ExportError`."""
+    project = read_project(path)
+    records = project.records
+    extraction = set(project.extraction_columns)
+    columns: dict[str, None] = {}
+    for rec in records:
+        for key in rec:
+            columns.setdefault(key, None)
+    label_columns: set[str] = set(extraction)
+    tasks: list[dict[str, Any]] = []
+    for task in discover_tasks([{c: None for c in columns if c not in extraction}]):
+        label_set: dict[str, None] = {}
+        for col in (task.manual, task.weak):
+            if col:
+                for rec in records:
+                    value = rec.get(col)
+                    if isinstance(value, str) and value:
+                        label_set.setdefault(value, None)
+        info = _task_json(task, sorted(label_set))
+        tasks.append(info)
+        label_columns.update((info["manual"], info["weak"], info["confidence"]))
+    attributes = [c for c in columns if c not in label_columns]
+    synthesize_id = id_attribute not in columns
+    if synthesize_id and id_attribute != "running_id":
+        raise ExportError(f"id attribute {id_attribute!r} is not in the export; attributes: {', '.join(attributes)}")
+    order = list(columns)
+    for info in tasks:  # a task column the export lacks is still served, after the others
+        order.extend(c for c in (info["manual"], info["weak"], info["confidence"]) if c not in columns)
+    if synthesize_id:  # refinery numbers records itself; do the same when the export lacks the column
+        attributes.insert(0, id_attribute)
+        order.insert(0, id_attribute)
+    confidences = {info["confidence"] for info in tasks}
+    rows: list[tuple[int, str, str]] = []
+    seen: set[str] = set()
+    values_by_attr: dict[str, list[str | None]] = {a: [] for a in attributes}
+    for i, rec in enumerate(records):
+        row: dict[str, Any] = {}
+        for col in order:
+            if synthesize_id and col == id_attribute:
+                row[col] = str(i)
+            elif col in extraction:
+                value = rec.get(col)
+                row[col] = value if isinstance(value, list) else None
+            elif col in confidences:
+                row[col] = as_confidence(rec.get(col))
+            else:
+                row[col] = as_string(rec.get(col))
+        for attr in attributes:
+            if len(values_by_attr[attr]) < 2000:
+                values_by_attr[attr].append(row[attr])
+        rid = row[id_attribute]
+        if rid is None or rid == "":
+            raise ExportError(f"record #{i} has no value for the id attribute {id_attribute!r}")
+        if rid in seen:
+            raise ExportError(f"id attribute {id_attribute!r} is not unique: {rid!r} appears twice")
+        seen.add(rid)
+        dumped = dump_row(row)
+        if not is_text(dumped):
+            raise ExportError(f"record #{i} holds text that is not valid Unicode (a lone surrogate)")
+        rows.append((i, rid, dumped))
+    return ImportPlan(
+        rows=rows,
+        uuids=project.uuids,
+        attributes=[{"name": a, "data_type": _guess_data_type(values_by_attr[a]), "is_primary_key": a == id_attribute}
+                    for a in attributes],
+        tasks=tasks,
+        extraction_tasks=_extraction_tasks(project.extraction_columns),
+        embeddings=project.embeddings,
+        name=project.name,
+    )
+
+
+def approximate_token_count(text: str | None) -> int:
+    """How many tokens spaCy's English tokenizer makes of ``text``, approximately (words, punctuation, clitics,
+    abbreviations, extra whitespace)."""
+    return len(_TOKEN.findall(text)) if text else 0
+
+
+def embedding_import_name(name: str) -> tuple[str, str, str]:
+    """``(platform, model, new name)`` of an embedding without ``platform``, as the gateway's import renames it.
+
+    refinery-gateway ``project_transfer_manager.py`` ``__transform_embedding_by_name``; a name without ``-``
+    fails there with IndexError, here with :class:`ExportError`.
+    """
+    parts = name.split("-")
+    if len(parts) < 2:
+        raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
+    attribute, etype, model = parts[0], parts[1], "-".join(parts[2:])
+    platform = "python" if model in _PYTHON_MODELS else "huggingface"
+    return platform, model, f"{attribute}-{etype}-{platform}-{model}"
+
+
+def read_project(path: str | Path) -> ImportedProject:
+    """Read an export file or a snapshot (see the module docstring). Errors are :class:`ExportError`."""
+    path = Path(path)
+    if path.suffix != ".zip":
+        records = load_export(path)
+        return ImportedProject(records=records, uuids=[None] * len(records),
+                               extraction_columns=extraction_columns(records), embeddings=[])
+    snap = read_snapshot(path)
+    data = snap.data
+    attributes = sorted(
+        (a for a in data.get("attributes_data") or [] if isinstance(a, dict) and a.get("name")),
+        key=lambda a: (a.get("relative_position") is None, a.get("relative_position") or 0),
+    )
+    records = [dict(r) for r in snap.records]
+    columns = _add_extraction(records, snap.record_uuids, data, attributes, source=str(path))
+    embeddings = _embeddings(data, snap.record_uuids, attributes, source=str(path))
+    first = next(iter(records[0]), None) if records else None
+    order = list(range(len(records)))
+    if first is not None:  # ORDER BY 1: the first column as text, nulls last
+        order.sort(key=lambda i: (records[i].get(first) is None, str(records[i].get(first) or "")))
+    position = {old: new for new, old in enumerate(order)}
+    for emb in embeddings:
+        pairs = sorted((position[p], row) for row, p in enumerate(emb.positions))
+        emb.matrix = emb.matrix[[row for _, row in pairs]] if pairs else emb.matrix
+        emb.positions = [p for p, _ in pairs]
+    return ImportedProject(
+        records=[records[i] for i in order],
+        uuids=[snap.record_uuids[i] for i in order],
+        extraction_columns=columns,
+        embeddings=embeddings,
+        name=snap.project_name or None,
+    )
+
+
+def extraction_columns(records: list[Record]) -> list[str]:
+    """Label columns whose values are JSON arrays: an extraction task's, as the real export writes them."""
+    found: dict[str, None] = {}
+    for rec in records:
+        for key, value in rec.items():
+            if isinstance(value, list) and key.endswith(_LABEL_SUFFIXES):
+                found.setdefault(key, None)
+    if not found:
+        return []
+    bases = {key[: -len(s)] for key in found for s in _LABEL_SUFFIXES if key.endswith(s)}
+    columns: dict[str, None] = {}
+    for rec in records[:1000]:
+        for key in rec:
+            if any(key == b + s for b in bases for s in _LABEL_SUFFIXES):
+                columns.setdefault(key, None)
+    return list(columns)
+
+
+def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any], attributes: list[dict[str, Any]],
+                    *, source: str) -> list[str]:
+    """Add each extraction task's three columns to ``records`` (in place); returns the column names."""
+    attr_by_id = {str(a.get("id")): str(a["name"]) for a in attributes}
+    tasks = [t for t in data.get("labeling_tasks_data") or [] if isinstance(t, dict) and t.get("task_type") == _EXTRACTION]
+    if not tasks:
+        return []
+    counts: dict[tuple[str, str], int] = {}
+    for row in data.get("record_attribute_token_statistics_data") or []:
+        if isinstance(row, dict) and isinstance(row.get("num_token"), int):
+            counts[(str(row.get("record_id")), str(row.get("attribute_id")))] = row["num_token"]
+    labels = {str(lab.get("id")): (str(lab.get("labeling_task_id")), str(lab.get("name")))
+              for lab in data.get("labeling_task_labels_data") or [] if isinstance(lab, dict)}
+    tokens: dict[str, list[tuple[int, bool]]] = {}
+    for tok in data.get("record_label_association_tokens_data") or []:
+        if isinstance(tok, dict) and isinstance(tok.get("token_index"), int):
+            tokens.setdefault(str(tok.get("record_label_association_id")), []).append(
+                (tok["token_index"], bool(tok.get("is_beginning_token"))))
+    # (task id, record id, source type) -> {token index: [(tag, confidence)]}
+    tagged: dict[tuple[str, str, str], dict[int, list[tuple[str, float | None]]]] = {}
+    for rla in data.get("record_label_associations_data") or []:
+        if not isinstance(rla, dict) or rla.get("return_type") != "YIELD":
+            continue
+        kind = rla.get("source_type")
+        if kind == "MANUAL" and rla.get("is_valid_manual_label") is False or kind not in ("MANUAL", "WEAK_SUPERVISION"):
+            continue
+        hit = labels.get(str(rla.get("labeling_task_label_id")))
+        if hit is None:
+            continue
+        conf = rla.get("confidence")
+        conf = round(float(conf), 4) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None
+        slot = tagged.setdefault((hit[0], str(rla.get("record_id")), kind), {})
+        for index, begin in tokens.get(str(rla.get("id")), []):
+            slot.setdefault(index, []).append((("B-" if begin else "I-") + hit[1], conf))
+    columns: list[str] = []
+    for task in tasks:
+        attr_id = str(task.get("attribute_id"))
+        if attr_id not in attr_by_id:
+            raise ExportError(f"{source}: extraction task {task.get('name')!r} points at an unknown attribute")
+        attr, tid = attr_by_id[attr_id], str(task.get("id"))
+        base = f"{attr}__{task.get('name')}"
+        names = (f"{base}__MANUAL", f"{base}__WEAK_SUPERVISION", f"{base}__WEAK_SUPERVISION__confidence")
+        columns.extend(names)
+        for rec, rid in zip(records, uuids):
+            n = counts.get((rid, attr_id))
+            if n is None:  # approximated, but never short of a labelled token
+                value = rec.get(attr)
+                labelled = [t for kind in ("MANUAL", "WEAK_SUPERVISION") for t in tagged.get((tid, rid, kind), {})]
+                n = max([approximate_token_count(value if isinstance(value, str) else None)] + [t + 1 for t in labelled])
+            manual, weak, weak_conf = [], [], []
+            for kind, out in (("MANUAL", manual), ("WEAK_SUPERVISION", weak)):
+                slot = tagged.get((tid, rid, kind), {})
+                for t in range(n):
+                    hits = slot.get(t)
+                    if not hits:
+                        out.append(_OUTSIDE)
+                        if kind == "WEAK_SUPERVISION":
+                            weak_conf.append(0.0)
+                        continue
+                    for tag, conf in hits:
+                        out.append(tag)
+                        if kind == "WEAK_SUPERVISION" and conf is not None:
+                            weak_conf.append(conf)
+            rec[names[0]] = manual or None
+            rec[names[1]] = weak or None
+            rec[names[2]] = weak_conf or None
+    return columns
+
+
+def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[str, Any]], *, source: str) -> list[ImportedEmbedding]:
+    """The snapshot's ON_ATTRIBUTE embeddings with tensors, named and attributed as the gateway's import does."""
+    tensors: dict[str, list[dict[str, Any]]] = {}
+    for t in data.get("embedding_tensors_data") or []:
+        if isinstance(t, dict):
+            tensors.setdefault(str(t.get("embedding_id")), []).append(t)
+    attr_by_id = {str(a.get("id")): str(a["name"]) for a in attributes}
+    attr_names = set(attr_by_id.values())
+    position = {rid: i for i, rid in enumerate(uuids)}
+    out: list[ImportedEmbedding] = []
+    seen: set[str] = set()
+    for emb in data.get("embeddings_data") or []:
+        if not isinstance(emb, dict) or not isinstance(emb.get("name"), str):
+            raise ExportError(f"{source}: an embedding has no name; refinery's import would fail")
+        name = emb["name"]
+        platform, model = emb.get("platform"), emb.get("model")
+        if not platform:
+            platform, model, name = embedding_import_name(name)
+        if emb.get("attribute_id"):
+            attribute = attr_by_id.get(str(emb["attribute_id"]))
+            if attribute is None:
+                raise ExportError(f"{source}: embedding {name!r} points at an unknown attribute")
+        else:
+            match = _ATTRIBUTE_FROM_NAME.match(name)
+            if match is None or match.group(1) not in attr_names:
+                raise ExportError(
+                    f"{source}: embedding {name!r} has no attribute_id and its name does not start with an attribute "
+                    "followed by -classification or -extraction; refinery's import would fail"
+                )
+            attribute = match.group(1)
+        rows = tensors.get(str(emb.get("id")), [])
+        if emb.get("type", "ON_ATTRIBUTE") != "ON_ATTRIBUTE" or not rows:
+            continue  # refinery recomputes an embedding without tensors; token-level ones are not searchable here
+        if name in seen:
+            raise ExportError(f"{source}: two embeddings are named {name!r}")
+        seen.add(name)
+        pairs: list[tuple[int, Any]] = []
+        for t in rows:
+            p = position.get(str(t.get("record_id")))
+            if p is not None and t.get("sub_key") is None:
+                pairs.append((p, t.get("data")))
+        pairs.sort(key=lambda x: x[0])
+        if not pairs:
+            continue  # no tensor belongs to a record of the snapshot
+        try:
+            matrix = np.asarray([d for _, d in pairs], dtype=np.float32)
+        except (TypeError, ValueError, OverflowError):
+            raise ExportError(f"{source}: embedding {name!r} has tensors that are not flat lists of numbers") from None
+        if matrix.ndim != 2 or matrix.shape[1] == 0 or not np.isfinite(matrix).all():
+            raise ExportError(f"{source}: embedding {name!r} has tensors of unequal length or non-finite values")
+        out.append(ImportedEmbedding(name=name, attribute=attribute, type="ON_ATTRIBUTE", custom=bool(emb.get("custom")),
+                                     platform=str(platform), model=str(model or ""), positions=[p for p, _ in pairs],
+                                     matrix=matrix))
+    return out
+
+
+def _guess_data_type(values: list[str]) -> str:
+    """A refinery attribute data type guessed from string values: INTEGER, FLOAT, BOOLEAN, CATEGORY or TEXT."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "TEXT"
+
+    def _all(pred: Any) -> bool:
+        return all(pred(v) for v in present)
+
+    def _is_int(v: str) -> bool:
+        return v.lstrip("-").isdigit()
+
+    def _is_float(v: str) -> bool:
+        try:
+            float(v)
+        except ValueError:
+            return False
+        return True
+
+    if _all(_is_int):
+        return "INTEGER"
+    if _all(_is_float):
+        return "FLOAT"
+    if _all(lambda v: v.lower() in ("true", "false")):
+        return "BOOLEAN"
+    distinct = set(present)
+    if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
+        return "CATEGORY"
+    return "TEXT"
+
+
+def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
+    base = f"{task.attribute or ''}__{task.name}"
+    return {
+        "name": task.name,
+        "attribute": task.attribute,
+        "manual": task.manual or f"{base}__MANUAL",
+        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
+        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
+        "labels": labels,
+    }
+
+
+def _extraction_tasks(columns: list[str]) -> list[dict[str, Any]]:
+    """Extraction tasks (name, attribute, columns) from their export columns ``<attribute>__<task>__<suffix>``."""
+    found: dict[str, dict[str, Any]] = {}
+    for col in columns:
+        for suffix in ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL"):
+            if col.endswith(suffix):
+                base = col[: -len(suffix)]
+                attribute, _, name = base.rpartition("__")
+                info = found.setdefault(base, {"name": name, "attribute": attribute or None, "columns": []})
+                info["columns"].append(col)
+                break
+    return list(found.values())

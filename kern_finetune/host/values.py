@@ -1,0 +1,57 @@
+"""Values as the host stores and serves them: export strings, confidences, checked request fields."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+__all__ = ["as_confidence", "as_string", "dump_row", "is_int", "is_text", "is_unit_number"]
+
+
+def as_string(value: Any) -> str | None:
+    """Export values are strings (or null), as refinery sends them."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def as_confidence(value: Any) -> str | None:
+    """Confidence columns hold a string rounded to 4 places (``"0.6220"``)."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return as_string(value)
+    return f"{number:.4f}" if math.isfinite(number) else None
+
+
+def dump_row(row: dict[str, Any]) -> str:
+    """A record row as the compact JSON the host stores and serves."""
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+
+
+def is_text(value: str) -> bool:
+    """True when ``value`` can be stored and sent as UTF-8 (JSON allows lone surrogates such as ``"\\ud800"``)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_int(value: Any, lo: int, hi: int) -> bool:
+    """An integer (not a bool) in ``[lo, hi]``."""
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def is_unit_number(value: Any) -> bool:
+    """A number (not a bool) in [0, 1]; compared before any float conversion, so huge integers are safe."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 <= value <= 1
