@@ -9,7 +9,7 @@ in a results file, rounded the way README writes it, gives it:
 - ``~20 min`` / ``6 minutes``: a number of seconds that gives that many minutes, rounded;
 - a sign (``+3.1``) is ignored: the source may be a gain or its two ends.
 
-Where the paragraph (or the table's section) names results files (``compare.md``, ``full_mode.json``, ...),
+Where the paragraph (for a table: it or its caption, the paragraph before it) names results files (``compare.md``, ``full_mode.json``, ...),
 only those files count (``X.md`` also opens ``X.json``), and ``docs/*.md`` or ``samples/*.md`` files it names
 by path count too (figures quoted from elsewhere: the 2022 blog, the sample's make-up); otherwise the section's named files, else any results file. Numbers inside backticks
 (commands, options), settings (after ``>``, ``<``, ``=``, ``lr``, ``alpha``), years, and small counts below
@@ -31,7 +31,7 @@ README = ROOT / "README.md"
 RESULTS = ROOT / "benchmarks" / "results"
 MEASURED_SECTION = "What it measured"
 
-NUMBER = re.compile(r"(?<![\w.=/^-])([+-]?)(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.]*\w)(?!\.\d)")
+NUMBER = re.compile(r"(?<![\w.=/^])(?<![A-Za-z]-)([+-]?)(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.]*\w)(?!\.\d)")
 SETTING = re.compile(r"(?:[<>=]\s*|\blr\s+|\balpha\s+)$")
 TIME_UNIT = re.compile(r"^\s*(s|seconds?|min|minutes?)\b")
 
@@ -114,8 +114,10 @@ def readme_figures(readme: str, known: set[str]) -> list[dict]:
     figures = []
     for title, blocks in _sections(readme):
         section_files = set().union(*[_named_files(b, known) for b in blocks]) if blocks else set()
-        for block in blocks:
-            files = _named_files(block, known) or section_files or known
+        for n, block in enumerate(blocks):
+            # a table's sources are named in its caption, the paragraph just before it
+            caption = _named_files(blocks[n - 1], known) if n and block.startswith("|") else set()
+            files = _named_files(block, known) or caption or section_files or known
             plain = re.sub(r"`[^`]*`", lambda m: " " * len(m.group(0)), block)  # commands and options are not figures
             for m in NUMBER.finditer(plain):
                 raw = m.group(2)
