@@ -44,7 +44,9 @@ def write_table() -> None:
               "= the base model (top_1k 51.61). alpha > 1 extrapolates past the fine-tuned weights. probe: the pipeline's "
               "linear probe (logistic regression on the labeled records left after the label check, accuracy on the "
               "test records' gold class), raw vectors vs the blended model's. val top_250: purity of the 250 nearest "
-              "neighbours among the validation records, on their selected labels (no gold; `--val`)."]
+              "neighbours among the validation records, on their selected labels (no gold; `--val`). Every row's "
+              "commit is in wise_sweep.jsonl; seven rows measured with a draft of this script before it was committed "
+              "(tags b64-lr2e-5 and xbm512, no commit recorded) were dropped: no committed command made them."]
     (RESULTS / "wise_sweep.md").write_text("\n".join(lines) + "\n")
 
 

@@ -16,7 +16,7 @@ the head's; ``encoder_lr`` is this mode's own):
   validation loss. (Those runs had no pseudo-labels; the pipeline adds them to ``sel`` before calling
   :func:`fit_full`, see :mod:`kern_finetune.pseudo`.) With the blend, a larger step blended back
   further does better: 3e-5 blended at 0.6 / 0.7 gave 76.26 / 76.12 vs 76.09 for 1.5e-5 at 0.7 (seed 42,
-  with pseudo-labels, ``wise_sweep.md``).
+  with pseudo-labels, through the pipeline, ``full_mode.md``).
 - **epochs** ``min(config.epochs, 1)`` on CPU (an epoch over a few thousand texts already takes
   minutes there), ``min(config.epochs, 3)`` on a GPU: the encoder moves far faster than a head and
   over-fits the (partly weak) labels within a few epochs; early stopping guards the rest. On the
@@ -40,8 +40,9 @@ the head's; ``encoder_lr`` is this mode's own):
   ``info`` keeps the blended model's validation loss (``val_loss_interpolated``).
 - **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only): each batch is also
   contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
-  positives instead of ~7. Neutral on the sample (seed 42: 75.43 vs 75.42 unblended, 76.09 vs 76.13
-  blended) at no measurable cost; kept because the 3-seed benchmark ran with it.
+  positives instead of ~7. Neutral on the sample (seed 42, lr 1.5e-5: 75.43 vs 75.42 unblended,
+  ``full_mode_variants.md``; 76.09 with the memory through the pipeline, ``full_mode.md``, vs 76.13 without,
+  ``wise_sweep.md``, blended at 0.7) at no measurable cost; kept because the 3-seed benchmark ran with it.
 - **max sequence length** 128 tokens while training (``MAX_SEQ_LENGTH``), as a per-call tokenizer
   override: the returned model keeps the base model's own limit (256), so it encodes exactly as a
   model loaded from its saved folder does.

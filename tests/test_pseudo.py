@@ -69,17 +69,32 @@ def test_from_dict_accepts_a_number() -> None:
 
 
 def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subset_records, shared_cache, tmp_path) -> None:
+    """Pseudo-labels change only what the head trains on, and the head learns them.
+
+    lr 1e-2 for 5 epochs so that the head moves far enough in seconds to show the direction. Measured at
+    976ed1e: the 139 pseudo-labeled records' top_50 purity by their pseudo-label 73.7 with vs 69.5 without
+    (raw 61.1), test top_100 52.7 vs 49.8 (most pseudo-labels are right, and those records are test records).
+    """
+    from kern_finetune.evaluate import top_k_purity
     from kern_finetune.pipeline import run_pipeline
 
-    config = RunConfig(task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=2, noise_filter="off",
-                       cache_dir=shared_cache)
+    config = RunConfig(task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5, lr=1e-2,
+                       noise_filter="off", cache_dir=shared_cache)
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     m = result.metrics
-    off = run_pipeline(subset_records, dataclasses.replace(config, pseudo_labels="off"), out_dir=tmp_path / "off").metrics
+    off_result = run_pipeline(subset_records, dataclasses.replace(config, pseudo_labels="off"), out_dir=tmp_path / "off")
+    off = off_result.metrics
     assert m["pseudo_labels"]["n_added"] > 0 and m["pseudo_labels"]["threshold"] == 0.7
     assert "pseudo_labels" not in off
     # Same split, test set and probe fitting set: pseudo-labels only change what the head trains on.
     for key in ("n_train", "n_val", "n_test", "train_class_counts", "label_fingerprint"):
         assert m[key] == off[key], key
     assert m["classification"]["raw"] == off["classification"]["raw"]
-    assert m["top_k"]["finetuned"] != off["top_k"]["finetuned"]
+    # The head trained on them: the pseudo-labeled records cluster by their pseudo-label more than without.
+    found = find_pseudo_labels(result.extra["raw_vectors"], result.extra["selection"], threshold=0.7, seed=config.seed)
+    assert len(found["indices"]) == m["pseudo_labels"]["n_added"]
+    rows, labels = found["indices"], found["labels"]
+    with_pl = top_k_purity(result.vectors[rows], labels, (50,))["50"]
+    without = top_k_purity(off_result.vectors[rows], labels, (50,))["50"]
+    assert with_pl >= without + 2, (with_pl, without)
+    assert m["top_k"]["finetuned"]["100"] > off["top_k"]["finetuned"]["100"]
