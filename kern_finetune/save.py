@@ -154,11 +154,33 @@ def save_model(model: SentenceTransformer, head: SkipConnectionHead | None, out:
         full = _with_head(model, head) if head is not None else model
         with torch.no_grad():
             full.save(str(tmp))
+        _portable_module_types(tmp)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+_PORTABLE_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _portable_module_types(folder: Path) -> None:
+    """Name the modules in ``modules.json`` by their classic import path, ``sentence_transformers.models.X``.
+
+    sentence-transformers 6 writes its new module paths (``sentence_transformers.base.modules...``), which
+    older releases cannot import: refinery-embedder pins 5.5.1 (its ``requirements.txt``), and 5.5.1
+    fails on them with ModuleNotFoundError. The classic paths load in 2.x through 6.x, and 5.5.1 gives the
+    same vectors as 6.2 from the folder (cosine 1.0, checked in docs/snapshot.md). That is what lets
+    refinery's embedder compute the fine-tuned embedding itself (the model door).
+    """
+    path = folder / "modules.json"
+    modules = json.loads(path.read_text())
+    for module in modules:
+        name = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if name in _PORTABLE_MODULES:
+            module["type"] = f"sentence_transformers.models.{name}"
+    path.write_text(json.dumps(modules, indent=2))
 
 
 def save_vectors(path: Path, ids: list[str], vectors: np.ndarray) -> None:

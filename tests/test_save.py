@@ -30,6 +30,11 @@ def test_saved_model_gives_head_of_encoder(tmp_path: Path):
     assert np.allclose(got, expected, atol=1e-5)
     # the saved model uses only built-in modules: no kern_finetune import is needed to load it
     assert "kern_finetune" not in (out / "modules.json").read_text()
+    # classic module paths, which refinery-embedder's pinned sentence-transformers 5.5.1 can import too
+    import json
+
+    types = [m["type"] for m in json.loads((out / "modules.json").read_text())]
+    assert types == [f"sentence_transformers.models.{n}" for n in ("Transformer", "Pooling", "Normalize", "Dense", "Normalize")]
 
 
 def test_vectors_roundtrip(tmp_path: Path):
