@@ -55,7 +55,7 @@ def host_identity(uri: str) -> str:
         port = parts.port or _DEFAULT_PORTS[scheme]
     except ValueError:
         raise ConfigError(f"host URI has a bad port: {redact_uri(uri)!r}") from None
-    if _is_loopback(host):
+    if is_loopback(host):
         host = "localhost"
     elif ":" in host:
         host = f"[{ipaddress.ip_address(host).compressed}]" if _is_ip(host) else f"[{host}]"
@@ -71,7 +71,8 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1)."""
     if host == "localhost":
         return True
     try:

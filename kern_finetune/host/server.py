@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 import uvicorn
 
-from .._net import bind_socket
+from .._net import bind_socket, is_loopback
 from ..errors import ConfigError, HostUnavailableError
 from .app import create_app
 from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
@@ -32,16 +31,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IPs (127.0.0.0/8, ::1)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_bind(host: str, user_name: str, password: str) -> None:
