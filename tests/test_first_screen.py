@@ -1,0 +1,58 @@
+"""First screen and refinery's threshold search (issue 15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kern_finetune.evaluate import similarity_threshold, threshold_search
+
+
+def test_similarity_threshold_is_the_5th_percentile_of_pairwise_distances():
+    # 4 points on a line at 0, 1, 3, 6: pairwise distances 1, 3, 6, 2, 5, 3 -> sorted 1 2 3 3 5 6
+    x = np.array([[0.0], [1.0], [3.0], [6.0]])
+    # numpy's linear percentile: position 0.05 * 5 = 0.25 between 1 and 2 -> 1.25
+    assert similarity_threshold(x) == pytest.approx(1.25)
+    assert similarity_threshold(x, percentile=50) == pytest.approx(3.0)
+
+
+def test_similarity_threshold_samples_at_most_limit_records_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 4))
+    a = similarity_threshold(x, seed=1)
+    assert a == similarity_threshold(x, seed=1)
+    assert a != similarity_threshold(x, seed=2)  # a different sample of 500
+    assert similarity_threshold(x[:300], seed=1) == similarity_threshold(x[:300], seed=2)  # all 300 used
+
+
+def test_threshold_search_hand_computed():
+    # a line: rows 0..5 at 0, 1, 2, 10, 11, 30; classes 0 0 1 1 -1 1
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [30.0]])
+    classes = np.array([0, 0, 1, 1, -1, 1])
+    out = threshold_search(x, np.array([0, 3, 5]), classes, threshold=1.5, limit=100)
+    # query 0 -> {0, 1}: 2 results, other = 1 (class 0, same)
+    # query 3 -> {3, 4}: 2 results, other = 4 (unknown class: not judged)
+    # query 5 -> {5}: the query alone
+    assert out["lt_10"] == 100.0 and out["lt_100"] == 100.0
+    assert out["median_results"] == 2.0
+    assert out["same_class"] == 100.0
+    # a wider threshold, limit 3
+    out = threshold_search(x, np.array([0, 1]), classes, threshold=2.5, limit=3)
+    # query 0 -> {0, 1, 2}: others 1 (same), 2 (other); query 1 -> {1, 0, 2}: 0 (same), 2 (other)
+    assert out["same_class"] == pytest.approx(50.0)
+    assert out["median_results"] == 3.0 and out["n_queries"] == 2
+
+
+def test_threshold_search_counts_the_query_and_cuts_at_limit():
+    x = np.zeros((150, 3))  # every record at distance 0 from every other
+    out = threshold_search(x, np.arange(5), np.zeros(150, dtype=int), threshold=0.0)
+    assert out["median_results"] == 100.0 and out["lt_100"] == 0.0 and out["same_class"] == 100.0
+    out = threshold_search(x[:50], np.arange(5), np.zeros(50, dtype=int), threshold=0.0)
+    assert out["median_results"] == 50.0 and out["lt_100"] == 100.0 and out["lt_10"] == 0.0
+
+
+def test_threshold_search_default_threshold_is_refinerys():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 8))
+    out = threshold_search(x, np.arange(20), np.zeros(600, dtype=int), seed=7)
+    assert out["threshold"] == pytest.approx(similarity_threshold(x, seed=7))
