@@ -73,25 +73,9 @@ def _audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
 def _train_head(
     base: np.ndarray, sel: Selection, config: RunConfig, weights: np.ndarray | None
 ) -> tuple[SkipConnectionHead, dict[str, Any]]:
-    xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
-    xv, yv = base[sel.val_idx], sel.y[sel.val_idx]
-    if config.engine == "quaterion":
-        from .train_quaterion import fit_quaterion  # imported lazily: loading Quaterion takes seconds
+    from .train import fit_head
 
-        return fit_quaterion(
-            xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr,
-            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience, seed=config.seed,
-            margin=config.margin if config.loss.startswith("triplet") else None,
-            temperature=config.temperature if config.loss == "supcon" else None,
-        )
-    from .train import HeadTrainer
-
-    trainer = HeadTrainer(
-        loss=config.loss, n_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
-        lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin, seed=config.seed,
-    )
-    trainer.fit(xt, yt, xv, yv, sample_weight=None if weights is None else weights[sel.train_idx])
-    return trainer.head_, trainer.info()
+    return fit_head(base, sel, config, weights=weights)
 
 
 @torch.no_grad()

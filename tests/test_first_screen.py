@@ -56,3 +56,64 @@ def test_threshold_search_default_threshold_is_refinerys():
     x = rng.normal(size=(600, 8))
     out = threshold_search(x, np.arange(20), np.zeros(600, dtype=int), seed=7)
     assert out["threshold"] == pytest.approx(similarity_threshold(x, seed=7))
+
+
+def test_head_blend_is_affine_and_reaches_the_input():
+    import torch
+
+    from kern_finetune.heads import SkipConnectionHead
+
+    torch.manual_seed(0)
+    head = SkipConnectionHead(8, n_layers=2)
+    torch.nn.init.normal_(head.fc_0.weight)
+    head.eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        tuned = head(x)
+        head.set_raw_weight(0.3)
+        w, b = head.as_affine()
+        assert torch.allclose(head(x), x @ w.T + b, atol=1e-5)
+        assert torch.allclose(head(x), 0.3 * x + 0.7 * tuned, atol=1e-5)
+        head.set_raw_weight(1.0)
+        assert torch.allclose(head(x), x)
+    assert "raw_weight" not in head.state_dict()  # quaterion-models' keys only
+    with pytest.raises(ValueError):
+        head.set_raw_weight(1.5)
+
+
+def test_distillation_is_zero_for_the_raw_space_and_grows_when_neighbours_move():
+    import torch
+
+    from kern_finetune.losses import NeighbourhoodDistillation
+
+    torch.manual_seed(0)
+    raw = torch.nn.functional.normalize(torch.randn(32, 16), dim=1)
+    loss = NeighbourhoodDistillation(temperature=0.05)
+    assert float(loss(raw, raw)) == pytest.approx(0.0, abs=1e-5)
+    assert float(loss(2.0 * raw, raw)) == pytest.approx(0.0, abs=1e-5)  # scale-free: cosine
+    shuffled = raw[torch.randperm(32)]
+    assert float(loss(shuffled, raw)) > 1.0
+
+
+def test_uniformity_prefers_spread_points():
+    import torch
+
+    from kern_finetune.losses import UniformityLoss
+
+    torch.manual_seed(0)
+    spread = torch.randn(64, 8)
+    clumped = torch.randn(1, 8) + 0.05 * torch.randn(64, 8)
+    loss = UniformityLoss()
+    assert float(loss(spread)) < float(loss(clumped))
+
+
+def test_raw_weight_option_is_validated():
+    from kern_finetune.config import RunConfig
+    from kern_finetune.errors import ConfigError
+
+    assert RunConfig().raw_weight_value() is None  # auto
+    assert RunConfig(raw_weight="0").validate().raw_weight_value() == 0.0
+    assert RunConfig.from_dict({"raw_weight": 0.25}).raw_weight_value() == 0.25
+    for bad in ("1.5", "x", "-0.1"):
+        with pytest.raises(ConfigError, match="raw_weight"):
+            RunConfig(raw_weight=bad).validate()
