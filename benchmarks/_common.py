@@ -60,15 +60,21 @@ def load_project(name: str, seed: int = 42) -> tuple[Selection, np.ndarray, np.n
     return sel, base, classes
 
 
-def fit_row(config: RunConfig, sel: Selection, base: np.ndarray) -> tuple[np.ndarray, dict]:
+def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
+    """The pipeline's label check (drop), as ``run`` does it before training."""
+    return without_label_issues(sel, find_label_issues(base, sel, seed=seed))
+
+
+def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None) -> tuple[np.ndarray, dict]:
     """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`): the
-    L2-normalised output of every record and the training info (``seconds``: label check excluded)."""
+    L2-normalised output of every record and the training info (``seconds``: label check excluded).
+    ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
     import torch
 
     from kern_finetune.train import fit_head
 
     if config.noise_filter == "drop":
-        sel = without_label_issues(sel, find_label_issues(base, sel, seed=config.seed))
+        sel = checked if checked is not None else label_checked(sel, base, config.seed)
     t = time.perf_counter()
     head, info = fit_head(base, sel, config, progress=False)
     info = {**info, "seconds": time.perf_counter() - t}

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from _common import PROJECTS, fit_row, load_project, machine, score_row, write_results
+from _common import PROJECTS, fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
 
 ROWS: list[tuple[str, RunConfig | None]] = [
     ("raw all-MiniLM-L6-v2", None),
-    ("old head: supcon t=0.5 + label check", RunConfig(raw_weight="0")),
+    ("old head: supcon t=0.5 + label check", RunConfig(raw_weight="0", search_floor=0.0)),
     ("default head", RunConfig()),
 ]
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "train_seconds")
@@ -91,11 +91,12 @@ def main() -> None:
             sizes[project] = (f"{len(sel.ids)} records, {len(sel.classes)} classes, {len(sel.train_idx) + len(sel.val_idx)} "
                               f"labels selected ({sum(1 for i in sel.labeled_idx if sel.source[i] == 'manual')} manual), "
                               f"{len(sel.test_idx)} test records")
+            checked = label_checked(sel, base, seed)  # once per project and seed: every head row drops the same labels
             for name, config in ROWS:
                 if config is None:
                     vec, info = base, {"seconds": 0.0}
                 else:
-                    vec, info = fit_row(replace(config, seed=seed), sel, base)
+                    vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked)
                 row = {"project": project, "row": name, "seed": seed, "train_seconds": round(info["seconds"], 2),
                        "raw_weight": info.get("raw_weight"), **score_row(vec, sel, classes, seed)}
                 results.append(row)

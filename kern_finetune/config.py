@@ -70,6 +70,10 @@ class RunConfig:
     distill_temperature: float = 0.05
     uniformity: float = 0.0
     """Head mode: weight of the uniformity term (Wang & Isola 2020) over every record; 0 = off."""
+    search_floor: float = 5.0
+    """Head mode: weight of the term that keeps refinery's threshold search from returning short lists
+    (:class:`~kern_finetune.losses.SearchFloorLoss`, over unlabeled records); 0 = off (before issue 15).
+    5 was chosen on the AG News sample, seed 42, among 0, 1 and 5 (benchmarks/results/multi_project.md)."""
     raw_weight: str = "auto"
     """Head mode: share of the base vector in the pushed one, ``(1 - w) * head(x) + w * x``: ``auto`` (chosen
     on validation records and refinery's threshold search, :func:`kern_finetune.train.choose_raw_weight`)
@@ -119,7 +123,7 @@ class RunConfig:
             raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         self.pseudo_label_threshold()  # raises on a bad value
         self.raw_weight_value()  # raises on a bad value
-        for name in ("distill", "uniformity"):
+        for name in ("distill", "uniformity", "search_floor"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
         if self.distill_temperature <= 0:

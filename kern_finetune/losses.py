@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "NeighbourhoodDistillation", "UniformityLoss", "make_loss"]
+__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "NeighbourhoodDistillation", "UniformityLoss", "SearchFloorLoss", "make_loss"]
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,6 +202,37 @@ class UniformityLoss(nn.Module):
         z = F.normalize(embeddings, dim=1)
         sq = torch.pdist(z, p=2).pow(2)
         return sq.mul(-self.t).exp().mean().log()
+
+
+class SearchFloorLoss(nn.Module):
+    """Refinery's search threshold, per batch: every query row should find its neighbours within it.
+
+    Refinery's search (:func:`kern_finetune.evaluate.threshold_search`) returns a record's 100 nearest
+    records only within the 5th percentile of pairwise distances; a record whose 100th neighbour is farther
+    gets a short result list. In a batch of ``n`` rows drawn from a project of ``n_records``, the 100th of
+    ``n_records`` neighbours is about the ``k = 100 * (n - 1) / n_records``-th of the batch, so the loss is
+    ``mean(relu(d_k(q) - P5(batch distances)))`` over the query rows ``q``: it pulls isolated rows towards
+    their neighbours and keeps dense cores from shrinking the threshold. Label-free; give it the rows
+    that stand for unlabeled records.
+    """
+
+    def __init__(self, n_records: int, *, limit: int = 100, percentile: float = 5.0) -> None:
+        super().__init__()
+        self.n_records = n_records
+        self.limit = limit
+        self.percentile = percentile
+
+    def forward(self, embeddings: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        n = z.shape[0]
+        d = torch.cdist(z, z).clamp_min(0.0)
+        iu = torch.triu_indices(n, n, 1, device=z.device)
+        thr = torch.quantile(d[iu[0], iu[1]], self.percentile / 100.0)
+        k = max(1, min(n - 1, int(round(self.limit * (n - 1) / max(self.n_records, 1)))))
+        dq = d[queries].clone()
+        dq[torch.arange(len(queries), device=z.device), queries] = float("inf")
+        d_k = dq.kthvalue(k, dim=1).values
+        return F.relu(d_k - thr).mean()
 
 
 def make_loss(name: str, *, n_classes: int, dim: int, temperature: float = 0.1, margin: float = 0.5) -> nn.Module:

@@ -117,3 +117,27 @@ def test_raw_weight_option_is_validated():
     for bad in ("1.5", "x", "-0.1"):
         with pytest.raises(ConfigError, match="raw_weight"):
             RunConfig(raw_weight=bad).validate()
+
+
+def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
+    """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
+    at least raw's, top_100 above raw's; the blend and its table are reported."""
+    import torch
+
+    from kern_finetune.config import RunConfig
+    from kern_finetune.evaluate import neighbour_purity
+    from kern_finetune.noise import find_label_issues, without_label_issues
+    from kern_finetune.train import fit_head
+
+    config = RunConfig(seed=42)
+    sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))
+    head, info = fit_head(subset_base, sel, config, progress=False)
+    assert 0.0 <= info["raw_weight"] <= 1.0 and info["raw_weight_table"][0]["raw_weight"] == 1.0
+    with torch.no_grad():
+        tuned = torch.nn.functional.normalize(head(torch.from_numpy(subset_base)), dim=1).numpy()
+    test = subset_sel.test_idx
+    gold = np.array([int(subset_sel.gold[i]) for i in test])
+    raw = {k: v.mean() for k, v in neighbour_purity(subset_base[test], gold, ks=(10, 100)).items()}
+    new = {k: v.mean() for k, v in neighbour_purity(tuned[test], gold, ks=(10, 100)).items()}
+    assert new[10] >= raw[10], (raw, new, info["raw_weight"])
+    assert new[100] > raw[100], (raw, new, info["raw_weight"])

@@ -48,6 +48,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         "0 = off (default: %(default)s)")
     g.add_argument("--uniformity", type=float, default=_DEFAULTS.uniformity, metavar="WEIGHT",
                    help="head mode: weight of the uniformity term over every record; 0 = off (default: %(default)s)")
+    g.add_argument("--search-floor", type=float, default=_DEFAULTS.search_floor, metavar="WEIGHT",
+                   help="head mode: weight of the term that keeps refinery's threshold search from returning short "
+                        "result lists (unlabeled records); 0 = off, as before (default: %(default)s)")
     g.add_argument("--margin", type=float, default=_DEFAULTS.margin, help="triplet margin, cosine distance (default: %(default)s)")
     g.add_argument("--head-layers", type=int, default=_DEFAULTS.head_layers, help="stacked skip-connection layers (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="maximum epochs; early stopping ends sooner (default: %(default)s)")
@@ -91,6 +94,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         raw_weight=args.raw_weight,
         distill=args.distill,
         uniformity=args.uniformity,
+        search_floor=args.search_floor,
         patience=args.patience,
         head_layers=args.head_layers,
         epochs=args.epochs,
