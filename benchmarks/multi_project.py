@@ -81,6 +81,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--projects", default=",".join(PROJECTS))
     ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--name", default="multi_project", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -106,7 +107,7 @@ def main() -> None:
     info = machine()
     md = markdown(summary, command.strip(), info, sizes)
     print(md)
-    write_results("multi_project", {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
+    write_results(args.name, {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
 
 
 if __name__ == "__main__":
