@@ -18,12 +18,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kern_finetune.config import default_cache_dir  # noqa: E402
 from kern_finetune.encode import Encoder  # noqa: E402
-from kern_finetune.evaluate import neighbour_purity  # noqa: E402
+from kern_finetune.config import RunConfig  # noqa: E402
+from kern_finetune.evaluate import neighbour_purity, sample_queries, threshold_search  # noqa: E402
+from kern_finetune.noise import find_label_issues, without_label_issues  # noqa: E402
 from kern_finetune.export import load_export, resolve_task  # noqa: E402
 from kern_finetune.select import Selection, select_labels  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 RESULTS = ROOT / "benchmarks" / "results"
+FIRST_SCREEN_KS = (5, 10, 25, 100, 1000)
+SEARCH_QUERIES = 300
+PROJECTS: dict[str, tuple[Path, str, list[str], str]] = {
+    # name: (export, task, text attributes, gold attribute); exports built by scripts/build_projects.py
+    "ag_news": (SAMPLE, "Topic", ["Title", "Description"], "Class Index"),
+    "clinc150_intents": (ROOT / "samples" / "clinc150" / "export.json.gz", "Intent", ["text"], "intent"),
+    "clinc150_domains": (ROOT / "samples" / "clinc150" / "export.json.gz", "Domain", ["text"], "domain"),
+}
 
 
 def load_sample(seed: int = 42) -> tuple[Selection, np.ndarray, np.ndarray]:
@@ -36,6 +46,55 @@ def load_sample(seed: int = 42) -> tuple[Selection, np.ndarray, np.ndarray]:
     base = Encoder(cache_dir=default_cache_dir()).encode(sel.texts)
     gold = np.array([int(sel.gold[i]) for i in sel.test_idx])  # type: ignore[arg-type]
     return sel, base, gold
+
+
+def load_project(name: str, seed: int = 42) -> tuple[Selection, np.ndarray, np.ndarray]:
+    """Selection at the default threshold, base vectors of every record, gold code of every record (-1: none)."""
+    path, task, attrs, gold_attribute = PROJECTS[name]
+    records = load_export(path)
+    sel = select_labels(records, resolve_task(records, task), text_attributes=attrs, gold_attribute=gold_attribute, seed=seed)
+    base = Encoder(cache_dir=default_cache_dir()).encode(sel.texts, progress=False)
+    values = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
+    code = {g: k for k, g in enumerate(values)}
+    classes = np.array([code[g] if g is not None else -1 for g in sel.gold])
+    return sel, base, classes
+
+
+def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
+    """The pipeline's label check (drop), as ``run`` does it before training."""
+    return without_label_issues(sel, find_label_issues(base, sel, seed=seed))
+
+
+def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None) -> tuple[np.ndarray, dict]:
+    """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`): the
+    L2-normalised output of every record and the training info (``seconds``: label check excluded).
+    ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
+    import torch
+
+    from kern_finetune.train import fit_head
+
+    if config.noise_filter == "drop":
+        sel = checked if checked is not None else label_checked(sel, base, config.seed)
+    t = time.perf_counter()
+    head, info = fit_head(base, sel, config, progress=False)
+    info = {**info, "seconds": time.perf_counter() - t}
+    with torch.no_grad():
+        head.eval()
+        out = torch.nn.functional.normalize(head(torch.from_numpy(np.ascontiguousarray(base))), dim=1).numpy()
+    return out, info
+
+
+def score_row(vectors: np.ndarray, sel: Selection, classes: np.ndarray, seed: int) -> dict[str, float]:
+    """First-screen figures of one embedding: top_5/10/25/100/1000 over the test records (neighbours among
+    the test records) and refinery's threshold search (``SEARCH_QUERIES`` seeded test queries, among all
+    records; ``classes``: gold code per record, -1 where none)."""
+    test = sel.test_idx
+    per = neighbour_purity(vectors[test], classes[test], ks=FIRST_SCREEN_KS)
+    row = {f"top_{k}": float(100 * v.mean()) for k, v in per.items()}
+    queries = test[sample_queries(len(test), SEARCH_QUERIES, seed)]
+    ts = threshold_search(vectors, queries, classes, seed=seed)
+    row.update({k: ts[k] for k in ("lt_10", "lt_100", "same_class", "median_results")})
+    return row
 
 
 def top_1k(vectors: np.ndarray, gold: np.ndarray) -> float:

@@ -3,6 +3,11 @@
 ``top_k`` for a query is the share of its k nearest neighbours (cosine; the query itself excluded)
 that carry the query's class, in percent; the score is its mean over queries. Neighbours are searched
 among the test records only, as in the 2022 experiment.
+
+:func:`threshold_search` instead replays how refinery's data browser searches an embedding: among **all**
+records of the project, the 100 nearest by Euclidean distance, cut at the embedding's similarity
+threshold (:func:`similarity_threshold`). It tells how many records a labeler actually gets per query,
+and how many of them share the query's class.
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ __all__ = [
     "linear_probe",
     "projection_2d",
     "separation_2d",
+    "similarity_threshold",
+    "threshold_search",
+    "SEARCH_LIMIT",
 ]
 
 KS = (5, 10, 25, 50, 75, 100, 250, 1000)
 _SIMPLEX_SOFTEN = 4.0
+SEARCH_LIMIT = 100
+"""Records the data browser's similarity search asks for (refinery-gateway ``controller/record/manager.py``)."""
 
 
 def neighbour_purity(
@@ -140,3 +150,83 @@ def separation_2d(points: np.ndarray, classes: np.ndarray, *, seed: int = 42, ma
     knn = cross_val_score(KNeighborsClassifier(n_neighbors=15), points, classes, cv=5).mean()
     sil = silhouette_score(points, classes, random_state=seed)
     return {"knn_accuracy": float(100.0 * knn), "silhouette": float(sil)}
+
+
+def similarity_threshold(vectors: np.ndarray, *, seed: int = 42, limit: int = 500, percentile: float = 5.0) -> float:
+    """Refinery's search threshold for an embedding: a Euclidean distance.
+
+    Replays refinery-neural-search ``neural_search/similarity_threshold.py`` (``calculate_threshold``,
+    ``get_scores``): a random sample of up to ``limit`` (500) of the embedding's records, their pairwise
+    Euclidean distances (upper triangle, ``scipy`` ``cdist``), scores = minus the distances, threshold =
+    95th percentile of the scores, i.e. minus the 5th percentile of the distances. A search returns only
+    records within that distance. Refinery samples with Python's unseeded ``random``; here the sample is
+    seeded so the figure is reproducible.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    sample = x if len(x) <= limit else x[rng.choice(len(x), size=limit, replace=False)]
+    sq = (sample**2).sum(1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * sample @ sample.T
+    iu = np.triu_indices(len(sample), 1)
+    distances = np.sqrt(np.clip(d2[iu], 0.0, None))
+    return float(np.percentile(distances, percentile))
+
+
+def threshold_search(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    classes: np.ndarray,
+    *,
+    threshold: float | None = None,
+    limit: int = SEARCH_LIMIT,
+    seed: int = 42,
+    chunk: int = 256,
+) -> dict[str, Any]:
+    """Search every query as refinery's data browser does, and judge what comes back.
+
+    ``vectors`` are **all** records of the project (refinery searches the whole embedding, labeled and
+    unlabeled); ``queries`` are row indices into them; ``classes`` (one int per row, ``-1`` = unknown)
+    judge the results. Per query, the result is the ``limit`` (100) nearest rows by Euclidean distance
+    whose distance is within ``threshold`` (default: :func:`similarity_threshold` of ``vectors``), the
+    query itself included (distance 0), as refinery-neural-search ``neural_search/util.py``
+    (``most_similar_by_embedding``: Qdrant search with ``limit`` and ``score_threshold``) and
+    refinery-gateway ``controller/record/manager.py`` (``get_records_by_similarity_search``, limit 100).
+
+    Returns, in percent unless named otherwise: ``lt_10`` / ``lt_100`` (share of queries with fewer than
+    10 / 100 results, the query counted), ``same_class`` (over all queries' returned rows other than the
+    query whose class is known, the share with the query's class; queries of unknown class are skipped),
+    ``median_results``, ``threshold`` (the distance) and ``n_queries``.
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    q = np.asarray(queries, dtype=np.int64)
+    classes = np.asarray(classes)
+    thr = similarity_threshold(x, seed=seed) if threshold is None else float(threshold)
+    sq = (x.astype(np.float64) ** 2).sum(1)
+    counts = np.empty(len(q), dtype=np.int64)
+    same = judged = 0
+    for start in range(0, len(q), chunk):
+        qi = q[start : start + chunk]
+        d2 = sq[qi][:, None] + sq[None, :] - 2.0 * (x[qi] @ x.T).astype(np.float64)
+        d2[np.arange(len(qi)), qi] = -1.0  # the query is its own nearest result (distance 0)
+        dist = np.sqrt(np.clip(d2, 0.0, None))
+        dist[np.arange(len(qi)), qi] = 0.0
+        k = min(limit, x.shape[0])
+        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        for row, (query, idx) in enumerate(zip(qi, nearest)):
+            hit = idx[dist[row, idx] <= thr]
+            counts[start + row] = len(hit)
+            others = hit[hit != query]
+            if classes[query] < 0:
+                continue
+            known = classes[others]
+            known = known[known >= 0]
+            judged += len(known)
+            same += int((known == classes[query]).sum())
+    return {
+        "lt_10": float(100.0 * (counts < 10).mean()),
+        "lt_100": float(100.0 * (counts < 100).mean()),
+        "same_class": float(100.0 * same / judged) if judged else float("nan"),
+        "median_results": float(np.median(counts)),
+        "threshold": thr,
+        "n_queries": int(len(q)),
+    }

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "make_loss"]
+__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "NeighbourhoodDistillation", "UniformityLoss", "SearchFloorLoss", "make_loss"]
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -152,6 +152,87 @@ class CosFaceLoss(nn.Module):
         logits = self.scale * (cos - self.margin * F.one_hot(labels, cos.shape[1]).to(cos))
         per_row = F.cross_entropy(logits, labels, reduction="none")
         return _weighted_mean(per_row, weights)
+
+
+class NeighbourhoodDistillation(nn.Module):
+    """Keep the base model's local neighbourhoods: KL(P_raw || P_tuned) over each row's neighbours.
+
+    Args:
+        temperature: softmax temperature on cosine similarities, for both spaces; low values weight the
+            nearest neighbours (what a labeler's first screen shows) far above the rest.
+
+    Input: ``embeddings`` (n, d) the tuned vectors, ``raw`` (n, d) the base model's vectors of the same rows
+    (any rows: labeled or not; no labels needed). For every row, ``P_raw`` is the softmax over the other
+    rows of its raw cosine similarities and ``P_tuned`` the same in the tuned space; the loss is the mean
+    KL divergence. It is zero when the tuned space ranks and spaces each row's neighbours as the raw one
+    does (stochastic neighbour embedding's objective, Hinton & Roweis 2002, used here as a distillation
+    term next to a class loss).
+    """
+
+    def __init__(self, temperature: float = 0.05) -> None:
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, embeddings: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        r = F.normalize(raw, dim=1).to(z)
+        n = z.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
+        t_logits = (z @ z.T / self.temperature).masked_fill(eye, float("-inf"))
+        r_logits = (r @ r.T / self.temperature).masked_fill(eye, float("-inf"))
+        p_raw = torch.softmax(r_logits, dim=1)
+        log_p_raw = torch.log_softmax(r_logits, dim=1).masked_fill(eye, 0.0)
+        log_p_t = torch.log_softmax(t_logits, dim=1).masked_fill(eye, 0.0)
+        return (p_raw * (log_p_raw - log_p_t)).sum(1).mean()
+
+
+class UniformityLoss(nn.Module):
+    """Uniformity on the hypersphere (Wang & Isola 2020): ``log E exp(-t * ||z_i - z_j||^2)`` over pairs.
+
+    Lower is more spread out. Against collapse: keeps the records a class loss does not see (unlabeled,
+    between classes) from being squeezed into sparse gaps, which is what shrinks refinery's threshold
+    search results. Input: ``embeddings`` (n, d), any rows. Reference: https://arxiv.org/abs/2005.10242
+    """
+
+    def __init__(self, t: float = 2.0) -> None:
+        super().__init__()
+        self.t = t
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        sq = torch.pdist(z, p=2).pow(2)
+        return sq.mul(-self.t).exp().mean().log()
+
+
+class SearchFloorLoss(nn.Module):
+    """Refinery's search threshold, per batch: every query row should find its neighbours within it.
+
+    Refinery's search (:func:`kern_finetune.evaluate.threshold_search`) returns a record's 100 nearest
+    records only within the 5th percentile of pairwise distances; a record whose 100th neighbour is farther
+    gets a short result list. In a batch of ``n`` rows drawn from a project of ``n_records``, the 100th of
+    ``n_records`` neighbours is about the ``k = 100 * (n - 1) / n_records``-th of the batch, so the loss is
+    ``mean(relu(d_k(q) - P5(batch distances)))`` over the query rows ``q``: it pulls isolated rows towards
+    their neighbours and keeps dense cores from shrinking the threshold. Label-free; give it the rows
+    that stand for unlabeled records.
+    """
+
+    def __init__(self, n_records: int, *, limit: int = 100, percentile: float = 5.0) -> None:
+        super().__init__()
+        self.n_records = n_records
+        self.limit = limit
+        self.percentile = percentile
+
+    def forward(self, embeddings: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(embeddings, dim=1)
+        n = z.shape[0]
+        d = torch.cdist(z, z).clamp_min(0.0)
+        iu = torch.triu_indices(n, n, 1, device=z.device)
+        thr = torch.quantile(d[iu[0], iu[1]], self.percentile / 100.0)
+        k = max(1, min(n - 1, int(round(self.limit * (n - 1) / max(self.n_records, 1)))))
+        dq = d[queries].clone()
+        dq[torch.arange(len(queries), device=z.device), queries] = float("inf")
+        d_k = dq.kthvalue(k, dim=1).values
+        return F.relu(d_k - thr).mean()
 
 
 def make_loss(name: str, *, n_classes: int, dim: int, temperature: float = 0.1, margin: float = 0.5) -> nn.Module:

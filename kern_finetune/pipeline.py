@@ -16,7 +16,15 @@ import torch
 
 from .config import RunConfig
 from .encode import Encoder
-from .evaluate import chance_level, linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
+from .evaluate import (
+    chance_level,
+    linear_probe,
+    neighbour_purity,
+    projection_2d,
+    sample_queries,
+    separation_2d,
+    threshold_search,
+)
 from .export import Record, embedding_name, resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
@@ -65,25 +73,9 @@ def _audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
 def _train_head(
     base: np.ndarray, sel: Selection, config: RunConfig, weights: np.ndarray | None
 ) -> tuple[SkipConnectionHead, dict[str, Any]]:
-    xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
-    xv, yv = base[sel.val_idx], sel.y[sel.val_idx]
-    if config.engine == "quaterion":
-        from .train_quaterion import fit_quaterion  # imported lazily: loading Quaterion takes seconds
+    from .train import fit_head
 
-        return fit_quaterion(
-            xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr,
-            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience, seed=config.seed,
-            margin=config.margin if config.loss.startswith("triplet") else None,
-            temperature=config.temperature if config.loss == "supcon" else None,
-        )
-    from .train import HeadTrainer
-
-    trainer = HeadTrainer(
-        loss=config.loss, n_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
-        lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin, seed=config.seed,
-    )
-    trainer.fit(xt, yt, xv, yv, sample_weight=None if weights is None else weights[sel.train_idx])
-    return trainer.head_, trainer.info()
+    return fit_head(base, sel, config, weights=weights)
 
 
 @torch.no_grad()
@@ -187,6 +179,9 @@ def _run_pipeline(
     t = time.perf_counter()
     metrics = _evaluate(base, tuned, sel, config)
     t_eval = time.perf_counter() - t
+    for name, ts in metrics.get("threshold_search", {}).items():
+        say(f"      refinery search, {name}: {ts['lt_10']:.0f}% of queries < 10 results, {ts['lt_100']:.0f}% < 100, "
+            f"{ts['same_class']:.1f}% same class")
 
     say("[5/5] write model, vectors, metrics, report")
     model_dir = out_dir / "model"
@@ -264,6 +259,15 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
         top_250[name] = float(100 * per[1000][queries].mean())
         per_query[name] = per[1000]
     metrics.update(top_k=top_k, top_1k_250=top_250)
+    # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
+    # embedding's similarity threshold, judged on every returned record whose gold is known.
+    all_gold = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
+    all_code = {g: k for k, g in enumerate(all_gold)}
+    record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
+    metrics["threshold_search"] = {
+        name: threshold_search(full, test[queries], record_classes, seed=config.seed)
+        for name, full in (("raw", base), ("finetuned", tuned))
+    }
 
     mapping = gold_to_class(sel)
     labeled = sel.labeled_idx

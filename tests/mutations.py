@@ -55,7 +55,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="labels-shuffled",
         why="the head trains on the training labels shuffled among the training rows",
-        file="kern_finetune/pipeline.py",
+        file="kern_finetune/train.py",
         old="xt, yt = base[sel.train_idx], sel.y[sel.train_idx]",
         new="xt, yt = base[sel.train_idx], np.random.default_rng(0).permutation(sel.y[sel.train_idx])",
         tests=("tests/test_cli_run.py::test_fine_tuning_beats_raw_on_the_test_records",),
@@ -86,8 +86,8 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="weights-dropped-by-pipeline",
-        why="noise_filter='weight' computes weights but trains without them",
-        file="kern_finetune/pipeline.py",
+        why="noise_filter='weight' computes weights but the head trains without them",
+        file="kern_finetune/train.py",
         old="sample_weight=None if weights is None else weights[sel.train_idx]",
         new="sample_weight=None",
         tests=("tests/test_heads.py::test_weight_noise_filter_passes_its_weights_to_the_trainer",),

@@ -48,6 +48,17 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="similarity loss (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature,
                    help="supcon softmax temperature (default: %(default)s)")
+    g.add_argument("--raw-weight", default=_DEFAULTS.raw_weight, metavar="auto|W",
+                   help="head mode: share of the base vector in the pushed one; auto = chosen on validation records "
+                        "and refinery's threshold search; 0 = the head alone, as before (default: %(default)s)")
+    g.add_argument("--distill", type=float, default=_DEFAULTS.distill, metavar="WEIGHT",
+                   help="head mode: weight of the term that keeps the base model's neighbourhoods of every record; "
+                        "0 = off (default: %(default)s)")
+    g.add_argument("--uniformity", type=float, default=_DEFAULTS.uniformity, metavar="WEIGHT",
+                   help="head mode: weight of the uniformity term over every record; 0 = off (default: %(default)s)")
+    g.add_argument("--search-floor", type=float, default=_DEFAULTS.search_floor, metavar="WEIGHT",
+                   help="head mode: weight of the term that keeps refinery's threshold search from returning short "
+                        "result lists (unlabeled records); 0 = off, as before (default: %(default)s)")
     g.add_argument("--margin", type=float, default=_DEFAULTS.margin, help="triplet margin, cosine distance (default: %(default)s)")
     g.add_argument("--head-layers", type=int, default=_DEFAULTS.head_layers, help="stacked skip-connection layers (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="maximum epochs; early stopping ends sooner (default: %(default)s)")
@@ -94,6 +105,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         loss=args.loss,
         temperature=args.temperature,
         margin=args.margin,
+        raw_weight=args.raw_weight,
+        distill=args.distill,
+        uniformity=args.uniformity,
+        search_floor=args.search_floor,
         patience=args.patience,
         head_layers=args.head_layers,
         epochs=args.epochs,

@@ -1,0 +1,114 @@
+"""Head mode on several project shapes: raw vs the old head vs the default head (issue 15).
+
+Projects (refinery exports in ``samples/``; how their labels were made: ``scripts/build_projects.py``):
+
+- ``ag_news``: the bundled sample (4 topics, news titles + descriptions, 10,854 training labels);
+- ``clinc150_intents``: CLINC150 utterances, task ``Intent`` (150 classes, 3 manual labels per intent);
+- ``clinc150_domains``: the same texts, task ``Domain`` (10 classes).
+
+Every row goes through the pipeline's own steps: selection at threshold 0.7, cached base vectors, the
+label check (drop), :func:`kern_finetune.train.fit_head`. Reported per row: top_5/10/25/100/1000 over all
+test records (neighbours among the test records, as the 2022 experiment) and refinery's threshold search
+(:func:`kern_finetune.evaluate.threshold_search`: 300 seeded test queries searched among **all** records
+of the project, 100 nearest within the embedding's similarity threshold; shares of queries with fewer than
+10 / 100 results, same-class share of what is returned, judged where gold is known).
+
+    python benchmarks/multi_project.py                        # every project, seeds 42,43,44
+    python benchmarks/multi_project.py --projects clinc150_domains --seeds 42
+
+Writes ``benchmarks/results/multi_project.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from _common import PROJECTS, fit_row, label_checked, load_project, machine, score_row, write_results
+
+from kern_finetune.config import RunConfig
+
+ROWS: list[tuple[str, RunConfig | None]] = [
+    ("raw all-MiniLM-L6-v2", None),
+    ("old head: supcon t=0.5 + label check", RunConfig(raw_weight="0", search_floor=0.0)),
+    ("default head", RunConfig()),
+]
+KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "train_seconds")
+
+
+def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for project in dict.fromkeys(r["project"] for r in results):
+        for name in dict.fromkeys(r["row"] for r in results if r["project"] == project):
+            rs = [r for r in results if r["project"] == project and r["row"] == name]
+            s: dict[str, Any] = {"project": project, "row": name, "seeds": len(rs)}
+            for key in (*KEYS, "raw_weight"):
+                vals = [r[key] for r in rs if r.get(key) is not None]
+                if vals:
+                    s[key], s[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
+            out.append(s)
+    return out
+
+
+def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], sizes: dict[str, str]) -> str:
+    lines = [f"Command: `{command}`", "", f"Machine: {info} (timings measured under load)", ""]
+    for project in dict.fromkeys(s["project"] for s in summary):
+        lines += [f"### {project}", "", sizes.get(project, ""), "",
+                  "| row | seeds | top_5 | top_10 | top_25 | top_100 | top_1k | search: < 10 results | < 100 results "
+                  "| same class | raw weight | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in (s for s in summary if s["project"] == project):
+            def f(key: str, d: int = 2) -> str:
+                return f"{s[key]:.{d}f} ± {s[key + '_std']:.{d}f}" if key in s else "-"
+            lines.append(f"| {s['row']} | {s['seeds']} | {f('top_5')} | {f('top_10')} | {f('top_25')} | {f('top_100')} | "
+                         f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | "
+                         f"{f('raw_weight')} | {f('train_seconds', 1)} |")
+        lines.append("")
+    lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
+              "search: refinery's threshold search, 300 seeded test queries among all records "
+              "(kern_finetune.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
+              "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--projects", default=",".join(PROJECTS))
+    ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--name", default="multi_project", help="results file name in benchmarks/results/")
+    args = ap.parse_args()
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results, sizes = [], {}
+    for project in args.projects.split(","):
+        for seed in seeds:
+            sel, base, classes = load_project(project, seed)
+            sizes[project] = (f"{len(sel.ids)} records, {len(sel.classes)} classes, {len(sel.train_idx) + len(sel.val_idx)} "
+                              f"labels selected ({sum(1 for i in sel.labeled_idx if sel.source[i] == 'manual')} manual), "
+                              f"{len(sel.test_idx)} test records")
+            checked = label_checked(sel, base, seed)  # once per project and seed: every head row drops the same labels
+            for name, config in ROWS:
+                if config is None:
+                    vec, info = base, {"seconds": 0.0}
+                else:
+                    vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked)
+                row = {"project": project, "row": name, "seed": seed, "train_seconds": round(info["seconds"], 2),
+                       "raw_weight": info.get("raw_weight"), **score_row(vec, sel, classes, seed)}
+                results.append(row)
+                print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+    summary = summarise(results)
+    command = "python benchmarks/multi_project.py " + " ".join(sys.argv[1:])
+    info = machine()
+    md = markdown(summary, command.strip(), info, sizes)
+    print(md)
+    write_results(args.name, {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
+
+
+if __name__ == "__main__":
+    main()

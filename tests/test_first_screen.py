@@ -1,0 +1,143 @@
+"""First screen and refinery's threshold search (issue 15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kern_finetune.evaluate import similarity_threshold, threshold_search
+
+
+def test_similarity_threshold_is_the_5th_percentile_of_pairwise_distances():
+    # 4 points on a line at 0, 1, 3, 6: pairwise distances 1, 3, 6, 2, 5, 3 -> sorted 1 2 3 3 5 6
+    x = np.array([[0.0], [1.0], [3.0], [6.0]])
+    # numpy's linear percentile: position 0.05 * 5 = 0.25 between 1 and 2 -> 1.25
+    assert similarity_threshold(x) == pytest.approx(1.25)
+    assert similarity_threshold(x, percentile=50) == pytest.approx(3.0)
+
+
+def test_similarity_threshold_samples_at_most_limit_records_seeded():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(800, 4))
+    a = similarity_threshold(x, seed=1)
+    assert a == similarity_threshold(x, seed=1)
+    assert a != similarity_threshold(x, seed=2)  # a different sample of 500
+    assert similarity_threshold(x[:300], seed=1) == similarity_threshold(x[:300], seed=2)  # all 300 used
+
+
+def test_threshold_search_hand_computed():
+    # a line: rows 0..5 at 0, 1, 2, 10, 11, 30; classes 0 0 1 1 -1 1
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [30.0]])
+    classes = np.array([0, 0, 1, 1, -1, 1])
+    out = threshold_search(x, np.array([0, 3, 5]), classes, threshold=1.5, limit=100)
+    # query 0 -> {0, 1}: 2 results, other = 1 (class 0, same)
+    # query 3 -> {3, 4}: 2 results, other = 4 (unknown class: not judged)
+    # query 5 -> {5}: the query alone
+    assert out["lt_10"] == 100.0 and out["lt_100"] == 100.0
+    assert out["median_results"] == 2.0
+    assert out["same_class"] == 100.0
+    # a wider threshold, limit 3
+    out = threshold_search(x, np.array([0, 1]), classes, threshold=2.5, limit=3)
+    # query 0 -> {0, 1, 2}: others 1 (same), 2 (other); query 1 -> {1, 0, 2}: 0 (same), 2 (other)
+    assert out["same_class"] == pytest.approx(50.0)
+    assert out["median_results"] == 3.0 and out["n_queries"] == 2
+
+
+def test_threshold_search_counts_the_query_and_cuts_at_limit():
+    x = np.zeros((150, 3))  # every record at distance 0 from every other
+    out = threshold_search(x, np.arange(5), np.zeros(150, dtype=int), threshold=0.0)
+    assert out["median_results"] == 100.0 and out["lt_100"] == 0.0 and out["same_class"] == 100.0
+    out = threshold_search(x[:50], np.arange(5), np.zeros(50, dtype=int), threshold=0.0)
+    assert out["median_results"] == 50.0 and out["lt_100"] == 100.0 and out["lt_10"] == 0.0
+
+
+def test_threshold_search_default_threshold_is_refinerys():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 8))
+    out = threshold_search(x, np.arange(20), np.zeros(600, dtype=int), seed=7)
+    assert out["threshold"] == pytest.approx(similarity_threshold(x, seed=7))
+
+
+def test_head_blend_is_affine_and_reaches_the_input():
+    import torch
+
+    from kern_finetune.heads import SkipConnectionHead
+
+    torch.manual_seed(0)
+    head = SkipConnectionHead(8, n_layers=2)
+    torch.nn.init.normal_(head.fc_0.weight)
+    head.eval()
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        tuned = head(x)
+        head.set_raw_weight(0.3)
+        w, b = head.as_affine()
+        assert torch.allclose(head(x), x @ w.T + b, atol=1e-5)
+        assert torch.allclose(head(x), 0.3 * x + 0.7 * tuned, atol=1e-5)
+        head.set_raw_weight(1.0)
+        assert torch.allclose(head(x), x)
+    assert "raw_weight" not in head.state_dict()  # quaterion-models' keys only
+    with pytest.raises(ValueError):
+        head.set_raw_weight(1.5)
+
+
+def test_distillation_is_zero_for_the_raw_space_and_grows_when_neighbours_move():
+    import torch
+
+    from kern_finetune.losses import NeighbourhoodDistillation
+
+    torch.manual_seed(0)
+    raw = torch.nn.functional.normalize(torch.randn(32, 16), dim=1)
+    loss = NeighbourhoodDistillation(temperature=0.05)
+    assert float(loss(raw, raw)) == pytest.approx(0.0, abs=1e-5)
+    assert float(loss(2.0 * raw, raw)) == pytest.approx(0.0, abs=1e-5)  # scale-free: cosine
+    shuffled = raw[torch.randperm(32)]
+    assert float(loss(shuffled, raw)) > 1.0
+
+
+def test_uniformity_prefers_spread_points():
+    import torch
+
+    from kern_finetune.losses import UniformityLoss
+
+    torch.manual_seed(0)
+    spread = torch.randn(64, 8)
+    clumped = torch.randn(1, 8) + 0.05 * torch.randn(64, 8)
+    loss = UniformityLoss()
+    assert float(loss(spread)) < float(loss(clumped))
+
+
+def test_raw_weight_option_is_validated():
+    from kern_finetune.config import RunConfig
+    from kern_finetune.errors import ConfigError
+
+    assert RunConfig().raw_weight_value() is None  # auto
+    assert RunConfig(raw_weight="0").validate().raw_weight_value() == 0.0
+    assert RunConfig.from_dict({"raw_weight": 0.25}).raw_weight_value() == 0.25
+    for bad in ("1.5", "x", "-0.1"):
+        with pytest.raises(ConfigError, match="raw_weight"):
+            RunConfig(raw_weight=bad).validate()
+
+
+def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
+    """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
+    at least raw's, top_100 above raw's; the blend and its table are reported."""
+    import torch
+
+    from kern_finetune.config import RunConfig
+    from kern_finetune.evaluate import neighbour_purity
+    from kern_finetune.noise import find_label_issues, without_label_issues
+    from kern_finetune.train import fit_head
+
+    config = RunConfig(seed=42)
+    sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))
+    head, info = fit_head(subset_base, sel, config, progress=False)
+    assert 0.0 <= info["raw_weight"] <= 1.0 and info["raw_weight_table"][0]["raw_weight"] == 1.0
+    with torch.no_grad():
+        tuned = torch.nn.functional.normalize(head(torch.from_numpy(subset_base)), dim=1).numpy()
+    test = subset_sel.test_idx
+    gold = np.array([int(subset_sel.gold[i]) for i in test])
+    raw = {k: v.mean() for k, v in neighbour_purity(subset_base[test], gold, ks=(10, 100)).items()}
+    new = {k: v.mean() for k, v in neighbour_purity(tuned[test], gold, ks=(10, 100)).items()}
+    assert new[10] >= raw[10], (raw, new, info["raw_weight"])
+    assert new[100] > raw[100], (raw, new, info["raw_weight"])
