@@ -18,7 +18,7 @@ __all__ = ["RunConfig", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_AUTO", "def
 
 LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
 ENGINES = ("native", "quaterion")
-MODES = ("head", "full")
+MODES = ("auto", "head", "full")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
 
@@ -47,8 +47,15 @@ class RunConfig:
     """Weak labels count when their confidence is strictly above this."""
     val_fraction: float = 0.25
     engine: str = "native"
-    mode: str = "head"
-    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder."""
+    mode: str = "auto"
+    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder;
+    ``auto``: full when its time, estimated on this machine at run time, fits ``time_budget``, else head
+    (:mod:`kern_finetune.estimate`)."""
+    time_budget: float = 300.0
+    """``mode="auto"`` only: seconds full mode's training stage (fine-tuning + re-encoding every record) may take.
+    Five minutes: a run a labeler waits for at the desk. It admits small projects (a 3,000-record slice of the
+    sample is estimated well inside it on 2 loaded cores) and keeps the 20,000-record sample (10-30 min) in head
+    mode (``benchmarks/results/mode_auto.md``)."""
     loss: str = "supcon"
     head_layers: int = 1
     epochs: int = 30
@@ -96,6 +103,8 @@ class RunConfig:
         for name in ("head_layers", "epochs", "batch_size", "patience", "eval_queries", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.time_budget > 0:
+            raise ConfigError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
         if self.engine == "quaterion" and self.noise_filter == "weight":
