@@ -169,12 +169,29 @@ def per_class_top_k(data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS) -> lis
     return rows
 
 
-def _projections(data: ReportData, method: str) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
-    """The same projection, fitted on the training records, for raw and fine-tuned; a seeded subset of test rows."""
+def _projections(
+    data: ReportData, method: str, given: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The same projection, fitted on the training records, for raw and fine-tuned; a seeded subset of test rows.
+
+    ``given`` may hold projections of all test records already made by the evaluation (keys such as
+    ``raw_pca``, ``finetuned_simplex``, made the same way by :func:`kern_finetune.evaluate.projection_2d`);
+    those are reused instead of fitted again.
+    """
     test = np.asarray(data.test_idx)
     fit = np.asarray(data.train_idx)
     if len(test) < 2 or len(fit) < 3:
         return None
+    rng = np.random.default_rng(data.seed)
+    shown = np.sort(rng.choice(len(test), size=min(MAX_POINTS, len(test)), replace=False))
+    given = given or {}
+    out: dict[str, np.ndarray] = {}
+    for name in ("raw", "finetuned"):
+        pts = given.get(f"{name}_{method}")
+        if pts is not None and len(pts) == len(test):
+            out[name] = np.asarray(pts)[shown]
+    if len(out) == 2:
+        return shown, out
     y_fit = None
     if method != "pca":
         names = sorted({data.labels[i] for i in fit if data.labels[i] is not None})
@@ -182,13 +199,11 @@ def _projections(data: ReportData, method: str) -> tuple[np.ndarray, dict[str, n
             return None
         code = {n: c for c, n in enumerate(names)}
         y_fit = np.array([code[data.labels[i]] for i in fit])  # type: ignore[index]
-    rng = np.random.default_rng(data.seed)
-    shown = np.sort(rng.choice(len(test), size=min(MAX_POINTS, len(test)), replace=False))
     rows = test[shown]
-    return shown, {
-        name: projection_2d(x[fit], y_fit, x[rows], method=method, seed=data.seed)
-        for name, x in (("raw", data.raw), ("finetuned", data.tuned))
-    }
+    for name, x in (("raw", data.raw), ("finetuned", data.tuned)):
+        if name not in out:
+            out[name] = projection_2d(x[fit], y_fit, x[rows], method=method, seed=data.seed)
+    return shown, {name: out[name] for name in ("raw", "finetuned")}
 
 
 # ---------------------------------------------------------------- rendering
@@ -262,13 +277,15 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
                  f"<b>{counts['finetuned']}</b> / {len(q['neighbours']['finetuned'])}." if known else "")
         rows = []
         raw, tuned = q["neighbours"]["raw"], q["neighbours"]["finetuned"]
+        in_raw = {nb["index"] for nb in raw}
         for r in range(max(len(raw), len(tuned))):
             cells = []
             for nbs in (raw, tuned):
                 if r < len(nbs):
                     j = nbs[r]["index"]
+                    new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
                     cells.append(f'<td class="txt">{_esc(_clip(data.texts[j]))}</td><td class="lab">{_label_cell(data, j)}'
-                                 f'<br><span class="sim">cos {nbs[r]["similarity"]:.3f}</span></td>{_mark(nbs[r]["match"])}')
+                                 f'<br><span class="sim">cos {nbs[r]["similarity"]:.3f}</span>{new}</td>{_mark(nbs[r]["match"])}')
                 else:
                     cells.append("<td></td><td></td><td></td>")
             rows.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
@@ -320,7 +337,9 @@ _METHOD_TEXT = {
 }
 
 
-def _views_html(data: ReportData, metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+def _views_html(
+    data: ReportData, metrics: dict[str, Any], given: dict[str, np.ndarray] | None = None
+) -> tuple[str, dict[str, Any]]:
     """Side-by-side SVG panels per projection method, and the hover data (texts of the shown records)."""
     if len(data.test_idx) < 2:
         return "<p>No 2D views: fewer than 2 test records with gold.</p>", {}
@@ -328,7 +347,7 @@ def _views_html(data: ReportData, metrics: dict[str, Any]) -> tuple[str, dict[st
     sep = metrics.get("separation_2d", {})
     blocks, shown_rows = [], None
     for method in ("pca", "simplex"):
-        proj = _projections(data, method)
+        proj = _projections(data, method, given)
         if proj is None:
             continue
         shown, pts = proj
@@ -384,7 +403,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 td:first-child{text-align:left}img{max-width:100%}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
 table.nn td.txt{text-align:left;font-size:.85em;max-width:330px}table.nn td.lab{text-align:left;font-size:.85em}
 .sim{color:#888;font-size:.8em}td.ok{color:#2a7d2a;font-weight:bold;text-align:center}td.no{color:#c0392b;text-align:center}
-.qtext{background:#f6f6f6;padding:.6em}.up{color:#2a7d2a}.down{color:#c0392b}
+.qtext{background:#f6f6f6;padding:.6em}.new{background:#e8f0fe;color:#1a56c4;font-size:.75em;padding:0 3px}.up{color:#2a7d2a}.down{color:#c0392b}
 .pair{display:flex;gap:1em;flex-wrap:wrap}.panel{margin:0}figcaption{font-size:.9em;max-width:420px}
 circle{opacity:.65}circle.hl{opacity:1;stroke:#000;stroke-width:2;r:6}
 .key{margin-right:1.2em;white-space:nowrap}.dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px}
@@ -403,7 +422,8 @@ def write_report(
     """Write the report to ``path`` (atomically: a temporary file renamed into place).
 
     ``metrics`` is the run's metrics dict. ``plots`` may hold ``per_query`` (embedding name -> per-query
-    purity at ``k_violin``) for the violin plot. ``data`` gives the first screen, the per-class table and
+    purity at ``k_violin``) for the violin plot, and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
+    2D projections of all test records) to reuse instead of fitting them again. ``data`` gives the first screen, the per-class table and
     the 2D views; without it (or without gold) the report has the numbers only.
     """
     with plt.rc_context({"text.parse_math": False}):  # a label like "$\\notacmd$" is text, never mathtext
@@ -424,11 +444,12 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
         sections.append(
             f"<h2>The first screen: {N_NEIGHBOURS} nearest records of {len(screen)} seeded test queries</h2>"
             "<p>Neighbours are searched among all records (as refinery's similarity search does), the query excluded. "
-            "A neighbour's class is its training label, else its gold; &#10003; = same class as the query's gold.</p>"
+            "A neighbour's class is its training label, else its gold; &#10003; = same class as the query's gold; "
+            "<span class=\"new\">new</span> = not among the raw embedding's first screen.</p>"
             + _first_screen_html(data, screen)
         )
         sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data)))
-        views, hover = _views_html(data, metrics)
+        views, hover = _views_html(data, metrics, plots.get("points_2d"))
         sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)
 
     rows = []
