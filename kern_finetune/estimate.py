@@ -138,10 +138,14 @@ def choose_mode(
     with torch.random.fork_rng(devices=[]):  # calibration's dropout must not shift the run's random stream
         est = estimate_full_mode(encoder, sel, base, config, device=device, give_up_above=2 * budget)
     verb = "fits" if est.seconds <= budget else "exceeds"
-    how = "measured on this machine now" if est.complete else "from one timed step; far over budget, calibration stopped"
-    reason = (f"full mode estimated at {est.seconds:.0f} s ({est.steps} steps x {est.step_seconds:.2f} s, "
-              f"validation {est.validation_seconds:.0f} s, re-encoding {est.reencode_seconds:.0f} s; {how}), "
-              f"which {verb} the time budget of {budget:.0f} s")
+    if est.complete:
+        reason = (f"full mode estimated at {est.seconds:.0f} s ({est.steps} steps x {est.step_seconds:.2f} s, "
+                  f"validation {est.validation_seconds:.0f} s, re-encoding {est.reencode_seconds:.0f} s; calibrated on "
+                  f"this machine now), which {verb} the time budget of {budget:.0f} s")
+    else:
+        reason = (f"full mode's {est.steps} training steps alone are estimated at {est.seconds:.0f} s (one step timed "
+                  f"on this machine now at {est.step_fit['timed_steps'][0]:.2f} s; calibration stopped there), which "
+                  f"exceeds the time budget of {budget:.0f} s")
     return ModeChoice(requested="auto", mode="full" if est.seconds <= budget else "head", reason=reason,
                       budget_seconds=budget, estimate=est)
 
