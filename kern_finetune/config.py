@@ -19,7 +19,7 @@ __all__ = ["RunConfig", "DEVICES", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
 ENGINES = ("native", "quaterion")
-MODES = ("head", "full")
+MODES = ("auto", "head", "full")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
 
@@ -49,7 +49,17 @@ class RunConfig:
     val_fraction: float = 0.25
     engine: str = "native"
     mode: str = "head"
-    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder."""
+    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder;
+    ``auto``: full when its time, estimated on this machine at run time, fits ``time_budget``, else head
+    (:mod:`kern_finetune.estimate`). ``auto`` is not the default yet: its estimate was 2.1x the measured time
+    on a 3,000-record slice of the sample (within 8% on a CLINC150 slice), measured on 2 heavily loaded cores
+    (``benchmarks/results/mode_auto.md``), and a default whose choice depends on the machine's load makes
+    runs harder to reproduce."""
+    time_budget: float = 300.0
+    """``mode="auto"`` only: seconds full mode's training stage (fine-tuning + re-encoding every record) may take.
+    Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (18-31 min in full
+    mode) in head mode; on a quiet machine it should admit a 3,000-record project, which was not shown here
+    (on 2 loaded cores that slice took 1,898 s in full mode, ``benchmarks/results/mode_auto.md``)."""
     loss: str = "supcon"
     head_layers: int = 1
     epochs: int = 30
@@ -119,6 +129,8 @@ class RunConfig:
         for name in ("head_layers", "epochs", "batch_size", "patience", "eval_queries", "encode_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not self.time_budget > 0:
+            raise ConfigError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
         if self.engine == "quaterion" and self.noise_filter == "weight":

@@ -6,6 +6,7 @@ head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every r
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from .evaluate import (
 from .export import Record, embedding_name, resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
-from .report import write_report
+from .report import ReportData, write_report
 from .save import check_out_dir, save_model, save_vectors, staged_output, write_json
 from .select import Selection, default_text_attributes, gold_to_class, label_fingerprint, select_labels
 
@@ -150,6 +151,15 @@ def _run_pipeline(
             + (f"; classes with too few labels to check: {', '.join(noise['unchecked_classes'])}"
                if noise["unchecked_classes"] and not noise["note"] else ""))
 
+    choice = None
+    if config.mode == "auto":  # needs the labels and texts, so it is decided here rather than before selecting
+        from .estimate import choose_mode
+
+        say(f"      --mode auto: estimating full mode on this machine (budget {config.time_budget:.0f} s)")
+        choice = choose_mode(encoder, sel, base, config)
+        config = dataclasses.replace(config, mode=choice.mode)
+        say(f"      --mode auto chose {choice.message}")
+
     train_sel, pseudo = sel, None
     threshold = config.pseudo_label_threshold()
     if threshold is not None:
@@ -219,8 +229,11 @@ def _run_pipeline(
         "encode": round(t_encode, 2), "train": round(t_train, 2), "evaluate": round(t_eval, 2),
         "total": round(time.perf_counter() - t0, 2),
     }
+    if choice is not None:  # estimate vs what the training stage took
+        metrics["mode_choice"] = {**choice.to_dict(), "measured_train_seconds": round(t_train, 2)}
     plots = metrics.pop("_plots", None)
-    write_report(stage / "report.html", metrics, plots=plots)
+    write_report(stage / "report.html", metrics, plots=plots,
+                 data=ReportData.from_selection(sel, base, tuned, seed=config.seed))
     write_json(stage / "metrics.json", metrics)
     if "1000" in metrics["top_k"]["raw"]:
         say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "

@@ -1,12 +1,32 @@
-"""A self-contained ``report.html``: numbers plus plots (embedded PNGs, no external files)."""
+"""A self-contained ``report.html``: one file, no network, no external scripts or styles.
+
+What a labeler sees first comes first:
+
+1. **The first screen**: for a few seeded test queries, their 10 nearest records (cosine, among all
+   records, as refinery's similarity search looks) in the raw and in the fine-tuned embedding, side by
+   side: the text, the record's training label or gold value, and whether its class matches the query's.
+2. **top_k per class** (k = 10 and 100, test records among test records, as the headline metric).
+3. **2D views that compare like with like**: the same projection method for raw and fine-tuned, side by
+   side, as inline SVG. Hovering a point shows its text and highlights the same record in the other
+   panel (a small inline script; the data sit in the page as JSON).
+4. The headline numbers, the linear probe, labels and timings, and two static plots (PNG, embedded).
+
+Every user string (texts, labels, gold values, class names) is HTML-escaped, and matplotlib never
+parses mathtext (``text.parse_math`` off), so a label such as ``$\\notacmd$`` renders as typed.
+The cost is bounded: the first screen scores a handful of queries against all records, per-class
+top_k scans the test records in blocks (:func:`kern_finetune.evaluate.neighbour_purity`), and the 2D
+views draw at most :data:`MAX_POINTS` seeded test records.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
 import io
+import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -14,9 +34,187 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-__all__ = ["write_report"]
+from .evaluate import neighbour_purity, projection_2d  # noqa: E402
+
+if TYPE_CHECKING:
+    from .select import Selection
+
+__all__ = ["ReportData", "write_report", "first_screen", "per_class_top_k", "N_QUERIES", "N_NEIGHBOURS", "MAX_POINTS"]
 
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+N_QUERIES = 5
+"""Seeded test queries shown on the first screen."""
+N_NEIGHBOURS = 10
+"""Neighbours per query: refinery's first screen."""
+MAX_POINTS = 1000
+"""Test records drawn per 2D panel at most (a seeded subset; the same records in every panel)."""
+PER_CLASS_KS = (10, 100)
+_TEXT_CHARS = 300
+_SVG_SIZE = 420
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """What the report needs besides the metrics; rows are records, aligned with ``ids``.
+
+    ``labels`` holds the training label's class name (manual or weak, as selected; pseudo-labels are not
+    labels) or None; ``gold`` the gold value; ``gold_class`` the gold mapped to a task class where the
+    mapping is known (:func:`kern_finetune.select.gold_to_class`). ``raw`` and ``tuned`` are the vectors of
+    every record.
+    """
+
+    ids: list[str]
+    texts: list[str]
+    labels: list[str | None]
+    gold: list[str | None]
+    gold_class: list[str | None]
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    raw: np.ndarray
+    tuned: np.ndarray
+    seed: int = 42
+
+    @classmethod
+    def from_selection(cls, sel: Selection, raw: np.ndarray, tuned: np.ndarray, *, seed: int = 42) -> ReportData:
+        from .select import gold_to_class
+
+        mapping = gold_to_class(sel)
+        return cls(
+            ids=list(sel.ids),
+            texts=list(sel.texts),
+            labels=[sel.classes[int(c)] if c >= 0 else None for c in sel.y],
+            gold=list(sel.gold),
+            gold_class=[sel.classes[mapping[g]] if mapping and g is not None and g in mapping else None for g in sel.gold],
+            train_idx=np.asarray(sel.train_idx),
+            test_idx=np.asarray(sel.test_idx),
+            raw=raw,
+            tuned=tuned,
+            seed=seed,
+        )
+
+    def class_of(self, i: int) -> str | None:
+        """The class a record counts as: its training label, else its gold's class, else None."""
+        return self.labels[i] if self.labels[i] is not None else self.gold_class[i]
+
+
+# ---------------------------------------------------------------- computations
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEIGHBOURS) -> list[dict[str, Any]]:
+    """Seeded queries and their ``k`` nearest records in each embedding (all records, the query excluded).
+
+    Queries are test records (those judged by gold); without any, unlabeled records with text. Each
+    neighbour carries ``index``, ``similarity`` and ``match`` (True/False where the query's and the
+    neighbour's classes are known, else None).
+    """
+    pool = [int(i) for i in data.test_idx if data.texts[i]]
+    if not pool:
+        pool = [i for i, t in enumerate(data.texts) if t and data.labels[i] is None]
+    if not pool:
+        return []
+    rng = np.random.default_rng(data.seed)
+    queries = sorted(rng.choice(pool, size=min(n_queries, len(pool)), replace=False).tolist())
+    out = []
+    spaces = {"raw": _normalise(data.raw), "finetuned": _normalise(data.tuned)}
+    for q in queries:
+        q_class = data.gold_class[q]
+        row: dict[str, Any] = {"index": q, "class": q_class, "neighbours": {}}
+        for name, x in spaces.items():
+            sims = x @ x[q]
+            sims[q] = -np.inf
+            kk = min(k, len(sims) - 1)
+            top = np.argpartition(-sims, kk - 1)[:kk] if kk > 0 else np.zeros(0, dtype=int)
+            top = top[np.argsort(-sims[top], kind="stable")]
+            row["neighbours"][name] = [
+                {
+                    "index": int(j),
+                    "similarity": float(sims[j]),
+                    "match": None if q_class is None or data.class_of(int(j)) is None else data.class_of(int(j)) == q_class,
+                }
+                for j in top
+            ]
+        out.append(row)
+    return out
+
+
+def _gold_codes(data: ReportData) -> tuple[list[str], np.ndarray]:
+    values = sorted({str(data.gold[i]) for i in data.test_idx})
+    code = {g: c for c, g in enumerate(values)}
+    return values, np.array([code[str(data.gold[i])] for i in data.test_idx], dtype=np.int64)
+
+
+def per_class_top_k(data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS) -> list[dict[str, Any]]:
+    """top_k per gold class, in percent, raw and fine-tuned: test records among test records, in blocks."""
+    if len(data.test_idx) < 2:
+        return []
+    values, classes = _gold_codes(data)
+    per = {
+        name: neighbour_purity(x[data.test_idx], classes, ks)
+        for name, x in (("raw", data.raw), ("finetuned", data.tuned))
+    }
+    rows = []
+    for c, g in enumerate(values):
+        m = classes == c
+        first = int(data.test_idx[np.flatnonzero(m)[0]])
+        row: dict[str, Any] = {"gold": g, "class": data.gold_class[first], "n": int(m.sum())}
+        for name in per:
+            for k in ks:
+                row[f"{name}_{k}"] = float(100 * per[name][k][m].mean())
+        rows.append(row)
+    return rows
+
+
+def _projections(
+    data: ReportData, method: str, given: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
+    """The same projection, fitted on the training records, for raw and fine-tuned; a seeded subset of test rows.
+
+    ``given`` may hold projections of all test records already made by the evaluation (keys such as
+    ``raw_pca``, ``finetuned_simplex``, made the same way by :func:`kern_finetune.evaluate.projection_2d`);
+    those are reused instead of fitted again.
+    """
+    test = np.asarray(data.test_idx)
+    fit = np.asarray(data.train_idx)
+    if len(test) < 2 or len(fit) < 3:
+        return None
+    rng = np.random.default_rng(data.seed)
+    shown = np.sort(rng.choice(len(test), size=min(MAX_POINTS, len(test)), replace=False))
+    given = given or {}
+    out: dict[str, np.ndarray] = {}
+    for name in ("raw", "finetuned"):
+        pts = given.get(f"{name}_{method}")
+        if pts is not None and len(pts) == len(test):
+            out[name] = np.asarray(pts)[shown]
+    if len(out) == 2:
+        return shown, out
+    y_fit = None
+    if method != "pca":
+        names = sorted({data.labels[i] for i in fit if data.labels[i] is not None})
+        if len(names) < 2:
+            return None
+        code = {n: c for c, n in enumerate(names)}
+        y_fit = np.array([code[data.labels[i]] for i in fit])  # type: ignore[index]
+    rows = test[shown]
+    for name, x in (("raw", data.raw), ("finetuned", data.tuned)):
+        if name not in out:
+            out[name] = projection_2d(x[fit], y_fit, x[rows], method=method, seed=data.seed)
+    return shown, {name: out[name] for name in ("raw", "finetuned")}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _clip(text: str, n: int = _TEXT_CHARS) -> str:
+    return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
 def _png(fig: plt.Figure) -> str:
@@ -29,7 +227,7 @@ def _png(fig: plt.Figure) -> str:
 def _violin(per_query: dict[str, np.ndarray], k: int, chance: float) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(per_query)
-    ax.violinplot([100 * per_query[n] for n in names], showmeans=True)
+    ax.violinplot([100 * np.asarray(per_query[n]) for n in names], showmeans=True)
     ax.set_xticks(range(1, len(names) + 1), names)
     ax.axhline(chance, color="grey", ls="--", lw=1, label=f"chance {chance:.1f}%")
     ax.set_ylabel(f"same-class share of the {k} nearest neighbours (%)")
@@ -52,77 +250,247 @@ def _curve(top_k: dict[str, dict[str, float]], chance: float) -> str:
     return _png(fig)
 
 
-def _scatter(points: dict[str, np.ndarray], classes: np.ndarray, labels: list[str], titles: dict[str, str]) -> str:
-    fig, axes = plt.subplots(1, len(points), figsize=(5.5 * len(points), 5))
-    axes = np.atleast_1d(axes)
-    for ax, (name, pts) in zip(axes, points.items()):
-        for c, label in enumerate(labels):
-            m = classes == c
-            ax.scatter(pts[m, 0], pts[m, 1], s=3, alpha=0.5, color=_COLORS[c % len(_COLORS)], label=label)
-        ax.set_title(titles.get(name, name))
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[-1].legend(markerscale=4, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return _png(fig)
+def _label_cell(data: ReportData, i: int) -> str:
+    if data.labels[i] is not None:
+        return f"label <b>{_esc(data.labels[i])}</b>"
+    if data.gold[i] is not None:
+        cls = f" ({_esc(data.gold_class[i])})" if data.gold_class[i] is not None and data.gold_class[i] != data.gold[i] else ""
+        return f"gold <b>{_esc(data.gold[i])}</b>{cls}"
+    return "<i>no label</i>"
+
+
+def _mark(match: bool | None) -> str:
+    return {True: '<td class="ok">\u2713</td>', False: '<td class="no">\u2717</td>'}.get(match, "<td>?</td>")  # type: ignore[arg-type]
+
+
+def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
+    if not screen:
+        return "<p>No test or unlabeled records to query.</p>"
+    parts = []
+    for n, q in enumerate(screen, 1):
+        i = q["index"]
+        counts = {
+            name: sum(1 for nb in nbs if nb["match"]) for name, nbs in q["neighbours"].items()
+        }
+        known = all(nb["match"] is not None for nbs in q["neighbours"].values() for nb in nbs)
+        score = (f" Same class: raw <b>{counts['raw']}</b> / {len(q['neighbours']['raw'])}, fine-tuned "
+                 f"<b>{counts['finetuned']}</b> / {len(q['neighbours']['finetuned'])}." if known else "")
+        rows = []
+        raw, tuned = q["neighbours"]["raw"], q["neighbours"]["finetuned"]
+        in_raw = {nb["index"] for nb in raw}
+        for r in range(max(len(raw), len(tuned))):
+            cells = []
+            for nbs in (raw, tuned):
+                if r < len(nbs):
+                    j = nbs[r]["index"]
+                    new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
+                    cells.append(f'<td class="txt">{_esc(_clip(data.texts[j]))}</td><td class="lab">{_label_cell(data, j)}'
+                                 f'<br><span class="sim">cos {nbs[r]["similarity"]:.3f}</span>{new}</td>{_mark(nbs[r]["match"])}')
+                else:
+                    cells.append("<td></td><td></td><td></td>")
+            rows.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
+        parts.append(
+            f'<div class="query"><h3>Query {n}: record {_esc(data.ids[i])}</h3>'
+            f'<p class="qtext">{_esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'
+            '<table class="nn"><tr><th>#</th><th colspan="3">raw</th><th colspan="3">fine-tuned</th></tr>'
+            '<tr><th></th><th>text</th><th>label / gold</th><th>same class</th><th>text</th><th>label / gold</th>'
+            f'<th>same class</th></tr>{"".join(rows)}</table></div>'
+        )
+    return "".join(parts)
+
+
+def _per_class_html(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p>No per-class figures: fewer than 2 test records with gold.</p>"
+    ks = PER_CLASS_KS
+    head = "".join(f"<th>top_{k} raw</th><th>top_{k} fine-tuned</th>" for k in ks)
+    body = []
+    for r in rows:
+        name = _esc(r["gold"]) + (f" ({_esc(r['class'])})" if r["class"] is not None and r["class"] != r["gold"] else "")
+        cells = "".join(
+            f"<td>{r[f'raw_{k}']:.2f}</td><td class=\"{'up' if r[f'finetuned_{k}'] >= r[f'raw_{k}'] else 'down'}\">"
+            f"{r[f'finetuned_{k}']:.2f}</td>" for k in ks
+        )
+        body.append(f"<tr><td>{name}</td><td>{r['n']}</td>{cells}</tr>")
+    return f"<table><tr><th>gold class</th><th>test records</th>{head}</tr>{''.join(body)}</table>"
+
+
+def _svg_panel(points: np.ndarray, classes: np.ndarray, shown: np.ndarray, title: str, view: str) -> str:
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    pad = 8
+    xy = pad + (points - lo) / span * (_SVG_SIZE - 2 * pad)
+    circles = "".join(
+        f'<circle cx="{x:.1f}" cy="{_SVG_SIZE - y:.1f}" r="2.6" fill="{_COLORS[int(c) % len(_COLORS)]}" data-i="{int(s)}"/>'
+        for (x, y), c, s in zip(xy, classes, shown)
+    )
+    return (f'<figure class="panel"><figcaption>{_esc(title)}</figcaption>'
+            f'<svg class="view" data-view="{_esc(view)}" width="{_SVG_SIZE}" height="{_SVG_SIZE}" '
+            f'viewBox="0 0 {_SVG_SIZE} {_SVG_SIZE}">'
+            f'<rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>{circles}</svg></figure>')
+
+
+_METHOD_TEXT = {
+    "pca": "PCA (first two principal components, fitted on the training records of each embedding; labels unused)",
+    "simplex": "simplex (a logistic regression fitted on the training labels of each embedding; each record sits at "
+               "the probability-weighted mean of the class corners)",
+}
+
+
+def _views_html(
+    data: ReportData, metrics: dict[str, Any], given: dict[str, np.ndarray] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Side-by-side SVG panels per projection method, and the hover data (texts of the shown records)."""
+    if len(data.test_idx) < 2:
+        return "<p>No 2D views: fewer than 2 test records with gold.</p>", {}
+    values, codes = _gold_codes(data)
+    sep = metrics.get("separation_2d", {})
+    blocks, shown_rows = [], None
+    for method in ("pca", "simplex"):
+        proj = _projections(data, method, given)
+        if proj is None:
+            continue
+        shown, pts = proj
+        shown_rows = data.test_idx[shown]
+        panels = []
+        for name, p in pts.items():
+            s = sep.get(f"{name}_{method}", {})
+            extra = (f": 15-NN accuracy {s['knn_accuracy']:.1f}%, silhouette {s['silhouette']:.2f} (all test records)"
+                     if "knn_accuracy" in s and "silhouette" in s else "")
+            panels.append(_svg_panel(p, codes[shown], shown, f"{'raw' if name == 'raw' else 'fine-tuned'}, {method}{extra}",
+                                     f"{name}_{method}"))
+        blocks.append(f"<h3>{_esc(_METHOD_TEXT[method])}</h3><div class=\"pair\">{''.join(panels)}</div>")
+    if shown_rows is None:
+        return "<p>No 2D views: too few training records to fit a projection.</p>", {}
+    legend = "".join(
+        f'<span class="key"><span class="dot" style="background:{_COLORS[c % len(_COLORS)]}"></span>{_esc(g)}'
+        + (f" ({_esc(data.gold_class[int(data.test_idx[np.flatnonzero(codes == c)[0]])])})"
+           if data.gold_class[int(data.test_idx[np.flatnonzero(codes == c)[0]])] not in (None, g) else "")
+        + "</span>"
+        for c, g in enumerate(values)
+    )
+    hover = {  # keyed by the position in test_idx that each circle's data-i holds
+        str(int(s)): {"t": _clip(data.texts[int(r)], 240), "g": str(data.gold[int(r)]), "id": str(data.ids[int(r)])}
+        for s, r in zip(shown, shown_rows)
+    }
+    note = (f"<p>{len(shown_rows)} of {len(data.test_idx)} test records (seeded), coloured by gold class. "
+            f"Hover a point to read its text; the same record lights up in every panel.</p>")
+    return f"{note}<p>{legend}</p>{''.join(blocks)}", hover
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a <script> element: no ``<`` survives (so no ``</script>`` or ``<!--``)."""
+    return json.dumps(value, ensure_ascii=False).replace("<", "\\u003c").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+_SCRIPT = """
+(function(){var d=JSON.parse(document.getElementById('hover-data').textContent);
+var tip=document.getElementById('tip');
+function hl(i,on){document.querySelectorAll('circle[data-i="'+i+'"]').forEach(function(c){
+c.classList.toggle('hl',on);if(on){c.parentNode.appendChild(c);}});}
+document.querySelectorAll('svg.view').forEach(function(svg){
+svg.addEventListener('mouseover',function(e){var i=e.target.getAttribute&&e.target.getAttribute('data-i');
+if(i===null||!d[i])return;hl(i,true);tip.textContent='';var b=document.createElement('b');
+b.textContent='gold '+d[i].g+' \\u00b7 record '+d[i].id;tip.appendChild(b);
+tip.appendChild(document.createElement('br'));tip.appendChild(document.createTextNode(d[i].t));
+tip.style.display='block';tip.style.left=(e.pageX+12)+'px';tip.style.top=(e.pageY+12)+'px';});
+svg.addEventListener('mouseout',function(e){var i=e.target.getAttribute&&e.target.getAttribute('data-i');
+if(i!==null){hl(i,false);}tip.style.display='none';});});})();
+"""
+
+_STYLE = """body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right;vertical-align:top}
+td:first-child{text-align:left}img{max-width:100%}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
+table.nn td.txt{text-align:left;font-size:.85em;max-width:330px}table.nn td.lab{text-align:left;font-size:.85em}
+.sim{color:#888;font-size:.8em}td.ok{color:#2a7d2a;font-weight:bold;text-align:center}td.no{color:#c0392b;text-align:center}
+.qtext{background:#f6f6f6;padding:.6em}.new{background:#e8f0fe;color:#1a56c4;font-size:.75em;padding:0 3px}.up{color:#2a7d2a}.down{color:#c0392b}
+.pair{display:flex;gap:1em;flex-wrap:wrap}.panel{margin:0}figcaption{font-size:.9em;max-width:420px}
+circle{opacity:.65}circle.hl{opacity:1;stroke:#000;stroke-width:2;r:6}
+.key{margin-right:1.2em;white-space:nowrap}.dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px}
+#tip{position:absolute;display:none;max-width:360px;background:#fffbe6;border:1px solid #aaa;padding:6px;font-size:.85em;
+pointer-events:none;box-shadow:2px 2px 6px rgba(0,0,0,.2)}"""
 
 
 def write_report(
     path: Path,
     metrics: dict[str, Any],
     *,
-    plots: dict[str, Any] | None,
+    plots: dict[str, Any] | None = None,
+    data: ReportData | None = None,
     k_violin: int = 1000,
 ) -> None:
-    """Write the report. ``plots`` holds ``per_query`` (embedding name -> per-query purity at
-    ``k_violin``), ``points_2d`` (name -> 2D points), ``point_classes`` and ``class_names``; without
-    it (no gold attribute) the report has numbers only."""
-    chance = metrics["chance"]
-    imgs: list[tuple[str, str]] = []
-    if plots:
-        sep = metrics.get("separation_2d", {})
-        titles = {
-            name: f"{name}: 15-NN accuracy {sep.get(name, {}).get('knn_accuracy', float('nan')):.1f}%, "
-            f"silhouette {sep.get(name, {}).get('silhouette', float('nan')):.2f}"
-            for name in plots["points_2d"]
-        }
-        imgs = [
-            ("Neighbour purity per query", _violin(plots["per_query"], k_violin, chance)),
-            ("Neighbour purity by k", _curve(metrics["top_k"], chance)),
-            (
-                "2D projection of the test records (colour = gold class)",
-                _scatter(plots["points_2d"], plots["point_classes"], plots["class_names"], titles),
-            ),
-        ]
-    rows = []
-    for k in metrics["top_k"]["raw"]:
-        cells = "".join(f"<td>{metrics['top_k'][n][k]:.2f}</td>" for n in metrics["top_k"])
-        rows.append(f"<tr><td>top_{k}</td>{cells}</tr>")
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in metrics["top_k"])
-    cls = metrics.get("classification", {})
-    cls_rows = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>" for n, v in cls.items()
-    )
-    skipped = "".join(f"<li>{html.escape(k)}: {v}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
-    counts = html.escape(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
-    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 10px;text-align:right}}
-td:first-child{{text-align:left}}img{{max-width:100%}}pre{{background:#f6f6f6;padding:1em}}</style></head><body>
-<h1>kern-finetune report</h1>
-<p>Task <b>{html.escape(str(metrics.get('task')))}</b>, loss <b>{html.escape(str(metrics.get('config', {}).get('loss')))}</b>,
-engine <b>{html.escape(str(metrics.get('config', {}).get('engine')))}</b>, mode <b>{html.escape(str(metrics.get('config', {}).get('mode')))}</b>.
-Train {metrics['n_train']} / validation {metrics['n_val']} / test {metrics['n_test']} records.
-{f"Chance level {chance:.2f}%." if chance is not None else html.escape("No evaluation: " + str(metrics.get("evaluation_note")))}</p>
-<h2>top_k (mean over all {metrics['n_test']} test queries, %)</h2>
-<table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>
-<p>top_1k over {metrics.get('eval_queries', 250)} seeded queries (the 2022 protocol):
-{', '.join(f'{html.escape(n)} {v:.2f}%' for n, v in metrics.get('top_1k_250', {}).items())}</p>
-<h2>Linear probe (LogisticRegression, test records)</h2>
-<table><tr><th>embedding</th><th>accuracy %</th><th>macro F1 %</th></tr>{cls_rows}</table>
-<h2>Labels</h2><p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>
-{''.join(f'<h2>{html.escape(t)}</h2><img src="data:image/png;base64,{b}">' for t, b in imgs)}
-<h2>Timings (s)</h2><pre>{html.escape(str(metrics.get('seconds')))}</pre>
-</body></html>"""
+    """Write the report to ``path`` (atomically: a temporary file renamed into place).
+
+    ``metrics`` is the run's metrics dict. ``plots`` may hold ``per_query`` (embedding name -> per-query
+    purity at ``k_violin``) for the violin plot, and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
+    2D projections of all test records) to reuse instead of fitting them again. ``data`` gives the first screen, the per-class table and
+    the 2D views; without it (or without gold) the report has the numbers only.
+    """
+    with plt.rc_context({"text.parse_math": False}):  # a label like "$\\notacmd$" is text, never mathtext
+        body = _render(metrics, plots or {}, data, k_violin)
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(body, encoding="utf-8")
     tmp.replace(path)
+
+
+def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | None, k_violin: int) -> str:
+    chance = metrics.get("chance")
+    top_k = metrics.get("top_k", {})
+    sections: list[str] = []
+    hover: dict[str, Any] = {}
+    if data is not None:
+        screen = first_screen(data)
+        sections.append(
+            f"<h2>The first screen: {N_NEIGHBOURS} nearest records of {len(screen)} seeded test queries</h2>"
+            "<p>Neighbours are searched among all records (as refinery's similarity search does), the query excluded. "
+            "A neighbour's class is its training label, else its gold; &#10003; = same class as the query's gold; "
+            "<span class=\"new\">new</span> = not among the raw embedding's first screen.</p>"
+            + _first_screen_html(data, screen)
+        )
+        sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data)))
+        views, hover = _views_html(data, metrics, plots.get("points_2d"))
+        sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)
+
+    rows = []
+    names = list(top_k)
+    for k in top_k.get("raw", {}):
+        cells = "".join(f"<td>{top_k[n][k]:.2f}</td>" for n in names)
+        rows.append(f"<tr><td>top_{_esc(k)}</td>{cells}</tr>")
+    head = "".join(f"<th>{_esc(n)}</th>" for n in names)
+    cls = metrics.get("classification", {})
+    cls_rows = "".join(
+        f"<tr><td>{_esc(n)}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>" for n, v in cls.items()
+    )
+    skipped = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
+    counts = _esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
+    imgs: list[tuple[str, str]] = []
+    if chance is not None and rows:
+        if plots.get("per_query"):
+            imgs.append(("Neighbour purity per query", _violin(plots["per_query"], k_violin, chance)))
+        imgs.append(("Neighbour purity by k", _curve(top_k, chance)))
+    config = metrics.get("config", {})
+    choice = metrics.get("mode_choice")
+    choice_html = f"<p>Mode choice: {_esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
+    chance_html = f"Chance level {chance:.2f}%." if chance is not None else _esc("No evaluation: " + str(metrics.get("evaluation_note")))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>
+<style>{_STYLE}</style></head><body>
+<h1>kern-finetune report</h1>
+<p>Task <b>{_esc(metrics.get('task'))}</b>, loss <b>{_esc(config.get('loss'))}</b>,
+engine <b>{_esc(config.get('engine'))}</b>, mode <b>{_esc(config.get('mode'))}</b>.
+Train {_esc(metrics.get('n_train'))} / validation {_esc(metrics.get('n_val'))} / test {_esc(metrics.get('n_test'))} records.
+{chance_html}</p>{choice_html}
+{''.join(sections)}
+<h2>top_k (mean over all {_esc(metrics.get('n_test'))} test queries, %)</h2>
+<table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>
+<p>top_1k over {_esc(metrics.get('eval_queries', 250))} seeded queries (the 2022 protocol):
+{', '.join(f'{_esc(n)} {v:.2f}%' for n, v in metrics.get('top_1k_250', {}).items())}</p>
+<h2>Linear probe (LogisticRegression, test records)</h2>
+<table><tr><th>embedding</th><th>accuracy %</th><th>macro F1 %</th></tr>{cls_rows}</table>
+<h2>Labels</h2><p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>
+{''.join(f'<h2>{_esc(t)}</h2><img alt="{_esc(t)}" src="data:image/png;base64,{b}">' for t, b in imgs)}
+<h2>Timings (s)</h2><pre>{_esc(metrics.get('seconds'))}</pre>
+<div id="tip"></div>
+<script type="application/json" id="hover-data">{_script_json(hover)}</script>
+<script>{_SCRIPT}</script>
+</body></html>"""

@@ -74,7 +74,9 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     wall = float((run_dir / "wall_seconds.txt").read_text())
     assert min(seconds.values()) > 0 and parts <= seconds["total"] + 0.03 <= wall + 0.03  # rounded to 0.01 each
     html = (run_dir / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "<script src" not in html
+    # two PNG plots (violin, top_k by k), the 2D views as inline SVG, no external resource
+    assert html.count("data:image/png;base64,") == 2 and "<svg" in html and "<script src" not in html
+    assert "http://" not in html and "https://" not in html
     from kern_finetune.save import load_vectors
 
     ids, vec = load_vectors(run_dir / "vectors.npz")

@@ -44,7 +44,10 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("how to train")
     g.add_argument("--engine", choices=ENGINES, default=_DEFAULTS.engine, help="native PyTorch or Quaterion (default: %(default)s)")
     g.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
-                   help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too (default: %(default)s)")
+                   help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
+                        "when its time, estimated on this machine at run time, fits --time-budget (default: %(default)s)")
+    g.add_argument("--time-budget", type=float, default=_DEFAULTS.time_budget, metavar="SECONDS",
+                   help="--mode auto: the longest full-mode training (with re-encoding) to accept (default: %(default)s)")
     g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="similarity loss (default: %(default)s)")
     g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature,
                    help="supcon softmax temperature (default: %(default)s)")
@@ -102,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         threshold=args.threshold,
         engine=args.engine,
         mode=args.mode,
+        time_budget=args.time_budget,
         loss=args.loss,
         temperature=args.temperature,
         margin=args.margin,

@@ -1,0 +1,166 @@
+"""report.html: the first screen, per-class top_k, like-with-like 2D views; safe for any user string; one file."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kern_finetune.report import N_NEIGHBOURS, ReportData, first_screen, per_class_top_k, write_report
+
+NASTY = r"$\notacmd$"
+SCRIPTY = "<script>alert(1)</script>"
+URL = re.compile(r"""(?:https?:)?//[a-z0-9.-]+\.[a-z]{2,}[^\s"'<>]*""", re.I)
+
+
+def _external_refs(page: str, texts: list[str] = ()) -> list[str]:
+    """src=/href= that do not point inside the page, <link>, @import, url(), and any URL that is not part of a
+    record's own text (a news text may quote a web address: that is data, not a resource)."""
+    refs = [m for m in re.findall(r"""(?:src|href)\s*=\s*["']([^"']*)""", page) if not m.startswith(("data:", "#"))]
+    data = "\n".join(texts)
+    urls = [u for u in URL.findall(page) if html.unescape(u).rstrip(".,;)\u2026") not in data]
+    return refs + re.findall(r"<link\b", page) + re.findall(r"@import|url\(", page) + urls
+
+
+def _tiny_data(n: int = 120, seed: int = 0) -> ReportData:
+    """Three classes in 8 dimensions; the tuned vectors are better separated than the raw ones."""
+    rng = np.random.default_rng(seed)
+    names = [NASTY, SCRIPTY, "Sports & more"]
+    cls = np.arange(n) % 3
+    centres = rng.normal(size=(3, 8))
+    raw = centres[cls] * 0.5 + rng.normal(size=(n, 8))
+    tuned = centres[cls] * 3.0 + rng.normal(size=(n, 8))
+    train = np.arange(0, n, 2)
+    test = np.arange(1, n, 2)
+    labels = [names[c] if i % 2 == 0 else None for i, c in enumerate(cls)]
+    gold = [names[c] if i % 2 == 1 else None for i, c in enumerate(cls)]
+    return ReportData(
+        ids=[f"r{i}" for i in range(n)], texts=[f"text {i} {names[c]} </script><!--" for i, c in enumerate(cls)],
+        labels=labels, gold=gold, gold_class=list(gold), train_idx=train, test_idx=test,
+        raw=raw.astype(np.float32), tuned=tuned.astype(np.float32), seed=3,
+    )
+
+
+def _metrics() -> dict:
+    return {
+        "task": NASTY, "n_train": 45, "n_val": 15, "n_test": 60, "chance": 33.3, "eval_queries": 20,
+        "top_k": {"raw": {"5": 50.0, "10": 45.0}, "finetuned": {"5": 90.0, "10": 88.0}},
+        "top_1k_250": {"raw": 40.0, "finetuned": 80.0}, "classification": {},
+        "skipped": {NASTY: 1}, "train_class_counts": {NASTY: 15, SCRIPTY: 15, "Sports & more": 15},
+        "config": {"loss": "supcon", "engine": "native", "mode": "head"}, "seconds": {"total": 1.0},
+    }
+
+
+def test_first_screen_is_seeded_and_counts_matches() -> None:
+    data = _tiny_data()
+    screen = first_screen(data)
+    assert screen == first_screen(data)  # seeded
+    assert len(screen) == 5 and all(q["index"] in set(data.test_idx.tolist()) for q in screen)
+    for q in screen:
+        for name in ("raw", "finetuned"):
+            nbs = q["neighbours"][name]
+            assert len(nbs) == N_NEIGHBOURS and q["index"] not in {nb["index"] for nb in nbs}
+            sims = [nb["similarity"] for nb in nbs]
+            assert sims == sorted(sims, reverse=True)
+            for nb in nbs:
+                assert nb["match"] == (data.class_of(nb["index"]) == q["class"])
+    # the tuned space is the better separated one: more same-class neighbours on the first screen
+    hits = {name: sum(nb["match"] for q in screen for nb in q["neighbours"][name]) for name in ("raw", "finetuned")}
+    assert hits["finetuned"] > hits["raw"]
+
+
+def test_per_class_top_k_matches_the_overall_mean() -> None:
+    from kern_finetune.evaluate import top_k_purity
+
+    data = _tiny_data()
+    rows = per_class_top_k(data)
+    assert {r["gold"] for r in rows} == {NASTY, SCRIPTY, "Sports & more"}
+    assert sum(r["n"] for r in rows) == len(data.test_idx)
+    values = sorted({data.gold[i] for i in data.test_idx})
+    classes = np.array([values.index(data.gold[i]) for i in data.test_idx])
+    overall = top_k_purity(data.tuned[data.test_idx], classes, (10,))["10"]
+    weighted = sum(r["finetuned_10"] * r["n"] for r in rows) / len(data.test_idx)
+    assert weighted == pytest.approx(overall)
+
+
+def test_user_strings_are_escaped_and_never_mathtext(tmp_path: Path) -> None:
+    """Labels and gold like "$\\notacmd$" or "<script>" neither crash a plot nor inject markup (issue 16, 3)."""
+    path = tmp_path / "report.html"
+    data = _tiny_data()
+    write_report(path, _metrics(), plots={"per_query": {NASTY: np.linspace(0, 1, 60), "finetuned": np.ones(60)}}, data=data)
+    page = path.read_text(encoding="utf-8")
+    assert SCRIPTY not in page and html.escape(SCRIPTY) in page
+    assert NASTY in page  # "$" and "\" are plain text in HTML
+    assert page.count("<script") == 2  # the hover data and the hover code, nothing from the data
+    assert "</script><!--" not in page.split("<script", 1)[0]
+    hover = json.loads(re.search(r'<script type="application/json" id="hover-data">(.*?)</script>', page, re.S).group(1))
+    assert len(hover) == len(data.test_idx) and all(SCRIPTY in v["t"] or NASTY in v["t"] or "Sports" in v["t"]
+                                                     for v in hover.values())
+    assert page.count("data:image/png;base64,") == 2
+    assert not _external_refs(page)
+
+
+def test_report_without_data_or_gold_still_writes(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    metrics = {"n_train": 3, "n_val": 1, "n_test": 0, "chance": None, "top_k": {"raw": {}, "finetuned": {}},
+               "top_1k_250": {}, "classification": {}, "evaluation_note": NASTY}
+    write_report(path, metrics, plots=None, data=None)
+    assert "No evaluation" in path.read_text(encoding="utf-8")
+    data = _tiny_data()
+    data = ReportData(ids=data.ids, texts=data.texts, labels=data.labels, gold=[None] * len(data.ids),
+                      gold_class=[None] * len(data.ids), train_idx=data.train_idx, test_idx=np.zeros(0, dtype=int),
+                      raw=data.raw, tuned=data.tuned)
+    write_report(path, metrics, plots=None, data=data)  # queries from unlabeled records, matches unknown
+    page = path.read_text(encoding="utf-8")
+    assert "Query 1" in page and "No 2D views" in page
+
+
+@pytest.fixture(scope="module")
+def nasty_run(subset_records, shared_cache, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """The 1,000-record subset with one class and its gold value renamed to "$\\notacmd$", through run_pipeline."""
+    from kern_finetune.config import RunConfig
+    from kern_finetune.pipeline import run_pipeline
+
+    records = []
+    for r in subset_records:
+        r = dict(r)
+        for col in ("__Topic__MANUAL", "__Topic__WEAK_SUPERVISION"):
+            if r.get(col) == "World":
+                r[col] = NASTY
+        if r.get("Class Index") == "1":
+            r["Class Index"] = NASTY
+        records.append(r)
+    out = tmp_path_factory.mktemp("nasty")
+    config = RunConfig(task="Topic", gold_attribute="Class Index", mode="head", epochs=3, cache_dir=shared_cache)
+    run_pipeline(records, config, out_dir=out)
+    return out, records
+
+
+def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
+    out, records = nasty_run
+    assert (out / "metrics.json").exists()  # the report no longer crashes before metrics are written
+    page = (out / "report.html").read_text(encoding="utf-8")
+    data_texts = {r["running_id"]: f"{r['Title']}. {r['Description']}" for r in records}
+    # the queries' texts, by the record id each query block names
+    ids = re.findall(r"<h3>Query \d+: record ([^<]+)</h3>", page)
+    assert len(ids) == 5
+    for rid in ids:
+        text = data_texts[html.unescape(rid)]
+        assert html.escape(text[:80], quote=True) in page
+    # raw and fine-tuned neighbour columns with match marks
+    assert page.count('<table class="nn">') == 5 and "\u2713" in page
+    # per-class table: one row per gold value, the renamed one included
+    per_class = page.split("top_k per class", 1)[1].split("<h2>", 1)[0]
+    for gold in ("2", "3", "4", NASTY):
+        assert f"<tr><td>{html.escape(gold)}" in per_class
+    # both 2D views, same method side by side
+    for view in ("raw_pca", "finetuned_pca"):
+        assert f'data-view="{view}"' in page
+    # one self-contained file
+    assert not _external_refs(page, list(data_texts.values()))
+    assert len(list(out.glob("*.html"))) == 1
+    assert len(page.encode()) < 3_000_000
