@@ -86,6 +86,15 @@ def _oathkeeper_error(status: int) -> JSONResponse:
         "code": status, "status": reason, "request": str(uuid.uuid4()), "message": message}})
 
 
+def _body_limit_error(status: int, detail: str) -> dict[str, Any]:
+    """What :class:`BodyLimit` answers: a request without a valid token is refused as oathkeeper refuses it
+    (its 401 body, with the reason), a logged-in one over the limit with the push extension's 413."""
+    if status == 401:
+        return {"error": {"code": 401, "status": "Unauthorized", "request": str(uuid.uuid4()),
+                          "message": "Access credentials are invalid", "reason": detail}}
+    return {"error_code": {413: "PAYLOAD_TOO_LARGE"}.get(status, "INVALID_REQUEST"), "detail": detail}
+
+
 def _bearer_of(request: Request) -> str | None:
     """The ``Authorization: Bearer`` token (what oathkeeper's ``bearer_token`` authenticator checks)."""
     auth = request.headers.get("authorization", "")
@@ -221,8 +230,7 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_e
         BodyLimit, max_bytes=max_body_bytes, anonymous_max_bytes=64 * 1024,
         is_authenticated=lambda scope: store.session_user(_token_of(Request(scope))) is not None,
         anonymous_status=401,
-        render=lambda status, detail: {"error_code": {401: "UNRECOGNIZED_USER", 413: "PAYLOAD_TOO_LARGE"}.get(
-            status, "INVALID_REQUEST"), "detail": detail},
+        render=_body_limit_error,
     )
 
     # ------------------------------------------------------------------------------------------
