@@ -11,6 +11,8 @@ from .errors import ConfigError
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """A TCP socket bound to ``host:port`` (port 0: a free one); a clear ConfigError when it cannot be."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"cannot listen on {host}:{port}: a port is 0 (any free one) to 65535")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

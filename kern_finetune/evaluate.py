@@ -142,12 +142,20 @@ def projection_2d(
 
 
 def separation_2d(points: np.ndarray, classes: np.ndarray, *, seed: int = 42, max_points: int = 5000) -> dict[str, float]:
-    """How well classes separate in 2D: 5-fold 15-NN accuracy (percent) and silhouette."""
+    """How well classes separate in 2D: 15-NN accuracy (percent, 5-fold, fewer folds when the smallest class
+    has fewer than 5 records) and silhouette. Empty when it cannot be measured (fewer than 2 classes, or a
+    class with a single test record): a new project's few test records must not crash a run."""
     rng = np.random.default_rng(seed)
     if len(points) > max_points:
         keep = rng.choice(len(points), max_points, replace=False)
         points, classes = points[keep], classes[keep]
-    knn = cross_val_score(KNeighborsClassifier(n_neighbors=15), points, classes, cv=5).mean()
+    counts = np.unique(classes, return_counts=True)[1]
+    folds = int(min(5, counts.min())) if len(counts) else 0
+    if len(counts) < 2 or folds < 2 or len(points) <= len(counts):
+        return {}
+    # 15, or fewer when a training fold holds fewer records per class (few test records)
+    neighbours = max(1, min(15, len(points) * (folds - 1) // folds // len(counts)))
+    knn = cross_val_score(KNeighborsClassifier(n_neighbors=neighbours), points, classes, cv=folds).mean()
     sil = silhouette_score(points, classes, random_state=seed)
     return {"knn_accuracy": float(100.0 * knn), "silhouette": float(sil)}
 

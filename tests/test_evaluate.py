@@ -65,3 +65,15 @@ def test_separation_2d_orders_clean_above_mixed():
     a, b = separation_2d(clean, classes), separation_2d(mixed, classes)
     assert a["knn_accuracy"] > 95 > 70 > b["knn_accuracy"]
     assert a["silhouette"] > b["silhouette"]
+
+
+def test_separation_2d_with_few_test_records_uses_fewer_folds_or_says_nothing():
+    """A new project has a handful of test records: the 2D figure shrinks its folds, or is left out."""
+    from kern_finetune.evaluate import separation_2d
+
+    rng = np.random.default_rng(0)
+    points = np.vstack([rng.normal(0, 0.1, size=(3, 2)), rng.normal(5, 0.1, size=(3, 2))])
+    got = separation_2d(points, np.array([0, 0, 0, 1, 1, 1]))
+    assert got["knn_accuracy"] == 100.0 and got["silhouette"] > 0.9  # 3 folds, 3 neighbours
+    assert separation_2d(points[:3], np.array([0, 1, 1])) == {}  # a class with one record: not measurable
+    assert separation_2d(points, np.zeros(6, dtype=int)) == {}  # one class

@@ -105,3 +105,11 @@ def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=30)
     assert "a long password" not in out
     assert token not in out
+
+
+def test_port_out_of_range_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "kern_finetune", "host", "--export", str(tmp_path / "x.json"),
+                           "--data-dir", str(tmp_path / "state"), "--port", "99999"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "port" in proc.stderr, proc.stderr
