@@ -29,8 +29,8 @@ from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d
 from kern_finetune.select import gold_to_class
 
 PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off", raw_weight="0", search_floor=0.0)
-OLD_DEFAULT = RunConfig(raw_weight="0", search_floor=0.0)  # the default before issue 15: the head alone
-DEFAULT = RunConfig()
+OLD_DEFAULT = RunConfig(raw_weight="0", search_floor=0.0)  # the head alone: the default again (config.search_floor)
+DEFAULT = RunConfig(raw_weight="auto", search_floor=5.0)  # the search-floor head, opt-in
 
 
 def _fit(config: RunConfig, sel: Any, base: np.ndarray) -> tuple[np.ndarray, float, int, float | None]:
@@ -143,8 +143,8 @@ def main() -> None:
             ("supcon t=0.5 b512", replace(OLD_DEFAULT, batch_size=512, noise_filter="off")),
             ("supcon t=0.5, 2 layers", replace(OLD_DEFAULT, head_layers=2, noise_filter="off")),
             ("supcon t=0.5, 4 layers", replace(OLD_DEFAULT, head_layers=4, noise_filter="off")),
-            ("supcon t=0.5 + label check (drop) = old default", OLD_DEFAULT),
-            ("default (issue 15)", DEFAULT),
+            ("supcon t=0.5 + label check (drop) = default", OLD_DEFAULT),
+            ("search-floor head (--search-floor 5 --raw-weight auto)", DEFAULT),
         ]
     else:
         name, probe = "compare", True
@@ -152,8 +152,8 @@ def main() -> None:
             ("raw all-MiniLM-L6-v2", None),
             ("triplet parity, native (2022 settings)", PARITY),
             ("triplet parity, quaterion (2022 settings)", replace(PARITY, engine="quaterion")),
-            ("old default: supcon t=0.5 + label check, head alone", OLD_DEFAULT),
-            ("default (issue 15)", DEFAULT),
+            ("default: supcon t=0.5 + label check, head alone", OLD_DEFAULT),
+            ("search-floor head (--search-floor 5 --raw-weight auto)", DEFAULT),
         ]
     results = run(rows, seeds, probe)
     summary = summarise(results)

@@ -32,8 +32,9 @@ def small(small_records, shared_cache):
     return encoder, sel, encoder.encode(sel.texts, progress=False)
 
 
-def test_default_is_auto_and_budget_is_validated() -> None:
-    assert RunConfig().mode == "auto" and RunConfig().time_budget > 0
+def test_default_is_head_and_budget_is_validated() -> None:
+    # auto is not the default yet (config.RunConfig.mode says why)
+    assert RunConfig().mode == "head" and RunConfig().time_budget > 0
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="time_budget"):
             RunConfig(time_budget=bad).validate()
@@ -82,8 +83,8 @@ def test_a_tiny_budget_picks_head_with_the_estimate_recorded(small_records, shar
     from kern_finetune.pipeline import run_pipeline
 
     said: list[str] = []
-    config = RunConfig(task="Topic", gold_attribute="Class Index", time_budget=0.01, epochs=2, cache_dir=shared_cache,
-                       eval_queries=20)
+    config = RunConfig(task="Topic", gold_attribute="Class Index", mode="auto", time_budget=0.01, epochs=2,
+                       cache_dir=shared_cache, eval_queries=20)
     result = run_pipeline(small_records, config, out_dir=tmp_path, progress=said.append)
     choice = result.metrics["mode_choice"]
     assert choice["requested"] == "auto" and choice["mode"] == "head" and "exceeds the time budget of 0 s" in choice["reason"]
@@ -100,7 +101,7 @@ def test_a_small_project_within_budget_runs_full_and_records_estimate_vs_measure
 ) -> None:
     from kern_finetune.pipeline import run_pipeline
 
-    config = RunConfig(task="Topic", gold_attribute="Class Index", time_budget=3600, cache_dir=shared_cache,
+    config = RunConfig(task="Topic", gold_attribute="Class Index", mode="auto", time_budget=3600, cache_dir=shared_cache,
                        eval_queries=20)
     result = run_pipeline(small_records, config, out_dir=tmp_path, progress=None)
     choice = result.metrics["mode_choice"]

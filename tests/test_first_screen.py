@@ -111,7 +111,7 @@ def test_raw_weight_option_is_validated():
     from kern_finetune.config import RunConfig
     from kern_finetune.errors import ConfigError
 
-    assert RunConfig().raw_weight_value() is None  # auto
+    assert RunConfig().raw_weight_value() == 0.0 and RunConfig(raw_weight="auto").raw_weight_value() is None
     assert RunConfig(raw_weight="0").validate().raw_weight_value() == 0.0
     assert RunConfig.from_dict({"raw_weight": 0.25}).raw_weight_value() == 0.25
     for bad in ("1.5", "x", "-0.1"):
