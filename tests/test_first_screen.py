@@ -121,7 +121,7 @@ def test_raw_weight_option_is_validated():
 
 def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
     """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
-    at least raw's, top_100 above raw's; the blend and its table are reported."""
+    at least raw's, top_100 above raw's; the fixed blend (0: the head alone) is reported."""
     import torch
 
     from kern_finetune.config import RunConfig
@@ -132,7 +132,7 @@ def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_ba
     config = RunConfig(seed=42)
     sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))
     head, info = fit_head(subset_base, sel, config, progress=False)
-    assert 0.0 <= info["raw_weight"] <= 1.0 and info["raw_weight_table"][0]["raw_weight"] == 1.0
+    assert info["raw_weight"] == 0.0 and "raw_weight_table" not in info  # a fixed blend: nothing to choose
     with torch.no_grad():
         tuned = torch.nn.functional.normalize(head(torch.from_numpy(subset_base)), dim=1).numpy()
     test = subset_sel.test_idx
@@ -141,3 +141,14 @@ def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_ba
     new = {k: v.mean() for k, v in neighbour_purity(tuned[test], gold, ks=(10, 100)).items()}
     assert new[10] >= raw[10], (raw, new, info["raw_weight"])
     assert new[100] > raw[100], (raw, new, info["raw_weight"])
+
+
+def test_auto_blend_reports_its_table(subset_sel, subset_base, one_torch_thread):
+    """``raw_weight="auto"`` chooses among the blends on validation records and reports the table it chose from."""
+    from kern_finetune.config import RunConfig
+    from kern_finetune.train import RAW_WEIGHTS, fit_head
+
+    head, info = fit_head(subset_base, subset_sel, RunConfig(seed=42, raw_weight="auto", epochs=3), progress=False)
+    table = info["raw_weight_table"]
+    assert table[0]["raw_weight"] == 1.0 and {r["raw_weight"] for r in table[1:]} == set(RAW_WEIGHTS)
+    assert info["raw_weight"] in RAW_WEIGHTS
