@@ -39,6 +39,7 @@ from _common import RESULTS, SAMPLE, machine
 from kern_finetune import pipeline, train_full
 from kern_finetune.config import RunConfig
 from kern_finetune.export import load_export
+from kern_finetune.train import fit_head
 
 
 COMMAND = ("python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR --pseudo-labels P --encoder-memory ROWS "
@@ -90,7 +91,7 @@ def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_
     if stack_head:  # the default head, fitted on the fine-tuned vectors (same selection, label check and seed)
         sel, base = result.extra["selection"], result.extra["raw_vectors"]
         head_config = replace(config, mode="head")
-        head, _ = pipeline._train_head(result.vectors, sel, head_config, None)
+        head, _ = fit_head(result.vectors, sel, head_config)
         stacked = pipeline._evaluate(base, pipeline._apply(head, result.vectors), sel, head_config)
     return {"seed": seed, "encoder_lr": encoder_lr, "machine": machine(),
             "pseudo_labels": config.pseudo_label_threshold(),

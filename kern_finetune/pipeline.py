@@ -71,14 +71,6 @@ def _audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _train_head(
-    base: np.ndarray, sel: Selection, config: RunConfig, weights: np.ndarray | None
-) -> tuple[SkipConnectionHead, dict[str, Any]]:
-    from .train import fit_head
-
-    return fit_head(base, sel, config, weights=weights)
-
-
 @torch.no_grad()
 def _apply(head: SkipConnectionHead, x: np.ndarray) -> np.ndarray:
     head.eval()
@@ -179,7 +171,9 @@ def _run_pipeline(
         tuned = model.encode(sel.texts, batch_size=config.encode_batch_size, convert_to_numpy=True,
                              normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
     else:
-        head, train_info = _train_head(base, train_sel, config, weights)
+        from .train import fit_head
+
+        head, train_info = fit_head(base, train_sel, config, weights=weights)
         model = None
         tuned = _apply(head, base)
     t_train = time.perf_counter() - t
