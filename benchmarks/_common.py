@@ -67,21 +67,17 @@ def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
 
 def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None) -> tuple[np.ndarray, dict]:
     """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`): the
-    L2-normalised output of every record and the training info (``seconds``: label check excluded).
-    ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
-    import torch
-
+    L2-normalised output of every record (the fitted trainer's ``transform``) and the training info
+    (:meth:`kern_finetune.trainer.TrainResult.to_dict`; ``seconds``: training and blend choice, label check
+    excluded). ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
     from kern_finetune.train import fit_head
 
     if config.noise_filter == "drop":
         sel = checked if checked is not None else label_checked(sel, base, config.seed)
     t = time.perf_counter()
-    head, info = fit_head(base, sel, config, progress=False)
-    info = {**info, "seconds": time.perf_counter() - t}
-    with torch.no_grad():
-        head.eval()
-        out = torch.nn.functional.normalize(head(torch.from_numpy(np.ascontiguousarray(base))), dim=1).numpy()
-    return out, info
+    trainer = fit_head(base, sel, config, progress=False)
+    info = {**trainer.result_.to_dict(), "seconds": time.perf_counter() - t}
+    return trainer.transform(base), info
 
 
 def score_row(vectors: np.ndarray, sel: Selection, classes: np.ndarray, seed: int) -> dict[str, float]:

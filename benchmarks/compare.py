@@ -7,8 +7,9 @@ training time, for each seed.
 
     python benchmarks/compare.py                 # the table: raw, triplet parity (both engines), default
     python benchmarks/compare.py --sweep         # + losses and heads over 3 seeds (issue: better embeddings)
+    python benchmarks/compare.py --name compare_after_refactor   # the same table under another name
 
-Writes ``benchmarks/results/compare.{json,md}`` (``--sweep``: ``sweep.{json,md}``).
+Writes ``benchmarks/results/compare.{json,md}`` (``--sweep``: ``sweep.{json,md}``; ``--name``: ``NAME.{json,md}``).
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="compare losses and heads instead of the main table")
     ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--name", help="results file name (default: compare, or sweep with --sweep)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # 1 when two benchmarks share the 2 cores
@@ -155,6 +157,7 @@ def main() -> None:
             ("default: supcon t=0.5 + label check, head alone", OLD_DEFAULT),
             ("search-floor head (--search-floor 5 --raw-weight auto)", DEFAULT),
         ]
+    name = args.name or name
     results = run(rows, seeds, probe)
     summary = summarise(results)
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])

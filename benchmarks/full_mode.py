@@ -8,7 +8,7 @@
 One epoch over the training texts on CPU (batch 32 grouped by length, supcon t=0.5, label check; the
 encoder's learning rate is ``--encoder-lr``; self-training per ``--pseudo-labels``), then every record is
 re-encoded by the fine-tuned model and evaluated like any run. ``--no-group-by-length`` trains on the
-class-aware batches as drawn (:func:`kern_finetune.train_full.fit_full`'s ``group_by_length=False``), the way
+class-aware batches as drawn (:class:`kern_finetune.train_full.FullTrainer`'s ``group_by_length=False``), the way
 full mode trained before length grouping existed. Unless ``--no-head``, each run also fits
 the default head on top of the fine-tuned vectors ("full + head") to see whether stacking both helps.
 Rows are merged into the results by (encoder lr, pseudo-label threshold, length grouping, memory rows,
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import tempfile
@@ -38,6 +37,7 @@ from _common import RESULTS, SAMPLE, machine
 
 from kern_finetune import pipeline, train_full
 from kern_finetune.config import RunConfig
+from kern_finetune.evaluate import evaluate
 from kern_finetune.export import load_export
 from kern_finetune.train import fit_head
 
@@ -54,7 +54,7 @@ def _key(row: dict) -> tuple:
     """
     t = row["training"]
     return (row["encoder_lr"], row.get("pseudo_labels") or 0.0, bool(t.get("group_by_length")),
-            int(t.get("memory_size") or 0), float(t.get("wise_alpha") or 1.0), row["seed"])
+            int(t.get("encoder_memory", t.get("memory_size")) or 0), float(t.get("wise_alpha") or 1.0), row["seed"])
 
 
 @contextlib.contextmanager
@@ -62,18 +62,24 @@ def _length_grouping(enabled: bool) -> Iterator[None]:
     """Full mode with (the product's only setting) or without length-grouped batches.
 
     ``RunConfig`` has no switch for it: grouping changes speed, not what is learned, so users get no option.
-    The pipeline looks ``fit_full`` up in :mod:`kern_finetune.train_full` when it trains, so this benchmark
-    swaps in the same function with ``group_by_length=False`` for the duration of one run.
+    The pipeline looks ``FullTrainer`` up in :mod:`kern_finetune.train_full` when it trains, so this benchmark
+    swaps in a subclass whose ``from_config`` sets ``group_by_length=False`` for the duration of one run.
     """
     if enabled:
         yield
         return
-    original = train_full.fit_full
-    train_full.fit_full = functools.partial(original, group_by_length=False)
+    original = train_full.FullTrainer
+
+    class Ungrouped(original):  # type: ignore[misc, valid-type]
+        @classmethod
+        def from_config(cls, config: RunConfig, **kw: object) -> train_full.FullTrainer:
+            return super().from_config(config, **{**kw, "group_by_length": False})
+
+    train_full.FullTrainer = Ungrouped  # type: ignore[misc]
     try:
         yield
     finally:
-        train_full.fit_full = original
+        train_full.FullTrainer = original  # type: ignore[misc]
 
 
 def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_head: bool, *,
@@ -89,10 +95,11 @@ def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_
     m = result.metrics
     stacked = None
     if stack_head:  # the default head, fitted on the fine-tuned vectors (same selection, label check and seed)
-        sel, base = result.extra["selection"], result.extra["raw_vectors"]
+        sel, base = result.selection, result.raw_vectors
+        assert sel is not None and base is not None
         head_config = replace(config, mode="head")
-        head, _ = fit_head(result.vectors, sel, head_config)
-        stacked = pipeline._evaluate(base, pipeline._apply(head, result.vectors), sel, head_config)
+        trainer = fit_head(result.vectors, sel, head_config)
+        stacked = evaluate(base, trainer.transform(result.vectors), sel, head_config).metrics
     return {"seed": seed, "encoder_lr": encoder_lr, "machine": machine(),
             "pseudo_labels": config.pseudo_label_threshold(),
             "n_pseudo_labels": m.get("pseudo_labels", {}).get("n_added", 0),

@@ -1,4 +1,4 @@
-"""Quick full-mode variants on the full sample: train with `fit_full`, then top_1k on the test records only.
+"""Quick full-mode variants on the full sample: train with `FullTrainer`, then top_1k on the test records only.
 
     python benchmarks/full_mode_variants.py [--seed 42] [--lr 1.5e-5] [--epochs 1] [--batch 32]
         [--temperature 0.5] [--no-group] [--trainval] [--pseudo P] [--memory ROWS] [--wise-alpha A]
@@ -27,7 +27,7 @@ from kern_finetune.encode import Encoder
 from kern_finetune.noise import find_label_issues, without_label_issues
 from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
 from kern_finetune import train_full
-from kern_finetune.train_full import fit_full
+from kern_finetune.train_full import FullTrainer
 
 
 def write_table() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
         sel.train_idx, sel.val_idx = np.sort(np.concatenate([sel.train_idx, sel.val_idx])), sel.val_idx[:0]
     cfg = RunConfig(task="Topic", mode="full", seed=a.seed, encoder_lr=a.lr, temperature=a.temperature, loss=a.loss)
     enc = Encoder(cache_dir=default_cache_dir())
-    if a.freeze_embeddings:  # fit_full loads its own copy of the model: freeze the matrix as it is loaded
+    if a.freeze_embeddings:  # FullTrainer loads its own copy of the model: freeze the matrix as it is loaded
         load = train_full.load_sentence_transformer
 
         def load_frozen(path, *, device=None):  # type: ignore[no-untyped-def]
@@ -100,9 +100,12 @@ def main() -> None:
             train_sel = with_pseudo_labels(sel, found)
             n_pseudo.append(len(found["indices"]))
             print("round", round_ + 1, "pseudo-labels", len(found["indices"]), flush=True)
-        model, _, info = fit_full(enc, train_sel, cfg, epochs=a.epochs, batch_size=a.batch,
-                                  group_by_length=not a.no_group, progress=False,
-                                  memory_size=a.memory, wise_alpha=a.wise_alpha)
+        trainer = FullTrainer.from_config(cfg, model_path=enc.path, epochs=a.epochs, batch_size=a.batch,
+                                          group_by_length=not a.no_group, progress=False,
+                                          encoder_memory=a.memory, wise_alpha=a.wise_alpha)
+        tr, va = train_sel.train_idx, train_sel.val_idx
+        trainer.fit([train_sel.texts[i] for i in tr], train_sel.y[tr], [train_sel.texts[i] for i in va], train_sel.y[va])
+        model, info = trainer.model_, trainer.result_.to_dict()
         if round_ + 1 < a.rounds:
             source = model.encode(sel.texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True,
                                   show_progress_bar=False)

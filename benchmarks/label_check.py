@@ -84,13 +84,10 @@ def _train_default_head(base: np.ndarray, sel, seed: int) -> np.ndarray:
 
     c = RunConfig(seed=seed)
     torch.manual_seed(seed)
-    tr = HeadTrainer(loss=c.loss, n_layers=c.head_layers, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+    tr = HeadTrainer(loss=c.loss, head_layers=c.head_layers, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                      patience=c.patience, temperature=c.temperature, margin=c.margin, seed=seed, progress=False)
     tr.fit(base[sel.train_idx], sel.y[sel.train_idx], base[sel.val_idx], sel.y[sel.val_idx])
-    with torch.no_grad():
-        tr.head_.eval()
-        out = torch.nn.functional.normalize(tr.head_(torch.from_numpy(base)), dim=1).numpy()
-    return out[sel.test_idx]
+    return tr.transform(base)[sel.test_idx]
 
 
 def main() -> None:

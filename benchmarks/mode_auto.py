@@ -5,7 +5,7 @@
 
 Each project runs through the real pipeline with ``mode="auto"`` and the given budget (the default one
 unless told). When auto picks full mode, the run's ``metrics.json`` holds the estimate made before
-training and the measured training stage (``fit_full`` + re-encoding every record), which is what the
+training and the measured training stage (``FullTrainer`` + re-encoding every record), which is what the
 estimate predicts. When auto picks head mode, the project is run again with an unlimited budget so
 that full mode's estimate can still be checked against its measured time (the row says so).
 

@@ -21,7 +21,7 @@ The *snapshot door* hands refinery our L2-normalised 384-dimensional vectors, wh
 Euclidean on unit vectors ranks as cosine does, so those rows are the pipeline's own figures.
 
 Purity (``kern_finetune.evaluate.neighbour_purity``, here also with Euclidean distance) is measured on the
-pipeline's test records (no training label, with gold), as ``pipeline._evaluate`` does.
+pipeline's test records (no training label, with gold), as :func:`kern_finetune.evaluate.evaluate` does.
 
 Run the pipeline first, then::
 

@@ -5,7 +5,7 @@
         -> appends rows to benchmarks/results/wise_sweep.jsonl, rewrites wise_sweep.md
 
 For each alpha the encoder's weights become ``(1 - alpha) * base + alpha * fine-tuned`` (what
-``--wise-alpha`` does in full mode, :func:`kern_finetune.train_full._interpolate`), the 9,146 test records
+``--wise-alpha`` does in full mode, :func:`kern_finetune.train_full.interpolate_weights`), the 9,146 test records
 are re-encoded (~1.5 minutes each on 2 cores) and top_1k is measured. Selection as in the pipeline (seed 42).
 ``--probe`` also re-encodes the labeled records (~3 more minutes per alpha) and fits the pipeline's linear
 probe: logistic regression on the labeled records left after the label check, accuracy on the test records'
@@ -26,7 +26,7 @@ from kern_finetune.encode import Encoder, load_sentence_transformer
 from kern_finetune.evaluate import linear_probe, top_k_purity
 from kern_finetune.noise import find_label_issues, without_label_issues
 from kern_finetune.select import gold_to_class
-from kern_finetune.train_full import _interpolate
+from kern_finetune.train_full import interpolate_weights
 
 
 def write_table() -> None:
@@ -79,7 +79,7 @@ def main() -> None:
     model = load_sentence_transformer(a.model_dir, device="cpu")
     tuned = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for alpha in [float(x) for x in a.alphas.split(",")]:
-        model.load_state_dict(_interpolate(base, tuned, alpha))
+        model.load_state_dict(interpolate_weights(base, tuned, alpha))
         v = model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
         v_test = v[len(v) - len(sel.test_idx):]
         row = {"tag": a.tag, "seed": a.seed, "alpha": alpha, "top_1k": round(top_1k(v_test, gold), 2)}

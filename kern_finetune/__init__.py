@@ -5,6 +5,12 @@ Public API (everything else is private and may change)::
     from kern_finetune import RunConfig, run_pipeline, load_export
     result = run_pipeline(load_export("export.json.gz"), RunConfig(task="Topic"), out_dir="runs/x")
 
+The pipeline's typed stages, one module each (the function shares its module's name, so import it from
+there): ``kern_finetune.prepare.prepare`` -> ``Prepared``, ``kern_finetune.fit.fit`` -> ``Fitted``,
+``kern_finetune.evaluate.evaluate`` -> ``Evaluation``, ``kern_finetune.write.write`` -> ``Written``. The
+engines (``HeadTrainer``, ``QuaterionTrainer``, ``FullTrainer``) share one interface
+(:mod:`kern_finetune.trainer`) and return a ``TrainResult``.
+
 Heavy modules (torch, sklearn) load on first use of a name that needs them, so ``import kern_finetune``
 and the CLI's ``--help`` stay fast.
 """
@@ -38,7 +44,14 @@ _LAZY = {
     "select_labels": "select",
     "Selection": "select",
     "Encoder": "encode",
+    "Prepared": "prepare",
+    "Fitted": "fit",
+    "Evaluation": "evaluate",
+    "Written": "write",
+    "TrainResult": "trainer",
     "HeadTrainer": "train",
+    "FullTrainer": "train_full",
+    "QuaterionTrainer": "train_quaterion",
     "SkipConnectionHead": "heads",
     "RefineryClient": "client",
     "sync_project": "sync",

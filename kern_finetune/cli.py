@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"kern_finetune.commands.{name}")
-        except ModuleNotFoundError as exc:  # a command still being built
-            if exc.name != f"kern_finetune.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"kern_finetune.commands.{name}").register(sub)
     return parser
 
 

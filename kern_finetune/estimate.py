@@ -4,7 +4,7 @@ The estimate is calibrated at run time, on the project's own texts, under whatev
 is doing at that moment (on a shared machine that load is real: a figure measured elsewhere, or
 earlier, would not be honest):
 
-1. **Plan** the steps exactly as :func:`kern_finetune.train_full.fit_full` will take them: the same
+1. **Plan** the steps exactly as :class:`kern_finetune.train_full.FullTrainer` will take them: the same
    pseudo-labels (:func:`kern_finetune.pseudo.find_pseudo_labels` at full mode's threshold), the same
    class-aware batches regrouped by length with the same seed, the same batch size and epochs. Each
    planned step's cost is taken as proportional to its padded tokens plus a constant.
@@ -16,7 +16,7 @@ earlier, would not be honest):
    last step and after the WiSE blend) and re-encoding every record with the fine-tuned model.
 4. Add what was measured once on the way: loading the model and tokenizing the training texts.
 
-The estimate covers what the pipeline's ``train`` timing covers in full mode: ``fit_full`` plus the
+The estimate covers what the pipeline's ``train`` timing covers in full mode: full-mode training plus the
 re-encoding. Early stopping can only make the run shorter. Calibration itself costs a few training
 steps (seconds); when the first timed step already puts full mode past twice the budget, it stops there.
 The measured time is recorded next to the estimate in ``metrics.json`` (``mode_choice``), and
@@ -48,10 +48,10 @@ STEP_QUANTILES = (0.2, 0.5, 0.9)
 
 
 def full_mode_schedule(config: RunConfig, device: str) -> tuple[int, int]:
-    """``(epochs, batch_size)`` that :func:`kern_finetune.train_full.fit_full` uses by default on ``device``.
-
-    Mirrors its defaults (see its docstring); ``tests/test_estimate.py`` checks that the planned steps equal
-    the steps a full run takes.
+    """``(epochs, batch_size)`` of full mode on ``device``: the one definition, which
+    :meth:`kern_finetune.train_full.FullTrainer.from_config` and the estimate both use (reasons in
+    :mod:`kern_finetune.train_full`); ``tests/test_estimate.py`` checks that the planned steps equal the
+    steps a full run takes.
     """
     on_gpu = device.startswith("cuda")
     return min(config.epochs, 3 if on_gpu else 1), min(config.batch_size, 128 if on_gpu else 32)
@@ -159,14 +159,14 @@ def estimate_full_mode(
     device: str | None = None,
     give_up_above: float = math.inf,
 ) -> FullModeEstimate:
-    """Estimate full mode's training stage (``fit_full`` + re-encoding every record) on this machine, now."""
+    """Estimate full mode's training stage (full-mode training + re-encoding every record) on this machine, now."""
     import torch
 
     from .encode import load_sentence_transformer
     from .losses import make_loss
     from .pseudo import find_pseudo_labels, with_pseudo_labels
-    from .train import class_aware_batches
-    from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, length_grouped
+    from .samplers import class_aware_batches, length_grouped
+    from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS
 
     t_start = time.perf_counter()
     device = device or _default_device()
@@ -180,7 +180,7 @@ def estimate_full_mode(
         train_sel = with_pseudo_labels(sel, found)
     epochs, batch_size = full_mode_schedule(config, device)
 
-    # --- what fit_full does before its first step: load, tokenize (measured as overhead)
+    # --- what FullTrainer.fit does before its first step: load, tokenize (measured as overhead)
     t = time.perf_counter()
     model = load_sentence_transformer(encoder.path, device=device)
     train_idx = np.asarray(train_sel.train_idx)
@@ -188,7 +188,7 @@ def estimate_full_mode(
     lengths = np.array([len(ids) for ids in model.tokenizer(texts_t, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]])
     overhead = time.perf_counter() - t
 
-    # --- the plan: fit_full's own batches for the first epoch (same rng, same calls)
+    # --- the plan: FullTrainer's own batches for the first epoch (same rng, same calls)
     y_t = train_sel.y[train_idx].astype(np.int64)
     rng = np.random.default_rng(config.seed)
     batches = length_grouped(class_aware_batches(y_t, batch_size, rng), lengths, rng)
@@ -247,7 +247,7 @@ def estimate_full_mode(
         _sync(device)
         fwd_rate = tok_sample / max(time.perf_counter() - t, 1e-6)
 
-        # validation: fit_full's evaluations at step 0, every eval_every steps, the last step, after the blend
+        # validation: FullTrainer's evaluations at step 0, every eval_every steps, the last step, after the blend
         val_idx = np.asarray(sel.val_idx)
         if len(val_idx) > MAX_VAL_ROWS:
             val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, MAX_VAL_ROWS, replace=False))

@@ -13,15 +13,19 @@ and how many of them share the query's class.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, classification_report, f1_score, silhouette_score
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .select import Selection
 
 __all__ = [
     "KS",
@@ -35,6 +39,9 @@ __all__ = [
     "similarity_threshold",
     "threshold_search",
     "SEARCH_LIMIT",
+    "Evaluation",
+    "Plots",
+    "evaluate",
 ]
 
 KS = (5, 10, 25, 50, 75, 100, 250, 1000)
@@ -115,7 +122,6 @@ def projection_2d(
     """Project ``x`` to 2D with a projection fitted on ``x_fit``.
 
     - ``pca``: the first two principal components (labels unused);
-    - ``lda``: linear discriminant analysis on the labels;
     - ``simplex``: a logistic regression on the labels; each point is the probability-weighted mean
       of the class corners, spread evenly on the unit circle. Sure records sit at their class's corner,
       unsure ones between corners: a scatter plot a labeler can draw shapes in.
@@ -124,8 +130,6 @@ def projection_2d(
         return PCA(n_components=2, random_state=seed).fit(x_fit).transform(x)
     if y_fit is None:
         raise ValueError(f"{method} needs labels")
-    if method == "lda":
-        return LinearDiscriminantAnalysis(n_components=2).fit(x_fit, y_fit).transform(x)[:, :2]
     if method == "simplex":
         clf = LogisticRegression(max_iter=2000, random_state=seed).fit(x_fit, y_fit)
         k = len(clf.classes_)
@@ -238,3 +242,111 @@ def threshold_search(
         "threshold": thr,
         "n_queries": int(len(q)),
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 4 of the pipeline: judge the fine-tuned vectors against the raw ones on the test records
+
+
+@dataclass
+class Plots:
+    """Arrays the report draws (never written to ``metrics.json``): per-query top_1k purity per embedding,
+    2D projections of the test records (``raw_pca``, ``finetuned_simplex``), their gold codes and names."""
+
+    per_query: dict[str, np.ndarray]
+    points_2d: dict[str, np.ndarray]
+    point_classes: np.ndarray
+    class_names: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """What :func:`kern_finetune.report.write_report` takes as ``plots``."""
+        return {"per_query": self.per_query, "points_2d": self.points_2d, "point_classes": self.point_classes,
+                "class_names": self.class_names}
+
+
+@dataclass
+class Evaluation:
+    """``metrics``: the evaluation's part of ``metrics.json`` (JSON-ready); ``plots``: None without test records."""
+
+    metrics: dict[str, Any]
+    plots: Plots | None
+    seconds: float
+
+
+def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    values = sorted({sel.gold[i] for i in rows})  # type: ignore[type-var]
+    code = {g: k for k, g in enumerate(values)}
+    return values, np.array([code[sel.gold[i]] for i in rows])  # type: ignore[index]
+
+
+def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
+                       config: RunConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """top_k and top_1k_250 among the test records, and refinery's search among all records."""
+    test = sel.test_idx
+    queries = sample_queries(len(test), config.eval_queries, config.seed)
+    top_k, top_250, per_query = {}, {}, {}
+    for name, x in (("raw", base[test]), ("finetuned", tuned[test])):
+        per = neighbour_purity(x, classes)
+        top_k[name] = {str(k): float(100 * v.mean()) for k, v in per.items()}
+        top_250[name] = float(100 * per[1000][queries].mean())
+        per_query[name] = per[1000]
+    # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
+    # embedding's similarity threshold, judged on every returned record whose gold is known.
+    all_gold = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
+    all_code = {g: k for k, g in enumerate(all_gold)}
+    record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
+    search = {name: threshold_search(full, test[queries], record_classes, seed=config.seed)
+              for name, full in (("raw", base), ("finetuned", tuned))}
+    return {"top_k": top_k, "top_1k_250": top_250, "threshold_search": search}, per_query
+
+
+def _probe(base: np.ndarray, tuned: np.ndarray, sel: Selection, mapping: dict[str, int] | None,
+           config: RunConfig) -> dict[str, Any]:
+    """The linear probe: fitted on the selected labels, scored on the test records' gold."""
+    if mapping is None:
+        return {"classification": {}, "classification_note": "gold values could not be matched to the task's labels"}
+    test, labeled = sel.test_idx, sel.labeled_idx
+    y_test = np.array([mapping[sel.gold[i]] for i in test])  # type: ignore[index]
+    return {"classification": {
+        name: linear_probe(full[labeled], sel.y[labeled], full[test], y_test, labels=sel.classes, seed=config.seed)
+        for name, full in (("raw", base), ("finetuned", tuned))
+    }}
+
+
+def _views_2d(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> dict[str, np.ndarray]:
+    """2D views: projections fitted on the training records, applied to the test records. The raw
+    embedding's PCA is the baseline. "simplex" places each record at the probability-weighted mean of the
+    class corners of a linear classifier fitted on the training labels (never the gold)."""
+    fit_idx = sel.train_idx
+    return {f"{name}_{method}": projection_2d(x[fit_idx], sel.y[fit_idx], x[sel.test_idx], method=method, seed=config.seed)
+            for name, x in (("raw", base), ("finetuned", tuned)) for method in ("pca", "simplex")}
+
+
+def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> Evaluation:
+    """Raw (``base``) vs fine-tuned (``tuned``) vectors of every record of ``sel``, judged on the test records'
+    gold: top_k, top_1k of ``config.eval_queries`` seeded queries, refinery's threshold search, the linear
+    probe and 2D separation. Without two test records, the metrics say why and hold no figures."""
+    import time
+
+    from .select import gold_to_class
+
+    t = time.perf_counter()
+    test = sel.test_idx
+    sizes = {"n_train": int(len(sel.train_idx)), "n_val": int(len(sel.val_idx)), "n_test": int(len(test))}
+    if len(test) < 2:
+        why = "no --gold-attribute given" if not config.gold_attribute else "fewer than 2 test records with a gold value"
+        metrics = {**sizes, "chance": None, "eval_queries": config.eval_queries, "top_k": {"raw": {}, "finetuned": {}},
+                   "top_1k_250": {}, "classification": {}, "evaluation_note": why}
+        return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
+    gold_values, classes = _gold_codes(sel, test)
+    metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes), "eval_queries": config.eval_queries}
+    figures, per_query = _neighbour_figures(base, tuned, sel, classes, config)
+    metrics.update(figures)
+    mapping = gold_to_class(sel)
+    metrics.update(_probe(base, tuned, sel, mapping, config))
+    views = _views_2d(base, tuned, sel, config)
+    metrics["separation_2d"] = {name: separation_2d(p, classes, seed=config.seed) for name, p in views.items()}
+    names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
+    plots = Plots(per_query=per_query, points_2d={name: views[name] for name in ("raw_pca", "finetuned_simplex")},
+                  point_classes=classes, class_names=names)
+    return Evaluation(metrics=metrics, plots=plots, seconds=time.perf_counter() - t)

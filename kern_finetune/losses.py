@@ -7,11 +7,14 @@ parameters of their own (:class:`CosFaceLoss`) must be given to the optimizer wi
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "NeighbourhoodDistillation", "UniformityLoss", "SearchFloorLoss", "make_loss"]
+__all__ = ["SupConLoss", "TripletLoss", "CosFaceLoss", "CrossBatchMemory", "NeighbourhoodDistillation", "UniformityLoss",
+           "SearchFloorLoss", "make_loss"]
 
 
 def _weighted_mean(values: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,6 +76,40 @@ class SupConLoss(nn.Module):
         n_pos = pw.sum(1)
         per_row = -(log_prob.masked_fill(~pos, 0.0) * pw).sum(1) / n_pos.clamp_min(1e-8)
         return _weighted_mean(per_row, weights, n_pos > 0)
+
+
+class CrossBatchMemory(nn.Module):
+    """A loss that also contrasts each batch with the detached rows of earlier batches (cross-batch memory,
+    Wang et al. 2020, https://arxiv.org/abs/1912.06798).
+
+    Args:
+        loss: a loss that takes ``memory=(embeddings, labels, weights)`` (:class:`SupConLoss`).
+        size: rows kept; the oldest batches are dropped once more than ``size`` rows are held.
+
+    Called like the wrapped loss, ``memory(embeddings, labels, weights=None)``: the loss of the batch
+    against the batch and the memory, then the batch (detached) joins the memory. Use it for training
+    only; validate with the wrapped loss itself. Full mode wraps supcon with ``encoder_memory`` rows.
+    """
+
+    def __init__(self, loss: nn.Module, size: int) -> None:
+        super().__init__()
+        self.loss = loss
+        self.size = size
+        self._batches: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = deque()  # oldest first
+        self._rows = 0
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        held = self._batches
+        memory = None
+        if held:
+            memory = (torch.cat([m[0] for m in held]), torch.cat([m[1] for m in held]),
+                      None if weights is None else torch.cat([m[2] for m in held]))  # type: ignore[misc]
+        out = self.loss(embeddings, labels, weights, memory=memory)
+        held.append((embeddings.detach(), labels, weights))
+        self._rows += len(embeddings)
+        while self._rows > self.size:
+            self._rows -= held.popleft()[0].shape[0]
+        return out
 
 
 class TripletLoss(nn.Module):

@@ -41,6 +41,7 @@ __all__ = [
     "default_text_attributes",
     "gold_to_class",
     "label_fingerprint",
+    "split_train_val",
     "task_labels",
     "split_manual_labels",
 ]
@@ -141,8 +142,6 @@ def select_labels(
     known_labels: list[str] | None = None,
 ) -> Selection:
     """Apply the selection rules (module docstring) and split the labels into train/validation."""
-    from sklearn.model_selection import train_test_split  # sklearn is slow to import; only needed here
-
     ids = _record_ids(records, id_attribute)
     texts = build_texts(records, text_attributes)
     skipped: Counter[str] = Counter()
@@ -150,6 +149,70 @@ def select_labels(
 
     labels = known if known is not None else task_labels(records, task)
 
+    chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped)
+
+    classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
+    if len(classes) < 2:
+        raise SelectionError(
+            f"need labels of at least 2 classes to train, found {len(classes)} "
+            f"(threshold {threshold}: lower it or add manual labels)"
+        )
+    index = {c: k for k, c in enumerate(classes)}
+    y = np.array([index[c] if c is not None else -1 for c in chosen], dtype=np.int64)
+    labeled = np.flatnonzero(y >= 0)
+    per_class = Counter(y[labeled].tolist())
+    if len(labeled) < 8 or min(per_class.get(k, 0) for k in range(len(classes))) < 2:
+        counts = ", ".join(f"{c}: {per_class.get(k, 0)}" for k, c in enumerate(classes))
+        raise SelectionError(f"too few labels to train ({counts}); every class needs at least 2")
+    train_idx, val_idx = split_train_val(labeled, val_fraction, seed)
+
+    gold: list[str | None] = []
+    for rec in records:
+        g = rec.get(gold_attribute) if gold_attribute else None
+        gold.append(None if g in (None, "") else str(g))
+    test_mask = y < 0
+    empty = np.array([not t for t in texts])
+    test_idx = np.flatnonzero(test_mask & ~empty & np.array([g is not None for g in gold]))
+    if gold_attribute:
+        skipped["test_without_gold"] += int((test_mask & ~empty).sum() - len(test_idx))
+        if not any(g is not None for g in gold):
+            raise ConfigError(f"gold attribute {gold_attribute!r} has no values in the export")
+    skipped["empty_text"] += int(empty.sum())
+    return Selection(
+        ids=ids,
+        texts=texts,
+        classes=classes,
+        y=y,
+        source=source,
+        confidence=confidence,
+        train_idx=np.sort(train_idx),
+        val_idx=np.sort(val_idx),
+        test_idx=test_idx,
+        gold=gold,
+        skipped={k: v for k, v in sorted(skipped.items()) if v},
+    )
+
+
+def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, validation)`` rows of ``labeled``: the split of scikit-learn's
+    ``train_test_split(labeled, test_size=val_fraction, random_state=seed)``, row for row, without importing
+    sklearn (slow), so that selecting labels (and an up-to-date sync) stays light. sklearn's
+    ``ShuffleSplit``: ``n_val = ceil(val_fraction * n)``; one ``RandomState(seed).permutation(n)``, whose
+    first ``n_val`` positions validate and the rest train (``tests/test_select.py`` compares the two)."""
+    n = len(labeled)
+    n_val = math.ceil(val_fraction * n)
+    if not 0 < n_val < n:
+        raise SelectionError(f"cannot split {n} labels with val_fraction {val_fraction}")
+    order = np.random.RandomState(seed).permutation(n)
+    return labeled[order[n_val:]], labeled[order[:n_val]]
+
+
+def _choose_labels(
+    records: list[Record], task: TaskColumns, texts: list[str], labels: set[str], known: set[str] | None,
+    threshold: float, skipped: Counter[str],
+) -> tuple[list[str | None], list[str], np.ndarray]:
+    """The selection rules record by record: ``(label or None, source, weak confidence)`` per record;
+    what is skipped is counted in ``skipped``."""
     chosen: list[str | None] = []
     source: list[str] = []
     confidence = np.full(len(records), np.nan)
@@ -187,47 +250,7 @@ def select_labels(
             label, src = None, ""  # counted once below, with the unlabeled empty records
         chosen.append(label)
         source.append(src)
-
-    classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
-    if len(classes) < 2:
-        raise SelectionError(
-            f"need labels of at least 2 classes to train, found {len(classes)} "
-            f"(threshold {threshold}: lower it or add manual labels)"
-        )
-    index = {c: k for k, c in enumerate(classes)}
-    y = np.array([index[c] if c is not None else -1 for c in chosen], dtype=np.int64)
-    labeled = np.flatnonzero(y >= 0)
-    per_class = Counter(y[labeled].tolist())
-    if len(labeled) < 8 or min(per_class.get(k, 0) for k in range(len(classes))) < 2:
-        counts = ", ".join(f"{c}: {per_class.get(k, 0)}" for k, c in enumerate(classes))
-        raise SelectionError(f"too few labels to train ({counts}); every class needs at least 2")
-    train_idx, val_idx = train_test_split(labeled, test_size=val_fraction, random_state=seed)
-
-    gold: list[str | None] = []
-    for rec in records:
-        g = rec.get(gold_attribute) if gold_attribute else None
-        gold.append(None if g in (None, "") else str(g))
-    test_mask = y < 0
-    empty = np.array([not t for t in texts])
-    test_idx = np.flatnonzero(test_mask & ~empty & np.array([g is not None for g in gold]))
-    if gold_attribute:
-        skipped["test_without_gold"] += int((test_mask & ~empty).sum() - len(test_idx))
-        if not any(g is not None for g in gold):
-            raise ConfigError(f"gold attribute {gold_attribute!r} has no values in the export")
-    skipped["empty_text"] += int(empty.sum())
-    return Selection(
-        ids=ids,
-        texts=texts,
-        classes=classes,
-        y=y,
-        source=source,
-        confidence=confidence,
-        train_idx=np.sort(train_idx),
-        val_idx=np.sort(val_idx),
-        test_idx=test_idx,
-        gold=gold,
-        skipped={k: v for k, v in sorted(skipped.items()) if v},
-    )
+    return chosen, source, confidence
 
 
 def label_fingerprint(selection: Selection, task: str, threshold: float) -> str:

@@ -40,8 +40,11 @@ raises :class:`SyncBusyError` at once. The kernel releases the lock when the pro
 crashed sync leaves no stale lock behind.
 
 What counts as the label state: ``{record id: selected label}`` plus the task, the threshold, the
-id attribute and the door (see :func:`kern_finetune.select.label_fingerprint`). Other training
-options are not part of it: after changing e.g. ``--loss``, use ``--force``.
+id attribute and the door (see :func:`kern_finetune.select.label_fingerprint`), as
+:func:`kern_finetune.prepare.prepare` selects them; the sync selects once and hands that
+:class:`~kern_finetune.prepare.Prepared` to the pipeline, so ``metrics.json`` records the same fingerprint.
+An up-to-date sync imports neither torch nor sklearn. Other training options are not part of the state:
+after changing e.g. ``--loss``, use ``--force``.
 """
 
 from __future__ import annotations
@@ -63,8 +66,8 @@ from .client import PushResult, RefineryClient
 from .export import embedding_name, model_short_name
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
-from .export import Record, resolve_task
-from .select import default_text_attributes, label_fingerprint, select_labels
+from .export import Record
+from .prepare import prepare
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
     from .pipeline import RunResult
@@ -75,8 +78,6 @@ __all__ = [
     "sync_project",
     "choose_door",
     "sync_state_dir",
-    "label_state",
-    "embedding_attribute",
     "model_door_steps",
     "no_door_message",
     "STATE_FILE",
@@ -127,31 +128,6 @@ def sync_state_dir(uri: str, project_id: str, config: RunConfig) -> Path:
     host_hash = hashlib.sha256(host_identity(uri).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in project_id) or "_"
     return Path(config.cache_dir) / "sync" / host_hash / safe
-
-
-def _task_and_texts(records: list[Record], config: RunConfig) -> tuple[Any, list[str]]:
-    task = resolve_task(records, config.task)
-    text_attrs = config.text_attributes or default_text_attributes(
-        records, id_attribute=config.id_attribute, gold_attribute=config.gold_attribute
-    )
-    return task, list(text_attrs)
-
-
-def embedding_attribute(records: list[Record], config: RunConfig) -> str:
-    """The attribute the embedding belongs to: the task's attribute, else the first text attribute
-    (the pipeline's rule: ``<attribute>-classification-<platform>-<model>``)."""
-    task, text_attrs = _task_and_texts(records, config)
-    return str(task.attribute or (text_attrs[0] if text_attrs else "text"))
-
-
-def label_state(records: list[Record], config: RunConfig) -> tuple[str, dict[str, str], str]:
-    """``(fingerprint, {record id: label}, task label)`` of the labels the pipeline would select."""
-    task, text_attrs = _task_and_texts(records, config)
-    sel = select_labels(
-        records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=None, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
-    )
-    return label_fingerprint(sel, task.label, config.threshold), sel.label_state(), task.label
 
 
 def no_door_message(uri: str, project_id: str) -> str:
@@ -241,53 +217,30 @@ def sync_project(
     """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
     ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (tests may inject a small
-    one with the same signature). ``chunk_size`` / ``tensor_format`` go to
+    one with the same signature; it is handed the sync's :class:`~kern_finetune.prepare.Prepared` as
+    ``prepared``). ``chunk_size`` / ``tensor_format`` go to
     :meth:`RefineryClient.push_embedding`. ``door`` / ``snapshot`` / ``write_snapshot``: see
     :func:`choose_door`. Raises :class:`SyncBusyError` when another sync of the project holds the lock,
     :class:`PushError` when no door can take the vectors (before anything is pulled or encoded), and
     whatever the client / pipeline raise; a failed write stores nothing.
     """
     say = progress or (lambda _msg: None)
-    config.validate()
-    if min_new_labels < 0:
-        raise ConfigError(f"min_new_labels must not be negative, got {min_new_labels}")
-    pid = project_id or client.project_id
-    if not pid:
-        raise ConfigError("no project id: pass --project ID or put project_id in the secrets file")
-    pid = str(pid)
-    sdir = Path(state_dir) if state_dir is not None else sync_state_dir(client.uri, pid, config)
-    sdir.mkdir(parents=True, exist_ok=True)
+    pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
-        chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot)
-        say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
-        source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
-
-        say(f"sync 1/4: pull the export of project {pid} from {client.uri}")
-        t = time.perf_counter()
-        records = client.get_export(pid)
-        say(f"         {len(records)} records ({time.perf_counter() - t:.1f} s)")
-        if source is not None:
-            _check_same_records(source, records, config.id_attribute, snapshot)
+        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say)
 
         say("sync 2/4: compare the labels with the last sync")
-        fingerprint, labels, task = label_state(records, config)
-        attribute = embedding_attribute(records, config)
-        key = _state_key(task, config, chosen)
+        prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection
+        fingerprint, labels, attribute = prepared.fingerprint, prepared.labels, prepared.attribute
+        key = _state_key(prepared.task.label, config, chosen)
         previous = _read_state(sdir / STATE_FILE)
         prev_fp = previous.get("fingerprint") if previous else None
-        same_key = bool(previous) and previous.get("key") == key
-        changed = _count_changed(previous.get("labels", {}) if same_key and previous else {}, labels)
-        if not same_key:
-            changed = len(labels)
+        changed, why = _compare(previous, key, fingerprint, labels, min_new_labels,
+                                _target(chosen, write_snapshot, Path(out_dir)))
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
-        # a file door is up to date only while what it wrote is still where this sync would write it
-        target = _target(chosen, write_snapshot, Path(out_dir))
-        still_there = target is None or (previous is not None and previous.get("written") == str(target)
-                                         and target.exists())
-        if not force and previous and same_key and still_there and (fingerprint == prev_fp or changed < min_new_labels):
-            why = "labels unchanged" if fingerprint == prev_fp else f"{changed} changed label(s) < --min-new-labels {min_new_labels}"
+        if not force and previous and why:
             msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
             return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg,
@@ -295,32 +248,13 @@ def sync_project(
 
         run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
-        result = run(records, config, out_dir=Path(out_dir), progress=say)
-        model = model_short_name(str(result.extra.get("base_model_name") or config.base_model or "all-MiniLM-L6-v2"))
+        result = run(records, config, out_dir=Path(out_dir), progress=say, prepared=prepared)
+        model = model_short_name(result.base_model)
 
-        pushed: PushResult | None = None
-        written: Path | None = None
-        if chosen == "api":
-            say(f"sync 4/4: push {result.embedding_name!r} through the push extension")
-            pushed = client.push_embedding(
-                pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
-                chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
-            )
-            name, status = pushed.name, "pushed"
-            msg = f"pushed {name!r} ({pushed.count} vectors) after {changed} label change(s)"
-        elif chosen == "snapshot":
-            assert snapshot is not None and write_snapshot is not None
-            say(f"sync 4/4: write {write_snapshot} (snapshot door)")
-            name = _write_snapshot(snapshot, write_snapshot, result, attribute=attribute, model=model, config=config)
-            written, status = Path(write_snapshot), "written"
-            msg = (f"wrote {written} with embedding {name!r} after {changed} label change(s); import it in "
-                   "refinery's UI as a new project (upload a project snapshot)")
-        else:
-            say("sync 4/4: model folder (model door)")
-            name, written, status = result.embedding_name, Path(result.model_dir), "written"
-            for line in model_door_steps(written, attribute, len(result.ids)):
-                say(line)
-            msg = f"wrote the model folder {written} after {changed} label change(s)"
+        door_out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
+                                  changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
+                                  snapshot=snapshot, write_snapshot=write_snapshot, say=say)
+        name, status, msg, pushed, written = door_out
         # only a successful write reaches this point: now the new state may be stored
         _write_state(sdir / STATE_FILE, {
             "version": _STATE_VERSION,
@@ -348,6 +282,88 @@ def _default_pipeline() -> PipelineFn:
     from .pipeline import run_pipeline
 
     return run_pipeline
+
+
+def _write_through(
+    chosen: str, client: RefineryClient, pid: str, result: RunResult, config: RunConfig, *, attribute: str,
+    model: str, changed: int, chunk_size: int, tensor_format: str, snapshot: Path | None,
+    write_snapshot: Path | None, say: ProgressFn,
+) -> tuple[str, str, str, PushResult | None, Path | None]:
+    """Sync step 4: write the run's vectors through the chosen door; ``(embedding name, status, message,
+    push result, what was written)``."""
+    pushed: PushResult | None = None
+    written: Path | None = None
+    if chosen == "api":
+        say(f"sync 4/4: push {result.embedding_name!r} through the push extension")
+        pushed = client.push_embedding(
+            pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
+            chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
+        )
+        name, status = pushed.name, "pushed"
+        msg = f"pushed {name!r} ({pushed.count} vectors) after {changed} label change(s)"
+    elif chosen == "snapshot":
+        assert snapshot is not None and write_snapshot is not None
+        say(f"sync 4/4: write {write_snapshot} (snapshot door)")
+        name = _write_snapshot(snapshot, write_snapshot, result, attribute=attribute, model=model, config=config)
+        written, status = Path(write_snapshot), "written"
+        msg = (f"wrote {written} with embedding {name!r} after {changed} label change(s); import it in "
+               "refinery's UI as a new project (upload a project snapshot)")
+    else:
+        say("sync 4/4: model folder (model door)")
+        name, written, status = result.embedding_name, Path(result.model_dir), "written"
+        for line in model_door_steps(written, attribute, len(result.ids)):
+            say(line)
+        msg = f"wrote the model folder {written} after {changed} label change(s)"
+    return name, status, msg, pushed, written
+
+
+def _project_and_state_dir(client: RefineryClient, project_id: str | None, config: RunConfig,
+                           state_dir: Path | None, min_new_labels: int) -> tuple[str, Path]:
+    """Check the sync's options; the project id and its (created) state folder."""
+    config.validate()
+    if min_new_labels < 0:
+        raise ConfigError(f"min_new_labels must not be negative, got {min_new_labels}")
+    pid = project_id or client.project_id
+    if not pid:
+        raise ConfigError("no project id: pass --project ID or put project_id in the secrets file")
+    pid = str(pid)
+    sdir = Path(state_dir) if state_dir is not None else sync_state_dir(client.uri, pid, config)
+    sdir.mkdir(parents=True, exist_ok=True)
+    return pid, sdir
+
+
+def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door: str, snapshot: Path | None,
+                      write_snapshot: Path | None, say: ProgressFn) -> tuple[str, list[Record]]:
+    """Choose the door (before anything is pulled), then sync step 1: pull the export."""
+    chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot)
+    say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
+    source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
+
+    say(f"sync 1/4: pull the export of project {pid} from {client.uri}")
+    t = time.perf_counter()
+    records = client.get_export(pid)
+    say(f"         {len(records)} records ({time.perf_counter() - t:.1f} s)")
+    if source is not None:
+        _check_same_records(source, records, config.id_attribute, snapshot)
+    return chosen, records
+
+
+def _compare(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: str, labels: dict[str, str],
+             min_new_labels: int, target: Path | None) -> tuple[int, str | None]:
+    """``(labels changed since the last sync, why it is up to date or None)``. A file door is up to date
+    only while what it wrote is still where this sync would write it (``target``)."""
+    same_key = bool(previous) and previous.get("key") == key  # type: ignore[union-attr]
+    if not previous or not same_key:
+        return len(labels), None
+    changed = _count_changed(previous.get("labels", {}), labels)
+    still_there = target is None or (previous.get("written") == str(target) and target.exists())
+    if not still_there:
+        return changed, None
+    if fingerprint == previous.get("fingerprint"):
+        return changed, "labels unchanged"
+    if changed < min_new_labels:
+        return changed, f"{changed} changed label(s) < --min-new-labels {min_new_labels}"
+    return changed, None
 
 
 def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,52 +20,57 @@ from tqdm.auto import tqdm
 from .config import RunConfig
 from .heads import SkipConnectionHead
 from .losses import NeighbourhoodDistillation, SearchFloorLoss, UniformityLoss, make_loss
+from .samplers import class_aware_batches
 from .select import Selection
+from .trainer import EarlyStopping, HeadOutput, TrainResult
 
-__all__ = ["HeadTrainer", "class_aware_batches", "fit_head", "choose_raw_weight", "blend_scores", "RAW_WEIGHTS"]
+if TYPE_CHECKING:
+    from .train_quaterion import QuaterionTrainer
+
+__all__ = ["HeadTrainer", "fit_head", "head_trainer", "choose_raw_weight", "blend_scores", "RAW_WEIGHTS"]
 
 log = logging.getLogger(__name__)
 
 
-def class_aware_batches(y: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of batches, each holding (about) ``batch_size / n_classes`` rows of every class.
+class _LabelFreeTerms:
+    """The label-free terms of the head's loss (``distill``, ``uniformity``, ``search_floor``), summed."""
 
-    Small classes are cycled (re-shuffled when used up); the epoch has ``ceil(len(y) / batch_size)``
-    batches, so every row is seen about once per epoch.
-    """
-    classes = np.unique(y)
-    per_class = max(2, batch_size // len(classes))
-    pools = {c: rng.permutation(np.flatnonzero(y == c)) for c in classes}
-    cursor = {c: 0 for c in classes}
-    n_batches = max(1, int(np.ceil(len(y) / batch_size)))
-    batches = []
-    for _ in range(n_batches):
-        parts = []
-        for c in classes:
-            pool = pools[c]
-            take = min(per_class, len(pool))
-            if cursor[c] + take > len(pool):
-                pools[c] = pool = rng.permutation(pool)
-                cursor[c] = 0
-            parts.append(pool[cursor[c] : cursor[c] + take])
-            cursor[c] += take
-        batches.append(rng.permutation(np.concatenate(parts)))
-    return batches
+    def __init__(self, trainer: HeadTrainer, n_records: int) -> None:
+        self.distill = NeighbourhoodDistillation(trainer.distill_temperature) if trainer.distill > 0 else None
+        self.uniform = UniformityLoss() if trainer.uniformity > 0 else None
+        self.floor = SearchFloorLoss(n_records) if trainer.search_floor > 0 else None
+        self.weights = (trainer.distill, trainer.uniformity, trainer.search_floor)
+
+    @property
+    def active(self) -> bool:
+        return self.distill is not None or self.uniform is not None or self.floor is not None
+
+    def __call__(self, z: torch.Tensor, x: torch.Tensor, n_unl: int) -> torch.Tensor:
+        out = z.new_zeros(())
+        if self.distill is not None:
+            out = out + self.weights[0] * self.distill(z, x)
+        if self.uniform is not None:
+            out = out + self.weights[1] * self.uniform(z)
+        if self.floor is not None:  # the rows after the labeled ones stand for the unlabeled records
+            n_lab = len(z) - n_unl
+            out = out + self.weights[2] * self.floor(z, torch.arange(n_lab, len(z)))
+        return out
 
 
-class HeadTrainer:
-    """Fit a :class:`~kern_finetune.heads.SkipConnectionHead` with a similarity loss.
+class HeadTrainer(HeadOutput):
+    """Fit a :class:`~kern_finetune.heads.SkipConnectionHead` with a similarity loss (the native engine).
 
-    Like a scikit-learn estimator, the constructor only stores settings; :meth:`fit` sets ``head_``,
-    ``loss_`` (the loss module, with its fitted proxies if any), ``history_``, ``best_epoch_`` and
-    ``seconds_``.
+    The interface of :mod:`kern_finetune.trainer`: the constructor only stores settings; :meth:`fit` sets
+    ``head_``, ``loss_`` (the loss module, with its fitted proxies if any) and ``result_``;
+    :meth:`transform` applies the head. Class-aware batches, Adam, early stopping on the validation loss
+    (the best epoch's weights are kept), fixed seed.
     """
 
     def __init__(
         self,
         *,
         loss: str = "supcon",
-        n_layers: int = 1,
+        head_layers: int = 1,
         epochs: int = 30,
         batch_size: int = 256,
         lr: float = 1e-3,
@@ -81,7 +86,7 @@ class HeadTrainer:
         progress: bool = True,
     ) -> None:
         self.loss = loss
-        self.n_layers = n_layers
+        self.head_layers = head_layers
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
@@ -108,9 +113,9 @@ class HeadTrainer:
     ) -> HeadTrainer:
         """Fit on ``x_train``/``y_train``; stop early on ``x_val``/``y_val``.
 
-        ``unlabeled`` (optional): base vectors of records without a selected label. With ``distill`` or
-        ``uniformity`` > 0, every batch also draws ``batch_size`` of them (all labeled and validation rows
-        when None) for the label-free terms, so the head keeps the neighbourhoods of the records the
+        ``unlabeled`` (optional): base vectors of records without a selected label. With ``distill``,
+        ``uniformity`` or ``search_floor`` > 0, every batch also draws ``batch_size`` of them (the training
+        rows when None) for the label-free terms, so the head keeps the neighbourhoods of the records the
         class loss never sees.
         """
         start = time.perf_counter()
@@ -118,77 +123,71 @@ class HeadTrainer:
         rng = np.random.default_rng(self.seed)
         n_classes = int(max(y_train.max(), y_val.max())) + 1
         dim = x_train.shape[1]
-        head = SkipConnectionHead(dim, n_layers=self.n_layers, skip_dropout=self.dropout)
-        loss_fn = make_loss(self.loss, n_classes=n_classes, dim=dim, temperature=self.temperature, margin=self.margin)
-        opt = torch.optim.Adam([*head.parameters(), *loss_fn.parameters()], lr=self.lr)
+        self.head_ = SkipConnectionHead(dim, n_layers=self.head_layers, skip_dropout=self.dropout)
+        self.loss_ = make_loss(self.loss, n_classes=n_classes, dim=dim, temperature=self.temperature, margin=self.margin)
+        n_records = len(x_train) + len(x_val) + (0 if unlabeled is None else len(unlabeled))
+        terms = _LabelFreeTerms(self, n_records)
         xt = torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32))
-        yt = torch.from_numpy(y_train.astype(np.int64))
-        wt = None if sample_weight is None else torch.from_numpy(sample_weight.astype(np.float32))
-        xv = torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32))
+        pool = xt if unlabeled is None or len(unlabeled) == 0 else torch.from_numpy(np.ascontiguousarray(unlabeled, dtype=np.float32))
+        history: list[dict[str, float]] = []
+        stopper = self._train(
+            xt, torch.from_numpy(y_train.astype(np.int64)),
+            None if sample_weight is None else torch.from_numpy(sample_weight.astype(np.float32)),
+            torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)), y_val, pool, terms, rng, history,
+        )
+        if stopper.best_state is not None:
+            self.head_.load_state_dict(stopper.best_state[0])
+            self.loss_.load_state_dict(stopper.best_state[1])
+        self.head_.eval()
+        self.result_ = TrainResult(
+            engine="native", mode="head", history=history, epochs_run=len(history),
+            best_epoch=stopper.best_at, best_val_loss=stopper.best_loss, stopped_early=stopper.stopped,
+            seconds=time.perf_counter() - start,
+        )
+        return self
+
+    def _train(self, xt: torch.Tensor, yt: torch.Tensor, wt: torch.Tensor | None, xv: torch.Tensor, y_val: np.ndarray,
+               pool: torch.Tensor, terms: _LabelFreeTerms, rng: np.random.Generator,
+               history: list[dict[str, float]]) -> EarlyStopping[Any]:
+        """The training loop: one pass of class-aware batches per epoch, validation, early stopping."""
+        head, loss_fn = self.head_, self.loss_
+        opt = torch.optim.Adam([*head.parameters(), *loss_fn.parameters()], lr=self.lr)
         yv = torch.from_numpy(y_val.astype(np.int64))
         val_batches = class_aware_batches(y_val, self.batch_size, np.random.default_rng(self.seed + 1))
-        distill = NeighbourhoodDistillation(self.distill_temperature) if self.distill > 0 else None
-        uniform = UniformityLoss() if self.uniformity > 0 else None
-        n_records = len(x_train) + len(x_val) + (0 if unlabeled is None else len(unlabeled))
-        floor = SearchFloorLoss(n_records) if self.search_floor > 0 else None
-        pool = xt if unlabeled is None or len(unlabeled) == 0 else torch.from_numpy(np.ascontiguousarray(unlabeled, dtype=np.float32))
         val_pool = pool[torch.from_numpy(np.random.default_rng(self.seed + 2).choice(len(pool), min(len(pool), 4 * self.batch_size), replace=False))]
-
-        def extra(z: torch.Tensor, x: torch.Tensor, n_unl: int) -> torch.Tensor:
-            out = z.new_zeros(())
-            if distill is not None:
-                out = out + self.distill * distill(z, x)
-            if uniform is not None:
-                out = out + self.uniformity * uniform(z)
-            if floor is not None:  # the rows after the labeled ones stand for the unlabeled records
-                n_lab = len(z) - n_unl
-                out = out + self.search_floor * floor(z, torch.arange(n_lab, len(z)))
-            return out
-
-        best = (float("inf"), -1, copy.deepcopy(head.state_dict()), copy.deepcopy(loss_fn.state_dict()))
-        history: list[dict[str, float]] = []
+        stopper: EarlyStopping[Any] = EarlyStopping(self.patience)
         bar = tqdm(range(self.epochs), desc=f"train ({self.loss})", unit="epoch", disable=not self.progress)
         for epoch in bar:
             head.train()
             total = 0.0
-            batches = class_aware_batches(y_train, self.batch_size, rng)
+            batches = class_aware_batches(yt.numpy(), self.batch_size, rng)
             for idx in batches:
                 b = torch.from_numpy(idx)
-                if distill is None and uniform is None and floor is None:
+                if not terms.active:
                     loss = loss_fn(head(xt[b]), yt[b], None if wt is None else wt[b])
                 else:
                     u = pool[torch.from_numpy(rng.choice(len(pool), min(len(pool), self.batch_size), replace=False))]
                     xb = torch.cat([xt[b], u])
                     zb = head(xb)
-                    loss = loss_fn(zb[: len(b)], yt[b], None if wt is None else wt[b]) + extra(zb, xb, len(u))
+                    loss = loss_fn(zb[: len(b)], yt[b], None if wt is None else wt[b]) + terms(zb, xb, len(u))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 total += loss.item()
             val = self._val_loss(head, loss_fn, xv, yv, val_batches)
-            if distill is not None or uniform is not None or floor is not None:
+            if terms.active:
                 with torch.no_grad():
                     head.eval()
                     xb = torch.cat([xv[torch.from_numpy(val_batches[0])], val_pool])
-                    val += float(extra(head(xb), xb, len(val_pool)))
+                    val += float(terms(head(xb), xb, len(val_pool)))
             history.append({"epoch": epoch + 1, "train_loss": total / len(batches), "val_loss": val})
             bar.set_postfix(val_loss=f"{val:.4f}")
-            if val < best[0] - 1e-5:
-                best = (val, epoch, copy.deepcopy(head.state_dict()), copy.deepcopy(loss_fn.state_dict()))
-            elif epoch - best[1] >= self.patience:
-                log.info("early stop after epoch %d (best %d)", epoch + 1, best[1] + 1)
+            snapshot = lambda: (copy.deepcopy(head.state_dict()), copy.deepcopy(loss_fn.state_dict()))  # noqa: E731
+            if stopper.update(val, epoch + 1, snapshot):
+                log.info("early stop after epoch %d (best %d)", epoch + 1, stopper.best_at)
                 break
         bar.close()
-        head.load_state_dict(best[2])
-        loss_fn.load_state_dict(best[3])
-        head.eval()
-        self.head_ = head
-        self.loss_ = loss_fn
-        self.history_ = history
-        self.best_epoch_ = best[1] + 1
-        self.best_val_loss_ = best[0]
-        self.seconds_ = time.perf_counter() - start
-        return self
+        return stopper
 
     @staticmethod
     @torch.no_grad()
@@ -196,25 +195,6 @@ class HeadTrainer:
         head.eval()
         losses = [float(loss_fn(head(xv[torch.from_numpy(i)]), yv[torch.from_numpy(i)])) for i in batches]
         return float(np.mean(losses))
-
-    @torch.no_grad()
-    def transform(self, x: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
-        """Head outputs, L2-normalised, float32."""
-        self.head_.eval()
-        out = []
-        for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size], dtype=np.float32))
-            out.append(F.normalize(self.head_(xb), dim=1).numpy())
-        return np.concatenate(out).astype(np.float32)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "engine": "native",
-            "epochs_run": len(self.history_),
-            "best_epoch": self.best_epoch_,
-            "best_val_loss": self.best_val_loss_,
-            "seconds": self.seconds_,
-        }
 
 
 RAW_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -292,15 +272,36 @@ def blend_scores(
     return {"val_top_10": val_top_10, "lt_10": ts["lt_10"], "lt_100": ts["lt_100"]}
 
 
+def head_trainer(config: RunConfig, *, progress: bool = True) -> HeadTrainer | QuaterionTrainer:
+    """The head engine ``config.engine`` names, with the run's settings (not fitted)."""
+    if config.engine == "quaterion":
+        from .train_quaterion import QuaterionTrainer  # imported lazily: loading Quaterion takes seconds
+
+        return QuaterionTrainer(
+            loss=config.loss, head_layers=config.head_layers, lr=config.lr, batch_size=config.batch_size,
+            epochs=config.epochs, patience=config.patience, seed=config.seed,
+            margin=config.margin if config.loss.startswith("triplet") else None,
+            temperature=config.temperature if config.loss == "supcon" else None, progress=progress,
+        )
+    return HeadTrainer(
+        loss=config.loss, head_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
+        lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin,
+        distill=config.distill, distill_temperature=config.distill_temperature, uniformity=config.uniformity,
+        search_floor=config.search_floor, seed=config.seed, progress=progress,
+    )
+
+
 def fit_head(
     base: np.ndarray, sel: Selection, config: RunConfig, *, weights: np.ndarray | None = None, progress: bool = True
-) -> tuple[SkipConnectionHead, dict[str, Any]]:
+) -> HeadTrainer | QuaterionTrainer:
     """Train the head of head mode on ``sel``'s training rows of ``base`` and set its blend.
 
     ``base``: the base vectors of every record of the selection (rows = ``sel.ids``); the records with no
-    selected label feed the label-free terms (``config.distill``, ``config.uniformity``) and the blend's
-    threshold check. ``config.raw_weight`` = ``"auto"`` chooses the blend with :func:`choose_raw_weight`,
-    a number fixes it. Returns ``(head, info)``; the head is in eval mode.
+    selected label feed the label-free terms (``config.distill``, ``config.uniformity``,
+    ``config.search_floor``) and the blend's threshold check. ``config.raw_weight`` = ``"auto"`` chooses the
+    blend with :func:`choose_raw_weight`, a number fixes it. ``weights``: per-record sample weights (native
+    engine). Returns the fitted trainer (:func:`head_trainer`): ``transform`` gives the blended output,
+    ``result_.details`` holds ``raw_weight`` (and the blend table when chosen).
     """
     xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
     xv, yv = base[sel.val_idx], sel.y[sel.val_idx]
@@ -308,32 +309,19 @@ def fit_head(
     labeled[sel.train_idx] = True
     labeled[sel.val_idx] = True
     unlabeled_idx = np.flatnonzero(~labeled)
-    if config.engine == "quaterion":
-        from .train_quaterion import fit_quaterion  # imported lazily: loading Quaterion takes seconds
-
-        head, info = fit_quaterion(
-            xt, yt, xv, yv, n_layers=config.head_layers, loss=config.loss, lr=config.lr,
-            batch_size=config.batch_size, max_epochs=config.epochs, patience=config.patience, seed=config.seed,
-            margin=config.margin if config.loss.startswith("triplet") else None,
-            temperature=config.temperature if config.loss == "supcon" else None,
-        )
-    else:
-        trainer = HeadTrainer(
-            loss=config.loss, n_layers=config.head_layers, epochs=config.epochs, batch_size=config.batch_size,
-            lr=config.lr, patience=config.patience, temperature=config.temperature, margin=config.margin,
-            distill=config.distill, distill_temperature=config.distill_temperature, uniformity=config.uniformity,
-            search_floor=config.search_floor,
-            seed=config.seed, progress=progress,
-        )
+    trainer = head_trainer(config, progress=progress)
+    if isinstance(trainer, HeadTrainer):
         trainer.fit(xt, yt, xv, yv, sample_weight=None if weights is None else weights[sel.train_idx],
                     unlabeled=base[unlabeled_idx])
-        head, info = trainer.head_, trainer.info()
+    else:
+        trainer.fit(xt, yt, xv, yv)
+    details = trainer.result_.details
     t = time.perf_counter()
     raw_weight = config.raw_weight_value()
     if raw_weight is None:
-        raw_weight, table = choose_raw_weight(head, base, sel.y, sel.val_idx, unlabeled_idx, seed=config.seed)
-        info["raw_weight_table"] = table
-        info["raw_weight_seconds"] = round(time.perf_counter() - t, 2)
-    head.set_raw_weight(raw_weight)
-    info["raw_weight"] = raw_weight
-    return head, info
+        raw_weight, table = choose_raw_weight(trainer.head_, base, sel.y, sel.val_idx, unlabeled_idx, seed=config.seed)
+        details["raw_weight_table"] = table
+        details["raw_weight_seconds"] = round(time.perf_counter() - t, 2)
+    trainer.head_.set_raw_weight(raw_weight)
+    details["raw_weight"] = raw_weight
+    return trainer

@@ -1,7 +1,7 @@
 """Full mode: fine-tune the whole encoder (all-MiniLM-L6-v2) with a similarity loss, plain PyTorch.
 
-The loop mirrors the head trainer (:mod:`kern_finetune.train`) but backpropagates through the
-transformer: class-aware batches of training texts, the configured loss (per-row sample weights
+The trainer has the interface of :mod:`kern_finetune.trainer` (:class:`FullTrainer`; ``x`` are texts) and
+backpropagates through the transformer: class-aware batches of training texts, the configured loss (per-row sample weights
 supported), AdamW with linear warmup then linear decay, gradient clipping, validation loss every
 ``eval_every`` steps with early stopping and the best state restored, fixed seed.
 
@@ -14,7 +14,7 @@ the head's; ``encoder_lr`` is this mode's own):
   sample (seed 42, ``benchmarks/results/full_mode.md``), without the blend below, test top_1k was
   73.59 / 74.32 / 73.78 / 71.77 at 7.5e-6 / 1.5e-5 / 3e-5 / 1e-4, although 1e-4 reached the lowest
   validation loss. (Those runs had no pseudo-labels; the pipeline adds them to ``sel`` before calling
-  :func:`fit_full`, see :mod:`kern_finetune.pseudo`.) With the blend, a larger step blended back
+  :class:`FullTrainer`, see :mod:`kern_finetune.pseudo`.) With the blend, a larger step blended back
   further does better: 3e-5 blended at 0.6 / 0.7 gave 76.26 / 76.12 vs 76.09 for 1.5e-5 at 0.7 (seed 42,
   with pseudo-labels, through the pipeline, ``full_mode.md``).
 - **epochs** ``min(config.epochs, 1)`` on CPU (an epoch over a few thousand texts already takes
@@ -24,7 +24,7 @@ the head's; ``encoder_lr`` is this mode's own):
 - **batch size** ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU:
   each row now costs a transformer forward and backward pass.
 - **batches grouped by length**: each epoch's class-aware batches are pooled 16 at a time, sorted by
-  token count and cut again (:func:`length_grouped`), so a step pads to its own longest text. On the
+  token count and cut again (:func:`kern_finetune.samplers.length_grouped`), so a step pads to its own longest text. On the
   sample (seed 42) a step took ~1.1 s instead of ~2.7 s on 2 cores, and test top_1k was 74.37 vs 74.32.
 - **WiSE-FT blend** ``config.wise_alpha`` (0.7): the returned weights are ``0.3 * base + 0.7 * best``,
   weight by weight (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903). The blend keeps what the
@@ -37,9 +37,9 @@ the head's; ``encoder_lr`` is this mode's own):
   probe >= +3). The validation records cannot pick alpha: their top_250 on their own (confident) labels
   rises all the way to alpha 1 (92.14 / 92.80 / 93.18 / 93.42 / 93.56 at 0.5 / 0.6 / 0.7 / 0.8 / 1, seed 42,
   ``wise_sweep.py --val``), while the test records, those without a confident label, peak at 0.6-0.7.
-  ``info`` keeps the blended model's validation loss (``val_loss_interpolated``).
-- **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only): each batch is also
-  contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
+  ``result_.details`` keeps the blended model's validation loss (``val_loss_interpolated``).
+- **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only;
+  :class:`kern_finetune.losses.CrossBatchMemory`): each batch is also contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
   positives instead of ~7. Neutral on the sample (seed 42, lr 1.5e-5: 75.43 vs 75.42 unblended,
   ``full_mode_variants.md``; 76.09 with the memory through the pipeline, ``full_mode.md``, vs 76.13 without,
   ``wise_sweep.md``, blended at 0.7) at no measurable cost; kept because the 3-seed benchmark ran with it.
@@ -57,7 +57,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,18 +65,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .encode import Encoder, load_sentence_transformer
-from .heads import SkipConnectionHead
-from .losses import make_loss
-from .select import Selection
-from .train import class_aware_batches
+from .encode import load_sentence_transformer, resolve_device
+from .losses import CrossBatchMemory, make_loss
+from .samplers import class_aware_batches, length_grouped
+from .trainer import EarlyStopping, TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from .config import RunConfig
 
-__all__ = ["fit_full", "length_grouped", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
+__all__ = ["FullTrainer", "interpolate_weights", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
 
 log = logging.getLogger(__name__)
 
@@ -88,34 +87,6 @@ WARMUP_FRACTION = 0.1
 """Share of the steps over which the learning rate rises linearly from 0; it then decays linearly to 0."""
 WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
-LENGTH_WINDOW = 16
-"""Batches pooled when regrouping them by text length (:func:`length_grouped`)."""
-MIN_DELTA = 1e-5
-"""A validation loss counts as better only when it is lower by more than this."""
-
-
-def length_grouped(batches: list[np.ndarray], lengths: np.ndarray, rng: np.random.Generator, *,
-                   window: int = LENGTH_WINDOW) -> list[np.ndarray]:
-    """Regroup ``batches`` so each holds texts of similar length, in a shuffled order.
-
-    Every ``window`` consecutive batches are pooled, sorted by ``lengths`` (tokens per row) and cut
-    back into batches of the same sizes; the resulting batches are then shuffled. Each pool is still
-    class-balanced as a whole, but one batch's classes are only as mixed as the pool's lengths allow.
-    Padding shrinks to the batch's own longest text: about 2.5x fewer transformer FLOPs per step on
-    AG News (median 51 tokens, batches of random texts pad to ~100).
-    """
-    out: list[np.ndarray] = []
-    for s in range(0, len(batches), window):
-        group = batches[s : s + window]
-        pool = np.concatenate(group)
-        pool = pool[np.argsort(lengths[pool], kind="stable")]
-        cuts = np.cumsum([len(b) for b in group])[:-1]
-        out.extend(np.split(pool, cuts))
-    return [out[i] for i in rng.permutation(len(out))]
-
-
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _features(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> dict[str, Any]:
@@ -179,219 +150,226 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _interpolate(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
-    """``(1 - alpha) * base + alpha * tuned`` for every floating-point tensor; others from ``tuned``."""
+def interpolate_weights(base: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """WiSE-FT: ``(1 - alpha) * base + alpha * tuned`` for every floating-point tensor; others from ``tuned``."""
     return {k: torch.lerp(base[k], v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
 
 
-def fit_full(
-    encoder: Encoder,
-    sel: Selection,
-    config: RunConfig,
-    *,
-    weights: np.ndarray | None = None,
-    progress: bool = True,
-    device: str | None = None,
-    encoder_lr: float | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    eval_every: int | None = None,
-    max_seq_length: int = MAX_SEQ_LENGTH,
-    max_val_rows: int = MAX_VAL_ROWS,
-    group_by_length: bool = True,
-    memory_size: int | None = None,
-    wise_alpha: float | None = None,
-) -> tuple[SentenceTransformer, SkipConnectionHead | None, dict[str, Any]]:
-    """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels.
-
-    Args:
-        encoder: gives the base model's folder (``encoder.path``); its own loaded model is not touched.
-        sel: texts, labels and the train/validation split.
-        config: loss, temperature, margin, patience, seed; ``epochs``/``batch_size``/``lr`` are read as
-            upper bounds / the loss-parameter lr (module docstring).
-        weights: optional per-record sample weights (indexed like ``sel.ids``), given to the loss for
-            the training rows.
-        progress: show a tqdm bar over the steps.
-        device: ``"cuda"`` when available, else ``"cpu"``, unless given.
-        encoder_lr: AdamW learning rate of the transformer's weights; default ``config.encoder_lr``.
-        epochs: passes over the training texts; default ``min(config.epochs, 1)`` on CPU,
-            ``min(config.epochs, 3)`` on a GPU.
-        batch_size: default ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU.
-        max_steps: stop after this many optimizer steps (the schedule is planned for them).
-        eval_every: steps between validation evaluations; default ``max(10, total_steps // 10)``.
-            The last step is always evaluated, and so is step 0.
-        max_seq_length: tokens per text while training and validating.
-        max_val_rows: validation texts used per evaluation, at most.
-        group_by_length: regroup each epoch's class-aware batches by text length
-            (:func:`length_grouped`) so steps pad less.
-        memory_size: rows of earlier batches (embeddings detached, with labels) each batch is also
-            contrasted with (cross-batch memory; supcon only; 0 = off); default ``config.encoder_memory``
-            with supcon, else 0.
-        wise_alpha: the returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; default
-            ``config.wise_alpha``.
-
-    Returns:
-        ``(model, None, info)``: the fine-tuned SentenceTransformer (best validation state, blended with the
-        base weights per ``wise_alpha``, eval mode,
-        on ``device``) whose output is the embedding itself, so no head; ``info`` has ``engine``,
-        ``mode``, ``epochs_run``, ``steps``, ``best_step``, ``best_val_loss``, ``seconds``, ``device``,
-        and the settings used plus the validation ``history``.
-    """
-    start = time.perf_counter()
-    device = device or _default_device()
-    encoder_lr = config.encoder_lr if encoder_lr is None else encoder_lr
-    on_gpu = device.startswith("cuda")
-    if epochs is None:
-        epochs = min(config.epochs, 3 if on_gpu else 1)
-    if batch_size is None:
-        batch_size = min(config.batch_size, 128 if on_gpu else 32)
-    if epochs < 1 or batch_size < 2:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
-    if memory_size is None:
-        memory_size = config.encoder_memory if config.loss == "supcon" else 0
-    if memory_size and config.loss != "supcon":
-        raise ValueError(f"memory_size needs loss 'supcon', got {config.loss!r}")
-    wise_alpha = config.wise_alpha if wise_alpha is None else wise_alpha
-    if not 0.0 < wise_alpha <= 1.0:
-        raise ValueError(f"wise_alpha must be in (0, 1], got {wise_alpha}")
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-
-    model = load_sentence_transformer(encoder.path, device=device)
-    train_idx, val_idx = np.asarray(sel.train_idx), np.asarray(sel.val_idx)
-    if len(val_idx) > max_val_rows:
-        val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, max_val_rows, replace=False))
-    texts_t = [sel.texts[i] for i in train_idx]
-    lengths_t = None
-    if group_by_length:  # tokens per training text, for length_grouped
-        tokens = model.tokenizer(texts_t, truncation=True, max_length=max_seq_length)["input_ids"]
-        lengths_t = np.array([len(ids) for ids in tokens])
-    y_t_np = sel.y[train_idx].astype(np.int64)
-    y_t = torch.from_numpy(y_t_np).to(device)
-    w_t = None if weights is None else torch.from_numpy(np.asarray(weights)[train_idx].astype(np.float32)).to(device)
-    texts_v = [sel.texts[i] for i in val_idx]
-    y_v_np = sel.y[val_idx].astype(np.int64)
-    y_v = torch.from_numpy(y_v_np).to(device)
-    val_rng = np.random.default_rng(config.seed + 1)
-    val_batches = class_aware_batches(y_v_np, batch_size, val_rng) if len(val_idx) else []
-
-    n_classes = len(sel.classes)
-    dim = int(model.get_embedding_dimension() or 384)
-    loss_fn = make_loss(config.loss, n_classes=n_classes, dim=dim, temperature=config.temperature, margin=config.margin)
-    loss_fn.to(device)
-
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / batch_size))
-    total_steps = epochs * steps_per_epoch
-    if max_steps is not None:
-        total_steps = min(total_steps, max(1, max_steps))
-    if eval_every is None:
-        eval_every = max(10, total_steps // 10)
-    warmup = max(1, math.ceil(WARMUP_FRACTION * total_steps))
-
-    opt = torch.optim.AdamW(_param_groups(model, loss_fn, encoder_lr, config.lr))
-
+def _linear_schedule(total_steps: int, warmup: int):  # type: ignore[no-untyped-def]
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    return schedule
 
-    def validate() -> float:
-        if not val_batches:
+
+class FullTrainer:
+    """Fine-tune a fresh copy of a sentence-transformers model (the interface of :mod:`kern_finetune.trainer`;
+    ``x`` are texts). :meth:`from_config` gives the pipeline's settings (module docstring).
+
+    Settings: ``model_path`` the base model's folder (a fresh copy is loaded; an :class:`~kern_finetune.encode.Encoder`
+    holding the same model is not touched); ``loss``/``temperature``/``margin`` the loss; ``lr`` the loss's own
+    parameters' rate, ``encoder_lr`` the transformer's (AdamW); ``epochs``, ``batch_size``, ``patience``, ``seed``;
+    ``max_steps`` stop after this many optimizer steps (the schedule is planned for them); ``eval_every`` steps
+    between validations (None: ``max(10, total_steps // 10)``; step 0 and the last step are always validated);
+    ``max_seq_length`` tokens per text while training and validating; ``max_val_rows`` validation texts per
+    evaluation, at most; ``group_by_length`` (:func:`~kern_finetune.samplers.length_grouped`);
+    ``encoder_memory`` rows of earlier batches each batch is also contrasted with (supcon only; 0 = off);
+    ``wise_alpha`` the returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; ``device``
+    (None: CUDA when present); ``encode_batch_size`` of :meth:`transform`; ``progress`` a tqdm bar.
+
+    :meth:`fit` sets ``model_`` (best validation state, blended, eval mode, on ``device_``) and ``result_``
+    (``details``: ``steps``, ``best_step``, ``device``, the settings used, ``val_loss_interpolated``).
+    """
+
+    def __init__(
+        self,
+        *,
+        model_path: Path | str,
+        loss: str = "supcon",
+        temperature: float = 0.1,
+        margin: float = 0.5,
+        lr: float = 1e-3,
+        encoder_lr: float = 3e-5,
+        epochs: int = 1,
+        batch_size: int = 32,
+        patience: int = 3,
+        seed: int = 42,
+        max_steps: int | None = None,
+        eval_every: int | None = None,
+        max_seq_length: int = MAX_SEQ_LENGTH,
+        max_val_rows: int = MAX_VAL_ROWS,
+        group_by_length: bool = True,
+        encoder_memory: int = 0,
+        wise_alpha: float = 0.7,
+        device: str | None = None,
+        encode_batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
+        self.model_path = model_path
+        self.loss = loss
+        self.temperature = temperature
+        self.margin = margin
+        self.lr = lr
+        self.encoder_lr = encoder_lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.seed = seed
+        self.max_steps = max_steps
+        self.eval_every = eval_every
+        self.max_seq_length = max_seq_length
+        self.max_val_rows = max_val_rows
+        self.group_by_length = group_by_length
+        self.encoder_memory = encoder_memory
+        self.wise_alpha = wise_alpha
+        self.device = device
+        self.encode_batch_size = encode_batch_size
+        self.progress = progress
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
+                    progress: bool = True, **settings: Any) -> FullTrainer:
+        """The pipeline's full mode: ``config``'s settings, with the device's epochs and batch size
+        (:func:`kern_finetune.estimate.full_mode_schedule`) and the memory on for supcon; ``settings``
+        override any of them."""
+        from .estimate import full_mode_schedule
+
+        device = resolve_device(device)
+        epochs, batch_size = full_mode_schedule(config, device)
+        base: dict[str, Any] = dict(
+            loss=config.loss, temperature=config.temperature, margin=config.margin, lr=config.lr,
+            encoder_lr=config.encoder_lr, epochs=epochs, batch_size=batch_size, patience=config.patience,
+            seed=config.seed, encoder_memory=config.encoder_memory if config.loss == "supcon" else 0,
+            wise_alpha=config.wise_alpha, encode_batch_size=config.encode_batch_size,
+        )
+        return cls(model_path=model_path, device=device, progress=progress, **{**base, **settings})
+
+    def _check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if self.encoder_memory and self.loss != "supcon":
+            raise ValueError(f"encoder_memory needs loss 'supcon', got {self.loss!r}")
+        if not 0.0 < self.wise_alpha <= 1.0:
+            raise ValueError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
+
+    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray, *,
+            sample_weight: np.ndarray | None = None) -> FullTrainer:
+        """Fine-tune on the training texts and labels (``sample_weight``: one per training text, given to the
+        loss); validate on (a seeded subset of at most ``max_val_rows``) validation texts. Returns ``self``."""
+        start = time.perf_counter()
+        self._check()
+        self.device_ = device = resolve_device(self.device)
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        self.model_ = model = load_sentence_transformer(self.model_path, device=device)
+        keep = np.arange(len(x_val))
+        if len(keep) > self.max_val_rows:
+            keep = np.sort(np.random.default_rng(self.seed + 2).choice(keep, self.max_val_rows, replace=False))
+        self._texts_v, y_v_np = [x_val[i] for i in keep], np.asarray(y_val)[keep].astype(np.int64)
+        self._y_v = torch.from_numpy(y_v_np).to(device)
+        self._val_batches = class_aware_batches(y_v_np, self.batch_size, np.random.default_rng(self.seed + 1)) if len(keep) else []
+        classes = int(max(np.max(y_train), np.max(y_val) if len(y_val) else 0)) + 1
+        dim = int(model.get_embedding_dimension() or 384)
+        self.loss_ = make_loss(self.loss, n_classes=classes, dim=dim, temperature=self.temperature, margin=self.margin)
+        self.loss_.to(device)
+        lengths = None
+        if self.group_by_length:  # tokens per training text, for length_grouped
+            lengths = np.array([len(ids) for ids in model.tokenizer(list(x_train), truncation=True, max_length=self.max_seq_length)["input_ids"]])
+        w_t = None if sample_weight is None else torch.from_numpy(np.asarray(sample_weight).astype(np.float32)).to(device)
+        steps_per_epoch = max(1, math.ceil(len(x_train) / self.batch_size))
+        total_steps = self.epochs * steps_per_epoch
+        if self.max_steps is not None:
+            total_steps = min(total_steps, max(1, self.max_steps))
+        eval_every = self.eval_every if self.eval_every is not None else max(10, total_steps // 10)
+        warmup = max(1, math.ceil(WARMUP_FRACTION * total_steps))
+        stopper: EarlyStopping[dict[str, torch.Tensor]] = EarlyStopping(self.patience)
+        stopper.start(self._validate(), 0, _snapshot(model))
+        base_state = stopper.best_state
+        history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": stopper.best_loss}]
+        step, epochs_run = self._train(list(x_train), np.asarray(y_train).astype(np.int64), w_t, lengths, rng,
+                                       total_steps, eval_every, warmup, stopper, history)
+        val_loss_interpolated = self._restore(stopper, step, base_state)
+        self.result_ = TrainResult(
+            engine="native", mode="full", history=history, epochs_run=epochs_run,
+            best_epoch=math.ceil(stopper.best_at / steps_per_epoch), best_val_loss=stopper.best_loss,
+            stopped_early=stopper.stopped, seconds=round(time.perf_counter() - start, 2),
+            details={
+                "steps": step, "best_step": stopper.best_at, "device": device, "encoder_lr": self.encoder_lr,
+                "batch_size": self.batch_size, "max_seq_length": self.max_seq_length,
+                "group_by_length": self.group_by_length, "encoder_memory": self.encoder_memory,
+                "wise_alpha": self.wise_alpha, "val_loss_interpolated": val_loss_interpolated,
+                "warmup_steps": warmup, "eval_every": eval_every, "n_val_rows": int(len(keep)),
+            },
+        )
+        return self
+
+    def _validate(self) -> float:
+        if not self._val_batches:
             return float("nan")
-        return _val_loss(model, loss_fn, texts_v, y_v, val_batches, device=device, max_length=max_seq_length,
-                         batch_size=max(batch_size, 64))
+        return _val_loss(self.model_, self.loss_, self._texts_v, self._y_v, self._val_batches, device=self.device_,
+                         max_length=self.max_seq_length, batch_size=max(self.batch_size, 64))
 
-    best_val = validate()
-    best_step, best_state = 0, _snapshot(model)
-    base_state = best_state
-    history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": best_val}]
-    bad_evals, step, epochs_run, stopped_early = 0, 0, 0, False
-    running: list[float] = []
-    memory: deque[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = deque()  # oldest batch first
-    memory_rows = 0
+    def _train(self, texts_t: list[str], y_t_np: np.ndarray, w_t: torch.Tensor | None, lengths: np.ndarray | None,
+               rng: np.random.Generator, total_steps: int, eval_every: int, warmup: int,
+               stopper: EarlyStopping[dict[str, torch.Tensor]], history: list[dict[str, float]]) -> tuple[int, int]:
+        """The training loop; returns ``(steps, epochs run)``."""
+        model, device = self.model_, self.device_
+        opt = torch.optim.AdamW(_param_groups(model, self.loss_, self.encoder_lr, self.lr))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(total_steps, warmup))
+        loss_fn: nn.Module = CrossBatchMemory(self.loss_, self.encoder_memory) if self.encoder_memory else self.loss_
+        y_t = torch.from_numpy(y_t_np).to(device)
+        step, epochs_run, running = 0, 0, []
+        model.train()
+        bar = tqdm(total=total_steps, desc=f"fine-tune encoder ({self.loss})", unit="step", disable=not self.progress)
+        try:
+            while step < total_steps and not stopper.stopped:
+                epochs_run += 1
+                batches = class_aware_batches(y_t_np, self.batch_size, rng)
+                if lengths is not None:
+                    batches = length_grouped(batches, lengths, rng)
+                for idx in batches:
+                    b = torch.from_numpy(idx).to(device)
+                    z = _embed(model, [texts_t[i] for i in idx], device, self.max_seq_length)
+                    loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+                    opt.step()
+                    sched.step()
+                    step += 1
+                    running.append(float(loss.detach()))
+                    bar.update(1)
+                    if step % eval_every == 0 or step == total_steps:
+                        val, train_loss, running = self._validate(), float(np.mean(running)), []
+                        history.append({"step": step, "train_loss": train_loss, "val_loss": val})
+                        bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val:.4f}")
+                        if stopper.update(val, step, lambda: _snapshot(model)):
+                            log.info("early stop at step %d (best step %d)", step, stopper.best_at)
+                    if step >= total_steps or stopper.stopped:
+                        break
+        finally:
+            bar.close()
+        return step, epochs_run
 
-    model.train()
-    bar = tqdm(total=total_steps, desc=f"fine-tune encoder ({config.loss})", unit="step", disable=not progress)
-    try:
-        while step < total_steps and not stopped_early:
-            epochs_run += 1
-            batches = class_aware_batches(y_t_np, batch_size, rng)
-            if lengths_t is not None:
-                batches = length_grouped(batches, lengths_t, rng)
-            for idx in batches:
-                b = torch.from_numpy(idx).to(device)
-                z = _embed(model, [texts_t[i] for i in idx], device, max_seq_length)
-                w_b = None if w_t is None else w_t[b]
-                if memory_size:
-                    mem = None
-                    if memory:
-                        mem = (torch.cat([m[0] for m in memory]), torch.cat([m[1] for m in memory]),
-                               None if w_b is None else torch.cat([m[2] for m in memory]))  # type: ignore[misc]
-                    loss = loss_fn(z, y_t[b], w_b, memory=mem)
-                    memory.append((z.detach(), y_t[b], w_b))
-                    memory_rows += len(idx)
-                    while memory_rows > memory_size:
-                        memory_rows -= memory.popleft()[0].shape[0]
-                else:
-                    loss = loss_fn(z, y_t[b], w_b)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-                opt.step()
-                sched.step()
-                step += 1
-                running.append(float(loss.detach()))
-                bar.update(1)
-                if step % eval_every == 0 or step == total_steps:
-                    val = validate()
-                    train_loss = float(np.mean(running))
-                    running = []
-                    history.append({"step": step, "train_loss": train_loss, "val_loss": val})
-                    bar.set_postfix(train_loss=f"{train_loss:.4f}", val_loss=f"{val:.4f}")
-                    if not math.isfinite(best_val) or val < best_val - MIN_DELTA:
-                        best_val, best_step, best_state, bad_evals = val, step, _snapshot(model), 0
-                    else:
-                        bad_evals += 1
-                        if bad_evals >= config.patience:
-                            log.info("early stop at step %d (best step %d)", step, best_step)
-                            stopped_early = True
-                if step >= total_steps or stopped_early:
-                    break
-    finally:
-        bar.close()
-    if not val_batches:  # nothing to select on: keep the last state
-        best_step, best_state = step, _snapshot(model)
-    val_loss_interpolated = None
-    if wise_alpha < 1.0 and best_step > 0:
-        best_state = _interpolate(base_state, best_state, wise_alpha)
-        model.load_state_dict(best_state)
-        val_loss_interpolated = validate()
-    else:
-        model.load_state_dict(best_state)
-    model.eval()
-    info: dict[str, Any] = {
-        "engine": "native",
-        "mode": "full",
-        "epochs_run": epochs_run,
-        "steps": step,
-        "best_step": best_step,
-        "best_val_loss": best_val,
-        "seconds": round(time.perf_counter() - start, 2),
-        "device": device,
-        "stopped_early": stopped_early,
-        "encoder_lr": encoder_lr,
-        "batch_size": batch_size,
-        "max_seq_length": max_seq_length,
-        "group_by_length": group_by_length,
-        "memory_size": memory_size,
-        "wise_alpha": wise_alpha,
-        "val_loss_interpolated": val_loss_interpolated,
-        "warmup_steps": warmup,
-        "eval_every": eval_every,
-        "n_val_rows": int(len(val_idx)),
-        "history": history,
-    }
-    return model, None, info
+    def _restore(self, stopper: EarlyStopping[dict[str, torch.Tensor]], step: int,
+                 base_state: dict[str, torch.Tensor] | None) -> float | None:
+        """Load the best state, blended with the base weights (WiSE-FT); the blend's validation loss."""
+        if not self._val_batches:  # nothing to select on: keep the last state
+            stopper.best_at, stopper.best_state = step, _snapshot(self.model_)
+        best = stopper.best_state
+        assert best is not None and base_state is not None
+        val_loss_interpolated = None
+        if self.wise_alpha < 1.0 and stopper.best_at > 0:
+            self.model_.load_state_dict(interpolate_weights(base_state, best, self.wise_alpha))
+            val_loss_interpolated = self._validate()
+        else:
+            self.model_.load_state_dict(best)
+        self.model_.eval()
+        return val_loss_interpolated
+
+    def transform(self, x: list[str]) -> np.ndarray:
+        """The fine-tuned model's L2-normalised float32 vectors of the texts ``x``."""
+        return self.model_.encode(list(x), batch_size=self.encode_batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=self.progress).astype(np.float32)

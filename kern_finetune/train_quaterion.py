@@ -35,12 +35,13 @@ from ._compat import patch_quaterion, quiet_quaterion
 from . import losses as native_losses
 from .errors import ConfigError, SelectionError
 from .heads import SkipConnectionHead
+from .trainer import EarlyStopping, HeadOutput, TrainResult
 
 with warnings.catch_warnings():
     quiet_quaterion()
     patch_quaterion()
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import Callback, EarlyStopping
+    from pytorch_lightning.callbacks import Callback
     from quaterion import Quaterion, TrainableModel
     from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
     from quaterion.distances import Distance
@@ -54,7 +55,7 @@ __all__ = [
     "CachedVectorEncoder",
     "NativeGroupLoss",
     "VectorTrainableModel",
-    "fit_quaterion",
+    "QuaterionTrainer",
     "copy_head",
 ]
 
@@ -182,14 +183,14 @@ class VectorTrainableModel(TrainableModel):
         *,
         dim: int,
         loss_factory: Callable[[], GroupLoss],
-        n_layers: int = 1,
+        head_layers: int = 1,
         lr: float = 1e-3,
         dropout: float = 0.0,
         skip_dropout: float = 0.0,
     ) -> None:
         self._dim = dim
         self._loss_factory = loss_factory  # a factory: modules can't be assigned before Module.__init__
-        self._n_layers = n_layers
+        self._head_layers = head_layers
         self._lr = lr
         self._dropout = dropout
         self._skip_dropout = skip_dropout
@@ -204,7 +205,7 @@ class VectorTrainableModel(TrainableModel):
 
     def configure_head(self, input_embedding_size: int) -> QSkipConnectionHead:
         return QSkipConnectionHead(
-            input_embedding_size, dropout=self._dropout, skip_dropout=self._skip_dropout, n_layers=self._n_layers
+            input_embedding_size, dropout=self._dropout, skip_dropout=self._skip_dropout, n_layers=self._head_layers
         )
 
     def configure_loss(self) -> GroupLoss:
@@ -219,17 +220,15 @@ class VectorTrainableModel(TrainableModel):
 # Training helpers
 
 
-class _History(Callback):
-    """Records per-epoch losses, keeps a copy of the head at the best validation loss, reports."""
+class _EarlyStoppingCallback(Callback):
+    """Per-epoch losses, patience and the best head, with the engines' shared
+    :class:`~kern_finetune.trainer.EarlyStopping` (Quaterion's own ``min_delta`` of 0); reports."""
 
-    def __init__(self, report: Callable[[str], None] | None, max_epochs: int) -> None:
+    def __init__(self, report: Callable[[str], None] | None, epochs: int, patience: int) -> None:
         self.report = report
-        self.max_epochs = max_epochs
-        self.train_losses: list[float] = []
-        self.val_losses: list[float] = []
-        self.best_val = math.inf
-        self.best_epoch = -1
-        self.best_state: dict[str, Tensor] | None = None
+        self.epochs = epochs
+        self.stopper: EarlyStopping[dict[str, Tensor]] = EarlyStopping(patience, min_delta=0.0)
+        self.history: list[dict[str, float]] = []
         self._batch_losses: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -248,17 +247,18 @@ class _History(Callback):
             return
         val = float(val)
         train = float(np.mean(self._batch_losses)) if self._batch_losses else float("nan")
-        self.val_losses.append(val)
-        self.train_losses.append(train)
-        if val < self.best_val:
-            self.best_val = val
-            self.best_epoch = trainer.current_epoch
-            self.best_state = copy.deepcopy(pl_module.model.head.state_dict())
+        epoch = trainer.current_epoch + 1
+        self.history.append({"epoch": epoch, "train_loss": train, "val_loss": val})
+        self.stopper.update(val, epoch, lambda: copy.deepcopy(pl_module.model.head.state_dict()))
         if self.report is not None:
             self.report(
-                f"epoch {trainer.current_epoch + 1}/{self.max_epochs}: train loss {train:.4f}, "
-                f"val loss {val:.4f} (best {self.best_val:.4f} @ {self.best_epoch + 1})"
+                f"epoch {epoch}/{self.epochs}: train loss {train:.4f}, "
+                f"val loss {val:.4f} (best {self.stopper.best_loss:.4f} @ {self.stopper.best_at})"
             )
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # where lightning's EarlyStopping checks when validation runs once per epoch
+        trainer.should_stop = trainer.should_stop or self.stopper.stopped
 
 
 @contextlib.contextmanager
@@ -327,141 +327,126 @@ def copy_head(
 
 
 # --------------------------------------------------------------------------------------------------
-# The entry point
+# The trainer
 
 
-def fit_quaterion(
-    train_x: np.ndarray,
-    train_y: np.ndarray,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
-    *,
-    n_layers: int = 1,
-    loss: str = "triplet",
-    lr: float = 1e-3,
-    batch_size: int = 128,
-    max_epochs: int = 30,
-    patience: int = 3,
-    seed: int = 42,
-    margin: float | None = None,
-    temperature: float | None = None,
-    dropout: float = 0.0,
-    skip_dropout: float = 0.0,
-    restore_best: bool = True,
-    progress: ProgressArg = True,
-) -> tuple[SkipConnectionHead, dict[str, Any]]:
-    """Train a ``SkipConnectionHead`` over cached base vectors with Quaterion; return it and a summary.
+class QuaterionTrainer(HeadOutput):
+    """Train a ``SkipConnectionHead`` over cached base vectors with Quaterion (the interface of
+    :mod:`kern_finetune.trainer`: settings in the constructor, ``fit`` -> ``head_`` and ``result_``,
+    ``transform``).
 
-    Args:
-        train_x, val_x: ``(n, dim)`` float32 base vectors (the frozen encoder's, L2-normalised).
-        train_y, val_y: their class labels (any ints or strings; mapped to group ids internally).
-        n_layers: stacked gated residual blocks in the head.
-        loss: one of :data:`QUATERION_LOSSES`; ``"triplet"`` = the experiment's
-            ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``.
-        lr, batch_size: Adam learning rate; batch size of train and validation loaders.
-        max_epochs, patience: epoch cap; ``EarlyStopping(monitor="validation_loss", patience=...)``.
-        seed: ``pl.seed_everything`` seed (head init, batch order); same seed + data = same head.
-        margin: loss margin; None = the loss's default (triplet 0.5, circle 0.25, arcface 0.5,
-            cosface 0.2); ignored by softmax/supcon.
-        temperature: softmax temperature (default 0.05), supcon temperature (default 0.1); ignored
-            by the others (cosface uses scale 30, as the native engine).
-        dropout, skip_dropout: the head's dropouts (experiment: 0).
-        restore_best: return the head of the epoch with the lowest validation loss (True) or the
-            last trained epoch's, as Quaterion's defaults did in the experiment (False).
-        progress: True = lightning's progress bar; a callable gets one line per epoch; False = silent.
+    Settings: ``loss`` one of :data:`QUATERION_LOSSES` (``"triplet"`` = the experiment's
+    ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``); ``head_layers`` stacked gated
+    residual blocks; ``lr`` and ``batch_size`` of Adam and both loaders; ``epochs`` the cap; ``patience`` of
+    the early stopping on ``validation_loss`` (the best epoch's head is returned); ``seed`` for
+    ``pl.seed_everything`` (same seed + data = same head); ``margin`` None = the loss's default (triplet 0.5,
+    circle 0.25, arcface 0.5, cosface 0.2; ignored by softmax/supcon); ``temperature`` softmax (default
+    0.05) or supcon (default 0.1); ``dropout``/``skip_dropout`` the head's (experiment: 0); ``progress``
+    True = lightning's bar, a callable gets one line per epoch, False = silent.
 
-    Returns:
-        ``(head, info)``: our :class:`~kern_finetune.heads.SkipConnectionHead` in eval mode (checked to
-        match quaterion's head on ``val_x`` within 1e-5) and ``info`` with ``engine``, ``loss``,
-        ``epochs_run``, ``best_epoch`` (1-based), ``best_val_loss``, ``final_val_loss``,
-        ``history`` (``[{"epoch", "train_loss", "val_loss"}]``, as the native engine), ``stopped_early``,
-        ``restored_best``,
-        ``seconds`` (wall time of the fit incl. cache fill), ``n_train``, ``n_val``, ``groups``.
-
-    Raises:
-        ConfigError: bad shapes, unknown loss or non-positive settings.
-        SelectionError: empty split, or fewer than two classes in the training labels.
+    :meth:`fit` raises :class:`ConfigError` for bad shapes, an unknown loss or non-positive settings, and
+    :class:`SelectionError` for an empty split or fewer than two training classes. ``result_.details``:
+    ``loss``, ``final_val_loss``, ``n_train``, ``n_val``, ``groups``; ``result_.seconds`` is the fit's wall
+    time incl. the cache fill, rounded to 0.001.
     """
-    t0 = time.perf_counter()
-    train_x, train_y = _as_inputs(train_x, train_y, "train")
-    val_x, val_y = _as_inputs(val_x, val_y, "validation")
-    if train_x.shape[1] != val_x.shape[1]:
-        raise ConfigError(f"train and validation dims differ: {train_x.shape[1]} vs {val_x.shape[1]}")
-    if loss not in QUATERION_LOSSES:
-        raise ConfigError(
-            f"unknown loss {loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}"
-        )
-    settings = {"n_layers": n_layers, "batch_size": batch_size, "max_epochs": max_epochs, "patience": patience}
-    for name, value in settings.items():
-        if value < 1:
-            raise ConfigError(f"{name} must be at least 1, got {value}")
-    if lr <= 0:
-        raise ConfigError(f"lr must be positive, got {lr}")
-    classes = np.unique(np.concatenate([train_y, val_y]))
-    if len(np.unique(train_y)) < 2:
-        raise SelectionError("training needs at least two classes")
-    train_g = np.searchsorted(classes, train_y)
-    val_g = np.searchsorted(classes, val_y)
-    dim = int(train_x.shape[1])
 
-    report: Callable[[str], None] | None = progress if callable(progress) else None
-    show_bar = progress is True
-    history = _History(report, max_epochs)
+    def __init__(
+        self,
+        *,
+        loss: str = "triplet",
+        head_layers: int = 1,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        epochs: int = 30,
+        patience: int = 3,
+        seed: int = 42,
+        margin: float | None = None,
+        temperature: float | None = None,
+        dropout: float = 0.0,
+        skip_dropout: float = 0.0,
+        progress: ProgressArg = True,
+    ) -> None:
+        self.loss = loss
+        self.head_layers = head_layers
+        self.lr = lr
+        self.batch_size = batch_size
+        self.epochs = epochs
+        self.patience = patience
+        self.seed = seed
+        self.margin = margin
+        self.temperature = temperature
+        self.dropout = dropout
+        self.skip_dropout = skip_dropout
+        self.progress = progress
 
-    with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
-        pl.seed_everything(seed)
-        model = VectorTrainableModel(
-            dim=dim,
-            loss_factory=functools.partial(
-                _make_loss, loss, dim=dim, num_groups=len(classes), margin=margin, temperature=temperature
-            ),
-            n_layers=n_layers,
-            lr=lr,
-            dropout=dropout,
-            skip_dropout=skip_dropout,
-        )
-        # Fresh loaders every fit: Quaterion rewires a loader's collate_fn / label cache during fit.
-        train_loader = GroupSimilarityDataLoader(_dataset(train_x, train_g), batch_size=batch_size, shuffle=True)
-        val_loader = GroupSimilarityDataLoader(_dataset(val_x, val_g), batch_size=batch_size, shuffle=False)
-        early = EarlyStopping(monitor="validation_loss", patience=patience, mode="min")
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            max_epochs=max_epochs,
-            callbacks=[early, history],
-            logger=False,
-            enable_checkpointing=False,
-            enable_model_summary=False,
-            enable_progress_bar=show_bar,
-            num_sanity_val_steps=0,
-            log_every_n_steps=max(1, min(50, math.ceil(len(train_x) / batch_size))),
-            default_root_dir=tmp,
-        )
-        Quaterion.fit(model, trainer, train_loader, val_loader)
+    def _check(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> None:
+        if train_x.shape[1] != val_x.shape[1]:
+            raise ConfigError(f"train and validation dims differ: {train_x.shape[1]} vs {val_x.shape[1]}")
+        if self.loss not in QUATERION_LOSSES:
+            raise ConfigError(
+                f"unknown loss {self.loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}"
+            )
+        settings = {"head_layers": self.head_layers, "batch_size": self.batch_size, "epochs": self.epochs,
+                    "patience": self.patience}
+        for name, value in settings.items():
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if len(np.unique(train_y)) < 2:
+            raise SelectionError("training needs at least two classes")
 
-    q_head: QSkipConnectionHead = model.model.head
-    restored = False
-    if restore_best and history.best_state is not None and history.best_epoch != len(history.val_losses) - 1:
-        q_head.load_state_dict(history.best_state)
-        restored = True
-    head = copy_head(q_head, check_on=val_x[:1024])
-    epochs = len(history.val_losses)
-    info: dict[str, Any] = {
-        "engine": "quaterion",
-        "loss": loss,
-        "epochs_run": epochs,
-        "best_epoch": history.best_epoch + 1,
-        "best_val_loss": history.best_val if history.val_losses else None,
-        "final_val_loss": history.val_losses[-1] if history.val_losses else None,
-        "history": [
-            {"epoch": i + 1, "train_loss": t, "val_loss": v}
-            for i, (t, v) in enumerate(zip(history.train_losses, history.val_losses))
-        ],
-        "stopped_early": bool(early.stopped_epoch) or epochs < max_epochs,
-        "restored_best": restored,
-        "seconds": round(time.perf_counter() - t0, 3),
-        "n_train": int(len(train_x)),
-        "n_val": int(len(val_x)),
-        "groups": [c.item() if hasattr(c, "item") else c for c in classes],
-    }
-    return head, info
+    def fit(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> QuaterionTrainer:
+        """Fit on the training vectors and labels (any ints or strings; mapped to group ids); stop early on
+        the validation ones. Returns ``self``."""
+        t0 = time.perf_counter()
+        train_x, train_y = _as_inputs(train_x, train_y, "train")
+        val_x, val_y = _as_inputs(val_x, val_y, "validation")
+        self._check(train_x, train_y, val_x, val_y)
+        classes = np.unique(np.concatenate([train_y, val_y]))
+        report: Callable[[str], None] | None = self.progress if callable(self.progress) else None
+        callback = _EarlyStoppingCallback(report, self.epochs, self.patience)
+        model = self._run(train_x, np.searchsorted(classes, train_y), val_x, np.searchsorted(classes, val_y),
+                          len(classes), callback)
+        q_head: QSkipConnectionHead = model.model.head
+        stopper = callback.stopper
+        if stopper.best_state is not None and stopper.best_at != len(callback.history):
+            q_head.load_state_dict(stopper.best_state)
+        self.head_ = copy_head(q_head, check_on=val_x[:1024])
+        history = callback.history
+        self.result_ = TrainResult(
+            engine="quaterion", mode="head", history=history, epochs_run=len(history),
+            best_epoch=stopper.best_at, best_val_loss=stopper.best_loss if history else None,
+            stopped_early=stopper.stopped or len(history) < self.epochs, seconds=round(time.perf_counter() - t0, 3),
+            details={
+                "loss": self.loss, "final_val_loss": history[-1]["val_loss"] if history else None,
+                "n_train": int(len(train_x)), "n_val": int(len(val_x)),
+                "groups": [c.item() if hasattr(c, "item") else c for c in classes],
+            },
+        )
+        return self
+
+    def _run(self, train_x: np.ndarray, train_g: np.ndarray, val_x: np.ndarray, val_g: np.ndarray, n_groups: int,
+             callback: _EarlyStoppingCallback) -> VectorTrainableModel:
+        """``Quaterion.fit`` in a quiet temporary folder; returns the trained model."""
+        dim = int(train_x.shape[1])
+        with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
+            pl.seed_everything(self.seed)
+            model = VectorTrainableModel(
+                dim=dim,
+                loss_factory=functools.partial(
+                    _make_loss, self.loss, dim=dim, num_groups=n_groups, margin=self.margin, temperature=self.temperature
+                ),
+                head_layers=self.head_layers, lr=self.lr, dropout=self.dropout, skip_dropout=self.skip_dropout,
+            )
+            # Fresh loaders every fit: Quaterion rewires a loader's collate_fn / label cache during fit.
+            train_loader = GroupSimilarityDataLoader(_dataset(train_x, train_g), batch_size=self.batch_size, shuffle=True)
+            val_loader = GroupSimilarityDataLoader(_dataset(val_x, val_g), batch_size=self.batch_size, shuffle=False)
+            trainer = pl.Trainer(
+                accelerator="cpu", devices=1, max_epochs=self.epochs, callbacks=[callback], logger=False,
+                enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=self.progress is True,
+                num_sanity_val_steps=0, log_every_n_steps=max(1, min(50, math.ceil(len(train_x) / self.batch_size))),
+                default_root_dir=tmp,
+            )
+            Quaterion.fit(model, trainer, train_loader, val_loader)
+        return model

@@ -63,9 +63,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="head-skipped",
         why="the raw base vectors are returned (and pushed) as the fine-tuned ones",
-        file="kern_finetune/pipeline.py",
-        old="tuned = _apply(head, base)",
-        new="tuned = base.copy()",
+        file="kern_finetune/fit.py",
+        old="return head_trainer, head_trainer.transform(base)",
+        new="return head_trainer, base.copy()",
         tests=("tests/test_cli_run.py::test_fine_tuning_beats_raw_on_the_test_records",),
     ),
     Mutation(
@@ -103,7 +103,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="pseudo-labels-never-train",
         why="pseudo-labels are found and reported but the head trains on the project's labels only",
-        file="kern_finetune/pipeline.py",
+        file="kern_finetune/fit.py",
         old="train_sel = with_pseudo_labels(sel, pseudo)",
         new="train_sel = sel",
         tests=("tests/test_pseudo.py::test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own",),

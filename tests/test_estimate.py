@@ -1,4 +1,4 @@
-"""``--mode auto``: the full-mode estimate plans fit_full's own steps, and the choice follows the budget."""
+"""``--mode auto``: the full-mode estimate plans FullTrainer's own steps, and the choice follows the budget."""
 
 from __future__ import annotations
 
@@ -59,9 +59,9 @@ def test_explicit_modes_and_quaterion_need_no_estimate(small) -> None:
 
 
 def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> None:
-    """The planned steps are fit_full's own (same pseudo-labels, batch size, epochs); the parts add up."""
+    """The planned steps are full mode's own (same pseudo-labels, batch size, epochs); the parts add up."""
     from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-    from kern_finetune.train_full import fit_full
+    from kern_finetune.train_full import FullTrainer
 
     encoder, sel, base = small
     config = RunConfig(mode="auto", task="Topic", seed=42, patience=100)  # no early stop: every planned step runs
@@ -75,7 +75,11 @@ def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> Non
 
     full = RunConfig(mode="full", task="Topic", seed=42, patience=100)
     found = find_pseudo_labels(base, sel, threshold=full.pseudo_label_threshold(), seed=42)
-    _, _, info = fit_full(encoder, with_pseudo_labels(sel, found), full, progress=False)
+    train = with_pseudo_labels(sel, found)
+    tr, va = train.train_idx, train.val_idx
+    trainer = FullTrainer.from_config(full, model_path=encoder.path, device="cpu", progress=False)
+    trainer.fit([train.texts[i] for i in tr], train.y[tr], [train.texts[i] for i in va], train.y[va])
+    info = trainer.result_.details
     assert info["steps"] == est.steps and info["batch_size"] == est.batch_size
 
 

@@ -131,10 +131,10 @@ def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_ba
 
     config = RunConfig(seed=42)
     sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))
-    head, info = fit_head(subset_base, sel, config, progress=False)
+    trainer = fit_head(subset_base, sel, config, progress=False)
+    info = trainer.result_.details
     assert info["raw_weight"] == 0.0 and "raw_weight_table" not in info  # a fixed blend: nothing to choose
-    with torch.no_grad():
-        tuned = torch.nn.functional.normalize(head(torch.from_numpy(subset_base)), dim=1).numpy()
+    tuned = trainer.transform(subset_base)
     test = subset_sel.test_idx
     gold = np.array([int(subset_sel.gold[i]) for i in test])
     raw = {k: v.mean() for k, v in neighbour_purity(subset_base[test], gold, ks=(10, 100)).items()}
@@ -148,7 +148,7 @@ def test_auto_blend_reports_its_table(subset_sel, subset_base, one_torch_thread)
     from kern_finetune.config import RunConfig
     from kern_finetune.train import RAW_WEIGHTS, fit_head
 
-    head, info = fit_head(subset_base, subset_sel, RunConfig(seed=42, raw_weight="auto", epochs=3), progress=False)
+    info = fit_head(subset_base, subset_sel, RunConfig(seed=42, raw_weight="auto", epochs=3), progress=False).result_.details
     table = info["raw_weight_table"]
     assert table[0]["raw_weight"] == 1.0 and {r["raw_weight"] for r in table[1:]} == set(RAW_WEIGHTS)
     assert info["raw_weight"] in RAW_WEIGHTS

@@ -8,7 +8,8 @@ import torch
 
 from kern_finetune.heads import SkipConnectionHead
 from kern_finetune.losses import CosFaceLoss, SupConLoss, TripletLoss
-from kern_finetune.train import HeadTrainer, class_aware_batches
+from kern_finetune.samplers import class_aware_batches
+from kern_finetune.train import HeadTrainer
 
 
 def test_head_starts_near_identity_and_folds_to_affine():
@@ -125,8 +126,8 @@ def test_weight_noise_filter_passes_its_weights_to_the_trainer(subset_records, s
     config = RunConfig(task="Topic", gold_attribute="Class Index", noise_filter="weight", epochs=3, lr=1e-2,
                        cache_dir=shared_cache)
     weighted = run_pipeline(subset_records, config, out_dir=tmp_path / "weight")
-    sel = weighted.extra["selection"]
-    expected = find_label_issues(weighted.extra["raw_vectors"], sel, seed=config.seed)["weights"][sel.train_idx]
+    sel = weighted.selection
+    expected = find_label_issues(weighted.raw_vectors, sel, seed=config.seed)["weights"][sel.train_idx]
     assert len(seen) == 1 and seen[0] is not None
     assert np.array_equal(seen[0], expected)
     assert 0 < int((seen[0] < 1).sum()) < len(seen[0])
@@ -192,4 +193,6 @@ def test_trainer_separates_noisy_clusters_and_is_seeded():
     before = top_k_purity(x[500:], y[500:], ks=(10,))["10"]
     after = top_k_purity(a.transform(x[500:]), y[500:], ks=(10,))["10"]
     assert after > before + 5
-    assert a.best_epoch_ >= 1 and a.history_[0]["val_loss"] >= min(h["val_loss"] for h in a.history_)
+    history = a.result_.history
+    assert a.result_.best_epoch >= 1 and history[0]["val_loss"] >= min(h["val_loss"] for h in history)
+    assert a.result_.best_val_loss == history[a.result_.best_epoch - 1]["val_loss"] == min(h["val_loss"] for h in history)

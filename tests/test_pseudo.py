@@ -91,7 +91,7 @@ def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subs
         assert m[key] == off[key], key
     assert m["classification"]["raw"] == off["classification"]["raw"]
     # The head trained on them: the pseudo-labeled records cluster by their pseudo-label more than without.
-    found = find_pseudo_labels(result.extra["raw_vectors"], result.extra["selection"], threshold=0.7, seed=config.seed)
+    found = find_pseudo_labels(result.raw_vectors, result.selection, threshold=0.7, seed=config.seed)
     assert len(found["indices"]) == m["pseudo_labels"]["n_added"]
     rows, labels = found["indices"], found["labels"]
     with_pl = top_k_purity(result.vectors[rows], labels, (50,))["50"]

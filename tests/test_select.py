@@ -174,3 +174,18 @@ def test_sample_selection_matches_the_experiment(sample_records):
     assert {g: golds.count(g) for g in "1234"} == {"1": 2190, "2": 1057, "3": 2803, "4": 3096}
     assert gold_to_class(sel) == {"1": sel.classes.index("World"), "2": sel.classes.index("Sports"),
                                   "3": sel.classes.index("Business"), "4": sel.classes.index("Sci/Tech")}
+
+
+def test_split_is_sklearns_train_test_split_row_for_row():
+    """select_labels splits without importing sklearn; the split is the one train_test_split gave."""
+    from sklearn.model_selection import train_test_split
+
+    from kern_finetune.select import split_train_val
+
+    for n in (8, 9, 13, 100, 1001):
+        labeled = np.sort(np.random.default_rng(n).choice(5 * n, n, replace=False))
+        for seed in (0, 42):
+            for fraction in (0.1, 0.25, 0.5):
+                want = train_test_split(labeled, test_size=fraction, random_state=seed)
+                got = split_train_val(labeled, fraction, seed)
+                assert all(np.array_equal(a, b) for a, b in zip(want, got, strict=True)), (n, seed, fraction)

@@ -63,7 +63,9 @@ class FakePipeline:
     def __init__(self) -> None:
         self.calls = 0
 
-    def __call__(self, records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None) -> RunResult:
+    def __call__(self, records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None,
+                 prepared: Any = None) -> RunResult:
+        self.prepared = prepared
         self.calls += 1
         ids = [r[config.id_attribute] for r in records]
         v = np.random.default_rng(self.calls).normal(size=(len(ids), 6)).astype(np.float32)
@@ -72,7 +74,7 @@ class FakePipeline:
         (out_dir / "model" / "modules.json").write_text("[]")
         return RunResult(ids=ids, vectors=v, metrics={"top_k": {"raw": {"1000": 30.0}, "finetuned": {"1000": 60.0}}},
                          out_dir=out_dir, model_dir=out_dir / "model", embedding_name=NAME,
-                         extra={"base_model_name": "all-MiniLM-L6-v2"})
+                         label_fingerprint=prepared.fingerprint, base_model="all-MiniLM-L6-v2")
 
 
 class MustNotTrain(FakePipeline):
@@ -152,11 +154,60 @@ def test_first_sync_pushes_then_up_to_date(host: RunningHost, config: RunConfig,
     assert state["fingerprint"] == first.fingerprint and state["embedding"] == NAME and state["door"] == "api"
     assert state["host"] == host_identity(host.url)
     assert first.state_dir.is_relative_to(config.cache_dir / "sync")
+    # selected once: the pipeline was handed the sync's own selection, fingerprinted as the state says
+    assert fake.prepared is not None and fake.prepared.fingerprint == first.fingerprint
+    assert fake.prepared.labels == state["labels"] and fake.prepared.attribute == first.attribute
 
     faults = FaultAdapter()
     second = _sync(host, config, tmp_path, fake, faults)
     assert second.status == "up-to-date" and "labels unchanged" in second.message and second.embedding == NAME
     assert fake.calls == 1 and not faults.sent_to("POST", "/embeddings$")
+
+
+UP_TO_DATE_SCRIPT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+from kern_finetune.client import RefineryClient
+from kern_finetune.config import RunConfig
+from kern_finetune.host import serve_in_thread
+from kern_finetune.sync import sync_project
+from types import SimpleNamespace
+
+tmp, export, user, password = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+
+def stand_in(records, config, *, out_dir, progress=None, prepared=None):  # RunResult's fields, without torch
+    ids = [r[config.id_attribute] for r in records]
+    return SimpleNamespace(ids=ids, vectors=np.eye(len(ids), 6, dtype=np.float32), metrics={}, out_dir=out_dir,
+                           model_dir=out_dir / "model", embedding_name="Title-classification-x",
+                           base_model="all-MiniLM-L6-v2")
+
+config = RunConfig(task="Topic", cache_dir=tmp / "cache")
+with serve_in_thread(Path(export), data_dir=tmp / "host", user_name=user, password=password) as host:
+    client = RefineryClient(host.url, user, password, project_id=host.project_id)
+    first = sync_project(client, None, config, out_dir=tmp / "out", pipeline=stand_in, progress=None)
+    loaded = set(sys.modules)
+    second = sync_project(client, None, config, out_dir=tmp / "out", pipeline=stand_in, progress=None)
+print(json.dumps([first.status, second.status, sorted(m for m in set(sys.modules) - loaded
+                                                      if m.split(".")[0] in ("torch", "sklearn"))]))
+print(json.dumps(sorted(m for m in ("torch", "sklearn") if m in sys.modules)))
+"""
+
+
+def test_an_up_to_date_sync_imports_neither_torch_nor_sklearn(tmp_path: Path) -> None:
+    """Selecting and fingerprinting the labels (kern_finetune.prepare) needs neither: an up-to-date sync
+    stays light (the split is sklearn's, replayed in numpy: kern_finetune.select.split_train_val)."""
+    import subprocess
+    import sys
+
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(make_records()))
+    out = subprocess.run([sys.executable, "-c", UP_TO_DATE_SCRIPT, str(tmp_path), str(export), USER, PASSWORD],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    statuses_and_new, loaded = [json.loads(line) for line in out.stdout.strip().splitlines()[-2:]]
+    assert statuses_and_new == ["pushed", "up-to-date", []]
+    assert loaded == [], f"the sync imported {loaded}"
 
 
 def test_label_change_triggers_and_min_new_labels_holds_back(host: RunningHost, config: RunConfig, tmp_path: Path,

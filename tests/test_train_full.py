@@ -1,12 +1,11 @@
-"""Full mode: fine-tune the whole encoder (kern_finetune.train_full), alone and through the pipeline.
+"""Full mode: fine-tune the whole encoder (kern_finetune.train_full.FullTrainer), alone and through the pipeline.
 
 Kept small for CPU: ~120 records, batch 8, 64 tokens, 2 optimizer steps. The pipeline takes no
-step limit of its own, so the test hands it ``fit_full`` with the same small settings (monkeypatch).
+step limit of its own, so the test hands it a ``FullTrainer`` with the same small settings (monkeypatch).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -22,7 +21,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_RECORDS = 120
 SMALL = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "device": "cpu", "progress": False}
-INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_loss", "seconds", "device"}
+INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_loss", "seconds", "device", "stopped_early"}
+
+
+def fit_full(encoder: Encoder, sel: Selection, config: RunConfig, *, weights: np.ndarray | None = None, **settings):
+    """``FullTrainer.from_config`` fitted on ``sel``'s split: ``(model, metrics-style info)``."""
+    from kern_finetune.train_full import FullTrainer
+
+    trainer = FullTrainer.from_config(config, model_path=encoder.path, **settings)
+    tr, va = sel.train_idx, sel.val_idx
+    trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va],
+                sample_weight=None if weights is None else weights[tr])
+    return trainer.model_, trainer.result_.to_dict()
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +55,14 @@ def encoder(shared_cache) -> Encoder:
 @pytest.fixture(scope="module")
 def fitted(encoder: Encoder, sel: Selection):
     """One small fit (with all-ones sample weights, to run that path) and the vectors it gives."""
-    from kern_finetune.train_full import fit_full
-
     config = RunConfig(mode="full", seed=42)
-    model, head, info = fit_full(encoder, sel, config, weights=np.ones(len(sel.ids), dtype=np.float32), **SMALL)
+    model, info = fit_full(encoder, sel, config, weights=np.ones(len(sel.ids), dtype=np.float32), **SMALL)
     vectors = model.encode(sel.texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
-    return model, head, info, vectors.astype(np.float32)
+    return model, info, vectors.astype(np.float32)
 
 
 def test_fit_full_trains_the_encoder(fitted, encoder: Encoder, sel: Selection) -> None:
-    model, head, info, tuned = fitted
-    assert head is None
+    model, info, tuned = fitted
     assert INFO_KEYS <= set(info)
     assert info["engine"] == "native" and info["mode"] == "full" and info["device"] == "cpu"
     assert info["steps"] == 2 and info["epochs_run"] == 1
@@ -81,22 +88,28 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     from kern_finetune.pipeline import run_pipeline
     from kern_finetune.save import load_vectors
 
-    monkeypatch.setattr(train_full, "fit_full", functools.partial(train_full.fit_full, **SMALL))
+    class Small(train_full.FullTrainer):
+        @classmethod
+        def from_config(cls, config, **kw):  # type: ignore[no-untyped-def]
+            return super().from_config(config, **{**kw, **SMALL})
+
+    monkeypatch.setattr(train_full, "FullTrainer", Small)
     config = RunConfig(
         mode="full", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
         cache_dir=shared_cache, seed=42, noise_filter="off",  # the fixture's fit saw every selected label
     )
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
-    assert result.metrics["training"]["mode"] == "full"
+    assert result.metrics["training"]["mode"] == "full" and result.training is not None
+    assert result.training.details["steps"] == 2
 
-    _, _, _, first = fitted
+    _, _, first = fitted
     assert np.abs(result.vectors - first).max() < 1e-5, "same seed on CPU must give the same vectors"
 
     ids, saved = load_vectors(tmp_path / "out" / "vectors.npz")
     assert ids == result.ids
     reloaded = SentenceTransformer(str(result.model_dir), device="cpu", local_files_only=True)
     again = reloaded.encode(
-        result.extra["selection"].texts, convert_to_numpy=True, normalize_embeddings=True,
+        result.selection.texts, convert_to_numpy=True, normalize_embeddings=True,
         show_progress_bar=False,
     )
     assert np.abs(again - saved).max() < 1e-4
@@ -106,12 +119,12 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
 def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) -> None:
     """With an evaluation every step, the best loss is the minimum recorded and the returned model has it."""
     from kern_finetune.losses import make_loss
-    from kern_finetune.train import class_aware_batches
-    from kern_finetune.train_full import _val_loss, fit_full
+    from kern_finetune.samplers import class_aware_batches
+    from kern_finetune.train_full import _val_loss
 
     config = RunConfig(mode="full", seed=3, patience=2, wise_alpha=1.0)  # the best state itself, not interpolated
     small = {**SMALL, "max_steps": 6, "eval_every": 1}
-    model, _, info = fit_full(encoder, sel, config, encoder_lr=3e-4, **small)
+    model, info = fit_full(encoder, sel, config, encoder_lr=3e-4, **small)
     vals = [h["val_loss"] for h in info["history"]]
     assert len(vals) == info["steps"] + 1  # step 0 and every step
     assert info["best_val_loss"] == min(vals)
@@ -140,15 +153,13 @@ def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, mon
     The first step runs at the full ``encoder_lr`` whatever ``max_steps`` is (warmup of 1 step), so a
     1-step run gives the reference step-1 weights.
     """
-    from kern_finetune.train_full import fit_full
-
     config = RunConfig(mode="full", seed=5, patience=2)
     _scripted_val(monkeypatch, [1.0, 0.5, 0.7])  # the last: the WiSE-blended model's validation
-    one, _, info1 = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 1})
+    one, info1 = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 1})
     assert info1["best_step"] == 1 and info1["val_loss_interpolated"] == 0.7
     _scripted_val(monkeypatch, [1.0, 0.5, 0.9, 0.95, 0.6, 0.4])
-    model, _, info = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 5, "eval_every": 1})
-    assert info["stopped_early"] and info["steps"] == 3
+    model, info = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 5, "eval_every": 1})
+    assert info["stopped_early"] and info["steps"] == 3 and info["best_epoch"] == 1
     assert info["best_step"] == 1 and info["best_val_loss"] == 0.5 and info["val_loss_interpolated"] == 0.6
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
@@ -157,11 +168,9 @@ def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, mon
 
 @pytest.mark.slow
 def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selection, monkeypatch) -> None:
-    from kern_finetune.train_full import fit_full
-
     _scripted_val(monkeypatch, [0.5, 0.9, 0.9])
-    model, _, info = fit_full(encoder, sel, RunConfig(mode="full", patience=5), **SMALL)
-    assert info["best_step"] == 0 and info["steps"] == 2
+    model, info = fit_full(encoder, sel, RunConfig(mode="full", patience=5), **SMALL)
+    assert info["best_step"] == 0 and info["steps"] == 2 and info["best_epoch"] == 0
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
     assert np.abs(model.encode(texts, **kw) - encoder.model().encode(texts, **kw)).max() < 1e-6
@@ -169,12 +178,10 @@ def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selectio
 
 def test_wise_alpha_interpolates_base_and_fine_tuned_weights(encoder: Encoder, sel: Selection) -> None:
     """alpha 0.5 gives exactly the midpoint of the base weights and the alpha-1 run's (same seed)."""
-    from kern_finetune.train_full import fit_full
-
     config = RunConfig(mode="full", seed=7)
-    tuned, _, info1 = fit_full(encoder, sel, config, wise_alpha=1.0, **SMALL)
-    half, _, info = fit_full(encoder, sel, config, wise_alpha=0.5, **SMALL)
-    assert info1["memory_size"] == config.encoder_memory == info["memory_size"]  # supcon: the memory is on
+    tuned, info1 = fit_full(encoder, sel, config, wise_alpha=1.0, **SMALL)
+    half, info = fit_full(encoder, sel, config, wise_alpha=0.5, **SMALL)
+    assert info1["encoder_memory"] == config.encoder_memory == info["encoder_memory"]  # supcon: the memory is on
     assert info1["val_loss_interpolated"] is None
     assert info["wise_alpha"] == 0.5 and math.isfinite(info["val_loss_interpolated"])
     base = encoder.model().state_dict()
@@ -186,12 +193,10 @@ def test_wise_alpha_interpolates_base_and_fine_tuned_weights(encoder: Encoder, s
 
 
 def test_memory_needs_supcon_and_other_losses_run_without(encoder: Encoder, sel: Selection) -> None:
-    from kern_finetune.train_full import fit_full
-
-    with pytest.raises(ValueError, match="memory_size needs loss 'supcon'"):
-        fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), memory_size=64, **SMALL)
-    _, _, info = fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), **{**SMALL, "max_steps": 1})
-    assert info["memory_size"] == 0
+    with pytest.raises(ValueError, match="encoder_memory needs loss 'supcon'"):
+        fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), encoder_memory=64, **SMALL)
+    _, info = fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), **{**SMALL, "max_steps": 1})
+    assert info["encoder_memory"] == 0
 
 
 @pytest.mark.parametrize("field, value", [("wise_alpha", 0.0), ("wise_alpha", 1.5), ("encoder_memory", -1)])
@@ -203,8 +208,7 @@ def test_config_rejects_bad_full_mode_settings(field: str, value: float) -> None
 
 
 def test_length_grouped_keeps_every_row_and_batch_size_and_shrinks_padding() -> None:
-    from kern_finetune.train import class_aware_batches
-    from kern_finetune.train_full import length_grouped
+    from kern_finetune.samplers import class_aware_batches, length_grouped
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 1000)

@@ -1,4 +1,4 @@
-"""The Quaterion engine: compat shims, fit_quaterion end to end, head copy, repeat fits."""
+"""The Quaterion engine: compat shims, QuaterionTrainer end to end, head copy, repeat fits."""
 
 from __future__ import annotations
 
@@ -113,8 +113,10 @@ def test_fit_beats_identity_and_uses_quaterion_cache(tq, data, monkeypatch) -> N
     monkeypatch.setattr(tq.CachedVectorEncoder, "forward", counting_forward)
     lines: list[str] = []
     start = time.perf_counter()
-    head, info = tq.fit_quaterion(tx, ty, vx, vy, loss="triplet", lr=1e-2, max_epochs=20, patience=3, progress=lines.append)
+    trainer = tq.QuaterionTrainer(loss="triplet", lr=1e-2, epochs=20, patience=3, progress=lines.append).fit(tx, ty, vx, vy)
     wall = time.perf_counter() - start
+    head, result = trainer.head_, trainer.result_
+    info = result.to_dict()
 
     # the frozen encoder ran only to fill Quaterion's cache (train + val, once), not every epoch
     assert sum(calls) == len(tx) + len(vx)
@@ -122,6 +124,10 @@ def test_fit_beats_identity_and_uses_quaterion_cache(tq, data, monkeypatch) -> N
     assert info["engine"] == "quaterion" and info["loss"] == "triplet"
     assert 1 <= info["epochs_run"] <= 20 and len(info["history"]) == info["epochs_run"] == len(lines)
     assert info["best_val_loss"] == min(h["val_loss"] for h in info["history"])
+    best = info["history"][info["best_epoch"] - 1]["val_loss"]
+    assert best == info["best_val_loss"] and result.stopped_early == (info["epochs_run"] < 20)
+    # the returned head is the best epoch's: its transform is the head's output, normalised
+    np.testing.assert_allclose(trainer.transform(vx[:8]), torch.nn.functional.normalize(head(torch.from_numpy(vx[:8])), dim=1).detach().numpy(), atol=1e-6)
     assert 0 < info["seconds"] <= wall + 0.001 and info["n_train"] == 400  # seconds are rounded to 0.001 and info["groups"] == [0, 1, 2, 3]
     with torch.no_grad():
         tuned = head(torch.from_numpy(vx)).numpy()
@@ -131,23 +137,25 @@ def test_fit_beats_identity_and_uses_quaterion_cache(tq, data, monkeypatch) -> N
 
 def test_two_consecutive_fits_same_seed_same_head(tq, data) -> None:
     tx, ty, vx, vy = data
-    kw = dict(loss="triplet", max_epochs=2, patience=2, seed=7, progress=False)
-    h1, i1 = tq.fit_quaterion(tx, ty, vx, vy, **kw)
-    h2, i2 = tq.fit_quaterion(tx, ty, vx, vy, **kw)  # fresh loaders: a second fit must work
-    assert i1["history"] == i2["history"]
+    kw = dict(loss="triplet", epochs=2, patience=2, seed=7, progress=False)
+    t1 = tq.QuaterionTrainer(**kw).fit(tx, ty, vx, vy)
+    t2 = tq.QuaterionTrainer(**kw).fit(tx, ty, vx, vy)  # fresh loaders: a second fit must work
+    h1, h2 = t1.head_, t2.head_
+    assert t1.result_.history == t2.result_.history
     for (k1, v1), (k2, v2) in zip(h1.state_dict().items(), h2.state_dict().items()):
         assert k1 == k2
         torch.testing.assert_close(v1, v2, rtol=0, atol=0)
-    h3, _ = tq.fit_quaterion(tx, ty, vx, vy, **{**kw, "seed": 8})
+    h3 = tq.QuaterionTrainer(**{**kw, "seed": 8}).fit(tx, ty, vx, vy).head_
     assert not torch.equal(h1.fc_0.weight, h3.fc_0.weight)
 
 
 @pytest.mark.parametrize("loss", ["triplet-semihard", "triplet-all", "circle", "softmax", "arcface", "cosface", "supcon"])
 def test_every_loss_trains(tq, data, loss: str) -> None:
     tx, ty, vx, vy = data
-    head, info = tq.fit_quaterion(tx[:200], ty[:200], vx[:100], vy[:100], loss=loss, n_layers=2, batch_size=64, max_epochs=2, progress=False)
-    assert head.n_layers == 2 and info["epochs_run"] == 2
-    assert all(np.isfinite(h["val_loss"]) for h in info["history"])
+    trainer = tq.QuaterionTrainer(loss=loss, head_layers=2, batch_size=64, epochs=2, progress=False)
+    head, result = trainer.fit(tx[:200], ty[:200], vx[:100], vy[:100]).head_, trainer.result_
+    assert head.n_layers == 2 and result.epochs_run == 2
+    assert all(np.isfinite(h["val_loss"]) for h in result.history)
     # the start gates are -4; something must have been learned
     assert not torch.allclose(head.gates_0, torch.full_like(head.gates_0, -4.0))
 
@@ -167,19 +175,22 @@ def test_loss_parameters_are_optimised(tq) -> None:
 def test_labels_need_not_be_contiguous_ints(tq, data) -> None:
     tx, ty, vx, vy = data
     names = np.array(["World", "Sports", "Business", "Sci/Tech"])
-    _, info = tq.fit_quaterion(tx[:128], names[ty[:128]], vx[:64], names[vy[:64]], loss="arcface", max_epochs=1, progress=False)
-    assert info["groups"] == sorted(names.tolist())
+    trainer = tq.QuaterionTrainer(loss="arcface", epochs=1, progress=False).fit(tx[:128], names[ty[:128]], vx[:64], names[vy[:64]])
+    assert trainer.result_.details["groups"] == sorted(names.tolist())
 
 
 def test_bad_input_is_reported(tq, data) -> None:
     tx, ty, vx, vy = data
+    fit = lambda *data, **kw: tq.QuaterionTrainer(**kw).fit(*data)  # noqa: E731
     with pytest.raises(ConfigError, match="unknown loss"):
-        tq.fit_quaterion(tx, ty, vx, vy, loss="nope")
-    with pytest.raises(ConfigError, match="max_epochs"):
-        tq.fit_quaterion(tx, ty, vx, vy, max_epochs=0)
+        fit(tx, ty, vx, vy, loss="nope")
+    with pytest.raises(ConfigError, match="epochs"):
+        fit(tx, ty, vx, vy, epochs=0)
+    with pytest.raises(ConfigError, match="head_layers"):
+        fit(tx, ty, vx, vy, head_layers=0)
     with pytest.raises(ConfigError, match="dims differ"):
-        tq.fit_quaterion(tx, ty, vx[:, :10], vy)
+        fit(tx, ty, vx[:, :10], vy)
     with pytest.raises(SelectionError, match="two classes"):
-        tq.fit_quaterion(tx, np.zeros_like(ty), vx, vy)
+        fit(tx, np.zeros_like(ty), vx, vy)
     with pytest.raises(SelectionError, match="no records"):
-        tq.fit_quaterion(tx, ty, vx[:0], vy[:0])
+        fit(tx, ty, vx[:0], vy[:0])

@@ -137,16 +137,14 @@ def _demo(args: argparse.Namespace) -> int:
                                   state_dir=work / "sync", progress=say, tensor_format="b64", door="api")
             run = result.run
             assert run is not None and result.push is not None
-            raw = run.extra.get("raw_vectors")
-            if raw is None:
-                raise ConfigError("the pipeline returned no raw vectors (RunResult.extra['raw_vectors'])")
-            base_model = str(run.extra.get("base_model_name") or "all-MiniLM-L6-v2")
+            raw, sel = run.raw_vectors, run.selection
+            assert raw is not None and sel is not None  # the real pipeline returns both
+            base_model = run.base_model
             raw_name = embedding_name(result.attribute, model=base_model, platform="huggingface")
             say(f"demo: pushing the raw base vectors as {raw_name!r} for comparison")
             client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=result.attribute,
                                   model=base_model, progress=None, tensor_format="b64")
 
-            sel = run.extra["selection"]
             cls, how = _classes(sel)
             classes = dict(zip(sel.ids, cls))
             gold_known = {i for i, g in zip(sel.ids, sel.gold) if g is not None}

@@ -157,7 +157,7 @@ def _write_snapshot(args: argparse.Namespace, config: RunConfig, records: list[R
 
     task = resolve_task(records, config.task)
     attribute = task.attribute or result.metrics["text_attributes"][0]
-    model = result.extra["base_model_name"]
+    model = result.base_model
     name = config.embedding_name or embedding_name(attribute, model=model)
     snap = write_snapshot(
         args.export, args.write_snapshot, ids=result.ids, vectors=result.vectors,

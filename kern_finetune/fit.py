@@ -1,0 +1,165 @@
+"""Stage 3 of the pipeline: from the selected labels and the base vectors to a fitted model and its vectors.
+
+:func:`fit` runs, in order: the label check (:mod:`kern_finetune.noise`: drop or down-weight likely wrong
+weak labels), ``--mode auto``'s choice (:mod:`kern_finetune.estimate`), pseudo-labels
+(:mod:`kern_finetune.pseudo`, training only), the engine (:mod:`kern_finetune.trainer`: the head engines of
+:func:`kern_finetune.train.fit_head`, or :class:`kern_finetune.train_full.FullTrainer`), and the fitted
+engine's ``transform`` over every record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from .config import RunConfig
+from .encode import Encoder
+from .select import Selection, gold_to_class
+from .trainer import Trainer, TrainResult
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .estimate import ModeChoice
+    from .heads import SkipConnectionHead
+
+__all__ = ["Fitted", "fit", "audit_label_check"]
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass
+class Fitted:
+    """The fitted engine and what it gives. ``vectors[i]`` (L2-normalised float32) is record ``i``'s."""
+
+    trainer: Trainer
+    """The fitted engine (:mod:`kern_finetune.trainer`); ``transform`` maps base vectors (head mode) or
+    texts (full mode) to the fine-tuned vectors."""
+    vectors: np.ndarray
+    selection: Selection
+    """The selection after the label check: what evaluation reads (pseudo-labels never leave training)."""
+    config: RunConfig
+    """The run's settings with ``mode`` resolved (``auto`` -> ``head`` or ``full``)."""
+    training: TrainResult
+    seconds: float
+    """Training plus the transform of every record."""
+    label_check: dict[str, Any] | None = None
+    """:func:`kern_finetune.noise.find_label_issues`'s result (None: ``noise_filter="off"``)."""
+    label_audit: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pseudo: dict[str, Any] | None = None
+    mode_choice: ModeChoice | None = None
+
+    @property
+    def head(self) -> SkipConnectionHead | None:
+        """The trained head (head mode), else None."""
+        return getattr(self.trainer, "head_", None)
+
+    @property
+    def model(self) -> SentenceTransformer | None:
+        """The fine-tuned encoder (full mode), else None."""
+        return getattr(self.trainer, "model_", None)
+
+    def transform(self, x: Any) -> np.ndarray:
+        return self.trainer.transform(x)
+
+
+def audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
+    """Where gold exists on weak-labeled training records, how right was the label check? (evaluation only)"""
+    mapping = gold_to_class(sel)
+    if mapping is None:
+        return {}
+    flagged = set(noise["indices"].tolist())
+    rows = [i for i in sel.labeled_idx.tolist() if sel.source[i] == "weak" and sel.gold[i] in mapping]
+    if not rows:
+        return {}
+    wrong = {i for i in rows if mapping[sel.gold[i]] != sel.y[i]}  # type: ignore[index]
+    hit = [i for i in rows if i in flagged]
+    return {
+        "audit_weak_with_gold": len(rows),
+        "audit_weak_wrong": len(wrong),
+        "audit_flagged": len(hit),
+        "audit_flagged_wrong": sum(1 for i in hit if i in wrong),
+    }
+
+
+def _check_labels(sel: Selection, base: np.ndarray, config: RunConfig, say: ProgressFn) -> dict[str, Any]:
+    """The label check; ``selection`` (dropped rows left out) and ``weights`` (or None) as the filter says."""
+    from .noise import find_label_issues, without_label_issues
+
+    noise = find_label_issues(base, sel, seed=config.seed)
+    audit = audit_label_check(sel, noise)  # before dropping: the audit looks at every checked label
+    out = {"label_check": noise, "label_audit": audit, "selection": sel, "weights": None}
+    if config.noise_filter == "drop":
+        out["selection"] = without_label_issues(sel, noise)
+    else:
+        out["weights"] = noise["weights"]
+    say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})"
+        + (f"; not run: {noise['note']}" if noise["note"] else f", {noise['n_folds']} folds")
+        + (f"; classes with too few labels to check: {', '.join(noise['unchecked_classes'])}"
+           if noise["unchecked_classes"] and not noise["note"] else ""))
+    return out
+
+
+def _with_pseudo_labels(sel: Selection, base: np.ndarray, config: RunConfig, say: ProgressFn) -> tuple[Selection, dict[str, Any] | None]:
+    threshold = config.pseudo_label_threshold()
+    if threshold is None:
+        return sel, None
+    from .pseudo import find_pseudo_labels, with_pseudo_labels
+
+    pseudo = find_pseudo_labels(base, sel, threshold=threshold, seed=config.seed)
+    train_sel = with_pseudo_labels(sel, pseudo)  # training only: evaluation keeps reading `sel`
+    say(f"      pseudo-labels: {len(pseudo['indices'])} of {pseudo['n_candidates']} unlabeled records "
+        f"predicted with p > {threshold} join training")
+    return train_sel, pseudo
+
+
+def _train(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig,
+           weights: np.ndarray | None) -> tuple[Trainer, np.ndarray]:
+    """The engine ``config`` names, fitted on ``sel``'s training rows, and its output for every record."""
+    if config.mode == "full":
+        from . import train_full
+
+        trainer = train_full.FullTrainer.from_config(config, model_path=encoder.path, device=config.resolved_device())
+        tr, va = sel.train_idx, sel.val_idx
+        trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va],
+                    sample_weight=None if weights is None else np.asarray(weights)[tr])
+        return trainer, trainer.transform(sel.texts)
+    from .train import fit_head
+
+    head_trainer = fit_head(base, sel, config, weights=weights)
+    return head_trainer, head_trainer.transform(base)
+
+
+def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *,
+        progress: ProgressFn | None = None) -> Fitted:
+    """Check the labels, resolve ``--mode auto``, add pseudo-labels, train and transform every record.
+
+    ``encoder`` gave ``base`` (rows = ``sel.ids``) and names the base model full mode fine-tunes.
+    """
+    say = progress or (lambda _msg: None)
+    checked: dict[str, Any] = {"label_check": None, "label_audit": {}, "selection": sel, "weights": None}
+    if config.noise_filter != "off":
+        checked = _check_labels(sel, base, config, say)
+    sel = checked["selection"]
+    choice = None
+    if config.mode == "auto":  # needs the labels and texts, so it is decided here rather than before selecting
+        from .estimate import choose_mode
+
+        say(f"      --mode auto: estimating full mode on this machine (budget {config.time_budget:.0f} s)")
+        choice = choose_mode(encoder, sel, base, config)
+        config = dataclasses.replace(config, mode=choice.mode)
+        say(f"      --mode auto chose {choice.message}")
+    train_sel, pseudo = _with_pseudo_labels(sel, base, config, say)
+
+    say(f"[3/5] train ({config.engine} engine, {config.mode} mode, loss {config.loss})")
+    t = time.perf_counter()
+    trainer, vectors = _train(encoder, train_sel, base, config, checked["weights"])
+    seconds = time.perf_counter() - t
+    say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
+    return Fitted(trainer=trainer, vectors=vectors, selection=sel, config=config, training=trainer.result_,
+                  seconds=seconds, label_check=checked["label_check"], label_audit=checked["label_audit"],
+                  pseudo=pseudo, mode_choice=choice)

@@ -1,0 +1,69 @@
+"""Stage 5 of the pipeline: write a run's outputs into its folder.
+
+``model/`` (sentence-transformers format, head folded in: :func:`kern_finetune.save.save_model`),
+``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id), ``label_issues.csv``
+(when the label check ran), ``report.html`` (:mod:`kern_finetune.report`) and ``metrics.json``. The
+pipeline writes into a staging folder that replaces the output folder as a whole
+(:func:`kern_finetune.save.staged_output`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .save import save_model, save_vectors, write_json
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .evaluate import Plots
+    from .heads import SkipConnectionHead
+    from .report import ReportData
+
+__all__ = ["Written", "write"]
+
+
+@dataclass(frozen=True)
+class Written:
+    """What :func:`write` put into ``folder`` (file and folder names, in the order written)."""
+
+    folder: Path
+    files: tuple[str, ...]
+
+
+def write(
+    folder: Path,
+    *,
+    ids: list[str],
+    vectors: np.ndarray,
+    model: SentenceTransformer,
+    head: SkipConnectionHead | None,
+    metrics: dict[str, Any],
+    plots: Plots | None,
+    report_data: ReportData | None,
+    label_check: dict[str, Any] | None,
+    started: float | None = None,
+) -> Written:
+    """Write the run's outputs into ``folder``. ``model`` is the base model (head mode: ``head`` is folded
+    in) or the fine-tuned one (full mode, ``head`` None). ``started``: the run's ``time.perf_counter()`` at
+    its start; ``metrics["seconds"]["total"]`` is then set once the model and vectors are written."""
+    from .noise import write_label_issues
+    from .report import write_report
+
+    folder = Path(folder)
+    files = ["model", "vectors.npz"]
+    save_model(model, head, folder / "model")
+    save_vectors(folder / "vectors.npz", ids, vectors)
+    if started is not None:
+        metrics.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 2)
+    if label_check is not None:
+        write_label_issues(folder / "label_issues.csv", label_check)
+        files.append("label_issues.csv")
+    write_report(folder / "report.html", metrics, plots=None if plots is None else plots.to_dict(), data=report_data)
+    write_json(folder / "metrics.json", metrics)
+    return Written(folder=folder, files=(*files, "report.html", "metrics.json"))
