@@ -58,7 +58,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -155,7 +155,9 @@ def interpolate_weights(base: dict[str, torch.Tensor], tuned: dict[str, torch.Te
     return {k: torch.lerp(base[k], v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
 
 
-def _linear_schedule(total_steps: int, warmup: int):  # type: ignore[no-untyped-def]
+def _linear_schedule(total_steps: int, warmup: int) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps, then linear decay to 0 at ``total_steps``."""
+
     def schedule(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup

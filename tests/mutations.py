@@ -108,6 +108,14 @@ MUTATIONS: tuple[Mutation, ...] = (
         new="train_sel = sel",
         tests=("tests/test_pseudo.py::test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own",),
     ),
+    Mutation(
+        name="best-state-never-kept",
+        why="the engines' shared early stopping records a better loss but never keeps its weights",
+        file="kern_finetune/trainer.py",
+        old="self.best_loss, self.best_at, self.best_state, self.bad = loss, at, snapshot(), 0",
+        new="self.best_loss, self.best_at, self.bad = loss, at, 0",
+        tests=("tests/test_train_full.py::test_early_stop_restores_the_best_step",),
+    ),
 )
 
 

@@ -122,8 +122,6 @@ def test_raw_weight_option_is_validated():
 def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
     """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
     at least raw's, top_100 above raw's; the fixed blend (0: the head alone) is reported."""
-    import torch
-
     from kern_finetune.config import RunConfig
     from kern_finetune.evaluate import neighbour_purity
     from kern_finetune.noise import find_label_issues, without_label_issues
