@@ -40,8 +40,6 @@ import stat
 import threading
 import time
 import traceback
-import types
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +85,6 @@ _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}", re.ASCII)
 _MAX_HEADER_CHARS = 4096
 _PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TRIGGER_KEYS = {"project_id", "options", "force", "min_new_labels"}
-_SERVICE_OWNED_OPTIONS = {"cache_dir"}
 
 
 # -- signatures ----------------------------------------------------------------------------------------
@@ -190,33 +187,6 @@ def load_secret(secret_file: str | Path | None = None, *, environ: Mapping[str, 
 # -- trigger validation --------------------------------------------------------------------------------
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(RunConfig)}
-_HINTS = typing.get_type_hints(RunConfig)
-
-
-def _type_ok(value: Any, hint: Any) -> bool:
-    """Whether a JSON value fits a RunConfig field type (bool is no number; a path is a string)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin is list:
-        # RunConfig.from_dict also accepts "a,b" for list[str]
-        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    if isinstance(hint, type) and issubclass(hint, os.PathLike):
-        return isinstance(value, str)
-    return True
-
-
 def _validate_trigger(payload: Any) -> tuple[str, dict[str, Any], bool, int]:
     """Check a decoded trigger body; raises :class:`ConfigError` with the reason."""
     if not isinstance(payload, dict):
@@ -232,16 +202,7 @@ def _validate_trigger(payload: Any) -> tuple[str, dict[str, Any], bool, int]:
         options = {}
     if not isinstance(options, dict):
         raise ConfigError("options must be a JSON object of RunConfig fields")
-    owned = sorted(_SERVICE_OWNED_OPTIONS & set(options))
-    if owned:
-        raise ConfigError(f"option(s) {', '.join(owned)} are set by the service, not by a trigger")
-    for name, value in options.items():
-        if name in _HINTS and not _type_ok(value, _HINTS[name]):
-            raise ConfigError(f"option {name} has the wrong type: expected {_FIELD_TYPES[name]}, got {value!r}")
-    try:
-        RunConfig.from_dict(options).validate()
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid options: {exc}") from None
+    RunConfig.from_options(options, trigger=True)  # names, JSON types, values; cache_dir is the service's
     force = payload.get("force", False)
     if not isinstance(force, bool):
         raise ConfigError("force must be true or false")
@@ -402,7 +363,7 @@ class JobWorker:
                 log.debug("progress update failed", exc_info=True)
 
         try:
-            config = RunConfig.from_dict(job.options).validate()
+            config = RunConfig.from_options(job.options)
             ctx = JobContext(
                 job_id=job.id,
                 project_id=job.project_id,

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ VARIABLES: dict[str, dict[str, Any]] = MANIFEST["integratorInputs"]["variables"]
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 DEFAULTS = RunConfig()
-_TYPES = {"integer": int, "float": float, "string": str, "list[string]": list}
+_TYPES = {"integer": int, "float": float, "string": str, "list[string]": list, "boolean": bool}
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -80,17 +82,36 @@ def test_integrator_input_maps_to_runconfig_and_run_option(name: str) -> None:
     action = actions[var["cliOption"]]
     assert action.dest == field, (name, action.dest)
     assert action.default == getattr(DEFAULTS, field), (name, action.default)
-    if action.choices is not None or "allowedValues" in var:
+    if var["type"] == "boolean":
+        assert isinstance(action, argparse.BooleanOptionalAction), name
+        assert var["selectionType"] == "choice" and var["allowedValues"] == [True, False], name
+    elif action.choices is not None or "allowedValues" in var:
         assert list(var.get("allowedValues", [])) == list(action.choices or []), name
         assert var["selectionType"] == "choice"
         assert var["defaultValue"] in var["allowedValues"]
 
 
 def test_every_run_option_of_runconfig_is_an_input() -> None:
-    """No `run` option that sets a RunConfig field is missing from the manifest (cache_dir excepted)."""
+    """Every RunConfig field is a `run` option, and every one but cache_dir (the service's) a manifest input."""
     covered = {v["configField"] for v in VARIABLES.values()}
     dests = {a.dest for a in _subparser("run")._actions if a.option_strings} & set(FIELDS)  # noqa: SLF001
+    assert dests == set(FIELDS)
     assert dests - covered == {"cache_dir"}
+
+
+def test_the_committed_inputs_are_the_ones_runconfig_makes() -> None:
+    """manifest.json's inputs are generated from RunConfig's field metadata; after changing a run option,
+    `python scripts/update_manifest.py` rewrites them."""
+    from kern_finetune.config import manifest_variables
+
+    expected = manifest_variables()
+    assert list(VARIABLES) == list(expected), "run python scripts/update_manifest.py"
+    for name, var in expected.items():
+        assert VARIABLES[name] == var, f"{name} differs from RunConfig: run python scripts/update_manifest.py"
+        assert name == var["configField"].upper()  # one name per option
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_manifest.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_inputs_with_their_defaults_make_a_valid_trigger_and_config() -> None:
