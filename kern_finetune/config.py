@@ -130,7 +130,7 @@ class RunConfig:
     runs harder to reproduce (:mod:`kern_finetune.estimate`)."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
-        help="--mode auto: the longest full-mode training (fine-tuning + re-encoding every record) to accept")
+        help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept")
     """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (18-31 min in full
     mode) in head mode; on a quiet machine it should admit a 3,000-record project, which was not shown here
     (on 2 loaded cores that slice took 1,898 s in full mode, ``benchmarks/results/mode_auto.md``)."""
