@@ -116,6 +116,9 @@ class RunConfig:
     threshold: float = option(
         0.7, group=LEARN, min=0.0, max=1.0, max_open=True,
         help="weak-supervision labels count when their confidence is strictly above this (manual labels always do)")
+    weak_labels: bool = option(
+        True, group=LEARN,
+        help="train on the weak-supervision labels above --threshold too, not on manual labels only")
     val_fraction: float = option(
         0.25, group=LEARN, min=0.0, max=1.0, min_open=True, max_open=True,
         help="share of the selected labels held out for validation (early stopping, the auto blend)")

@@ -106,7 +106,8 @@ def _run_pipeline(
     say(f"[1/5] select labels: task {task.label}, text = {' + '.join(text_attrs)}, threshold {config.threshold}")
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     n_manual = sum(1 for i in sel.labeled_idx if sel.source[i] == "manual")
     say(f"      {len(sel.train_idx)} train / {len(sel.val_idx)} validation ({n_manual} manual), "

@@ -149,7 +149,8 @@ def label_state(records: list[Record], config: RunConfig) -> tuple[str, dict[str
     task, text_attrs = _task_and_texts(records, config)
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=None, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+        gold_attribute=None, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     return label_fingerprint(sel, task.label, config.threshold), sel.label_state(), task.label
 

@@ -46,7 +46,7 @@ def test_every_option_round_trips_through_the_cli(tmp_path: Path) -> None:
     """Each flag writes its field: a non-default value of every option survives parse -> RunConfig."""
     values = {
         "task": "Topic", "text_attributes": ["Title", "Description"], "id_attribute": "rid", "gold_attribute": "Gold",
-        "threshold": 0.5, "val_fraction": 0.3, "engine": "quaterion", "mode": "head",
+        "threshold": 0.5, "weak_labels": False, "val_fraction": 0.3, "engine": "quaterion", "mode": "head",
         "time_budget": 60.0, "loss": "triplet", "head_layers": 2, "epochs": 3, "batch_size": 64, "lr": 0.01,
         "encoder_lr": 1e-5, "encoder_memory": 0, "wise_alpha": 1.0, "patience": 2, "distill": 0.5,
         "distill_temperature": 0.1, "uniformity": 0.1, "search_floor": 5.0, "raw_weight": "auto",
@@ -78,6 +78,15 @@ def test_cli_reads_ray_address_from_the_environment(monkeypatch: pytest.MonkeyPa
         assert _parse().ray_address == "ray://somewhere:10001"
     monkeypatch.delenv("RAY_ADDRESS")
     assert _parse().ray_address is None
+
+
+def test_no_weak_labels_reaches_the_config_from_cli_and_trigger() -> None:
+    assert RunConfig().weak_labels is True
+    assert _parse("--no-weak-labels").weak_labels is False
+    assert _parse("--weak-labels").weak_labels is True
+    assert RunConfig.from_options({"weak_labels": False}, trigger=True).weak_labels is False
+    with pytest.raises(ConfigError, match="weak_labels has the wrong type"):
+        RunConfig.from_options({"weak_labels": "no"}, trigger=True)
 
 
 @pytest.mark.parametrize(

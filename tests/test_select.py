@@ -107,6 +107,23 @@ def test_too_few_labels():
         select(records)
 
 
+def test_weak_labels_off_trains_on_manual_labels_only():
+    """--no-weak-labels: every weak label is ignored, however confident; its record becomes a test record."""
+    records = [rec(i, manual="AB"[i % 2], gold="AB"[i % 2]) for i in range(10)] + [
+        rec(100 + i, weak="AB"[i % 2], conf="0.99", gold="AB"[i % 2]) for i in range(6)
+    ] + [rec(200, manual="A", weak="B", conf="0.99", gold="A")]
+    both = select(records, gold_attribute="Gold")
+    manual = select(records, gold_attribute="Gold", weak_labels=False)
+    assert sorted(set(both.source) - {""}) == ["manual", "weak"] and len(both.labeled_idx) == 17
+    assert set(manual.source) == {"manual", ""} and len(manual.labeled_idx) == 11
+    by_id = dict(zip(manual.ids, range(len(manual.ids))))
+    assert manual.test_idx.tolist() == [by_id[str(100 + i)] for i in range(6)]
+    assert manual.classes[manual.y[by_id["200"]]] == "A"  # the manual label still wins
+    assert manual.label_state() != both.label_state()  # so a sync sees a new state
+    with pytest.raises(SelectionError, match="manual labels only"):
+        select([rec(i, weak="AB"[i % 2], conf="0.99") for i in range(20)], weak_labels=False)
+
+
 def test_split_is_seeded_and_75_25():
     records = [rec(i, weak="AB"[i % 2], conf="0.9") for i in range(100)]
     a, b, c = select(records, seed=1), select(records, seed=1), select(records, seed=2)

@@ -185,6 +185,15 @@ def test_threshold_change_counts_as_new_state(host: RunningHost, config: RunConf
     assert res.status == "pushed" and res.changed_labels == res.n_labels
 
 
+def test_turning_weak_labels_off_counts_as_new_state(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
+    fake = FakePipeline()
+    first = _sync(host, config, tmp_path, fake)
+    config.weak_labels = False  # manual labels only: every third record of make_records()
+    res = _sync(host, config, tmp_path, fake)
+    assert res.status == "pushed" and fake.calls == 2
+    assert res.n_labels == 14 < first.n_labels
+
+
 def test_failed_push_keeps_old_state_and_old_embedding(host: RunningHost, config: RunConfig, tmp_path: Path,
                                                         faults: FaultAdapter) -> None:
     fake = FakePipeline()

@@ -24,8 +24,9 @@ examples:
   kern-finetune run --export project_snapshot.zip --task topic --write-snapshot with_embedding.zip
 
 What is trained on: every manual label, plus every weak-supervision label whose confidence is above
---threshold (a manual label wins). Records without such a label are the test records: with
---gold-attribute, their true class is used to measure how many nearest neighbours share it (top_k)."""
+--threshold (a manual label wins; --no-weak-labels: manual labels only). Records without such a label
+are the test records: with --gold-attribute, their true class is used to measure how many nearest
+neighbours share it (top_k)."""
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
