@@ -250,7 +250,8 @@ class RunConfig:
         return self
 
     def _values(self) -> tuple[Any, ...]:
-        return tuple(tuple(v) if isinstance(v, list) else v for v in (getattr(self, f.name) for f in dataclasses.fields(self)))
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(tuple(v) if isinstance(v, list) else v for v in values)  # a list may change in place
 
     def resolved_device(self) -> str:
         """``cpu`` or ``cuda``: what ``device`` means on this machine (``auto``: CUDA when present)."""
