@@ -41,7 +41,6 @@ __all__ = [
     "SUCCEEDED",
     "UP_TO_DATE",
     "FAILED",
-    "ACTIVE_STATES",
     "FINAL_STATES",
     "MAX_ATTEMPTS",
     "INTERRUPTED_REASON",
@@ -52,7 +51,6 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
 FAILED = "failed"
-ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, UP_TO_DATE, FAILED)
 
 MAX_ATTEMPTS = 2
@@ -202,7 +200,8 @@ class JobStore:
                 raise
             conn.execute("COMMIT")
 
-    def _notify(self) -> None:
+    def wake(self) -> None:
+        """Wake every thread blocked in :meth:`wait_for_work` (a new job, or a worker asked to stop)."""
         with self._wakeup:
             self._wakeup.notify_all()
 
@@ -244,7 +243,7 @@ class JobStore:
             else:
                 job_id, created = self._insert(conn, project_id, options, force, min_new_labels), True
         if created:
-            self._notify()
+            self.wake()
         job = self.get(job_id)
         assert job is not None
         return job, created
@@ -337,7 +336,7 @@ class JobStore:
                 )
                 conn.execute("UPDATE jobs SET followed_by = ? WHERE id = ?", (follow_up, job_id))
         if follow_up:
-            self._notify()
+            self.wake()
         job = self.get(job_id)
         assert job is not None
         return job
@@ -365,5 +364,5 @@ class JobStore:
                         (QUEUED, f"re-queued: {INTERRUPTED_REASON}", row["id"]),
                     )
         if touched:
-            self._notify()
+            self.wake()
         return [j for j in (self.get(i) for i in touched) if j is not None]

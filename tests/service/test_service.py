@@ -34,7 +34,7 @@ from kern_finetune.service import (
     verify_signature,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789abcdef"
 
 

@@ -563,7 +563,7 @@ def test_state_files_are_private(tmp_path: Path, export: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # the real-refinery path: no push extension; a snapshot served as refinery serves an imported project
 
-SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zip"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "ag_news_snapshot_small.zip"
 _EXTENSION_ROUTES = [("POST", "/embeddings"), ("GET", "/embeddings"), ("GET", "/embeddings/x"),
                      ("POST", "/embeddings/x/finalize"), ("POST", "/similarity"), ("POST", "/labeling-sessions"),
                      ("GET", "/labeling-sessions/x"), ("POST", "/labels")]
