@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .serving import immediate_transaction
+
 __all__ = [
     "Job",
     "JobStore",
@@ -191,14 +193,8 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, immediate_transaction(conn):
+            yield conn
 
     def wake(self) -> None:
         """Wake every thread blocked in :meth:`wait_for_work` (a new job, or a worker asked to stop)."""

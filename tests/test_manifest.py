@@ -173,7 +173,7 @@ def test_host_endpoints_are_refinery_or_the_push_extension_and_the_local_host_se
     for flag in (True, False):
         with serve_in_thread(export, data_dir=tmp_path / "host", user_name="me@example.com",
                              password="manifest-pw-1234", push_extension=flag) as host:
-            app = host._server.config.app  # noqa: SLF001
+            app = host.app
             served[flag] = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ())}
     for e in endpoints:
         if e["path"].startswith("{"):
