@@ -79,7 +79,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="finalize-without-swap",
         why="finalizing a complete upload never serves the new version (search keeps the old vectors)",
-        file="kern_finetune/host/store.py",
+        file="kern_finetune/host/embeddings.py",
         old="SET state = 'FINISHED', served = 1,",
         new="SET state = 'FINISHED', served = 0,",
         tests=("tests/host/test_host.py",),

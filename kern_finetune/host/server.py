@@ -81,7 +81,7 @@ def _open_store(export_path: str | Path | None, data_dir: str | Path, user_name:
                 **kwargs: Any) -> HostStore:
     store = HostStore.open(data_dir, export_path, **kwargs)
     try:
-        store.configure_user(user_name, password)
+        store.users.configure_user(user_name, password)
     except BaseException:
         store.close()
         raise
