@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 

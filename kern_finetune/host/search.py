@@ -130,7 +130,8 @@ class Search:
             positions = [idx]
         else:
             positions, _, _ = self._search(row[0], idx, SEARCH_LIMIT)
-        sid = self._store_session(row[0], row[1], self.project.record_ids[idx], [self.project.record_ids[p] for p in positions], user_name)
+        ids = self.project.record_ids
+        sid = self._store_session(row[0], row[1], ids[idx], [ids[p] for p in positions], user_name)
         datas = dict(self.db.all(f"SELECT idx, data FROM records WHERE idx IN ({','.join('?' * len(positions))})",
                                  positions))
         attribute_names = self.project.attribute_names
