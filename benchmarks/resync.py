@@ -241,7 +241,7 @@ def _markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     from kern_finetune.config import RunConfig
-    from kern_finetune.export import load_export
+    from kern_finetune.refinery.export import load_export
     from kern_finetune.host import serve_in_thread as host_in_thread
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

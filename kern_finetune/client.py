@@ -70,7 +70,8 @@ from .errors import (
     PushError,
 )
 from ._net import host_identity, redact_uri
-from .export import PLATFORM, Record, embedding_name, model_short_name, parse_export_payload
+from .refinery.columns import PLATFORM, Record, embedding_name, model_short_name
+from .refinery.export import parse_export_payload
 
 __all__ = [
     "DEFAULT_URI",
@@ -625,7 +626,7 @@ class RefineryClient:
     ) -> PushResult:
         """Create, upload in chunks, finalize; on any failure drop the staged version and raise.
 
-        ``name`` None -> :func:`kern_finetune.export.embedding_name`. Vectors are L2-normalised here again
+        ``name`` None -> :func:`kern_finetune.refinery.columns.embedding_name`. Vectors are L2-normalised here again
         (defensively: the host ranks by Euclidean distance). Until finalize succeeds the previously
         served embedding of that name stays served and nothing of the new one is visible.
         Raises :class:`PushError` (host refused), :class:`HostUnavailableError` (host kept failing),

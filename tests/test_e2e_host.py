@@ -20,7 +20,7 @@ from kern_finetune import host as host_mod
 from kern_finetune.client import RefineryClient
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import AuthError, HostUnavailableError, ProjectNotFoundError, PushError
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 

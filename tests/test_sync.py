@@ -365,7 +365,7 @@ SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zi
 
 def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> None:
     """Against a host without the push extension: auto picks the snapshot door when --write-snapshot is given."""
-    from kern_finetune.snapshot import read_snapshot
+    from kern_finetune.refinery.snapshot import read_snapshot
 
     src = read_snapshot(SNAPSHOT)
     adapter = FaultAdapter()

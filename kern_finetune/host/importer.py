@@ -39,9 +39,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..export import EXTRACTION, Record, TaskColumns, discover_tasks, load_export
-from ..snapshot import read_snapshot
-from .values import as_confidence, as_string, dump_row, is_text
+from ..refinery.columns import EXTRACTION, Record, TaskColumns, as_string, split_task_column, task_base
+from ..refinery.export import discover_tasks, load_export
+from ..refinery.snapshot import read_snapshot
+from .values import as_confidence, dump_row, is_text
 
 __all__ = [
     "ImportPlan",
@@ -237,7 +238,7 @@ def read_project(path: str | Path) -> ImportedProject:
 
 def extraction_columns(records: list[Record]) -> list[str]:
     """The label columns of the export's extraction tasks (per-token arrays, as the real export writes them);
-    :func:`kern_finetune.export.discover_tasks` is the one place that tells the two kinds of task apart."""
+    :func:`kern_finetune.refinery.export.discover_tasks` is the one place that tells the two kinds of task apart."""
     return [col for task in discover_tasks(records) if task.kind == EXTRACTION
             for col in (task.manual, task.weak, task.confidence) if col]
 
@@ -282,8 +283,8 @@ def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any
         if attr_id not in attr_by_id:
             raise ExportError(f"{source}: extraction task {task.get('name')!r} points at an unknown attribute")
         attr, tid = attr_by_id[attr_id], str(task.get("id"))
-        base = f"{attr}__{task.get('name')}"
-        names = (f"{base}__MANUAL", f"{base}__WEAK_SUPERVISION", f"{base}__WEAK_SUPERVISION__confidence")
+        cols = TaskColumns.named(str(task.get("name")), attr, kind=EXTRACTION)
+        names = (str(cols.manual), str(cols.weak), str(cols.confidence))
         columns.extend(names)
         for rec, rid in zip(records, uuids):
             n = counts.get((rid, attr_id))
@@ -399,13 +400,13 @@ def _guess_data_type(values: list[str]) -> str:
 
 
 def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
-    base = f"{task.attribute or ''}__{task.name}"
+    named = TaskColumns.named(task.name, task.attribute)
     return {
         "name": task.name,
         "attribute": task.attribute,
-        "manual": task.manual or f"{base}__MANUAL",
-        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
-        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
+        "manual": task.manual or named.manual,
+        "weak": task.weak or named.weak,
+        "confidence": task.confidence or named.confidence,
         "labels": labels,
     }
 
@@ -414,11 +415,9 @@ def _extraction_tasks(columns: list[str]) -> list[dict[str, Any]]:
     """Extraction tasks (name, attribute, columns) from their export columns ``<attribute>__<task>__<suffix>``."""
     found: dict[str, dict[str, Any]] = {}
     for col in columns:
-        for suffix in ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL"):
-            if col.endswith(suffix):
-                base = col[: -len(suffix)]
-                attribute, _, name = base.rpartition("__")
-                info = found.setdefault(base, {"name": name, "attribute": attribute or None, "columns": []})
-                info["columns"].append(col)
-                break
+        hit = split_task_column(col)
+        if hit is not None:
+            attribute, name, _ = hit
+            info = found.setdefault(task_base(attribute, name), {"name": name, "attribute": attribute, "columns": []})
+            info["columns"].append(col)
     return list(found.values())

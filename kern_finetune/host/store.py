@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, TaskNotFoundError
-from ..export import resolve_task
+from ..refinery.export import resolve_task
 from .importer import plan_import
 from .values import dump_row, is_int, is_text, is_unit_number
 from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold

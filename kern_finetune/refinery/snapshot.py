@@ -35,8 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ExportError, PushError
-from .export import PLATFORM, Record, embedding_name, model_short_name
+from ..errors import ConfigError, ExportError, PushError
+from .columns import (
+    PLATFORM,
+    Record,
+    TaskColumns,
+    as_string,
+    confidence_string,
+    embedding_name,
+    model_short_name,
+    parse_embedding_name,
+)
 from .reader import parse_json, read_zip_json_member
 
 __all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records", "import_steps"]
@@ -126,7 +135,7 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
     attr_names: list[str] = [str(a["name"]) for a in attributes]
     attr_by_id = {str(a.get("id")): str(a["name"]) for a in attributes}
 
-    tasks: dict[str, str] = {}  # task id -> column base
+    tasks: dict[str, TaskColumns] = {}  # task id -> its columns
     for t in data["labeling_tasks_data"]:
         if t.get("task_type") != _CLASSIFICATION:
             continue
@@ -135,8 +144,8 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
         attr_id = str(t.get("attribute_id"))
         if t.get("task_target") == "ON_ATTRIBUTE" and attr_id not in attr_by_id:
             raise ExportError(f"{source}: task {t.get('name')!r} points at an unknown attribute")
-        attr = attr_by_id[attr_id] if t.get("task_target") == "ON_ATTRIBUTE" else ""
-        tasks[str(t["id"])] = f"{attr}__{t['name']}"
+        attr = attr_by_id[attr_id] if t.get("task_target") == "ON_ATTRIBUTE" else None
+        tasks[str(t["id"])] = TaskColumns.named(t["name"], attr)
     label_task: dict[str, tuple[str, str]] = {}
     for lab in data["labeling_task_labels_data"]:
         if str(lab.get("labeling_task_id")) not in tasks:
@@ -172,16 +181,16 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
         values = row["data"]
         rec: Record = {}
         for name in attr_names or list(values):
-            rec[name] = _as_string(values.get(name))
+            rec[name] = as_string(values.get(name))
         for name in values:  # attributes the table does not list still come through
-            rec.setdefault(name, _as_string(values[name]))
+            rec.setdefault(name, as_string(values[name]))
         rid = str(row["id"])
-        for task_id, base in tasks.items():
+        for task_id, cols in tasks.items():
             names = manual.get((rid, task_id))
-            rec[f"{base}__MANUAL"] = ", ".join(names) if names else None
+            rec[str(cols.manual)] = ", ".join(names) if names else None
             w = weak.get((rid, task_id))
-            rec[f"{base}__WEAK_SUPERVISION"] = w[0] if w else None
-            rec[f"{base}__WEAK_SUPERVISION__confidence"] = f"{w[1]:.4f}" if w and w[1] is not None else None
+            rec[str(cols.weak)] = w[0] if w else None
+            rec[str(cols.confidence)] = confidence_string(w[1]) if w else None
         records.append(rec)
         uuids.append(rid)
     if not records:
@@ -206,7 +215,7 @@ def write_snapshot(
     - ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised; every record of the
       snapshot must get exactly one vector.
     - The embedding belongs to ``attribute``, a TEXT attribute of the snapshot (default: the first TEXT
-      attribute), and is named ``name`` (default :func:`kern_finetune.export.embedding_name`,
+      attribute), and is named ``name`` (default :func:`kern_finetune.refinery.columns.embedding_name`,
       ``<attribute>-classification-<platform>-<model>``). It is written with ``id``, ``attribute_id``,
       ``name``, ``custom: true``, ``type: ON_ATTRIBUTE``, ``started_at``, ``finished_at``, ``platform``,
       ``model``, ``filter_attributes``, ``additional_data``; its tensors with ``sub_key: null``. With
@@ -367,23 +376,17 @@ def _complete_legacy(emb: dict[str, Any], snap: Snapshot) -> tuple[dict[str, Any
     if emb.get("platform") and emb.get("attribute_id"):
         return emb, ""
     ename = str(emb.get("name") or "")
-    attrs = sorted((a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str)),
-                   key=lambda a: -len(a["name"]))
-    for a in attrs:
-        prefix = f"{a['name']}-"
-        if not ename.startswith(prefix):
-            continue
-        kind, _, rest = ename[len(prefix):].partition("-")
-        if kind not in ("classification", "extraction") or not rest:
-            continue
+    attrs = {a["name"]: a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str)}
+    parsed = parse_embedding_name(ename, attrs)
+    if parsed is not None:
         out = dict(emb)
         if not out.get("platform"):
-            out["platform"] = "python" if rest in _COUNT_BASED else "huggingface"
-            out["model"] = rest
+            out["platform"] = "python" if parsed.rest in _COUNT_BASED else "huggingface"
+            out["model"] = parsed.rest
         if not out.get("attribute_id"):
-            out["attribute_id"] = str(a.get("id"))
+            out["attribute_id"] = str(attrs[parsed.attribute].get("id"))
         return out, (f"completed older embedding {ename!r} with platform {out['platform']!r}, model "
-                     f"{out.get('model')!r} and attribute {a['name']!r} (its name stays)")
+                     f"{out.get('model')!r} and attribute {parsed.attribute!r} (its name stays)")
     return None, "its attribute cannot be told from its name, and refinery's import would fail on it"
 
 
@@ -418,19 +421,3 @@ def _float_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if np.isfinite(out) else None
-
-
-def _as_string(value: Any) -> str | None:
-    """Export convention: every attribute value is a string (null stays null)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        try:
-            return json.dumps(value, ensure_ascii=False)
-        except RecursionError:
-            raise ExportError("a record's attribute value nests too deeply to be read as text") from None
-    return str(value)

@@ -22,7 +22,7 @@ import requests
 
 from faults import OATHKEEPER_401, FaultAdapter
 from kern_finetune.client import RefineryClient, client_from_options
-from kern_finetune.export import embedding_name
+from kern_finetune.refinery.columns import embedding_name
 from kern_finetune.errors import (
     AuthError,
     ConfigError,
