@@ -172,7 +172,7 @@ class _DirectSyncer:
     """Calls :func:`kern_finetune.sync.sync_project` in this process."""
 
     def __init__(self, secrets_path: Path, project_id: str, options: dict[str, Any], out_dir: Path) -> None:
-        from kern_finetune.client import RefineryClient
+        from kern_finetune.refinery.api import RefineryClient
         from kern_finetune.config import RunConfig
 
         self.client = RefineryClient.from_secrets(secrets_path)

@@ -40,7 +40,7 @@ _LAZY = {
     "Encoder": "encode",
     "HeadTrainer": "train",
     "SkipConnectionHead": "heads",
-    "RefineryClient": "client",
+    "RefineryClient": "refinery.api",
     "sync_project": "sync",
     "SyncResult": "sync",
     "read_snapshot": "refinery.snapshot",

@@ -26,7 +26,7 @@ Doors (``door=``), each named for what it is:
     naming the snapshot door.
 
 Before anything is encoded the door is checked: ``api`` asks the host
-(:meth:`~kern_finetune.client.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
+(:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
 snapshot and, once the export is pulled, checks that it holds the same records.
 
 State lives per host and project in ``state_dir`` (default
@@ -59,11 +59,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._net import host_identity
-from .client import PushResult, RefineryClient
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
+from .refinery.api import RefineryClient
 from .refinery.columns import Record, embedding_name, model_short_name
 from .refinery.export import resolve_task
+from .refinery.push import PushResult
 from .select import default_text_attributes, label_fingerprint, select_labels
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains

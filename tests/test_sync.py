@@ -23,7 +23,7 @@ from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune import sync as sync_mod
 from kern_finetune._net import host_identity, redact_uri
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.commands import sync as sync_cmd
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError, ExportError, HostUnavailableError, PushError, SyncBusyError

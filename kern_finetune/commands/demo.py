@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from ..client import RefineryClient
-from ..refinery.columns import embedding_name
 from ..errors import ConfigError
+from ..refinery.api import RefineryClient
+from ..refinery.columns import embedding_name
 from ..refinery.export import load_export
 from ..select import gold_to_class
 from ..sync import sync_project

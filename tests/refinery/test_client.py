@@ -21,7 +21,7 @@ import pytest
 import requests
 
 from faults import OATHKEEPER_401, FaultAdapter
-from kern_finetune.client import RefineryClient, client_from_options
+from kern_finetune.refinery.api import RefineryClient, client_from_options
 from kern_finetune.refinery.columns import embedding_name
 from kern_finetune.errors import (
     AuthError,
@@ -86,7 +86,7 @@ def ids(n: int = N) -> list[str]:
 
 
 def staged_and_served(c: RefineryClient) -> list[dict[str, Any]]:
-    resp = c._request("GET", f"/api/project/{c.project_id}/embeddings", params={"include_staged": "true"})
+    resp = c.request("GET", f"/api/project/{c.project_id}/embeddings", params={"include_staged": "true"})
     return resp.json()
 
 
