@@ -156,13 +156,23 @@ def iter_chunks(ids: Sequence[str], vectors: Any, *, chunk_size: int, tensor_for
         lo, hi = k * chunk_size, min(n, (k + 1) * chunk_size)
         block = np.asarray(vectors[lo:hi], dtype=np.float64)
         unit = np.round(block / np.linalg.norm(block, axis=1, keepdims=True), 7)
-        tensors = [_tensor(ids[lo + i], row, tensor_format) for i, row in enumerate(unit)]
-        yield Chunk(k, total, lo, hi, chunk_body(k, tensors))
+        rows = [_dumps(_tensor(ids[lo + i], row, tensor_format)) for i, row in enumerate(unit)]
+        yield Chunk(k, total, lo, hi, _join(k, rows))
 
 
 def chunk_body(index: int, tensors: list[dict[str, Any]]) -> str:
-    """The JSON body of one ``PUT .../tensors`` request."""
-    return json.dumps({"chunk": int(index), "tensors": tensors}, separators=(",", ":"))
+    """The JSON body of one ``PUT .../tensors`` request: ``{"chunk": index, "tensors": [...]}``, compact."""
+    return _join(index, [_dumps(t) for t in tensors])
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _join(index: int, rows: list[str]) -> str:
+    """The chunk body from its tensors' JSON, byte for byte what ``json.dumps`` of the whole writes; built
+    row by row, so no row's floats outlive its text."""
+    return f'{{"chunk":{int(index)},"tensors":[{",".join(rows)}]}}'
 
 
 def _tensor(record_id: str, row: np.ndarray, tensor_format: str) -> dict[str, Any]:
