@@ -236,38 +236,14 @@ def write_snapshot(
     """
     src, dst = Path(src), Path(dst)
     snap = read_snapshot(src)
-    arr = np.asarray(vectors, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] != len(ids) or arr.shape[1] == 0:
-        raise PushError(f"vectors of shape {arr.shape} do not match {len(ids)} ids")
-    if not np.isfinite(arr).all():
-        raise PushError("vectors hold NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise PushError("zero vectors cannot be L2-normalised")
-    arr = arr / norms
-
-    by_id: dict[str, str] = {}
-    for rec, rid in zip(snap.records, snap.record_uuids):
-        key = rec.get(id_attribute)
-        if key is None:
-            raise PushError(f"snapshot record {rid} has no {id_attribute!r}")
-        by_id[str(key)] = rid
-    ids_s = [str(i) for i in ids]
-    if len(set(ids_s)) != len(ids_s):
-        raise PushError("duplicate record ids: each record must get exactly one vector")
-    unknown = [i for i in ids_s if i not in by_id]
-    if unknown:
-        raise PushError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
-    if len(ids_s) != len(by_id):
-        raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
-
+    arr = _unit_vectors(vectors, len(ids))
+    by_id = _record_uuids(snap, ids, id_attribute)
     attr = _text_attribute(snap, attribute)
     name = name or embedding_name(str(attr["name"]), model=model, platform=platform)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the embedding name must be a non-empty string")
 
     data = dict(snap.data)
-    notices: list[str] = []
     emb_id = str(uuid.uuid4())
     now = str(datetime.now(timezone.utc).replace(tzinfo=None))  # the export's json.dumps(default=str) form
     ours = {
@@ -283,10 +259,59 @@ def write_snapshot(
         "filter_attributes": None,
         "additional_data": None,
     }
-    tensors = [t for t in _rows(data, "embedding_tensors_data")]
+    tensors = _rows(data, "embedding_tensors_data")
+    kept, notices = _kept_embeddings(snap, tensors, name)
+    keep_ids = {e.get("id") for e in kept}
     uuids = set(snap.record_uuids)
+    data["embeddings_data"] = [ours] + kept
+    data["embedding_tensors_data"] = [
+        t for t in tensors if t.get("embedding_id") in keep_ids and t.get("record_id") in uuids
+    ] + [
+        {"embedding_id": emb_id, "record_id": rid, "data": row.tolist(), "sub_key": None}
+        for rid, row in zip(by_id, np.round(arr, 7))
+    ]
+    back = _write_checked(dst, snap.member, data, name=name, count=len(by_id), dimension=arr.shape[1])
+    back.notices = notices
+    return back
+
+
+def _unit_vectors(vectors: np.ndarray, n_ids: int) -> np.ndarray:
+    """The vectors as float64, L2-normalised; :class:`PushError` for a bad shape, NaN or zero vector."""
+    arr = np.asarray(vectors, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] != n_ids or arr.shape[1] == 0:
+        raise PushError(f"vectors of shape {arr.shape} do not match {n_ids} ids")
+    if not np.isfinite(arr).all():
+        raise PushError("vectors hold NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise PushError("zero vectors cannot be L2-normalised")
+    return arr / norms
+
+
+def _record_uuids(snap: Snapshot, ids: list[Any], id_attribute: str) -> list[str]:
+    """The snapshot record uuid of every id, in order; every snapshot record must get exactly one."""
+    by_id: dict[str, str] = {}
+    for rec, rid in zip(snap.records, snap.record_uuids):
+        key = rec.get(id_attribute)
+        if key is None:
+            raise PushError(f"snapshot record {rid} has no {id_attribute!r}")
+        by_id[str(key)] = rid
+    ids_s = [str(i) for i in ids]
+    if len(set(ids_s)) != len(ids_s):
+        raise PushError("duplicate record ids: each record must get exactly one vector")
+    unknown = [i for i in ids_s if i not in by_id]
+    if unknown:
+        raise PushError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
+    if len(ids_s) != len(by_id):
+        raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
+    return [by_id[i] for i in ids_s]
+
+
+def _kept_embeddings(snap: Snapshot, tensors: list[dict[str, Any]], name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The source's embeddings that stay beside ours (completed where older), and notices for the rest."""
+    notices: list[str] = []
     kept: list[dict[str, Any]] = []
-    for emb in _rows(data, "embeddings_data"):
+    for emb in _rows(snap.data, "embeddings_data"):
         ename = str(emb.get("name"))
         if ename == name:
             continue  # replaced by ours
@@ -301,16 +326,11 @@ def write_snapshot(
         if note:
             notices.append(note)
         kept.append(fixed)
-    keep_ids = {e.get("id") for e in kept}
-    data["embeddings_data"] = [ours] + kept
-    rows = np.round(arr, 7)
-    data["embedding_tensors_data"] = [
-        t for t in tensors if t.get("embedding_id") in keep_ids and t.get("record_id") in uuids
-    ] + [
-        {"embedding_id": emb_id, "record_id": by_id[i], "data": row.tolist(), "sub_key": None}
-        for i, row in zip(ids_s, rows)
-    ]
+    return kept, notices
 
+
+def _write_checked(dst: Path, member: str, data: dict[str, Any], *, name: str, count: int, dimension: int) -> Snapshot:
+    """Write the zip atomically (a temporary file renamed into place) after reading our embedding back."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
@@ -319,17 +339,16 @@ def write_snapshot(
     os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's 0600
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(snap.member, json.dumps(data))
+            zf.writestr(member, json.dumps(data))
         back = read_snapshot(tmp)
         info = back.embeddings.get(name)
-        if not info or info["count"] != len(ids_s) or info["dimension"] != arr.shape[1]:
+        if not info or info["count"] != count or info["dimension"] != dimension:
             raise PushError(f"read-back check failed for embedding {name!r} in {dst}")
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     back.path = dst
-    back.notices = notices
     return back
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from kern_finetune.errors import ExportError
@@ -20,19 +17,6 @@ from kern_finetune.refinery.columns import (
     split_task_column,
     task_base,
 )
-
-def test_the_refinery_package_imports_no_training_library() -> None:
-    code = (
-        "import importlib, pkgutil, sys, kern_finetune.refinery as r\n"
-        "names = [m.name for m in pkgutil.iter_modules(r.__path__)]\n"
-        "for n in names: importlib.import_module('kern_finetune.refinery.' + n)\n"
-        "print(len(names), sorted(m for m in ('torch', 'sentence_transformers', 'sklearn') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    count, loaded = out.stdout.split(" ", 1)
-    assert int(count) >= 4 and loaded.strip() == "[]"
-
 
 def test_task_columns_are_named_as_the_export_names_them() -> None:
     whole = TaskColumns.named("Topic", None)
