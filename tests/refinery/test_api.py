@@ -1,4 +1,4 @@
-"""RefineryClient and push_embedding over real HTTP against the product's own host on 127.0.0.1.
+"""RefineryClient (refinery/api.py, transport.py, push.py) over real HTTP against the product's own host on 127.0.0.1.
 
 Failures a real refinery and a real network produce (a gateway's ``200 null``, oathkeeper's 401 for an
 expired token, 5xx, dropped connections, lost answers, timeouts) are injected on the client side
