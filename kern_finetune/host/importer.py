@@ -39,7 +39,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..refinery.columns import EXTRACTION, Record, TaskColumns, as_string, split_task_column, task_base
+from ..refinery.columns import (
+    EXTRACTION,
+    Record,
+    TaskColumns,
+    as_string,
+    import_attribute,
+    import_rename,
+    split_task_column,
+    task_base,
+)
 from ..refinery.export import discover_tasks, load_export
 from ..refinery.snapshot import read_snapshot
 from .values import as_confidence, dump_row, is_text
@@ -56,8 +65,6 @@ __all__ = [
 
 _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
-_PYTHON_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
-_ATTRIBUTE_FROM_NAME = re.compile(r"^(.+)-(?:classification|extraction).*")
 _TOKEN = re.compile(
     r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
     r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
@@ -194,12 +201,10 @@ def embedding_import_name(name: str) -> tuple[str, str, str]:
     refinery-gateway ``project_transfer_manager.py`` ``__transform_embedding_by_name``; a name without ``-``
     fails there with IndexError, here with :class:`ExportError`.
     """
-    parts = name.split("-")
-    if len(parts) < 2:
+    renamed = import_rename(name)
+    if renamed is None:
         raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
-    attribute, etype, model = parts[0], parts[1], "-".join(parts[2:])
-    platform = "python" if model in _PYTHON_MODELS else "huggingface"
-    return platform, model, f"{attribute}-{etype}-{platform}-{model}"
+    return renamed
 
 
 def read_project(path: str | Path) -> ImportedProject:
@@ -335,13 +340,12 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
             if attribute is None:
                 raise ExportError(f"{source}: embedding {name!r} points at an unknown attribute")
         else:
-            match = _ATTRIBUTE_FROM_NAME.match(name)
-            if match is None or match.group(1) not in attr_names:
+            attribute = import_attribute(name)
+            if attribute is None or attribute not in attr_names:
                 raise ExportError(
                     f"{source}: embedding {name!r} has no attribute_id and its name does not start with an attribute "
                     "followed by -classification or -extraction; refinery's import would fail"
                 )
-            attribute = match.group(1)
         rows = tensors.get(str(emb.get("id")), [])
         if emb.get("type", "ON_ATTRIBUTE") != "ON_ATTRIBUTE" or not rows:
             continue  # refinery recomputes an embedding without tensors; token-level ones are not searchable here

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -49,6 +50,10 @@ __all__ = [
     "model_short_name",
     "embedding_name",
     "parse_embedding_name",
+    "COUNT_BASED_MODELS",
+    "import_platform",
+    "import_rename",
+    "import_attribute",
 ]
 
 Record = dict[str, Any]
@@ -253,3 +258,38 @@ def parse_embedding_name(name: str, attributes: Iterable[str]) -> EmbeddingName 
         if kind in _KINDS and rest:
             return EmbeddingName(attribute=attribute, kind=kind, rest=rest)
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# how refinery's project import reads a name (refinery-gateway v1.17.0 project_transfer_manager.py)
+
+COUNT_BASED_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
+"""The models refinery's import gives platform ``python``; every other model gets ``huggingface``."""
+_IMPORT_ATTRIBUTE = re.compile(r"^(.+)-(?:classification|extraction).*")
+
+
+def import_platform(model: str) -> str:
+    """The platform refinery's import gives an embedding entry that has none (``__transform_embedding_by_name``)."""
+    return "python" if model in COUNT_BASED_MODELS else "huggingface"
+
+
+def import_rename(name: str) -> tuple[str, str, str] | None:
+    """``(platform, model, new name)`` of an embedding without ``platform``, as refinery's import renames it.
+
+    ``__transform_embedding_by_name`` splits the name on ``-``: attribute, type, then the model; the new
+    name is ``<attribute>-<type>-<platform>-<model>``. None where the name has no ``-`` (the import fails
+    on it with an IndexError).
+    """
+    parts = name.split("-")
+    if len(parts) < 2:
+        return None
+    attribute, kind, model = parts[0], parts[1], "-".join(parts[2:])
+    platform = import_platform(model)
+    return platform, model, f"{attribute}-{kind}-{platform}-{model}"
+
+
+def import_attribute(name: str) -> str | None:
+    """The attribute refinery's import reads from an embedding name without ``attribute_id``
+    (``__get_attribute_name_from_embedding_name``: ``^(.+)-(?:classification|extraction).*``, greedy)."""
+    match = _IMPORT_ATTRIBUTE.match(name)
+    return match.group(1) if match else None

@@ -43,6 +43,7 @@ from .columns import (
     as_string,
     confidence_string,
     embedding_name,
+    import_platform,
     model_short_name,
     parse_embedding_name,
 )
@@ -51,8 +52,6 @@ from .reader import parse_json, read_zip_json_member
 __all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records", "import_steps"]
 
 _CLASSIFICATION = "MULTICLASS_CLASSIFICATION"
-_COUNT_BASED = ("bag-of-words", "bag-of-characters", "tf-idf")
-"""Models the gateway's import gives platform ``python`` (``__transform_embedding_by_name``)."""
 
 
 @dataclass
@@ -400,7 +399,7 @@ def _complete_legacy(emb: dict[str, Any], snap: Snapshot) -> tuple[dict[str, Any
     if parsed is not None:
         out = dict(emb)
         if not out.get("platform"):
-            out["platform"] = "python" if parsed.rest in _COUNT_BASED else "huggingface"
+            out["platform"] = import_platform(parsed.rest)
             out["model"] = parsed.rest
         if not out.get("attribute_id"):
             out["attribute_id"] = str(attrs[parsed.attribute].get("id"))

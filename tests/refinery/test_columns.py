@@ -13,6 +13,8 @@ from kern_finetune.refinery.columns import (
     as_string,
     confidence_string,
     embedding_name,
+    import_attribute,
+    import_rename,
     parse_embedding_name,
     split_task_column,
     task_base,
@@ -87,3 +89,13 @@ def test_embedding_names_round_trip() -> None:
     assert parse_embedding_name("title-classification-x", ["body"]) is None
     with pytest.raises(ExportError):
         embedding_name("", model="m")
+
+
+def test_names_as_refinerys_import_reads_them() -> None:
+    assert import_rename("headline-classification-distilbert-base-uncased") == (
+        "huggingface", "distilbert-base-uncased", "headline-classification-huggingface-distilbert-base-uncased")
+    assert import_rename("body-classification-tf-idf") == ("python", "tf-idf", "body-classification-python-tf-idf")
+    assert import_rename("head-line-classification-m")[2] == "head-line-huggingface-classification-m"  # its naive split
+    assert import_rename("nodash") is None
+    assert import_attribute("head-line-classification-x-classification-y") == "head-line-classification-x"  # greedy
+    assert import_attribute("headline-other") is None
