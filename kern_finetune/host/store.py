@@ -46,7 +46,7 @@ import numpy as np
 from ..errors import ConfigError, TaskNotFoundError
 from ..refinery.export import resolve_task
 from .importer import plan_import
-from .values import dump_row, is_int, is_text, is_unit_number
+from .values import as_confidence, dump_row, is_int, is_text, is_unit_number
 from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
 
 __all__ = ["ApiError", "GatewayError", "HostStore", "DB_FILE", "SESSION_TTL_S", "STALE_STAGED_S"]
@@ -460,7 +460,7 @@ class HostStore:
                     conf_text = None
                 else:
                     row[info["weak"]] = label
-                    conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
+                    conf_text = None if label is None else as_confidence(1.0 if confidence is None else confidence)
                     row[info["confidence"]] = conf_text
                 conn.execute("UPDATE records SET data = ? WHERE idx = ?", (dump_row(row), idx))
                 conn.execute(
