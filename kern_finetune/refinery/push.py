@@ -165,8 +165,11 @@ def chunk_body(index: int, tensors: list[dict[str, Any]]) -> str:
     return _join(index, [_dumps(t) for t in tensors])
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _join(index: int, rows: list[str]) -> str:
