@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from kern_finetune import service
+from kern_finetune.service.trigger import validate_trigger
 from kern_finetune.cli import build_parser
 from kern_finetune.config import RunConfig
 
@@ -97,12 +98,10 @@ def test_inputs_with_their_defaults_make_a_valid_trigger_and_config() -> None:
     options = {v["configField"]: v["defaultValue"] for v in VARIABLES.values()}
     config = RunConfig.from_dict(options).validate()
     assert dataclasses.replace(config, cache_dir=DEFAULTS.cache_dir) == DEFAULTS
-    project_id, checked, force, min_new = service._validate_trigger(  # noqa: SLF001
-        {"project_id": "p1", "options": options}
-    )
+    project_id, checked, force, min_new = validate_trigger({"project_id": "p1", "options": options})
     assert (project_id, checked, force, min_new) == ("p1", options, False, 1)
     example = MANIFEST["triggers"]["webhook"]["body"]
-    service._validate_trigger({**example, "project_id": "p1"})  # noqa: SLF001
+    validate_trigger({**example, "project_id": "p1"})
 
 
 def test_webhook_trigger_matches_the_service() -> None:
@@ -174,7 +173,7 @@ def test_host_endpoints_are_refinery_or_the_push_extension_and_the_local_host_se
     for flag in (True, False):
         with serve_in_thread(export, data_dir=tmp_path / "host", user_name="me@example.com",
                              password="manifest-pw-1234", push_extension=flag) as host:
-            app = host._server.config.app  # noqa: SLF001
+            app = host.app
             served[flag] = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ())}
     for e in endpoints:
         if e["path"].startswith("{"):

@@ -24,7 +24,7 @@ from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "data" / "ag_news_snapshot_small.zip"
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 USER, PASSWORD = "e2e@example.com", "e2e-Pa55-c0ffee"
