@@ -26,7 +26,8 @@ from .evaluate import (
     separation_2d,
     threshold_search,
 )
-from .export import Record, embedding_name, resolve_task
+from .refinery.columns import Record, embedding_name
+from .refinery.export import resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import ReportData, write_report

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ExportError, SelectionError
-from .export import Record, TaskColumns
+from .refinery.columns import Record, TaskColumns
 
 __all__ = [
     "Selection",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kern_finetune.errors import ExportError, SelectionError, TaskNotFoundError
-from kern_finetune.export import discover_tasks, parse_export_payload, resolve_task
+from kern_finetune.refinery.export import discover_tasks, parse_export_payload, resolve_task
 from kern_finetune.select import default_text_attributes, gold_to_class, select_labels
 
 M, W, C = "__Topic__MANUAL", "__Topic__WEAK_SUPERVISION", "__Topic__WEAK_SUPERVISION__confidence"

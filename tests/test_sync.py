@@ -23,7 +23,7 @@ from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune import sync as sync_mod
 from kern_finetune._net import host_identity, redact_uri
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.commands import sync as sync_cmd
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError, ExportError, HostUnavailableError, PushError, SyncBusyError
@@ -374,7 +374,7 @@ SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zi
 
 def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> None:
     """Against a host without the push extension: auto picks the snapshot door when --write-snapshot is given."""
-    from kern_finetune.snapshot import read_snapshot
+    from kern_finetune.refinery.snapshot import read_snapshot
 
     src = read_snapshot(SNAPSHOT)
     adapter = FaultAdapter()

@@ -12,7 +12,7 @@ from ..config import RunConfig, flag_of, run_options
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..export import Record
+    from ..refinery.columns import Record
     from ..pipeline import RunResult
 
 __all__ = ["register", "add_run_options", "config_from_args"]
@@ -73,7 +73,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..export import load_export
+    from ..refinery.export import load_export
     from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
 
     config = config_from_args(args)
@@ -90,8 +90,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_snapshot(args: argparse.Namespace, config: RunConfig, records: list[Record], result: RunResult) -> None:
     """The snapshot door: the source snapshot plus the fine-tuned embedding, and how to import it."""
-    from ..export import embedding_name, resolve_task
-    from ..snapshot import import_steps, write_snapshot
+    from ..refinery.columns import embedding_name
+    from ..refinery.export import resolve_task
+    from ..refinery.snapshot import import_steps, write_snapshot
 
     task = resolve_task(records, config.task)
     attribute = task.attribute or result.metrics["text_attributes"][0]

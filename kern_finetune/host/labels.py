@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 from ..errors import TaskNotFoundError
-from ..export import resolve_task
+from ..refinery.export import resolve_task
 from .api_errors import ApiError, GatewayError
 from .db import HostDB, now_iso
 from .project import Project
-from .values import dump_row, is_text, is_unit_number
+from .values import as_confidence, dump_row, is_text, is_unit_number
 
 __all__ = ["Labels"]
 
@@ -77,7 +77,7 @@ class Labels:
                     conf_text = None
                 else:
                     row[info["weak"]] = label
-                    conf_text = None if label is None else f"{1.0 if confidence is None else confidence:.4f}"
+                    conf_text = None if label is None else as_confidence(1.0 if confidence is None else confidence)
                     row[info["confidence"]] = conf_text
                 conn.execute("UPDATE records SET data = ? WHERE idx = ?", (dump_row(row), idx))
                 conn.execute(

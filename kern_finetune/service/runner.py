@@ -62,7 +62,7 @@ def default_runner(secrets_path: str | Path) -> JobRunner:
     secrets_path = Path(secrets_path).expanduser()
 
     def _run(ctx: JobContext) -> Mapping[str, Any]:
-        from ..client import RefineryClient  # imported lazily: heavy, and only the worker needs them
+        from ..refinery.api import RefineryClient  # imported lazily: heavy, and only the worker needs them
         from ..sync import sync_project
 
         ctx.progress("logging in to the host")

@@ -17,10 +17,10 @@ import requests
 
 from faults import FaultAdapter
 from kern_finetune import host as host_mod
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import AuthError, HostUnavailableError, ProjectNotFoundError, PushError
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 
@@ -125,7 +125,7 @@ def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
     served = [e for e in c.list_embeddings() if e["name"] == NAME]  # the snapshot may bring its own
     assert [e["id"] for e in served] == [old.embedding_id]
     assert c.similarity(NAME, ids[3]) == before
-    staged = c._request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
+    staged = c.request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
     assert [e["id"] for e in staged if e["name"] == NAME] == [old.embedding_id]  # nothing half-written left behind
 
 
