@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from ..body_limit import BodyLimit
 from ..errors import ConfigError
@@ -95,7 +96,11 @@ def create_app(store: JobStore, secret: bytes, *, worker: JobWorker | None = Non
     @app.post("/v1/jobs")
     async def trigger(request: Request) -> JSONResponse:
         body = await _authenticated_body(request, secret)
-        return body if isinstance(body, JSONResponse) else _trigger(store, body)
+        if isinstance(body, JSONResponse):
+            return body
+        # off the event loop: the first check of a run's options imports torch (seconds), and /healthz and
+        # the job routes must keep answering meanwhile; JobStore opens a connection per call
+        return await run_in_threadpool(_trigger, store, body)
 
     @app.get("/v1/jobs/{job_id}")
     async def get_job(job_id: str, request: Request) -> JSONResponse:
