@@ -26,9 +26,9 @@ import torch
 from .config import RunConfig
 from .encode import Encoder
 from .evaluate import Evaluation, Plots, evaluate
-from .export import Record, embedding_name
 from .fit import Fitted, fit
 from .prepare import Prepared, prepare
+from .refinery.columns import Record, embedding_name
 from .report import ReportData
 from .save import check_out_dir, staged_output
 from .select import Selection, label_fingerprint

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import RunConfig
-from .export import Record, TaskColumns, resolve_task
+from .refinery.columns import Record, TaskColumns
+from .refinery.export import resolve_task
 from .select import Selection, default_text_attributes, label_fingerprint, select_labels
 
 __all__ = ["Prepared", "prepare"]
@@ -52,8 +53,8 @@ def prepare(records: list[Record], config: RunConfig) -> Prepared:
     ))
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, val_fraction=config.val_fraction,
-        seed=config.seed,
+        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     attribute = str(task.attribute or (text_attrs[0] if text_attrs else "text"))
     return Prepared(task=task, text_attributes=text_attrs, selection=sel,

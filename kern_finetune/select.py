@@ -8,6 +8,7 @@ Rules, each with a defined outcome (counted in ``Selection.skipped`` and the rep
   inferred from the export by :func:`task_labels`), so a label that itself contains ``", "`` survives;
 - a label outside the task's label set (when the set is known): skipped (``label_outside_task``);
 - a label value that is not text (an array or object): skipped (``label_invalid``);
+- with ``weak_labels=False`` (``--no-weak-labels``) no weak label counts: manual labels only;
 - a weak label counts only when its confidence parses, lies in [0, 1] and is strictly above the threshold;
   a missing (``weak_confidence_missing``) or unparseable or out-of-range (``weak_confidence_invalid``)
   confidence drops that weak label;
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ExportError, SelectionError
-from .export import Record, TaskColumns
+from .refinery.columns import Record, TaskColumns
 
 __all__ = [
     "Selection",
@@ -137,6 +138,7 @@ def select_labels(
     id_attribute: str = "running_id",
     gold_attribute: str | None = None,
     threshold: float = 0.7,
+    weak_labels: bool = True,
     val_fraction: float = 0.25,
     seed: int = 42,
     known_labels: list[str] | None = None,
@@ -149,13 +151,14 @@ def select_labels(
 
     labels = known if known is not None else task_labels(records, task)
 
-    chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped)
+    chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped, weak_labels)
 
     classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
     if len(classes) < 2:
         raise SelectionError(
-            f"need labels of at least 2 classes to train, found {len(classes)} "
-            f"(threshold {threshold}: lower it or add manual labels)"
+            f"need labels of at least 2 classes to train, found {len(classes)}"
+            + (f" (threshold {threshold}: lower it or add manual labels)" if weak_labels
+               else " (manual labels only: add manual labels, or allow weak labels)")
         )
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[c] if c is not None else -1 for c in chosen], dtype=np.int64)
@@ -209,7 +212,7 @@ def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 def _choose_labels(
     records: list[Record], task: TaskColumns, texts: list[str], labels: set[str], known: set[str] | None,
-    threshold: float, skipped: Counter[str],
+    threshold: float, skipped: Counter[str], weak_labels: bool,
 ) -> tuple[list[str | None], list[str], np.ndarray]:
     """The selection rules record by record: ``(label or None, source, weak confidence)`` per record;
     what is skipped is counted in ``skipped``."""
@@ -235,7 +238,7 @@ def _choose_labels(
         conf = _parse_confidence(conf_raw)
         if weak is not None and weak is not _INVALID:
             confidence[i] = conf if conf is not None else np.nan
-        if label is None and not blocked and weak is not None:
+        if label is None and not blocked and weak is not None and weak_labels:
             if weak is _INVALID:
                 skipped["label_invalid"] += 1
             elif conf_raw in (None, ""):

@@ -16,7 +16,7 @@ Doors (``door=``), each named for what it is:
 ``snapshot``
     write a copy of a project snapshot (``snapshot=SRC.zip``, exported in refinery's UI) with our
     embedding added (``write_snapshot=OUT.zip``); the user imports it in refinery's UI, where it becomes
-    a new project (:func:`kern_finetune.snapshot.write_snapshot`).
+    a new project (:func:`kern_finetune.refinery.snapshot.write_snapshot`).
 ``model``
     the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
     embedder to compute as a ``huggingface`` embedding itself (:func:`model_door_steps`).
@@ -26,7 +26,7 @@ Doors (``door=``), each named for what it is:
     naming the snapshot door.
 
 Before anything is encoded the door is checked: ``api`` asks the host
-(:meth:`~kern_finetune.client.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
+(:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
 snapshot and, once the export is pulled, checks that it holds the same records.
 
 State lives per host and project in ``state_dir`` (default
@@ -62,12 +62,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._net import host_identity
-from .client import PushResult, RefineryClient
-from .export import embedding_name, model_short_name
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
-from .export import Record
 from .prepare import prepare
+from .refinery.api import RefineryClient
+from .refinery.columns import Record, embedding_name, model_short_name
+from .refinery.push import PushResult
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
     from .pipeline import RunResult
@@ -376,7 +376,7 @@ def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | Non
 
 
 def _read_source_snapshot(path: Path | None) -> Any:
-    from .snapshot import read_snapshot
+    from .refinery.snapshot import read_snapshot
 
     assert path is not None
     return read_snapshot(path)
@@ -395,7 +395,7 @@ def _check_same_records(source: Any, records: list[Record], id_attribute: str, p
 
 def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, model: str, config: RunConfig) -> str:
     """The snapshot door: ``write_snapshot`` names the embedding refinery's way; returns that name."""
-    from .snapshot import write_snapshot
+    from .refinery.snapshot import write_snapshot
 
     name = config.embedding_name or embedding_name(attribute, model=model)
     written = write_snapshot(

@@ -17,14 +17,14 @@ import requests
 
 from faults import FaultAdapter
 from kern_finetune import host as host_mod
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import AuthError, HostUnavailableError, ProjectNotFoundError, PushError
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "data" / "ag_news_snapshot_small.zip"
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 USER, PASSWORD = "e2e@example.com", "e2e-Pa55-c0ffee"
@@ -125,18 +125,20 @@ def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
     served = [e for e in c.list_embeddings() if e["name"] == NAME]  # the snapshot may bring its own
     assert [e["id"] for e in served] == [old.embedding_id]
     assert c.similarity(NAME, ids[3]) == before
-    staged = c._request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
+    staged = c.request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
     assert [e["id"] for e in staged if e["name"] == NAME] == [old.embedding_id]  # nothing half-written left behind
 
 
 def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -> None:
     calls: list[int] = []
 
-    def tiny(records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None) -> RunResult:
+    def tiny(records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None,
+             prepared: Any = None) -> RunResult:
         calls.append(len(records))
         ids = [r["running_id"] for r in records]
         return RunResult(ids=ids, vectors=_unit(len(ids)).astype(np.float32), metrics={}, out_dir=out_dir,
-                         model_dir=out_dir / "model", embedding_name=NAME)
+                         model_dir=out_dir / "model", embedding_name=NAME, label_fingerprint=prepared.fingerprint,
+                         base_model="all-MiniLM-L6-v2")
 
     config = RunConfig(task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
     c = _client(host)
