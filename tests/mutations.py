@@ -114,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         file="kern_finetune/trainer.py",
         old="self.best_loss, self.best_at, self.best_state, self.bad = loss, at, snapshot(), 0",
         new="self.best_loss, self.best_at, self.bad = loss, at, 0",
-        tests=("tests/test_train_full.py::test_early_stop_restores_the_best_step",),
+        tests=("tests/test_train_full.py::test_fit_full_trains_the_encoder",),
     ),
 )
 
