@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .report import write_report
 from .save import save_model, save_vectors, write_json
 
 if TYPE_CHECKING:
@@ -53,7 +54,6 @@ def write(
     in) or the fine-tuned one (full mode, ``head`` None). ``started``: the run's ``time.perf_counter()`` at
     its start; ``metrics["seconds"]["total"]`` is then set once the model and vectors are written."""
     from .noise import write_label_issues
-    from .report import write_report
 
     folder = Path(folder)
     files = ["model", "vectors.npz"]
