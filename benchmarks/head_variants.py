@@ -183,13 +183,13 @@ def markdown(results: list[dict[str, Any]], command: str) -> str:
              "vlt10/vlt100: % of 300 unlabeled queries with < 10 / < 100 results in refinery's threshold search) "
              "are what the choice reads. Test columns (gold) are for the report only.", ""]
     for project in dict.fromkeys(r["project"] for r in results):
-        lines += [f"### {project}", "", "| variant | blend | seeds | " + " | ".join(keys) + " | train s |",
-                  "|---|---|---|" + "---|" * (len(keys) + 1)]
+        lines += [f"### {project}", "", "| variant | blend | seeds | raw weight | " + " | ".join(keys) + " | train s |",
+                  "|---|---|---|---|" + "---|" * (len(keys) + 1)]
         rs = [r for r in results if r["project"] == project]
         for name, blend in dict.fromkeys((r["variant"], r["blend"]) for r in rs):
             group = [r for r in rs if r["variant"] == name and r["blend"] == blend]
             cells = []
-            for k in (*keys, "train_seconds"):
+            for k in ("raw_weight", *keys, "train_seconds"):
                 vals = [r[k] for r in group if r.get(k) is not None]
                 cells.append(f"{np.mean(vals):.2f}" if vals else "-")
             lines.append(f"| {name} | {blend} | {len(group)} | " + " | ".join(cells) + " |")
@@ -213,7 +213,7 @@ def main() -> None:
             sel, base, classes = load_project(project, seed)
             checked = label_checked(sel, base, seed)
             raw = {**validation_row(base, sel, seed), **score_row(base, sel, classes, seed)}
-            results.append({"project": project, "variant": "raw", "blend": "-", "seed": seed, **raw})
+            results.append({"project": project, "variant": "raw", "blend": "-", "raw_weight": 1.0, "seed": seed, **raw})
             for variant in args.variants.split(","):
                 t = time.perf_counter()
                 head = fit(variant, checked, base, seed)
@@ -223,10 +223,13 @@ def main() -> None:
                     head.set_raw_weight(a)
                     per_blend[a] = validation_row(embed(head, base), sel, seed)
                 chosen = choose_blend(per_blend, raw)
-                for blend, label in ((0.0, "0"), (chosen, f"val: {chosen}")):
+                tests: dict[float, dict[str, float]] = {}
+                for blend, label in ((0.0, "0"), (chosen, "val")):
                     head.set_raw_weight(blend)
-                    row = {"project": project, "variant": variant, "blend": label, "seed": seed,
-                           "train_seconds": round(seconds, 1), **per_blend[blend], **score_row(embed(head, base), sel, classes, seed)}
+                    if blend not in tests:
+                        tests[blend] = score_row(embed(head, base), sel, classes, seed)
+                    row = {"project": project, "variant": variant, "blend": label, "raw_weight": blend, "seed": seed,
+                           "train_seconds": round(seconds, 1), **per_blend[blend], **tests[blend]}
                     results.append(row)
                     print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
                 done = {(r["project"], r["variant"], r["blend"], r["seed"]) for r in results}

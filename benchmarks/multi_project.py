@@ -85,7 +85,11 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
               "(kern_finetune.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
-              "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records)."]
+              "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
+              "top_1k: clinc150_intents has about 90 test records per intent, so its top_1k is bounded near 9% and "
+              "says nothing. Full mode is not in these tables: not cheap on 2 shared cores for any of these projects "
+              "(module docstring). Training seconds: BENCH_THREADS=1 from the rotten_tomatoes seed 42 run on "
+              "(2 threads on 2 cores loaded 15-20 times over took 10x longer)."]
     return "\n".join(lines) + "\n"
 
 
