@@ -88,8 +88,8 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
               "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
               "top_1k: clinc150_intents has about 90 test records per intent, so its top_1k is bounded near 9% and "
               "says nothing. Full mode is not in these tables: not cheap on 2 shared cores for any of these projects "
-              "(module docstring). Training seconds: BENCH_THREADS=1 from the rotten_tomatoes seed 42 run on "
-              "(2 threads on 2 cores loaded 15-20 times over took 10x longer)."]
+              "(module docstring). Training seconds: every run with BENCH_THREADS=1 OMP_NUM_THREADS=1 (seed 42: "
+              "BENCH_THREADS=1 only); torch on 2 threads, on 2 cores loaded 15-20 times over, trained up to 10x slower."]
     return "\n".join(lines) + "\n"
 
 
