@@ -124,7 +124,8 @@ def purity_summary(
 
     ``top_k`` (percent per k, over :func:`purity_queries`' queries: every test record up to
     ``max_queries``), ``top_1k_250`` (top_1000 over ``eval_queries``, the 2022 protocol's seeded queries),
-    ``per_query`` (purity at the largest k per top_k query) and ``n_queries`` (top_k queries used).
+    ``per_query`` (purity at the largest k per top_k query), ``per_query_k`` (``{k: purity per top_k query}``)
+    and ``n_queries`` (top_k queries used).
     Time is linear in the test records (at most ``max_queries`` x n dot products), memory bounded.
     """
     queries = purity_queries(len(vectors), seed, max_queries=max_queries)
@@ -141,6 +142,7 @@ def purity_summary(
         "top_k": {str(k): float(100 * v.mean()) for k, v in per.items()},
         "top_1k_250": float(100 * top_250.mean()),
         "per_query": per[kmax],
+        "per_query_k": per,
         "n_queries": int(len(vectors) if queries is None else len(queries)),
     }
 

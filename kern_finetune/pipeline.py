@@ -260,10 +260,11 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
     }
     queries = sample_queries(len(test), config.eval_queries, config.seed)
     embeddings = {"raw": base[test], "finetuned": tuned[test]}
-    top_k, top_250, per_query = {}, {}, {}
+    top_k, top_250, per_query, per_query_k = {}, {}, {}, {}
     for name, x in embeddings.items():
         summary = purity_summary(x, classes, queries, seed=config.seed)  # capped queries, blocks: linear in n_test
         top_k[name], top_250[name], per_query[name] = summary["top_k"], summary["top_1k_250"], summary["per_query"]
+        per_query_k[name] = summary["per_query_k"]  # the report's per-class table reuses it
     metrics.update(top_k=top_k, top_1k_250=top_250, top_k_queries=summary["n_queries"])
     # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
     # embedding's similarity threshold, judged on every returned record whose gold is known.
@@ -301,5 +302,6 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
     metrics["projection_fit"] = {"n_train": int(len(fit_idx)), "max_fit": MAX_FIT_RECORDS, "sampled": len(fit_idx) > MAX_FIT_RECORDS}
     points = {name: views[name] for name in ("raw_pca", "finetuned_simplex")}
     names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
-    metrics["_plots"] = {"per_query": per_query, "points_2d": points, "point_classes": classes, "class_names": names}
+    metrics["_plots"] = {"per_query": per_query, "per_query_k": per_query_k, "points_2d": points, "point_classes": classes,
+                         "class_names": names}
     return metrics

@@ -148,20 +148,27 @@ def _gold_codes(data: ReportData) -> tuple[list[str], np.ndarray]:
     return values, np.array([code[str(data.gold[i])] for i in data.test_idx], dtype=np.int64)
 
 
-def per_class_top_k(data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS) -> list[dict[str, Any]]:
+def per_class_top_k(
+    data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS, *, given: dict[str, dict[int, np.ndarray]] | None = None
+) -> list[dict[str, Any]]:
     """top_k per gold class, in percent, raw and fine-tuned: test records among test records, in blocks.
 
     The queries are the evaluation's (:func:`kern_finetune.evaluate.purity_queries`: every test record,
     or a seeded sample of ``MAX_EVAL_QUERIES`` on a large project); ``n`` counts a class's test records,
-    ``n_queries`` its queries. A class without a sampled query gets no figures (None).
+    ``n_queries`` its queries. A class without a sampled query gets no figures (None). ``given``
+    (``{"raw"|"finetuned": {k: purity per query}}``, the evaluation's ``per_query_k`` over the same queries)
+    is reused instead of searching again.
     """
     if len(data.test_idx) < 2:
         return []
     values, classes = _gold_codes(data)
     queries = purity_queries(len(classes), data.seed)
     q_classes = classes if queries is None else classes[queries]
+    n_q = len(classes) if queries is None else len(queries)
     per = {
-        name: neighbour_purity(x[data.test_idx], classes, ks, queries=queries)
+        name: given[name]
+        if given and name in given and all(k in given[name] and len(given[name][k]) == n_q for k in ks)
+        else neighbour_purity(x[data.test_idx], classes, ks, queries=queries)
         for name, x in (("raw", data.raw), ("finetuned", data.tuned))
     }
     rows = []
@@ -433,7 +440,8 @@ def write_report(
     """Write the report to ``path`` (atomically: a temporary file renamed into place).
 
     ``metrics`` is the run's metrics dict. ``plots`` may hold ``per_query`` (embedding name -> per-query
-    purity at ``k_violin``) for the violin plot, and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
+    purity at ``k_violin``) for the violin plot, ``per_query_k`` (embedding name -> {k: per-query purity},
+    the evaluation's, reused by the per-class table), and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
     2D projections of all test records) to reuse instead of fitting them again. ``data`` gives the first screen, the per-class table and
     the 2D views; without it (or without gold) the report has the numbers only.
     """
@@ -466,7 +474,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             "<span class=\"new\">new</span> = not among the raw embedding's first screen.</p>"
             + _first_screen_html(data, screen)
         )
-        sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data)))
+        sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data, given=plots.get("per_query_k"))))
         views, hover = _views_html(data, metrics, plots.get("points_2d"))
         sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)
 
