@@ -236,14 +236,17 @@ def projection(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Seconds per stage at 1M and 10M records from the largest measured size's per-record costs."""
     big = max(rows, key=lambda r: r["n_records"])
     per = {name: s["seconds"] / big["n_records"] for name, s in big["stages"].items() if name != "encode"}
+    small = min(rows, key=lambda r: r["n_records"])
+    kb_per_record = 1024 * (big["peak_rss_mb"] - small["peak_rss_mb"]) / max(1, big["n_records"] - small["n_records"])
     out: dict[str, Any] = {"from_size": big["n_records"], "assumed_gpu_texts_per_s": ASSUMED_GPU_TEXTS_PER_S,
-                           "cpu_texts_per_s": CPU_TEXTS_PER_S, "rows": []}
+                           "cpu_texts_per_s": CPU_TEXTS_PER_S, "peak_rss_kb_per_record": round(kb_per_record, 2), "rows": []}
     for n in (1_000_000, 10_000_000):
         other = sum(per.values()) * n
+        peak_gb = (big["peak_rss_mb"] + kb_per_record * (n - big["n_records"]) / 1024) / 1024
         for gpus in (0, 1, 4, 8):
             encode = n / (CPU_TEXTS_PER_S if gpus == 0 else ASSUMED_GPU_TEXTS_PER_S * gpus)
             out["rows"].append({"records": n, "gpus": gpus, "encode_s": round(encode), "other_stages_s": round(other),
-                                "total_h": round((encode + other) / 3600, 2)})
+                                "total_h": round((encode + other) / 3600, 2), "peak_rss_gb": round(peak_gb, 1)})
     return out
 
 
@@ -266,6 +269,16 @@ def markdown(payload: dict[str, Any]) -> str:
         a, b = (rows[0]["stages"].get(name, {}).get("seconds"), rows[-1]["stages"].get(name, {}).get("seconds"))
         ratio = "-" if not a or b is None else f"{(b / rows[-1]['n_records']) / (a / rows[0]['n_records']):.2f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
+    train_rows = []
+    for r in rows:
+        c = r["counts"]
+        rows_trained = (c["n_train"] + (c.get("pseudo_added") or 0)) * (c.get("epochs_run") or 1)
+        train_rows.append(1e6 * r["stages"]["train"]["seconds"] / rows_trained if rows_trained else float("nan"))
+    lines.append("| train, per epoch x training row (incl. pseudo-labels) | " + " | ".join(
+        f"| {v:.0f}" for v in train_rows) + f" | {train_rows[-1] / train_rows[0]:.2f} |")
+    lines += ["", "Stages whose fit is capped (`label_check`, `pseudo_labels`; the 2D views inside `evaluate`) cost "
+              "the same fit at every size above the cap plus a linear prediction, so their per-record time falls; "
+              "`evaluate` is linear above 10,000 test records (capped queries, every test record searched).", ""]
     lines += ["", "## Peak resident memory per stage (MB; includes what earlier stages still hold)", "",
               "| stage | " + " | ".join(f"{r['n_records']:,}" for r in rows) + " |", "|---|" + "---|" * len(rows)]
     for name in names:
@@ -281,9 +294,14 @@ def markdown(payload: dict[str, Any]) -> str:
               f"cores (measured, issue 19), or **an assumed {p['assumed_gpu_texts_per_s']:,} texts/s per GPU** (issue 19's "
               "target; not measured: no GPU was lent), N GPUs in parallel with Ray (`--ray-address`). Stages other than "
               "encoding are taken as they run today, on one machine.", "",
-              "| records | GPUs | encode (s) | other stages (s) | total (h) |", "|---|---|---|---|---|"]
+              f"Peak memory: the measured growth from the smallest to the largest run, {p['peak_rss_kb_per_record']} KB "
+              "per record (records, base and fine-tuned vectors, the pushed chunks), extrapolated: above about "
+              "500,000 records a run needs more than 8 GB; at 10M the vectors alone (2 x 10M x 384 float32) are 31 GB.", "",
+              "| records | GPUs | encode (s) | other stages (s) | total (h) | peak RSS (GB, extrapolated) |",
+              "|---|---|---|---|---|---|"]
     for r in p["rows"]:
-        lines.append(f"| {r['records']:,} | {r['gpus'] or 'none (2 CPU cores)'} | {r['encode_s']:,} | {r['other_stages_s']:,} | {r['total_h']} |")
+        lines.append(f"| {r['records']:,} | {r['gpus'] or 'none (2 CPU cores)'} | {r['encode_s']:,} | {r['other_stages_s']:,} "
+                     f"| {r['total_h']} | {r.get('peak_rss_gb', '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -294,8 +312,15 @@ def main() -> None:
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the existing .json")
     ap.add_argument("--out", default="scale", help="results name under benchmarks/results (default scale)")
     a = ap.parse_args()
+    if a.markdown_only:  # rewrite the .md from the committed .json
+        payload = json.loads((RESULTS / f"{a.out}.json").read_text())
+        payload["projection"] = projection(payload["rows"])
+        (RESULTS / f"{a.out}.json").write_text(json.dumps(payload, indent=2))
+        (RESULTS / f"{a.out}.md").write_text(markdown(payload))
+        return
     if a.serve:
         _serve(*a.serve)
         return
