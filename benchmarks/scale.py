@@ -16,7 +16,7 @@ Each size runs in its own process, one thread (``OMP_NUM_THREADS=1``, torch 1 th
 other. Per stage: wall time and peak resident memory (Linux ``VmHWM``, reset at the start of each stage by
 writing 5 to ``/proc/self/clear_refs``; it includes what earlier stages still hold). Stages:
 
-- ``read``: the export file decoded (``kern_finetune.export.load_export``, what ``run --export`` does);
+- ``read``: the export file decoded (``kern_finetune.refinery.export.load_export``, what ``run --export`` does);
 - ``pull``: the same project fetched over HTTP from the product's local host (``kern_finetune.host``, in
   its own process) with ``RefineryClient.get_export``; the pipeline runs on the pulled records;
 - ``select`` .. ``write``: :func:`kern_finetune.pipeline.run_pipeline` itself, head mode (defaults, but
@@ -150,7 +150,7 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
     import torch
 
     from kern_finetune.config import RunConfig
-    from kern_finetune.export import load_export
+    from kern_finetune.refinery.export import load_export
     from kern_finetune.pipeline import run_pipeline
 
     torch.set_num_threads(1)
@@ -171,7 +171,7 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
         host = subprocess.Popen([sys.executable, __file__, "--serve", str(export), str(work / f"host-{n}")],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         ready = json.loads(host.stdout.readline())  # waits while the host imports the export (not measured)
-        from kern_finetune.client import RefineryClient
+        from kern_finetune.refinery.api import RefineryClient
 
         client = RefineryClient(ready["url"], USER, PASSWORD, timeout=600, retries=1, project_id=ready["project_id"])
         client.login()

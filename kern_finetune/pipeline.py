@@ -26,7 +26,8 @@ from .evaluate import (
     separation_2d,
     threshold_search,
 )
-from .export import Record, embedding_name, resolve_task
+from .refinery.columns import Record, embedding_name
+from .refinery.export import resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import ReportData, write_report
@@ -107,7 +108,8 @@ def _run_pipeline(
     say(f"[1/5] select labels: task {task.label}, text = {' + '.join(text_attrs)}, threshold {config.threshold}")
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     n_manual = sum(1 for i in sel.labeled_idx if sel.source[i] == "manual")
     say(f"      {len(sel.train_idx)} train / {len(sel.val_idx)} validation ({n_manual} manual), "
