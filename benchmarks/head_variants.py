@@ -48,7 +48,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from typing import Any
 
 import numpy as np

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT
-from kern_finetune.export import load_export, resolve_task
+from kern_finetune.refinery.export import load_export, resolve_task
 from kern_finetune.select import select_labels
 
 CASES = [
