@@ -29,7 +29,9 @@ SetFit is not a project dependency. Run this file in its own venv (never importe
 
 Smoke test: ``--limit 500 --test-limit 1500 --setfit-steps 10``. ``--systems`` and ``--part`` run the rows in
 separate processes (``--part NAME`` writes ``benchmarks/results/peers.NAME.json``); ``--merge a,b`` joins parts
-into ``benchmarks/results/peers.{json,md}``. Without ``--part`` the run writes ``peers.{json,md}`` itself.
+into ``benchmarks/results/peers.{json,md}`` (``--note``: a paragraph under the table). Without ``--part`` the run
+writes ``peers.{json,md}`` itself. Every row is also printed as one JSON line, and every ten training steps the
+seconds so far: ``--from-log LOG --part NAME --command-of-log CMD`` rebuilds a part file from a run's log.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ NAMES = {
     "raw": "raw all-MiniLM-L6-v2",
     "head": "kern-finetune default head",
     "st": "sentence-transformers trainer, BatchAllTripletLoss, GROUP_BY_LABEL, batch 64, 1 epoch",
-    "setfit": "SetFit, contrastive phase only, 340 steps of 32 pairs (its body's embeddings)",
+    "setfit": "SetFit, contrastive phase only, {steps} steps of 32 pairs (its body's embeddings)",
 }
 PACKAGES = ("setfit", "sentence-transformers", "transformers", "torch", "datasets", "accelerate")
 
@@ -86,6 +88,24 @@ def score(vectors: np.ndarray, gold: np.ndarray) -> dict[str, float]:
     return {f"top_{k}": float(100 * v.mean()) for k, v in per.items()}
 
 
+def step_timer(every: int = 10) -> Any:
+    """A trainer callback that prints the step count and seconds since training began, every ``every`` steps:
+    a long run shows its rate (and where it was when stopped) in its log."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step % every == 0 or state.global_step in (1, state.max_steps):
+                dt = time.perf_counter() - self.t0
+                print(f"step {state.global_step}/{state.max_steps}: {dt:.0f} s ({dt / state.global_step:.1f} s/step)",
+                      flush=True)
+
+    return StepTimer()
+
+
 def train_st(texts: list[str], labels: list[int], seed: int, workdir: str) -> tuple[Any, float, dict]:
     from datasets import Dataset
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -101,7 +121,7 @@ def train_st(texts: list[str], labels: list[int], seed: int, workdir: str) -> tu
     )
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"sentence": texts, "label": labels}),
-        loss=BatchAllTripletLoss(model),
+        loss=BatchAllTripletLoss(model), callbacks=[step_timer()],
     )
     t = time.perf_counter()
     out = trainer.train()
@@ -119,7 +139,8 @@ def train_setfit(texts: list[str], labels: list[int], seed: int, steps: int, wor
         output_dir=workdir, batch_size=32, max_steps=steps, num_epochs=1, seed=seed, report_to="none",
         show_progress_bar=False, logging_steps=20,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}))
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"text": texts, "label": labels}),
+                      callbacks=[step_timer()])
     seed_all(seed)
     t = time.perf_counter()
     trainer.train_embeddings(texts, labels, args=args)  # the contrastive phase only; no classifier head
@@ -153,10 +174,12 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     rows: list[dict[str, Any]] = []
 
     def add(system: str, vectors: np.ndarray, seconds: float | None, **extra: Any) -> None:
-        row = {"system": system, "row": NAMES[system], "train_seconds": None if seconds is None else round(seconds, 1),
+        row = {"system": system, "row": NAMES[system].format(steps=args.setfit_steps), "train_seconds": None if seconds is None else round(seconds, 1),
                **score(vectors, gold), **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
+        if args.part:  # a part file after every row: a run stopped later keeps what it measured
+            write_part(args, rows, split)
 
     for system in args.systems.split(","):
         if system == "raw":
@@ -192,6 +215,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
 
 def markdown(payload: dict[str, Any]) -> str:
     v = payload["versions"]
+    loads = ", ".join("n/a" if m.get("load_1min_at_start") is None else f"{m['load_1min_at_start']:.1f}" for m in payload["machines"])
     lines = [
         "# Peers on the AG News sample (issue 15)", "",
         "Commands (run in the peers venv, see the docstring of `benchmarks/peers.py`):", "",
@@ -211,13 +235,32 @@ def markdown(payload: dict[str, Any]) -> str:
         "",
         "top_k: mean share (percent) of a test record's k nearest test records (cosine) that share its gold class. "
         "Training seconds: measured under load (2 cores shared with six other jobs; load average "
-        f"{', '.join(str(m.get('load_1min_at_start')) for m in payload['machines'])} at the start of each process); "
-        "the head was timed in the same process as each peer, so compare seconds within a process. "
-        "Peers: all 10,854 selected labels; SetFit seconds include its pair generation. Encoding excluded.",
+        f"{loads} at the start of each "
+        "process); the head was timed in the same process as each peer, so compare seconds within a process. "
+        "Peers train on every selected label (see Split); SetFit's seconds include its pair generation; encoding excluded.",
     ]
+    if payload.get("note"):
+        lines += ["", payload["note"]]
     if payload.get("ratios"):
         lines += ["", "Side by side (same process): " + "; ".join(payload["ratios"])]
     return "\n".join(lines) + "\n"
+
+
+def write_part(args: argparse.Namespace, rows: list[dict[str, Any]], split: str, command: str | None = None) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"commands": [command or "python benchmarks/peers.py " + " ".join(sys.argv[1:])], "versions": versions(),
+               "split": split, "machines": [args.machine], "rows": [{**r, "part": args.part} for r in rows]}
+    (RESULTS / f"{args.name}.{args.part}.json").write_text(json.dumps(payload, indent=2))
+
+
+def from_log(args: argparse.Namespace) -> None:
+    """Rebuild a part file from the log of a run (its JSON rows, its split line), e.g. one stopped early."""
+    lines = open(args.from_log).read().replace("\r", "\n").splitlines()
+    rows = [json.loads(x) for x in lines if x.startswith('{"system"')]
+    split = next(x for x in lines if x.startswith("AG News sample"))
+    args.machine = {"load_1min_at_start": None, "note": f"rebuilt from the log {os.path.basename(args.from_log)}"}
+    write_part(args, rows, split, command=args.command_of_log)
+    print(f"{len(rows)} rows -> {RESULTS / f'{args.name}.{args.part}.json'}")
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
@@ -242,29 +285,32 @@ def main() -> None:
     ap.add_argument("--part", default="", help="write benchmarks/results/peers.PART.json only")
     ap.add_argument("--merge", default="", help="comma-separated parts to join into peers.{json,md}")
     ap.add_argument("--name", default="peers")
+    ap.add_argument("--note", default="", help="with --merge: a paragraph appended to the table")
+    ap.add_argument("--from-log", default="", help="with --part: rebuild that part's file from a run's log")
+    ap.add_argument("--command-of-log", default="", help="with --from-log: the command that wrote the log")
     args = ap.parse_args()
+    if args.from_log:
+        from_log(args)
+        return
     command = "python benchmarks/peers.py " + " ".join(sys.argv[1:])
     if args.merge:
         parts = [json.loads((RESULTS / f"{args.name}.{p}.json").read_text()) for p in args.merge.split(",")]
         order = {s: i for i, s in enumerate(SYSTEMS)}
         rows = sorted((r for p in parts for r in p["rows"]), key=lambda r: (order[r["system"]], r.get("part", "")))
         payload = {"commands": [c for p in parts for c in p["commands"]] + [command.strip()], "versions": parts[0]["versions"],
-                   "split": parts[0]["split"], "machines": [p["machines"][0] for p in parts], "rows": rows, "ratios": ratios(rows)}
+                   "split": parts[0]["split"], "machines": [p["machines"][0] for p in parts], "rows": rows, "ratios": ratios(rows), "note": args.note}
         md = markdown(payload)
         print(md)
         write_results(args.name, payload, md)
         return
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    info = machine()
+    args.machine = info = machine()
     rows, split = run(args)
     for r in rows:
         r["part"] = args.part
     payload = {"commands": [command.strip()], "versions": versions(), "split": split, "machines": [info], "rows": rows,
                "ratios": ratios(rows)}
-    if args.part:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / f"{args.name}.{args.part}.json").write_text(json.dumps(payload, indent=2))
-    else:
+    if not args.part:
         md = markdown(payload)
         print(md)
         write_results(args.name, payload, md)
