@@ -21,7 +21,7 @@ from kern_finetune.encode import Encoder  # noqa: E402
 from kern_finetune.config import RunConfig  # noqa: E402
 from kern_finetune.evaluate import neighbour_purity, sample_queries, threshold_search  # noqa: E402
 from kern_finetune.noise import find_label_issues, without_label_issues  # noqa: E402
-from kern_finetune.export import load_export, resolve_task  # noqa: E402
+from kern_finetune.refinery.export import load_export, resolve_task  # noqa: E402
 from kern_finetune.select import Selection, select_labels  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"

@@ -38,7 +38,7 @@ from _common import RESULTS, SAMPLE, machine
 
 from kern_finetune import pipeline, train_full
 from kern_finetune.config import RunConfig
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.train import fit_head
 
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from _common import RESULTS, ROOT, SAMPLE, machine, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import run_pipeline
 
 CLINC = next((p / "shared" / "data" / "clinc150" for p in (ROOT.parent, ROOT.parent.parent)

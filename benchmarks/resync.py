@@ -172,7 +172,7 @@ class _DirectSyncer:
     """Calls :func:`kern_finetune.sync.sync_project` in this process."""
 
     def __init__(self, secrets_path: Path, project_id: str, options: dict[str, Any], out_dir: Path) -> None:
-        from kern_finetune.client import RefineryClient
+        from kern_finetune.refinery.api import RefineryClient
         from kern_finetune.config import RunConfig
 
         self.client = RefineryClient.from_secrets(secrets_path)
@@ -241,7 +241,7 @@ def _markdown(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     from kern_finetune.config import RunConfig
-    from kern_finetune.export import load_export
+    from kern_finetune.refinery.export import load_export
     from kern_finetune.host import serve_in_thread as host_in_thread
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

@@ -16,7 +16,7 @@ from pathlib import Path
 from _common import machine, write_results
 
 from kern_finetune.config import RunConfig, default_cache_dir
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]

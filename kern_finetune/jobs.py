@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .serving import immediate_transaction
+
 __all__ = [
     "Job",
     "JobStore",
@@ -41,7 +43,6 @@ __all__ = [
     "SUCCEEDED",
     "UP_TO_DATE",
     "FAILED",
-    "ACTIVE_STATES",
     "FINAL_STATES",
     "MAX_ATTEMPTS",
     "INTERRUPTED_REASON",
@@ -52,7 +53,6 @@ RUNNING = "running"
 SUCCEEDED = "succeeded"
 UP_TO_DATE = "up_to_date"
 FAILED = "failed"
-ACTIVE_STATES = (QUEUED, RUNNING)
 FINAL_STATES = (SUCCEEDED, UP_TO_DATE, FAILED)
 
 MAX_ATTEMPTS = 2
@@ -193,16 +193,11 @@ class JobStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connect() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connect() as conn, immediate_transaction(conn):
+            yield conn
 
-    def _notify(self) -> None:
+    def wake(self) -> None:
+        """Wake every thread blocked in :meth:`wait_for_work` (a new job, or a worker asked to stop)."""
         with self._wakeup:
             self._wakeup.notify_all()
 
@@ -244,7 +239,7 @@ class JobStore:
             else:
                 job_id, created = self._insert(conn, project_id, options, force, min_new_labels), True
         if created:
-            self._notify()
+            self.wake()
         job = self.get(job_id)
         assert job is not None
         return job, created
@@ -337,7 +332,7 @@ class JobStore:
                 )
                 conn.execute("UPDATE jobs SET followed_by = ? WHERE id = ?", (follow_up, job_id))
         if follow_up:
-            self._notify()
+            self.wake()
         job = self.get(job_id)
         assert job is not None
         return job
@@ -365,5 +360,5 @@ class JobStore:
                         (QUEUED, f"re-queued: {INTERRUPTED_REASON}", row["id"]),
                     )
         if touched:
-            self._notify()
+            self.wake()
         return [j for j in (self.get(i) for i in touched) if j is not None]

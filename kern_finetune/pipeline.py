@@ -20,17 +20,19 @@ from .encode import Encoder
 from .evaluate import (
     chance_level,
     linear_probe,
-    neighbour_purity,
     projection_2d,
+    purity_summary,
     sample_queries,
     separation_2d,
     threshold_search,
 )
-from .export import Record, embedding_name, resolve_task
+from .refinery.columns import Record, embedding_name
+from .refinery.export import resolve_task
 from .heads import SkipConnectionHead
 from .noise import write_label_issues
 from .report import ReportData, write_report
 from .save import check_out_dir, save_model, save_vectors, staged_output, write_json
+from .subsample import MAX_FIT_RECORDS
 from .select import Selection, default_text_attributes, gold_to_class, label_fingerprint, select_labels
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
@@ -106,7 +108,8 @@ def _run_pipeline(
     say(f"[1/5] select labels: task {task.label}, text = {' + '.join(text_attrs)}, threshold {config.threshold}")
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     n_manual = sum(1 for i in sel.labeled_idx if sel.source[i] == "manual")
     say(f"      {len(sel.train_idx)} train / {len(sel.val_idx)} validation ({n_manual} manual), "
@@ -211,12 +214,12 @@ def _run_pipeline(
     )
     if pseudo is not None:
         metrics["pseudo_labels"] = {"threshold": pseudo["threshold"], "n_added": int(len(pseudo["indices"])),
-                                    "n_candidates": pseudo["n_candidates"]}
+                                    "n_candidates": pseudo["n_candidates"], "n_fit": pseudo["n_fit"]}
     if noise:
         write_label_issues(stage / "label_issues.csv", noise)
         metrics["label_check"] = {
             "action": config.noise_filter, "file": "label_issues.csv",
-            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note")},
+            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note", "n_fit")},
             **noise_audit,
         }
     metrics["seconds"] = {
@@ -259,13 +262,12 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
     }
     queries = sample_queries(len(test), config.eval_queries, config.seed)
     embeddings = {"raw": base[test], "finetuned": tuned[test]}
-    top_k, top_250, per_query = {}, {}, {}
+    top_k, top_250, per_query, per_query_k = {}, {}, {}, {}
     for name, x in embeddings.items():
-        per = neighbour_purity(x, classes)
-        top_k[name] = {str(k): float(100 * v.mean()) for k, v in per.items()}
-        top_250[name] = float(100 * per[1000][queries].mean())
-        per_query[name] = per[1000]
-    metrics.update(top_k=top_k, top_1k_250=top_250)
+        summary = purity_summary(x, classes, queries, seed=config.seed)  # capped queries, blocks: linear in n_test
+        top_k[name], top_250[name], per_query[name] = summary["top_k"], summary["top_1k_250"], summary["per_query"]
+        per_query_k[name] = summary["per_query_k"]  # the report's per-class table reuses it
+    metrics.update(top_k=top_k, top_1k_250=top_250, top_k_queries=summary["n_queries"])
     # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
     # embedding's similarity threshold, judged on every returned record whose gold is known.
     all_gold = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
@@ -299,7 +301,9 @@ def _evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
                 x[fit_idx], sel.y[fit_idx], x[test], method=method, seed=config.seed
             )
     metrics["separation_2d"] = {name: separation_2d(p, classes, seed=config.seed) for name, p in views.items()}
+    metrics["projection_fit"] = {"n_train": int(len(fit_idx)), "max_fit": MAX_FIT_RECORDS, "sampled": len(fit_idx) > MAX_FIT_RECORDS}
     points = {name: views[name] for name in ("raw_pca", "finetuned_simplex")}
     names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
-    metrics["_plots"] = {"per_query": per_query, "points_2d": points, "point_classes": classes, "class_names": names}
+    metrics["_plots"] = {"per_query": per_query, "per_query_k": per_query_k, "points_2d": points, "point_classes": classes,
+                         "class_names": names}
     return metrics

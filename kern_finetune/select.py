@@ -8,6 +8,7 @@ Rules, each with a defined outcome (counted in ``Selection.skipped`` and the rep
   inferred from the export by :func:`task_labels`), so a label that itself contains ``", "`` survives;
 - a label outside the task's label set (when the set is known): skipped (``label_outside_task``);
 - a label value that is not text (an array or object): skipped (``label_invalid``);
+- with ``weak_labels=False`` (``--no-weak-labels``) no weak label counts: manual labels only;
 - a weak label counts only when its confidence parses, lies in [0, 1] and is strictly above the threshold;
   a missing (``weak_confidence_missing``) or unparseable or out-of-range (``weak_confidence_invalid``)
   confidence drops that weak label;
@@ -32,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, ExportError, SelectionError
-from .export import Record, TaskColumns
+from .refinery.columns import Record, TaskColumns
 
 __all__ = [
     "Selection",
@@ -136,6 +137,7 @@ def select_labels(
     id_attribute: str = "running_id",
     gold_attribute: str | None = None,
     threshold: float = 0.7,
+    weak_labels: bool = True,
     val_fraction: float = 0.25,
     seed: int = 42,
     known_labels: list[str] | None = None,
@@ -172,7 +174,7 @@ def select_labels(
         conf = _parse_confidence(conf_raw)
         if weak is not None and weak is not _INVALID:
             confidence[i] = conf if conf is not None else np.nan
-        if label is None and not blocked and weak is not None:
+        if label is None and not blocked and weak is not None and weak_labels:
             if weak is _INVALID:
                 skipped["label_invalid"] += 1
             elif conf_raw in (None, ""):
@@ -191,8 +193,9 @@ def select_labels(
     classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
     if len(classes) < 2:
         raise SelectionError(
-            f"need labels of at least 2 classes to train, found {len(classes)} "
-            f"(threshold {threshold}: lower it or add manual labels)"
+            f"need labels of at least 2 classes to train, found {len(classes)}"
+            + (f" (threshold {threshold}: lower it or add manual labels)" if weak_labels
+               else " (manual labels only: add manual labels, or allow weak labels)")
         )
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[c] if c is not None else -1 for c in chosen], dtype=np.int64)

@@ -16,7 +16,7 @@ Doors (``door=``), each named for what it is:
 ``snapshot``
     write a copy of a project snapshot (``snapshot=SRC.zip``, exported in refinery's UI) with our
     embedding added (``write_snapshot=OUT.zip``); the user imports it in refinery's UI, where it becomes
-    a new project (:func:`kern_finetune.snapshot.write_snapshot`).
+    a new project (:func:`kern_finetune.refinery.snapshot.write_snapshot`).
 ``model``
     the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
     embedder to compute as a ``huggingface`` embedding itself (:func:`model_door_steps`).
@@ -26,7 +26,7 @@ Doors (``door=``), each named for what it is:
     naming the snapshot door.
 
 Before anything is encoded the door is checked: ``api`` asks the host
-(:meth:`~kern_finetune.client.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
+(:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
 snapshot and, once the export is pulled, checks that it holds the same records.
 
 State lives per host and project in ``state_dir`` (default
@@ -59,11 +59,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ._net import host_identity
-from .client import PushResult, RefineryClient
-from .export import embedding_name, model_short_name
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
-from .export import Record, resolve_task
+from .refinery.api import RefineryClient
+from .refinery.columns import Record, embedding_name, model_short_name
+from .refinery.export import resolve_task
+from .refinery.push import PushResult
 from .select import default_text_attributes, label_fingerprint, select_labels
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
@@ -149,7 +150,8 @@ def label_state(records: list[Record], config: RunConfig) -> tuple[str, dict[str
     task, text_attrs = _task_and_texts(records, config)
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=None, threshold=config.threshold, val_fraction=config.val_fraction, seed=config.seed,
+        gold_attribute=None, threshold=config.threshold, weak_labels=config.weak_labels,
+        val_fraction=config.val_fraction, seed=config.seed,
     )
     return label_fingerprint(sel, task.label, config.threshold), sel.label_state(), task.label
 
@@ -360,7 +362,7 @@ def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | Non
 
 
 def _read_source_snapshot(path: Path | None) -> Any:
-    from .snapshot import read_snapshot
+    from .refinery.snapshot import read_snapshot
 
     assert path is not None
     return read_snapshot(path)
@@ -379,7 +381,7 @@ def _check_same_records(source: Any, records: list[Record], id_attribute: str, p
 
 def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, model: str, config: RunConfig) -> str:
     """The snapshot door: ``write_snapshot`` names the embedding refinery's way; returns that name."""
-    from .snapshot import write_snapshot
+    from .refinery.snapshot import write_snapshot
 
     name = config.embedding_name or embedding_name(attribute, model=model)
     written = write_snapshot(

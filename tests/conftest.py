@@ -34,7 +34,7 @@ def shared_file(relpath: str) -> Path:
 
 @pytest.fixture(scope="session")
 def sample_records() -> list[dict]:
-    from kern_finetune.export import load_export
+    from kern_finetune.refinery.export import load_export
 
     return load_export(SAMPLE)
 
@@ -56,7 +56,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def subset_sel(subset_records: list[dict]):
     """The subset's default label selection (task Topic, gold "Class Index"); tests change only copies."""
-    from kern_finetune.export import resolve_task
+    from kern_finetune.refinery.export import resolve_task
     from kern_finetune.select import select_labels
 
     return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],

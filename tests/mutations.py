@@ -71,18 +71,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="hmac-without-timestamp",
         why="the webhook signature covers the body only, so a captured signature replays with any t=",
-        file="kern_finetune/service.py",
+        file="kern_finetune/service/signing.py",
         old='str(timestamp).encode("ascii") + b"." + body',
         new="body",
-        tests=("tests/test_service.py", "-k", "sign or hmac or curl or forged"),
+        tests=("tests/service/test_service.py", "-k", "sign or hmac or curl or forged"),
     ),
     Mutation(
         name="finalize-without-swap",
         why="finalizing a complete upload never serves the new version (search keeps the old vectors)",
-        file="kern_finetune/host/store.py",
+        file="kern_finetune/host/embeddings.py",
         old="SET state = 'FINISHED', served = 1,",
         new="SET state = 'FINISHED', served = 0,",
-        tests=("tests/test_host.py",),
+        tests=("tests/host/test_host.py",),
     ),
     Mutation(
         name="weights-dropped-by-pipeline",

@@ -23,7 +23,7 @@ def small_records(subset_records) -> list[dict]:
 @pytest.fixture(scope="module")
 def small(small_records, shared_cache):
     from kern_finetune.encode import Encoder
-    from kern_finetune.export import resolve_task
+    from kern_finetune.refinery.export import resolve_task
     from kern_finetune.select import select_labels
 
     sel = select_labels(small_records, resolve_task(small_records, "Topic"), text_attributes=["Title", "Description"],

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import pytest
 
 from kern_finetune import service
+from kern_finetune.service.trigger import validate_trigger
 from kern_finetune.cli import build_parser
 from kern_finetune.config import RunConfig
 
@@ -25,7 +28,7 @@ VARIABLES: dict[str, dict[str, Any]] = MANIFEST["integratorInputs"]["variables"]
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 HINTS = typing.get_type_hints(RunConfig)
 DEFAULTS = RunConfig()
-_TYPES = {"integer": int, "float": float, "string": str, "list[string]": list}
+_TYPES = {"integer": int, "float": float, "string": str, "list[string]": list, "boolean": bool}
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -80,29 +83,46 @@ def test_integrator_input_maps_to_runconfig_and_run_option(name: str) -> None:
     action = actions[var["cliOption"]]
     assert action.dest == field, (name, action.dest)
     assert action.default == getattr(DEFAULTS, field), (name, action.default)
-    if action.choices is not None or "allowedValues" in var:
+    if var["type"] == "boolean":
+        assert isinstance(action, argparse.BooleanOptionalAction), name
+        assert var["selectionType"] == "choice" and var["allowedValues"] == [True, False], name
+    elif action.choices is not None or "allowedValues" in var:
         assert list(var.get("allowedValues", [])) == list(action.choices or []), name
         assert var["selectionType"] == "choice"
         assert var["defaultValue"] in var["allowedValues"]
 
 
 def test_every_run_option_of_runconfig_is_an_input() -> None:
-    """No `run` option that sets a RunConfig field is missing from the manifest (cache_dir excepted)."""
+    """Every RunConfig field is a `run` option, and every one but cache_dir (the service's) a manifest input."""
     covered = {v["configField"] for v in VARIABLES.values()}
     dests = {a.dest for a in _subparser("run")._actions if a.option_strings} & set(FIELDS)  # noqa: SLF001
+    assert dests == set(FIELDS)
     assert dests - covered == {"cache_dir"}
+
+
+def test_the_committed_inputs_are_the_ones_runconfig_makes() -> None:
+    """manifest.json's inputs are generated from RunConfig's field metadata; after changing a run option,
+    `python scripts/update_manifest.py` rewrites them."""
+    from kern_finetune.config import manifest_variables
+
+    expected = manifest_variables()
+    assert list(VARIABLES) == list(expected), "run python scripts/update_manifest.py"
+    for name, var in expected.items():
+        assert VARIABLES[name] == var, f"{name} differs from RunConfig: run python scripts/update_manifest.py"
+        assert name == var["configField"].upper()  # one name per option
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_manifest.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_inputs_with_their_defaults_make_a_valid_trigger_and_config() -> None:
     options = {v["configField"]: v["defaultValue"] for v in VARIABLES.values()}
     config = RunConfig.from_dict(options).validate()
     assert dataclasses.replace(config, cache_dir=DEFAULTS.cache_dir) == DEFAULTS
-    project_id, checked, force, min_new = service._validate_trigger(  # noqa: SLF001
-        {"project_id": "p1", "options": options}
-    )
+    project_id, checked, force, min_new = validate_trigger({"project_id": "p1", "options": options})
     assert (project_id, checked, force, min_new) == ("p1", options, False, 1)
     example = MANIFEST["triggers"]["webhook"]["body"]
-    service._validate_trigger({**example, "project_id": "p1"})  # noqa: SLF001
+    validate_trigger({**example, "project_id": "p1"})
 
 
 def test_webhook_trigger_matches_the_service() -> None:
@@ -174,7 +194,7 @@ def test_host_endpoints_are_refinery_or_the_push_extension_and_the_local_host_se
     for flag in (True, False):
         with serve_in_thread(export, data_dir=tmp_path / "host", user_name="me@example.com",
                              password="manifest-pw-1234", push_extension=flag) as host:
-            app = host._server.config.app  # noqa: SLF001
+            app = host.app
             served[flag] = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ())}
     for e in endpoints:
         if e["path"].startswith("{"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kern_finetune.errors import ExportError, SelectionError, TaskNotFoundError
-from kern_finetune.export import discover_tasks, parse_export_payload, resolve_task
+from kern_finetune.refinery.export import discover_tasks, parse_export_payload, resolve_task
 from kern_finetune.select import default_text_attributes, gold_to_class, select_labels
 
 M, W, C = "__Topic__MANUAL", "__Topic__WEAK_SUPERVISION", "__Topic__WEAK_SUPERVISION__confidence"
@@ -105,6 +105,23 @@ def test_too_few_labels():
     records = [rec(i, weak="A", conf="0.9") for i in range(10)]
     with pytest.raises(SelectionError, match="at least 2 classes"):
         select(records)
+
+
+def test_weak_labels_off_trains_on_manual_labels_only():
+    """--no-weak-labels: every weak label is ignored, however confident; its record becomes a test record."""
+    records = [rec(i, manual="AB"[i % 2], gold="AB"[i % 2]) for i in range(10)] + [
+        rec(100 + i, weak="AB"[i % 2], conf="0.99", gold="AB"[i % 2]) for i in range(6)
+    ] + [rec(200, manual="A", weak="B", conf="0.99", gold="A")]
+    both = select(records, gold_attribute="Gold")
+    manual = select(records, gold_attribute="Gold", weak_labels=False)
+    assert sorted(set(both.source) - {""}) == ["manual", "weak"] and len(both.labeled_idx) == 17
+    assert set(manual.source) == {"manual", ""} and len(manual.labeled_idx) == 11
+    by_id = dict(zip(manual.ids, range(len(manual.ids))))
+    assert manual.test_idx.tolist() == [by_id[str(100 + i)] for i in range(6)]
+    assert manual.classes[manual.y[by_id["200"]]] == "A"  # the manual label still wins
+    assert manual.label_state() != both.label_state()  # so a sync sees a new state
+    with pytest.raises(SelectionError, match="manual labels only"):
+        select([rec(i, weak="AB"[i % 2], conf="0.99") for i in range(20)], weak_labels=False)
 
 
 def test_split_is_seeded_and_75_25():

@@ -23,7 +23,7 @@ from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune import sync as sync_mod
 from kern_finetune._net import host_identity, redact_uri
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.commands import sync as sync_cmd
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError, ExportError, HostUnavailableError, PushError, SyncBusyError
@@ -183,6 +183,15 @@ def test_threshold_change_counts_as_new_state(host: RunningHost, config: RunConf
     config.threshold = 0.4  # the 0.5-confidence weak labels now count
     res = _sync(host, config, tmp_path, fake)
     assert res.status == "pushed" and res.changed_labels == res.n_labels
+
+
+def test_turning_weak_labels_off_counts_as_new_state(host: RunningHost, config: RunConfig, tmp_path: Path) -> None:
+    fake = FakePipeline()
+    first = _sync(host, config, tmp_path, fake)
+    config.weak_labels = False  # manual labels only: every third record of make_records()
+    res = _sync(host, config, tmp_path, fake)
+    assert res.status == "pushed" and fake.calls == 2
+    assert res.n_labels == 14 < first.n_labels
 
 
 def test_failed_push_keeps_old_state_and_old_embedding(host: RunningHost, config: RunConfig, tmp_path: Path,
@@ -365,7 +374,7 @@ SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zi
 
 def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> None:
     """Against a host without the push extension: auto picks the snapshot door when --write-snapshot is given."""
-    from kern_finetune.snapshot import read_snapshot
+    from kern_finetune.refinery.snapshot import read_snapshot
 
     src = read_snapshot(SNAPSHOT)
     adapter = FaultAdapter()

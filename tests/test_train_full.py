@@ -15,7 +15,7 @@ import torch
 
 from kern_finetune.config import RunConfig
 from kern_finetune.encode import Encoder
-from kern_finetune.export import resolve_task
+from kern_finetune.refinery.export import resolve_task
 from kern_finetune.select import Selection, select_labels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from ..client import RefineryClient
-from ..export import embedding_name
 from ..errors import ConfigError
-from ..export import load_export
+from ..refinery.api import RefineryClient
+from ..refinery.columns import embedding_name
+from ..refinery.export import load_export
 from ..select import gold_to_class
 from ..sync import sync_project
 from .run import add_run_options, config_from_args

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import stat
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..serving import atomic_write_text
 
 PASSWORD_ENV = "KERN_HOST_PASSWORD"
 
@@ -92,20 +91,7 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str]:
 
 def _write_secrets(path: Path, content: dict[str, str]) -> None:
     """Write ``content`` to ``path`` atomically with mode 0600: a reader sees no file or the whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(content, fh, indent=2)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, stat.S_IRUSR | stat.S_IWUSR)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, json.dumps(content, indent=2) + "\n", mode=stat.S_IRUSR | stat.S_IWUSR)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,18 +6,16 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..config import DEVICES, ENGINES, LOSSES, MODES, RunConfig
+from ..config import RunConfig, flag_of, run_options
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..export import Record
+    from ..refinery.columns import Record
     from ..pipeline import RunResult
 
 __all__ = ["register", "add_run_options", "config_from_args"]
-
-_DEFAULTS = RunConfig()
 
 EPILOG = """\
 examples:
@@ -26,116 +24,56 @@ examples:
   kern-finetune run --export project_snapshot.zip --task topic --write-snapshot with_embedding.zip
 
 What is trained on: every manual label, plus every weak-supervision label whose confidence is above
---threshold (a manual label wins). Records without such a label are the test records: with
---gold-attribute, their true class is used to measure how many nearest neighbours share it (top_k)."""
+--threshold (a manual label wins; --no-weak-labels: manual labels only). Records without such a label
+are the test records: with --gold-attribute, their true class is used to measure how many nearest
+neighbours share it (top_k)."""
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The pipeline options shared by ``run``, ``sync`` and ``demo``."""
-    g = parser.add_argument_group("what to learn from")
-    g.add_argument("--task", help="labeling task name, e.g. Topic (default: the only task in the export)")
-    g.add_argument("--text-attributes", metavar="A,B",
-                   help='attributes joined with ". " into the text to embed (default: every text attribute)')
-    g.add_argument("--id-attribute", default=_DEFAULTS.id_attribute, help="attribute that identifies a record (default: %(default)s)")
-    g.add_argument("--gold-attribute", metavar="NAME",
-                   help="attribute with the true class; used ONLY to evaluate on the records not trained on")
-    g.add_argument("--threshold", type=float, default=_DEFAULTS.threshold,
-                   help="weak labels count when their confidence is above this (default: %(default)s)")
-    g = parser.add_argument_group("how to train")
-    g.add_argument("--engine", choices=ENGINES, default=_DEFAULTS.engine, help="native PyTorch or Quaterion (default: %(default)s)")
-    g.add_argument("--mode", choices=MODES, default=_DEFAULTS.mode,
-                   help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
-                        "when its time, estimated on this machine at run time, fits --time-budget (default: %(default)s)")
-    g.add_argument("--time-budget", type=float, default=_DEFAULTS.time_budget, metavar="SECONDS",
-                   help="--mode auto: the longest full-mode training (with re-encoding) to accept (default: %(default)s)")
-    g.add_argument("--loss", choices=LOSSES, default=_DEFAULTS.loss, help="similarity loss (default: %(default)s)")
-    g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature,
-                   help="supcon softmax temperature (default: %(default)s)")
-    g.add_argument("--raw-weight", default=_DEFAULTS.raw_weight, metavar="auto|W",
-                   help="head mode: share of the base vector in the pushed one; auto = chosen on validation records "
-                        "and refinery's threshold search; 0 = the head alone, as before (default: %(default)s)")
-    g.add_argument("--distill", type=float, default=_DEFAULTS.distill, metavar="WEIGHT",
-                   help="head mode: weight of the term that keeps the base model's neighbourhoods of every record; "
-                        "0 = off (default: %(default)s)")
-    g.add_argument("--uniformity", type=float, default=_DEFAULTS.uniformity, metavar="WEIGHT",
-                   help="head mode: weight of the uniformity term over every record; 0 = off (default: %(default)s)")
-    g.add_argument("--search-floor", type=float, default=_DEFAULTS.search_floor, metavar="WEIGHT",
-                   help="head mode: weight of the term that keeps refinery's threshold search from returning short "
-                        "result lists (unlabeled records); 0 = off, as before (default: %(default)s)")
-    g.add_argument("--margin", type=float, default=_DEFAULTS.margin, help="triplet margin, cosine distance (default: %(default)s)")
-    g.add_argument("--head-layers", type=int, default=_DEFAULTS.head_layers, help="stacked skip-connection layers (default: %(default)s)")
-    g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs, help="maximum epochs; early stopping ends sooner (default: %(default)s)")
-    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="rows per class-aware batch (default: %(default)s)")
-    g.add_argument("--patience", type=int, default=_DEFAULTS.patience,
-                   help="stop after this many epochs without a lower validation loss (default: %(default)s)")
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="Adam learning rate of the head (default: %(default)s)")
-    g.add_argument("--encoder-lr", type=float, default=_DEFAULTS.encoder_lr,
-                   help="--mode full: learning rate of the encoder's own weights (default: %(default)s)")
-    g.add_argument("--encoder-memory", type=int, default=_DEFAULTS.encoder_memory, metavar="ROWS",
-                   help="--mode full, supcon: rows of earlier batches each batch is also contrasted with "
-                        "(cross-batch memory); 0 = off (default: %(default)s)")
-    g.add_argument("--wise-alpha", type=float, default=_DEFAULTS.wise_alpha, metavar="A",
-                   help="--mode full: keep (1-A) of the base weights and A of the fine-tuned ones (WiSE-FT); "
-                        "1 = fine-tuned weights as they are (default: %(default)s)")
-    g.add_argument("--noise-filter", choices=("off", "drop", "weight"), default=_DEFAULTS.noise_filter,
-                   help="find weak labels that contradict out-of-fold predictions and drop or down-weight them (default: %(default)s)")
-    g.add_argument("--pseudo-labels", default=_DEFAULTS.pseudo_labels, metavar="auto|off|P",
-                   help="self-training: unlabeled records predicted with probability above P train with that "
-                        "label; auto = 0.9 in --mode full, off in --mode head (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=_DEFAULTS.seed, help="seed for the split, training and evaluation (default: %(default)s)")
-    g = parser.add_argument_group("where things go")
-    g.add_argument("--base-model", metavar="DIR", help="local sentence-transformers model (default: bundled all-MiniLM-L6-v2)")
-    g.add_argument("--cache-dir", type=Path, default=None, help="vector cache (default: $KERN_FINETUNE_CACHE or ~/.cache/kern-finetune)")
-    g.add_argument("--device", choices=DEVICES, default=_DEFAULTS.device,
-                   help="where to encode and (--mode full) train; auto = CUDA when present; "
-                        "CUDA encodes in fp16 (default: %(default)s)")
-    g.add_argument("--ray-address", metavar="ADDRESS|local", default=None,
-                   help="encode the texts missing from the vector cache on Ray (the ray extra): a cluster "
-                        "address, or local for a local Ray runtime (default: $RAY_ADDRESS, else in this process)")
-    g.add_argument("--embedding-name", help="name of the pushed embedding (default: <attribute>-classification-kern-finetune-<model>)")
+    """The pipeline options shared by ``run``, ``sync`` and ``demo``: one per :class:`RunConfig` field, made
+    from its :class:`~kern_finetune.config.Option` (flag, help, group, choices, metavar)."""
+    groups: dict[str, Any] = {}
+    for name, opt, typ, default in run_options():
+        if opt.group not in groups:
+            groups[opt.group] = parser.add_argument_group(opt.group)
+        if default is None:
+            shown = opt.default_text
+        elif typ is bool:
+            shown = "on" if default else "off"
+        else:
+            shown = "%(default)s"
+        if opt.env:
+            shown = f"${opt.env}, else {shown}"
+        kwargs: dict[str, Any] = {"dest": name, "default": default, "help": f"{opt.help} (default: {shown})"}
+        if typ is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = {int: int, float: float, list: _comma_list, Path: Path}.get(typ)
+            kwargs["metavar"] = opt.metavar
+            kwargs["choices"] = opt.choices
+        groups[opt.group].add_argument(flag_of(name, opt), **kwargs)
+
+
+def _comma_list(value: str) -> list[str] | None:
+    """``A,B`` -> ``["A", "B"]``; an empty value means the default (None)."""
+    return [a.strip() for a in value.split(",") if a.strip()] or None
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """A validated :class:`RunConfig` from parsed ``add_run_options`` arguments."""
-    config = RunConfig(
-        task=args.task,
-        text_attributes=[a.strip() for a in args.text_attributes.split(",") if a.strip()] if args.text_attributes else None,
-        id_attribute=args.id_attribute,
-        gold_attribute=args.gold_attribute,
-        threshold=args.threshold,
-        engine=args.engine,
-        mode=args.mode,
-        time_budget=args.time_budget,
-        loss=args.loss,
-        temperature=args.temperature,
-        margin=args.margin,
-        raw_weight=args.raw_weight,
-        distill=args.distill,
-        uniformity=args.uniformity,
-        search_floor=args.search_floor,
-        patience=args.patience,
-        head_layers=args.head_layers,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        encoder_lr=args.encoder_lr,
-        encoder_memory=args.encoder_memory,
-        wise_alpha=args.wise_alpha,
-        noise_filter=args.noise_filter,
-        pseudo_labels=args.pseudo_labels,
-        seed=args.seed,
-        base_model=args.base_model,
-        embedding_name=args.embedding_name,
-        device=args.device,
-        ray_address=args.ray_address or os.environ.get("RAY_ADDRESS") or None,
-    )
-    if args.cache_dir is not None:
-        config.cache_dir = args.cache_dir
-    return config.validate()
+    """The validated :class:`RunConfig` that parsed ``add_run_options`` arguments describe (the CLI's boundary:
+    the pipeline does not check it again)."""
+    values: dict[str, Any] = {}
+    for name, opt, _typ, _default in run_options():
+        value = getattr(args, name)
+        if value is None and opt.env:
+            value = os.environ.get(opt.env) or None
+        if value is not None:  # None: RunConfig's own default (cache_dir's is computed)
+            values[name] = value
+    return RunConfig(**values).validate()
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..export import load_export
+    from ..refinery.export import load_export
     from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
 
     config = config_from_args(args)
@@ -152,8 +90,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _write_snapshot(args: argparse.Namespace, config: RunConfig, records: list[Record], result: RunResult) -> None:
     """The snapshot door: the source snapshot plus the fine-tuned embedding, and how to import it."""
-    from ..export import embedding_name, resolve_task
-    from ..snapshot import import_steps, write_snapshot
+    from ..refinery.columns import embedding_name
+    from ..refinery.export import resolve_task
+    from ..refinery.snapshot import import_steps, write_snapshot
 
     task = resolve_task(records, config.task)
     attribute = task.attribute or result.metrics["text_attributes"][0]

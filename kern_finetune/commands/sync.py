@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..client import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..errors import ConfigError
+from ..refinery.api import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..sync import DOORS, sync_project
 from .run import add_run_options, config_from_args
 

@@ -23,14 +23,15 @@ from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
 if TYPE_CHECKING:
     from .app import create_app
     from .server import RunningHost, check_bind, is_loopback, serve_forever, serve_in_thread
-    from .store import ApiError, GatewayError, HostStore
+    from .api_errors import ApiError, GatewayError
+    from .store import HostStore
 
 # The server stack (fastapi, uvicorn) loads on first use, not when the CLI builds its parsers.
 _LAZY = {
     "create_app": ".app",
     "RunningHost": ".server", "check_bind": ".server", "is_loopback": ".server",
     "serve_forever": ".server", "serve_in_thread": ".server",
-    "ApiError": ".store", "GatewayError": ".store", "HostStore": ".store",
+    "ApiError": ".api_errors", "GatewayError": ".api_errors", "HostStore": ".store",
 }
 
 

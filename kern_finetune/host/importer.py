@@ -39,9 +39,19 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..export import EXTRACTION, Record, TaskColumns, discover_tasks, load_export
-from ..snapshot import read_snapshot
-from .values import as_confidence, as_string, dump_row, is_text
+from ..refinery.columns import (
+    EXTRACTION,
+    Record,
+    TaskColumns,
+    as_string,
+    import_attribute,
+    import_rename,
+    split_task_column,
+    task_base,
+)
+from ..refinery.export import discover_tasks, load_export
+from ..refinery.snapshot import read_snapshot
+from .values import as_confidence, dump_row, is_text
 
 __all__ = [
     "ImportPlan",
@@ -55,8 +65,6 @@ __all__ = [
 
 _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
-_PYTHON_MODELS = ("bag-of-words", "bag-of-characters", "tf-idf")
-_ATTRIBUTE_FROM_NAME = re.compile(r"^(.+)-(?:classification|extraction).*")
 _TOKEN = re.compile(
     r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
     r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
@@ -193,12 +201,10 @@ def embedding_import_name(name: str) -> tuple[str, str, str]:
     refinery-gateway ``project_transfer_manager.py`` ``__transform_embedding_by_name``; a name without ``-``
     fails there with IndexError, here with :class:`ExportError`.
     """
-    parts = name.split("-")
-    if len(parts) < 2:
+    renamed = import_rename(name)
+    if renamed is None:
         raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
-    attribute, etype, model = parts[0], parts[1], "-".join(parts[2:])
-    platform = "python" if model in _PYTHON_MODELS else "huggingface"
-    return platform, model, f"{attribute}-{etype}-{platform}-{model}"
+    return renamed
 
 
 def read_project(path: str | Path) -> ImportedProject:
@@ -237,7 +243,7 @@ def read_project(path: str | Path) -> ImportedProject:
 
 def extraction_columns(records: list[Record]) -> list[str]:
     """The label columns of the export's extraction tasks (per-token arrays, as the real export writes them);
-    :func:`kern_finetune.export.discover_tasks` is the one place that tells the two kinds of task apart."""
+    :func:`kern_finetune.refinery.export.discover_tasks` is the one place that tells the two kinds of task apart."""
     return [col for task in discover_tasks(records) if task.kind == EXTRACTION
             for col in (task.manual, task.weak, task.confidence) if col]
 
@@ -282,8 +288,8 @@ def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any
         if attr_id not in attr_by_id:
             raise ExportError(f"{source}: extraction task {task.get('name')!r} points at an unknown attribute")
         attr, tid = attr_by_id[attr_id], str(task.get("id"))
-        base = f"{attr}__{task.get('name')}"
-        names = (f"{base}__MANUAL", f"{base}__WEAK_SUPERVISION", f"{base}__WEAK_SUPERVISION__confidence")
+        cols = TaskColumns.named(str(task.get("name")), attr, kind=EXTRACTION)
+        names = (str(cols.manual), str(cols.weak), str(cols.confidence))
         columns.extend(names)
         for rec, rid in zip(records, uuids):
             n = counts.get((rid, attr_id))
@@ -334,13 +340,12 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
             if attribute is None:
                 raise ExportError(f"{source}: embedding {name!r} points at an unknown attribute")
         else:
-            match = _ATTRIBUTE_FROM_NAME.match(name)
-            if match is None or match.group(1) not in attr_names:
+            attribute = import_attribute(name)
+            if attribute is None or attribute not in attr_names:
                 raise ExportError(
                     f"{source}: embedding {name!r} has no attribute_id and its name does not start with an attribute "
                     "followed by -classification or -extraction; refinery's import would fail"
                 )
-            attribute = match.group(1)
         rows = tensors.get(str(emb.get("id")), [])
         if emb.get("type", "ON_ATTRIBUTE") != "ON_ATTRIBUTE" or not rows:
             continue  # refinery recomputes an embedding without tensors; token-level ones are not searchable here
@@ -399,13 +404,13 @@ def _guess_data_type(values: list[str]) -> str:
 
 
 def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:
-    base = f"{task.attribute or ''}__{task.name}"
+    named = TaskColumns.named(task.name, task.attribute)
     return {
         "name": task.name,
         "attribute": task.attribute,
-        "manual": task.manual or f"{base}__MANUAL",
-        "weak": task.weak or f"{base}__WEAK_SUPERVISION",
-        "confidence": task.confidence or f"{base}__WEAK_SUPERVISION__confidence",
+        "manual": task.manual or named.manual,
+        "weak": task.weak or named.weak,
+        "confidence": task.confidence or named.confidence,
         "labels": labels,
     }
 
@@ -414,11 +419,9 @@ def _extraction_tasks(columns: list[str]) -> list[dict[str, Any]]:
     """Extraction tasks (name, attribute, columns) from their export columns ``<attribute>__<task>__<suffix>``."""
     found: dict[str, dict[str, Any]] = {}
     for col in columns:
-        for suffix in ("__WEAK_SUPERVISION__confidence", "__WEAK_SUPERVISION", "__MANUAL"):
-            if col.endswith(suffix):
-                base = col[: -len(suffix)]
-                attribute, _, name = base.rpartition("__")
-                info = found.setdefault(base, {"name": name, "attribute": attribute or None, "columns": []})
-                info["columns"].append(col)
-                break
+        hit = split_task_column(col)
+        if hit is not None:
+            attribute, name, _ = hit
+            info = found.setdefault(task_base(attribute, name), {"name": name, "attribute": attribute, "columns": []})
+            info["columns"].append(col)
     return list(found.values())

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import uvicorn
-
-from .._net import bind_socket, is_loopback
+from .._net import is_loopback
 from ..errors import ConfigError, HostUnavailableError
+from ..serving import ServerThread, format_url, listening_socket
 from .app import create_app
 from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
 from .store import HostStore
@@ -32,7 +29,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-
 def check_bind(host: str, user_name: str, password: str) -> None:
     """Refuse to expose the documented demo password beyond this machine."""
     if not is_loopback(host) and password == DEMO_PASSWORD:
@@ -45,31 +41,30 @@ def check_bind(host: str, user_name: str, password: str) -> None:
 class RunningHost:
     """A host serving in a background thread; ``stop()`` (or leaving the ``with`` block) shuts it down."""
 
-    def __init__(self, server: uvicorn.Server, thread: threading.Thread, store: HostStore, host: str, port: int,
-                 user_name: str, *, push_extension: bool = True) -> None:
-        self._server = server
-        self._thread = thread
+    def __init__(self, server: ServerThread, store: HostStore, host: str, user_name: str, *,
+                 push_extension: bool = True) -> None:
+        self.server = server
         self.store = store
         self.host = host
-        self.port = port
+        self.port = server.port
         self.user_name = user_name
         self.push_extension = push_extension
         self.project_id = store.project_id
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{port}"
+        self.url = format_url(host, self.port)
+
+    @property
+    def app(self) -> Any:
+        """The ASGI application served (its routes show what this host answers)."""
+        return self.server.app
 
     def secrets(self, password: str) -> dict[str, str]:
         """A refinery ``secrets.json`` mapping for this host (the caller supplies the password it set)."""
         return {"user_name": self.user_name, "password": password, "project_id": self.project_id, "uri": self.url}
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Shut the server down, wait for its thread, close the database."""
-        if self._thread.is_alive():
-            self._server.should_exit = True
-            self._thread.join(timeout)
-            if self._thread.is_alive():  # a client holding a connection open: force it
-                self._server.force_exit = True
-                self._thread.join(timeout)
+        """Shut the server down, wait for its thread, close the socket and the database."""
+        self.server.stop(timeout)
+        self.server.sock.close()
         self.store.close()
 
     def __enter__(self) -> RunningHost:
@@ -86,7 +81,7 @@ def _open_store(export_path: str | Path | None, data_dir: str | Path, user_name:
                 **kwargs: Any) -> HostStore:
     store = HostStore.open(data_dir, export_path, **kwargs)
     try:
-        store.configure_user(user_name, password)
+        store.users.configure_user(user_name, password)
     except BaseException:
         store.close()
         raise
@@ -119,25 +114,16 @@ def serve_in_thread(
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
                         project_id=project_id, project_name=project_name)
     try:
-        sock = bind_socket(host, port)
-        real_port = sock.getsockname()[1]
-        config = uvicorn.Config(create_app(store, push_extension=push_extension), log_level="warning", access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"kern-host:{real_port}",
-                                  daemon=True)
-        thread.start()
-        deadline = time.monotonic() + startup_timeout
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                sock.close()
-                raise HostUnavailableError(f"the local host on {host}:{real_port} did not start")
-            time.sleep(0.02)
+        sock = listening_socket(host, port)
+        server = ServerThread(create_app(store, push_extension=push_extension), sock,
+                              name=f"kern-host:{sock.getsockname()[1]}", timeout_graceful_shutdown=5)
+        if not server.start(startup_timeout):
+            sock.close()
+            raise HostUnavailableError(f"the local host on {host}:{server.port} did not start")
     except BaseException:
         store.close()
         raise
-    running = RunningHost(server, thread, store, host, real_port, user_name, push_extension=push_extension)
+    running = RunningHost(server, store, host, user_name, push_extension=push_extension)
     log.info("host serving project %s at %s", running.project_id, running.url)
     return running
 
@@ -165,30 +151,11 @@ def serve_forever(
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
                         project_id=project_id, project_name=project_name)
     try:
-        config = uvicorn.Config(create_app(store, push_extension=push_extension), host=host, port=port, log_level="info", lifespan="off",
-                                timeout_graceful_shutdown=5)
-        server = uvicorn.Server(config)
-        if on_ready is not None:
-            threading.Thread(target=_announce, args=(server, store, host, on_ready), daemon=True).start()
-        server.run()
+        with listening_socket(host, port) as sock:
+            server = ServerThread(create_app(store, push_extension=push_extension), sock,
+                                  name=f"kern-host:{sock.getsockname()[1]}", log_level="info", access_log=True,
+                                  timeout_graceful_shutdown=5)
+            url = format_url(host, server.port)
+            server.run(on_started=None if on_ready is None else lambda: on_ready(store, url))
     finally:
         store.close()
-
-
-def _announce(server: uvicorn.Server, store: HostStore, host: str, on_ready: Callable[[HostStore, str], None]) -> None:
-    """Wait until ``server`` listens, then call ``on_ready`` with the URL it serves."""
-    while not server.started:
-        if server.should_exit:
-            return
-        time.sleep(0.05)
-    port = 0
-    for srv in getattr(server, "servers", []):
-        for sock in srv.sockets:
-            port = sock.getsockname()[1]
-            break
-    shown = f"[{host}]" if ":" in host else host
-    try:
-        on_ready(store, f"http://{shown}:{port}")
-    except Exception:  # a failing announcement must not leave a silent half-started host
-        log.exception("could not announce the host; stopping")
-        server.should_exit = True

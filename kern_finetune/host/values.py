@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
-__all__ = ["as_confidence", "as_string", "dump_row", "is_int", "is_text", "is_unit_number"]
+from ..refinery.columns import as_string, confidence_string
 
-
-def as_string(value: Any) -> str | None:
-    """Export values are strings (or null), as refinery sends them."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False)
-    return str(value)
+__all__ = ["as_confidence", "dump_row", "is_int", "is_text", "is_unit_number"]
 
 
 def as_confidence(value: Any) -> str | None:
@@ -28,7 +18,7 @@ def as_confidence(value: Any) -> str | None:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         return as_string(value)
-    return f"{number:.4f}" if math.isfinite(number) else None
+    return confidence_string(number)
 
 
 def dump_row(row: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""RefineryClient and push_embedding over real HTTP against the product's own host on 127.0.0.1.
+"""RefineryClient (refinery/api.py, transport.py, push.py) over real HTTP against the product's own host on 127.0.0.1.
 
 Failures a real refinery and a real network produce (a gateway's ``200 null``, oathkeeper's 401 for an
 expired token, 5xx, dropped connections, lost answers, timeouts) are injected on the client side
@@ -21,8 +21,8 @@ import pytest
 import requests
 
 from faults import OATHKEEPER_401, FaultAdapter
-from kern_finetune.client import RefineryClient, client_from_options
-from kern_finetune.export import embedding_name
+from kern_finetune.refinery.api import RefineryClient, client_from_options
+from kern_finetune.refinery.columns import embedding_name
 from kern_finetune.errors import (
     AuthError,
     ConfigError,
@@ -86,7 +86,7 @@ def ids(n: int = N) -> list[str]:
 
 
 def staged_and_served(c: RefineryClient) -> list[dict[str, Any]]:
-    resp = c._request("GET", f"/api/project/{c.project_id}/embeddings", params={"include_staged": "true"})
+    resp = c.request("GET", f"/api/project/{c.project_id}/embeddings", params={"include_staged": "true"})
     return resp.json()
 
 

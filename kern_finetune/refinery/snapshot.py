@@ -35,15 +35,23 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ExportError, PushError
-from .export import PLATFORM, Record, embedding_name, model_short_name
+from ..errors import ConfigError, ExportError, PushError
+from .columns import (
+    PLATFORM,
+    Record,
+    TaskColumns,
+    as_string,
+    confidence_string,
+    embedding_name,
+    import_platform,
+    model_short_name,
+    parse_embedding_name,
+)
 from .reader import parse_json, read_zip_json_member
 
 __all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records", "import_steps"]
 
 _CLASSIFICATION = "MULTICLASS_CLASSIFICATION"
-_COUNT_BASED = ("bag-of-words", "bag-of-characters", "tf-idf")
-"""Models the gateway's import gives platform ``python`` (``__transform_embedding_by_name``)."""
 
 
 @dataclass
@@ -126,7 +134,7 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
     attr_names: list[str] = [str(a["name"]) for a in attributes]
     attr_by_id = {str(a.get("id")): str(a["name"]) for a in attributes}
 
-    tasks: dict[str, str] = {}  # task id -> column base
+    tasks: dict[str, TaskColumns] = {}  # task id -> its columns
     for t in data["labeling_tasks_data"]:
         if t.get("task_type") != _CLASSIFICATION:
             continue
@@ -135,8 +143,8 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
         attr_id = str(t.get("attribute_id"))
         if t.get("task_target") == "ON_ATTRIBUTE" and attr_id not in attr_by_id:
             raise ExportError(f"{source}: task {t.get('name')!r} points at an unknown attribute")
-        attr = attr_by_id[attr_id] if t.get("task_target") == "ON_ATTRIBUTE" else ""
-        tasks[str(t["id"])] = f"{attr}__{t['name']}"
+        attr = attr_by_id[attr_id] if t.get("task_target") == "ON_ATTRIBUTE" else None
+        tasks[str(t["id"])] = TaskColumns.named(t["name"], attr)
     label_task: dict[str, tuple[str, str]] = {}
     for lab in data["labeling_task_labels_data"]:
         if str(lab.get("labeling_task_id")) not in tasks:
@@ -172,16 +180,16 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
         values = row["data"]
         rec: Record = {}
         for name in attr_names or list(values):
-            rec[name] = _as_string(values.get(name))
+            rec[name] = as_string(values.get(name))
         for name in values:  # attributes the table does not list still come through
-            rec.setdefault(name, _as_string(values[name]))
+            rec.setdefault(name, as_string(values[name]))
         rid = str(row["id"])
-        for task_id, base in tasks.items():
+        for task_id, cols in tasks.items():
             names = manual.get((rid, task_id))
-            rec[f"{base}__MANUAL"] = ", ".join(names) if names else None
+            rec[str(cols.manual)] = ", ".join(names) if names else None
             w = weak.get((rid, task_id))
-            rec[f"{base}__WEAK_SUPERVISION"] = w[0] if w else None
-            rec[f"{base}__WEAK_SUPERVISION__confidence"] = f"{w[1]:.4f}" if w and w[1] is not None else None
+            rec[str(cols.weak)] = w[0] if w else None
+            rec[str(cols.confidence)] = confidence_string(w[1]) if w else None
         records.append(rec)
         uuids.append(rid)
     if not records:
@@ -206,7 +214,7 @@ def write_snapshot(
     - ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised; every record of the
       snapshot must get exactly one vector.
     - The embedding belongs to ``attribute``, a TEXT attribute of the snapshot (default: the first TEXT
-      attribute), and is named ``name`` (default :func:`kern_finetune.export.embedding_name`,
+      attribute), and is named ``name`` (default :func:`kern_finetune.refinery.columns.embedding_name`,
       ``<attribute>-classification-<platform>-<model>``). It is written with ``id``, ``attribute_id``,
       ``name``, ``custom: true``, ``type: ON_ATTRIBUTE``, ``started_at``, ``finished_at``, ``platform``,
       ``model``, ``filter_attributes``, ``additional_data``; its tensors with ``sub_key: null``. With
@@ -227,38 +235,14 @@ def write_snapshot(
     """
     src, dst = Path(src), Path(dst)
     snap = read_snapshot(src)
-    arr = np.asarray(vectors, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[0] != len(ids) or arr.shape[1] == 0:
-        raise PushError(f"vectors of shape {arr.shape} do not match {len(ids)} ids")
-    if not np.isfinite(arr).all():
-        raise PushError("vectors hold NaN or infinite values")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise PushError("zero vectors cannot be L2-normalised")
-    arr = arr / norms
-
-    by_id: dict[str, str] = {}
-    for rec, rid in zip(snap.records, snap.record_uuids):
-        key = rec.get(id_attribute)
-        if key is None:
-            raise PushError(f"snapshot record {rid} has no {id_attribute!r}")
-        by_id[str(key)] = rid
-    ids_s = [str(i) for i in ids]
-    if len(set(ids_s)) != len(ids_s):
-        raise PushError("duplicate record ids: each record must get exactly one vector")
-    unknown = [i for i in ids_s if i not in by_id]
-    if unknown:
-        raise PushError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
-    if len(ids_s) != len(by_id):
-        raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
-
+    arr = _unit_vectors(vectors, len(ids))
+    by_id = _record_uuids(snap, ids, id_attribute)
     attr = _text_attribute(snap, attribute)
     name = name or embedding_name(str(attr["name"]), model=model, platform=platform)
     if not isinstance(name, str) or not name.strip():
         raise ConfigError("the embedding name must be a non-empty string")
 
     data = dict(snap.data)
-    notices: list[str] = []
     emb_id = str(uuid.uuid4())
     now = str(datetime.now(timezone.utc).replace(tzinfo=None))  # the export's json.dumps(default=str) form
     ours = {
@@ -274,10 +258,59 @@ def write_snapshot(
         "filter_attributes": None,
         "additional_data": None,
     }
-    tensors = [t for t in _rows(data, "embedding_tensors_data")]
+    tensors = _rows(data, "embedding_tensors_data")
+    kept, notices = _kept_embeddings(snap, tensors, name)
+    keep_ids = {e.get("id") for e in kept}
     uuids = set(snap.record_uuids)
+    data["embeddings_data"] = [ours] + kept
+    data["embedding_tensors_data"] = [
+        t for t in tensors if t.get("embedding_id") in keep_ids and t.get("record_id") in uuids
+    ] + [
+        {"embedding_id": emb_id, "record_id": rid, "data": row.tolist(), "sub_key": None}
+        for rid, row in zip(by_id, np.round(arr, 7))
+    ]
+    back = _write_checked(dst, snap.member, data, name=name, count=len(by_id), dimension=arr.shape[1])
+    back.notices = notices
+    return back
+
+
+def _unit_vectors(vectors: np.ndarray, n_ids: int) -> np.ndarray:
+    """The vectors as float64, L2-normalised; :class:`PushError` for a bad shape, NaN or zero vector."""
+    arr = np.asarray(vectors, dtype=np.float64)
+    if arr.ndim != 2 or arr.shape[0] != n_ids or arr.shape[1] == 0:
+        raise PushError(f"vectors of shape {arr.shape} do not match {n_ids} ids")
+    if not np.isfinite(arr).all():
+        raise PushError("vectors hold NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise PushError("zero vectors cannot be L2-normalised")
+    return arr / norms
+
+
+def _record_uuids(snap: Snapshot, ids: list[Any], id_attribute: str) -> list[str]:
+    """The snapshot record uuid of every id, in order; every snapshot record must get exactly one."""
+    by_id: dict[str, str] = {}
+    for rec, rid in zip(snap.records, snap.record_uuids):
+        key = rec.get(id_attribute)
+        if key is None:
+            raise PushError(f"snapshot record {rid} has no {id_attribute!r}")
+        by_id[str(key)] = rid
+    ids_s = [str(i) for i in ids]
+    if len(set(ids_s)) != len(ids_s):
+        raise PushError("duplicate record ids: each record must get exactly one vector")
+    unknown = [i for i in ids_s if i not in by_id]
+    if unknown:
+        raise PushError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
+    if len(ids_s) != len(by_id):
+        raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
+    return [by_id[i] for i in ids_s]
+
+
+def _kept_embeddings(snap: Snapshot, tensors: list[dict[str, Any]], name: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """The source's embeddings that stay beside ours (completed where older), and notices for the rest."""
+    notices: list[str] = []
     kept: list[dict[str, Any]] = []
-    for emb in _rows(data, "embeddings_data"):
+    for emb in _rows(snap.data, "embeddings_data"):
         ename = str(emb.get("name"))
         if ename == name:
             continue  # replaced by ours
@@ -292,16 +325,11 @@ def write_snapshot(
         if note:
             notices.append(note)
         kept.append(fixed)
-    keep_ids = {e.get("id") for e in kept}
-    data["embeddings_data"] = [ours] + kept
-    rows = np.round(arr, 7)
-    data["embedding_tensors_data"] = [
-        t for t in tensors if t.get("embedding_id") in keep_ids and t.get("record_id") in uuids
-    ] + [
-        {"embedding_id": emb_id, "record_id": by_id[i], "data": row.tolist(), "sub_key": None}
-        for i, row in zip(ids_s, rows)
-    ]
+    return kept, notices
 
+
+def _write_checked(dst: Path, member: str, data: dict[str, Any], *, name: str, count: int, dimension: int) -> Snapshot:
+    """Write the zip atomically (a temporary file renamed into place) after reading our embedding back."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     os.close(fd)
@@ -310,17 +338,16 @@ def write_snapshot(
     os.chmod(tmp, 0o666 & ~umask)  # an ordinary file, not mkstemp's 0600
     try:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(snap.member, json.dumps(data))
+            zf.writestr(member, json.dumps(data))
         back = read_snapshot(tmp)
         info = back.embeddings.get(name)
-        if not info or info["count"] != len(ids_s) or info["dimension"] != arr.shape[1]:
+        if not info or info["count"] != count or info["dimension"] != dimension:
             raise PushError(f"read-back check failed for embedding {name!r} in {dst}")
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     back.path = dst
-    back.notices = notices
     return back
 
 
@@ -367,23 +394,17 @@ def _complete_legacy(emb: dict[str, Any], snap: Snapshot) -> tuple[dict[str, Any
     if emb.get("platform") and emb.get("attribute_id"):
         return emb, ""
     ename = str(emb.get("name") or "")
-    attrs = sorted((a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str)),
-                   key=lambda a: -len(a["name"]))
-    for a in attrs:
-        prefix = f"{a['name']}-"
-        if not ename.startswith(prefix):
-            continue
-        kind, _, rest = ename[len(prefix):].partition("-")
-        if kind not in ("classification", "extraction") or not rest:
-            continue
+    attrs = {a["name"]: a for a in _rows(snap.data, "attributes_data") if isinstance(a.get("name"), str)}
+    parsed = parse_embedding_name(ename, attrs)
+    if parsed is not None:
         out = dict(emb)
         if not out.get("platform"):
-            out["platform"] = "python" if rest in _COUNT_BASED else "huggingface"
-            out["model"] = rest
+            out["platform"] = import_platform(parsed.rest)
+            out["model"] = parsed.rest
         if not out.get("attribute_id"):
-            out["attribute_id"] = str(a.get("id"))
+            out["attribute_id"] = str(attrs[parsed.attribute].get("id"))
         return out, (f"completed older embedding {ename!r} with platform {out['platform']!r}, model "
-                     f"{out.get('model')!r} and attribute {a['name']!r} (its name stays)")
+                     f"{out.get('model')!r} and attribute {parsed.attribute!r} (its name stays)")
     return None, "its attribute cannot be told from its name, and refinery's import would fail on it"
 
 
@@ -418,19 +439,3 @@ def _float_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if np.isfinite(out) else None
-
-
-def _as_string(value: Any) -> str | None:
-    """Export convention: every attribute value is a string (null stays null)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        try:
-            return json.dumps(value, ensure_ascii=False)
-        except RecursionError:
-            raise ExportError("a record's attribute value nests too deeply to be read as text") from None
-    return str(value)

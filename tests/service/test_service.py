@@ -34,7 +34,7 @@ from kern_finetune.service import (
     verify_signature,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-0123456789abcdef"
 
 
@@ -540,7 +540,7 @@ def test_default_runner_syncs_with_the_local_host(service, subset_records, share
         assert first["metrics"]["n_test"] > 100
         assert top["finetuned"]["25"] >= top["raw"]["25"] + MARGIN_TOP25, top
         assert any(p["message"].startswith("sync 4/4") for p in first["progress"])
-        served = [e["name"] for e in host.store.list_embeddings()]
+        served = [e["name"] for e in host.store.embeddings.list_embeddings()]
         assert first["result"]["embedding_name"] in served
 
         second = trigger()
@@ -551,7 +551,7 @@ def test_default_runner_syncs_with_the_local_host(service, subset_records, share
         unlabeled = [r for r in records if not r.get("__Topic__MANUAL")][:20]
         new = [(r["running_id"], next(c for c in classes if c != r.get("__Topic__WEAK_SUPERVISION")), None)
                for r in unlabeled]  # differ from the weak label, so each one changes the selection
-        host.store.set_labels("Topic", new, source="MANUAL", user_name="labeler@example.com")
+        host.store.labels.set_labels("Topic", new, source="MANUAL", user_name="labeler@example.com")
         third = trigger()
         assert third["state"] == "succeeded" and third["result"]["changed_labels"] >= 20, third
 

@@ -17,10 +17,10 @@ import pytest
 from conftest import shared_file
 
 from kern_finetune.errors import ExportError, PushError
-from kern_finetune.export import discover_tasks, load_export, resolve_task
-from kern_finetune.snapshot import read_snapshot, write_snapshot
+from kern_finetune.refinery.export import discover_tasks, load_export, resolve_task
+from kern_finetune.refinery.snapshot import read_snapshot, write_snapshot
 
-FIXTURE = Path(__file__).parent / "data" / "ag_news_snapshot_small.zip"
+FIXTURE = Path(__file__).parents[1] / "data" / "ag_news_snapshot_small.zip"
 
 
 def _tiny_tables() -> dict[str, Any]:

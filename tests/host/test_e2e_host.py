@@ -17,14 +17,14 @@ import requests
 
 from faults import FaultAdapter
 from kern_finetune import host as host_mod
-from kern_finetune.client import RefineryClient
+from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import AuthError, HostUnavailableError, ProjectNotFoundError, PushError
-from kern_finetune.export import load_export
+from kern_finetune.refinery.export import load_export
 from kern_finetune.pipeline import RunResult
 from kern_finetune.sync import sync_project
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = ROOT / "tests" / "data" / "ag_news_snapshot_small.zip"
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 USER, PASSWORD = "e2e@example.com", "e2e-Pa55-c0ffee"
@@ -125,7 +125,7 @@ def test_failed_push_leaves_old_embedding_served(host: Any) -> None:
     served = [e for e in c.list_embeddings() if e["name"] == NAME]  # the snapshot may bring its own
     assert [e["id"] for e in served] == [old.embedding_id]
     assert c.similarity(NAME, ids[3]) == before
-    staged = c._request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
+    staged = c.request("GET", f"/api/project/{host.project_id}/embeddings", params={"include_staged": "true"}).json()
     assert [e["id"] for e in staged if e["name"] == NAME] == [old.embedding_id]  # nothing half-written left behind
 
 

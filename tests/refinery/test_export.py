@@ -18,12 +18,13 @@ from gateway_export import record_export
 from gateway_import import zip_to_json
 
 from kern_finetune.errors import ExportError, TaskNotFoundError
-from kern_finetune.export import EXTRACTION, discover_tasks, load_export, parse_export_payload, resolve_task
-from kern_finetune.reader import MAX_INPUT_ENV, max_input_bytes
+from kern_finetune.refinery.columns import EXTRACTION
+from kern_finetune.refinery.export import discover_tasks, load_export, parse_export_payload, resolve_task
+from kern_finetune.refinery.reader import MAX_INPUT_ENV, max_input_bytes
 from kern_finetune.select import select_labels, split_manual_labels, task_labels
-from kern_finetune.snapshot import read_snapshot
+from kern_finetune.refinery.snapshot import read_snapshot
 
-FIXTURE = Path(__file__).parent / "data" / "ag_news_snapshot_small.zip"
+FIXTURE = Path(__file__).parents[1] / "data" / "ag_news_snapshot_small.zip"
 
 
 def _as_served(records: list[dict]) -> list[dict]:
@@ -40,7 +41,7 @@ def _check_real_shape(data: dict, caplog: pytest.LogCaptureFixture) -> list[dict
     tasks = {t.label: t for t in discover_tasks(records)}
     assert set(tasks) == {"topic", "headline.indicators"}
     assert tasks["headline.indicators"].kind == EXTRACTION and tasks["topic"].kind == "classification"
-    with caplog.at_level(logging.INFO, logger="kern_finetune.export"):
+    with caplog.at_level(logging.INFO, logger="kern_finetune.refinery.export"):
         task = resolve_task(records, None)
     assert task.label == "topic"
     assert "ignored the information-extraction task(s) headline.indicators" in caplog.text

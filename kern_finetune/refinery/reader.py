@@ -4,7 +4,7 @@ Every way a file can be unreadable ends here as an :class:`~kern_finetune.errors
 line that says what to fix: a missing file, a broken or password-protected zip, a zip compression method
 Python cannot read (e.g. 9, Deflate64), a decompressed size above the cap, invalid UTF-8, malformed JSON,
 JSON nested deeper than the parser allows. :func:`read_export_bytes` and :func:`parse_json` are used by
-:mod:`kern_finetune.export` (record exports) and :mod:`kern_finetune.snapshot` (project snapshots).
+:mod:`kern_finetune.refinery.export` (record exports) and :mod:`kern_finetune.refinery.snapshot` (project snapshots).
 
 **Size cap.** Compressed inputs are decompressed while streaming and refused once they pass the cap, so a
 small zip or gzip bomb never fills memory. The cap is :data:`DEFAULT_MAX_MB` MiB (generous: the bundled
@@ -28,7 +28,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError
+from ..errors import ExportError
 
 __all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "read_export_bytes", "read_zip_json_member", "parse_json"]
 

@@ -4,40 +4,29 @@ A record export is what ``GET /api/project/{id}/export`` returns once decoded: a
 per record, every attribute value a string (or null). The host sends it as a JSON *string* holding that
 list, so :func:`parse_export_payload` accepts both the string and the list.
 
-Column naming per classification task (``docs/refinery-api.md``)::
+The columns (``<attribute>__<task>__MANUAL`` and the rest) are defined in
+:mod:`kern_finetune.refinery.columns`. Information-extraction tasks use the same suffixes with per-token JSON
+arrays (``headline__indicators__MANUAL: ["OUTSIDE", "B-x", ...]``, refinery-submodule-model
+``business_objects/export.py``, ``__build_extraction_part``): :func:`discover_tasks` reports them with
+``kind="extraction"`` and :func:`resolve_task` never trains on them.
 
-    <attribute>__<task>__MANUAL                      manual label(s), several joined with ", "
-    <attribute>__<task>__WEAK_SUPERVISION            weak-supervision label
-    <attribute>__<task>__WEAK_SUPERVISION__confidence  its confidence, a string like "0.9312"
-
-For a whole-record task the attribute part is empty (``__Topic__MANUAL``). Information-extraction tasks use
-the same suffixes with per-token JSON arrays (``headline__indicators__MANUAL: ["OUTSIDE", "B-x", ...]``,
-refinery-submodule-model ``business_objects/export.py``, ``__build_extraction_part``): :func:`discover_tasks`
-reports them with ``kind="extraction"`` and :func:`resolve_task` never trains on them.
-
-Files are read by :mod:`kern_finetune.reader` (size cap, one-line errors). :func:`embedding_name` is the one
-place that names the embedding we write, refinery's way: ``<attribute>-classification-<platform>-<model>``.
+Files are read by :mod:`kern_finetune.refinery.reader` (size cap, one-line errors); a snapshot ``.zip`` by
+:mod:`kern_finetune.refinery.snapshot`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ExportError, TaskNotFoundError
+from ..errors import ExportError, TaskNotFoundError
+from .columns import CLASSIFICATION, EXTRACTION, Record, TaskColumns, split_task_column
 from .reader import parse_json, read_export_bytes
+from .snapshot import read_snapshot
 
 __all__ = [
-    "Record",
-    "TaskColumns",
-    "CLASSIFICATION",
-    "EXTRACTION",
-    "PLATFORM",
-    "embedding_name",
-    "model_short_name",
     "load_export",
     "parse_export_payload",
     "discover_tasks",
@@ -45,58 +34,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-Record = dict[str, Any]
-
-CLASSIFICATION = "classification"
-EXTRACTION = "extraction"
-
-PLATFORM = "kern-finetune"
-"""The ``platform`` of the embeddings we write. refinery stores it as a plain string (submodule-model
-``models.py``, ``Embedding.platform = Column(String)``); the import keeps a name whose platform is set, the
-tensor upload and search never read it except to pick the distance (Euclidean for every platform but
-``python``/tf-idf, refinery-neural-search ``util.py``, ``get_distance_key``). A later ``recreate_embeddings``
-fails on it in the embedder (``util/embedders.py``: ``Unknown platform``), which marks the embedding FAILED
-instead of silently replacing our vectors with those of a stock model. See ``docs/snapshot.md``."""
-
-_MANUAL = "__MANUAL"
-_WEAK = "__WEAK_SUPERVISION"
-_CONF = "__WEAK_SUPERVISION__confidence"
-
-
-def model_short_name(model: str) -> str:
-    """``/path/to/all-MiniLM-L6-v2/`` -> ``all-MiniLM-L6-v2``; ``org/name`` -> ``name``."""
-    return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model
-
-
-def embedding_name(attribute: str, *, model: str, platform: str = PLATFORM) -> str:
-    """``<attribute>-classification-<platform>-<model>``: how refinery names an attribute-level embedding.
-
-    The same format as refinery-gateway's ``controller/embedding/manager.py`` ``get_embedding_name``, so
-    that the project import (``project_transfer_manager.py``) keeps it unchanged when ``platform`` is set.
-    """
-    if not attribute:
-        raise ExportError("the embedding needs the name of the text attribute it belongs to")
-    if not platform:
-        raise ExportError("the embedding needs a platform name")
-    return f"{attribute}-classification-{platform}-{model_short_name(model)}"
-
-
-@dataclass(frozen=True)
-class TaskColumns:
-    """Where one labeling task lives in the export's columns."""
-
-    name: str
-    attribute: str | None  # None for a whole-record task
-    manual: str | None
-    weak: str | None
-    confidence: str | None
-    kind: str = CLASSIFICATION
-    """``"classification"``, or ``"extraction"`` when the columns hold per-token arrays."""
-
-    @property
-    def label(self) -> str:
-        return self.name if self.attribute is None else f"{self.attribute}.{self.name}"
 
 
 def parse_export_payload(payload: Any, *, source: str = "export") -> list[Record]:
@@ -122,12 +59,10 @@ def parse_export_payload(payload: Any, *, source: str = "export") -> list[Record
 def load_export(path: str | Path, *, max_bytes: int | None = None) -> list[Record]:
     """Read an export file: ``.json``, ``.json.gz`` or a refinery project snapshot ``.zip``.
 
-    ``max_bytes`` caps the decompressed size (default: :func:`kern_finetune.reader.max_input_bytes`).
+    ``max_bytes`` caps the decompressed size (default: :func:`kern_finetune.refinery.reader.max_input_bytes`).
     """
     path = Path(path)
     if path.suffix == ".zip":
-        from .snapshot import read_snapshot  # local import: snapshots are the less common door
-
         return read_snapshot(path, max_bytes=max_bytes).records
     raw = read_export_bytes(path, max_bytes=max_bytes)
     return parse_export_payload(raw, source=str(path))
@@ -162,16 +97,10 @@ def discover_tasks(records: list[Record]) -> list[TaskColumns]:
             columns.setdefault(key, None)
     found: dict[tuple[str | None, str], dict[str, str]] = {}
     for col in columns:
-        for suffix, kind in ((_CONF, "confidence"), (_WEAK, "weak"), (_MANUAL, "manual")):
-            if col.endswith(suffix):
-                base = col[: -len(suffix)]
-                if "__" not in base:
-                    break
-                attribute, _, name = base.rpartition("__")
-                if not name:
-                    break
-                found.setdefault((attribute or None, name), {})[kind] = col
-                break
+        hit = split_task_column(col)
+        if hit is not None:
+            attribute, name, role = hit
+            found.setdefault((attribute, name), {})[role] = col
     out = []
     for (attr, name), c in found.items():
         values = [v for col in c.values() for rec in window if (v := rec.get(col)) is not None]

@@ -17,10 +17,10 @@ from conftest import shared_file
 from gateway_import import replay_import, replay_import_file, zip_to_json
 
 from kern_finetune.errors import ConfigError, ExportError
-from kern_finetune.export import PLATFORM, embedding_name
-from kern_finetune.snapshot import read_snapshot, write_snapshot
+from kern_finetune.refinery.columns import PLATFORM, embedding_name
+from kern_finetune.refinery.snapshot import read_snapshot, write_snapshot
 
-FIXTURE = Path(__file__).parent / "data" / "ag_news_snapshot_small.zip"
+FIXTURE = Path(__file__).parents[1] / "data" / "ag_news_snapshot_small.zip"
 MODEL = "/models/all-MiniLM-L6-v2/"
 OURS = "headline-classification-kern-finetune-all-MiniLM-L6-v2"
 

@@ -191,7 +191,7 @@ def test_api_requires_both_token_headers(host: RunningHost) -> None:
     token = _login(host.url).json()["session_token"]
     other = _login(host.url).json()["session_token"]
     # oathkeeper checks the bearer token first: missing, unknown or expired -> its own 401, not the proxy's
-    expired, _, _ = host.store.create_session(USER, ttl_s=-1)
+    expired, _, _ = host.store.users.create_session(USER, ttl_s=-1)
     for headers in ({}, {"identifier": token}, {"Authorization": "Bearer not-a-token", "identifier": token},
                     {"Authorization": f"Bearer {expired}", "identifier": expired}, {"Authorization": token}):
         resp = requests.get(url + "/export", headers=headers, timeout=10)
@@ -360,7 +360,7 @@ def test_data_browser_similarity_route(api: _Api) -> None:
     vectors = _vectors(11)
     eid = api.push(vectors)
     url = f"{api.host.url}/refinery-gateway/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
-    uuid7 = api.host.store.record_uuid("7")
+    uuid7 = api.host.store.project.record_uuid("7")
     resp = api.s.post(url, json={"embeddingId": eid, "recordId": uuid7, "attFilter": None, "recordSubKey": None},
                       timeout=30)
     assert resp.status_code == 200, resp.text
@@ -371,7 +371,7 @@ def test_data_browser_similarity_route(api: _Api) -> None:
     assert all(item["typename"] == "ExtendedRecord" for item in found["recordList"])
     expected = _expected_search(vectors, 7)
     assert [r["data"]["running_id"] for r in rows] == expected and found["fullCount"] == len(expected)
-    assert rows[0]["id"] == uuid7 and all(r["id"] == api.host.store.record_uuid(r["data"]["running_id"]) for r in rows)
+    assert rows[0]["id"] == uuid7 and all(r["id"] == api.host.store.project.record_uuid(r["data"]["running_id"]) for r in rows)
     session = api.get(f"/labeling-sessions/{found['sessionId']}").json()
     assert session["record_ids"] == expected
     # an attribute filter: this host's embeddings have no filter attributes, so the query record alone
@@ -563,7 +563,7 @@ def test_state_files_are_private(tmp_path: Path, export: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # the real-refinery path: no push extension; a snapshot served as refinery serves an imported project
 
-SNAPSHOT = Path(__file__).resolve().parent / "data" / "ag_news_snapshot_small.zip"
+SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "ag_news_snapshot_small.zip"
 _EXTENSION_ROUTES = [("POST", "/embeddings"), ("GET", "/embeddings"), ("GET", "/embeddings/x"),
                      ("POST", "/embeddings/x/finalize"), ("POST", "/similarity"), ("POST", "/labeling-sessions"),
                      ("GET", "/labeling-sessions/x"), ("POST", "/labels")]
@@ -638,7 +638,7 @@ def test_snapshot_embedding_is_searchable_under_its_import_name(tmp_path: Path) 
     data = _snapshot_tables()
     with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD,
                          push_extension=False) as host:
-        [emb] = host.store.list_embeddings()
+        [emb] = host.store.embeddings.list_embeddings()
         assert (emb["name"], emb["platform"], emb["model"], emb["dimension"]) == (
             "headline-classification-huggingface-distilbert-base-uncased", "huggingface", "distilbert-base-uncased", 64)
         api = _Api(host)

@@ -1,0 +1,65 @@
+"""The gateway's data-browser similarity search (refinery-gateway ``fast_api/routes/data_browser.py``),
+which the host accepts with the bearer token."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Body, Depends, FastAPI
+from fastapi.responses import JSONResponse
+
+from ..api_errors import ApiError
+from ..store import HostStore
+from ..values import is_text
+from .common import GATEWAY_PREFIX, AsciiJSONResponse, check_project, request_user
+
+__all__ = ["add_search_routes"]
+
+
+def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
+    """``SearchRecordsBySimilarityBody`` (refinery-gateway ``fast_api/models.py``): ``embeddingId`` and
+    ``recordId`` StrictStr; ``attFilter`` a JSON string or null (the route ``json.loads`` it); ``recordSubKey``
+    null here (the host serves attribute-level embeddings only)."""
+    if not isinstance(body, dict):
+        return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    errors = []
+    for key in ("embeddingId", "recordId"):
+        if key not in body:
+            errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
+        elif not isinstance(body[key], str) or not is_text(body[key]):
+            errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
+    att = body.get("attFilter")
+    if att:
+        ok = isinstance(att, str) and is_text(att)
+        if ok:
+            try:
+                ok = isinstance(json.loads(att), list)
+            except (ValueError, RecursionError):
+                ok = False
+        if not ok:
+            errors.append({"loc": ["body", "attFilter"], "msg": "a JSON string holding a list of filters",
+                           "type": "value_error"})
+    if body.get("recordSubKey") is not None:
+        errors.append({"loc": ["body", "recordSubKey"], "msg": "only null: attribute-level embeddings have no sub keys",
+                       "type": "value_error"})
+    return errors
+
+
+def add_search_routes(app: FastAPI, store: HostStore) -> None:
+    """``POST /refinery-gateway/v1/data-browser/{project_id}/search-records-by-similarity``."""
+
+    @app.post(GATEWAY_PREFIX + "v1/data-browser/{project_id}/search-records-by-similarity")
+    def search_records_by_similarity(project_id: str, body: Any = Body(None), user: str = Depends(request_user)
+                                     ) -> JSONResponse:
+        errors = _similarity_body_errors(body)
+        if errors:
+            return AsciiJSONResponse(status_code=422, content={"detail": errors})
+        try:
+            check_project(store, project_id)
+        except ApiError:
+            return AsciiJSONResponse(status_code=404, content={"detail": "project not found"})
+        try:
+            return AsciiJSONResponse(content=store.search.search_records_by_similarity(body, user))
+        except ApiError as exc:
+            return AsciiJSONResponse(status_code=exc.status, content={"detail": exc.detail})

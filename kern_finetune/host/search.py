@@ -1,0 +1,175 @@
+"""Similarity search on the host's served embeddings and the labeling sessions it produces: the push
+extension's search by record id, and the gateway's data-browser search (see :mod:`.vectors`)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import numpy as np
+
+from .api_errors import ApiError
+from .db import HostDB, now_iso
+from .project import Project
+from .values import is_text
+from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
+
+__all__ = ["Search"]
+
+
+class Search:
+    """Searches (vectors loaded into ``vectors`` once per served version) and ``labeling_sessions``."""
+
+    def __init__(self, db: HostDB, project: Project, vectors: VectorCache) -> None:
+        self.db = db
+        self.project = project
+        self.vectors = vectors
+
+    def _served(self, name_or_id: Any) -> tuple[str, str]:
+        if not isinstance(name_or_id, str) or not name_or_id or not is_text(name_or_id):
+            raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id (a string)")
+        row = self.db.one(
+            "SELECT id, name FROM embeddings WHERE served = 1 AND (id = ? OR name = ?) ORDER BY id = ? DESC",
+            (name_or_id, name_or_id, name_or_id),
+        )
+        if row is None:
+            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no served embedding named {name_or_id!r} (staged ones are not searchable)")
+        return row[0], row[1]
+
+    def _load_index(self, embedding_id: str) -> VectorIndex:
+        with self.db.lock:
+            found = self.db.conn.execute("SELECT dimension FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
+            if found is None:  # replaced between name lookup and load
+                raise ApiError(409, "EMBEDDING_REPLACED", "the embedding was replaced during the search; retry")
+            dim = found[0]
+            rows = self.db.conn.execute(
+                "SELECT record_idx, data FROM tensors WHERE embedding_id = ? ORDER BY record_idx", (embedding_id,)
+            ).fetchall()
+        positions = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), dim)
+        return VectorIndex(positions, matrix)
+
+    def _threshold(self, embedding_id: str, index: VectorIndex) -> float | None:
+        """The embedding's similarity threshold: computed on its first search, then stored (``similarity_threshold.py``)."""
+        row = self.db.one("SELECT value FROM thresholds WHERE embedding_id = ?", (embedding_id,))
+        if row is not None:
+            return row[0]
+        value = similarity_threshold(index.matrix, seed=embedding_id)
+        if value is not None:
+            with self.db.tx() as conn:
+                if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
+                    conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
+        return value
+
+    def _search(self, embedding_id: str, idx: int, limit: int) -> tuple[list[int], list[float], float | None]:
+        """Positions and distances of the records within the threshold of record ``idx``, query first; the query
+        alone when the search finds nothing (``get_records_by_similarity_search``)."""
+        index = self.vectors.get(embedding_id, self._load_index)
+        threshold = self._threshold(embedding_id, index)
+        positions, distances = index.search(idx, threshold=threshold, limit=limit)
+        if not positions:
+            positions, distances = [idx], [0.0]
+        return positions, distances, threshold
+
+    def similar(self, embedding: Any, record_id: Any, limit: Any = SEARCH_LIMIT) -> dict[str, Any]:
+        """The push extension's search: the data browser's, by record id (see :mod:`.vectors`).
+
+        ``record_ids`` starts with the query record (score 0); ``scores`` are Euclidean distances, nearest
+        first, all within ``threshold``; at most ``limit`` (1..100, default 100) records.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
+            raise ApiError(422, "INVALID_REQUEST", f"limit must be an integer in [1, {SEARCH_LIMIT}]")
+        eid, name = self._served(embedding)
+        idx = self.project.record_index(record_id)
+        positions, distances, threshold = self._search(eid, idx, limit)
+        return {
+            "record_ids": [self.project.record_ids[p] for p in positions],
+            "scores": [round(d, 6) for d in distances],
+            "embedding": name,
+            "embedding_id": eid,
+            "record_id": self.project.record_ids[idx],
+            "threshold": None if threshold is None else round(threshold, 6),
+        }
+
+    def create_labeling_session(self, embedding: Any, record_id: Any, limit: Any, user_name: str) -> dict[str, Any]:
+        """Run a similarity search and keep its ordered result as a session, as the data browser does."""
+        found = self.similar(embedding, record_id, limit)
+        sid = self._store_session(found["embedding_id"], found["embedding"], found["record_id"], found["record_ids"],
+                                  user_name)
+        return self.get_labeling_session(sid)
+
+    def _store_session(self, embedding_id: str, embedding_name: str, query: str, record_ids: list[str], user_name: str) -> str:
+        sid = str(uuid.uuid4())
+        with self.db.tx() as conn:
+            conn.execute(
+                "INSERT INTO labeling_sessions (id, embedding_id, embedding_name, query_record_id, record_ids,"
+                " user_name, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (sid, embedding_id, embedding_name, query, json.dumps(record_ids), user_name, now_iso()),
+            )
+        return sid
+
+    def search_records_by_similarity(self, body: dict[str, Any], user_name: str) -> dict[str, Any]:
+        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``.
+
+        ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}`` (record UUIDs).
+        The answer has the gateway's shape: ``{"data": {"searchRecordsBySimilarity": {"recordList":
+        [{"recordData": JSON text of the record row, "typename": "ExtendedRecord"}], "queryLimit": 100,
+        "queryOffset": 0, "fullCount", "sessionId"}}}`` (``pack_json_result`` camel-cases ``__typename``).
+        An attribute filter is not supported here: a non-empty ``attFilter`` finds nothing, as for an
+        embedding without filter attributes (``is_filter_valid_for_embedding``), so the query record alone.
+        """
+        embedding_id, record_uuid = body["embeddingId"], body["recordId"]
+        row = self.db.one("SELECT id, name FROM embeddings WHERE served = 1 AND id = ?", (embedding_id,))
+        if row is None:
+            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no served embedding with id {embedding_id!r}")
+        idx = self.project.idx_by_uuid.get(record_uuid)
+        if idx is None:
+            raise ApiError(404, "RECORD_NOT_FOUND", f"no record with id {record_uuid!r}")
+        if body.get("attFilter"):
+            positions = [idx]
+        else:
+            positions, _, _ = self._search(row[0], idx, SEARCH_LIMIT)
+        ids = self.project.record_ids
+        sid = self._store_session(row[0], row[1], ids[idx], [ids[p] for p in positions], user_name)
+        datas = dict(self.db.all(f"SELECT idx, data FROM records WHERE idx IN ({','.join('?' * len(positions))})",
+                                 positions))
+        attribute_names = self.project.attribute_names
+        record_list = []
+        for order, p in enumerate(positions, start=1):
+            full = json.loads(datas[p])
+            record = {
+                "id": self.project.uuids[p],
+                "project_id": self.project.project_id,
+                "data": {a: full.get(a) for a in attribute_names},
+                "category": "SCALE",
+                "record_id": self.project.uuids[p],
+                "db_order": order,
+                "rla_data": None,
+            }
+            record_list.append({"recordData": json.dumps(record), "typename": "ExtendedRecord"})
+        return {"data": {"searchRecordsBySimilarity": {
+            "recordList": record_list,
+            "queryLimit": SEARCH_LIMIT,
+            "queryOffset": 0,
+            "fullCount": len(positions),
+            "sessionId": sid,
+        }}}
+
+    def get_labeling_session(self, session_id: str) -> dict[str, Any]:
+        """A stored labeling session (its record list is fixed when it is created)."""
+        row = self.db.one(
+            "SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
+            " FROM labeling_sessions WHERE id = ?",
+            (session_id,),
+        )
+        if row is None:
+            raise ApiError(404, "SESSION_NOT_FOUND", f"no labeling session {session_id!r}")
+        return {
+            "id": row[0],
+            "embedding_id": row[1],
+            "embedding": row[2],
+            "query_record_id": row[3],
+            "record_ids": json.loads(row[4]),
+            "created_at": row[5],
+        }

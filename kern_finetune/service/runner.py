@@ -1,0 +1,112 @@
+"""Running one job: what a runner gets (:class:`JobContext`), the production runner (:func:`default_runner`),
+and how a runner's result becomes JSON (:func:`jsonable`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+
+__all__ = ["JobContext", "JobRunner", "default_runner", "jsonable"]
+
+@dataclass
+class JobContext:
+    """What a job runner gets for one job."""
+
+    job_id: str
+    project_id: str
+    config: RunConfig
+    force: bool
+    min_new_labels: int
+    out_dir: Path
+    """Where the project's runs live: ``<data-dir>/projects/<project_id>``."""
+    progress: Callable[[str], None]
+    """Report a stage / progress line; it shows in ``GET /v1/jobs/{id}``."""
+
+
+JobRunner = Callable[[JobContext], "Mapping[str, Any] | None"]
+"""Runs one job. Returns a JSON-able mapping: ``up_to_date`` (bool; the job ends ``up_to_date``),
+``metrics`` (shown once done), ``timings`` and anything else (shown under ``result``). Raising ends
+the job ``failed`` with the exception's message as reason."""
+
+
+def jsonable(value: Any) -> Any:
+    """Best-effort conversion of a result object to JSON-able data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):  # numpy scalars and (small) arrays
+        if getattr(value, "size", 1) > 1000:
+            return f"<array of shape {tuple(getattr(value, 'shape', ()))}>"
+        try:
+            return value.tolist()
+        except Exception:  # noqa: BLE001
+            return str(value)
+    return str(value)
+
+
+def default_runner(secrets_path: str | Path) -> JobRunner:
+    """The production runner: log in with ``secrets_path`` (SDK-style secrets.json) and run
+    :func:`kern_finetune.sync.sync_project` for the job's project."""
+    secrets_path = Path(secrets_path).expanduser()
+
+    def _run(ctx: JobContext) -> Mapping[str, Any]:
+        from ..refinery.api import RefineryClient  # imported lazily: heavy, and only the worker needs them
+        from ..sync import sync_project
+
+        ctx.progress("logging in to the host")
+        client = RefineryClient.from_secrets(secrets_path)
+        result = sync_project(
+            client,
+            ctx.project_id,
+            ctx.config,
+            out_dir=ctx.out_dir,
+            force=ctx.force,
+            min_new_labels=ctx.min_new_labels,
+            progress=ctx.progress,
+        )
+        return _sync_result_to_dict(result)
+
+    return _run
+
+
+def _sync_result_to_dict(result: Any) -> dict[str, Any]:
+    """Map a :class:`kern_finetune.sync.SyncResult` onto the runner's result mapping.
+
+    ``up_to_date`` from its status; the run's metrics without the private plot data (keys starting
+    with ``_``); never the vectors."""
+    status = str(getattr(result, "status", ""))
+    out: dict[str, Any] = {
+        "status": status,
+        "up_to_date": status.replace("-", "_") == "up_to_date",
+        "message": getattr(result, "message", None),
+        "changed_labels": getattr(result, "changed_labels", None),
+        "n_labels": getattr(result, "n_labels", None),
+        "fingerprint": getattr(result, "fingerprint", None),
+        "previous_fingerprint": getattr(result, "previous_fingerprint", None),
+    }
+    run = getattr(result, "run", None)
+    if run is not None:
+        metrics = getattr(run, "metrics", None) or {}
+        out["metrics"] = jsonable({k: v for k, v in metrics.items() if not str(k).startswith("_")})
+        out["embedding_name"] = getattr(run, "embedding_name", None)
+        out["out_dir"] = str(getattr(run, "out_dir", ""))
+        seconds = metrics.get("seconds")
+        if isinstance(seconds, Mapping):
+            out["timings"] = jsonable(seconds)
+    push = getattr(result, "push", None)
+    if push is not None:
+        out["push"] = jsonable(push)
+    return out
+

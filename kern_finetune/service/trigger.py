@@ -1,0 +1,39 @@
+"""Checking a trigger's JSON body: the project id, the run options (RunConfig fields), ``force``, ``min_new_labels``."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import ConfigError
+
+__all__ = ["validate_trigger"]
+
+_PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_TRIGGER_KEYS = {"project_id", "options", "force", "min_new_labels"}
+
+
+def validate_trigger(payload: Any) -> tuple[str, dict[str, Any], bool, int]:
+    """Check a decoded trigger body; raises :class:`ConfigError` with the reason."""
+    if not isinstance(payload, dict):
+        raise ConfigError("the body must be a JSON object")
+    unknown = sorted(set(payload) - _TRIGGER_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(_TRIGGER_KEYS))}")
+    project_id = payload.get("project_id")
+    if not isinstance(project_id, str) or not _PROJECT_ID_RE.match(project_id):
+        raise ConfigError("project_id must be a string of 1-128 letters, digits, '_', '.', '-'")
+    options = payload.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ConfigError("options must be a JSON object of RunConfig fields")
+    RunConfig.from_options(options, trigger=True)  # names, JSON types, values; cache_dir is the service's
+    force = payload.get("force", False)
+    if not isinstance(force, bool):
+        raise ConfigError("force must be true or false")
+    min_new_labels = payload.get("min_new_labels", 1)
+    if not isinstance(min_new_labels, int) or isinstance(min_new_labels, bool) or min_new_labels < 0:
+        raise ConfigError("min_new_labels must be an integer >= 0")
+    return project_id, options, force, min_new_labels

@@ -1,0 +1,158 @@
+"""RunConfig is the one definition of every run option: its field metadata makes the CLI options, the
+trigger check and the manifest inputs (tests/test_manifest.py checks the committed manifest), and
+validate() checks a set of values once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from kern_finetune.commands.run import add_run_options, config_from_args
+from kern_finetune.config import Option, RunConfig, flag_of, run_options
+from kern_finetune.errors import ConfigError
+
+
+def _parse(*argv: str) -> RunConfig:
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_every_field_has_its_option() -> None:
+    hints = typing.get_type_hints(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        opt = f.metadata.get("option")
+        assert isinstance(opt, Option), f"{f.name} has no Option metadata (use config.option(...))"
+        assert opt.help and not opt.help.endswith("."), f.name  # --help appends the default
+        assert "(default" not in opt.help, f.name
+        assert opt.group in ("what to learn from", "how to train", "where things go"), f.name
+        if f.default is None or f.default is dataclasses.MISSING:
+            assert opt.default_text, f"{f.name}: say what its default means (default_text)"
+        if opt.choices is not None:
+            assert f.default in opt.choices, f.name
+        assert f.name in hints
+
+
+def test_cli_defaults_are_runconfig_defaults() -> None:
+    """No flag given: the same config as RunConfig() (the cache dir is computed the same way)."""
+    assert _parse() == RunConfig()
+
+
+def test_every_option_round_trips_through_the_cli(tmp_path: Path) -> None:
+    """Each flag writes its field: a non-default value of every option survives parse -> RunConfig."""
+    values = {
+        "task": "Topic", "text_attributes": ["Title", "Description"], "id_attribute": "rid", "gold_attribute": "Gold",
+        "threshold": 0.5, "weak_labels": False, "val_fraction": 0.3, "engine": "quaterion", "mode": "head",
+        "time_budget": 60.0, "loss": "triplet", "head_layers": 2, "epochs": 3, "batch_size": 64, "lr": 0.01,
+        "encoder_lr": 1e-5, "encoder_memory": 0, "wise_alpha": 1.0, "patience": 2, "distill": 0.5,
+        "distill_temperature": 0.1, "uniformity": 0.1, "search_floor": 5.0, "raw_weight": "auto",
+        "temperature": 0.1, "margin": 0.3, "noise_filter": "off", "pseudo_labels": "0.8", "seed": 7,
+        "eval_queries": 100, "base_model": str(tmp_path / "model"), "cache_dir": tmp_path / "cache",
+        "embedding_name": "my-embedding", "encode_batch_size": 32, "device": "cpu", "ray_address": None,
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(RunConfig)}, "add the new option here"
+    argv: list[str] = []
+    for name, opt, typ, _default in run_options():
+        value = values[name]
+        if value is None:
+            continue
+        if typ is bool:
+            argv.append(flag_of(name, opt) if value else "--no-" + flag_of(name, opt)[2:])
+        else:
+            argv += [flag_of(name, opt), ",".join(value) if isinstance(value, list) else str(value)]
+    assert _parse(*argv) == RunConfig(**values)
+
+
+def test_cli_reads_ray_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://somewhere:10001")
+    if importlib.util.find_spec("ray") is None:
+        with pytest.raises(ConfigError, match="--ray-address needs Ray"):  # taken from the environment
+            _parse()
+    else:
+        assert _parse().ray_address == "ray://somewhere:10001"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert _parse().ray_address is None
+
+
+def test_no_weak_labels_reaches_the_config_from_cli_and_trigger() -> None:
+    assert RunConfig().weak_labels is True
+    assert _parse("--no-weak-labels").weak_labels is False
+    assert _parse("--weak-labels").weak_labels is True
+    assert RunConfig.from_options({"weak_labels": False}, trigger=True).weak_labels is False
+    with pytest.raises(ConfigError, match="weak_labels has the wrong type"):
+        RunConfig.from_options({"weak_labels": "no"}, trigger=True)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"threshold": 1.0}, "threshold must be in [0, 1), got 1.0"),
+        ({"val_fraction": 0}, "val_fraction must be in (0, 1), got 0"),
+        ({"wise_alpha": 0.0}, "wise_alpha must be in (0, 1], got 0.0"),
+        ({"epochs": 0}, "epochs must be at least 1, got 0"),
+        ({"time_budget": 0}, "time_budget must be a positive number of seconds, got 0"),
+        ({"encoder_lr": 0}, "encoder_lr must be positive, got 0"),
+        ({"encoder_memory": -1}, "encoder_memory must be 0 (off) or more, got -1"),
+        ({"search_floor": -0.5}, "search_floor must be 0 (off) or more, got -0.5"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'; choose one of: supcon, triplet, triplet-semihard, cosface"),
+        ({"noise_filter": "keep"}, "unknown noise_filter 'keep'; choose one of: off, drop, weight"),
+        ({"epochs": "30"}, "option epochs has the wrong type"),
+        ({"threshold": True}, "option threshold has the wrong type"),
+        ({"no_such_option": 1}, "unknown option(s): no_such_option"),
+        ({"cache_dir": "/tmp/x"}, "option(s) cache_dir are set by the service, not by a trigger"),
+        ({"engine": "quaterion", "mode": "full"}, "--engine quaterion trains heads only"),
+    ],
+)
+def test_trigger_options_are_checked_with_one_line_messages(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_options(options, trigger=True)
+    assert message in str(err.value)
+
+
+def test_from_options_takes_what_from_dict_takes() -> None:
+    config = RunConfig.from_options({"text_attributes": "Title, Description", "pseudo_labels": "off"})
+    assert config.text_attributes == ["Title", "Description"] and config.pseudo_label_threshold() is None
+    assert RunConfig.from_options({"cache_dir": "/tmp/x"}).cache_dir == Path("/tmp/x")  # a job, not a trigger
+    with pytest.raises(ConfigError, match="options must be a JSON object"):
+        RunConfig.from_options(["epochs"])  # type: ignore[arg-type]
+
+
+def test_validate_checks_a_set_of_values_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI / trigger / job boundary validates; sync_project and run_pipeline call validate() again, which
+    returns at once for the same values and checks again after a change."""
+    import kern_finetune.config as config_mod
+
+    calls: list[str] = []
+    real = config_mod._check  # noqa: SLF001 - counting the per-field checks
+
+    def counting(name, value, opt):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return real(name, value, opt)
+
+    monkeypatch.setattr(config_mod, "_check", counting)
+    config = RunConfig(device="cpu")
+    assert config.validate() is config
+    n = len(calls)
+    assert n == len(dataclasses.fields(RunConfig))
+    config.validate()
+    config.validate()
+    assert len(calls) == n
+    config.epochs = 0  # a change is checked again
+    with pytest.raises(ConfigError, match="epochs must be at least 1"):
+        config.validate()
+    config.epochs = 5
+    config.text_attributes = ["Title"]
+    config.validate()
+    config.text_attributes.append("Description")  # in place, too
+    before = len(calls)
+    config.validate()
+    assert len(calls) > before
+    # the mark is no field: equality, repr and to_dict do not see it
+    assert config == dataclasses.replace(config) and "_valid" not in repr(config)
+    assert "_valid_values" not in config.to_dict()
