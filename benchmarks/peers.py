@@ -292,7 +292,10 @@ def main() -> None:
     if args.from_log:
         from_log(args)
         return
-    command = "python benchmarks/peers.py " + " ".join(sys.argv[1:])
+    argv = sys.argv[1:]
+    if "--note" in argv:  # the paragraph itself is in the results, not repeated in the command
+        argv[argv.index("--note") + 1] = "'(the paragraph under the table)'"
+    command = "python benchmarks/peers.py " + " ".join(argv)
     if args.merge:
         parts = [json.loads((RESULTS / f"{args.name}.{p}.json").read_text()) for p in args.merge.split(",")]
         order = {s: i for i, s in enumerate(SYSTEMS)}
