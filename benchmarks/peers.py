@@ -27,7 +27,7 @@ SetFit is not a project dependency. Run this file in its own venv (never importe
     /work/venvs/peers/bin/pip install -c constraints.txt -r benchmarks/peers-requirements.txt
     PYTHONPATH=$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 /work/venvs/peers/bin/python benchmarks/peers.py
 
-Smoke test: ``--limit 500 --test-limit 1500 --setfit-steps 10``. ``--systems`` and ``--part`` run the rows in
+Smoke test (end to end, about 15 minutes under load): ``--systems raw,st,setfit --limit 128 --test-limit 300 --setfit-steps 4 --name peers_smoke``. ``--systems`` and ``--part`` run the rows in
 separate processes (``--part NAME`` writes ``benchmarks/results/peers.NAME.json``); ``--merge a,b`` joins parts
 into ``benchmarks/results/peers.{json,md}`` (``--note``: a paragraph under the table). Without ``--part`` the run
 writes ``peers.{json,md}`` itself. Every row is also printed as one JSON line, and every ten training steps the
