@@ -33,6 +33,7 @@ PROJECTS: dict[str, tuple[Path, str, list[str], str]] = {
     "ag_news": (SAMPLE, "Topic", ["Title", "Description"], "Class Index"),
     "clinc150_intents": (ROOT / "samples" / "clinc150" / "export.json.gz", "Intent", ["text"], "intent"),
     "clinc150_domains": (ROOT / "samples" / "clinc150" / "export.json.gz", "Domain", ["text"], "domain"),
+    "rotten_tomatoes": (ROOT / "samples" / "rotten_tomatoes" / "export.json.gz", "Sentiment", ["text"], "category"),
 }
 
 

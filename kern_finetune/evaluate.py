@@ -12,6 +12,7 @@ and how many of them share the query's class.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score, sil
 from sklearn.model_selection import cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
+from .subsample import MAX_FIT_RECORDS, fit_sample
+
 if TYPE_CHECKING:
     from .config import RunConfig
     from .select import Selection
@@ -30,6 +33,10 @@ if TYPE_CHECKING:
 __all__ = [
     "KS",
     "neighbour_purity",
+    "nearest_rows",
+    "purity_queries",
+    "purity_summary",
+    "MAX_EVAL_QUERIES",
     "top_k_purity",
     "chance_level",
     "sample_queries",
@@ -44,38 +51,107 @@ __all__ = [
     "evaluate",
 ]
 
+log = logging.getLogger(__name__)
+
 KS = (5, 10, 25, 50, 75, 100, 250, 1000)
 _SIMPLEX_SOFTEN = 4.0
 SEARCH_LIMIT = 100
 """Records the data browser's similarity search asks for (refinery-gateway ``controller/record/manager.py``)."""
+MAX_EVAL_QUERIES = 10_000
+"""top_k is averaged over at most this many test records as queries (a seeded sample above it), each
+searched against all test records: evaluation time grows linearly with the project, not with its square.
+Above the bundled sample's 9,146 test records, so the sample's figures are those of every query."""
 
 
 def neighbour_purity(
-    vectors: np.ndarray, classes: np.ndarray, ks: tuple[int, ...] = KS, *, queries: np.ndarray | None = None, chunk: int = 1024
+    vectors: np.ndarray,
+    classes: np.ndarray,
+    ks: tuple[int, ...] = KS,
+    *,
+    queries: np.ndarray | None = None,
+    chunk: int = 256,
+    block: int = 16384,
 ) -> dict[int, np.ndarray]:
     """Per-query purity (0..1) for every k: ``{k: array over queries}``.
 
     ``vectors`` are compared by cosine (normalised here); ``queries`` are row indices (all rows when None).
-    k larger than ``n - 1`` is clipped to ``n - 1``.
+    k larger than ``n - 1`` is clipped to ``n - 1``. Every query is scored against all rows, ``chunk``
+    queries at a time and ``block`` rows at a time, keeping only the running ``max(ks)`` nearest: memory is
+    about ``chunk x (block + max(ks))`` numbers whatever the number of rows, time is queries x rows.
     """
     x = vectors / np.linalg.norm(vectors, axis=1, keepdims=True).clip(1e-12)
-    x = x.astype(np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
-    q = np.arange(n) if queries is None else np.asarray(queries)
+    q = np.arange(n) if queries is None else np.asarray(queries, dtype=np.int64)
     kmax = min(max(ks), n - 1)
     out = {k: np.empty(len(q)) for k in ks}
     for start in range(0, len(q), chunk):
         qi = q[start : start + chunk]
-        sims = x[qi] @ x.T
-        sims[np.arange(len(qi)), qi] = -np.inf  # the query is not its own neighbour
-        top = np.argpartition(-sims, kmax - 1, axis=1)[:, :kmax]
-        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
+        top = nearest_rows(x, qi, kmax, block=block)
         hits = np.cumsum(classes[top] == classes[qi][:, None], axis=1)
         for k in ks:
             kk = min(k, kmax)
             out[k][start : start + len(qi)] = hits[:, kk - 1] / kk
     return out
+
+
+def nearest_rows(x: np.ndarray, queries: np.ndarray, k: int, *, block: int = 16384) -> np.ndarray:
+    """The ``k`` rows of ``x`` most similar (dot product) to each query row, best first, the query excluded.
+
+    ``x``: (n, d) float32, normalised for cosine; ``queries``: row indices. Scans ``x`` in blocks of
+    ``block`` rows and keeps a running top ``k``, so no (queries x n) matrix is ever held. Ties are broken
+    arbitrarily (as ``np.argpartition`` does).
+    """
+    qi = np.asarray(queries, dtype=np.int64)
+    if len(qi) == 0 or k < 1:
+        return np.zeros((len(qi), max(k, 0)), dtype=np.int64)
+    xq = x[qi]
+    best_s = np.empty((len(qi), 0), dtype=np.float32)
+    best_i = np.empty((len(qi), 0), dtype=np.int64)
+    for b0 in range(0, len(x), block):
+        sims = xq @ x[b0 : b0 + block].T
+        own = np.flatnonzero((qi >= b0) & (qi < b0 + sims.shape[1]))
+        sims[own, qi[own] - b0] = -np.inf  # the query is not its own neighbour
+        best_s, best_i = _keep_best(best_s, best_i, sims, b0, k, largest=True)
+    order = np.argsort(-best_s, axis=1, kind="stable")
+    return np.take_along_axis(best_i, order, axis=1)[:, :k]
+
+
+def purity_queries(n: int, seed: int, *, max_queries: int = MAX_EVAL_QUERIES) -> np.ndarray | None:
+    """Which of ``n`` test records serve as top_k queries: None (every one) when ``n <= max_queries``,
+    else a seeded sample of ``max_queries`` (:func:`sample_queries`). Their neighbours are always
+    searched among all ``n`` test records."""
+    return None if n <= max_queries else sample_queries(n, max_queries, seed)
+
+
+def purity_summary(
+    vectors: np.ndarray, classes: np.ndarray, eval_queries: np.ndarray, *, seed: int, max_queries: int = MAX_EVAL_QUERIES
+) -> dict[str, Any]:
+    """The evaluation's neighbour purity of one embedding of the test records.
+
+    ``top_k`` (percent per k, over :func:`purity_queries`' queries: every test record up to
+    ``max_queries``), ``top_1k_250`` (top_1000 over ``eval_queries``, the 2022 protocol's seeded queries),
+    ``per_query`` (purity at the largest k per top_k query), ``per_query_k`` (``{k: purity per top_k query}``)
+    and ``n_queries`` (top_k queries used).
+    Time is linear in the test records (at most ``max_queries`` x n dot products), memory bounded.
+    """
+    queries = purity_queries(len(vectors), seed, max_queries=max_queries)
+    if queries is not None:
+        log.info("top_k: averaged over a seeded sample of %d of %d test records as queries (max_queries %d), "
+                 "neighbours among all of them", len(queries), len(vectors), max_queries)
+    per = neighbour_purity(vectors, classes, queries=queries)
+    kmax = max(per)
+    if queries is None:
+        top_250 = per[kmax][eval_queries]
+    else:
+        top_250 = neighbour_purity(vectors, classes, (kmax,), queries=eval_queries)[kmax]
+    return {
+        "top_k": {str(k): float(100 * v.mean()) for k, v in per.items()},
+        "top_1k_250": float(100 * top_250.mean()),
+        "per_query": per[kmax],
+        "per_query_k": per,
+        "n_queries": int(len(vectors) if queries is None else len(queries)),
+    }
 
 
 def top_k_purity(
@@ -117,15 +193,28 @@ def linear_probe(
 
 
 def projection_2d(
-    x_fit: np.ndarray, y_fit: np.ndarray | None, x: np.ndarray, *, method: str = "pca", seed: int = 42
+    x_fit: np.ndarray,
+    y_fit: np.ndarray | None,
+    x: np.ndarray,
+    *,
+    method: str = "pca",
+    seed: int = 42,
+    max_fit: int = MAX_FIT_RECORDS,
 ) -> np.ndarray:
-    """Project ``x`` to 2D with a projection fitted on ``x_fit``.
+    """Project ``x`` to 2D with a projection fitted on ``x_fit`` (on a seeded sample of at most about
+    ``max_fit`` of its rows, stratified by ``y_fit``: :func:`kern_finetune.subsample.fit_sample`).
 
     - ``pca``: the first two principal components (labels unused);
     - ``simplex``: a logistic regression on the labels; each point is the probability-weighted mean
       of the class corners, spread evenly on the unit circle. Sure records sit at their class's corner,
       unsure ones between corners: a scatter plot a labeler can draw shapes in.
     """
+    keep = fit_sample(len(x_fit), labels=None if method == "pca" else y_fit, cap=max_fit, seed=seed)
+    if len(keep) < len(x_fit):
+        log.info("2D view (%s): fitted on a seeded sample of %d of %d training records (max_fit %d)",
+                 method, len(keep), len(x_fit), max_fit)
+        x_fit = x_fit[keep]
+        y_fit = None if y_fit is None else np.asarray(y_fit)[keep]
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit(x_fit).transform(x)
     if y_fit is None:
@@ -193,6 +282,7 @@ def threshold_search(
     limit: int = SEARCH_LIMIT,
     seed: int = 42,
     chunk: int = 256,
+    block: int = 16384,
 ) -> dict[str, Any]:
     """Search every query as refinery's data browser does, and judge what comes back.
 
@@ -208,24 +298,25 @@ def threshold_search(
     10 / 100 results, the query counted), ``same_class`` (over all queries' returned rows other than the
     query whose class is known, the share with the query's class; queries of unknown class are skipped),
     ``median_results``, ``threshold`` (the distance) and ``n_queries``.
+
+    Rows are scanned ``block`` at a time for ``chunk`` queries at a time (running ``limit`` nearest), so
+    memory stays bounded and time is queries x records.
     """
-    x = np.asarray(vectors, dtype=np.float32)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
     q = np.asarray(queries, dtype=np.int64)
     classes = np.asarray(classes)
     thr = similarity_threshold(x, seed=seed) if threshold is None else float(threshold)
     sq = (x.astype(np.float64) ** 2).sum(1)
     counts = np.empty(len(q), dtype=np.int64)
     same = judged = 0
+    k = min(limit, x.shape[0])
     for start in range(0, len(q), chunk):
         qi = q[start : start + chunk]
-        d2 = sq[qi][:, None] + sq[None, :] - 2.0 * (x[qi] @ x.T).astype(np.float64)
-        d2[np.arange(len(qi)), qi] = -1.0  # the query is its own nearest result (distance 0)
+        nearest, d2 = _nearest_euclidean(x, sq, qi, k, block=block)
         dist = np.sqrt(np.clip(d2, 0.0, None))
-        dist[np.arange(len(qi)), qi] = 0.0
-        k = min(limit, x.shape[0])
-        nearest = np.argpartition(d2, k - 1, axis=1)[:, :k]
+        dist[nearest == qi[:, None]] = 0.0  # the query is its own nearest result (distance 0)
         for row, (query, idx) in enumerate(zip(qi, nearest)):
-            hit = idx[dist[row, idx] <= thr]
+            hit = idx[dist[row] <= thr]
             counts[start + row] = len(hit)
             others = hit[hit != query]
             if classes[query] < 0:
@@ -244,24 +335,61 @@ def threshold_search(
     }
 
 
+def _nearest_euclidean(
+    x: np.ndarray, sq: np.ndarray, qi: np.ndarray, k: int, *, block: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` rows nearest each query by squared Euclidean distance (``sq``: squared norms of ``x``'s
+    rows), the query itself first (its distance set to -1); unordered otherwise. Returns (rows, squared
+    distances), each (len(qi), k)."""
+    best_d = np.empty((len(qi), 0), dtype=np.float64)
+    best_i = np.empty((len(qi), 0), dtype=np.int64)
+    xq = x[qi]
+    for b0 in range(0, len(x), block):
+        d2 = sq[qi][:, None] + sq[None, b0 : b0 + block] - 2.0 * (xq @ x[b0 : b0 + block].T).astype(np.float64)
+        own = np.flatnonzero((qi >= b0) & (qi < b0 + d2.shape[1]))
+        d2[own, qi[own] - b0] = -1.0
+        best_d, best_i = _keep_best(best_d, best_i, d2, b0, k, largest=False)
+    return best_i, best_d
+
+
+def _keep_best(
+    best_v: np.ndarray, best_i: np.ndarray, block_v: np.ndarray, b0: int, k: int, *, largest: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge one block's scores (rows ``b0..``) into the running best ``k`` per query (unordered)."""
+    cand = np.concatenate([best_v, block_v], axis=1) if best_v.shape[1] else block_v
+    width, held = cand.shape[1], best_v.shape[1]
+    if width > k:
+        # largest: partition the negated scores, as the one-matrix version did, so ties fall the same way
+        part = np.argpartition(-cand if largest else cand, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(width), cand.shape)
+    values = np.take_along_axis(cand, part, axis=1)
+    if held:
+        rows = np.where(part < held, np.take_along_axis(best_i, np.minimum(part, held - 1), axis=1), part - held + b0)
+    else:
+        rows = part + b0
+    return values, rows.astype(np.int64)
+
+
 # --------------------------------------------------------------------------------------------------
 # Stage 4 of the pipeline: judge the fine-tuned vectors against the raw ones on the test records
 
 
 @dataclass
 class Plots:
-    """Arrays the report draws (never written to ``metrics.json``): per-query top_1k purity per embedding,
-    2D projections of the test records (``raw_pca``, ``finetuned_simplex``), their gold codes and names."""
+    """Arrays the report draws (never written to ``metrics.json``): per-query top_1k purity per embedding
+    (``per_query_k``: at every k, for the per-class table), 2D projections of the test records (``raw_pca``, ``finetuned_simplex``), their gold codes and names."""
 
     per_query: dict[str, np.ndarray]
+    per_query_k: dict[str, Any]
     points_2d: dict[str, np.ndarray]
     point_classes: np.ndarray
     class_names: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         """What :func:`kern_finetune.report.write_report` takes as ``plots``."""
-        return {"per_query": self.per_query, "points_2d": self.points_2d, "point_classes": self.point_classes,
-                "class_names": self.class_names}
+        return {"per_query": self.per_query, "per_query_k": self.per_query_k, "points_2d": self.points_2d,
+                "point_classes": self.point_classes, "class_names": self.class_names}
 
 
 @dataclass
@@ -280,16 +408,16 @@ def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray
 
 
 def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
-                       config: RunConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """top_k and top_1k_250 among the test records, and refinery's search among all records."""
+                       config: RunConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """top_k and top_1k_250 among the test records, and refinery's search among all records; the
+    per-query purities (``per_query``: top_1k, ``per_query_k``: every k) for the report."""
     test = sel.test_idx
     queries = sample_queries(len(test), config.eval_queries, config.seed)
-    top_k, top_250, per_query = {}, {}, {}
+    top_k, top_250, per_query, per_query_k = {}, {}, {}, {}
     for name, x in (("raw", base[test]), ("finetuned", tuned[test])):
-        per = neighbour_purity(x, classes)
-        top_k[name] = {str(k): float(100 * v.mean()) for k, v in per.items()}
-        top_250[name] = float(100 * per[1000][queries].mean())
-        per_query[name] = per[1000]
+        summary = purity_summary(x, classes, queries, seed=config.seed)  # capped queries, blocks: linear in n_test
+        top_k[name], top_250[name], per_query[name] = summary["top_k"], summary["top_1k_250"], summary["per_query"]
+        per_query_k[name] = summary["per_query_k"]  # the report's per-class table reuses it
     # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
     # embedding's similarity threshold, judged on every returned record whose gold is known.
     all_gold = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
@@ -297,7 +425,8 @@ def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, clas
     record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
     search = {name: threshold_search(full, test[queries], record_classes, seed=config.seed)
               for name, full in (("raw", base), ("finetuned", tuned))}
-    return {"top_k": top_k, "top_1k_250": top_250, "threshold_search": search}, per_query
+    figures = {"top_k": top_k, "top_1k_250": top_250, "top_k_queries": summary["n_queries"], "threshold_search": search}
+    return figures, {"per_query": per_query, "per_query_k": per_query_k}
 
 
 def _probe(base: np.ndarray, tuned: np.ndarray, sel: Selection, mapping: dict[str, int] | None,
@@ -346,7 +475,10 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
     metrics.update(_probe(base, tuned, sel, mapping, config))
     views = _views_2d(base, tuned, sel, config)
     metrics["separation_2d"] = {name: separation_2d(p, classes, seed=config.seed) for name, p in views.items()}
+    n_fit = len(sel.train_idx)
+    metrics["projection_fit"] = {"n_train": int(n_fit), "max_fit": MAX_FIT_RECORDS, "sampled": n_fit > MAX_FIT_RECORDS}
     names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
-    plots = Plots(per_query=per_query, points_2d={name: views[name] for name in ("raw_pca", "finetuned_simplex")},
+    plots = Plots(per_query=per_query["per_query"], per_query_k=per_query["per_query_k"],
+                  points_2d={name: views[name] for name in ("raw_pca", "finetuned_simplex")},
                   point_classes=classes, class_names=names)
     return Evaluation(metrics=metrics, plots=plots, seconds=time.perf_counter() - t)

@@ -18,11 +18,19 @@ Few labels are normal (a new project): the folds are at most as many as the smal
 labels, classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels are not checked (listed in
 ``unchecked_classes``), and with no weak labels, or fewer than two checkable classes, nothing is checked
 (``note`` says why).
+
+A large project is checked on a capped fit (issue 19): the folds' classifiers are fitted on a seeded,
+stratified sample of at most :data:`kern_finetune.subsample.MAX_FIT_RECORDS` labels
+(:func:`kern_finetune.subsample.fit_sample`), and every label outside the sample gets the mean of the
+fold classifiers' probabilities, which is out-of-sample too. All labels are still checked; the fit costs the
+same at any size, the prediction is linear. ``n_fit`` says how many labels the classifiers saw, and a log
+line says when it sampled.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,16 +38,22 @@ from typing import Any
 import numpy as np
 
 from .select import Selection
+from .subsample import MAX_FIT_RECORDS, fit_sample
+
+log = logging.getLogger(__name__)
 
 __all__ = ["find_label_issues", "without_label_issues", "write_label_issues", "MIN_LABELS_TO_CHECK"]
 
 
+_PREDICT_BLOCK = 65536
 MIN_LABELS_TO_CHECK = 3
 """A class with fewer labels than this is not checked: its labels are never flagged (they still train the
 out-of-fold classifiers). A new project's classes often have only a few labels."""
 
 
-def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5) -> dict[str, Any]:
+def find_label_issues(
+    base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5, max_fit: int = MAX_FIT_RECORDS
+) -> dict[str, Any]:
     """Out-of-fold check of the selected labels.
 
     Returns ``indices`` (record rows with likely wrong weak labels), ``weights`` (per record: 1, or the
@@ -48,7 +62,8 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
     ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
     ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged),
     ``note`` (why nothing was checked, else None), and per row of ``sel.labeled_idx``: ``pred_probs`` (the
-    out-of-fold class probabilities) and ``checked`` (whether the row got them).
+    out-of-fold class probabilities) and ``checked`` (whether the row got them), and ``n_fit`` (labels the
+    classifiers were fitted on: all, or a sample of about ``max_fit`` on a large project).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -66,13 +81,21 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
     elif checkable.sum() < 2:
         note = f"fewer than 2 classes have {MIN_LABELS_TO_CHECK} or more labels"
     if note is not None:
-        return _result(sel, idx, np.zeros(len(idx), dtype=bool), np.zeros((len(idx), n_classes)),
-                       n_folds=0, unchecked=[sel.classes[c] for c in range(n_classes) if counts[c] > 0], note=note)
+        return {**_result(sel, idx, np.zeros(len(idx), dtype=bool), np.zeros((len(idx), n_classes)),
+                          n_folds=0, unchecked=[sel.classes[c] for c in range(n_classes) if counts[c] > 0], note=note),
+                "n_fit": 0}
 
     # rows of classes too small to check are held out of the folds: they train every fold's classifier
     in_cv = np.flatnonzero(checkable[y])
     always_fit = np.flatnonzero(~checkable[y])
-    folds_used = int(min(n_folds, counts[checkable].min()))
+    rest = in_cv[:0]  # checked labels outside a capped fit: predicted by every fold's classifier
+    if len(in_cv) + len(always_fit) > max_fit:
+        keep = fit_sample(len(in_cv), labels=y[in_cv], cap=max(max_fit - len(always_fit), 1), seed=seed)
+        rest = np.setdiff1d(in_cv, in_cv[keep])
+        in_cv = in_cv[keep]
+        log.info("label check: fitted on a seeded sample of %d of %d labels (max_fit %d); the other %d are "
+                 "predicted out of sample", len(in_cv) + len(always_fit), len(idx), max_fit, len(rest))
+    folds_used = int(min(n_folds, np.bincount(y[in_cv], minlength=n_classes)[checkable].min()))
     proba = np.zeros((len(idx), n_classes))
     folds = StratifiedKFold(n_splits=folds_used, shuffle=True, random_state=seed)
     for fit, held in folds.split(x[in_cv], y[in_cv]):
@@ -80,9 +103,14 @@ def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_fol
         held_rows = in_cv[held]
         clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed).fit(x[fit_rows], y[fit_rows])
         proba[np.ix_(held_rows, clf.classes_)] = clf.predict_proba(x[held_rows])
+        for start in range(0, len(rest), _PREDICT_BLOCK):
+            rows = rest[start : start + _PREDICT_BLOCK]
+            proba[np.ix_(rows, clf.classes_)] += clf.predict_proba(x[rows]) / folds_used
     checked = np.zeros(len(idx), dtype=bool)
     checked[in_cv] = True
-    return _result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None)
+    checked[rest] = True
+    n_fit = int(len(in_cv) + len(always_fit))
+    return {**_result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None), "n_fit": n_fit}
 
 
 def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndarray, *,

@@ -149,12 +149,12 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     if fitted.pseudo is not None:
         pseudo = fitted.pseudo
         metrics["pseudo_labels"] = {"threshold": pseudo["threshold"], "n_added": int(len(pseudo["indices"])),
-                                    "n_candidates": pseudo["n_candidates"]}
+                                    "n_candidates": pseudo["n_candidates"], "n_fit": pseudo["n_fit"]}
     if fitted.label_check is not None:
         noise = fitted.label_check
         metrics["label_check"] = {
             "action": config.noise_filter, "file": "label_issues.csv",
-            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note")},
+            **{k: noise[k] for k in ("n_checked", "n_flagged", "oof_accuracy", "n_folds", "unchecked_classes", "note", "n_fit")},
             **fitted.label_audit,
         }
     metrics["seconds"] = dict(seconds)  # "total" is added once the model and vectors are written

@@ -34,7 +34,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .evaluate import neighbour_purity, projection_2d  # noqa: E402
+from .evaluate import neighbour_purity, projection_2d, purity_queries  # noqa: E402
 
 if TYPE_CHECKING:
     from .select import Selection
@@ -148,23 +148,38 @@ def _gold_codes(data: ReportData) -> tuple[list[str], np.ndarray]:
     return values, np.array([code[str(data.gold[i])] for i in data.test_idx], dtype=np.int64)
 
 
-def per_class_top_k(data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS) -> list[dict[str, Any]]:
-    """top_k per gold class, in percent, raw and fine-tuned: test records among test records, in blocks."""
+def per_class_top_k(
+    data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS, *, given: dict[str, dict[int, np.ndarray]] | None = None
+) -> list[dict[str, Any]]:
+    """top_k per gold class, in percent, raw and fine-tuned: test records among test records, in blocks.
+
+    The queries are the evaluation's (:func:`kern_finetune.evaluate.purity_queries`: every test record,
+    or a seeded sample of ``MAX_EVAL_QUERIES`` on a large project); ``n`` counts a class's test records,
+    ``n_queries`` its queries. A class without a sampled query gets no figures (None). ``given``
+    (``{"raw"|"finetuned": {k: purity per query}}``, the evaluation's ``per_query_k`` over the same queries)
+    is reused instead of searching again.
+    """
     if len(data.test_idx) < 2:
         return []
     values, classes = _gold_codes(data)
+    queries = purity_queries(len(classes), data.seed)
+    q_classes = classes if queries is None else classes[queries]
+    n_q = len(classes) if queries is None else len(queries)
     per = {
-        name: neighbour_purity(x[data.test_idx], classes, ks)
+        name: given[name]
+        if given and name in given and all(k in given[name] and len(given[name][k]) == n_q for k in ks)
+        else neighbour_purity(x[data.test_idx], classes, ks, queries=queries)
         for name, x in (("raw", data.raw), ("finetuned", data.tuned))
     }
     rows = []
     for c, g in enumerate(values):
-        m = classes == c
-        first = int(data.test_idx[np.flatnonzero(m)[0]])
-        row: dict[str, Any] = {"gold": g, "class": data.gold_class[first], "n": int(m.sum())}
+        m = q_classes == c
+        first = int(data.test_idx[np.flatnonzero(classes == c)[0]])
+        row: dict[str, Any] = {"gold": g, "class": data.gold_class[first], "n": int((classes == c).sum()),
+                               "n_queries": int(m.sum())}
         for name in per:
             for k in ks:
-                row[f"{name}_{k}"] = float(100 * per[name][k][m].mean())
+                row[f"{name}_{k}"] = float(100 * per[name][k][m].mean()) if m.any() else None
         rows.append(row)
     return rows
 
@@ -307,10 +322,13 @@ def _per_class_html(rows: list[dict[str, Any]]) -> str:
     body = []
     for r in rows:
         name = _esc(r["gold"]) + (f" ({_esc(r['class'])})" if r["class"] is not None and r["class"] != r["gold"] else "")
-        cells = "".join(
-            f"<td>{r[f'raw_{k}']:.2f}</td><td class=\"{'up' if r[f'finetuned_{k}'] >= r[f'raw_{k}'] else 'down'}\">"
-            f"{r[f'finetuned_{k}']:.2f}</td>" for k in ks
-        )
+        if r[f"raw_{ks[0]}"] is None:  # no query of this class in a capped sample
+            cells = "<td>-</td>" * (2 * len(ks))
+        else:
+            cells = "".join(
+                f"<td>{r[f'raw_{k}']:.2f}</td><td class=\"{'up' if r[f'finetuned_{k}'] >= r[f'raw_{k}'] else 'down'}\">"
+                f"{r[f'finetuned_{k}']:.2f}</td>" for k in ks
+            )
         body.append(f"<tr><td>{name}</td><td>{r['n']}</td>{cells}</tr>")
     return f"<table><tr><th>gold class</th><th>test records</th>{head}</tr>{''.join(body)}</table>"
 
@@ -422,7 +440,8 @@ def write_report(
     """Write the report to ``path`` (atomically: a temporary file renamed into place).
 
     ``metrics`` is the run's metrics dict. ``plots`` may hold ``per_query`` (embedding name -> per-query
-    purity at ``k_violin``) for the violin plot, and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
+    purity at ``k_violin``) for the violin plot, ``per_query_k`` (embedding name -> {k: per-query purity},
+    the evaluation's, reused by the per-class table), and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
     2D projections of all test records) to reuse instead of fitting them again. ``data`` gives the first screen, the per-class table and
     the 2D views; without it (or without gold) the report has the numbers only.
     """
@@ -432,6 +451,13 @@ def write_report(
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(body, encoding="utf-8")
     tmp.replace(path)
+
+
+def _queries_text(metrics: dict[str, Any]) -> str:
+    n_test, used = metrics.get("n_test"), metrics.get("top_k_queries")
+    if used is None or used == n_test:
+        return f"all {_esc(n_test)} test queries"
+    return f"a seeded sample of {_esc(used)} of the {_esc(n_test)} test records as queries, neighbours among all of them"
 
 
 def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | None, k_violin: int) -> str:
@@ -448,7 +474,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             "<span class=\"new\">new</span> = not among the raw embedding's first screen.</p>"
             + _first_screen_html(data, screen)
         )
-        sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data)))
+        sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data, given=plots.get("per_query_k"))))
         views, hover = _views_html(data, metrics, plots.get("points_2d"))
         sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)
 
@@ -481,7 +507,7 @@ engine <b>{_esc(config.get('engine'))}</b>, mode <b>{_esc(config.get('mode'))}</
 Train {_esc(metrics.get('n_train'))} / validation {_esc(metrics.get('n_val'))} / test {_esc(metrics.get('n_test'))} records.
 {chance_html}</p>{choice_html}
 {''.join(sections)}
-<h2>top_k (mean over all {_esc(metrics.get('n_test'))} test queries, %)</h2>
+<h2>top_k (mean over {_queries_text(metrics)}, %)</h2>
 <table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>
 <p>top_1k over {_esc(metrics.get('eval_queries', 250))} seeded queries (the 2022 protocol):
 {', '.join(f'{_esc(n)} {v:.2f}%' for n, v in metrics.get('top_1k_250', {}).items())}</p>

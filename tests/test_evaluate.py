@@ -77,3 +77,102 @@ def test_separation_2d_with_few_test_records_uses_fewer_folds_or_says_nothing():
     assert got["knn_accuracy"] == 100.0 and got["silhouette"] > 0.9  # 3 folds, 3 neighbours
     assert separation_2d(points[:3], np.array([0, 1, 1])) == {}  # a class with one record: not measurable
     assert separation_2d(points, np.zeros(6, dtype=int)) == {}  # one class
+
+
+# ---------------------------------------------------------------- bounded memory, capped queries (issue 19)
+
+
+def _brute_force_purity(vectors: np.ndarray, classes: np.ndarray, ks: tuple[int, ...], queries: np.ndarray) -> dict[int, np.ndarray]:
+    """The reference: every query against the whole (queries x n) similarity matrix at once, fully sorted."""
+    x = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = x[queries] @ x.T
+    sims[np.arange(len(queries)), queries] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, : len(x) - 1]
+    hits = np.cumsum(classes[order] == classes[queries][:, None], axis=1)
+    return {k: hits[:, min(k, len(x) - 1) - 1] / min(k, len(x) - 1) for k in ks}
+
+
+def test_blocks_give_the_brute_force_result():
+    """Scanning the rows in blocks (keeping a running top k) equals the full matrix, for any block size."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(700, 16))
+    classes = rng.integers(0, 4, 700)
+    queries = np.sort(rng.choice(700, 90, replace=False))
+    ref = _brute_force_purity(x, classes, (1, 5, 50, 250, 1000), queries)
+    for block, chunk in ((700, 256), (64, 7), (1, 3), (250, 90)):
+        got = neighbour_purity(x, classes, (1, 5, 50, 250, 1000), queries=queries, chunk=chunk, block=block)
+        assert all(np.array_equal(got[k], ref[k]) for k in ref), (block, chunk)
+
+
+def test_nearest_rows_are_ordered_and_exclude_the_query():
+    from kern_finetune.evaluate import nearest_rows
+
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, 8)).astype(np.float32)
+    top = nearest_rows(x, np.array([0, 5, 299]), 20, block=33)
+    sims = x[[0, 5, 299]] @ x.T
+    for row, q in enumerate((0, 5, 299)):
+        assert q not in top[row]
+        s = sims[row, top[row]]
+        assert (np.diff(s) <= 0).all()
+        others = np.delete(sims[row], np.r_[top[row], q])
+        assert s[-1] >= others.max()
+    assert nearest_rows(x, np.array([], dtype=int), 5).shape == (0, 5)
+
+
+def test_purity_summary_caps_the_queries_but_searches_all_rows():
+    from kern_finetune.evaluate import purity_queries, purity_summary
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 8))
+    classes = rng.integers(0, 3, 400)
+    eval_q = sample_queries(400, 50, 42)
+    full = purity_summary(x, classes, eval_q, seed=42)  # 400 <= MAX_EVAL_QUERIES: every record is a query
+    assert full["n_queries"] == 400 and purity_queries(400, 42) is None
+    assert full["top_k"] == top_k_purity(x, classes)
+    capped = purity_summary(x, classes, eval_q, seed=42, max_queries=120)
+    q = purity_queries(400, 42, max_queries=120)
+    assert capped["n_queries"] == 120 and len(q) == 120 and np.array_equal(q, sample_queries(400, 120, 42))
+    assert capped["top_k"] == top_k_purity(x, classes, queries=q)  # neighbours among all 400 rows
+    assert capped["top_1k_250"] == full["top_1k_250"]  # the 2022 protocol's queries are the same either way
+    assert capped["per_query"].shape == (120,)
+
+
+def test_threshold_search_in_blocks_equals_one_block():
+    from kern_finetune.evaluate import threshold_search
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    classes = rng.integers(-1, 3, 600)
+    queries = np.sort(rng.choice(600, 40, replace=False))
+    one = threshold_search(x, queries, classes, limit=100, block=600)
+    for block in (1, 17, 128):
+        assert threshold_search(x, queries, classes, limit=100, block=block, chunk=9) == one
+    assert one["n_queries"] == 40 and 0 < one["median_results"] <= 100
+
+
+def test_fit_sample_is_seeded_capped_and_keeps_rare_classes():
+    from kern_finetune.subsample import MIN_PER_CLASS, fit_sample
+
+    assert np.array_equal(fit_sample(10, cap=20), np.arange(10))
+    labels = np.r_[np.zeros(5000, dtype=int), np.ones(4000, dtype=int), np.full(10, 2)]
+    a = fit_sample(len(labels), labels=labels, cap=900, seed=1)
+    assert np.array_equal(a, fit_sample(len(labels), labels=labels, cap=900, seed=1))
+    assert not np.array_equal(a, fit_sample(len(labels), labels=labels, cap=900, seed=2))
+    assert np.all(np.diff(a) > 0) and 900 <= len(a) <= 900 + 3 * MIN_PER_CLASS
+    counts = np.bincount(labels[a])
+    assert counts[2] == 10 and abs(counts[0] / counts[1] - 5 / 4) < 0.05  # all of the rare class, shares kept
+    assert len(fit_sample(5000, cap=300, seed=0)) == 300
+
+
+def test_projection_fits_on_a_capped_sample():
+    from kern_finetune.evaluate import projection_2d
+
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 3000)
+    x = rng.normal(size=(3000, 6)) + y[:, None] * 3.0
+    full = projection_2d(x, y, x[:50], method="simplex", max_fit=5000)
+    capped = projection_2d(x, y, x[:50], method="simplex", max_fit=500)
+    assert capped.shape == (50, 2) and not np.array_equal(full, capped)
+    assert np.abs(full - capped).max() < 0.2  # a 500-record fit places records nearly where the full fit does
+    assert np.array_equal(projection_2d(x, None, x[:5], max_fit=3000), projection_2d(x, None, x[:5]))

@@ -83,3 +83,16 @@ def test_write_label_issues(flipped: tuple[Selection, np.ndarray], subset_base: 
     assert rows[0] == ["record_id", "given_label", "suggested_label", "probability_given"]
     assert [r[0] for r in rows[1:]] == found["ids"]
     assert [p.name for p in tmp_path.iterdir()] == ["label_issues.csv"]  # no temp file left behind
+
+
+def test_a_capped_fit_still_checks_every_label(flipped: tuple[Selection, np.ndarray], subset_base: np.ndarray) -> None:
+    """A large project fits the folds on a sample; the labels outside it are predicted out of sample."""
+    sel, rows = flipped
+    full = find_label_issues(subset_base, sel, seed=0)
+    capped = find_label_issues(subset_base, sel, seed=0, max_fit=300)
+    assert full["n_fit"] == len(sel.labeled_idx) and full["n_checked"] == len(sel.labeled_idx)
+    assert 300 <= capped["n_fit"] < len(sel.labeled_idx)
+    assert capped["n_checked"] == len(sel.labeled_idx) and capped["checked"].all()
+    assert np.allclose(capped["pred_probs"].sum(1), 1.0)
+    assert np.isin(rows, capped["indices"]).mean() >= 0.5  # still finds most flipped labels
+    assert capped["oof_accuracy"] > 80

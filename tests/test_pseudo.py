@@ -98,3 +98,21 @@ def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subs
     without = top_k_purity(off_result.vectors[rows], labels, (50,))["50"]
     assert with_pl >= without + 2, (with_pl, without)
     assert m["top_k"]["finetuned"]["100"] > off["top_k"]["finetuned"]["100"]
+
+
+def test_a_capped_fit_predicts_every_candidate(subset_sel: Selection, subset_base: np.ndarray) -> None:
+    full = find_pseudo_labels(subset_base, subset_sel, threshold=0.7, seed=0)
+    capped = find_pseudo_labels(subset_base, subset_sel, threshold=0.7, seed=0, max_fit=200)
+    assert full["n_fit"] == len(subset_sel.labeled_idx) and 200 <= capped["n_fit"] < full["n_fit"]
+    assert capped["n_candidates"] == full["n_candidates"]
+    assert 0 < len(capped["indices"]) and set(capped["indices"].tolist()) <= set(np.flatnonzero(subset_sel.y < 0).tolist())
+    # a regression fitted on 200 labels is less sure (fewer records pass 0.7), but where both pick a record
+    # they give it the same class, and its picks are right about as often (gold never seen)
+    full_label = dict(zip(full["indices"].tolist(), full["labels"].tolist(), strict=True))
+    shared = [(full_label[i], lab) for i, lab in zip(capped["indices"].tolist(), capped["labels"].tolist(), strict=True)
+              if i in full_label]
+    assert shared and np.mean([a == b for a, b in shared]) >= 0.95
+    mapping = gold_to_class(subset_sel)
+    assert mapping is not None
+    right = np.mean([mapping.get(subset_sel.gold[i]) == lab for i, lab in zip(capped["indices"], capped["labels"], strict=True)])
+    assert right > 0.8

@@ -87,6 +87,21 @@ def test_per_class_top_k_matches_the_overall_mean() -> None:
     assert weighted == pytest.approx(overall)
 
 
+def test_per_class_top_k_reuses_the_evaluations_purity() -> None:
+    """The per-class table takes the evaluation's per-query purity (same queries) instead of searching again."""
+    from kern_finetune.evaluate import neighbour_purity
+
+    data = _tiny_data()
+    values = sorted({data.gold[i] for i in data.test_idx})
+    classes = np.array([values.index(data.gold[i]) for i in data.test_idx])
+    given = {name: neighbour_purity(x[data.test_idx], classes) for name, x in (("raw", data.raw), ("finetuned", data.tuned))}
+    assert per_class_top_k(data, given=given) == per_class_top_k(data)
+    marked = {name: {k: np.zeros_like(v) for k, v in per.items()} for name, per in given.items()}
+    assert all(r["finetuned_10"] == 0.0 for r in per_class_top_k(data, given=marked))  # used as given
+    wrong = {name: {k: v[:5] for k, v in per.items()} for name, per in given.items()}  # other queries: ignored
+    assert per_class_top_k(data, given=wrong) == per_class_top_k(data)
+
+
 def test_user_strings_are_escaped_and_never_mathtext(tmp_path: Path) -> None:
     """Labels and gold like "$\\notacmd$" or "<script>" neither crash a plot nor inject markup (issue 16, 3)."""
     path = tmp_path / "report.html"

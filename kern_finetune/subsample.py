@@ -1,0 +1,46 @@
+"""Seeded, capped samples for the stages that fit a model on the records (issue 19).
+
+The label check (:mod:`kern_finetune.noise`), the pseudo-labels (:mod:`kern_finetune.pseudo`) and the 2D
+views (:func:`kern_finetune.evaluate.projection_2d`) fit a logistic regression or a PCA on the labeled
+records. On a large project they fit on at most :data:`MAX_FIT_RECORDS` of them, drawn here, and then
+predict (or project) every record: the fit costs the same at 20,000 or 10,000,000 records, the
+prediction stays linear. Each stage says when it sampled (a log line, and a field in ``metrics.json``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MAX_FIT_RECORDS", "MIN_PER_CLASS", "fit_sample"]
+
+MAX_FIT_RECORDS = 20_000
+"""At most this many records fit a stage's model. Above the bundled sample's 10,854 labeled records, so a
+run on the sample (or any project of up to 20,000 labeled records) fits on all of them, as before."""
+MIN_PER_CLASS = 50
+"""A sampled class keeps at least this many of its records (all of them when it has fewer), so a rare
+class stays learnable when the sample is drawn in proportion to the class sizes."""
+
+
+def fit_sample(n: int, *, labels: np.ndarray | None = None, cap: int = MAX_FIT_RECORDS, seed: int = 42) -> np.ndarray:
+    """Sorted positions ``0..n-1`` to fit on: all of them when ``n <= cap``, else a seeded sample of about ``cap``.
+
+    With ``labels`` (one class per position) the sample is stratified: each class keeps its share of
+    ``cap``, and at least :data:`MIN_PER_CLASS` (or all) of its records, so the total may exceed ``cap``
+    by at most ``MIN_PER_CLASS`` per class.
+    """
+    if cap < 1:
+        raise ValueError(f"cap must be at least 1, got {cap}")
+    if n <= cap:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(n, size=cap, replace=False))
+    labels = np.asarray(labels)
+    if len(labels) != n:
+        raise ValueError(f"labels has {len(labels)} entries for {n} positions")
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        take = max(min(len(rows), MIN_PER_CLASS), int(cap * len(rows) // n))
+        keep.append(rng.permutation(rows)[:take])
+    return np.sort(np.concatenate(keep))

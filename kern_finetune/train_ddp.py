@@ -1,0 +1,261 @@
+"""Full mode, data-parallel: the encoder fine-tuned by several processes at once (torch DDP, issue 19).
+
+:func:`fit_full_ddp` starts ``workers`` processes (``torch.multiprocessing.spawn``), one per GPU on a
+CUDA machine (backend ``nccl``) or one per group of CPU cores (``gloo``). Every process holds a replica
+of the model wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; each step draws one global
+class-aware batch of ``batch_size x workers`` training texts (:func:`kern_finetune.samplers.class_aware_batches`,
+the same seeded draw in every process, regrouped by length as :func:`kern_finetune.samplers.length_grouped`
+does), and process ``r`` embeds rows ``r, r + workers, ...`` of it. DDP averages the gradients, so the
+replicas stay identical. The loss contrasts each process's rows among themselves (no gather of the other
+processes' embeddings, as sentence-transformers' losses do by default), so ``batch_size`` is per process.
+
+What it shares with :func:`kern_finetune.train_full.fit_full`: the loss (:func:`kern_finetune.losses.make_loss`,
+sample weights too), AdamW at ``config.encoder_lr`` (decay on weight matrices only), linear warmup over
+:data:`~kern_finetune.train_full.WARMUP_FRACTION` of the steps then linear decay, gradient clipping at 1,
+training texts cut at :data:`~kern_finetune.train_full.MAX_SEQ_LENGTH` tokens, validation on at most
+:data:`~kern_finetune.train_full.MAX_VAL_ROWS` texts with early stopping (process 0 validates and tells the
+others whether to stop), the best state blended with the base weights (``config.wise_alpha``). What it
+leaves out: the cross-batch memory (``encoder_memory``), which would need the other processes' rows.
+
+Run on CPU only so far (a gloo test with 2 processes on a tiny subset, ``tests/test_train_ddp.py``): no
+GPU was lent to the session that wrote it, so its speed-up on GPUs is not measured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .encode import Encoder, load_sentence_transformer
+from .losses import make_loss
+from .select import Selection
+from .samplers import class_aware_batches, length_grouped
+from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+    from .config import RunConfig
+
+__all__ = ["fit_full_ddp"]
+
+log = logging.getLogger(__name__)
+
+WEIGHT_DECAY = 0.01
+MAX_GRAD_NORM = 1.0
+MIN_DELTA = 1e-5
+
+
+def fit_full_ddp(
+    encoder: Encoder,
+    sel: Selection,
+    config: RunConfig,
+    *,
+    workers: int,
+    weights: np.ndarray | None = None,
+    device: str = "cpu",
+    backend: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    max_steps: int | None = None,
+    eval_every: int | None = None,
+    threads_per_worker: int = 1,
+) -> tuple[SentenceTransformer, None, dict[str, Any]]:
+    """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels in ``workers`` processes.
+
+    Args:
+        encoder: gives the base model's folder (``encoder.path``).
+        sel: texts, labels and the train/validation split.
+        config: loss, temperature, margin, patience, seed, ``encoder_lr``, ``lr`` (loss parameters),
+            ``wise_alpha``; ``epochs`` and ``batch_size`` as upper bounds, as in full mode.
+        workers: processes (at least 2; on CUDA at most the visible GPUs, one each).
+        weights: optional per-record sample weights (indexed like ``sel.ids``).
+        device: ``"cpu"`` or ``"cuda"``.
+        backend: ``torch.distributed`` backend; default ``nccl`` on CUDA, else ``gloo``.
+        epochs: default ``min(config.epochs, 3)`` on CUDA, ``min(config.epochs, 1)`` on CPU.
+        batch_size: rows per process and step; default ``min(config.batch_size, 128)`` on CUDA, 32 on CPU.
+        max_steps: stop after this many steps (the schedule is planned for them).
+        eval_every: steps between validations; default ``max(10, total_steps // 10)``.
+        threads_per_worker: torch threads per CPU process.
+
+    Returns:
+        ``(model, None, info)`` as :func:`~kern_finetune.train_full.fit_full`: the blended best state in a
+        model on ``device``, eval mode; ``info`` adds ``workers``, ``backend``, ``global_batch_size`` and
+        ``replicas_identical`` (whether every process ended with the same weights: DDP kept them in step).
+    """
+    if workers < 2:
+        raise ValueError(f"workers must be at least 2 for data-parallel training, got {workers}")
+    on_gpu = device.startswith("cuda")
+    if on_gpu and workers > torch.cuda.device_count():
+        raise ValueError(f"{workers} workers but {torch.cuda.device_count()} CUDA devices")
+    backend = backend or ("nccl" if on_gpu else "gloo")
+    epochs = min(config.epochs, 3 if on_gpu else 1) if epochs is None else epochs
+    batch_size = min(config.batch_size, 128 if on_gpu else 32) if batch_size is None else batch_size
+    if epochs < 1 or batch_size < 2:
+        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
+    start = time.perf_counter()
+    job = {
+        "path": str(encoder.path), "texts": list(sel.texts), "y": np.asarray(sel.y), "train_idx": np.asarray(sel.train_idx),
+        "val_idx": np.asarray(sel.val_idx), "n_classes": len(sel.classes), "weights": weights,
+        "loss": config.loss, "temperature": config.temperature, "margin": config.margin, "seed": config.seed,
+        "encoder_lr": config.encoder_lr, "loss_lr": config.lr, "patience": config.patience, "wise_alpha": config.wise_alpha,
+        "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "eval_every": eval_every,
+        "device": device, "backend": backend, "threads": threads_per_worker,
+    }
+    with tempfile.TemporaryDirectory(prefix="kern-ddp-") as tmp:
+        torch.multiprocessing.spawn(_worker, args=(workers, job, tmp), nprocs=workers, join=True)
+        state = torch.load(Path(tmp) / "state.pt", map_location="cpu")
+        info = torch.load(Path(tmp) / "info.pt")
+        sums = [torch.load(Path(tmp) / f"checksum-{r}.pt") for r in range(workers)]
+    model = load_sentence_transformer(encoder.path, device=device)
+    model.load_state_dict(state)
+    model.eval()
+    info.update(seconds=round(time.perf_counter() - start, 2), replicas_identical=all(torch.equal(sums[0], s) for s in sums))
+    return model, None, info
+
+
+# ---------------------------------------------------------------- one process
+
+
+def _param_groups(model: nn.Module, loss_fn: nn.Module, encoder_lr: float, loss_lr: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
+    groups: list[dict[str, Any]] = [{"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
+                                    {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0}]
+    extra = [p for p in loss_fn.parameters() if p.requires_grad]
+    if extra:
+        groups.append({"params": extra, "lr": loss_lr, "weight_decay": 0.0})
+    return groups
+
+
+def _embed(module: nn.Module, st: SentenceTransformer, texts: list[str], device: str) -> torch.Tensor:
+    """Embeddings through ``module`` (the DDP wrapper while training, the bare model when validating)."""
+    from sentence_transformers.util import batch_to_device
+
+    features = batch_to_device(st.preprocess(texts, max_length=MAX_SEQ_LENGTH), torch.device(device))
+    return module(features)["sentence_embedding"]
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _worker(rank: int, world: int, job: dict[str, Any], tmp: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(job["threads"])
+    dist.init_process_group(job["backend"], init_method=f"file://{os.path.join(tmp, 'rendezvous')}", rank=rank,
+                            world_size=world)
+    try:
+        device = f"cuda:{rank}" if job["device"].startswith("cuda") else "cpu"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(rank)
+        torch.manual_seed(job["seed"])
+        rng = np.random.default_rng(job["seed"])  # the same draw in every process: the global batches agree
+        st = load_sentence_transformer(job["path"], device=device)
+        base_state = _snapshot(st)
+        for name, p in st.named_parameters():  # BERT's pooler is loaded but the sentence embedding never uses it:
+            if ".pooler." in name:  # DDP must not wait for its gradients (it gets none in fit_full either)
+                p.requires_grad_(False)
+        ddp = DistributedDataParallel(st, device_ids=[rank] if device.startswith("cuda") else None)
+        texts, y_all = job["texts"], job["y"]
+        train_idx, val_idx = job["train_idx"], job["val_idx"]
+        if len(val_idx) > MAX_VAL_ROWS:
+            val_idx = np.sort(np.random.default_rng(job["seed"] + 2).choice(val_idx, MAX_VAL_ROWS, replace=False))
+        texts_t = [texts[i] for i in train_idx]
+        y_t_np = y_all[train_idx].astype(np.int64)
+        y_t = torch.from_numpy(y_t_np).to(device)
+        w_t = None if job["weights"] is None else torch.from_numpy(np.asarray(job["weights"])[train_idx].astype(np.float32)).to(device)
+        lengths = np.array([len(ids) for ids in st.tokenizer(texts_t, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]])
+        texts_v = [texts[i] for i in val_idx]
+        y_v_np = y_all[val_idx].astype(np.int64)
+        y_v = torch.from_numpy(y_v_np).to(device)
+        val_batches = class_aware_batches(y_v_np, job["batch_size"], np.random.default_rng(job["seed"] + 1)) if len(val_idx) else []
+        dim = int(st.get_embedding_dimension() or 384)
+        loss_fn = make_loss(job["loss"], n_classes=job["n_classes"], dim=dim, temperature=job["temperature"],
+                            margin=job["margin"]).to(device)
+        global_batch = job["batch_size"] * world
+        steps_per_epoch = max(1, math.ceil(len(train_idx) / global_batch))
+        total = job["epochs"] * steps_per_epoch
+        if job["max_steps"] is not None:
+            total = min(total, max(1, job["max_steps"]))
+        eval_every = job["eval_every"] or max(10, total // 10)
+        warmup = max(1, math.ceil(WARMUP_FRACTION * total))
+        opt = torch.optim.AdamW(_param_groups(st, loss_fn, job["encoder_lr"], job["loss_lr"]))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
+
+        @torch.no_grad()
+        def validate() -> float:
+            if not val_batches:
+                return float("nan")
+            st.eval()
+            z = torch.cat([_embed(st, st, texts_v[s : s + 64], device) for s in range(0, len(texts_v), 64)])
+            st.train()
+            return float(np.mean([float(loss_fn(z[torch.from_numpy(b).to(device)], y_v[torch.from_numpy(b).to(device)]))
+                                  for b in val_batches]))
+
+        best_val = validate() if rank == 0 else float("nan")
+        best_step, best_state = 0, base_state
+        history = [{"step": 0, "val_loss": best_val}]
+        bad, step, epochs_run, stop = 0, 0, 0, False
+        st.train()
+        while step < total and not stop:
+            epochs_run += 1
+            batches = length_grouped(class_aware_batches(y_t_np, global_batch, rng), lengths, rng)
+            for idx in batches:
+                if len(idx) < 2 * world:  # a last, short global batch: every process skips it alike
+                    continue
+                mine = idx[rank::world]
+                b = torch.from_numpy(mine).to(device)
+                z = _embed(ddp, st, [texts_t[i] for i in mine], device)
+                loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()  # DDP averages the gradients over the processes here
+                torch.nn.utils.clip_grad_norm_(st.parameters(), MAX_GRAD_NORM)
+                opt.step()
+                sched.step()
+                step += 1
+                if step % eval_every == 0 or step == total:
+                    flag = torch.zeros(1)
+                    if rank == 0:
+                        val = validate()
+                        history.append({"step": step, "val_loss": val})
+                        if not math.isfinite(best_val) or val < best_val - MIN_DELTA:
+                            best_val, best_step, best_state, bad = val, step, _snapshot(st), 0
+                        else:
+                            bad += 1
+                            flag[0] = float(bad >= job["patience"])
+                    dist.broadcast(flag, src=0)
+                    stop = bool(flag[0])
+                if step >= total or stop:
+                    break
+        torch.save(torch.cat([p.detach().cpu().flatten() for p in st.parameters()]).sum(dtype=torch.float64).reshape(1),
+                   os.path.join(tmp, f"checksum-{rank}.pt"))
+        if rank == 0:
+            if not val_batches:
+                best_step, best_state = step, _snapshot(st)
+            alpha = job["wise_alpha"]
+            if alpha < 1.0 and best_step > 0:
+                best_state = {k: torch.lerp(base_state[k], v, alpha) if v.is_floating_point() else v for k, v in best_state.items()}
+            torch.save(best_state, os.path.join(tmp, "state.pt"))
+            torch.save({"engine": "native", "mode": "full", "workers": world, "backend": job["backend"],
+                        "batch_size": job["batch_size"], "global_batch_size": global_batch, "epochs_run": epochs_run,
+                        "steps": step, "best_step": best_step, "best_val_loss": best_val, "stopped_early": stop,
+                        "device": job["device"], "wise_alpha": alpha, "warmup_steps": warmup, "eval_every": eval_every,
+                        "n_val_rows": int(len(val_idx)), "history": history}, os.path.join(tmp, "info.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
