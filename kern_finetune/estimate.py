@@ -160,13 +160,10 @@ def estimate_full_mode(
     give_up_above: float = math.inf,
 ) -> FullModeEstimate:
     """Estimate full mode's training stage (full-mode training + re-encoding every record) on this machine, now."""
-    import torch
-
     from .encode import load_sentence_transformer
-    from .losses import make_loss
     from .pseudo import find_pseudo_labels, with_pseudo_labels
     from .samplers import class_aware_batches, length_grouped
-    from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS
+    from .train_full import MAX_SEQ_LENGTH
 
     t_start = time.perf_counter()
     device = device or _default_device()
@@ -196,7 +193,42 @@ def estimate_full_mode(
     steps = epochs * len(batches)
 
     # --- time real steps on planned batches
-    loss_fn = make_loss(config.loss, n_classes=len(sel.classes), dim=int(model.get_embedding_dimension() or 384),
+    intercept, per_token, xs, ts, complete = _time_steps(
+        model, config, n_classes=len(sel.classes), texts=texts_t, y=y_t, batches=batches, padded=padded,
+        steps=steps, device=device, give_up_above=give_up_above,
+    )
+    train_steps_s = epochs * float(np.sum(intercept + per_token * padded))
+
+    fwd_rate = float("nan")
+    val_s = reencode_s = 0.0
+    if complete:
+        fwd_rate, val_s, reencode_s = _forward_costs(model, sel, config, device=device, batch_size=batch_size, steps=steps)
+    total = overhead + train_steps_s + val_s + reencode_s
+    del model
+    return FullModeEstimate(
+        seconds=float(total), steps=int(steps), epochs=int(epochs), batch_size=int(batch_size),
+        n_train_rows=int(len(train_idx)), n_pseudo=n_pseudo, step_seconds=float(train_steps_s / max(steps, 1)),
+        step_fit={"intercept": float(intercept), "per_token": float(per_token),
+                  "timed_steps": [round(float(x), 4) for x in ts], "timed_padded_tokens": [int(x) for x in xs]},
+        forward_tokens_per_s=fwd_rate, train_steps_seconds=float(train_steps_s), validation_seconds=float(val_s),
+        reencode_seconds=float(reencode_s), overhead_seconds=float(overhead),
+        calibration_seconds=float(time.perf_counter() - t_start), device=device, complete=complete,
+    )
+
+
+def _time_steps(
+    model: Any, config: RunConfig, *, n_classes: int, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
+    padded: np.ndarray, steps: int, device: str, give_up_above: float,
+) -> tuple[float, float, list[float], list[float], bool]:
+    """Time real training steps on a few planned batches (quantiles of their padded size) and fit seconds per
+    padded token: (intercept, per_token, padded sizes timed, seconds, complete). Gives up after the first
+    step when the whole run would clearly exceed ``give_up_above``."""
+    import torch
+
+    from .losses import make_loss
+    from .train_full import MAX_SEQ_LENGTH
+
+    loss_fn = make_loss(config.loss, n_classes=n_classes, dim=int(model.get_embedding_dimension() or 384),
                         temperature=config.temperature, margin=config.margin).to(device)
     params = [p for p in model.parameters() if p.requires_grad] + [p for p in loss_fn.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.encoder_lr)
@@ -205,11 +237,11 @@ def estimate_full_mode(
     def step(idx: np.ndarray) -> float:
         _sync(device)
         t0 = time.perf_counter()
-        feats = model.tokenizer([texts_t[i] for i in idx], padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
+        feats = model.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=MAX_SEQ_LENGTH,
                                 return_tensors="pt")
         feats = {k: v.to(device) for k, v in feats.items()}
         z = model(feats)["sentence_embedding"]
-        loss = loss_fn(z, torch.from_numpy(y_t[idx]).to(device))
+        loss = loss_fn(z, torch.from_numpy(y[idx]).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -230,50 +262,45 @@ def estimate_full_mode(
             complete = False
             break
     intercept, per_token = _fit_line(np.array(xs), np.array(ts))
-    train_steps_s = epochs * float(np.sum(intercept + per_token * padded))
+    return intercept, per_token, xs, ts, complete
 
-    fwd_rate = float("nan")
-    val_s = reencode_s = 0.0
-    if complete:
-        model.eval()
-        rng_f = np.random.default_rng(config.seed + 3)
-        candidates = [i for i, s in enumerate(sel.texts) if s]
-        sample = [sel.texts[i] for i in rng_f.choice(candidates, size=min(FORWARD_SAMPLE, len(candidates)), replace=False)]
-        tok_sample = sum(len(x) for x in model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"])
-        model.encode(sample[:8], batch_size=config.encode_batch_size, show_progress_bar=False)  # warm-up
-        _sync(device)
-        t = time.perf_counter()
-        model.encode(sample, batch_size=config.encode_batch_size, show_progress_bar=False)
-        _sync(device)
-        fwd_rate = tok_sample / max(time.perf_counter() - t, 1e-6)
 
-        # validation: FullTrainer's evaluations at step 0, every eval_every steps, the last step, after the blend
-        val_idx = np.asarray(sel.val_idx)
-        if len(val_idx) > MAX_VAL_ROWS:
-            val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, MAX_VAL_ROWS, replace=False))
-        if len(val_idx):
-            v_len = np.array([len(x) for x in model.tokenizer([sel.texts[i] for i in val_idx], truncation=True,
-                                                               max_length=MAX_SEQ_LENGTH)["input_ids"]])
-            chunk = max(batch_size, 64)
-            v_padded = sum(len(v_len[s : s + chunk]) * int(v_len[s : s + chunk].max()) for s in range(0, len(v_len), chunk))
-            eval_every = max(10, steps // 10)
-            n_evals = 1 + steps // eval_every + (1 if steps % eval_every else 0) + (1 if config.wise_alpha < 1 else 0)
-            val_s = n_evals * v_padded / fwd_rate
-        # re-encoding every record with the fine-tuned model (its own max length, batches sorted by length)
-        all_tokens = sum(len(x) for x in model.tokenizer(list(sel.texts), truncation=True,
-                                                          max_length=model.max_seq_length)["input_ids"])
-        reencode_s = all_tokens / fwd_rate
-    total = overhead + train_steps_s + val_s + reencode_s
-    del model, opt
-    return FullModeEstimate(
-        seconds=float(total), steps=int(steps), epochs=int(epochs), batch_size=int(batch_size),
-        n_train_rows=int(len(train_idx)), n_pseudo=n_pseudo, step_seconds=float(train_steps_s / max(steps, 1)),
-        step_fit={"intercept": float(intercept), "per_token": float(per_token),
-                  "timed_steps": [round(float(x), 4) for x in ts], "timed_padded_tokens": [int(x) for x in xs]},
-        forward_tokens_per_s=fwd_rate, train_steps_seconds=float(train_steps_s), validation_seconds=float(val_s),
-        reencode_seconds=float(reencode_s), overhead_seconds=float(overhead),
-        calibration_seconds=float(time.perf_counter() - t_start), device=device, complete=complete,
-    )
+def _forward_costs(
+    model: Any, sel: Selection, config: RunConfig, *, device: str, batch_size: int, steps: int
+) -> tuple[float, float, float]:
+    """(forward tokens/s, validation seconds, re-encoding seconds) of full mode, from one timed forward pass."""
+    from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS
+
+    val_s = 0.0
+    model.eval()
+    rng_f = np.random.default_rng(config.seed + 3)
+    candidates = [i for i, s in enumerate(sel.texts) if s]
+    sample = [sel.texts[i] for i in rng_f.choice(candidates, size=min(FORWARD_SAMPLE, len(candidates)), replace=False)]
+    tok_sample = sum(len(x) for x in model.tokenizer(sample, truncation=True, max_length=model.max_seq_length)["input_ids"])
+    model.encode(sample[:8], batch_size=config.encode_batch_size, show_progress_bar=False)  # warm-up
+    _sync(device)
+    t = time.perf_counter()
+    model.encode(sample, batch_size=config.encode_batch_size, show_progress_bar=False)
+    _sync(device)
+    fwd_rate = tok_sample / max(time.perf_counter() - t, 1e-6)
+
+    # validation: FullTrainer's evaluations at step 0, every eval_every steps, the last step, after the blend
+    val_idx = np.asarray(sel.val_idx)
+    if len(val_idx) > MAX_VAL_ROWS:
+        val_idx = np.sort(np.random.default_rng(config.seed + 2).choice(val_idx, MAX_VAL_ROWS, replace=False))
+    if len(val_idx):
+        v_len = np.array([len(x) for x in model.tokenizer([sel.texts[i] for i in val_idx], truncation=True,
+                                                           max_length=MAX_SEQ_LENGTH)["input_ids"]])
+        chunk = max(batch_size, 64)
+        v_padded = sum(len(v_len[s : s + chunk]) * int(v_len[s : s + chunk].max()) for s in range(0, len(v_len), chunk))
+        eval_every = max(10, steps // 10)
+        n_evals = 1 + steps // eval_every + (1 if steps % eval_every else 0) + (1 if config.wise_alpha < 1 else 0)
+        val_s = n_evals * v_padded / fwd_rate
+    # re-encoding every record with the fine-tuned model (its own max length, batches sorted by length)
+    all_tokens = sum(len(x) for x in model.tokenizer(list(sel.texts), truncation=True,
+                                                      max_length=model.max_seq_length)["input_ids"])
+    reencode_s = all_tokens / fwd_rate
+    return fwd_rate, val_s, reencode_s
 
 
 def _fit_line(x: np.ndarray, t: np.ndarray) -> tuple[float, float]:
