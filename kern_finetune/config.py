@@ -156,6 +156,11 @@ class RunConfig:
         0.7, group=TRAIN, metavar="A", min=0.0, max=1.0, min_open=True,
         help="full mode only: the kept encoder is (1-A) * base + A * fine-tuned, weight by weight (WiSE-FT); "
              "1 = the fine-tuned weights as they are")
+    full_workers: int = option(
+        1, group=TRAIN, metavar="N", min=1,
+        help="full mode only: train in N processes at once (torch DDP), one per GPU on CUDA, or splitting the CPU "
+             "cores; 1 = one process; the --mode auto estimate is for one process")
+    """:class:`~kern_finetune.train_ddp.DataParallelFullTrainer`; docs/scale.md"""
     patience: int = option(3, group=TRAIN, min=1, help="stop after this many epochs without a lower validation loss")
     distill: float = option(
         0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
@@ -236,7 +241,12 @@ class RunConfig:
             raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
         self.pseudo_label_threshold()  # raises on a bad value
         self.raw_weight_value()  # raises on a bad value
-        self.resolved_device()  # raises when CUDA is asked for and absent
+        if self.resolved_device() == "cuda" and self.full_workers > 1:  # raises when CUDA is asked for and absent
+            import torch
+
+            if self.full_workers > torch.cuda.device_count():
+                raise ConfigError(f"--full-workers {self.full_workers} needs as many GPUs, torch sees "
+                                  f"{torch.cuda.device_count()}; use --full-workers {torch.cuda.device_count()} or fewer")
         if self.ray_address is not None:
             import importlib.util
 

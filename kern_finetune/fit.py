@@ -121,9 +121,10 @@ def _train(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig
            weights: np.ndarray | None) -> tuple[Trainer, np.ndarray]:
     """The engine ``config`` names, fitted on ``sel``'s training rows, and its output for every record."""
     if config.mode == "full":
-        from . import train_full
+        from . import train_ddp, train_full
 
-        trainer = train_full.FullTrainer.from_config(config, model_path=encoder.path, device=config.resolved_device())
+        engine = train_ddp.DataParallelFullTrainer if config.full_workers > 1 else train_full.FullTrainer
+        trainer = engine.from_config(config, model_path=encoder.path, device=config.resolved_device())
         tr, va = sel.train_idx, sel.val_idx
         trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va],
                     sample_weight=None if weights is None else np.asarray(weights)[tr])

@@ -1,6 +1,6 @@
 """Full mode, data-parallel: the encoder fine-tuned by several processes at once (torch DDP, issue 19).
 
-:func:`fit_full_ddp` starts ``workers`` processes (``torch.multiprocessing.spawn``), one per GPU on a
+:class:`DataParallelFullTrainer` (``--full-workers N``) starts ``workers`` processes (``torch.multiprocessing.spawn``), one per GPU on a
 CUDA machine (backend ``nccl``) or one per group of CPU cores (``gloo``). Every process holds a replica
 of the model wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; each step draws one global
 class-aware batch of ``batch_size x workers`` training texts (:func:`kern_finetune.samplers.class_aware_batches`,
@@ -9,13 +9,13 @@ does), and process ``r`` embeds rows ``r, r + workers, ...`` of it. DDP averages
 replicas stay identical. The loss contrasts each process's rows among themselves (no gather of the other
 processes' embeddings, as sentence-transformers' losses do by default), so ``batch_size`` is per process.
 
-What it shares with :func:`kern_finetune.train_full.fit_full`: the loss (:func:`kern_finetune.losses.make_loss`,
+What it shares with :class:`kern_finetune.train_full.FullTrainer`: the loss (:func:`kern_finetune.losses.make_loss`,
 sample weights too), AdamW at ``config.encoder_lr`` (decay on weight matrices only), linear warmup over
 :data:`~kern_finetune.train_full.WARMUP_FRACTION` of the steps then linear decay, gradient clipping at 1,
 training texts cut at :data:`~kern_finetune.train_full.MAX_SEQ_LENGTH` tokens, validation on at most
 :data:`~kern_finetune.train_full.MAX_VAL_ROWS` texts with early stopping (process 0 validates and tells the
-others whether to stop), the best state blended with the base weights (``config.wise_alpha``). What it
-leaves out: the cross-batch memory (``encoder_memory``), which would need the other processes' rows.
+others whether to stop), the best state blended with the base weights (``config.wise_alpha``), re-encoding
+every record in the calling process. What it leaves out: the cross-batch memory (``encoder_memory``), which would need the other processes' rows.
 
 Run on CPU only so far (a gloo test with 2 processes on a tiny subset, ``tests/test_train_ddp.py``): no
 GPU was lent to the session that wrote it, so its speed-up on GPUs is not measured.
@@ -35,18 +35,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encode import Encoder, load_sentence_transformer
+from .encode import load_sentence_transformer, resolve_device
 from .losses import make_loss
-from .select import Selection
 from .samplers import class_aware_batches, length_grouped
 from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION
+from .trainer import TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from .config import RunConfig
 
-__all__ = ["fit_full_ddp"]
+__all__ = ["DataParallelFullTrainer"]
 
 log = logging.getLogger(__name__)
 
@@ -55,72 +55,139 @@ MAX_GRAD_NORM = 1.0
 MIN_DELTA = 1e-5
 
 
-def fit_full_ddp(
-    encoder: Encoder,
-    sel: Selection,
-    config: RunConfig,
-    *,
-    workers: int,
-    weights: np.ndarray | None = None,
-    device: str = "cpu",
-    backend: str | None = None,
-    epochs: int | None = None,
-    batch_size: int | None = None,
-    max_steps: int | None = None,
-    eval_every: int | None = None,
-    threads_per_worker: int = 1,
-) -> tuple[SentenceTransformer, None, dict[str, Any]]:
-    """Fine-tune a fresh copy of ``encoder``'s model on ``sel``'s training labels in ``workers`` processes.
+class DataParallelFullTrainer:
+    """Full mode in ``workers`` processes (the interface of :mod:`kern_finetune.trainer`; ``x`` are texts).
 
-    Args:
-        encoder: gives the base model's folder (``encoder.path``).
-        sel: texts, labels and the train/validation split.
-        config: loss, temperature, margin, patience, seed, ``encoder_lr``, ``lr`` (loss parameters),
-            ``wise_alpha``; ``epochs`` and ``batch_size`` as upper bounds, as in full mode.
-        workers: processes (at least 2; on CUDA at most the visible GPUs, one each).
-        weights: optional per-record sample weights (indexed like ``sel.ids``).
-        device: ``"cpu"`` or ``"cuda"``.
-        backend: ``torch.distributed`` backend; default ``nccl`` on CUDA, else ``gloo``.
-        epochs: default ``min(config.epochs, 3)`` on CUDA, ``min(config.epochs, 1)`` on CPU.
-        batch_size: rows per process and step; default ``min(config.batch_size, 128)`` on CUDA, 32 on CPU.
-        max_steps: stop after this many steps (the schedule is planned for them).
-        eval_every: steps between validations; default ``max(10, total_steps // 10)``.
-        threads_per_worker: torch threads per CPU process.
+    Settings as :class:`~kern_finetune.train_full.FullTrainer`'s (``model_path``, ``loss``, ``temperature``,
+    ``margin``, ``lr`` for the loss's own parameters, ``encoder_lr``, ``epochs``, ``batch_size`` rows per
+    process and step, ``patience``, ``seed``, ``max_steps``, ``eval_every``, ``wise_alpha``, ``device``,
+    ``encode_batch_size``, ``progress``), plus ``workers`` (at least 2; on CUDA at most the visible GPUs, one
+    each), ``backend`` (default ``nccl`` on CUDA, else ``gloo``) and ``threads_per_worker`` (torch threads of
+    a CPU process; None: this process's threads divided over the workers). No cross-batch memory (module
+    docstring). :meth:`from_config` gives the pipeline's settings (``--full-workers``).
 
-    Returns:
-        ``(model, None, info)`` as :func:`~kern_finetune.train_full.fit_full`: the blended best state in a
-        model on ``device``, eval mode; ``info`` adds ``workers``, ``backend``, ``global_batch_size`` and
-        ``replicas_identical`` (whether every process ended with the same weights: DDP kept them in step).
+    :meth:`fit` sets ``model_`` (the blended best state, eval mode, on ``device_``), ``result_`` (``details``:
+    ``workers``, ``backend``, ``global_batch_size``, ``steps``, ``best_step``, ``replicas_identical``: whether
+    every process ended with the same weights, i.e. DDP kept them in step).
     """
-    if workers < 2:
-        raise ValueError(f"workers must be at least 2 for data-parallel training, got {workers}")
-    on_gpu = device.startswith("cuda")
-    if on_gpu and workers > torch.cuda.device_count():
-        raise ValueError(f"{workers} workers but {torch.cuda.device_count()} CUDA devices")
-    backend = backend or ("nccl" if on_gpu else "gloo")
-    epochs = min(config.epochs, 3 if on_gpu else 1) if epochs is None else epochs
-    batch_size = min(config.batch_size, 128 if on_gpu else 32) if batch_size is None else batch_size
-    if epochs < 1 or batch_size < 2:
-        raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {epochs} and {batch_size}")
-    start = time.perf_counter()
-    job = {
-        "path": str(encoder.path), "texts": list(sel.texts), "y": np.asarray(sel.y), "train_idx": np.asarray(sel.train_idx),
-        "val_idx": np.asarray(sel.val_idx), "n_classes": len(sel.classes), "weights": weights,
-        "loss": config.loss, "temperature": config.temperature, "margin": config.margin, "seed": config.seed,
-        "encoder_lr": config.encoder_lr, "loss_lr": config.lr, "patience": config.patience, "wise_alpha": config.wise_alpha,
-        "epochs": epochs, "batch_size": batch_size, "max_steps": max_steps, "eval_every": eval_every,
-        "device": device, "backend": backend, "threads": threads_per_worker,
-    }
-    with tempfile.TemporaryDirectory(prefix="kern-ddp-") as tmp:
-        torch.multiprocessing.spawn(_worker, args=(workers, job, tmp), nprocs=workers, join=True)
-        state = torch.load(Path(tmp) / "state.pt", map_location="cpu")
-        info = torch.load(Path(tmp) / "info.pt")
-        sums = [torch.load(Path(tmp) / f"checksum-{r}.pt") for r in range(workers)]
-    model = load_sentence_transformer(encoder.path, device=device)
-    model.load_state_dict(state)
-    model.eval()
-    info.update(seconds=round(time.perf_counter() - start, 2), replicas_identical=all(torch.equal(sums[0], s) for s in sums))
-    return model, None, info
+
+    def __init__(
+        self,
+        *,
+        model_path: Path | str,
+        workers: int,
+        loss: str = "supcon",
+        temperature: float = 0.1,
+        margin: float = 0.5,
+        lr: float = 1e-3,
+        encoder_lr: float = 3e-5,
+        epochs: int = 1,
+        batch_size: int = 32,
+        patience: int = 3,
+        seed: int = 42,
+        max_steps: int | None = None,
+        eval_every: int | None = None,
+        wise_alpha: float = 0.7,
+        device: str | None = None,
+        backend: str | None = None,
+        threads_per_worker: int | None = None,
+        encode_batch_size: int = 64,
+        progress: bool = True,
+    ) -> None:
+        self.model_path = model_path
+        self.workers = workers
+        self.loss = loss
+        self.temperature = temperature
+        self.margin = margin
+        self.lr = lr
+        self.encoder_lr = encoder_lr
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.seed = seed
+        self.max_steps = max_steps
+        self.eval_every = eval_every
+        self.wise_alpha = wise_alpha
+        self.device = device
+        self.backend = backend
+        self.threads_per_worker = threads_per_worker
+        self.encode_batch_size = encode_batch_size
+        self.progress = progress
+
+    @classmethod
+    def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
+                    progress: bool = True, **settings: Any) -> DataParallelFullTrainer:
+        """The pipeline's full mode in ``config.full_workers`` processes: the epochs and per-process batch size
+        of :func:`kern_finetune.estimate.full_mode_schedule` on ``device``; ``settings`` override any of them."""
+        from .estimate import full_mode_schedule
+
+        device = resolve_device(device)
+        epochs, batch_size = full_mode_schedule(config, device)
+        base: dict[str, Any] = dict(
+            workers=config.full_workers, loss=config.loss, temperature=config.temperature, margin=config.margin,
+            lr=config.lr, encoder_lr=config.encoder_lr, epochs=epochs, batch_size=batch_size,
+            patience=config.patience, seed=config.seed, wise_alpha=config.wise_alpha,
+            encode_batch_size=config.encode_batch_size,
+        )
+        return cls(model_path=model_path, device=device, progress=progress, **{**base, **settings})
+
+    def _check(self, device: str) -> None:
+        if self.workers < 2:
+            raise ValueError(f"workers must be at least 2 for data-parallel training, got {self.workers}")
+        if device.startswith("cuda") and self.workers > torch.cuda.device_count():
+            raise ValueError(f"{self.workers} workers but {torch.cuda.device_count()} CUDA devices")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
+        if not 0.0 < self.wise_alpha <= 1.0:
+            raise ValueError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
+
+    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray, *,
+            sample_weight: np.ndarray | None = None) -> DataParallelFullTrainer:
+        """Fine-tune on the training texts in ``workers`` processes; validate (process 0) on at most
+        :data:`~kern_finetune.train_full.MAX_VAL_ROWS` validation texts. Returns ``self``."""
+        start = time.perf_counter()
+        self.device_ = device = resolve_device(self.device)
+        self._check(device)
+        backend = self.backend or ("nccl" if device.startswith("cuda") else "gloo")
+        n_train, n_val = len(x_train), len(x_val)
+        y = np.concatenate([np.asarray(y_train), np.asarray(y_val)]).astype(np.int64)
+        weights = None
+        if sample_weight is not None:  # validation is unweighted: ones after the training rows
+            weights = np.concatenate([np.asarray(sample_weight, dtype=np.float32), np.ones(n_val, dtype=np.float32)])
+        threads = self.threads_per_worker or max(1, torch.get_num_threads() // self.workers)
+        job = {
+            "path": str(self.model_path), "texts": list(x_train) + list(x_val), "y": y,
+            "train_idx": np.arange(n_train), "val_idx": np.arange(n_train, n_train + n_val),
+            "n_classes": int(y.max()) + 1 if len(y) else 1, "weights": weights,
+            "loss": self.loss, "temperature": self.temperature, "margin": self.margin, "seed": self.seed,
+            "encoder_lr": self.encoder_lr, "loss_lr": self.lr, "patience": self.patience, "wise_alpha": self.wise_alpha,
+            "epochs": self.epochs, "batch_size": self.batch_size, "max_steps": self.max_steps,
+            "eval_every": self.eval_every, "device": device, "backend": backend, "threads": threads,
+        }
+        log.info("full mode on %d %s processes (%s), %d training texts", self.workers, device, backend, n_train)
+        with tempfile.TemporaryDirectory(prefix="kern-ddp-") as tmp:
+            torch.multiprocessing.spawn(_worker, args=(self.workers, job, tmp), nprocs=self.workers, join=True)
+            state = torch.load(Path(tmp) / "state.pt", map_location="cpu")
+            info = torch.load(Path(tmp) / "info.pt")
+            sums = [torch.load(Path(tmp) / f"checksum-{r}.pt") for r in range(self.workers)]
+        self.model_ = model = load_sentence_transformer(self.model_path, device=device)
+        model.load_state_dict(state)
+        model.eval()
+        history = info.pop("history")
+        steps_per_epoch = max(1, math.ceil(n_train / info["global_batch_size"]))
+        self.result_ = TrainResult(
+            engine="native", mode="full", history=history, epochs_run=info.pop("epochs_run"),
+            best_epoch=math.ceil(info["best_step"] / steps_per_epoch), best_val_loss=info.pop("best_val_loss"),
+            stopped_early=info.pop("stopped_early"), seconds=round(time.perf_counter() - start, 2),
+            details={**info, "encoder_lr": self.encoder_lr, "threads_per_worker": threads,
+                     "replicas_identical": all(torch.equal(sums[0], s) for s in sums)},
+        )
+        return self
+
+    def transform(self, x: list[str]) -> np.ndarray:
+        """The fine-tuned model's L2-normalised float32 vectors of the texts ``x`` (in this process)."""
+        return self.model_.encode(list(x), batch_size=self.encode_batch_size, convert_to_numpy=True,
+                                  normalize_embeddings=True, show_progress_bar=self.progress).astype(np.float32)
 
 
 # ---------------------------------------------------------------- one process
