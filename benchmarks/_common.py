@@ -67,10 +67,12 @@ def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
 
 
 def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None) -> tuple[np.ndarray, dict]:
-    """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`): the
-    L2-normalised output of every record (the fitted trainer's ``transform``) and the training info
+    """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`, then the
+    neighbour smoothing ``config.smooth`` asks for, :func:`kern_finetune.smooth.smooth_vectors`): the
+    L2-normalised output of every record (the fitted trainer's ``transform``, smoothed) and the training info
     (:meth:`kern_finetune.trainer.TrainResult.to_dict`; ``seconds``: training and blend choice, label check
     excluded). ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
+    from kern_finetune.smooth import smooth_vectors
     from kern_finetune.train import fit_head
 
     if config.noise_filter == "drop":
@@ -78,7 +80,11 @@ def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Sel
     t = time.perf_counter()
     trainer = fit_head(base, sel, config, progress=False)
     info = {**trainer.result_.to_dict(), "seconds": time.perf_counter() - t}
-    return trainer.transform(base), info
+    vectors = trainer.transform(base)
+    if config.smooth_value() != 0.0:  # as the pipeline's fit stage does after training
+        vectors, smoothing = smooth_vectors(vectors, base, sel, weight=config.smooth_value(), seed=config.seed)
+        info.update(smooth_weight=smoothing.weight, smooth_table=smoothing.table, smooth_seconds=smoothing.seconds)
+    return vectors, info
 
 
 def score_row(vectors: np.ndarray, sel: Selection, classes: np.ndarray, seed: int) -> dict[str, float]:

@@ -46,11 +46,13 @@ from _common import PROJECTS, RESULTS, fit_row, label_checked, load_project, mac
 
 from kern_finetune.config import RunConfig
 
-ROWS: list[tuple[str, RunConfig | None]] = [
-    ("raw all-MiniLM-L6-v2", None),
-    ("default head: supcon t=0.5 + label check", RunConfig()),
-    ("search-floor head: --search-floor 5 --raw-weight auto", RunConfig(raw_weight="auto", search_floor=5.0)),
-]
+ROWS: dict[str, tuple[str, RunConfig | None]] = {
+    "raw": ("raw all-MiniLM-L6-v2", None),
+    "default": ("default head: supcon t=0.5 + label check + smoothing (auto)", RunConfig()),
+    "unsmoothed": ("head without smoothing (--smooth 0)", RunConfig(smooth="0")),
+    "search-floor": ("search-floor head: --search-floor 5 --raw-weight auto --smooth 0",
+                     RunConfig(raw_weight="auto", search_floor=5.0, smooth="0")),
+}
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "train_seconds")
 
 
@@ -60,7 +62,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in dict.fromkeys(r["row"] for r in results if r["project"] == project):
             rs = [r for r in results if r["project"] == project and r["row"] == name]
             s: dict[str, Any] = {"project": project, "row": name, "seeds": len(rs)}
-            for key in (*KEYS, "raw_weight"):
+            for key in (*KEYS, "raw_weight", "smooth_weight"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     s[key], s[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -69,27 +71,29 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], sizes: dict[str, str]) -> str:
-    lines = [f"Command: `{command}`", "", f"Machine: {info} (timings measured under load)", ""]
+    lines = [f"Command: `{command}`", "", f"Machine: {info}", ""]
     for project in dict.fromkeys(s["project"] for s in summary):
         lines += [f"### {project}", "", sizes.get(project, ""), "",
                   "| row | seeds | top_5 | top_10 | top_25 | top_100 | top_1k | search: < 10 results | < 100 results "
-                  "| same class | raw weight | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| same class | raw weight | smoothing weight | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["project"] == project):
             def f(key: str, d: int = 2) -> str:
                 return f"{s[key]:.{d}f} ± {s[key + '_std']:.{d}f}" if key in s else "-"
             lines.append(f"| {s['row']} | {s['seeds']} | {f('top_5')} | {f('top_10')} | {f('top_25')} | {f('top_100')} | "
                          f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | "
-                         f"{f('raw_weight')} | {f('train_seconds', 1)} |")
+                         f"{f('raw_weight')} | {f('smooth_weight')} | {f('train_seconds', 1)} |")
         lines.append("")
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
               "(kern_finetune.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
               "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
+              "smoothing weight: kern_finetune.smooth (chosen on the least confident validation records; train s "
+              "excludes it). "
               "top_1k: clinc150_intents has about 90 test records per intent, so its top_1k is bounded near 9% and "
               "says nothing. Full mode is not in these tables: not cheap on 2 shared cores for any of these projects "
-              "(module docstring). Training seconds: every run with BENCH_THREADS=1 OMP_NUM_THREADS=1 (seed 42: "
-              "BENCH_THREADS=1 only); torch on 2 threads, on 2 cores loaded 15-20 times over, trained up to 10x slower."]
+              "(module docstring). Training seconds: torch threads as the command's BENCH_THREADS / OMP_NUM_THREADS say; "
+              "the machine line gives the load at the start (other jobs on the 2 cores slow them)."]
     return "\n".join(lines) + "\n"
 
 
@@ -97,6 +101,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--projects", default=",".join(PROJECTS))
     ap.add_argument("--seeds", default="42,43,44")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     ap.add_argument("--name", default="multi_project", help="results file name in benchmarks/results/")
     ap.add_argument("--merge", action="store_true",
                     help="keep the runs already in the results file (other projects or seeds) and add these")
@@ -119,13 +124,14 @@ def main() -> None:
                               f"labels selected ({sum(1 for i in sel.labeled_idx if sel.source[i] == 'manual')} manual), "
                               f"{len(sel.test_idx)} test records")
             checked = label_checked(sel, base, seed)  # once per project and seed: every head row drops the same labels
-            for name, config in ROWS:
+            for name, config in (ROWS[key] for key in args.rows.split(",")):
                 if config is None:
                     vec, info = base, {"seconds": 0.0}
                 else:
                     vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked)
                 row = {"project": project, "row": name, "seed": seed, "train_seconds": round(info["seconds"], 2),
-                       "raw_weight": info.get("raw_weight"), **score_row(vec, sel, classes, seed)}
+                       "raw_weight": info.get("raw_weight"), "smooth_weight": info.get("smooth_weight"),
+                       **score_row(vec, sel, classes, seed)}
                 results.append(row)
                 print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
         write(args.name, results, sizes, commands)  # after every project: a long run keeps what it measured

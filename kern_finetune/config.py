@@ -188,6 +188,11 @@ class RunConfig:
         help="head mode: share of the base vector in the pushed one, (1-W) * head(x) + W * x; 0 = the head "
              "alone; auto = chosen on validation records and refinery's threshold search")
     """``auto``: :func:`kern_finetune.train.choose_raw_weight`; meant with ``search_floor`` above."""
+    smooth: str = option(
+        "auto", group=TRAIN, metavar="auto|W",
+        help="average each record's fine-tuned vector with its 10 nearest records' (nearest by the base model): "
+             "(1-W) * v + W * their mean; auto = chosen on validation records among 0, 0.5 and 0.8; 0 = off")
+    """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it)."""
     temperature: float = option(0.5, group=TRAIN, min=0.0, min_open=True, help="softmax temperature of the supcon loss")
     margin: float = option(0.5, group=TRAIN, help="margin (cosine distance) of the triplet losses")
     noise_filter: str = option(
@@ -241,6 +246,7 @@ class RunConfig:
             raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
         self.pseudo_label_threshold()  # raises on a bad value
         self.raw_weight_value()  # raises on a bad value
+        self.smooth_value()  # raises on a bad value
         if self.resolved_device() == "cuda" and self.full_workers > 1:  # raises when CUDA is asked for and absent
             import torch
 
@@ -305,6 +311,19 @@ class RunConfig:
             raise ConfigError(f"raw_weight must be auto or a number in [0, 1], got {self.raw_weight!r}")
         return weight
 
+    def smooth_value(self) -> float | None:
+        """The fixed smoothing weight ``smooth`` means, or None for ``auto`` (chosen on validation records)."""
+        value = str(self.smooth).strip().lower()
+        if value == "auto":
+            return None
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not 0.0 <= weight <= 1.0:
+            raise ConfigError(f"smooth must be auto or a number in [0, 1], got {self.smooth!r}")
+        return weight
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["cache_dir"] = str(self.cache_dir)
@@ -313,7 +332,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a JSON-like mapping (job options, metrics' ``config``), not validated; unknown keys are an
-        error. Numbers for ``pseudo_labels`` / ``raw_weight`` and ``"a,b"`` for ``text_attributes`` are taken."""
+        error. Numbers for ``pseudo_labels`` / ``raw_weight`` / ``smooth`` and ``"a,b"`` for ``text_attributes`` are taken."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -321,7 +340,7 @@ class RunConfig:
         data = dict(data)
         if "cache_dir" in data and data["cache_dir"] is not None:
             data["cache_dir"] = Path(data["cache_dir"])
-        for key in ("pseudo_labels", "raw_weight"):
+        for key in ("pseudo_labels", "raw_weight", "smooth"):
             if isinstance(data.get(key), (int, float)) and not isinstance(data[key], bool):
                 data[key] = str(data[key])
         if isinstance(data.get("text_attributes"), str):

@@ -3,8 +3,9 @@
 :func:`fit` runs, in order: the label check (:mod:`kern_finetune.noise`: drop or down-weight likely wrong
 weak labels), ``--mode auto``'s choice (:mod:`kern_finetune.estimate`), pseudo-labels
 (:mod:`kern_finetune.pseudo`, training only), the engine (:mod:`kern_finetune.trainer`: the head engines of
-:func:`kern_finetune.train.fit_head`, or :class:`kern_finetune.train_full.FullTrainer`), and the fitted
-engine's ``transform`` over every record.
+:func:`kern_finetune.train.fit_head`, :class:`kern_finetune.train_full.FullTrainer` or, with
+``--full-workers``, :class:`kern_finetune.train_ddp.DataParallelFullTrainer`), the fitted engine's
+``transform`` over every record, and the neighbour smoothing of those vectors (:mod:`kern_finetune.smooth`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from .estimate import ModeChoice
     from .heads import SkipConnectionHead
+    from .smooth import Smoothing
 
 __all__ = ["Fitted", "fit", "audit_label_check"]
 
@@ -52,6 +54,8 @@ class Fitted:
     label_audit: dict[str, Any] = dataclasses.field(default_factory=dict)
     pseudo: dict[str, Any] | None = None
     mode_choice: ModeChoice | None = None
+    smoothing: Smoothing | None = None
+    """What :mod:`kern_finetune.smooth` did to ``vectors`` (None: ``--smooth 0``)."""
 
     @property
     def head(self) -> SkipConnectionHead | None:
@@ -64,6 +68,8 @@ class Fitted:
         return getattr(self.trainer, "model_", None)
 
     def transform(self, x: Any) -> np.ndarray:
+        """The engine's output for ``x`` (base vectors or texts), without the neighbour smoothing, which
+        needs the project's other records."""
         return self.trainer.transform(x)
 
 
@@ -161,6 +167,14 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     trainer, vectors = _train(encoder, train_sel, base, config, checked["weights"])
     seconds = time.perf_counter() - t
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
+    smoothing = None
+    if config.smooth_value() != 0.0:
+        from .smooth import smooth_vectors
+
+        vectors, smoothing = smooth_vectors(vectors, base, sel, weight=config.smooth_value(), seed=config.seed)
+        say(f"      neighbour smoothing: weight {smoothing.weight:g} over {smoothing.neighbours} base-model neighbours"
+            + (f" (chosen on {smoothing.n_queries} validation records)" if smoothing.chosen else "")
+            + f", {smoothing.seconds:.1f} s")
     return Fitted(trainer=trainer, vectors=vectors, selection=sel, config=config, training=trainer.result_,
                   seconds=seconds, label_check=checked["label_check"], label_audit=checked["label_audit"],
-                  pseudo=pseudo, mode_choice=choice)
+                  pseudo=pseudo, mode_choice=choice, smoothing=smoothing)

@@ -49,6 +49,7 @@ after changing e.g. ``--loss``, use ``--force``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -229,6 +230,10 @@ def sync_project(
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say)
+        if chosen == "model" and config.smooth_value() != 0.0:  # the folder alone cannot give smoothed vectors
+            config = dataclasses.replace(config, smooth="0")
+            say("         model door: neighbour smoothing off (--smooth 0): refinery's embedder computes each "
+                "record's vector from the model alone")
 
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection

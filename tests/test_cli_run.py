@@ -104,15 +104,24 @@ def test_fine_tuning_beats_raw_on_the_test_records(run_dir: Path):
     assert raw["1000"] == pytest.approx(tuned["1000"], abs=1e-9)  # k clipped to 461: every embedding ties
 
 
-def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_records):
+def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_records, shared_cache):
     from sentence_transformers import SentenceTransformer
 
     from kern_finetune.save import load_vectors
 
+    from kern_finetune.encode import Encoder
+    from kern_finetune.smooth import base_neighbours, smooth
+
     ids, vec = load_vectors(run_dir / "vectors.npz")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     model = SentenceTransformer(str(run_dir / "model"), device="cpu")
-    texts = [f"{r['Title']}. {r['Description']}" for r in subset_records[:8]]
-    assert np.allclose(model.encode(texts), vec[:8], atol=1e-4)
+    texts = [f"{r['Title']}. {r['Description']}" for r in subset_records]
+    assert ids == [str(r["running_id"]) for r in subset_records]
+    got = model.encode(texts, normalize_embeddings=True)
+    weight = metrics["smoothing"]["weight"]  # the pushed vectors: the model's, smoothed over the base neighbours
+    if weight:
+        got = smooth(got, base_neighbours(Encoder(cache_dir=shared_cache).encode(texts, progress=False))[0], weight)
+    assert np.allclose(got, vec, atol=1e-4)
 
 
 def test_second_run_encodes_nothing(subset_file, shared_cache, tmp_path, run_dir):
@@ -164,7 +173,7 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
     from kern_finetune.save import load_vectors
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
-                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache)
+                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0")
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     assert result.metrics["training"]["engine"] == "quaterion"
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "report.html").exists()

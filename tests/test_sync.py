@@ -66,6 +66,7 @@ class FakePipeline:
     def __call__(self, records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None,
                  prepared: Any = None) -> RunResult:
         self.prepared = prepared
+        self.config = config
         self.calls += 1
         ids = [r[config.id_attribute] for r in records]
         v = np.random.default_rng(self.calls).normal(size=(len(ids), 6)).astype(np.float32)
@@ -372,9 +373,12 @@ def test_model_door_writes_the_folder_and_says_how_refinery_gets_it(refinery_lik
                                                                     config: RunConfig, tmp_path: Path) -> None:
     host, adapter = refinery_like
     msgs: list[str] = []
-    res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
+    fake = FakePipeline()
+    res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=fake,
                        progress=msgs.append, door="model")
     assert res.status == "written" and res.door == "model" and res.written == tmp_path / "out" / "model"
+    assert config.smooth == "auto" and fake.config.smooth == "0"  # the model folder cannot carry smoothed vectors
+    assert any("smoothing off" in m for m in msgs)
     assert res.push is None and not adapter.sent_to("POST", "/embeddings$")
     text = "\n".join(msgs)
     assert "refinery-embedder" in text and "huggingface" in text.lower() and "create-embedding" in text
