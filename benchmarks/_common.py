@@ -75,6 +75,7 @@ def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Sel
     from kern_finetune.smooth import smooth_vectors
     from kern_finetune.train import fit_head
 
+    selected = sel
     if config.noise_filter == "drop":
         sel = checked if checked is not None else label_checked(sel, base, config.seed)
     t = time.perf_counter()
@@ -82,7 +83,7 @@ def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Sel
     info = {**trainer.result_.to_dict(), "seconds": time.perf_counter() - t}
     vectors = trainer.transform(base)
     if config.smooth_value() != 0.0:  # as the pipeline's fit stage does after training
-        vectors, smoothing = smooth_vectors(vectors, base, sel, weight=config.smooth_value(), seed=config.seed)
+        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_value(), seed=config.seed)
         info.update(smooth_weight=smoothing.weight, smooth_table=smoothing.table, smooth_seconds=smoothing.seconds)
     return vectors, info
 

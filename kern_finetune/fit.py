@@ -148,6 +148,7 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     ``encoder`` gave ``base`` (rows = ``sel.ids``) and names the base model full mode fine-tunes.
     """
     say = progress or (lambda _msg: None)
+    selected = sel  # as selected, before the label check: the smoothing's held-out queries come from it
     checked: dict[str, Any] = {"label_check": None, "label_audit": {}, "selection": sel, "weights": None}
     if config.noise_filter != "off":
         checked = _check_labels(sel, base, config, say)
@@ -171,7 +172,7 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     if config.smooth_value() != 0.0:
         from .smooth import smooth_vectors
 
-        vectors, smoothing = smooth_vectors(vectors, base, sel, weight=config.smooth_value(), seed=config.seed)
+        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_value(), seed=config.seed)
         say(f"      neighbour smoothing: weight {smoothing.weight:g} over {smoothing.neighbours} base-model neighbours"
             + (f" (chosen on {smoothing.n_queries} validation records)" if smoothing.chosen else "")
             + f", {smoothing.seconds:.1f} s")

@@ -119,15 +119,15 @@ def smooth(vectors: np.ndarray, neighbours: np.ndarray, weight: float) -> np.nda
 def held_out_queries(sel: Selection, *, seed: int = 42) -> np.ndarray:
     """The validation records that judge the weights: the least confident quarter of the weak-labeled ones
     (at most :data:`MAX_QUERIES`, seeded), or every validation record when that leaves fewer than
-    :data:`MIN_QUERIES`.
+    :data:`MIN_QUERIES`. ``sel`` is the selection as made, before the label check drops any label (the
+    pipeline passes it so).
 
-    Why not every validation record: they are the confidently labeled ones, which the fine-tuned model
-    places well, so smoothing can only blur them there; the records a labeler searches from are the ones
-    weak supervision was unsure about. On the AG News sample (seed 42) the neighbours of all validation
-    records agreed with their labels 99.63 / 99.51 / 99.39% at weight 0 / 0.5 / 0.8 (top 10), falling as
-    the test records' top_10 rose 76.43 / 80.10 / 80.37; on the least confident quarter (weak confidence
-    0.70-0.77) they rose from 95.20 to 95.53 / 95.49, and on the Rotten Tomatoes project, where smoothing
-    costs the test records, they fell 67.64 / 66.74 / 63.68 (``benchmarks/results/smoothing.md``).
+    Why not every validation record: most are confidently labeled, the fine-tuned model places them well, so
+    smoothing can only blur them there; the records a labeler searches from are the ones weak supervision
+    was unsure about. Why before the label check: the labels it drops are the hard records' (their label
+    disagrees with a classifier on the base vectors); without them the least confident quarter of the AG
+    News sample's validation records agreed with their neighbours 99.65% at every weight, too close to the
+    ceiling to show anything. Seed 42, figures in ``benchmarks/results/smoothing.md``.
     """
     val = np.asarray(sel.val_idx, dtype=np.int64)
     conf = np.asarray(sel.confidence, dtype=np.float64)[val] if len(val) else np.zeros(0)
