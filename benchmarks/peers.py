@@ -56,10 +56,11 @@ from kern_finetune.encode import default_model_path
 from kern_finetune.evaluate import neighbour_purity
 
 KS = (5, 10, 25, 100, 1000)
-SYSTEMS = ("raw", "head", "st", "setfit")
+SYSTEMS = ("raw", "head", "head0", "st", "setfit")
 NAMES = {
     "raw": "raw all-MiniLM-L6-v2",
-    "head": "kern-finetune default head",
+    "head": "kern-finetune default head (neighbour smoothing, weight chosen on held-out labels)",
+    "head0": "kern-finetune head without smoothing (--smooth 0; the default before smoothing)",
     "st": "sentence-transformers trainer, BatchAllTripletLoss, GROUP_BY_LABEL, batch 64, 1 epoch",
     "setfit": "SetFit, contrastive phase only, {steps} steps of 32 pairs (its body's embeddings)",
 }
@@ -184,8 +185,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
     for system in args.systems.split(","):
         if system == "raw":
             add("raw", base[test], None)
-        elif system == "head":
-            config = RunConfig(seed=args.seed)
+        elif system in ("head", "head0"):
+            config = RunConfig(seed=args.seed, smooth="auto" if system == "head" else "0")
             if args.limit:  # the head on the same subset: the other records are unlabeled to it
                 keep = np.zeros(len(sel.ids), dtype=bool)
                 keep[labeled] = True
@@ -195,7 +196,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
             else:
                 sel_h = sel
             vec, info = fit_row(config, sel_h, base, checked=label_checked(sel_h, base, args.seed))
-            add("head", vec[test], info["seconds"], epochs_run=info.get("epochs_run"), best_epoch=info.get("best_epoch"))
+            add(system, vec[test], info["seconds"], epochs_run=info.get("epochs_run"), best_epoch=info.get("best_epoch"),
+                smooth_weight=info.get("smooth_weight"), smooth_seconds=info.get("smooth_seconds"))
         elif system in ("st", "setfit"):
             with tempfile.TemporaryDirectory() as workdir:
                 if system == "st":
@@ -222,21 +224,20 @@ def markdown(payload: dict[str, Any]) -> str:
         *[f"- `{c}`" for c in payload["commands"]], "",
         "Versions: " + ", ".join(f"{k} {v[k]}" for k in v), "",
         f"Split: {payload['split']}", "",
-        "| system (same split, same metric) | top_5 | top_10 | top_25 | top_100 | top_1k | training s (measured under load) |",
+        "| system (same split, same metric) | top_5 | top_10 | top_25 | top_100 | top_1k | training s |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in payload["rows"]:
         secs = "-" if r["train_seconds"] is None else f"{r['train_seconds']:.1f}"
-        if r["system"] == "head" and r.get("part"):
+        if r["system"] in ("head", "head0") and r.get("part"):
             secs += f" (process {r['part']})"
         lines.append(f"| {r['row']} | {r['top_5']:.2f} | {r['top_10']:.2f} | {r['top_25']:.2f} | {r['top_100']:.2f} | "
                      f"{r['top_1000']:.2f} | {secs} |")
     lines += [
         "",
         "top_k: mean share (percent) of a test record's k nearest test records (cosine) that share its gold class. "
-        "Training seconds: measured under load (2 cores shared with six other jobs; load average "
-        f"{loads} at the start of each "
-        "process); the head was timed in the same process as each peer, so compare seconds within a process. "
+        f"Training seconds: on 2 cores, load average {loads} at the start of each process (the note says what else "
+        "ran); the head was timed in the same process as each peer, so compare seconds within a process. "
         "Peers train on every selected label (see Split); SetFit's seconds include its pair generation; encoding excluded.",
     ]
     if payload.get("note"):
@@ -267,11 +268,12 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     out = []
     for part in dict.fromkeys(r.get("part") for r in rows):
         rs = {r["system"]: r for r in rows if r.get("part") == part}
-        if "head" in rs:
+        head = rs.get("head") or rs.get("head0")
+        if head is not None:
             for peer in ("st", "setfit"):
                 if peer in rs:
-                    out.append(f"{peer} {rs[peer]['train_seconds']:.0f} s vs head {rs['head']['train_seconds']:.1f} s "
-                               f"= {rs[peer]['train_seconds'] / rs['head']['train_seconds']:.0f}x")
+                    out.append(f"{peer} {rs[peer]['train_seconds']:.0f} s vs {head['system']} {head['train_seconds']:.1f} s "
+                               f"= {rs[peer]['train_seconds'] / head['train_seconds']:.0f}x")
     return out
 
 
