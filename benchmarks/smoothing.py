@@ -76,7 +76,7 @@ def main() -> None:
             f"{r['all_val_top_10']:.2f} / {r['all_val_top_100']:.2f} (n={r['n_all_val']}) | {r['top_10']:.2f} | "
             f"{r['top_100']:.2f} | {r['top_1000']:.2f} | {r['lt_10']:.1f}% | {r['lt_100']:.1f}% | {r['same_class']:.1f}% |")
     lines += ["", "Weight 0 is the head as trained; the choice (`--smooth auto`) reads only the held-out columns: the "
-              "highest mean of top_10 and top_100 wins, a larger weight must gain more than 0.1 point. Held-out figures "
+              "largest weight whose mean of top_10 and top_100 trails the best by at most 0.25 point wins. Held-out figures "
               "judge each query's nearest records among all records on their selected labels (training or validation); "
               "test figures judge test records among test records on gold (top_k) and refinery's threshold search "
               "(300 seeded test queries among all records). top_1k on clinc150_intents is bounded near 9% (90 test "

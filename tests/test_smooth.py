@@ -98,12 +98,14 @@ def test_choose_weight_takes_the_smoothing_held_out_labels_prefer() -> None:
 
 
 def test_choose_weight_keeps_vectors_that_smoothing_would_blur() -> None:
-    """When the base neighbours are of mixed classes (random base space), smoothing only blurs: weight 0."""
+    """When the base model's neighbours are mostly of other classes, smoothing only blurs: weight 0."""
     _, tuned, sel, y = _two_class_project(flip=0.0)
-    noise = _unit(np.random.default_rng(5).normal(size=tuned.shape))
-    nb, _ = base_neighbours(noise, k=10)
-    weight, _, _ = choose_weight(tuned, nb, sel)
-    assert weight == 0.0
+    rng = np.random.default_rng(5)
+    by_class = [np.flatnonzero(y == c) for c in (0, 1)]
+    nb = np.array([[rng.choice(by_class[1 - y[i]] if rng.random() < 0.7 else by_class[y[i]]) for _ in range(10)]
+                   for i in range(len(y))])
+    weight, table, _ = choose_weight(tuned, nb, sel)
+    assert weight == 0.0, table
 
 
 def test_smooth_vectors_fixed_and_off() -> None:
