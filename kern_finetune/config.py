@@ -300,29 +300,11 @@ class RunConfig:
 
     def raw_weight_value(self) -> float | None:
         """The fixed blend ``raw_weight`` means, or None for ``auto`` (chosen on validation records)."""
-        value = str(self.raw_weight).strip().lower()
-        if value == "auto":
-            return None
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = float("nan")
-        if not 0.0 <= weight <= 1.0:
-            raise ConfigError(f"raw_weight must be auto or a number in [0, 1], got {self.raw_weight!r}")
-        return weight
+        return _auto_or_share("raw_weight", self.raw_weight)
 
     def smooth_value(self) -> float | None:
         """The fixed smoothing weight ``smooth`` means, or None for ``auto`` (chosen on validation records)."""
-        value = str(self.smooth).strip().lower()
-        if value == "auto":
-            return None
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = float("nan")
-        if not 0.0 <= weight <= 1.0:
-            raise ConfigError(f"smooth must be auto or a number in [0, 1], got {self.smooth!r}")
-        return weight
+        return _auto_or_share("smooth", self.smooth)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -369,6 +351,20 @@ class RunConfig:
             return cls.from_dict(options).validate()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid options: {exc}") from None
+
+
+def _auto_or_share(name: str, value: str) -> float | None:
+    """None for ``"auto"``, else the number in [0, 1] the option's string holds (ConfigError otherwise)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{name} must be auto or a number in [0, 1], got {value!r}")
+    return share
 
 
 # -- the metadata's readers ------------------------------------------------------------------------------

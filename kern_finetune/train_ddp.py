@@ -38,7 +38,7 @@ from torch import nn
 from .encode import load_sentence_transformer, resolve_device
 from .losses import make_loss
 from .samplers import class_aware_batches, length_grouped
-from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION
+from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION, FullTrainer
 from .trainer import TrainResult
 
 if TYPE_CHECKING:
@@ -55,91 +55,43 @@ MAX_GRAD_NORM = 1.0
 MIN_DELTA = 1e-5
 
 
-class DataParallelFullTrainer:
+class DataParallelFullTrainer(FullTrainer):
     """Full mode in ``workers`` processes (the interface of :mod:`kern_finetune.trainer`; ``x`` are texts).
 
-    Settings as :class:`~kern_finetune.train_full.FullTrainer`'s (``model_path``, ``loss``, ``temperature``,
-    ``margin``, ``lr`` for the loss's own parameters, ``encoder_lr``, ``epochs``, ``batch_size`` rows per
-    process and step, ``patience``, ``seed``, ``max_steps``, ``eval_every``, ``wise_alpha``, ``device``,
-    ``encode_batch_size``, ``progress``), plus ``workers`` (at least 2; on CUDA at most the visible GPUs, one
-    each), ``backend`` (default ``nccl`` on CUDA, else ``gloo``) and ``threads_per_worker`` (torch threads of
-    a CPU process; None: this process's threads divided over the workers). No cross-batch memory (module
-    docstring). :meth:`from_config` gives the pipeline's settings (``--full-workers``).
+    A :class:`~kern_finetune.train_full.FullTrainer` (its settings, ``from_config`` and ``transform``) whose
+    ``fit`` trains in ``workers`` processes (at least 2; on CUDA at most the visible GPUs, one each), with
+    ``backend`` (default ``nccl`` on CUDA, else ``gloo``) and ``threads_per_worker`` (torch threads of a CPU
+    process; None: this process's threads divided over the workers). ``batch_size`` is per process. Not
+    used here: ``encoder_memory`` (no cross-batch memory, module docstring), ``max_val_rows``,
+    ``max_seq_length`` and ``group_by_length`` (the module's constants, always grouped). The pipeline builds
+    it with :meth:`from_config` when ``--full-workers`` is above 1.
 
     :meth:`fit` sets ``model_`` (the blended best state, eval mode, on ``device_``), ``result_`` (``details``:
     ``workers``, ``backend``, ``global_batch_size``, ``steps``, ``best_step``, ``replicas_identical``: whether
     every process ended with the same weights, i.e. DDP kept them in step).
     """
 
-    def __init__(
-        self,
-        *,
-        model_path: Path | str,
-        workers: int,
-        loss: str = "supcon",
-        temperature: float = 0.1,
-        margin: float = 0.5,
-        lr: float = 1e-3,
-        encoder_lr: float = 3e-5,
-        epochs: int = 1,
-        batch_size: int = 32,
-        patience: int = 3,
-        seed: int = 42,
-        max_steps: int | None = None,
-        eval_every: int | None = None,
-        wise_alpha: float = 0.7,
-        device: str | None = None,
-        backend: str | None = None,
-        threads_per_worker: int | None = None,
-        encode_batch_size: int = 64,
-        progress: bool = True,
-    ) -> None:
-        self.model_path = model_path
+    def __init__(self, *, workers: int, backend: str | None = None, threads_per_worker: int | None = None,
+                 **settings: Any) -> None:
+        super().__init__(**settings)
         self.workers = workers
-        self.loss = loss
-        self.temperature = temperature
-        self.margin = margin
-        self.lr = lr
-        self.encoder_lr = encoder_lr
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.seed = seed
-        self.max_steps = max_steps
-        self.eval_every = eval_every
-        self.wise_alpha = wise_alpha
-        self.device = device
         self.backend = backend
         self.threads_per_worker = threads_per_worker
-        self.encode_batch_size = encode_batch_size
-        self.progress = progress
 
     @classmethod
     def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
                     progress: bool = True, **settings: Any) -> DataParallelFullTrainer:
-        """The pipeline's full mode in ``config.full_workers`` processes: the epochs and per-process batch size
-        of :func:`kern_finetune.estimate.full_mode_schedule` on ``device``; ``settings`` override any of them."""
-        from .estimate import full_mode_schedule
+        """:meth:`FullTrainer.from_config` in ``config.full_workers`` processes, without the cross-batch memory."""
+        base = {"workers": config.full_workers, "encoder_memory": 0}
+        trainer = super().from_config(config, model_path=model_path, device=device, progress=progress, **{**base, **settings})
+        assert isinstance(trainer, DataParallelFullTrainer)
+        return trainer
 
-        device = resolve_device(device)
-        epochs, batch_size = full_mode_schedule(config, device)
-        base: dict[str, Any] = dict(
-            workers=config.full_workers, loss=config.loss, temperature=config.temperature, margin=config.margin,
-            lr=config.lr, encoder_lr=config.encoder_lr, epochs=epochs, batch_size=batch_size,
-            patience=config.patience, seed=config.seed, wise_alpha=config.wise_alpha,
-            encode_batch_size=config.encode_batch_size,
-        )
-        return cls(model_path=model_path, device=device, progress=progress, **{**base, **settings})
-
-    def _check(self, device: str) -> None:
+    def _check_workers(self, device: str) -> None:
         if self.workers < 2:
             raise ValueError(f"workers must be at least 2 for data-parallel training, got {self.workers}")
         if device.startswith("cuda") and self.workers > torch.cuda.device_count():
             raise ValueError(f"{self.workers} workers but {torch.cuda.device_count()} CUDA devices")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
-        if not 0.0 < self.wise_alpha <= 1.0:
-            raise ValueError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
 
     def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray, *,
             sample_weight: np.ndarray | None = None) -> DataParallelFullTrainer:
@@ -147,7 +99,8 @@ class DataParallelFullTrainer:
         :data:`~kern_finetune.train_full.MAX_VAL_ROWS` validation texts. Returns ``self``."""
         start = time.perf_counter()
         self.device_ = device = resolve_device(self.device)
-        self._check(device)
+        self._check_workers(device)
+        self._check()
         backend = self.backend or ("nccl" if device.startswith("cuda") else "gloo")
         n_train, n_val = len(x_train), len(x_val)
         y = np.concatenate([np.asarray(y_train), np.asarray(y_val)]).astype(np.int64)
@@ -183,11 +136,6 @@ class DataParallelFullTrainer:
                      "replicas_identical": all(torch.equal(sums[0], s) for s in sums)},
         )
         return self
-
-    def transform(self, x: list[str]) -> np.ndarray:
-        """The fine-tuned model's L2-normalised float32 vectors of the texts ``x`` (in this process)."""
-        return self.model_.encode(list(x), batch_size=self.encode_batch_size, convert_to_numpy=True,
-                                  normalize_embeddings=True, show_progress_bar=self.progress).astype(np.float32)
 
 
 # ---------------------------------------------------------------- one process
