@@ -127,16 +127,18 @@ class RunConfig:
         "head", group=TRAIN, choices=MODES,
         help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
              "when its time, estimated on this machine at run time, fits --time-budget")
-    """``auto`` is not the default yet: its estimate was 2.1x the measured time on a 3,000-record slice of the
-    sample (within 8% on a CLINC150 slice), measured on 2 heavily loaded cores
-    (``benchmarks/results/mode_auto.md``), and a default whose choice depends on the machine's load makes
-    runs harder to reproduce (:mod:`kern_finetune.estimate`)."""
+    """``auto`` is not the default yet, although its estimate now holds (``benchmarks/results/mode_auto.md``:
+    measured / estimated 0.91 on a 3,000-record slice of the sample on a quiet machine, where it picks full
+    mode at the 300 s budget; 0.88 on a CLINC150 slice and 1.08 on the whole sample on 2 loaded cores):
+    most tests and benchmarks assume head mode when they name no mode, and a default whose choice depends
+    on the machine's load makes runs harder to reproduce (:mod:`kern_finetune.estimate`)."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
         help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept")
-    """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (18-31 min in full
-    mode) in head mode; on a quiet machine it should admit a 3,000-record project, which was not shown here
-    (on 2 loaded cores that slice took 1,898 s in full mode, ``benchmarks/results/mode_auto.md``)."""
+    """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (1,254 s in full
+    mode on 2 cores) in head mode and admits a 3,000-record project on a quiet 2-core machine (217 s measured,
+    240 s estimated; ``benchmarks/results/mode_auto.md``). On 2 cores loaded ~3x the same project measured
+    284 s and was estimated at 319-342 s, so auto chose head there."""
     loss: str = option("supcon", group=TRAIN, choices=LOSSES, help="similarity loss")
     head_layers: int = option(1, group=TRAIN, min=1, help="stacked skip-connection layers of the head")
     epochs: int = option(30, group=TRAIN, min=1, help="maximum epochs; early stopping ends sooner")
