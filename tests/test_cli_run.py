@@ -70,8 +70,9 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     assert set(metrics["top_k"]["raw"]) == {"5", "10", "25", "50", "75", "100", "250", "1000"}
     assert set(metrics["classification"]["finetuned"]) >= {"accuracy", "macro_f1"}
     seconds = metrics["seconds"]
-    assert set(seconds) == {"encode", "train", "evaluate", "total"}
-    parts = seconds["encode"] + seconds["train"] + seconds["evaluate"]
+    assert "smoothing" in metrics  # the default --smooth auto ran (it may choose weight 0)
+    assert set(seconds) == {"encode", "train", "smooth", "evaluate", "total"}
+    parts = seconds["encode"] + seconds["train"] + seconds["smooth"] + seconds["evaluate"]
     wall = float((run_dir / "wall_seconds.txt").read_text())
     assert min(seconds.values()) > 0 and parts <= seconds["total"] + 0.03 <= wall + 0.03  # rounded to 0.01 each
     html = (run_dir / "report.html").read_text()
