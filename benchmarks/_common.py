@@ -66,13 +66,17 @@ def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
     return without_label_issues(sel, find_label_issues(base, sel, seed=seed))
 
 
-def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None) -> tuple[np.ndarray, dict]:
+def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None,
+            stages: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
     """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`, then the
-    neighbour smoothing ``config.smooth`` asks for, :func:`kern_finetune.smooth.smooth_vectors`): the
-    L2-normalised output of every record (the fitted trainer's ``transform``, smoothed) and the training info
-    (:meth:`kern_finetune.trainer.TrainResult.to_dict`; ``seconds``: training and blend choice, label check
-    excluded). ``checked``: ``sel`` after :func:`label_checked` with the same seed, to reuse across rows."""
+    neighbour smoothing ``config.smooth`` asks for, :func:`kern_finetune.smooth.smooth_vectors`, then the
+    search spread ``config.spread`` asks for, :func:`kern_finetune.spread.spread_vectors`): the output of every
+    record and the training info (:meth:`kern_finetune.trainer.TrainResult.to_dict`; ``seconds``: training
+    and blend choice, label check, smoothing and spread excluded). ``checked``: ``sel`` after
+    :func:`label_checked` with the same seed, to reuse across rows. ``stages``, when given, receives the
+    vectors before smoothing (``"head"``) and before the spread (``"smoothed"``)."""
     from kern_finetune.smooth import smooth_vectors
+    from kern_finetune.spread import spread_vectors
     from kern_finetune.train import fit_head
 
     selected = sel
@@ -82,9 +86,15 @@ def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Sel
     trainer = fit_head(base, sel, config, progress=False)
     info = {**trainer.result_.to_dict(), "seconds": time.perf_counter() - t}
     vectors = trainer.transform(base)
+    stages = {} if stages is None else stages
+    stages["head"] = vectors
     if config.smooth_value() != 0.0:  # as the pipeline's fit stage does after training
         vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_value(), seed=config.seed)
         info.update(smooth_weight=smoothing.weight, smooth_table=smoothing.table, smooth_seconds=smoothing.seconds)
+    stages["smoothed"] = vectors
+    if config.spread_value() != 0.0:
+        vectors, spread = spread_vectors(vectors, base, strength=config.spread_value(), seed=config.seed)
+        info.update(spread_strength=spread.strength, spread_table=spread.table, spread_seconds=spread.seconds)
     return vectors, info
 
 

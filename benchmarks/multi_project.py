@@ -48,10 +48,11 @@ from kern_finetune.config import RunConfig
 
 ROWS: dict[str, tuple[str, RunConfig | None]] = {
     "raw": ("raw all-MiniLM-L6-v2", None),
-    "default": ("default head: supcon t=0.5 + label check + smoothing (auto)", RunConfig()),
-    "unsmoothed": ("head without smoothing (--smooth 0)", RunConfig(smooth="0")),
+    "default": ("default head: supcon t=0.5 + label check + smoothing (auto) + spread (auto)", RunConfig()),
+    "unspread": ("head with smoothing, without the spread (--spread 0)", RunConfig(spread="0")),
+    "unsmoothed": ("head without smoothing or spread (--smooth 0 --spread 0)", RunConfig(smooth="0", spread="0")),
     "search-floor": ("search-floor head: --search-floor 5 --raw-weight auto --smooth 0",
-                     RunConfig(raw_weight="auto", search_floor=5.0, smooth="0")),
+                     RunConfig(raw_weight="auto", search_floor=5.0, smooth="0", spread="0")),
 }
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "train_seconds")
 
@@ -62,7 +63,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in dict.fromkeys(r["row"] for r in results if r["project"] == project):
             rs = [r for r in results if r["project"] == project and r["row"] == name]
             s: dict[str, Any] = {"project": project, "row": name, "seeds": len(rs)}
-            for key in (*KEYS, "raw_weight", "smooth_weight"):
+            for key in (*KEYS, "raw_weight", "smooth_weight", "spread_strength"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     s[key], s[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -75,21 +76,22 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
     for project in dict.fromkeys(s["project"] for s in summary):
         lines += [f"### {project}", "", sizes.get(project, ""), "",
                   "| row | seeds | top_5 | top_10 | top_25 | top_100 | top_1k | search: < 10 results | < 100 results "
-                  "| same class | raw weight | smoothing weight | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| same class | raw weight | smoothing weight | spread strength | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["project"] == project):
             def f(key: str, d: int = 2) -> str:
                 return f"{s[key]:.{d}f} ± {s[key + '_std']:.{d}f}" if key in s else "-"
             lines.append(f"| {s['row']} | {s['seeds']} | {f('top_5')} | {f('top_10')} | {f('top_25')} | {f('top_100')} | "
                          f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | "
-                         f"{f('raw_weight')} | {f('smooth_weight')} | {f('train_seconds', 1)} |")
+                         f"{f('raw_weight')} | {f('smooth_weight')} | {f('spread_strength')} | {f('train_seconds', 1)} |")
         lines.append("")
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
               "(kern_finetune.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
               "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
               "smoothing weight: kern_finetune.smooth (chosen on the least confident validation records; train s "
-              "excludes it). "
+              "excludes it). spread strength: kern_finetune.spread (chosen on 1,000 seeded searches among all records, "
+              "no labels; train s excludes it). "
               "top_1k: clinc150_intents has about 90 test records per intent, so its top_1k is bounded near 9% and "
               "says nothing. Full mode is not in these tables: not cheap on 2 shared cores for any of these projects "
               "(module docstring). Training seconds: torch threads as the command's BENCH_THREADS / OMP_NUM_THREADS say; "
@@ -124,13 +126,20 @@ def main() -> None:
                               f"labels selected ({sum(1 for i in sel.labeled_idx if sel.source[i] == 'manual')} manual), "
                               f"{len(sel.test_idx)} test records")
             checked = label_checked(sel, base, seed)  # once per project and seed: every head row drops the same labels
+            stages: dict[str, np.ndarray] = {}
+            made: dict[str, Any] = {}
             for name, config in (ROWS[key] for key in args.rows.split(",")):
                 if config is None:
                     vec, info = base, {"seconds": 0.0}
+                elif made and replace(config, spread="auto", smooth="auto") == RunConfig() and config.smooth == "auto":
+                    # the default row's own head and smoothing, before its spread: no second training
+                    vec, info = stages["smoothed"], {k: v for k, v in made.items() if not k.startswith("spread")}
                 else:
-                    vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked)
+                    vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked, stages=stages)
+                    made = info if config == RunConfig() else made
                 row = {"project": project, "row": name, "seed": seed, "train_seconds": round(info["seconds"], 2),
                        "raw_weight": info.get("raw_weight"), "smooth_weight": info.get("smooth_weight"),
+                       "spread_strength": info.get("spread_strength"),
                        **score_row(vec, sel, classes, seed)}
                 results.append(row)
                 print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)

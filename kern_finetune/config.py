@@ -195,6 +195,12 @@ class RunConfig:
         help="average each record's fine-tuned vector with its 10 nearest records' (nearest by the base model): "
              "(1-W) * v + W * their mean; auto = chosen on validation records among 0, 0.5 and 0.8; 0 = off")
     """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it)."""
+    spread: str = option(
+        "auto", group=TRAIN, metavar="auto|S",
+        help="rescale distances so refinery's search threshold leaves every record a full result list: sparse "
+             "regions shrink, dense ones grow, by strength S in [0, 2] (1 = even); auto = the smallest S whose "
+             "short result lists stay near the raw vectors' (no labels read); 0 = off")
+    """:mod:`kern_finetune.spread`; adds one dimension when on; a sync through the model door runs with 0."""
     temperature: float = option(0.5, group=TRAIN, min=0.0, min_open=True, help="softmax temperature of the supcon loss")
     margin: float = option(0.5, group=TRAIN, help="margin (cosine distance) of the triplet losses")
     noise_filter: str = option(
@@ -249,6 +255,7 @@ class RunConfig:
         self.pseudo_label_threshold()  # raises on a bad value
         self.raw_weight_value()  # raises on a bad value
         self.smooth_value()  # raises on a bad value
+        self.spread_value()
         if self.resolved_device() == "cuda" and self.full_workers > 1:  # raises when CUDA is asked for and absent
             import torch
 
@@ -308,6 +315,10 @@ class RunConfig:
         """The fixed smoothing weight ``smooth`` means, or None for ``auto`` (chosen on validation records)."""
         return _auto_or_share("smooth", self.smooth)
 
+    def spread_value(self) -> float | None:
+        """The fixed spread strength ``spread`` means, or None for ``auto`` (chosen on the searches, no labels)."""
+        return _auto_or_share("spread", self.spread, upper=2.0)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["cache_dir"] = str(self.cache_dir)
@@ -316,7 +327,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a JSON-like mapping (job options, metrics' ``config``), not validated; unknown keys are an
-        error. Numbers for ``pseudo_labels`` / ``raw_weight`` / ``smooth`` and ``"a,b"`` for ``text_attributes`` are taken."""
+        error. Numbers for ``pseudo_labels`` / ``raw_weight`` / ``smooth`` / ``spread`` and ``"a,b"`` for ``text_attributes`` are taken."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -324,7 +335,7 @@ class RunConfig:
         data = dict(data)
         if "cache_dir" in data and data["cache_dir"] is not None:
             data["cache_dir"] = Path(data["cache_dir"])
-        for key in ("pseudo_labels", "raw_weight", "smooth"):
+        for key in ("pseudo_labels", "raw_weight", "smooth", "spread"):
             if isinstance(data.get(key), (int, float)) and not isinstance(data[key], bool):
                 data[key] = str(data[key])
         if isinstance(data.get("text_attributes"), str):
@@ -355,8 +366,8 @@ class RunConfig:
             raise ConfigError(f"invalid options: {exc}") from None
 
 
-def _auto_or_share(name: str, value: str) -> float | None:
-    """None for ``"auto"``, else the number in [0, 1] the option's string holds (ConfigError otherwise)."""
+def _auto_or_share(name: str, value: str, *, upper: float = 1.0) -> float | None:
+    """None for ``"auto"``, else the number in [0, ``upper``] the option's string holds (ConfigError otherwise)."""
     text = str(value).strip().lower()
     if text == "auto":
         return None
@@ -364,8 +375,8 @@ def _auto_or_share(name: str, value: str) -> float | None:
         share = float(text)
     except ValueError:
         share = float("nan")
-    if not 0.0 <= share <= 1.0:
-        raise ConfigError(f"{name} must be auto or a number in [0, 1], got {value!r}")
+    if not 0.0 <= share <= upper:
+        raise ConfigError(f"{name} must be auto or a number in [0, {upper:g}], got {value!r}")
     return share
 
 

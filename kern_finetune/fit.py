@@ -5,7 +5,8 @@ weak labels), ``--mode auto``'s choice (:mod:`kern_finetune.estimate`), pseudo-l
 (:mod:`kern_finetune.pseudo`, training only), the engine (:mod:`kern_finetune.trainer`: the head engines of
 :func:`kern_finetune.train.fit_head`, :class:`kern_finetune.train_full.FullTrainer` or, with
 ``--full-workers``, :class:`kern_finetune.train_ddp.DataParallelFullTrainer`), the fitted engine's
-``transform`` over every record, and the neighbour smoothing of those vectors (:mod:`kern_finetune.smooth`).
+``transform`` over every record, the neighbour smoothing of those vectors (:mod:`kern_finetune.smooth`) and
+the search spread that keeps refinery's threshold search from starving (:mod:`kern_finetune.spread`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from .estimate import ModeChoice
     from .heads import SkipConnectionHead
     from .smooth import Smoothing
+    from .spread import Spread
 
 __all__ = ["Fitted", "fit", "audit_label_check"]
 
@@ -56,6 +58,9 @@ class Fitted:
     mode_choice: ModeChoice | None = None
     smoothing: Smoothing | None = None
     """What :mod:`kern_finetune.smooth` did to ``vectors`` (None: ``--smooth 0``)."""
+    spread: Spread | None = None
+    """What :mod:`kern_finetune.spread` did to ``vectors`` (None: ``--spread 0``); with a strength above 0 the
+    vectors have one dimension more than the model's."""
 
     @property
     def head(self) -> SkipConnectionHead | None:
@@ -176,6 +181,14 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
         say(f"      neighbour smoothing: weight {smoothing.weight:g} over {smoothing.neighbours} base-model neighbours"
             + (f" (chosen on {smoothing.n_queries} validation records)" if smoothing.chosen else "")
             + f", {smoothing.seconds:.1f} s")
+    spread = None
+    if config.spread_value() != 0.0:
+        from .spread import spread_vectors
+
+        vectors, spread = spread_vectors(vectors, base, strength=config.spread_value(), seed=config.seed)
+        say(f"      search spread: strength {spread.strength:g}"
+            + (f" (chosen on {spread.n_queries} searches, no labels)" if spread.chosen else "")
+            + f", {spread.seconds:.1f} s")
     return Fitted(trainer=trainer, vectors=vectors, selection=sel, config=config, training=trainer.result_,
                   seconds=seconds, label_check=checked["label_check"], label_audit=checked["label_audit"],
-                  pseudo=pseudo, mode_choice=choice, smoothing=smoothing)
+                  pseudo=pseudo, mode_choice=choice, smoothing=smoothing, spread=spread)

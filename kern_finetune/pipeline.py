@@ -161,6 +161,9 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     if fitted.smoothing is not None:
         metrics["smoothing"] = fitted.smoothing.to_dict()
         metrics["seconds"]["smooth"] = fitted.smoothing.seconds
+    if fitted.spread is not None:
+        metrics["spread"] = fitted.spread.to_dict()
+        metrics["seconds"]["spread"] = fitted.spread.seconds
     if fitted.mode_choice is not None:  # estimate vs what the training stage took
         metrics["mode_choice"] = {**fitted.mode_choice.to_dict(), "measured_train_seconds": seconds["train"]}
     return metrics

@@ -36,7 +36,7 @@ from .subsample import MAX_FIT_RECORDS, fit_sample
 if TYPE_CHECKING:
     from .select import Selection
 
-__all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "base_neighbours", "smooth", "held_out_queries",
+__all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_anchors", "base_neighbours", "smooth", "held_out_queries",
            "choose_weight", "smooth_vectors"]
 
 NEIGHBOURS = 10
@@ -79,27 +79,40 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def base_neighbours(base: np.ndarray, *, k: int = NEIGHBOURS, max_anchors: int = MAX_ANCHORS, seed: int = 42,
-                    block: int = 2048) -> tuple[np.ndarray, int]:
-    """``(neighbours, anchors)``: row ``i`` holds the indices (into ``base``) of record ``i``'s ``k`` nearest
-    records by cosine, itself excluded, among ``anchors`` records (all of them, or a seeded sample of
-    ``max_anchors``). ``base`` rows are L2-normalised."""
-    x = np.ascontiguousarray(base, dtype=np.float32)
+def nearest_among_anchors(x: np.ndarray, k: int, *, max_anchors: int = MAX_ANCHORS, seed: int = 42,
+                          block: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(neighbours, similarities, anchors)``: row ``i`` of ``neighbours`` holds the indices (into ``x``) of
+    record ``i``'s ``k`` most similar records by dot product, itself excluded, in no particular order, and
+    ``similarities`` their dot products; searched among ``anchors`` records (all of them, or a seeded sample
+    of ``max_anchors``), ``block`` rows at a time. ``x`` rows are L2-normalised (cosine)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     anchors = fit_sample(n, cap=max_anchors, seed=seed)
     k = min(k, len(anchors) - 1)
     if k < 1:
-        return np.zeros((n, 0), dtype=np.int64), len(anchors)
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0), dtype=np.float32), len(anchors)
     pool = x[anchors]
     out = np.empty((n, k), dtype=np.int64)
+    out_sims = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, block):
         rows = np.arange(start, min(start + block, n))
         sims = x[rows] @ pool.T
         pos = np.searchsorted(anchors, rows)  # a row that is itself an anchor is not its own neighbour
         own = (pos < len(anchors)) & (anchors[np.minimum(pos, len(anchors) - 1)] == rows)
         sims[np.flatnonzero(own), pos[own]] = -np.inf
-        out[rows] = anchors[np.argpartition(-sims, k - 1, axis=1)[:, :k]]
-    return out, len(anchors)
+        part = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        out[rows] = anchors[part]
+        out_sims[rows] = np.take_along_axis(sims, part, axis=1)
+    return out, out_sims, len(anchors)
+
+
+def base_neighbours(base: np.ndarray, *, k: int = NEIGHBOURS, max_anchors: int = MAX_ANCHORS, seed: int = 42,
+                    block: int = 2048) -> tuple[np.ndarray, int]:
+    """``(neighbours, anchors)``: row ``i`` holds the indices (into ``base``) of record ``i``'s ``k`` nearest
+    records by cosine, itself excluded, among ``anchors`` records (all of them, or a seeded sample of
+    ``max_anchors``); :func:`nearest_among_anchors`. ``base`` rows are L2-normalised."""
+    neighbours, _, anchors = nearest_among_anchors(base, k, max_anchors=max_anchors, seed=seed, block=block)
+    return neighbours, anchors
 
 
 def smooth(vectors: np.ndarray, neighbours: np.ndarray, weight: float) -> np.ndarray:

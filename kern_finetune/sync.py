@@ -230,10 +230,11 @@ def sync_project(
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say)
-        if chosen == "model" and config.smooth_value() != 0.0:  # the folder alone cannot give smoothed vectors
-            config = dataclasses.replace(config, smooth="0")
-            say("         model door: neighbour smoothing off (--smooth 0): refinery's embedder computes each "
-                "record's vector from the model alone")
+        if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
+            # the folder alone cannot give smoothed or spread vectors
+            config = dataclasses.replace(config, smooth="0", spread="0")
+            say("         model door: neighbour smoothing and search spread off (--smooth 0 --spread 0): "
+                "refinery's embedder computes each record's vector from the model alone")
 
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection

@@ -71,8 +71,9 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     assert set(metrics["classification"]["finetuned"]) >= {"accuracy", "macro_f1"}
     seconds = metrics["seconds"]
     assert "smoothing" in metrics  # the default --smooth auto ran (it may choose weight 0)
-    assert set(seconds) == {"encode", "train", "smooth", "evaluate", "total"}
-    parts = seconds["encode"] + seconds["train"] + seconds["smooth"] + seconds["evaluate"]
+    assert "spread" in metrics  # the default --spread auto ran (it may choose strength 0)
+    assert set(seconds) == {"encode", "train", "smooth", "spread", "evaluate", "total"}
+    parts = seconds["encode"] + seconds["train"] + seconds["smooth"] + seconds["spread"] + seconds["evaluate"]
     wall = float((run_dir / "wall_seconds.txt").read_text())
     assert min(seconds.values()) > 0 and parts <= seconds["total"] + 0.03 <= wall + 0.03  # rounded to 0.01 each
     html = (run_dir / "report.html").read_text()
@@ -112,6 +113,7 @@ def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_reco
 
     from kern_finetune.encode import Encoder
     from kern_finetune.smooth import base_neighbours, smooth
+    from kern_finetune.spread import lift, local_radius
 
     ids, vec = load_vectors(run_dir / "vectors.npz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -122,6 +124,9 @@ def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_reco
     weight = metrics["smoothing"]["weight"]  # the pushed vectors: the model's, smoothed over the base neighbours
     if weight:
         got = smooth(got, base_neighbours(Encoder(cache_dir=shared_cache).encode(texts, progress=False))[0], weight)
+    strength = metrics["spread"]["strength"]  # then lifted by the local radius of the smoothed vectors
+    if strength:
+        got = lift(got, local_radius(got)[0], strength)
     assert np.allclose(got, vec, atol=1e-4)
 
 
@@ -174,7 +179,7 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
     from kern_finetune.save import load_vectors
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
-                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0")
+                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     assert result.metrics["training"]["engine"] == "quaterion"
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "report.html").exists()

@@ -49,7 +49,7 @@ def test_every_option_round_trips_through_the_cli(tmp_path: Path) -> None:
         "threshold": 0.5, "weak_labels": False, "val_fraction": 0.3, "engine": "quaterion", "mode": "head",
         "time_budget": 60.0, "loss": "triplet", "head_layers": 2, "epochs": 3, "batch_size": 64, "lr": 0.01,
         "encoder_lr": 1e-5, "encoder_memory": 0, "wise_alpha": 1.0, "full_workers": 2, "patience": 2, "distill": 0.5,
-        "distill_temperature": 0.1, "uniformity": 0.1, "search_floor": 5.0, "raw_weight": "auto", "smooth": "0.5",
+        "distill_temperature": 0.1, "uniformity": 0.1, "search_floor": 5.0, "raw_weight": "auto", "smooth": "0.5", "spread": "1.5",
         "temperature": 0.1, "margin": 0.3, "noise_filter": "off", "pseudo_labels": "0.8", "seed": 7,
         "eval_queries": 100, "base_model": str(tmp_path / "model"), "cache_dir": tmp_path / "cache",
         "embedding_name": "my-embedding", "encode_batch_size": 32, "device": "cpu", "ray_address": None,

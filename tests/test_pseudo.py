@@ -79,7 +79,7 @@ def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subs
     from kern_finetune.pipeline import run_pipeline
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5, lr=1e-2,
-                       noise_filter="off", cache_dir=shared_cache, smooth="0")  # what the head itself learned
+                       noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")  # what the head itself learned
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     m = result.metrics
     off_result = run_pipeline(subset_records, dataclasses.replace(config, pseudo_labels="off"), out_dir=tmp_path / "off")

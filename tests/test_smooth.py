@@ -139,7 +139,8 @@ def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_i
 
     records = subset_records[:400]
     config = RunConfig(task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
-                       cache_dir=shared_cache, seed=42, epochs=3, smooth="0.5", device="cpu")
+                       cache_dir=shared_cache, seed=42, epochs=3, smooth="0.5", spread="0",
+                       device="cpu")  # spread: tests/test_spread.py
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
     block = result.metrics["smoothing"]
     assert block["weight"] == 0.5 and not block["chosen"] and block["neighbours"] == 10 and block["anchors"] == 400

@@ -378,7 +378,8 @@ def test_model_door_writes_the_folder_and_says_how_refinery_gets_it(refinery_lik
                        progress=msgs.append, door="model")
     assert res.status == "written" and res.door == "model" and res.written == tmp_path / "out" / "model"
     assert config.smooth == "auto" and fake.config.smooth == "0"  # the model folder cannot carry smoothed vectors
-    assert any("smoothing off" in m for m in msgs)
+    assert config.spread == "auto" and fake.config.spread == "0"  # nor spread ones
+    assert any("smoothing and search spread off" in m for m in msgs)
     assert res.push is None and not adapter.sent_to("POST", "/embeddings$")
     text = "\n".join(msgs)
     assert "refinery-embedder" in text and "huggingface" in text.lower() and "create-embedding" in text

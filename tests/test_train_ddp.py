@@ -81,7 +81,7 @@ def test_full_workers_option_trains_the_pipeline_data_parallel(
     records = subset_records[:120]
     config = RunConfig(mode="full", full_workers=2, task="Topic", text_attributes=["Title", "Description"],
                        gold_attribute="Class Index", cache_dir=shared_cache, seed=42, noise_filter="off", device="cpu",
-                       smooth="0")
+                       smooth="0", spread="0")
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
     training = result.metrics["training"]
     assert training["mode"] == "full" and training["workers"] == 2 and training["replicas_identical"]

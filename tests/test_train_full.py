@@ -97,7 +97,7 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     config = RunConfig(
         mode="full", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
         cache_dir=shared_cache, seed=42, noise_filter="off",  # the fixture's fit saw every selected label
-        smooth="0",  # the model's own vectors (smoothing: tests/test_smooth.py)
+        smooth="0", spread="0",  # the model's own vectors (tests/test_smooth.py, tests/test_spread.py)
     )
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
     assert result.metrics["training"]["mode"] == "full" and result.training is not None
