@@ -107,7 +107,7 @@ def score_row(vectors: np.ndarray, sel: Selection, classes: np.ndarray, seed: in
     row = {f"top_{k}": float(100 * v.mean()) for k, v in per.items()}
     queries = test[sample_queries(len(test), SEARCH_QUERIES, seed)]
     ts = threshold_search(vectors, queries, classes, seed=seed)
-    row.update({k: ts[k] for k in ("lt_10", "lt_100", "same_class", "median_results")})
+    row.update({k: ts[k] for k in ("lt_10", "lt_100", "same_class", "median_results", "first_screen_same")})
     return row
 
 

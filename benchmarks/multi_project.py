@@ -54,7 +54,8 @@ ROWS: dict[str, tuple[str, RunConfig | None]] = {
     "search-floor": ("search-floor head: --search-floor 5 --raw-weight auto --smooth 0",
                      RunConfig(raw_weight="auto", search_floor=5.0, smooth="0", spread="0")),
 }
-KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "train_seconds")
+KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same",
+        "train_seconds")
 
 
 def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -76,18 +77,21 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
     for project in dict.fromkeys(s["project"] for s in summary):
         lines += [f"### {project}", "", sizes.get(project, ""), "",
                   "| row | seeds | top_5 | top_10 | top_25 | top_100 | top_1k | search: < 10 results | < 100 results "
-                  "| same class | raw weight | smoothing weight | spread strength | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| same class | first screen: same class of 9 | raw weight | smoothing weight | spread strength | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["project"] == project):
             def f(key: str, d: int = 2) -> str:
                 return f"{s[key]:.{d}f} ± {s[key + '_std']:.{d}f}" if key in s else "-"
             lines.append(f"| {s['row']} | {s['seeds']} | {f('top_5')} | {f('top_10')} | {f('top_25')} | {f('top_100')} | "
-                         f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | "
+                         f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | {f('first_screen_same')} | "
                          f"{f('raw_weight')} | {f('smooth_weight')} | {f('spread_strength')} | {f('train_seconds', 1)} |")
         lines.append("")
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
               "(kern_finetune.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
+              "first screen: of the 9 records shown after the query on refinery's first screen (fewer when the "
+              "threshold returns fewer), how many are of the query's class (a count out of 9; judged among those "
+              "with gold and scaled to the number shown). "
               "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
               "smoothing weight: kern_finetune.smooth (chosen on the least confident validation records; train s "
               "excludes it). spread strength: kern_finetune.spread (chosen on 1,000 seeded searches among all records, "

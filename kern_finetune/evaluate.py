@@ -273,6 +273,10 @@ def similarity_threshold(vectors: np.ndarray, *, seed: int = 42, limit: int = 50
     return float(np.percentile(distances, percentile))
 
 
+FIRST_SCREEN = 10
+"""Records on a labeling session's first screen, the query included."""
+
+
 def threshold_search(
     vectors: np.ndarray,
     queries: np.ndarray,
@@ -297,7 +301,10 @@ def threshold_search(
     Returns, in percent unless named otherwise: ``lt_10`` / ``lt_100`` (share of queries with fewer than
     10 / 100 results, the query counted), ``same_class`` (over all queries' returned rows other than the
     query whose class is known, the share with the query's class; queries of unknown class are skipped),
-    ``median_results``, ``threshold`` (the distance) and ``n_queries``.
+    ``median_results``, ``first_screen_same`` (a count, not a percent: how many of the records shown after
+    the query on a first screen of :data:`FIRST_SCREEN` are of its class, on average over queries of known
+    class; the share among those of known class times the number shown, so a search that returns 3 records
+    shows at most 2), ``threshold`` (the distance) and ``n_queries``.
 
     Rows are scanned ``block`` at a time for ``chunk`` queries at a time (running ``limit`` nearest), so
     memory stays bounded and time is queries x records.
@@ -309,6 +316,7 @@ def threshold_search(
     sq = (x.astype(np.float64) ** 2).sum(1)
     counts = np.empty(len(q), dtype=np.int64)
     same = judged = 0
+    screen: list[float] = []
     k = min(limit, x.shape[0])
     for start in range(0, len(q), chunk):
         qi = q[start : start + chunk]
@@ -316,7 +324,8 @@ def threshold_search(
         dist = np.sqrt(np.clip(d2, 0.0, None))
         dist[nearest == qi[:, None]] = 0.0  # the query is its own nearest result (distance 0)
         for row, (query, idx) in enumerate(zip(qi, nearest)):
-            hit = idx[dist[row] <= thr]
+            inside = dist[row] <= thr
+            hit = idx[inside][np.argsort(dist[row][inside], kind="stable")]
             counts[start + row] = len(hit)
             others = hit[hit != query]
             if classes[query] < 0:
@@ -325,11 +334,18 @@ def threshold_search(
             known = known[known >= 0]
             judged += len(known)
             same += int((known == classes[query]).sum())
+            first = classes[others[: FIRST_SCREEN - 1]]  # the first screen: the query and the 9 after it
+            first = first[first >= 0]
+            if len(first):
+                screen.append(min(len(others), FIRST_SCREEN - 1) * float((first == classes[query]).mean()))
+            elif len(others) == 0:
+                screen.append(0.0)
     return {
         "lt_10": float(100.0 * (counts < 10).mean()),
         "lt_100": float(100.0 * (counts < 100).mean()),
         "same_class": float(100.0 * same / judged) if judged else float("nan"),
         "median_results": float(np.median(counts)),
+        "first_screen_same": float(np.mean(screen)) if screen else float("nan"),
         "threshold": thr,
         "n_queries": int(len(q)),
     }

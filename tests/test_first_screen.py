@@ -36,11 +36,30 @@ def test_threshold_search_hand_computed():
     assert out["lt_10"] == 100.0 and out["lt_100"] == 100.0
     assert out["median_results"] == 2.0
     assert out["same_class"] == 100.0
+    # first screen: query 0 shows 1 same-class record, query 5 shows none (query 3's class-less one is not judged)
+    assert out["first_screen_same"] == pytest.approx(0.5)
     # a wider threshold, limit 3
     out = threshold_search(x, np.array([0, 1]), classes, threshold=2.5, limit=3)
     # query 0 -> {0, 1, 2}: others 1 (same), 2 (other); query 1 -> {1, 0, 2}: 0 (same), 2 (other)
     assert out["same_class"] == pytest.approx(50.0)
     assert out["median_results"] == 3.0 and out["n_queries"] == 2
+    assert out["first_screen_same"] == pytest.approx(1.0)  # 2 shown each, half of them same class
+
+
+def test_first_screen_counts_the_nearest_nine_shown_in_order():
+    """Of 20 same-distance-ordered results, the first screen is the 9 nearest after the query."""
+    x = np.arange(20, dtype=float)[:, None]
+    classes = np.array([0] * 10 + [1] * 10)
+    out = threshold_search(x, np.array([0]), classes, threshold=100.0)
+    assert out["first_screen_same"] == pytest.approx(9.0)  # rows 1..9, all class 0
+    out = threshold_search(x, np.array([5]), classes, threshold=100.0)
+    assert out["first_screen_same"] == pytest.approx(9.0)  # rows 0-4 and 6-9 are nearest to 5
+    out = threshold_search(x, np.array([19]), classes, threshold=100.0)
+    assert out["first_screen_same"] == pytest.approx(9.0)  # rows 18..10, all class 1
+    out = threshold_search(x + np.where(np.arange(20) > 12, 0.1, 0.0)[:, None], np.array([12]), classes, threshold=100.0)
+    assert out["first_screen_same"] == pytest.approx(6.0)  # 11, 13.1, 10, 14.1, 9, 15.1, 8, 16.1, 7: 6 of class 1
+    out = threshold_search(x, np.array([0]), classes, threshold=4.5)
+    assert out["first_screen_same"] == pytest.approx(4.0)  # only 4 others within the threshold: 4 shown
 
 
 def test_threshold_search_counts_the_query_and_cuts_at_limit():
