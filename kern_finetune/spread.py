@@ -68,13 +68,16 @@ class Spread:
     """``m``: the neighbour whose distance is a record's local radius."""
     anchors: int = 0
     table: list[dict[str, float]] = field(default_factory=list)
-    """With ``chosen``: each candidate's share of short result lists (``raw`` first: the base vectors)."""
+    """With ``chosen``: each candidate's share of short result lists."""
+    raw: dict[str, float] = field(default_factory=dict)
+    """With ``chosen``: the same searches on the base vectors, the reference."""
     n_queries: int = 0
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"strength": self.strength, "chosen": self.chosen, "radius_rank": self.radius_rank,
-                "anchors": self.anchors, "table": self.table, "n_queries": self.n_queries, "seconds": self.seconds}
+                "anchors": self.anchors, "table": self.table, "raw": self.raw, "n_queries": self.n_queries,
+                "seconds": self.seconds}
 
 
 def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: int = 42) -> tuple[np.ndarray, int, int]:
@@ -127,8 +130,10 @@ def _short_lists(vectors: np.ndarray, queries: np.ndarray, seed: int) -> dict[st
 
 
 def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarray, *,
-                    candidates: tuple[float, ...] = STRENGTHS, seed: int = 42) -> tuple[float, list[dict[str, float]], int]:
-    """Choose the strength without labels: ``(strength, table, n_queries)``.
+                    candidates: tuple[float, ...] = STRENGTHS,
+                    seed: int = 42) -> tuple[float, list[dict[str, float]], dict[str, float], int]:
+    """Choose the strength without labels: ``(strength, table, raw, n_queries)``; ``raw``: the base vectors'
+    short lists on the same searches.
 
     Queries: a seeded sample of up to :data:`MAX_QUERIES` of all records. Each candidate's vectors, and the
     base vectors, are searched as refinery searches (:func:`kern_finetune.evaluate.threshold_search`); the
@@ -138,13 +143,10 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     """
     queries = sample_queries(len(vectors), MAX_QUERIES, seed)
     raw = _short_lists(base, queries, seed)
-    table: list[dict[str, float]] = [{"strength": float("nan"), **raw}]
-    for s in sorted(candidates):
-        table.append({"strength": float(s), **_short_lists(lift(vectors, log_radius, s), queries, seed)})
-    rows = table[1:]
+    rows = [{"strength": float(s), **_short_lists(lift(vectors, log_radius, s), queries, seed)} for s in sorted(candidates)]
     fits = [r for r in rows if r["lt_10"] <= raw["lt_10"] + MARGIN_10 and r["lt_100"] <= raw["lt_100"] + MARGIN_100]
     best = fits[0] if fits else min(rows, key=lambda r: (r["lt_10"], r["lt_100"], r["strength"]))
-    return best["strength"], table, len(queries)
+    return best["strength"], rows, raw, len(queries)
 
 
 def spread_vectors(vectors: np.ndarray, base: np.ndarray, *, strength: float | None,
@@ -156,10 +158,11 @@ def spread_vectors(vectors: np.ndarray, base: np.ndarray, *, strength: float | N
         return np.asarray(vectors, dtype=np.float32), Spread(strength=0.0, chosen=False)
     log_radius, m, anchors = local_radius(vectors, seed=seed)
     table: list[dict[str, float]] = []
+    raw: dict[str, float] = {}
     n_queries = 0
     chosen = strength is None
     if strength is None:
-        strength, table, n_queries = choose_strength(vectors, base, log_radius, seed=seed)
+        strength, table, raw, n_queries = choose_strength(vectors, base, log_radius, seed=seed)
     out = lift(vectors, log_radius, strength)
-    return out, Spread(strength=strength, chosen=chosen, radius_rank=m, anchors=anchors, table=table,
+    return out, Spread(strength=strength, chosen=chosen, radius_rank=m, anchors=anchors, table=table, raw=raw,
                        n_queries=n_queries, seconds=round(time.perf_counter() - t, 2))

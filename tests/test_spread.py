@@ -3,6 +3,7 @@ pipeline (metrics, one more dimension, the option)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,17 +76,16 @@ def test_lift_gives_the_sparse_records_full_result_lists_and_keeps_their_neighbo
 def test_choose_strength_reads_only_the_searches() -> None:
     tuned, base, _ = _dense_and_sparse(2000)
     log_r, _, _ = local_radius(tuned)
-    strength, table, n = choose_strength(tuned, base, log_r)
-    assert n == 1000 and [r["strength"] for r in table[1:]] == list(STRENGTHS)
-    raw, rows = table[0], table[1:]
+    strength, rows, raw, n = choose_strength(tuned, base, log_r)
+    assert n == 1000 and [r["strength"] for r in rows] == list(STRENGTHS)
     fits = [r for r in rows if r["lt_10"] <= raw["lt_10"] + MARGIN_10 and r["lt_100"] <= raw["lt_100"] + MARGIN_100]
     assert not fits  # two clusters this far apart in density: no strength gets within the margins ...
     best = min(rows, key=lambda r: (r["lt_10"], r["lt_100"]))
     assert strength == best["strength"] > 0.0  # ... so the fewest short lists wins
     assert best["lt_10"] < rows[0]["lt_10"] / 5
     # vectors as even as the base ones already fit at strength 0: the smallest that fits wins
-    even, table, _ = choose_strength(base, base, local_radius(base)[0])
-    assert even == 0.0 and table[1]["lt_10"] == table[0]["lt_10"]
+    even, rows, raw, _ = choose_strength(base, base, local_radius(base)[0])
+    assert even == 0.0 and rows[0]["lt_10"] == raw["lt_10"]
 
 
 def test_spread_vectors_fixed_auto_and_off() -> None:
@@ -96,6 +96,7 @@ def test_spread_vectors_fixed_auto_and_off() -> None:
     assert not info.chosen and info.table == [] and np.allclose(fixed, lift(tuned, local_radius(tuned)[0], 0.5))
     chosen, info = spread_vectors(tuned, base, strength=None)
     assert info.chosen and info.n_queries == len(tuned) and info.to_dict()["strength"] == info.strength > 0
+    json.dumps(info.to_dict(), allow_nan=False)  # metrics.json and the service's answers are strict JSON
 
 
 @pytest.mark.parametrize("value", ["-0.1", "2.5", "x", ""])

@@ -4,6 +4,7 @@ and how a runner's result becomes JSON (:func:`jsonable`)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,13 +36,15 @@ the job ``failed`` with the exception's message as reason."""
 
 
 def jsonable(value: Any) -> Any:
-    """Best-effort conversion of a result object to JSON-able data."""
+    """Best-effort conversion of a result object to strict JSON-able data (non-finite numbers become null)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NaN / inf (a figure with nothing to judge): strict JSON has no such number
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, Path):
@@ -50,7 +53,7 @@ def jsonable(value: Any) -> Any:
         if getattr(value, "size", 1) > 1000:
             return f"<array of shape {tuple(getattr(value, 'shape', ()))}>"
         try:
-            return value.tolist()
+            return jsonable(value.tolist())
         except Exception:  # noqa: BLE001
             return str(value)
     return str(value)

@@ -584,3 +584,17 @@ def test_documented_crontab_line_runs_a_sync(subset_records, shared_cache, tmp_p
         log = (checkout / "sync.log").read_text()
         assert "sync 4/4" in log and "up to date" in log, log[-3000:]
         assert (checkout / "runs" / "sync" / "metrics.json").exists()
+
+
+def test_job_results_become_strict_json() -> None:
+    """A figure with nothing to judge is NaN in Python; the service answers null for it, never a 500."""
+    import math
+
+    import numpy as np
+
+    from kern_finetune.service.runner import jsonable
+
+    got = jsonable({"a": float("nan"), "b": [1.5, float("inf")], "c": np.array([np.nan, 2.0]), "d": np.float32(3.0)})
+    assert got == {"a": None, "b": [1.5, None], "c": [None, 2.0], "d": 3.0}
+    json.dumps(got, allow_nan=False)
+    assert not math.isnan(jsonable(np.float64(0.5)))
