@@ -38,7 +38,7 @@ FIGURES = ("top_k", "top_1k_250", "classification", "n_train", "n_val", "n_test"
 
 def run(out: Path, cache: Path, *extra: str) -> tuple[dict, float]:
     cmd = [sys.executable, "-m", "kern_finetune", "run", "--export", str(SAMPLE), "--task", "Topic",
-           "--gold-attribute", "Class Index", "--text-attributes", "Title,Description", "--device", "cpu", "--cache-dir", str(cache), "--out", str(out), *extra]
+           "--gold-attribute", "Class Index", "--text-attributes", "Title,Description", "--device", "cpu", "--mode", "head", "--cache-dir", str(cache), "--out", str(out), *extra]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return json.loads((out / "metrics.json").read_text()), time.perf_counter() - t

@@ -176,7 +176,7 @@ class _DirectSyncer:
         from kern_finetune.config import RunConfig
 
         self.client = RefineryClient.from_secrets(secrets_path)
-        self.config = RunConfig.from_dict(options).validate()
+        self.config = RunConfig.from_dict({"mode": "head", **options}).validate()  # named: auto depends on load
         self.project_id = project_id
         self.out_dir = out_dir
 

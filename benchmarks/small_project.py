@@ -33,7 +33,8 @@ def main() -> None:
     records = records[:1000]
     rows = []
     for name, options in ROWS:
-        config = RunConfig(task="Topic", gold_attribute="Class Index", cache_dir=default_cache_dir(), **options)
+        config = RunConfig(task="Topic", gold_attribute="Class Index", cache_dir=default_cache_dir(),
+                           **{"mode": "head", **options})  # named: auto would pick full mode on 1,000 records
         with tempfile.TemporaryDirectory() as out:
             m = run_pipeline(records, config, out_dir=Path(out) / "run").metrics
         rows.append({"row": name, "raw": {k: round(m["top_k"]["raw"][k], 2) for k in KS},

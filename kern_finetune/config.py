@@ -124,14 +124,16 @@ class RunConfig:
         help="share of the selected labels held out for validation (early stopping, the auto blend)")
     engine: str = option("native", group=TRAIN, choices=ENGINES, help="native PyTorch or Quaterion")
     mode: str = option(
-        "head", group=TRAIN, choices=MODES,
+        "auto", group=TRAIN, choices=MODES,
         help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
-             "when its time, estimated on this machine at run time, fits --time-budget")
-    """``auto`` is not the default yet, although its estimate now holds (``benchmarks/results/mode_auto.md``:
-    measured / estimated 0.91 on a 3,000-record slice of the sample on a quiet machine, where it picks full
-    mode at the 300 s budget; 0.88 on a CLINC150 slice and 1.08 on the whole sample on 2 loaded cores):
-    most tests and benchmarks assume head mode when they name no mode, and a default whose choice depends
-    on the machine's load makes runs harder to reproduce (:mod:`kern_finetune.estimate`)."""
+             "when its time, estimated on this machine at run time, fits --time-budget, else head")
+    """``auto`` (the default) estimates full mode's time from a few real training steps and a timed validation
+    pass (:mod:`kern_finetune.estimate`; about 20-30 s on 2 cores) and prints the choice, the estimate and
+    the reason; ``metrics.json`` keeps them (``mode_choice``). Estimated against measured
+    (``benchmarks/results/mode_auto.md``): 0.91 on a 3,000-record slice of the sample on a quiet machine,
+    where it picks full mode at the 300 s budget; 0.88 on a CLINC150 slice and 1.08 on the whole sample,
+    where it keeps the head. The choice depends on the machine and its load: name ``--mode head`` or
+    ``--mode full`` for a run that must repeat exactly (the tests and benchmarks do)."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
         help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept")

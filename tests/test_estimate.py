@@ -32,9 +32,8 @@ def small(small_records, shared_cache):
     return encoder, sel, encoder.encode(sel.texts, progress=False)
 
 
-def test_default_is_head_and_budget_is_validated() -> None:
-    # auto is not the default yet (config.RunConfig.mode says why)
-    assert RunConfig().mode == "head" and RunConfig().time_budget > 0
+def test_default_is_auto_and_budget_is_validated() -> None:
+    assert RunConfig().mode == "auto" and RunConfig().time_budget == 300.0
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ConfigError, match="time_budget"):
             RunConfig(time_budget=bad).validate()

@@ -92,7 +92,8 @@ def _export(path: Path, records: list[dict], per_class: int, *, weak_per_class: 
 
 def _run(export: Path, out: Path, cache: Path) -> int:
     return main(["run", "--export", str(export), "--task", "Topic", "--gold-attribute", "Class Index",
-                 "--text-attributes", "Title", "--out", str(out), "--cache-dir", str(cache), "--epochs", "3"])
+                 "--text-attributes", "Title", "--out", str(out), "--cache-dir", str(cache), "--epochs", "3",
+                 "--mode", "head"])
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_weight_noise_filter_passes_its_weights_to_the_trainer(subset_records, s
         return real_fit(self, *args, sample_weight=sample_weight, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", spy)
-    config = RunConfig(task="Topic", gold_attribute="Class Index", noise_filter="weight", epochs=3, lr=1e-2,
+    config = RunConfig(mode="head", task="Topic", gold_attribute="Class Index", noise_filter="weight", epochs=3, lr=1e-2,
                        cache_dir=shared_cache)
     weighted = run_pipeline(subset_records, config, out_dir=tmp_path / "weight")
     sel = weighted.selection

@@ -78,7 +78,7 @@ def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subs
     from kern_finetune.evaluate import top_k_purity
     from kern_finetune.pipeline import run_pipeline
 
-    config = RunConfig(task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5, lr=1e-2,
+    config = RunConfig(mode="head", task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5, lr=1e-2,
                        noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")  # what the head itself learned
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     m = result.metrics

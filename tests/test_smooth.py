@@ -138,7 +138,7 @@ def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_i
     from kern_finetune.save import load_vectors
 
     records = subset_records[:400]
-    config = RunConfig(task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
+    config = RunConfig(mode="head", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
                        cache_dir=shared_cache, seed=42, epochs=3, smooth="0.5", spread="0",
                        device="cpu")  # spread: tests/test_spread.py
     result = run_pipeline(records, config, out_dir=tmp_path / "out")

@@ -112,7 +112,7 @@ def test_pipeline_records_the_spread_and_pushes_one_more_dimension(
     from kern_finetune.pipeline import run_pipeline
     from kern_finetune.save import load_vectors
 
-    config = RunConfig(task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
+    config = RunConfig(mode="head", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
                        cache_dir=shared_cache, seed=42, epochs=3, smooth="0", spread="1", device="cpu")
     result = run_pipeline(subset_records[:400], config, out_dir=tmp_path / "out")
     block = result.metrics["spread"]

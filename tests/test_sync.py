@@ -116,7 +116,7 @@ def refinery_like(tmp_path: Path) -> Iterator[tuple[RunningHost, FaultAdapter]]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> RunConfig:
-    return RunConfig(task="Topic", text_attributes=["Title"], cache_dir=tmp_path / "cache")
+    return RunConfig(mode="head", task="Topic", text_attributes=["Title"], cache_dir=tmp_path / "cache")
 
 
 def _client(host: RunningHost, faults: FaultAdapter | None = None, *, uri: str | None = None) -> RefineryClient:
@@ -182,7 +182,7 @@ def stand_in(records, config, *, out_dir, progress=None, prepared=None):  # RunR
     return SimpleNamespace(ids=ids, vectors=vectors, metrics={}, out_dir=out_dir, model_dir=out_dir / "model",
                            embedding_name="Title-classification-x", base_model="all-MiniLM-L6-v2")
 
-config = RunConfig(task="Topic", cache_dir=tmp / "cache", device="cpu")  # "auto" asks torch for CUDA
+config = RunConfig(mode="head", task="Topic", cache_dir=tmp / "cache", device="cpu")  # "auto" asks torch for CUDA
 client = RefineryClient(url, user, password, project_id=project)
 first = sync_project(client, None, config, out_dir=tmp / "out", pipeline=stand_in, progress=None)
 second = sync_project(client, None, config, out_dir=tmp / "out", pipeline=stand_in, progress=None)
@@ -428,7 +428,7 @@ def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> Non
     src = read_snapshot(SNAPSHOT)
     adapter = FaultAdapter()
     adapter.respond("GET", _EXTENSION_ROUTES, 404, '{"detail": "Not Found"}', times=1000)
-    config = RunConfig(task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
+    config = RunConfig(mode="head", task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
     with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD) as host:
         res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
                            progress=None, snapshot=SNAPSHOT, write_snapshot=tmp_path / "new.zip")

@@ -140,7 +140,7 @@ def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -
                          model_dir=out_dir / "model", embedding_name=NAME, label_fingerprint=prepared.fingerprint,
                          base_model="all-MiniLM-L6-v2")
 
-    config = RunConfig(task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
+    config = RunConfig(mode="head", task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
     c = _client(host)
     first = sync_project(c, None, config, out_dir=tmp_path / "out", pipeline=tiny, progress=None)
     assert first.status == "pushed" and first.push is not None and first.push.count == 200
@@ -169,7 +169,7 @@ def test_demo_fine_tuning_beats_raw_through_the_host_search(
     export = tmp_path / "subset.json"
     export.write_text(json.dumps(subset_records))
     rc = cli.main(["demo", "--json", "--export", str(export), "--queries", "50",
-                   "--out", str(tmp_path / "out"), "--cache-dir", str(shared_cache)])
+                   "--out", str(tmp_path / "out"), "--cache-dir", str(shared_cache), "--mode", "head"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     print({k: v for k, v in line.items() if k.startswith("search_")}, {k: line["top_k"][k]["100"] for k in line["top_k"]})

@@ -176,7 +176,8 @@ def test_run_write_snapshot_end_to_end(tmp_path: Path, shared_cache: Path, capsy
 
     out = tmp_path / "with_embedding.zip"
     code = main(["run", "--export", str(FIXTURE), "--task", "topic", "--out", str(tmp_path / "run"),
-                 "--cache-dir", str(shared_cache), "--epochs", "3", "--write-snapshot", str(out)])
+                 "--cache-dir", str(shared_cache), "--epochs", "3", "--mode", "head", "--spread", "0",
+                 "--write-snapshot", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert f"wrote snapshot {out}: embedding {OURS!r} on attribute 'headline' (200 vectors of 384 dimensions)" in printed
