@@ -36,8 +36,8 @@ from .subsample import MAX_FIT_RECORDS, fit_sample
 if TYPE_CHECKING:
     from .select import Selection
 
-__all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_anchors", "base_neighbours", "smooth", "held_out_queries",
-           "choose_weight", "smooth_vectors"]
+__all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_anchors", "base_neighbours", "smooth",
+           "held_out_queries", "choose_weight", "smooth_vectors"]
 
 NEIGHBOURS = 10
 """K: base-space neighbours averaged per record (refinery's first screen is ten records)."""
