@@ -135,7 +135,7 @@ def main() -> None:
             for name, config in (ROWS[key] for key in args.rows.split(",")):
                 if config is None:
                     vec, info = base, {"seconds": 0.0}
-                elif made and replace(config, spread="auto", smooth="auto") == RunConfig() and config.smooth == "auto":
+                elif made and config == replace(RunConfig(), spread="0"):
                     # the default row's own head and smoothing, before its spread: no second training
                     vec, info = stages["smoothed"], {k: v for k, v in made.items() if not k.startswith("spread")}
                 else:

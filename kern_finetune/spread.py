@@ -45,6 +45,7 @@ import numpy as np
 
 from .evaluate import SEARCH_LIMIT, sample_queries, threshold_search
 from .smooth import MAX_ANCHORS, NEIGHBOURS, nearest_among_anchors
+from .subsample import fit_sample
 
 __all__ = ["Spread", "STRENGTHS", "MARGIN_10", "MARGIN_100", "local_radius", "lift", "choose_strength",
            "spread_vectors"]
@@ -93,8 +94,6 @@ def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: i
     n = len(x)
     if n < 3:
         return np.zeros(n), 0, n
-    from .subsample import fit_sample
-
     pool = len(fit_sample(n, cap=max_anchors, seed=seed))
     m = int(max(1, min(round(SEARCH_LIMIT * pool / n), pool // 20)))
     k = max(m, min(NEIGHBOURS, pool - 1))
