@@ -5,11 +5,16 @@ What a labeler sees first comes first:
 1. **The first screen**: for a few seeded test queries, their 10 nearest records (cosine, among all
    records, as refinery's similarity search looks) in the raw and in the fine-tuned embedding, side by
    side: the text, the record's training label or gold value, and whether its class matches the query's.
-2. **top_k per class** (k = 10 and 100, test records among test records, as the headline metric).
-3. **2D views that compare like with like**: the same projection method for raw and fine-tuned, side by
+   Each list is cut where refinery would cut it: its search returns only records within one distance per
+   embedding (:func:`kern_finetune.evaluate.similarity_threshold`), so the page says how many records
+   refinery returns for the query and greys out the neighbours beyond that distance.
+2. **Search as refinery runs it**: the evaluation's :func:`kern_finetune.evaluate.threshold_search` figures,
+   raw against fine-tuned (short result lists, same class among what comes back, the first screen).
+3. **top_k per class** (k = 10 and 100, test records among test records, as the headline metric).
+4. **2D views that compare like with like**: the same projection method for raw and fine-tuned, side by
    side, as inline SVG. Hovering a point shows its text and highlights the same record in the other
    panel (a small inline script; the data sit in the page as JSON).
-4. The headline numbers, the linear probe, labels and timings, and two static plots (PNG, embedded).
+5. The headline numbers, the linear probe, labels and timings, and two static plots (PNG, embedded).
 
 Every user string (texts, labels, gold values, class names) is HTML-escaped, and matplotlib never
 parses mathtext (``text.parse_math`` off), so a label such as ``$\\notacmd$`` renders as typed.
@@ -34,7 +39,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .evaluate import neighbour_purity, projection_2d, purity_queries  # noqa: E402
+from .evaluate import SEARCH_LIMIT, neighbour_purity, projection_2d, purity_queries, similarity_threshold  # noqa: E402
 
 if TYPE_CHECKING:
     from .select import Selection
@@ -109,8 +114,12 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
     """Seeded queries and their ``k`` nearest records in each embedding (all records, the query excluded).
 
     Queries are test records (those judged by gold); without any, unlabeled records with text. Each
-    neighbour carries ``index``, ``similarity`` and ``match`` (True/False where the query's and the
-    neighbour's classes are known, else None).
+    neighbour carries ``index``, ``similarity``, ``match`` (True/False where the query's and the
+    neighbour's classes are known, else None) and ``returned``: whether refinery's search would return it
+    (within the embedding's :func:`~kern_finetune.evaluate.similarity_threshold` distance and among the
+    search's 100, the query counted). Each query carries ``results``: per embedding, how many records that
+    search returns (the query included), and the embedding's ``threshold`` (a Euclidean distance between
+    L2-normalised vectors).
     """
     pool = [int(i) for i in data.test_idx if data.texts[i]]
     if not pool:
@@ -121,12 +130,16 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
     queries = sorted(rng.choice(pool, size=min(n_queries, len(pool)), replace=False).tolist())
     out = []
     spaces = {"raw": _normalise(data.raw), "finetuned": _normalise(data.tuned)}
+    thresholds = {name: similarity_threshold(x, seed=data.seed) for name, x in spaces.items()}
     for q in queries:
         q_class = data.gold_class[q]
-        row: dict[str, Any] = {"index": q, "class": q_class, "neighbours": {}}
+        row: dict[str, Any] = {"index": q, "class": q_class, "neighbours": {}, "results": {}, "threshold": thresholds}
         for name, x in spaces.items():
             sims = x @ x[q]
             sims[q] = -np.inf
+            dist = np.sqrt(np.clip(2.0 - 2.0 * sims, 0.0, None))  # Euclidean, as refinery's search measures
+            returned = min(SEARCH_LIMIT, 1 + int((dist <= thresholds[name]).sum()))  # the query is its own first result
+            row["results"][name] = returned
             kk = min(k, len(sims) - 1)
             top = np.argpartition(-sims, kk - 1)[:kk] if kk > 0 else np.zeros(0, dtype=int)
             top = top[np.argsort(-sims[top], kind="stable")]
@@ -135,8 +148,9 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
                     "index": int(j),
                     "similarity": float(sims[j]),
                     "match": None if q_class is None or data.class_of(int(j)) is None else data.class_of(int(j)) == q_class,
+                    "returned": rank < returned - 1,
                 }
-                for j in top
+                for rank, j in enumerate(top)
             ]
         out.append(row)
     return out
@@ -290,6 +304,12 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
         known = all(nb["match"] is not None for nbs in q["neighbours"].values() for nb in nbs)
         score = (f" Same class: raw <b>{counts['raw']}</b> / {len(q['neighbours']['raw'])}, fine-tuned "
                  f"<b>{counts['finetuned']}</b> / {len(q['neighbours']['finetuned'])}." if known else "")
+        results = q.get("results", {})
+        if results:
+            score += (f" Refinery's search returns <b>{results['raw']}</b> records for it in raw, "
+                      f"<b>{results['finetuned']}</b> in fine-tuned (the query included; at most {SEARCH_LIMIT})"
+                      + ("; greyed rows lie beyond that embedding's threshold, refinery would not show them." if
+                         any(not nb.get("returned", True) for nbs in q["neighbours"].values() for nb in nbs) else "."))
         rows = []
         raw, tuned = q["neighbours"]["raw"], q["neighbours"]["finetuned"]
         in_raw = {nb["index"] for nb in raw}
@@ -299,7 +319,8 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
                 if r < len(nbs):
                     j = nbs[r]["index"]
                     new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
-                    cells.append(f'<td class="txt">{_esc(_clip(data.texts[j]))}</td><td class="lab">{_label_cell(data, j)}'
+                    cut = "" if nbs[r].get("returned", True) else " cut"
+                    cells.append(f'<td class="txt{cut}">{_esc(_clip(data.texts[j]))}</td><td class="lab{cut}">{_label_cell(data, j)}'
                                  f'<br><span class="sim">cos {nbs[r]["similarity"]:.3f}</span>{new}</td>{_mark(nbs[r]["match"])}')
                 else:
                     cells.append("<td></td><td></td><td></td>")
@@ -312,6 +333,42 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
             f'<th>same class</th></tr>{"".join(rows)}</table></div>'
         )
     return "".join(parts)
+
+
+_SEARCH_ROWS = (
+    ("lt_10", "searches with fewer than 10 results", "{:.1f}%"),
+    ("lt_100", "searches with fewer than 100 results", "{:.1f}%"),
+    ("median_results", "median results per search (at most 100)", "{:.0f}"),
+    ("same_class", "same class among the returned records", "{:.1f}%"),
+    ("first_screen_same", "same class among the 9 records shown after the query", "{:.2f}"),
+    ("threshold", "the embedding's threshold (Euclidean distance)", "{:.3f}"),
+)
+
+
+def _search_html(metrics: dict[str, Any]) -> str:
+    """The evaluation's ``threshold_search`` figures (raw and fine-tuned) as a table, with the spread's strength."""
+    search = metrics.get("threshold_search") or {}
+    if not search:
+        return ""
+    names = list(search)
+    n = search[names[0]].get("n_queries")
+
+    def cell(value: Any, fmt: str) -> str:
+        return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else fmt.format(value)
+
+    body = "".join(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{cell(search[nm].get(key), fmt)}</td>" for nm in names)
+                   + "</tr>" for key, label, fmt in _SEARCH_ROWS)
+    spread = metrics.get("spread")
+    note = ""
+    if isinstance(spread, dict) and spread.get("strength"):
+        how = "chosen without labels" if spread.get("chosen") else "as set by --spread"
+        note = (f"<p>Search spread: strength {spread['strength']:g} ({how}); the fine-tuned vectors were lifted "
+                "so that sparse regions get full result lists (kern_finetune/spread.py).</p>")
+    return (f"<h2>Search as refinery runs it ({_esc(n)} seeded test queries among all records)</h2>"
+            "<p>Refinery returns at most 100 records within one distance per embedding, the 5th percentile of "
+            "pairwise distances among a sample of its records; a labeling session built from a search has as many "
+            "records as it returns.</p>"
+            f"<table><tr><th></th>{''.join(f'<th>{_esc(nm)}</th>' for nm in names)}</tr>{body}</table>{note}")
 
 
 def _per_class_html(rows: list[dict[str, Any]]) -> str:
@@ -421,7 +478,7 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 td:first-child{text-align:left}img{max-width:100%}pre{background:#f6f6f6;padding:1em;white-space:pre-wrap}
 table.nn td.txt{text-align:left;font-size:.85em;max-width:330px}table.nn td.lab{text-align:left;font-size:.85em}
 .sim{color:#888;font-size:.8em}td.ok{color:#2a7d2a;font-weight:bold;text-align:center}td.no{color:#c0392b;text-align:center}
-.qtext{background:#f6f6f6;padding:.6em}.new{background:#e8f0fe;color:#1a56c4;font-size:.75em;padding:0 3px}.up{color:#2a7d2a}.down{color:#c0392b}
+.qtext{background:#f6f6f6;padding:.6em}td.cut{color:#aaa;background:#f4f4f4}.new{background:#e8f0fe;color:#1a56c4;font-size:.75em;padding:0 3px}.up{color:#2a7d2a}.down{color:#c0392b}
 .pair{display:flex;gap:1em;flex-wrap:wrap}.panel{margin:0}figcaption{font-size:.9em;max-width:420px}
 circle{opacity:.65}circle.hl{opacity:1;stroke:#000;stroke-width:2;r:6}
 .key{margin-right:1.2em;white-space:nowrap}.dot{display:inline-block;width:10px;height:10px;border-radius:5px;margin-right:4px}
@@ -474,6 +531,8 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             "<span class=\"new\">new</span> = not among the raw embedding's first screen.</p>"
             + _first_screen_html(data, screen)
         )
+    sections.append(_search_html(metrics))
+    if data is not None:
         sections.append("<h2>top_k per class (%, test records among test records)</h2>" + _per_class_html(per_class_top_k(data, given=plots.get("per_query_k"))))
         views, hover = _views_html(data, metrics, plots.get("points_2d"))
         sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)

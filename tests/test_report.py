@@ -73,6 +73,42 @@ def test_first_screen_is_seeded_and_counts_matches() -> None:
     assert hits["finetuned"] > hits["raw"]
 
 
+def test_first_screen_is_cut_where_refinerys_search_cuts() -> None:
+    """Each query's list says how many records refinery's threshold search returns, and which of the ten
+    nearest lie beyond it; the count agrees with evaluate.threshold_search on the same vectors (issue 15)."""
+    from kern_finetune.evaluate import SEARCH_LIMIT, threshold_search
+
+    data = _tiny_data()
+    screen = first_screen(data)
+    unknown = np.full(len(data.ids), -1)
+    cut = 0
+    for q in screen:
+        for name, x in (("raw", data.raw), ("finetuned", data.tuned)):
+            unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+            found = threshold_search(unit, np.array([q["index"]]), unknown, seed=data.seed)
+            assert q["results"][name] == found["median_results"] <= SEARCH_LIMIT
+            flags = [nb["returned"] for nb in q["neighbours"][name]]
+            assert flags == [rank < q["results"][name] - 1 for rank in range(len(flags))]
+            cut += flags.count(False)
+    assert cut > 0  # three tight classes of 40: the 5th-percentile distance leaves some lists short
+
+
+def test_search_section_shows_refinerys_figures(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    search = {"raw": {"lt_10": 0.5, "lt_100": 2.25, "median_results": 100.0, "same_class": 68.9,
+                      "first_screen_same": 7.14, "threshold": 1.236, "n_queries": 300},
+              "finetuned": {"lt_10": 2.0, "lt_100": 5.1, "median_results": 100.0, "same_class": float("nan"),
+                            "first_screen_same": 7.15, "threshold": 0.372, "n_queries": 300}}
+    metrics = {**_metrics(), "threshold_search": search, "spread": {"strength": 1.25, "chosen": True}}
+    write_report(path, metrics, data=None)
+    page = path.read_text(encoding="utf-8")
+    section = page.split("Search as refinery runs it (300 seeded test queries among all records)", 1)[1].split("<h2>", 1)[0]
+    assert "<td>0.5%</td><td>2.0%</td>" in section and "<td>68.9%</td><td>-</td>" in section  # NaN: no figure
+    assert "<td>1.236</td><td>0.372</td>" in section and "strength 1.25 (chosen without labels)" in section
+    write_report(path, _metrics(), data=None)
+    assert "Search as refinery runs it" not in path.read_text(encoding="utf-8")
+
+
 def test_per_class_top_k_matches_the_overall_mean() -> None:
     from kern_finetune.evaluate import top_k_purity
 
@@ -166,8 +202,9 @@ def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
     for rid in ids:
         text = data_texts[html.unescape(rid)]
         assert html.escape(text[:80], quote=True) in page
-    # raw and fine-tuned neighbour columns with match marks
+    # raw and fine-tuned neighbour columns with match marks, and what refinery's search returns
     assert page.count('<table class="nn">') == 5 and "\u2713" in page
+    assert page.count("Refinery's search returns") == 5 and "Search as refinery runs it" in page
     # per-class table: one row per gold value, the renamed one included
     per_class = page.split("top_k per class", 1)[1].split("<h2>", 1)[0]
     for gold in ("2", "3", "4", NASTY):
