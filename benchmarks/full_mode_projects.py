@@ -3,10 +3,13 @@ the head (issue 15: "CLINC150 intents and domains ... in both modes"; refinery's
 
 Per project and seed, one full-mode training through the pipeline's own fit stage
 (:func:`kern_finetune.fit.fit`: label check, pseudo-labels, :class:`kern_finetune.train_full.FullTrainer`,
-re-encoding every record, neighbour smoothing ``auto``), then the search spread as the pipeline applies it
-(:func:`kern_finetune.spread.spread_vectors`, ``auto``). Two rows come from that one training: with the spread
-(what ``--mode full`` pushes) and without it (``--spread 0``); the raw row is the base vectors. Scored by
-``benchmarks/_common.score_row``: top_k among the test records and refinery's threshold search.
+re-encoding every record), then neighbour smoothing (:func:`kern_finetune.smooth.smooth_vectors`, ``auto``)
+and the search spread (:func:`kern_finetune.spread.spread_vectors`, ``auto``) as the fit stage applies them.
+Two rows come from that one training: with the spread (what ``--mode full`` pushes) and without it
+(``--spread 0``); the raw row is the base vectors. ``--smooth-weights`` adds exploration rows with the
+smoothing weight fixed (judged by test gold, so they choose nothing); ``--save-vectors DIR`` keeps full
+mode's vectors before smoothing for later study. Scored by ``benchmarks/_common.score_row``: top_k among the
+test records and refinery's threshold search.
 
     python benchmarks/full_mode_projects.py --projects clinc150_intents,clinc150_domains --seeds 42
 
@@ -20,8 +23,10 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from _common import PROJECTS, RESULTS, load_project, machine, score_row, write_results
@@ -29,28 +34,39 @@ from _common import PROJECTS, RESULTS, load_project, machine, score_row, write_r
 from kern_finetune.config import RunConfig, default_cache_dir
 from kern_finetune.encode import Encoder
 from kern_finetune.fit import fit
+from kern_finetune.smooth import smooth_vectors
 from kern_finetune.spread import spread_vectors
 
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 
 
-def one(project: str, seed: int) -> list[dict[str, Any]]:
+def one(project: str, seed: int, *, weights: tuple[float, ...] = (), save: Path | None = None) -> list[dict[str, Any]]:
     _, task, attrs, gold_attribute = PROJECTS[project]
     sel, base, classes = load_project(project, seed)
     config = RunConfig(mode="full", task=task, text_attributes=attrs, gold_attribute=gold_attribute, seed=seed,
-                       spread="0", cache_dir=default_cache_dir())
+                       smooth="0", spread="0", cache_dir=default_cache_dir())
     encoder = Encoder(cache_dir=config.cache_dir)
     t = time.perf_counter()
     fitted = fit(encoder, sel, base, config, progress=print)
     seconds = time.perf_counter() - t
-    spread, info = spread_vectors(fitted.vectors, base, strength=None, seed=seed)
+    # smoothing (auto) and the spread (auto) as the pipeline's fit stage applies them after training; the
+    # smoothing's held-out queries come from the selection as made (before the label check), as there
+    smoothed, smoothing = smooth_vectors(fitted.vectors, base, sel, weight=None, seed=seed)
+    spread, info = spread_vectors(smoothed, base, strength=None, seed=seed)
+    if save is not None:
+        save.mkdir(parents=True, exist_ok=True)
+        np.savez(save / f"{project}_{seed}.npz", full=fitted.vectors, base=base)
     common = {"project": project, "seed": seed, "train_seconds": round(fitted.seconds, 1),
               "fit_seconds": round(seconds, 1), "steps": fitted.training.details.get("steps"),
-              "smooth_weight": fitted.smoothing.weight if fitted.smoothing else 0.0}
+              "smooth_weight": smoothing.weight, "smooth_table": smoothing.table}
     rows = [{**common, "row": "raw all-MiniLM-L6-v2", **score_row(base, sel, classes, seed)},
             {**common, "row": "full mode (--mode full: smoothing auto + spread auto)", "spread_strength": info.strength,
              "spread_seconds": info.seconds, **score_row(spread, sel, classes, seed)},
-            {**common, "row": "full mode without the spread (--spread 0)", **score_row(fitted.vectors, sel, classes, seed)}]
+            {**common, "row": "full mode without the spread (--spread 0)", **score_row(smoothed, sel, classes, seed)}]
+    for w in weights:  # exploration: the test gold judges these; no default is chosen by them
+        fixed, _ = smooth_vectors(fitted.vectors, base, sel, weight=w, seed=seed)
+        rows.append({**common, "smooth_weight": w, "row": f"exploration: smoothing fixed at {w:g}, no spread",
+                     **score_row(fixed, sel, classes, seed)})
     for r in rows:
         print({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}, flush=True)
     return rows
@@ -79,7 +95,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--projects", default="clinc150_intents,clinc150_domains")
     ap.add_argument("--seeds", default="42")
+    ap.add_argument("--smooth-weights", default="",
+                    help="comma-separated: extra rows with the smoothing weight fixed (exploration, judged by test gold)")
+    ap.add_argument("--save-vectors", type=Path, default=None,
+                    help="folder for <project>_<seed>.npz: full mode's vectors before smoothing and the base vectors")
     args = ap.parse_args()
+    weights = tuple(float(w) for w in args.smooth_weights.split(",") if w)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     path = RESULTS / "full_mode_projects.json"
     old = json.loads(path.read_text()) if path.exists() else {"runs": [], "commands": []}
@@ -88,7 +109,7 @@ def main() -> None:
     runs = old["runs"]
     for project in args.projects.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            new = one(project, seed)
+            new = one(project, seed, weights=weights, save=args.save_vectors)
             runs = [r for r in runs if (r["project"], r["seed"]) != (project, seed)] + new
             info = machine()
             write_results("full_mode_projects", {"commands": commands, "machine": info, "runs": runs},
