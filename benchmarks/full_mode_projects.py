@@ -37,6 +37,8 @@ from kern_finetune.fit import fit
 from kern_finetune.smooth import smooth_vectors
 from kern_finetune.spread import spread_vectors
 
+NOTES = RESULTS / "full_mode_projects.notes.md"
+"""Hand-written notes, appended to the results file on every write (a rerun keeps them)."""
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 
 
@@ -88,7 +90,15 @@ def markdown(runs: list[dict[str, Any]], commands: list[str], info: dict[str, An
     lines += ["", "top_k and search as in `multi_project.md` (same selection, same 300 seeded test queries). "
               "Full-mode train s: the fit stage's training and re-encoding of every record (label check, smoothing "
               "and spread excluded), torch threads as BENCH_THREADS says; the machine line gives the load at the start."]
-    return "\n".join(lines) + "\n"
+    lines += ["", "## Mean over the seeds", "",
+              "| project | row | seeds | top_10 | top_100 | top_1k | search: < 10 results | < 100 results | same class "
+              "| first screen: same class of 9 |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for project, row in dict.fromkeys((r["project"], r["row"]) for r in runs):
+        rs = [r for r in runs if (r["project"], r["row"]) == (project, row)]
+        m = {k: sum(r[k] for r in rs) / len(rs) for k in KEYS}
+        lines.append(f"| {project} | {row} | {len(rs)} | {m['top_10']:.2f} | {m['top_100']:.2f} | {m['top_1000']:.2f} | "
+                     f"{m['lt_10']:.2f} % | {m['lt_100']:.2f} % | {m['same_class']:.1f} % | {m['first_screen_same']:.2f} |")
+    return "\n".join(lines) + "\n" + NOTES.read_text(encoding="utf-8") if NOTES.exists() else "\n".join(lines) + "\n"
 
 
 def main() -> None:
