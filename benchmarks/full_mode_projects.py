@@ -34,7 +34,7 @@ from _common import PROJECTS, RESULTS, load_project, machine, score_row, write_r
 from kern_finetune.config import RunConfig, default_cache_dir
 from kern_finetune.encode import Encoder
 from kern_finetune.fit import fit
-from kern_finetune.smooth import smooth_vectors
+from kern_finetune.smooth import base_neighbours, smooth, smooth_vectors
 from kern_finetune.spread import spread_vectors
 
 NOTES = RESULTS / "full_mode_projects.notes.md"
@@ -65,8 +65,9 @@ def one(project: str, seed: int, *, weights: tuple[float, ...] = (), save: Path 
             {**common, "row": "full mode (--mode full: smoothing auto + spread auto)", "spread_strength": info.strength,
              "spread_seconds": info.seconds, **score_row(spread, sel, classes, seed)},
             {**common, "row": "full mode without the spread (--spread 0)", **score_row(smoothed, sel, classes, seed)}]
+    neighbours = base_neighbours(base, seed=seed)[0] if weights else None  # what smooth_vectors searched, once
     for w in weights:  # exploration: the test gold judges these; no default is chosen by them
-        fixed, _ = smooth_vectors(fitted.vectors, base, sel, weight=w, seed=seed)
+        fixed = smooth(fitted.vectors, neighbours, w)
         rows.append({**common, "smooth_weight": w, "row": f"exploration: smoothing fixed at {w:g}, no spread",
                      **score_row(fixed, sel, classes, seed)})
     for r in rows:
@@ -98,7 +99,8 @@ def markdown(runs: list[dict[str, Any]], commands: list[str], info: dict[str, An
         m = {k: sum(r[k] for r in rs) / len(rs) for k in KEYS}
         lines.append(f"| {project} | {row} | {len(rs)} | {m['top_10']:.2f} | {m['top_100']:.2f} | {m['top_1000']:.2f} | "
                      f"{m['lt_10']:.2f} % | {m['lt_100']:.2f} % | {m['same_class']:.1f} % | {m['first_screen_same']:.2f} |")
-    return "\n".join(lines) + "\n" + NOTES.read_text(encoding="utf-8") if NOTES.exists() else "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    return text + NOTES.read_text(encoding="utf-8") if NOTES.exists() else text
 
 
 def main() -> None:
