@@ -104,6 +104,7 @@ def one_seed(seed: int) -> list[dict[str, Any]]:
     head, v = stages["head"], stages["smoothed"]
     idx, sims = sorted_neighbours(v, RADIUS_NEIGHBOURS, seed)
     lr = log_radius(idx, sims, 100, 10)
+    radii = {(m, avg): log_radius(idx, sims, m, avg) for m, avg in ((50, 10), (200, 10), (100, 0), (100, 30))}
     fine = tuple(round(0.1 * i, 1) for i in range(16))
     train = sel.train_idx
     centroids = _unit(np.stack([v[train][sel.y[train] == k].mean(0) for k in range(len(sel.classes))]))
@@ -119,10 +120,10 @@ def one_seed(seed: int) -> list[dict[str, Any]]:
     rows.append(("default", spread.strength, default))
     variants: list[tuple[str, Callable[[float], np.ndarray], tuple[float, ...]]] = [
         ("grid 0.1", lambda s: lifted(v, lr, s), fine),
-        ("radius m=50", lambda s: lifted(v, log_radius(idx, sims, 50, 10), s), STRENGTHS),
-        ("radius m=200", lambda s: lifted(v, log_radius(idx, sims, 200, 10), s), STRENGTHS),
-        ("radius unsmoothed", lambda s: lifted(v, log_radius(idx, sims, 100, 0), s), STRENGTHS),
-        ("radius over 30", lambda s: lifted(v, log_radius(idx, sims, 100, 30), s), STRENGTHS),
+        ("radius m=50", lambda s: lifted(v, radii[50, 10], s), STRENGTHS),
+        ("radius m=200", lambda s: lifted(v, radii[200, 10], s), STRENGTHS),
+        ("radius unsmoothed", lambda s: lifted(v, radii[100, 0], s), STRENGTHS),
+        ("radius over 30", lambda s: lifted(v, radii[100, 30], s), STRENGTHS),
         ("clamp dense 25%", lambda s: lifted(v, lr, s, lo=0.25), STRENGTHS),
         ("clamp sparse 90%", lambda s: lifted(v, lr, s, hi=0.9), STRENGTHS),
         ("class poles", lambda s: lifted(v, lr, s, pole=class_pole), wide),
