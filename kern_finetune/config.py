@@ -194,7 +194,7 @@ class RunConfig:
     """``auto``: :func:`kern_finetune.train.choose_raw_weight`; meant with ``search_floor`` above."""
     smooth: str = option(
         "auto", group=TRAIN, metavar="auto|W",
-        help="average each record's fine-tuned vector with its 10 nearest records' (nearest by the base model): "
+        help="average each record's fine-tuned vector with its 20 nearest records' (nearest by the base model): "
              "(1-W) * v + W * their mean; auto = chosen on validation records among 0, 0.5 and 0.8; 0 = off")
     """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it)."""
     spread: str = option(

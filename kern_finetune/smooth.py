@@ -39,8 +39,13 @@ if TYPE_CHECKING:
 __all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_anchors", "base_neighbours", "smooth",
            "held_out_queries", "choose_weight", "smooth_vectors"]
 
-NEIGHBOURS = 10
-"""K: base-space neighbours averaged per record (refinery's first screen is ten records)."""
+NEIGHBOURS = 20
+"""K: base-space neighbours averaged per record. 20 rather than refinery's ten-record first screen: on the
+held-out labels :func:`choose_weight` judges by, K = 20 scored higher than K = 10 on CLINC150's intents
+(82.36 vs 81.49) and domains (82.81 vs 82.46) and the movie reviews (66.87 vs 66.62), and within 0.06 point
+of it on the AG News sample's three seeds, where its rule then chose 0.8 on every seed instead of 0.5 or
+0.8 (``benchmarks/results/smoothing_neighbours.md``; that table also shows test figures, seen before the
+change, so the choice is not a clean held-out one: seeds 45 and 46 confirm it there)."""
 MAX_ANCHORS = MAX_FIT_RECORDS
 """Neighbours are searched among at most this many records (a seeded sample above it)."""
 WEIGHTS = (0.0, 0.5, 0.8)

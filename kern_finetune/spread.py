@@ -44,14 +44,18 @@ from typing import Any
 import numpy as np
 
 from .evaluate import SEARCH_LIMIT, sample_queries, threshold_search
-from .smooth import MAX_ANCHORS, NEIGHBOURS, nearest_among_anchors
+from .smooth import MAX_ANCHORS, nearest_among_anchors
 from .subsample import fit_sample
 
-__all__ = ["Spread", "STRENGTHS", "MARGIN_10", "MARGIN_100", "local_radius", "lift", "choose_strength",
+__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "MARGIN_10", "MARGIN_100", "local_radius", "lift", "choose_strength",
            "spread_vectors"]
 
-STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
-"""Strengths ``--spread auto`` chooses among, smallest first."""
+STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
+"""Strengths ``--spread auto`` chooses among, smallest first: 0 to 1.5 in steps of 0.1. (Steps of 0.25
+until 2026-11-30: the rule takes the smallest strength that keeps lists full, and every step past it costs
+top_1k, about 0.4 point per 0.1 on the AG News sample, ``benchmarks/results/smoothing_neighbours.md``.)"""
+RADIUS_NEIGHBOURS = 10
+"""A record's log radius is averaged with that of its this many nearest records (:func:`local_radius`)."""
 MARGIN_10 = 1.0
 """Points by which the share of searches with fewer than 10 results may exceed the raw vectors' (the issue
 allows 2; half of it, as the choice sees a sample)."""
@@ -86,7 +90,7 @@ class Spread:
 
 def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: int = 42) -> tuple[np.ndarray, int, int]:
     """``(log_radius, m, anchors)``: per record, the log of its Euclidean distance to its ``m``-th nearest
-    record, averaged with its :data:`~kern_finetune.smooth.NEIGHBOURS` nearest records' (log radii vary
+    record, averaged with its :data:`RADIUS_NEIGHBOURS` nearest records' (log radii vary
     smoothly, so neighbours scale alike). ``m`` is the search's 100, scaled to the anchor sample, and at
     most a twentieth of it (a record has a twentieth of the project within the 5th-percentile threshold
     on average). ``vectors`` rows are L2-normalised."""
@@ -96,7 +100,7 @@ def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: i
         return np.zeros(n), 0, n
     pool = len(fit_sample(n, cap=max_anchors, seed=seed))
     m = int(max(1, min(round(SEARCH_LIMIT * pool / n), pool // 20)))
-    k = max(m, min(NEIGHBOURS, pool - 1))
+    k = max(m, min(RADIUS_NEIGHBOURS, pool - 1))
     idx, sims, anchors = nearest_among_anchors(x, k, max_anchors=max_anchors, seed=seed)
     order = np.argsort(-sims, axis=1)
     sims = np.take_along_axis(sims, order, axis=1)
@@ -104,7 +108,7 @@ def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: i
     m = min(m, sims.shape[1])
     radius = np.sqrt(np.clip(2.0 - 2.0 * sims[:, m - 1].astype(np.float64), 1e-12, None))
     log_r = np.log(radius)
-    near = idx[:, :NEIGHBOURS]
+    near = idx[:, :RADIUS_NEIGHBOURS]
     smoothed = (log_r + log_r[near].sum(axis=1)) / (1 + near.shape[1])
     return smoothed, m, anchors
 

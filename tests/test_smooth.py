@@ -11,7 +11,7 @@ import pytest
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
 from kern_finetune.select import Selection
-from kern_finetune.smooth import base_neighbours, choose_weight, smooth, smooth_vectors
+from kern_finetune.smooth import NEIGHBOURS, base_neighbours, choose_weight, smooth, smooth_vectors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -143,7 +143,7 @@ def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_i
                        device="cpu")  # spread: tests/test_spread.py
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
     block = result.metrics["smoothing"]
-    assert block["weight"] == 0.5 and not block["chosen"] and block["neighbours"] == 10 and block["anchors"] == 400
+    assert block["weight"] == 0.5 and not block["chosen"] and block["neighbours"] == NEIGHBOURS and block["anchors"] == 400
     assert "smooth" in result.metrics["seconds"]
     ids, saved = load_vectors(tmp_path / "out" / "vectors.npz")
     assert ids == result.ids
