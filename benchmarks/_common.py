@@ -127,6 +127,10 @@ def machine() -> dict[str, object]:
 
 
 def write_results(name: str, payload: dict, markdown: str) -> None:
+    """Write ``<name>.json`` and ``<name>.md``; hand-written notes in ``<name>.notes.md``, when that file
+    exists, are appended to the markdown, so a rerun keeps them."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    (RESULTS / f"{name}.md").write_text(markdown)
+    notes = RESULTS / f"{name}.notes.md"
+    text = markdown + "\n" + notes.read_text(encoding="utf-8") if notes.exists() else markdown
+    (RESULTS / f"{name}.md").write_text(text)

@@ -39,8 +39,6 @@ from kern_finetune.fit import fit
 from kern_finetune.smooth import base_neighbours, smooth, smooth_vectors
 from kern_finetune.spread import spread_vectors
 
-NOTES = RESULTS / "full_mode_projects.notes.md"
-"""Hand-written notes, appended to the results file on every write (a rerun keeps them)."""
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 
 
@@ -118,8 +116,7 @@ def markdown(runs: list[dict[str, Any]], commands: list[str], info: dict[str, An
         m = {k: sum(r[k] for r in rs) / len(rs) for k in KEYS}
         lines.append(f"| {project} | {row} | {len(rs)} | {m['top_10']:.2f} | {m['top_100']:.2f} | {m['top_1000']:.2f} | "
                      f"{m['lt_10']:.2f} % | {m['lt_100']:.2f} % | {m['same_class']:.1f} % | {m['first_screen_same']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    return text + NOTES.read_text(encoding="utf-8") if NOTES.exists() else text
+    return "\n".join(lines) + "\n"  # write_results appends full_mode_projects.notes.md
 
 
 def main() -> None:
