@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import h11
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
@@ -65,10 +66,34 @@ _header_bytes = st.binary(max_size=60).filter(lambda b: not set(b) & {0, 10, 13}
     lambda h: h.encode("utf-8")).filter(lambda b: not set(b) & {0, 10, 13})
 
 
+def _parser_refuses(value: bytes) -> bool:
+    """True when h11, uvicorn's HTTP parser here, refuses a request with this signature header value (a
+    vertical tab or form feed in it, say). uvicorn then answers 400 and closes the connection at once, with
+    the request body still unread; the kernel turns that close into a reset, which can reach the client
+    before it has read the 400 (seen once in CI on a loaded machine: ``ConnectionResetError`` while reading)."""
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\n" + SIGNATURE_HEADER.encode() + b": " + value
+                      + b"\r\nContent-Length: 0\r\n\r\n")
+    try:
+        conn.next_event()
+    except h11.RemoteProtocolError:
+        return True
+    return False
+
+
+def test_parser_refusal_is_told_apart() -> None:
+    assert _parser_refuses(b"t=1,\x0bv1=ab") and not _parser_refuses(b"t=1,v1=ab") and not _parser_refuses(b"\xff\x01")
+
+
 @HTTP
 @given(value=_header_bytes)
 def test_service_answers_any_signature_header_with_401(service_url: str, value: bytes) -> None:
-    r = requests.post(f"{service_url}/v1/jobs", data=BODY, headers={SIGNATURE_HEADER: value}, timeout=30)
+    try:
+        r = requests.post(f"{service_url}/v1/jobs", data=BODY, headers={SIGNATURE_HEADER: value}, timeout=30)
+    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError):
+        # only a request the HTTP parser refused may lose its 400 to a reset; the app itself always answers
+        assert _parser_refuses(value), value
+        return
     assert r.status_code in (400, 401), (value, r.status_code, r.text)
 
 
