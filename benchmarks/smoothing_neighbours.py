@@ -18,7 +18,8 @@ judges the results (``_common.score_row``); it chooses nothing here.
 
 Seeds 42-44 were seen (in scratch runs and ``spread_variants.md``) before K = 20 and steps of 0.1 became
 the defaults; seeds 45 and 46 were run only after, as the confirmation. Writes
-``benchmarks/results/smoothing_neighbours.{json,md}``.
+``benchmarks/results/smoothing_neighbours.{json,md}`` (another ``--project``:
+``smoothing_neighbours_<project>.{json,md}``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ def run_seed(project: str, seed: int) -> list[dict[str, Any]]:
     sel, base, classes = load_project(project, seed)
     checked = label_checked(sel, base, seed)
     head, info = fit_row(RunConfig(smooth="0", spread="0", seed=seed), sel, base, checked=checked)
+    neighbours = {k: base_neighbours(base, k=k, seed=seed)[0] for k in sorted({k for k, _ in VARIANTS.values()})}
     rows = []
     for name, (k, strengths) in VARIANTS.items():
-        nb, _ = base_neighbours(base, k=k, seed=seed)
+        nb = neighbours[k]
         weight, table, _ = choose_weight(head, nb, sel, seed=seed)  # sel as selected, as the pipeline passes it
         smoothed = smooth(head, nb, weight)
         log_r, _, _ = local_radius(smoothed, seed=seed)
@@ -102,7 +104,8 @@ def main() -> None:
     info = machine()
     rows = [r for seed in (int(s) for s in args.seeds.split(",")) for r in run_seed(args.project, seed)]
     command = f"python benchmarks/smoothing_neighbours.py --project {args.project} --seeds {args.seeds}"
-    write_results("smoothing_neighbours", {"command": command, "machine": info, "rows": rows}, markdown(rows, command, info))
+    name = "smoothing_neighbours" if args.project == "ag_news" else f"smoothing_neighbours_{args.project}"
+    write_results(name, {"command": command, "machine": info, "rows": rows}, markdown(rows, command, info))
 
 
 if __name__ == "__main__":
