@@ -51,13 +51,15 @@ def run_seed(project: str, seed: int) -> list[dict[str, Any]]:
     sel, base, classes = load_project(project, seed)
     checked = label_checked(sel, base, seed)
     head, info = fit_row(RunConfig(smooth="0", spread="0", seed=seed), sel, base, checked=checked)
-    neighbours = {k: base_neighbours(base, k=k, seed=seed)[0] for k in sorted({k for k, _ in VARIANTS.values()})}
-    rows = []
-    for name, (k, strengths) in VARIANTS.items():
-        nb = neighbours[k]
+    smoothed_by_k = {}  # per K, once: the chosen weight, its table, the smoothed vectors and their log radii
+    for k in sorted({k for k, _ in VARIANTS.values()}):
+        nb, _ = base_neighbours(base, k=k, seed=seed)
         weight, table, _ = choose_weight(head, nb, sel, seed=seed)  # sel as selected, as the pipeline passes it
         smoothed = smooth(head, nb, weight)
-        log_r, _, _ = local_radius(smoothed, seed=seed)
+        smoothed_by_k[k] = (weight, table, smoothed, local_radius(smoothed, seed=seed)[0])
+    rows = []
+    for name, (k, strengths) in VARIANTS.items():
+        weight, table, smoothed, log_r = smoothed_by_k[k]
         strength, _, _, _ = choose_strength(smoothed, base, log_r, candidates=strengths, seed=seed)
         scores = {r["weight"]: (r["val_top_10"] + r["val_top_100"]) / 2 for r in table}
         row = {"project": project, "seed": seed, "variant": name, "neighbours": k, "weight": weight,
