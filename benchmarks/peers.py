@@ -59,8 +59,8 @@ KS = (5, 10, 25, 100, 1000)
 SYSTEMS = ("raw", "head", "head0", "st", "setfit")
 NAMES = {
     "raw": "raw all-MiniLM-L6-v2",
-    "head": "kern-finetune default head (neighbour smoothing, weight chosen on held-out labels)",
-    "head0": "kern-finetune head without smoothing (--smooth 0; the default before smoothing)",
+    "head": "kern-finetune default head (neighbour smoothing and search spread, each chosen as `run` chooses it)",
+    "head0": "kern-finetune head without smoothing or spread (--smooth 0 --spread 0; the default before both)",
     "st": "sentence-transformers trainer, BatchAllTripletLoss, GROUP_BY_LABEL, batch 64, 1 epoch",
     "setfit": "SetFit, contrastive phase only, {steps} steps of 32 pairs (its body's embeddings)",
 }
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
         if system == "raw":
             add("raw", base[test], None)
         elif system in ("head", "head0"):
-            config = RunConfig(seed=args.seed, smooth="auto" if system == "head" else "0")
+            config = RunConfig(seed=args.seed) if system == "head" else RunConfig(seed=args.seed, smooth="0", spread="0")
             if args.limit:  # the head on the same subset: the other records are unlabeled to it
                 keep = np.zeros(len(sel.ids), dtype=bool)
                 keep[labeled] = True
@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], str]:
                 sel_h = sel
             vec, info = fit_row(config, sel_h, base, checked=label_checked(sel_h, base, args.seed))
             add(system, vec[test], info["seconds"], epochs_run=info.get("epochs_run"), best_epoch=info.get("best_epoch"),
-                smooth_weight=info.get("smooth_weight"), smooth_seconds=info.get("smooth_seconds"))
+                smooth_weight=info.get("smooth_weight"), smooth_seconds=info.get("smooth_seconds"),
+                spread_strength=info.get("spread_strength"), spread_seconds=info.get("spread_seconds"))
         elif system in ("st", "setfit"):
             with tempfile.TemporaryDirectory() as workdir:
                 if system == "st":
