@@ -76,7 +76,7 @@ class Spread:
     """``m``: the neighbour whose distance is a record's local radius."""
     anchors: int = 0
     table: list[dict[str, float]] = field(default_factory=list)
-    """With ``chosen``: each candidate's share of short result lists."""
+    """With ``chosen``: each candidate's share of short result lists, smallest first, up to the one chosen."""
     raw: dict[str, float] = field(default_factory=dict)
     """With ``chosen``: the same searches on the base vectors, the reference."""
     n_queries: int = 0
@@ -145,13 +145,19 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     base vectors, are searched as refinery searches (:func:`kern_finetune.evaluate.threshold_search`); the
     smallest strength whose share of searches with fewer than 10 (100) results is at most the base vectors'
     plus :data:`MARGIN_10` (:data:`MARGIN_100`) points wins; when none does, the one with the fewest
-    searches under 10 results (then under 100; ties to the smaller).
+    searches under 10 results (then under 100; ties to the smaller). Candidates are searched smallest first
+    and the search stops at the first that fits, so ``table`` holds the candidates searched (all of them only
+    when none fits): on the AG News sample 10 of 16 (strength 0.9).
     """
     queries = sample_queries(len(vectors), MAX_QUERIES, seed)
     raw = _short_lists(base, queries, seed)
-    rows = [{"strength": float(s), **_short_lists(lift(vectors, log_radius, s), queries, seed)} for s in sorted(candidates)]
-    fits = [r for r in rows if r["lt_10"] <= raw["lt_10"] + MARGIN_10 and r["lt_100"] <= raw["lt_100"] + MARGIN_100]
-    best = fits[0] if fits else min(rows, key=lambda r: (r["lt_10"], r["lt_100"], r["strength"]))
+    rows: list[dict[str, float]] = []
+    for s in sorted(candidates):
+        row = {"strength": float(s), **_short_lists(lift(vectors, log_radius, s), queries, seed)}
+        rows.append(row)
+        if row["lt_10"] <= raw["lt_10"] + MARGIN_10 and row["lt_100"] <= raw["lt_100"] + MARGIN_100:
+            return row["strength"], rows, raw, len(queries)  # the smallest that fits: larger ones cannot win
+    best = min(rows, key=lambda r: (r["lt_10"], r["lt_100"], r["strength"]))
     return best["strength"], rows, raw, len(queries)
 
 

@@ -86,6 +86,7 @@ def test_choose_strength_reads_only_the_searches() -> None:
     # vectors as even as the base ones already fit at strength 0: the smallest that fits wins
     even, rows, raw, _ = choose_strength(base, base, local_radius(base)[0])
     assert even == 0.0 and rows[0]["lt_10"] == raw["lt_10"]
+    assert len(rows) == 1  # the search stops at the first strength that fits
 
 
 def test_spread_vectors_fixed_auto_and_off() -> None:
