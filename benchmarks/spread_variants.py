@@ -44,7 +44,7 @@ from _common import fit_row, label_checked, load_project, machine, score_row, wr
 from kern_finetune.config import RunConfig
 from kern_finetune.evaluate import sample_queries
 from kern_finetune.smooth import base_neighbours, choose_weight, nearest_among_anchors, smooth
-from kern_finetune.spread import MARGIN_10, MARGIN_100, MAX_QUERIES, STRENGTHS, _short_lists, spread_vectors
+from kern_finetune.spread import MAX_QUERIES, STRENGTHS, _short_lists, spread_vectors, within_margins
 
 KEYS = ("top_10", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 RADIUS_NEIGHBOURS = 300
@@ -80,7 +80,7 @@ def chosen(v: np.ndarray, base: np.ndarray, make: Callable[[float], np.ndarray],
     for s in grid:
         out = make(s)
         r = _short_lists(out, queries, seed)
-        if r["lt_10"] <= raw["lt_10"] + MARGIN_10 and r["lt_100"] <= raw["lt_100"] + MARGIN_100:
+        if within_margins(r, raw):
             return s, out
     return grid[-1], out
 

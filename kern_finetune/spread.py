@@ -47,8 +47,8 @@ from .evaluate import SEARCH_LIMIT, sample_queries, threshold_search
 from .smooth import MAX_ANCHORS, nearest_among_anchors
 from .subsample import fit_sample
 
-__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "MARGIN_10", "MARGIN_100", "local_radius", "lift", "choose_strength",
-           "spread_vectors"]
+__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "MARGIN_10", "MARGIN_100", "local_radius", "lift",
+           "within_margins", "choose_strength", "spread_vectors"]
 
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
 """Strengths ``--spread auto`` chooses among, smallest first: 0 to 1.5 in steps of 0.1. (Steps of 0.25
@@ -135,6 +135,12 @@ def _short_lists(vectors: np.ndarray, queries: np.ndarray, seed: int) -> dict[st
     return {"lt_10": found["lt_10"], "lt_100": found["lt_100"], "median_results": found["median_results"]}
 
 
+def within_margins(short: dict[str, float], raw: dict[str, float]) -> bool:
+    """True when searches' short lists (``lt_10``, ``lt_100``) are within :data:`MARGIN_10` /
+    :data:`MARGIN_100` points of the raw vectors' on the same searches: the rule ``--spread auto`` keeps."""
+    return short["lt_10"] <= raw["lt_10"] + MARGIN_10 and short["lt_100"] <= raw["lt_100"] + MARGIN_100
+
+
 def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarray, *,
                     candidates: tuple[float, ...] = STRENGTHS,
                     seed: int = 42) -> tuple[float, list[dict[str, float]], dict[str, float], int]:
@@ -155,7 +161,7 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     for s in sorted(candidates):
         row = {"strength": float(s), **_short_lists(lift(vectors, log_radius, s), queries, seed)}
         rows.append(row)
-        if row["lt_10"] <= raw["lt_10"] + MARGIN_10 and row["lt_100"] <= raw["lt_100"] + MARGIN_100:
+        if within_margins(row, raw):
             return row["strength"], rows, raw, len(queries)  # the smallest that fits: larger ones cannot win
     best = min(rows, key=lambda r: (r["lt_10"], r["lt_100"], r["strength"]))
     return best["strength"], rows, raw, len(queries)
