@@ -1,0 +1,62 @@
+"""What refinery's embedder does with a model folder: the model door's embedding as refinery computes it.
+
+Replays refinery-embedder (``util/embedders.py`` ``get_embedder``, ``controller.py`` ``generate_batches``)
+with embedders 0.1.8 (``embedders/__init__.py`` ``PCAReducer``, ``embedders/classification/reduce.py``
+``PCASentenceReducer._reduce``, ``embedders/classification/contextual.py``
+``TransformerSentenceEmbedder._encode``) for a ``huggingface`` attribute embedding:
+
+- ``SentenceTransformer(model).encode(batch)`` over the attribute's texts in batches of 128, in record
+  order (``running_id``), without ``normalize_embeddings`` (our model ends in ``Normalize``);
+- a project with at least 64 records gets ``PCASentenceReducer(embedder, n_components=64)``: scikit-learn
+  ``PCA(n_components=64)`` fitted on the first ``fit_after_n_batches=5`` batches, i.e. the **first 640
+  records**, then every record transformed with it (no whitening, no normalisation afterwards);
+- fewer records than 64: the vectors as the model gives them.
+
+The embedder's PCA is unseeded (sklearn's randomized solver for 640 x 384); here it is seeded, so the
+replay is reproducible. refinery-neural-search then searches these vectors by Euclidean distance under
+the similarity threshold (:func:`kern_finetune.evaluate.threshold_search`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BATCH_SIZE", "FIT_BATCHES", "N_COMPONENTS", "reduce_like_embedder", "running_order"]
+
+BATCH_SIZE = 128
+"""``get_embedder``: ``batch_size = 128`` for attribute embeddings."""
+N_COMPONENTS = 64
+"""``get_embedder``: ``n_components = 64``; projects with fewer records keep the model's vectors."""
+FIT_BATCHES = 5
+"""``PCAReducer.fit_transform(fit_after_n_batches=5)``: the PCA is fitted on the first 5 batches."""
+
+
+def running_order(ids: list[str]) -> np.ndarray:
+    """Row order of ``ids`` as refinery reads the records (``ORDER BY running_id``).
+
+    Export ids of the bundled samples are running ids (integers); other ids keep their given order.
+    """
+    try:
+        keys = np.array([int(i) for i in ids], dtype=np.int64)
+    except ValueError:
+        return np.arange(len(ids))
+    return np.argsort(keys, kind="stable")
+
+
+def reduce_like_embedder(vectors: np.ndarray, order: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
+    """The embedder's stored vectors for a model's output ``vectors`` (rows = records).
+
+    ``order``: the rows in refinery's record order (:func:`running_order`; default: as given). Returns
+    float64 rows in the input's row order: PCA-64 fitted on the first 640 records in ``order``, or
+    ``vectors`` unchanged when there are fewer than 64 records.
+    """
+    from sklearn.decomposition import PCA
+
+    x = np.asarray(vectors, dtype=np.float64)
+    if len(x) < N_COMPONENTS:
+        return x
+    order = np.arange(len(x)) if order is None else np.asarray(order)
+    fit = x[order[: FIT_BATCHES * BATCH_SIZE]]
+    n_components = min(N_COMPONENTS, fit.shape[1])  # PCAReducer(autocorrect_n_components=True)
+    pca = PCA(n_components=n_components, random_state=seed).fit(fit)
+    return pca.transform(x)
