@@ -424,7 +424,7 @@ def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray
 
 
 def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
-                       config: RunConfig) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+                       config: RunConfig, doors: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """top_k and top_1k_250 among the test records, and refinery's search among all records; the
     per-query purities (``per_query``: top_1k, ``per_query_k``: every k) for the report."""
     test = sel.test_idx
@@ -440,7 +440,7 @@ def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, clas
     all_code = {g: k for k, g in enumerate(all_gold)}
     record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
     search = {name: threshold_search(full, test[queries], record_classes, seed=config.seed)
-              for name, full in (("raw", base), ("finetuned", tuned))}
+              for name, full in (("raw", base), ("finetuned", tuned), *doors.items())}
     figures = {"top_k": top_k, "top_1k_250": top_250, "top_k_queries": summary["n_queries"], "threshold_search": search}
     return figures, {"per_query": per_query, "per_query_k": per_query_k}
 
@@ -467,10 +467,12 @@ def _views_2d(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
             for name, x in (("raw", base), ("finetuned", tuned)) for method in ("pca", "simplex")}
 
 
-def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> Evaluation:
+def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig, *,
+             doors: dict[str, np.ndarray] | None = None) -> Evaluation:
     """Raw (``base``) vs fine-tuned (``tuned``) vectors of every record of ``sel``, judged on the test records'
     gold: top_k, top_1k of ``config.eval_queries`` seeded queries, refinery's threshold search, the linear
-    probe and 2D separation. Without two test records, the metrics say why and hold no figures."""
+    probe and 2D separation. ``doors``: more embeddings of every record (name -> vectors, as refinery stores
+    them), searched by the same threshold search only. Without two test records, the metrics say why and hold no figures."""
     import time
 
     from .select import gold_to_class
@@ -485,7 +487,7 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
         return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
     gold_values, classes = _gold_codes(sel, test)
     metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes), "eval_queries": config.eval_queries}
-    figures, per_query = _neighbour_figures(base, tuned, sel, classes, config)
+    figures, per_query = _neighbour_figures(base, tuned, sel, classes, config, doors or {})
     metrics.update(figures)
     mapping = gold_to_class(sel)
     metrics.update(_probe(base, tuned, sel, mapping, config))

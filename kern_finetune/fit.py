@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from .estimate import ModeChoice
     from .heads import SkipConnectionHead
+    from .base_share import BaseShare
     from .smooth import Smoothing
     from .spread import Spread
 
@@ -61,6 +62,12 @@ class Fitted:
     spread: Spread | None = None
     """What :mod:`kern_finetune.spread` did to ``vectors`` (None: ``--spread 0``); with a strength above 0 the
     vectors have one dimension more than the model's."""
+    model_vectors: np.ndarray | None = None
+    """What the written model folder gives for every record (the model door's embedding before refinery's
+    PCA): the head beside the base share (head mode, :mod:`kern_finetune.base_share`) or the fine-tuned
+    encoder's output (full mode). Neither smoothed nor spread: a model cannot carry those."""
+    door: BaseShare | None = None
+    """Head mode: the affine map the model folder applies after the base model (:mod:`kern_finetune.base_share`)."""
 
     @property
     def head(self) -> SkipConnectionHead | None:
@@ -173,6 +180,11 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     trainer, vectors = _train(encoder, train_sel, base, config, checked["weights"])
     seconds = time.perf_counter() - t
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
+    door, model_vectors = _model_door(trainer, vectors, base, sel, config)
+    if door is not None:
+        say(f"      model folder: head beside a base share of {door.share:g}"
+            + (f" (chosen on {door.n_queries} searches as refinery's embedder computes it, no labels)" if door.chosen else "")
+            + f", {door.seconds:.1f} s")
     smoothing = None
     if config.smooth_value() != 0.0:
         from .smooth import smooth_vectors
@@ -191,4 +203,19 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
             + f", {spread.seconds:.1f} s")
     return Fitted(trainer=trainer, vectors=vectors, selection=sel, config=config, training=trainer.result_,
                   seconds=seconds, label_check=checked["label_check"], label_audit=checked["label_audit"],
-                  pseudo=pseudo, mode_choice=choice, smoothing=smoothing, spread=spread)
+                  pseudo=pseudo, mode_choice=choice, smoothing=smoothing, spread=spread,
+                  model_vectors=model_vectors, door=door)
+
+
+def _model_door(trainer: Trainer, vectors: np.ndarray, base: np.ndarray, sel: Selection,
+                config: RunConfig) -> tuple[BaseShare | None, np.ndarray]:
+    """Head mode: the model folder's map (head beside the base share chosen by the replay) and what it gives
+    for every record; full mode: the trained encoder's output as it is."""
+    head = getattr(trainer, "head_", None)
+    if head is None:
+        return None, vectors
+    from .base_share import head_door
+
+    weight, bias = head.as_affine()
+    door = head_door(weight.double().numpy(), bias.double().numpy(), base, sel.ids, seed=config.seed)
+    return door, door.transform(base)

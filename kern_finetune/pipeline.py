@@ -59,6 +59,8 @@ class RunResult:
     """The selection evaluation read (after the label check)."""
     training: TrainResult | None = None
     plots: Plots | None = None
+    model_vectors: np.ndarray | None = None
+    """What ``model/`` gives for every record, rows as ``ids`` (the model door's embedding before refinery's PCA)."""
 
 
 def run_pipeline(
@@ -112,7 +114,7 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
     fitted = fit(encoder, sel, base, config, progress=say)
 
     say(f"[4/5] evaluate on {len(fitted.selection.test_idx)} test records")
-    evaluation = evaluate(base, fitted.vectors, fitted.selection, fitted.config)
+    evaluation = evaluate(base, fitted.vectors, fitted.selection, fitted.config, doors=_doors(base, fitted))
     for name, ts in evaluation.metrics.get("threshold_search", {}).items():
         say(f"      refinery search, {name}: {ts['lt_10']:.0f}% of queries < 10 results, {ts['lt_100']:.0f}% < 100, "
             f"{ts['same_class']:.1f}% same class")
@@ -123,7 +125,8 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
                        {"encode": round(t_encode, 2), "train": round(fitted.seconds, 2),
                         "evaluate": round(evaluation.seconds, 2)})
     final = fitted.selection
-    write(stage, ids=final.ids, vectors=fitted.vectors, model=fitted.model or encoder.model(), head=fitted.head,
+    write(stage, ids=final.ids, vectors=fitted.vectors, model=fitted.model or encoder.model(), source=encoder.path,
+          fine_tuned=fitted.model is not None, door=fitted.door,
           metrics=metrics, plots=evaluation.plots, label_check=fitted.label_check, started=t0,
           report_data=ReportData.from_selection(final, base, fitted.vectors, seed=config.seed))
     _say_headline(say, metrics, out_dir)
@@ -131,7 +134,20 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
         ids=final.ids, vectors=fitted.vectors, metrics=metrics, out_dir=out_dir, model_dir=out_dir / "model",
         embedding_name=name, label_fingerprint=prepared.fingerprint, base_model=encoder.model_name,
         raw_vectors=base, selection=final, training=fitted.training, plots=evaluation.plots,
+        model_vectors=fitted.model_vectors,
     )
+
+
+def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
+    """Embeddings searched beside raw and the pushed vectors, each as refinery's embedder stores it: its
+    stock embedding of the base model, and the model door's (:func:`kern_finetune.base_share.door_vectors`)."""
+    from .base_share import door_vectors
+
+    ids, seed = fitted.selection.ids, fitted.config.seed
+    doors = {"stock": door_vectors(base, ids, seed=seed)}
+    if fitted.model_vectors is not None:
+        doors["model_door"] = door_vectors(fitted.model_vectors, ids, seed=seed)
+    return doors
 
 
 def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: Evaluation, name: str,
@@ -164,6 +180,9 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     if fitted.spread is not None:
         metrics["spread"] = fitted.spread.to_dict()
         metrics["seconds"]["spread"] = fitted.spread.seconds
+    if fitted.door is not None:
+        metrics["model_door"] = fitted.door.to_dict()
+        metrics["seconds"]["model_door"] = fitted.door.seconds
     if fitted.mode_choice is not None:  # estimate vs what the training stage took
         metrics["mode_choice"] = {**fitted.mode_choice.to_dict(), "measured_train_seconds": seconds["train"]}
     return metrics

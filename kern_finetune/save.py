@@ -1,10 +1,7 @@
-"""Write the fine-tuned model in sentence-transformers format, and the per-record vectors.
+"""Output folders written whole (staged, then swapped in), and the per-record vectors.
 
-The trained head is folded into the model's module list as a built-in ``Dense`` layer (the head's
-eval-mode map is affine, see :meth:`SkipConnectionHead.as_affine`) followed by ``Normalize``, so
-``SentenceTransformer(DIR/model)`` loads anywhere, without kern-finetune, and gives the same vectors as
-``normalize(head(encoder(x)))``. Everything is written to a temporary folder first and moved into
-place at the end: a failed run leaves no half-written model.
+The model folder itself is written by :mod:`kern_finetune.model_folder`. Everything is written to a
+temporary folder first and moved into place at the end: a failed run leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -19,34 +16,15 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from .errors import ConfigError
-from .heads import SkipConnectionHead
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
-__all__ = ["save_model", "save_vectors", "load_vectors", "atomic_dir", "check_out_dir", "staged_output", "RUN_OUTPUTS"]
+__all__ = ["save_vectors", "load_vectors", "atomic_dir", "check_out_dir", "staged_output", "RUN_OUTPUTS"]
 
 RUN_OUTPUTS = frozenset({"metrics.json", "report.html", "model", "vectors.npz", "label_issues.csv"})
 """What a run writes into its output folder; a folder holding only these is an earlier run's output."""
-
-
-def _with_head(model: SentenceTransformer, head: SkipConnectionHead) -> SentenceTransformer:
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.models import Dense, Normalize
-
-    weight, bias = head.as_affine()
-    dense = Dense(
-        head.dim, head.dim, bias=True, activation_function=nn.Identity(), init_weight=weight.clone(), init_bias=bias.clone()
-    )
-    modules = [model[i] for i in range(len(model))] + [dense, Normalize()]
-    return SentenceTransformer(modules=modules, device="cpu")
 
 
 def atomic_dir(final: Path) -> Path:
@@ -145,42 +123,6 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-
-
-def save_model(model: SentenceTransformer, head: SkipConnectionHead | None, out: Path) -> Path:
-    """Save ``model`` (+ folded ``head``) to ``out`` atomically; returns ``out``."""
-    tmp = atomic_dir(out)
-    try:
-        full = _with_head(model, head) if head is not None else model
-        with torch.no_grad():
-            full.save(str(tmp))
-        _portable_module_types(tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-_PORTABLE_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
-
-
-def _portable_module_types(folder: Path) -> None:
-    """Name the modules in ``modules.json`` by their classic import path, ``sentence_transformers.models.X``.
-
-    sentence-transformers 6 writes its new module paths (``sentence_transformers.base.modules...``), which
-    older releases cannot import: refinery-embedder pins 5.5.1 (its ``requirements.txt``), and 5.5.1
-    fails on them with ModuleNotFoundError. The classic paths load in 2.x through 6.x, and 5.5.1 gives the
-    same vectors as 6.2 from the folder (cosine 1.0, checked in docs/snapshot.md). That is what lets
-    refinery's embedder compute the fine-tuned embedding itself (the model door).
-    """
-    path = folder / "modules.json"
-    modules = json.loads(path.read_text())
-    for module in modules:
-        name = str(module.get("type", "")).rsplit(".", 1)[-1]
-        if name in _PORTABLE_MODULES:
-            module["type"] = f"sentence_transformers.models.{name}"
-    path.write_text(json.dumps(modules, indent=2))
 
 
 def save_vectors(path: Path, ids: list[str], vectors: np.ndarray) -> None:

@@ -1,6 +1,6 @@
 """Stage 5 of the pipeline: write a run's outputs into its folder.
 
-``model/`` (sentence-transformers format, head folded in: :func:`kern_finetune.save.save_model`),
+``model/`` (sentence-transformers format that refinery's embedder loads: :func:`kern_finetune.model_folder.save_model`),
 ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id), ``label_issues.csv``
 (when the label check ran), ``report.html`` (:mod:`kern_finetune.report`) and ``metrics.json``. The
 pipeline writes into a staging folder that replaces the output folder as a whole
@@ -16,14 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .model_folder import save_model
 from .report import write_report
-from .save import save_model, save_vectors, write_json
+from .save import save_vectors, write_json
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
     from .evaluate import Plots
-    from .heads import SkipConnectionHead
+    from .base_share import BaseShare
     from .report import ReportData
 
 __all__ = ["Written", "write"]
@@ -43,21 +44,25 @@ def write(
     ids: list[str],
     vectors: np.ndarray,
     model: SentenceTransformer,
-    head: SkipConnectionHead | None,
+    source: Path,
+    fine_tuned: bool,
+    door: BaseShare | None,
     metrics: dict[str, Any],
     plots: Plots | None,
     report_data: ReportData | None,
     label_check: dict[str, Any] | None,
     started: float | None = None,
 ) -> Written:
-    """Write the run's outputs into ``folder``. ``model`` is the base model (head mode: ``head`` is folded
-    in) or the fine-tuned one (full mode, ``head`` None). ``started``: the run's ``time.perf_counter()`` at
+    """Write the run's outputs into ``folder``. ``model`` is the base model (head mode: ``door``'s map is
+    written after it) or the fine-tuned one (full mode: ``fine_tuned``, ``door`` None); ``source`` is the base
+    model's folder (its tokenizer files, and its weights in head mode). ``started``: the run's ``time.perf_counter()`` at
     its start; ``metrics["seconds"]["total"]`` is then set once the model and vectors are written."""
     from .noise import write_label_issues
 
     folder = Path(folder)
     files = ["model", "vectors.npz"]
-    save_model(model, head, folder / "model")
+    save_model(model, folder / "model", source=source, fine_tuned=fine_tuned,
+               dense=None if door is None else (door.weight, door.bias))
     save_vectors(folder / "vectors.npz", ids, vectors)
     if started is not None:
         metrics.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 2)

@@ -108,23 +108,35 @@ def test_fine_tuning_beats_raw_on_the_test_records(run_dir: Path):
 
 
 def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_records, shared_cache):
+    """The model folder's head (the first rows of its Dense layer) gives the vectors that, smoothed and spread
+    as metrics.json says, are vectors.npz; the whole folder gives the head beside the base share."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.save import load_vectors
-
     from kern_finetune.encode import Encoder
+    from kern_finetune.save import load_vectors
     from kern_finetune.smooth import base_neighbours, smooth
     from kern_finetune.spread import lift, local_radius
 
     ids, vec = load_vectors(run_dir / "vectors.npz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = SentenceTransformer(str(run_dir / "model"), device="cpu")
     texts = [f"{r['Title']}. {r['Description']}" for r in subset_records]
     assert ids == [str(r["running_id"]) for r in subset_records]
-    got = model.encode(texts, normalize_embeddings=True)
-    weight = metrics["smoothing"]["weight"]  # the pushed vectors: the model's, smoothed over the base neighbours
+    base = Encoder(cache_dir=shared_cache).encode(texts, progress=False)
+    state = torch.load(run_dir / "model" / "3_Dense" / "pytorch_model.bin")
+    weight, bias = state["linear.weight"].double().numpy(), state["linear.bias"].double().numpy()
+    full = base @ weight.T + bias
+    model = SentenceTransformer(str(run_dir / "model"), device="cpu")
+    assert np.allclose(model.encode(texts, normalize_embeddings=True),
+                       full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-4)
+    dim = base.shape[1]
+    share = metrics["model_door"]["share"]
+    if share:  # the rows after the head: the share times the base vector
+        assert np.allclose(weight[dim:], share * np.eye(dim)) and np.allclose(bias[dim:], 0)
+    got = full[:, :dim] / np.linalg.norm(full[:, :dim], axis=1, keepdims=True)
+    weight = metrics["smoothing"]["weight"]  # the pushed vectors: the head's, smoothed over the base neighbours
     if weight:
-        got = smooth(got, base_neighbours(Encoder(cache_dir=shared_cache).encode(texts, progress=False))[0], weight)
+        got = smooth(got.astype(np.float32), base_neighbours(base)[0], weight)
     strength = metrics["spread"]["strength"]  # then lifted by the local radius of the smoothed vectors
     if strength:
         got = lift(got, local_radius(got)[0], strength)
@@ -184,7 +196,6 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     assert result.metrics["training"]["engine"] == "quaterion"
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "report.html").exists()
-    ids, vec = load_vectors(tmp_path / "vectors.npz")
     texts = [f"{r['Title']}. {r['Description']}" for r in subset_records[:8]]
     got = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(texts)
-    assert np.allclose(got, vec[:8], atol=1e-4)
+    assert np.allclose(got, result.model_vectors[:8], atol=1e-4)

@@ -7,7 +7,8 @@ import torch
 
 from kern_finetune.encode import Encoder
 from kern_finetune.heads import SkipConnectionHead
-from kern_finetune.save import load_vectors, save_model, save_vectors
+from kern_finetune.model_folder import save_model
+from kern_finetune.save import load_vectors, save_vectors
 
 TEXTS = ["Oil prices climb as supply tightens.", "Striker scores twice in derby.", "Chipmaker unveils faster processor."]
 
@@ -21,7 +22,8 @@ def test_saved_model_gives_head_of_encoder(tmp_path: Path):
     enc = Encoder(cache_dir=tmp_path / "cache")
     base = enc.encode(TEXTS, progress=False)
     expected = torch.nn.functional.normalize(head(torch.from_numpy(base)), dim=1).detach().numpy()
-    out = save_model(enc.model(), head, tmp_path / "model")
+    weight, bias = head.as_affine()
+    out = save_model(enc.model(), tmp_path / "model", source=enc.path, dense=(weight.numpy(), bias.numpy()))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".model-")]  # no temp folder left
     from sentence_transformers import SentenceTransformer
 
@@ -30,7 +32,8 @@ def test_saved_model_gives_head_of_encoder(tmp_path: Path):
     assert np.allclose(got, expected, atol=1e-5)
     # the saved model uses only built-in modules: no kern_finetune import is needed to load it
     assert "kern_finetune" not in (out / "modules.json").read_text()
-    # classic module paths, which refinery-embedder's pinned sentence-transformers 5.5.1 can import too
+    # classic module paths, which refinery-embedder's pinned sentence-transformers 2.2.2 and 3.0.1 import
+    # (tests/test_model_folder.py loads the folder with them)
     import json
 
     types = [m["type"] for m in json.loads((out / "modules.json").read_text())]

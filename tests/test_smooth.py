@@ -129,8 +129,8 @@ def test_smooth_option_is_checked(value: str) -> None:
 def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_it(
     subset_records: list[dict], shared_cache: Path, tmp_path: Path
 ) -> None:
-    """The pushed vectors are the smoothed output of the saved model: the model folder encodes every text,
-    and smoothing that over the base neighbours gives vectors.npz."""
+    """The pushed vectors are the head's output smoothed over the base neighbours; the model folder gives the
+    head beside the base share (its first rows are the head), which smoothing does not touch."""
     from sentence_transformers import SentenceTransformer
 
     from kern_finetune.encode import Encoder
@@ -148,9 +148,12 @@ def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_i
     ids, saved = load_vectors(tmp_path / "out" / "vectors.npz")
     assert ids == result.ids
     model = SentenceTransformer(str(result.model_dir), device="cpu", local_files_only=True)
-    unsmoothed = model.encode(result.selection.texts, convert_to_numpy=True, normalize_embeddings=True,
-                              show_progress_bar=False)
+    encoded = model.encode(result.selection.texts, convert_to_numpy=True, normalize_embeddings=True,
+                           show_progress_bar=False)
+    assert np.abs(encoded - result.model_vectors).max() < 1e-4
     base = Encoder(cache_dir=shared_cache).encode(result.selection.texts, progress=False)
+    head = encoded[:, : base.shape[1]]  # the Dense layer's first rows: the head (then the base share, if any)
+    unsmoothed = head / np.linalg.norm(head, axis=1, keepdims=True)
     assert np.abs(smooth(unsmoothed, base_neighbours(base)[0], 0.5) - saved).max() < 1e-4
     assert np.abs(unsmoothed - saved).max() > 1e-3  # smoothing did move them
 
