@@ -232,8 +232,7 @@ def sync_project(
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
-        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say,
-                                            out_dir=Path(out_dir))
+        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # the folder alone cannot give smoothed or spread vectors
             config = dataclasses.replace(config, smooth="0", spread="0")

@@ -100,3 +100,147 @@ def test_sync_snapshot_door_refuses_the_input_and_out(tmp_path: Path) -> None:
         choose_door(None, "p", "snapshot", snapshot=src, write_snapshot=tmp_path / "out" / "o.zip",  # type: ignore[arg-type]
                     out_dir=tmp_path / "out")
     assert choose_door(None, "p", "snapshot", snapshot=src, write_snapshot=tmp_path / "o.zip") == "snapshot"  # type: ignore[arg-type]
+
+
+# --- 2. the --out guard: nothing under --out that the tool did not write is ever deleted -------------------------
+
+def _small_export(records: list[dict], path: Path) -> Path:
+    import json
+
+    path.write_text(json.dumps(records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base_records(subset_records) -> list[dict]:
+    """120 records of the sample (about 60 manual labels), as the probe used."""
+    return subset_records[:120]
+
+
+def _run_args(export: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    return ["run", "--export", str(export), "--task", "Topic", "--mode", "head", "--out", str(out),
+            "--cache-dir", str(cache), "--epochs", "2", "--spread", "0", "--smooth", "0", *extra]
+
+
+@pytest.mark.parametrize("case", ["hidden files", "a user's model and report", "no marker, run-like names"])
+def test_out_without_our_marker_is_refused(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    u = tmp_path / "u"
+    if case == "hidden files":
+        (u / ".model-backup").mkdir(parents=True)
+        (u / ".model-backup" / "w.bin").write_text("x")
+        (u / ".notes.tmp").write_text("d")
+    elif case == "a user's model and report":
+        (u / "model").mkdir(parents=True)
+        (u / "model" / "pytorch_model.bin").write_text("weights")
+        (u / "report.html").write_text("<p>mine</p>")
+    else:
+        u.mkdir()
+        for name in ("metrics.json", "vectors.npz", "label_issues.csv"):
+            (u / name).write_text(name)
+    before = _tree(u)
+    export = _small_export([{"running_id": str(i), "Title": f"t {i}", "__Topic__MANUAL": "ab"[i % 2]}
+                            for i in range(12)], tmp_path / "e.json")
+    code = main(_run_args(export, u, tmp_path / "cache"))
+    err = _one_line_error(capsys, code)
+    assert str(u) in err and "--out" in err and ".kern-finetune-run.json" in err
+    assert _tree(u) == before and [p.name for p in tmp_path.iterdir() if p.name.startswith(".u")] == []
+
+
+@pytest.mark.parametrize("user_path", ["model/.notes", "model/sub/deep.txt", ".hidden", "notes.txt"])
+def test_out_of_an_earlier_run_with_a_user_file_inside_is_refused(user_path: str, tmp_path: Path) -> None:
+    from kern_finetune.errors import ConfigError
+    from kern_finetune.save import RUN_MARKER, check_out_dir, staged_output
+
+    out = tmp_path / "out"
+    with staged_output(out) as stage:
+        (stage / "model").mkdir()
+        (stage / "model" / "w.bin").write_text("ours")
+        (stage / "metrics.json").write_text("{}")
+    assert check_out_dir(out) == out  # an earlier run's folder: ours to replace
+    target = out / user_path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("the user's")
+    before = _tree(out)
+    with pytest.raises(ConfigError, match="did not write"):
+        check_out_dir(out)
+    with pytest.raises(ConfigError), staged_output(out):
+        pass
+    assert _tree(out) == before
+    target.unlink()
+    (out / RUN_MARKER).write_text("not json")  # a damaged marker: nothing is ours any more
+    with pytest.raises(ConfigError, match=RUN_MARKER):
+        check_out_dir(out)
+
+
+# --- 13. SIGTERM: the staging folder is removed, and a killed run's leftover is cleaned on the next run ------------
+
+def test_sigterm_during_a_run_leaves_no_staging_folder(base_records, shared_cache: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    import signal
+
+    export = _small_export(base_records, tmp_path / "base.json")
+
+    def killed(*_a, **_kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr("kern_finetune.write.write_report", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    code = main(_run_args(export, tmp_path / "out", shared_cache))
+    err = capsys.readouterr().err
+    assert code == 143 and "terminated" in err and "internal error" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json"]
+    assert signal.getsignal(signal.SIGTERM) == before  # main() puts the caller's handler back
+
+
+def test_stale_staging_folders_of_ours_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
+    import fcntl
+    import json
+
+    from kern_finetune.save import RUN_MARKER, staged_output
+
+    def stage(name: str, marker: bool) -> Path:
+        path = tmp_path / name
+        (path / "model").mkdir(parents=True)
+        (path / "model" / "w.bin").write_text("half")
+        if marker:
+            (path / RUN_MARKER).write_text(json.dumps({"tool": "kern-finetune", "version": 1, "staging": True,
+                                                       "paths": []}))
+        return path
+
+    stale, live, foreign = stage(".out-new-stale", True), stage(".out-new-live", True), stage(".out-new-user", False)
+    old = stage(".out-old-stale", True)
+    other = stage(".other-new-x", True)  # another output folder's: not this run's business
+    with open(live / RUN_MARKER, "r+") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # a run that is still alive
+        with staged_output(tmp_path / "out") as s:
+            (s / "metrics.json").write_text("{}")
+        assert not stale.exists() and not old.exists()
+        assert live.exists() and foreign.exists() and other.exists()
+
+
+# --- 14. output folders and files readable by others (umask respected) -------------------------------------------
+
+def test_outputs_are_readable_by_others(base_records, shared_cache: Path, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+    import stat
+
+    from kern_finetune.save import RUN_MARKER
+
+    export = _small_export(base_records, tmp_path / "base.json")
+    out = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        assert main(_run_args(export, out, shared_cache)) == 0, capsys.readouterr().err
+        assert main(_run_args(export, out, shared_cache, "--seed", "7")) == 0, capsys.readouterr().err  # replaces it
+    finally:
+        os.umask(old)
+    marker = json.loads((out / RUN_MARKER).read_text())
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.name != RUN_MARKER)
+    assert marker["paths"] == written and "model/config.json" in written
+    for p in [out, *out.rglob("*")]:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json", "out"]
