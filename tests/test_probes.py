@@ -244,3 +244,22 @@ def test_outputs_are_readable_by_others(base_records, shared_cache: Path, tmp_pa
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o755 if p.is_dir() else 0o644), (p, oct(mode))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.json", "out"]
+
+
+# --- 15. label_issues.csv never holds a live spreadsheet formula ----------------------------------------------------
+
+def test_label_issues_csv_neutralises_formula_cells(tmp_path: Path) -> None:
+    import csv
+
+    from kern_finetune.noise import write_label_issues
+
+    hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR", "Sports", "a=b"]
+    path = tmp_path / "label_issues.csv"
+    write_label_issues(path, {"ids": ["=1", "7", "-3", "x", "y", "z", "w", "v"], "given": hostile,
+                              "suggested": list(reversed(hostile)), "probability_given": [0.125] * 8})
+    rows = list(csv.reader(path.open(newline="", encoding="utf-8")))[1:]
+    for row in rows:
+        for cell in row[:3]:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert [r[1] for r in rows] == ["'" + h if h[0] in "=+-@\t\r" else h for h in hostile]
+    assert rows[1][0] == "7" and rows[0][3] == "0.125"
