@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from kern_finetune.cli import main
@@ -263,3 +264,36 @@ def test_label_issues_csv_neutralises_formula_cells(tmp_path: Path) -> None:
             assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
     assert [r[1] for r in rows] == ["'" + h if h[0] in "=+-@\t\r" else h for h in hostile]
     assert rows[1][0] == "7" and rows[0][3] == "0.125"
+
+
+# --- 16. a zip member named ../../x.json is not carried into the written snapshot -----------------------------------
+
+@pytest.mark.parametrize("member", ["../../x.json", "/abs/x.json", "..\\\\evil\\\\x.json"])
+def test_written_snapshot_has_a_plain_member_name(member: str, tmp_path: Path, shared_cache: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    import zipfile
+
+    from kern_finetune.refinery.snapshot import read_snapshot, write_snapshot
+
+    with zipfile.ZipFile(SNAPSHOT) as zf:
+        (info,) = [i for i in zf.infolist() if i.filename.endswith(".json")]
+        raw = zf.read(info)
+    src = tmp_path / "evil.zip"
+    with zipfile.ZipFile(src, "w") as zf:
+        zf.writestr(member, raw)
+    if member.startswith("../"):  # the whole way, once, through the CLI
+        out = tmp_path / "with.zip"
+        code = main(["run", "--export", str(src), "--task", "topic", "--mode", "head", "--out", str(tmp_path / "run"),
+                     "--cache-dir", str(shared_cache), "--epochs", "1", "--spread", "0", "--smooth", "0",
+                     "--write-snapshot", str(out)])
+        printed = capsys.readouterr().out
+        assert code == 0 and "is not a plain file name" in printed
+    else:
+        snap = read_snapshot(src)
+        ids = [str(r["running_id"]) for r in snap.records]
+        out = tmp_path / "with.zip"
+        written = write_snapshot(src, out, ids=ids, vectors=np.ones((len(ids), 4)), model="m")
+        assert any("not a plain file name" in n for n in written.notices)
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+    assert names == ["x.json"], names

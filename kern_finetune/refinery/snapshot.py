@@ -269,7 +269,11 @@ def write_snapshot(
         {"embedding_id": emb_id, "record_id": rid, "data": row.tolist(), "sub_key": None}
         for rid, row in zip(by_id, np.round(arr, 7))
     ]
-    back = _write_checked(dst, snap.member, data, name=name, count=len(by_id), dimension=arr.shape[1])
+    member = _safe_member(snap.member)
+    if member != snap.member:
+        notices.append(f"the source's JSON member {snap.member!r} is not a plain file name (a path that would "
+                       f"write outside the folder it is unzipped in); written as {member!r}")
+    back = _write_checked(dst, member, data, name=name, count=len(by_id), dimension=arr.shape[1])
     back.notices = notices
     return back
 
@@ -321,6 +325,17 @@ def check_snapshot_dst(
         raise ConfigError(f"cannot write {flag} {dst}: {folder} is not writable ({exc.strerror}); "
                           "name a file in a folder you can write") from None
     return dst
+
+
+def _safe_member(member: str) -> str:
+    """A zip member name that stays inside the folder it is unzipped in: the last part of ``member`` when it
+    is absolute, holds ``..``, a backslash or a drive letter; else ``member`` as it is."""
+    parts = member.replace("\\", "/").split("/")
+    if not member.startswith(("/", "\\")) and "\\" not in member and ".." not in parts and ":" not in member:
+        return member
+    name = next((p for p in reversed(parts) if p not in ("", ".", "..")), "")
+    name = name.split(":")[-1]
+    return name if name.endswith(".json") and name != ".json" else "snapshot.json"
 
 
 def _unit_vectors(vectors: np.ndarray, n_ids: int) -> np.ndarray:
