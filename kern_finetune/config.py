@@ -213,7 +213,8 @@ class RunConfig:
         help="self-training: unlabeled records predicted with probability above P train with that label; "
              "auto = 0.9 in full mode, off in head mode")
     """:mod:`kern_finetune.pseudo`"""
-    seed: int = option(42, group=TRAIN, help="seed of the split, the training and the evaluation")
+    seed: int = option(42, group=TRAIN, min=0, max=2**32 - 1,
+                       help="seed of the split, the training and the evaluation")
     eval_queries: int = option(
         250, group=TRAIN, metavar="N", min=1,
         help="test records used as queries when the neighbours' classes are counted (with --gold-attribute)")
@@ -449,7 +450,7 @@ def _json_type_ok(value: Any, hint: Any) -> bool:
 
 
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _check(name: str, value: Any, opt: Option) -> str | None:

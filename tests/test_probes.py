@@ -297,3 +297,20 @@ def test_written_snapshot_has_a_plain_member_name(member: str, tmp_path: Path, s
     with zipfile.ZipFile(out) as zf:
         names = zf.namelist()
     assert names == ["x.json"], names
+
+
+# --- 12. the seed's range is checked at the config boundary: the flag and the webhook's option check ------------------
+
+@pytest.mark.parametrize("seed", ["-1", "99999999999"])
+def test_a_seed_out_of_range_is_one_line(seed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.config import RunConfig
+    from kern_finetune.errors import ConfigError
+
+    export = _small_export([{"running_id": str(i), "Title": f"t {i}", "__Topic__MANUAL": "ab"[i % 2]}
+                            for i in range(12)], tmp_path / "e.json")
+    code = main(_run_args(export, tmp_path / "out", tmp_path / "cache", "--seed", seed))
+    err = _one_line_error(capsys, code)
+    assert "seed" in err and seed in err and "4294967295" in err
+    with pytest.raises(ConfigError, match="seed must be in"):
+        RunConfig.from_options({"task": "Topic", "seed": int(seed)}, trigger=True)
+    assert not (tmp_path / "out").exists()
