@@ -34,7 +34,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
-    "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables",
+    "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables", "is_embedding_name",
     "DEVICES", "LOSSES", "ENGINES", "MODES", "NOISE_FILTERS", "PSEUDO_LABELS_AUTO", "default_cache_dir",
 ]
 
@@ -272,6 +272,9 @@ class RunConfig:
                 raise ConfigError("ray_address is empty: give a Ray address, or local for a local Ray runtime")
             if importlib.util.find_spec("ray") is None:
                 raise ConfigError("--ray-address needs Ray: pip install 'kern-finetune[ray]'")
+        if self.embedding_name is not None and not is_embedding_name(self.embedding_name):
+            raise ConfigError(f"embedding_name {self.embedding_name!r} is not a name refinery can show: use 1-200 "
+                              "characters without control characters, '/' or '\\', nor spaces at either end")
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
         self.__dict__["_valid_values"] = values
@@ -447,6 +450,15 @@ def _json_type_ok(value: Any, hint: Any) -> bool:
     if isinstance(hint, type) and issubclass(hint, os.PathLike):
         return isinstance(value, str)
     return True
+
+
+_EMBEDDING_NAME = re.compile(r"(?=[^\s])[^\x00-\x1f\x7f/\\]{1,200}(?<=[^\s])")
+
+
+def is_embedding_name(name: object) -> bool:
+    """An embedding name refinery can show and a host can store: 1-200 characters without control characters,
+    ``/`` or ``\\``, nor spaces at either end (``fullmatch``: ``$`` would let a trailing newline through)."""
+    return isinstance(name, str) and _EMBEDDING_NAME.fullmatch(name) is not None
 
 
 def _num(x: float) -> str:

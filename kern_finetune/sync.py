@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._net import host_identity
+from ._net import check_project_id, host_identity
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
 from .prepare import prepare
@@ -335,7 +335,7 @@ def _project_and_state_dir(client: RefineryClient, project_id: str | None, confi
     pid = project_id or client.project_id
     if not pid:
         raise ConfigError("no project id: pass --project ID or put project_id in the secrets file")
-    pid = str(pid)
+    pid = check_project_id(str(pid), where="project id")
     sdir = Path(state_dir) if state_dir is not None else sync_state_dir(client.uri, pid, config)
     sdir.mkdir(parents=True, exist_ok=True)
     return pid, sdir

@@ -314,3 +314,34 @@ def test_a_seed_out_of_range_is_one_line(seed: str, tmp_path: Path, capsys: pyte
     with pytest.raises(ConfigError, match="seed must be in"):
         RunConfig.from_options({"task": "Topic", "seed": int(seed)}, trigger=True)
     assert not (tmp_path / "out").exists()
+
+
+# --- 9. ids and names are checked whole (no trailing newline), and a bad project id never reaches a URL ------------
+
+def test_project_ids_and_embedding_names_are_checked_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.config import RunConfig
+    from kern_finetune.errors import ConfigError
+    from kern_finetune.refinery.api import RefineryClient
+    from kern_finetune.service.trigger import validate_trigger
+
+    for pid in ("abc\n", "../../etc", "a/b", "", "-x"):
+        with pytest.raises(ConfigError, match="project_id"):
+            validate_trigger({"project_id": pid, "options": {"task": "Topic"}})
+    assert validate_trigger({"project_id": "abc", "options": {}})[0] == "abc"
+    for name in ("../../../etc/x\n", "a/b", "x\n", " x", "x" * 201):
+        with pytest.raises(ConfigError, match="embedding_name"):
+            RunConfig(embedding_name=name).validate()
+        with pytest.raises(ConfigError, match="embedding_name"):
+            validate_trigger({"project_id": "abc", "options": {"embedding_name": name}})
+    RunConfig(embedding_name="Title-classification-kern-finetune-all-MiniLM-L6-v2").validate()
+
+    client = RefineryClient("http://127.0.0.1:9", "u", "p", project_id="../../x")
+    with pytest.raises(ConfigError, match=r"project id .*'\.\./\.\./x'"):  # before any request: no push-extension blame
+        client.offers_push_extension()
+
+    for bad in ("a/b", "../../etc", "x\n"):
+        code = main(["host", "--export", str(tmp_path / "none.json"), "--project-id", bad, "--port", "0",
+                     "--data-dir", str(tmp_path / "host")])
+        err = _one_line_error(capsys, code)
+        assert "--project-id" in err and repr(bad) in err
+    assert not (tmp_path / "host").exists()
