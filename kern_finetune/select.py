@@ -63,6 +63,8 @@ class Selection:
     test_idx: np.ndarray
     gold: list[str | None]
     skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the labels, one line each (the pipeline prints them)."""
 
     @property
     def labeled_idx(self) -> np.ndarray:
@@ -146,6 +148,9 @@ def select_labels(
     """Apply the selection rules (module docstring) and split the labels into train/validation."""
     ids = _record_ids(records, id_attribute)
     texts = build_texts(records, text_attributes)
+    if texts and not any(texts):
+        raise SelectionError(f"every record's text is empty (attributes {', '.join(map(repr, text_attributes))}): "
+                             "name the attributes that hold the text (--text-attributes)")
     skipped: Counter[str] = Counter()
     known = set(known_labels) if known_labels else None
 
@@ -193,7 +198,21 @@ def select_labels(
         test_idx=test_idx,
         gold=gold,
         skipped={k: v for k, v in sorted(skipped.items()) if v},
+        notes=near_duplicate_classes(classes),
     )
+
+
+def near_duplicate_classes(classes: list[str]) -> list[str]:
+    """One warning line when some labels differ only by case or surrounding spaces (``Sports`` / ``sports``,
+    ``World`` / ``World ``): they train as separate classes, which is rarely what the labelers meant."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(c.strip().casefold(), []).append(c)
+    same = [" = ".join(repr(c) for c in sorted(g)) for g in groups.values() if len(g) > 1]
+    if not same:
+        return []
+    return [f"labels that differ only by case or spaces train as separate classes: {'; '.join(same)} "
+            "(rename them to one label in refinery if they mean the same)"]
 
 
 def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -345,3 +345,90 @@ def test_project_ids_and_embedding_names_are_checked_whole(tmp_path: Path, capsy
         err = _one_line_error(capsys, code)
         assert "--project-id" in err and repr(bad) in err
     assert not (tmp_path / "host").exists()
+
+
+# --- 4. the input cap holds for every stream, not only regular files -----------------------------------------------
+
+def test_the_input_cap_holds_for_dev_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("KERN_FINETUNE_MAX_INPUT_MB", "2")
+    code = main(["run", "--export", "/dev/zero", "--mode", "head", "--out", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "cache")])
+    err = _one_line_error(capsys, code, want=1)
+    assert "/dev/zero holds more than 2 MiB" in err and "KERN_FINETUNE_MAX_INPUT_MB" in err
+
+
+# --- 17. messages that say what is wrong: gzip by its bytes, CSV named as CSV, empty texts as empty ------------------
+
+def test_gzip_is_told_by_its_bytes_not_its_suffix(base_records, tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    from kern_finetune.refinery.export import load_export
+
+    for name in ("export.json.GZ", "export.json", "export"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(json.dumps(base_records[:5]).encode()))
+        assert load_export(path) == base_records[:5]
+    plain = tmp_path / "plain.json.gz"  # a plain file named .gz reads as what it is
+    plain.write_text(json.dumps(base_records[:3]))
+    assert load_export(plain) == base_records[:3]
+
+
+@pytest.mark.parametrize("name", ["records.csv", "records.json"])
+def test_a_csv_export_is_named_as_csv(name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = tmp_path / name
+    export.write_text("running_id,Title,Topic\n1,hello,Sports\n2,world,World\n")
+    code = main(["run", "--export", str(export), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "c")])
+    err = _one_line_error(capsys, code, want=1)
+    assert "looks like CSV" in err and ".json" in err and "snapshot (.zip)" in err and str(export) in err
+
+
+def test_all_empty_texts_say_the_texts_are_empty(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    export = _small_export([{"running_id": str(i), "Title": "", "Body": None, "__Topic__MANUAL": "ab"[i % 2]}
+                            for i in range(20)], tmp_path / "e.json")
+    code = main(_run_args(export, tmp_path / "out", tmp_path / "cache", "--text-attributes", "Title,Body"))
+    err = _one_line_error(capsys, code, want=1)
+    assert "text is empty" in err and "'Title', 'Body'" in err and "--text-attributes" in err
+    assert "threshold" not in err
+
+
+# --- 18. labels that differ only by case or spaces: one warning line naming them ------------------------------------
+
+def test_labels_differing_by_case_or_spaces_are_named(base_records, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.errors import SelectionError
+
+    records = [dict(r) for r in base_records]
+    for i, r in enumerate(records):
+        for col in ("__Topic__MANUAL", "__Topic__WEAK_SUPERVISION"):
+            if r.get(col) == "Sports" and i % 2 == 0:
+                r[col] = "sports"
+            elif r.get(col) == "World" and i % 2 == 1:
+                r[col] = "World "
+    export = _small_export(records, tmp_path / "e.json")
+
+    def stop(_config):
+        raise SelectionError("stopped after the selection (test)")
+
+    monkeypatch.setattr("kern_finetune.pipeline._encoder", stop)
+    main(_run_args(export, tmp_path / "out", tmp_path / "cache"))
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
+    assert len(warnings) == 1, warnings
+    assert "'Sports' = 'sports'" in warnings[0] and "'World' = 'World '" in warnings[0]
+
+
+# --- 10. a gold attribute that is not a class, and too few test records for top_1k ----------------------------------
+
+def test_a_gold_attribute_that_is_no_class_is_warned(base_records, shared_cache: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    export = _small_export(base_records, tmp_path / "base.json")
+    code = main(_run_args(export, tmp_path / "out", shared_cache, "--gold-attribute", "Title", "--text-attributes",
+                          "Description"))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gold attribute 'Title'" in out and "does not look like a class attribute" in out
+    notes = json.loads((tmp_path / "out" / "metrics.json").read_text())["evaluation_notes"]
+    assert any("test records: top_" in n for n in notes)
