@@ -159,6 +159,7 @@ def select_labels(
     chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped, weak_labels)
 
     classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
+    classes, aside = _set_aside_small_classes(classes, chosen, source, skipped)
     if len(classes) < 2:
         raise SelectionError(
             f"need labels of at least 2 classes to train, found {len(classes)}"
@@ -198,8 +199,28 @@ def select_labels(
         test_idx=test_idx,
         gold=gold,
         skipped={k: v for k, v in sorted(skipped.items()) if v},
-        notes=near_duplicate_classes(classes),
+        notes=aside + near_duplicate_classes(classes),
     )
+
+
+def _set_aside_small_classes(classes: list[str], chosen: list[str | None], source: list[str],
+                             skipped: Counter[str]) -> tuple[list[str], list[str]]:
+    """Classes with fewer than 2 labels cannot train (a class needs a pair): while at least 2 classes keep 2 or
+    more, they are set aside for this run (their labels count as ``class_too_small`` and do not train, in place
+    in ``chosen`` / ``source``) with one warning line, instead of failing the whole project."""
+    counts = Counter(c for c in chosen if c is not None)
+    small = [c for c in classes if counts.get(c, 0) < 2]
+    if not small or len(classes) - len(small) < 2:
+        return classes, []
+    out = set(small)
+    for i, c in enumerate(chosen):
+        if c in out:
+            chosen[i], source[i] = None, ""
+            skipped["class_too_small"] += 1
+    shown = ", ".join(f"{c!r} ({counts.get(c, 0)})" for c in small[:5]) + (", ..." if len(small) > 5 else "")
+    return [c for c in classes if c not in out], [
+        f"{len(small)} class(es) with fewer than 2 labels set aside for this run: {shown}; "
+        "label at least 2 records of a class to train it"]
 
 
 def near_duplicate_classes(classes: list[str]) -> list[str]:

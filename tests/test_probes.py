@@ -432,3 +432,20 @@ def test_a_gold_attribute_that_is_no_class_is_warned(base_records, shared_cache:
     assert "gold attribute 'Title'" in out and "does not look like a class attribute" in out
     notes = json.loads((tmp_path / "out" / "metrics.json").read_text())["evaluation_notes"]
     assert any("test records: top_" in n for n in notes)
+
+
+# --- 8. a class with a single label is set aside with a warning, not a failure of the whole project -----------------
+
+def test_a_class_with_one_label_is_set_aside(base_records, shared_cache: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    records = [dict(r) for r in base_records]
+    records[0]["__Topic__MANUAL"] = "Brand new"  # a labeler just created this label
+    export = _small_export(records, tmp_path / "e.json")
+    code = main(_run_args(export, tmp_path / "out", shared_cache, "--gold-attribute", "Class Index"))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "warning: 1 class(es) with fewer than 2 labels set aside for this run: 'Brand new' (1)" in out
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "Brand new" not in metrics["train_class_counts"] and metrics["skipped"]["class_too_small"] == 1
