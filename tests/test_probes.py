@@ -449,3 +449,53 @@ def test_a_class_with_one_label_is_set_aside(base_records, shared_cache: Path, t
     assert "warning: 1 class(es) with fewer than 2 labels set aside for this run: 'Brand new' (1)" in out
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert "Brand new" not in metrics["train_class_counts"] and metrics["skipped"]["class_too_small"] == 1
+
+
+# --- 11. a damaged cache is set aside and rebuilt; a cache that cannot be used is one line ---------------------------
+
+def test_a_garbage_cache_file_is_set_aside_and_rebuilt(base_records, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from kern_finetune.encode import Encoder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    db = cache / f"vectors-{Encoder(cache_dir=cache).identity}.sqlite"
+    db.write_bytes(os.urandom(4096))
+    export = _small_export(base_records[:40], tmp_path / "e.json")
+    code = main(_run_args(export, tmp_path / "out", cache, "--noise-filter", "off"))
+    err = capsys.readouterr().err
+    assert code == 0 and "internal error" not in err, err
+    (line,) = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]  # on stderr in a shell
+    assert str(db) in line and "set aside as" in line
+    assert len(list(cache.glob("*.damaged-*"))) == 1 and db.exists()
+
+
+def test_damaged_cache_rows_are_encoded_again(tmp_path: Path) -> None:
+    import sqlite3
+
+    from kern_finetune.encode import Encoder
+
+    texts = ["one text", "another text", "a third text", "the fourth"]
+    fresh = Encoder(cache_dir=tmp_path / "a").encode(texts, progress=False)
+    enc = Encoder(cache_dir=tmp_path / "b")
+    enc.encode(texts, progress=False)
+    import hashlib
+
+    key = [hashlib.sha1(t.encode()).hexdigest() for t in texts]
+    with sqlite3.connect(tmp_path / "b" / f"vectors-{enc.identity}.sqlite") as db:
+        db.execute("UPDATE vec SET data = ? WHERE key = ?", (np.full(fresh.shape[1], np.nan, np.float32).tobytes(), key[0]))
+        db.execute("UPDATE vec SET data = ? WHERE key = ?", (np.ones(3, np.float32).tobytes(), key[1]))
+        db.execute("UPDATE vec SET data = ? WHERE key = ?", (np.zeros(fresh.shape[1], np.float32).tobytes(), key[2]))
+    again = Encoder(cache_dir=tmp_path / "b")
+    got = again.encode(texts, progress=False)
+    assert again.n_encoded_ == 3 and again.n_cached_ == 1
+    assert np.allclose(got, fresh, atol=1e-5)
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "cache").write_text("not a folder")
+    export = _small_export([{"running_id": str(i), "Title": f"t {i}", "__Topic__MANUAL": "ab"[i % 2]}
+                            for i in range(12)], tmp_path / "e.json")
+    code = main(_run_args(export, tmp_path / "out", tmp_path / "cache"))
+    err = _one_line_error(capsys, code)
+    assert "vector cache folder" in err and "--cache-dir" in err
