@@ -18,7 +18,6 @@ import hashlib
 import logging
 import os
 import sqlite3
-import time
 from pathlib import Path
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -27,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .serving import is_damaged, set_aside
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -81,28 +81,10 @@ def load_sentence_transformer(path: Path | str, *, device: str | None = None) ->
     return SentenceTransformer(str(path), device=device or "cpu", local_files_only=True)
 
 
-def is_damaged(exc: sqlite3.DatabaseError) -> bool:
-    """A damaged file (``file is not a database``, ``disk image is malformed``), not a full disk, a read-only
-    file or a lock (``OperationalError``), which renaming the file would not cure."""
-    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc) or "not a database" in str(exc)
-
-
 def cache_error(path: Path, exc: sqlite3.DatabaseError) -> ConfigError:
     """The one line for a cache that cannot be used as it is (full disk, read-only, locked)."""
     return ConfigError(f"cannot use the vector cache {path}: {exc}; free disk space, make it writable, "
                        "or name another folder (--cache-dir)")
-
-
-def set_aside(path: Path, exc: BaseException) -> Path:
-    """Rename a damaged SQLite file (and its journal) to ``<name>.damaged-<time>``, with one warning line."""
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    for suffix in ("-journal", "-wal", "-shm"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            os.replace(extra, aside.with_name(aside.name + suffix))
-    os.replace(path, aside)
-    log.warning("%s is damaged (%s): set aside as %s and rebuilt", path, exc, aside.name)
-    return aside
 
 
 def usable_rows(found: dict[str, bytes], path: Path) -> dict[str, bytes]:

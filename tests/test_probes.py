@@ -499,3 +499,23 @@ def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytes
     code = main(_run_args(export, tmp_path / "out", tmp_path / "cache"))
     err = _one_line_error(capsys, code)
     assert "vector cache folder" in err and "--cache-dir" in err
+
+
+@pytest.mark.parametrize("which", ["jobs", "host"])
+def test_a_damaged_jobs_or_host_db_is_set_aside_and_rebuilt(which: str, tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    if which == "jobs":
+        from kern_finetune.jobs import JobStore
+
+        path = tmp_path / "jobs.sqlite3"
+        path.write_bytes(os.urandom(4096))
+        JobStore(path)
+    else:
+        from kern_finetune.host.db import DB_FILE, HostDB
+
+        path = tmp_path / DB_FILE
+        path.write_bytes(b"SQLite format 3\x00" + os.urandom(4080))  # a damaged header
+        HostDB.open(tmp_path).conn.close()
+    (aside,) = tmp_path.glob(f"{path.name}.damaged-*")
+    assert aside.stat().st_size == 4096 and path.exists()
+    assert any("is damaged" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
