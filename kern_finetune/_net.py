@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
+
+
+PROJECT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+"""A project id: 1-128 letters, digits, ``_ . -``, starting with a letter or digit (refinery's are UUIDs). Matched
+with ``fullmatch``: ``$`` would let a trailing newline through."""
+
+
+def is_project_id(value: object) -> bool:
+    """Whether ``value`` is a project id (:data:`PROJECT_ID_RE`, the whole string)."""
+    return isinstance(value, str) and PROJECT_ID_RE.fullmatch(value) is not None
+
+
+def check_project_id(value: object, *, where: str) -> str:
+    """``value`` when it is a project id, else a one-line :class:`ConfigError` naming ``where`` it came from."""
+    if not is_project_id(value):
+        raise ConfigError(f"{where} {value!r} is not a project id: use 1-128 letters, digits, '_', '.', '-', "
+                          "starting with a letter or digit (refinery's project ids are UUIDs)")
+    return str(value)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -10,7 +10,9 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .errors import KernFinetuneError
 
@@ -22,6 +24,14 @@ confident weak-supervision labels), so that similarity search serves more same-c
 the new embedding back to the host.
 
 Start with `kern-finetune demo` (local host + bundled AG News sample), or `kern-finetune run --help`."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every ``finally`` and staging clean-up runs."""
+
+
+def _on_sigterm(_signum: int, _frame: object) -> None:
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         return int(args.func(args) or 0)
     except KernFinetuneError as exc:
         print(f"kern-finetune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("kern-finetune: terminated (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("kern-finetune: interrupted", file=sys.stderr)
         return 130
@@ -62,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kern-finetune: internal error: {type(exc).__name__}: {first} "
               "(run with -v for the traceback, and please report it)", file=sys.stderr)
         return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
-    "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables",
+    "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables", "is_embedding_name",
     "DEVICES", "LOSSES", "ENGINES", "MODES", "NOISE_FILTERS", "PSEUDO_LABELS_AUTO", "default_cache_dir",
 ]
 
@@ -213,7 +213,8 @@ class RunConfig:
         help="self-training: unlabeled records predicted with probability above P train with that label; "
              "auto = 0.9 in full mode, off in head mode")
     """:mod:`kern_finetune.pseudo`"""
-    seed: int = option(42, group=TRAIN, help="seed of the split, the training and the evaluation")
+    seed: int = option(42, group=TRAIN, min=0, max=2**32 - 1,
+                       help="seed of the split, the training and the evaluation")
     eval_queries: int = option(
         250, group=TRAIN, metavar="N", min=1,
         help="test records used as queries when the neighbours' classes are counted (with --gold-attribute)")
@@ -271,6 +272,9 @@ class RunConfig:
                 raise ConfigError("ray_address is empty: give a Ray address, or local for a local Ray runtime")
             if importlib.util.find_spec("ray") is None:
                 raise ConfigError("--ray-address needs Ray: pip install 'kern-finetune[ray]'")
+        if self.embedding_name is not None and not is_embedding_name(self.embedding_name):
+            raise ConfigError(f"embedding_name {self.embedding_name!r} is not a name refinery can show: use 1-200 "
+                              "characters without control characters, '/' or '\\', nor spaces at either end")
         if self.text_attributes is not None and not self.text_attributes:
             raise ConfigError("text_attributes is empty: name at least one attribute")
         self.__dict__["_valid_values"] = values
@@ -448,8 +452,17 @@ def _json_type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+_EMBEDDING_NAME = re.compile(r"(?=[^\s])[^\x00-\x1f\x7f/\\]{1,200}(?<=[^\s])")
+
+
+def is_embedding_name(name: object) -> bool:
+    """An embedding name refinery can show and a host can store: 1-200 characters without control characters,
+    ``/`` or ``\\``, nor spaces at either end (``fullmatch``: ``$`` would let a trailing newline through)."""
+    return isinstance(name, str) and _EMBEDDING_NAME.fullmatch(name) is not None
+
+
 def _num(x: float) -> str:
-    return f"{x:g}"
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 def _check(name: str, value: Any, opt: Option) -> str | None:

@@ -26,6 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .errors import ConfigError
+from .serving import is_damaged, set_aside
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -78,6 +79,31 @@ def load_sentence_transformer(path: Path | str, *, device: str | None = None) ->
     if not path.exists():
         raise ConfigError(f"model folder not found: {path} (kern-finetune never downloads models)")
     return SentenceTransformer(str(path), device=device or "cpu", local_files_only=True)
+
+
+def cache_error(path: Path, exc: sqlite3.DatabaseError) -> ConfigError:
+    """The one line for a cache that cannot be used as it is (full disk, read-only, locked)."""
+    return ConfigError(f"cannot use the vector cache {path}: {exc}; free disk space, make it writable, "
+                       "or name another folder (--cache-dir)")
+
+
+def usable_rows(found: dict[str, bytes], path: Path) -> dict[str, bytes]:
+    """The cached rows that hold a vector: NaN, infinite, all-zero rows and rows of another length than the
+    most common one are left out (encoded again), with one warning line."""
+    if not found:
+        return found
+    sizes: dict[int, int] = {}
+    for blob in found.values():
+        sizes[len(blob)] = sizes.get(len(blob), 0) + 1
+    size = max(sizes, key=lambda n: sizes[n])
+    keys = [k for k, b in found.items() if len(b) == size and size and size % 4 == 0]
+    rows = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.float32).reshape(len(keys), -1) if keys else None
+    ok = (np.isfinite(rows).all(axis=1) & (rows != 0).any(axis=1)) if rows is not None else np.zeros(0, bool)
+    good = {k: found[k] for k, fine in zip(keys, ok) if fine}
+    if len(good) < len(found):
+        log.warning("%d cached vector(s) in %s were damaged (NaN, all zero or a wrong length): encoded again",
+                    len(found) - len(good), path)
+    return good
 
 
 class Encoder:
@@ -164,16 +190,50 @@ class Encoder:
 
         return torch.autocast("cuda" if self.device_.startswith("cuda") else "cpu", dtype=torch.float16)
 
+    def _cache_path(self) -> Path:
+        return self.cache_dir / f"vectors-{self.identity}.sqlite"
+
     def _db(self) -> sqlite3.Connection:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.cache_dir / f"vectors-{self.identity}.sqlite")
-        db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
-        return db
+        """The cache, opened; a damaged file is set aside (renamed, one warning line) and started afresh."""
+        path = self._cache_path()
+        if self.cache_dir.exists() and not self.cache_dir.is_dir():
+            raise ConfigError(f"the vector cache folder {self.cache_dir} is a file; remove it or name a folder (--cache-dir)")
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the vector cache folder {self.cache_dir}: {exc.strerror}; "
+                              "name a folder you can write (--cache-dir)") from None
+        for attempt in (0, 1):
+            db = sqlite3.connect(path)
+            try:
+                db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+                db.execute("SELECT key, data FROM vec LIMIT 1").fetchall()
+                return db
+            except sqlite3.DatabaseError as exc:
+                db.close()
+                if attempt or not is_damaged(exc):
+                    raise cache_error(path, exc) from None
+                set_aside(path, exc)
+        raise AssertionError("unreachable")
 
     def encode(self, texts: list[str], *, progress: bool = True) -> np.ndarray:
-        """L2-normalised float32 vectors, one row per text; only texts not in the cache are encoded."""
+        """L2-normalised float32 vectors, one row per text; only texts not in the cache are encoded.
+
+        A cache file found damaged while reading or writing is set aside and rebuilt (once per call); cached
+        rows that are NaN, all zero or of another length than the rest are encoded again."""
+        try:
+            return self._encode(texts, progress)
+        except sqlite3.DatabaseError as exc:
+            if not is_damaged(exc):
+                raise cache_error(self._cache_path(), exc) from None
+            set_aside(self._cache_path(), exc)
+        try:
+            return self._encode(texts, progress)
+        except sqlite3.DatabaseError as exc:
+            raise cache_error(self._cache_path(), exc) from None
+
+    def _encode(self, texts: list[str], progress: bool) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        out: np.ndarray | None = None
         db = self._db()
         try:
             found: dict[str, bytes] = {}
@@ -182,6 +242,7 @@ class Encoder:
                 part = unique[start : start + 900]
                 rows = db.execute(f"SELECT key, data FROM vec WHERE key IN ({','.join('?' * len(part))})", part)
                 found.update(rows.fetchall())
+            found = usable_rows(found, self._cache_path())
             text_of = dict(zip(keys, texts))
             # longest first, across all chunks: batches of similar length waste little on padding
             todo = sorted((k for k in unique if k not in found), key=lambda k: -len(text_of[k]))

@@ -467,6 +467,21 @@ def _views_2d(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCo
             for name, x in (("raw", base), ("finetuned", tuned)) for method in ("pca", "simplex")}
 
 
+def evaluation_notes(n_test: int, n_gold_values: int, gold_attribute: str | None) -> list[str]:
+    """Warnings about what the figures can mean: a gold attribute with about one value per test record is no
+    class attribute; with fewer test records than a k, top_k counts every other test record (the class share)."""
+    notes = []
+    if n_test >= 10 and n_gold_values > n_test // 2:
+        notes.append(f"gold attribute {gold_attribute!r} has {n_gold_values} different values over {n_test} test "
+                     "records: it does not look like a class attribute, so top_k measures nothing; name the "
+                     "attribute that holds each record's true class (--gold-attribute)")
+    over = [k for k in KS if k >= n_test - 1]
+    if over:
+        notes.append(f"only {n_test} test records: top_{over[0]} and above count every other test record, so they "
+                     "are the same for any embedding (about chance); read the smaller k")
+    return notes
+
+
 def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig, *,
              doors: dict[str, np.ndarray] | None = None) -> Evaluation:
     """Raw (``base``) vs fine-tuned (``tuned``) vectors of every record of ``sel``, judged on the test records'
@@ -487,6 +502,9 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
         return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
     gold_values, classes = _gold_codes(sel, test)
     metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes), "eval_queries": config.eval_queries}
+    notes = evaluation_notes(len(test), len(gold_values), config.gold_attribute)
+    if notes:
+        metrics["evaluation_notes"] = notes
     figures, per_query = _neighbour_figures(base, tuned, sel, classes, config, doors or {})
     metrics.update(figures)
     mapping = gold_to_class(sel)

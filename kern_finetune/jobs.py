@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .serving import immediate_transaction
+from .errors import ConfigError
+from .serving import immediate_transaction, is_damaged, set_aside
 
 __all__ = [
     "Job",
@@ -176,6 +177,15 @@ class JobStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._wakeup = threading.Condition()
+        try:
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            if not is_damaged(exc):
+                raise ConfigError(f"cannot use the job store {self.path}: {exc}; free disk space or make it writable") from None
+            set_aside(self.path, exc)  # the jobs it held are lost; the next triggers queue afresh
+            self._create()
+
+    def _create(self) -> None:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)

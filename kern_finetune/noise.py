@@ -156,11 +156,24 @@ def without_label_issues(sel: Selection, found: dict[str, Any]) -> Selection:
     return replace(sel, train_idx=sel.train_idx[keep[sel.train_idx]], val_idx=sel.val_idx[keep[sel.val_idx]])
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) gets a leading
+    ``'``, as OWASP's CSV-injection advice says; numbers stay as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def write_label_issues(path: Path, issues: dict[str, Any]) -> None:
-    """CSV for labelers to review: id, given label, suggested label, probability of the given label."""
+    """CSV for labelers to review: id, given label, suggested label, probability of the given label.
+    Text cells that a spreadsheet would run as formulas are neutralised (:func:`_csv_cell`)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["record_id", "given_label", "suggested_label", "probability_given"])
-        w.writerows(zip(issues["ids"], issues["given"], issues["suggested"], issues["probability_given"]))
+        for row in zip(issues["ids"], issues["given"], issues["suggested"], issues["probability_given"]):
+            w.writerow([_csv_cell(v) for v in row])
     tmp.replace(path)

@@ -103,6 +103,8 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
         f"threshold {config.threshold}")
     say(f"      {len(sel.train_idx)} train / {len(sel.val_idx)} validation ({prepared.n_manual} manual), "
         f"{len(sel.test_idx)} test; skipped: {sel.skipped or 'none'}")
+    for note in sel.notes:
+        say(f"      warning: {note}")
 
     say(f"[2/5] encode {len(sel.texts)} records")
     t = time.perf_counter()
@@ -194,3 +196,5 @@ def _say_headline(say: ProgressFn, metrics: dict[str, Any], out_dir: Path) -> No
             f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")
     else:
         say(f"      no evaluation: {metrics.get('evaluation_note', 'no test records')}; outputs in {out_dir}")
+    for note in metrics.get("evaluation_notes", []):
+        say(f"      note: {note}")

@@ -63,6 +63,8 @@ class Selection:
     test_idx: np.ndarray
     gold: list[str | None]
     skipped: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    """Warnings about the labels, one line each (the pipeline prints them)."""
 
     @property
     def labeled_idx(self) -> np.ndarray:
@@ -146,6 +148,9 @@ def select_labels(
     """Apply the selection rules (module docstring) and split the labels into train/validation."""
     ids = _record_ids(records, id_attribute)
     texts = build_texts(records, text_attributes)
+    if texts and not any(texts):
+        raise SelectionError(f"every record's text is empty (attributes {', '.join(map(repr, text_attributes))}): "
+                             "name the attributes that hold the text (--text-attributes)")
     skipped: Counter[str] = Counter()
     known = set(known_labels) if known_labels else None
 
@@ -154,6 +159,7 @@ def select_labels(
     chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped, weak_labels)
 
     classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
+    classes, aside = _set_aside_small_classes(classes, chosen, source, skipped)
     if len(classes) < 2:
         raise SelectionError(
             f"need labels of at least 2 classes to train, found {len(classes)}"
@@ -193,7 +199,41 @@ def select_labels(
         test_idx=test_idx,
         gold=gold,
         skipped={k: v for k, v in sorted(skipped.items()) if v},
+        notes=aside + near_duplicate_classes(classes),
     )
+
+
+def _set_aside_small_classes(classes: list[str], chosen: list[str | None], source: list[str],
+                             skipped: Counter[str]) -> tuple[list[str], list[str]]:
+    """Classes with fewer than 2 labels cannot train (a class needs a pair): while at least 2 classes keep 2 or
+    more, they are set aside for this run (their labels count as ``class_too_small`` and do not train, in place
+    in ``chosen`` / ``source``) with one warning line, instead of failing the whole project."""
+    counts = Counter(c for c in chosen if c is not None)
+    small = [c for c in classes if counts.get(c, 0) < 2]
+    if not small or len(classes) - len(small) < 2:
+        return classes, []
+    out = set(small)
+    for i, c in enumerate(chosen):
+        if c in out:
+            chosen[i], source[i] = None, ""
+            skipped["class_too_small"] += 1
+    shown = ", ".join(f"{c!r} ({counts.get(c, 0)})" for c in small[:5]) + (", ..." if len(small) > 5 else "")
+    return [c for c in classes if c not in out], [
+        f"{len(small)} class(es) with fewer than 2 labels set aside for this run: {shown}; "
+        "label at least 2 records of a class to train it"]
+
+
+def near_duplicate_classes(classes: list[str]) -> list[str]:
+    """One warning line when some labels differ only by case or surrounding spaces (``Sports`` / ``sports``,
+    ``World`` / ``World ``): they train as separate classes, which is rarely what the labelers meant."""
+    groups: dict[str, list[str]] = {}
+    for c in classes:
+        groups.setdefault(c.strip().casefold(), []).append(c)
+    same = [" = ".join(repr(c) for c in sorted(g)) for g in groups.values() if len(g) > 1]
+    if not same:
+        return []
+    return [f"labels that differ only by case or spaces train as separate classes: {'; '.join(same)} "
+            "(rename them to one label in refinery if they mean the same)"]
 
 
 def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

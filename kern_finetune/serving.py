@@ -28,6 +28,8 @@ from typing import Any
 from ._net import bind_socket
 
 __all__ = [
+    "is_damaged",
+    "set_aside",
     "listening_socket",
     "format_url",
     "ServerThread",
@@ -184,3 +186,21 @@ def immediate_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connecti
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
+
+
+def is_damaged(exc: sqlite3.DatabaseError) -> bool:
+    """A damaged file (``file is not a database``, ``disk image is malformed``), not a full disk, a read-only
+    file or a lock (``OperationalError``), which renaming the file would not cure."""
+    return not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc) or "not a database" in str(exc)
+
+
+def set_aside(path: Path, exc: BaseException) -> Path:
+    """Rename a damaged SQLite file (and its journal) to ``<name>.damaged-<time>``, with one warning line."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    for suffix in ("-journal", "-wal", "-shm"):
+        extra = path.with_name(path.name + suffix)
+        if extra.exists():
+            os.replace(extra, aside.with_name(aside.name + suffix))
+    os.replace(path, aside)
+    log.warning("%s is damaged (%s): set aside as %s and rebuilt", path, exc, aside.name)
+    return aside

@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._net import host_identity
+from ._net import check_project_id, host_identity
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
 from .prepare import prepare
@@ -149,10 +149,12 @@ def choose_door(
     *,
     snapshot: Path | None = None,
     write_snapshot: Path | None = None,
+    out_dir: Path | None = None,
 ) -> str:
     """The door this sync writes through (``api``, ``snapshot`` or ``model``); see the module docstring.
 
-    Checks the options (:class:`ConfigError`) and, for ``api``/``auto``, asks the host with one read.
+    Checks the options (:class:`ConfigError`; ``write_snapshot`` must not be ``snapshot`` nor inside
+    ``out_dir``, and its folder must be writable) and, for ``api``/``auto``, asks the host with one read.
     Raises :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
     """
     if door not in DOORS:
@@ -160,7 +162,7 @@ def choose_door(
     if door in ("api", "model") and (snapshot is not None or write_snapshot is not None):
         raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door {door}")
     if door == "snapshot" or (door == "auto" and write_snapshot is not None):
-        _check_snapshot_options(snapshot, write_snapshot)
+        _check_snapshot_options(snapshot, write_snapshot, out_dir)
     if door == "auto" and write_snapshot is not None:
         return "snapshot"
     if door in ("snapshot", "model"):
@@ -170,13 +172,14 @@ def choose_door(
     raise PushError(no_door_message(client.uri, project_id))
 
 
-def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None) -> None:
+def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None, out_dir: Path | None) -> None:
+    from .refinery.snapshot import check_snapshot_dst
+
     if snapshot is None or write_snapshot is None:
         raise ConfigError("the snapshot door needs --snapshot SRC.zip (exported in refinery) and --write-snapshot OUT.zip")
     if not Path(snapshot).is_file():
         raise ConfigError(f"--snapshot {snapshot}: no such file (export a project snapshot in refinery first)")
-    if Path(write_snapshot).resolve() == Path(snapshot).resolve():
-        raise ConfigError("--write-snapshot must name a new file, not the source snapshot")
+    check_snapshot_dst(write_snapshot, src=snapshot, out_dir=out_dir)
 
 
 def model_door_steps(model_dir: Path, attribute: str, n_records: int) -> list[str]:
@@ -229,7 +232,7 @@ def sync_project(
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
-        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say)
+        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # the folder alone cannot give smoothed or spread vectors
             config = dataclasses.replace(config, smooth="0", spread="0")
@@ -332,16 +335,17 @@ def _project_and_state_dir(client: RefineryClient, project_id: str | None, confi
     pid = project_id or client.project_id
     if not pid:
         raise ConfigError("no project id: pass --project ID or put project_id in the secrets file")
-    pid = str(pid)
+    pid = check_project_id(str(pid), where="project id")
     sdir = Path(state_dir) if state_dir is not None else sync_state_dir(client.uri, pid, config)
     sdir.mkdir(parents=True, exist_ok=True)
     return pid, sdir
 
 
 def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door: str, snapshot: Path | None,
-                      write_snapshot: Path | None, say: ProgressFn) -> tuple[str, list[Record]]:
+                      write_snapshot: Path | None, say: ProgressFn, *,
+                      out_dir: Path | None = None) -> tuple[str, list[Record]]:
     """Choose the door (before anything is pulled), then sync step 1: pull the export."""
-    chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot)
+    chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot, out_dir=out_dir)
     say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
     source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
 

@@ -14,7 +14,7 @@ from kern_finetune.cli import main
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
 from kern_finetune.pipeline import run_pipeline
-from kern_finetune.save import RUN_OUTPUTS, check_out_dir, staged_output
+from kern_finetune.save import RUN_MARKER, RUN_OUTPUTS, check_out_dir, staged_output
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,7 +73,7 @@ def test_staged_output_replaces_or_keeps(tmp_path: Path) -> None:
     assert (out / "metrics.json").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     with staged_output(out) as stage:
         (stage / "vectors.npz").write_text("3")
-    assert [p.name for p in out.iterdir()] == ["vectors.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [RUN_MARKER, "vectors.npz"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    if args.project_id is not None:
+        from .._net import check_project_id
+
+        check_project_id(args.project_id, where="--project-id")
     user_name, password = _credentials(args)
 
     def _ready(store: Any, url: str) -> None:

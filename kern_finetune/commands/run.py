@@ -77,8 +77,14 @@ def _run(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
 
     config = config_from_args(args)
-    if args.write_snapshot is not None and args.export.suffix != ".zip":
+    from ..refinery.reader import is_zip
+
+    if args.write_snapshot is not None and not is_zip(args.export):
         raise ConfigError(f"--write-snapshot needs --export to be a refinery project snapshot (.zip), got {args.export}")
+    if args.write_snapshot is not None:  # before any work: never the input, never inside --out, writable
+        from ..refinery.snapshot import check_snapshot_dst
+
+        check_snapshot_dst(args.write_snapshot, src=args.export, out_dir=args.out)
     records = load_export(args.export)
     result = run_pipeline(records, config, out_dir=args.out, progress=print)
     if args.write_snapshot is not None:

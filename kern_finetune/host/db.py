@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..serving import immediate_transaction
+from ..serving import immediate_transaction, is_damaged, set_aside
 
 __all__ = ["DB_FILE", "HostDB", "now_iso"]
 
@@ -75,14 +75,8 @@ class HostDB:
         self.path = path
         self.lock = threading.RLock()
 
-    @classmethod
-    def open(cls, data_dir: Path) -> HostDB:
-        """Open (creating if needed) ``data_dir/host.sqlite3`` with its tables; a new folder and file are private."""
-        if not data_dir.exists():  # a folder we create is private; an existing one keeps its mode
-            data_dir.mkdir(parents=True, mode=0o700)
-        elif not data_dir.is_dir():
-            raise ConfigError(f"--data-dir {data_dir} is not a folder")
-        db_path = data_dir / DB_FILE
+    @staticmethod
+    def _connect(db_path: Path) -> sqlite3.Connection:
         fresh = not db_path.exists()
         conn = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None, timeout=30)
         if fresh:  # SQLite gives the -wal/-shm files the same mode
@@ -95,6 +89,23 @@ class HostDB:
         except BaseException:
             conn.close()
             raise
+        return conn
+
+    @classmethod
+    def open(cls, data_dir: Path) -> HostDB:
+        """Open (creating if needed) ``data_dir/host.sqlite3`` with its tables; a new folder and file are private."""
+        if not data_dir.exists():  # a folder we create is private; an existing one keeps its mode
+            data_dir.mkdir(parents=True, mode=0o700)
+        elif not data_dir.is_dir():
+            raise ConfigError(f"--data-dir {data_dir} is not a folder")
+        db_path = data_dir / DB_FILE
+        try:
+            conn = cls._connect(db_path)
+        except sqlite3.DatabaseError as exc:
+            if not is_damaged(exc):
+                raise ConfigError(f"cannot use {db_path}: {exc}; free disk space or make it writable") from None
+            set_aside(db_path, exc)  # rebuilt: the project is imported again from --export
+            conn = cls._connect(db_path)
         return cls(conn, db_path)
 
     def close(self) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import is_embedding_name
 from .api_errors import ApiError
 from .db import HostDB, now_iso
 from .project import Project
@@ -86,8 +87,9 @@ class Embeddings:
         if not isinstance(spec, dict):
             raise ApiError(422, "INVALID_REQUEST", "body must be a JSON object")
         name = spec.get("name")
-        if not isinstance(name, str) or not name.strip() or len(name) > 200 or not is_text(name):
-            raise ApiError(422, "INVALID_REQUEST", "name must be a non-empty string of at most 200 characters")
+        if not isinstance(name, str) or not is_text(name) or not is_embedding_name(name):
+            raise ApiError(422, "INVALID_REQUEST", "name must be 1-200 characters without control characters, "
+                                                   "'/' or '\\', nor spaces at either end")
         dim = spec.get("dimension")
         if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIMENSION:
             raise ApiError(422, "INVALID_REQUEST", f"dimension must be an integer in [1, {_MAX_DIMENSION}]")

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ExportError, TaskNotFoundError
 from .columns import CLASSIFICATION, EXTRACTION, Record, TaskColumns, split_task_column
-from .reader import parse_json, read_export_bytes
+from .reader import is_zip, parse_json, read_export_bytes
 from .snapshot import read_snapshot
 
 __all__ = [
@@ -62,7 +62,7 @@ def load_export(path: str | Path, *, max_bytes: int | None = None) -> list[Recor
     ``max_bytes`` caps the decompressed size (default: :func:`kern_finetune.refinery.reader.max_input_bytes`).
     """
     path = Path(path)
-    if path.suffix == ".zip":
+    if is_zip(path):
         return read_snapshot(path, max_bytes=max_bytes).records
     raw = read_export_bytes(path, max_bytes=max_bytes)
     return parse_export_payload(raw, source=str(path))

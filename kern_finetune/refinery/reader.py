@@ -30,7 +30,8 @@ from typing import Any
 
 from ..errors import ExportError
 
-__all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "read_export_bytes", "read_zip_json_member", "parse_json"]
+__all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "is_zip", "read_export_bytes", "read_zip_json_member",
+           "parse_json"]
 
 DEFAULT_MAX_MB = 1024
 """Default cap on the decompressed size of one input file, in MiB."""
@@ -38,6 +39,7 @@ MAX_INPUT_ENV = "KERN_FINETUNE_MAX_INPUT_MB"
 """Environment variable that overrides :data:`DEFAULT_MAX_MB`."""
 
 _CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 _ZIP_METHODS = {9: "Deflate64", 12: "bzip2", 14: "LZMA", 93: "Zstandard", 95: "XZ", 98: "PPMd", 99: "AES encryption"}
@@ -79,8 +81,26 @@ def _read_stream(fh: Any, path: Path, cap: int) -> bytes:
         parts.append(chunk)
 
 
+def is_zip(path: str | Path) -> bool:
+    """A snapshot zip: a ``.zip`` suffix in any case, or a regular file that starts with a zip's magic bytes."""
+    path = Path(path)
+    if path.suffix.lower() == ".zip":
+        return True
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
-    """The raw bytes of a ``.json`` (or any plain) file or a ``.gz`` file, decompressed under the cap."""
+    """The raw bytes of a ``.json`` (or any plain) file or a gzip file, decompressed under the cap.
+
+    Gzip is told by its magic bytes, not by the suffix (``.json.GZ``, a gzip named ``.json``). Every
+    stream is read in bounded chunks and refused once it passes the cap, files or not (``/dev/zero``, a pipe).
+    """
     path = Path(path)
     cap = max_input_bytes(max_bytes)
     if not path.exists():
@@ -88,12 +108,13 @@ def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> byte
     if path.is_dir():
         raise ExportError(f"{path} is a folder; name the export file (.json, .json.gz or a snapshot .zip)")
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as fh:
-                return _read_stream(fh, path, cap)
-        if path.stat().st_size > cap:
-            raise _too_big(path, cap)
-        return path.read_bytes()
+        with open(path, "rb") as fh:
+            if fh.peek(2)[:2] == _GZIP_MAGIC:
+                with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+                    return _read_stream(gz, path, cap)
+            if path.is_file() and path.stat().st_size > cap:
+                raise _too_big(path, cap)
+            return _read_stream(fh, path, cap)
     except ExportError:
         raise
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -156,10 +177,21 @@ def parse_json(raw: bytes | str, *, source: str) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
+        if _looks_like_csv(text, source):
+            raise ExportError(f"{source} looks like CSV, which kern-finetune does not read: export the records from "
+                              "refinery as JSON (.json or .json.gz) or a project snapshot (.zip)") from None
         raise ExportError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ExportError(f"{source} nests JSON deeper than can be parsed: it is not a refinery export") from None
     return _scrub_surrogates(value) if has_escape else value
+
+
+def _looks_like_csv(text: str, source: str) -> bool:
+    """A ``.csv`` / ``.tsv`` name, or a first line that is not JSON but holds commas, semicolons or tabs."""
+    if source.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz")):
+        return True
+    first = text.lstrip("\ufeff \r\n").split("\n", 1)[0]
+    return bool(first) and first[0] not in "[{\"" and any(sep in first for sep in (",", ";", "\t"))
 
 
 def _scrub_surrogates(value: Any) -> Any:

@@ -49,7 +49,7 @@ from .columns import (
 )
 from .reader import parse_json, read_zip_json_member
 
-__all__ = ["Snapshot", "read_snapshot", "write_snapshot", "snapshot_records", "import_steps"]
+__all__ = ["Snapshot", "read_snapshot", "write_snapshot", "check_snapshot_dst", "snapshot_records", "import_steps"]
 
 _CLASSIFICATION = "MULTICLASS_CLASSIFICATION"
 
@@ -269,9 +269,73 @@ def write_snapshot(
         {"embedding_id": emb_id, "record_id": rid, "data": row.tolist(), "sub_key": None}
         for rid, row in zip(by_id, np.round(arr, 7))
     ]
-    back = _write_checked(dst, snap.member, data, name=name, count=len(by_id), dimension=arr.shape[1])
+    member = _safe_member(snap.member)
+    if member != snap.member:
+        notices.append(f"the source's JSON member {snap.member!r} is not a plain file name (a path that would "
+                       f"write outside the folder it is unzipped in); written as {member!r}")
+    back = _write_checked(dst, member, data, name=name, count=len(by_id), dimension=arr.shape[1])
     back.notices = notices
     return back
+
+
+def check_snapshot_dst(
+    dst: str | Path, *, src: str | Path | None = None, out_dir: str | Path | None = None,
+    flag: str = "--write-snapshot",
+) -> Path:
+    """Check, before any work, that a snapshot may be written to ``dst``; returns it.
+
+    Refused with one :class:`ConfigError` line that names the file and the fix: ``dst`` is the input
+    snapshot ``src`` (the same file under any spelling: a symbolic or hard link, ``..``), lies inside the
+    run's output folder ``out_dir`` (replaced as a whole by the run), is a folder or not a regular file, or
+    its folder cannot be written (a probe file is created and removed there, so a read-only file system
+    counts too).
+    """
+    dst = Path(dst)
+    real = Path(os.path.realpath(dst))
+    if src is not None:
+        src_p = Path(src)
+        same = real == Path(os.path.realpath(src_p))
+        if not same and dst.exists() and src_p.exists():
+            try:
+                same = os.path.samefile(src_p, dst)
+            except OSError:
+                same = False
+        if same:
+            raise ConfigError(f"{flag} {dst} is the input snapshot {src_p}: writing it would replace your export; "
+                              f"name a new file (e.g. {src_p.with_name(src_p.stem + '-with-embedding.zip')})")
+    if dst.is_dir():
+        raise ConfigError(f"{flag} {dst} is a folder; name the .zip file to write in it (e.g. {dst / 'with-embedding.zip'})")
+    if dst.exists() and not dst.is_file():
+        raise ConfigError(f"{flag} {dst} is not a regular file; name a .zip file to write")
+    if out_dir is not None:
+        out_real = Path(os.path.realpath(out_dir))
+        if out_real == real or out_real in real.parents:
+            raise ConfigError(f"{flag} {dst} is inside the output folder {out_dir}, which a run replaces as a whole; "
+                              "name a file outside it")
+    folder = real.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"cannot write {flag} {dst}: {folder} is a file, not a folder; name a file in a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {flag} {dst}: {folder} is not writable ({exc.strerror}); "
+                          "name a file in a folder you can write") from None
+    return dst
+
+
+def _safe_member(member: str) -> str:
+    """A zip member name that stays inside the folder it is unzipped in: the last part of ``member`` when it
+    is absolute, holds ``..``, a backslash or a drive letter; else ``member`` as it is."""
+    parts = member.replace("\\", "/").split("/")
+    if not member.startswith(("/", "\\")) and "\\" not in member and ".." not in parts and ":" not in member:
+        return member
+    name = next((p for p in reversed(parts) if p not in ("", ".", "..")), "")
+    name = name.split(":")[-1]
+    return name if name.endswith(".json") and name != ".json" else "snapshot.json"
 
 
 def _unit_vectors(vectors: np.ndarray, n_ids: int) -> np.ndarray:

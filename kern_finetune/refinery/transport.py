@@ -40,7 +40,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .._net import host_identity, redact_uri
+from .._net import check_project_id, host_identity, redact_uri
 from ..errors import AuthError, ConfigError, HostError, HostUnavailableError, ProjectNotFoundError
 
 __all__ = ["Transport", "json_body", "error_code", "error_detail"]
@@ -119,7 +119,7 @@ class Transport:
         pid = project_id or self.project_id
         if not pid:
             raise ConfigError("no project id: pass --project ID or put project_id in the secrets file")
-        return str(pid)
+        return check_project_id(pid, where="the project id (--project or the secrets file's project_id)")
 
     @property
     def logged_in(self) -> bool:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from .._net import is_project_id
 from ..config import RunConfig
 from ..errors import ConfigError
 
 __all__ = ["validate_trigger"]
 
-_PROJECT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _TRIGGER_KEYS = {"project_id", "options", "force", "min_new_labels"}
 
 
@@ -22,7 +21,7 @@ def validate_trigger(payload: Any) -> tuple[str, dict[str, Any], bool, int]:
     if unknown:
         raise ConfigError(f"unknown field(s): {', '.join(unknown)}; known: {', '.join(sorted(_TRIGGER_KEYS))}")
     project_id = payload.get("project_id")
-    if not isinstance(project_id, str) or not _PROJECT_ID_RE.match(project_id):
+    if not is_project_id(project_id):  # the whole string: "abc\n" is not "abc"
         raise ConfigError("project_id must be a string of 1-128 letters, digits, '_', '.', '-'")
     options = payload.get("options", {})
     if options is None:

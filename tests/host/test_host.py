@@ -436,7 +436,7 @@ def test_invalid_chunks_are_refused(api: _Api) -> None:
     resp = api.post("/embeddings", {"name": "x", "dimension": 0})
     assert resp.status_code == 422
     for bad in ({"attribute": "NoSuchAttribute"}, {"custom": "yes"}, {"count": 10**30}, {"name": "\ud800"},
-                {"type": "ON_TOKEN"}, {"platform": 5}):
+                {"type": "ON_TOKEN"}, {"platform": 5}, {"name": "../../../etc/x\n"}, {"name": "x\n"}):
         resp = api.post("/embeddings", {"name": "x", "dimension": DIM, **bad})
         assert resp.status_code == 422 and resp.json()["error_code"] == "INVALID_REQUEST", bad
     assert api.put("/embeddings/not-an-id/tensors", {"chunk": 0, "tensors": []}).status_code == 404
