@@ -242,11 +242,9 @@ def sync_project(
     say = progress or (lambda _msg: None)
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
 
-    if model_target is not None and door != "model":
-        raise ConfigError("--models-dir belongs to --door model")
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         previous = _read_state(sdir / STATE_FILE)
-        gateway = _check_model_door(client, pid, model_target, previous, say) if door == "model" else None
+        gateway = _check_model_door(client, pid, door, model_target, previous, say)
         chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # the folder alone cannot give smoothed or spread vectors
@@ -275,39 +273,38 @@ def sync_project(
         result = run(records, config, out_dir=Path(out_dir), progress=say, prepared=prepared)
         model = model_short_name(result.base_model)
 
-        if gateway is not None and model_target is not None:
-            delivered = _deliver(gateway, pid, result, attribute, model_target, previous, changed, say)
-            name, status, msg, written = delivered.name, "created", _delivered_message(delivered, changed), delivered.folder
-            pushed, embedding_id, door_state = None, delivered.embedding_id, delivered.state()
-        else:
-            door_out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
-                                      changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
-                                      snapshot=snapshot, write_snapshot=write_snapshot, say=say)
-            name, status, msg, pushed, written = door_out
-            embedding_id, door_state, delivered = (pushed.embedding_id if pushed else None), None, None
+        out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
+                             changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
+                             snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
+                             model_target=model_target, previous=previous)
         # only a successful write reaches this point: now the new state may be stored
         _write_state(sdir / STATE_FILE, {
-            "version": _STATE_VERSION,
-            "host": client.identity,
-            "project_id": pid,
-            "key": key,
-            "door": chosen,
-            "fingerprint": fingerprint,
-            "labels": labels,
-            "embedding": name,
-            "embedding_id": embedding_id,
-            "written": str(written) if written else None,
-            "model_door": door_state,
+            "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": chosen,
+            "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
+            "written": str(out.written) if out.written else None, "model_door": out.door_state,
             "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        if delivered is not None and delivered.delete_error:
-            raise PushError(f"model door, step delete: {name!r} is FINISHED and recorded, but deleting the previous "
-                            f"embedding {', '.join(delivered.leftover)} was refused ({delivered.delete_error}); "
-                            "delete it in the project's settings (the next sync tries again)")
-        say(f"sync: {msg}")
-        return SyncResult(status, pid, fingerprint, prev_fp, changed, len(labels), sdir, msg, run=result,
-                          push=pushed, door=chosen, attribute=attribute, written=written, embedding=name,
-                          embedding_id=embedding_id)
+        if out.delete_error:
+            raise PushError(out.delete_error)
+        say(f"sync: {out.message}")
+        return SyncResult(out.status, pid, fingerprint, prev_fp, changed, len(labels), sdir, out.message, run=result,
+                          push=out.pushed, door=chosen, attribute=attribute, written=out.written, embedding=out.name,
+                          embedding_id=out.embedding_id)
+
+
+@dataclass
+class _Written:
+    """What step 4 wrote through the door (what the state and the result record)."""
+
+    name: str
+    status: str
+    message: str
+    pushed: PushResult | None = None
+    written: Path | None = None
+    embedding_id: str | None = None
+    door_state: dict[str, Any] | None = None
+    delete_error: str = ""
+    """Set when the model door's new embedding is recorded but deleting the previous one was refused."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,9 +317,12 @@ def _default_pipeline() -> PipelineFn:
     return run_pipeline
 
 
-def _check_model_door(client: RefineryClient, pid: str, target: ModelDoorTarget | None,
+def _check_model_door(client: RefineryClient, pid: str, door: str, target: ModelDoorTarget | None,
                       previous: dict[str, Any] | None, say: ProgressFn) -> Gateway | None:
-    """The model door's check before anything is pulled (:func:`kern_finetune.model_door.check_door`)."""
+    """The model door's check before anything is pulled (:func:`kern_finetune.model_door.check_door`); the
+    gateway session to write through, or None (no target)."""
+    if target is not None and door != "model":
+        raise ConfigError("--models-dir belongs to --door model")
     if target is None:
         return None
     gateway = Gateway(client)
@@ -334,26 +334,32 @@ def _check_model_door(client: RefineryClient, pid: str, target: ModelDoorTarget 
 
 
 def _deliver(gateway: Gateway, pid: str, result: RunResult, attribute: str, target: ModelDoorTarget,
-             previous: dict[str, Any] | None, changed: int, say: ProgressFn) -> Any:
+             previous: dict[str, Any] | None, changed: int, say: ProgressFn) -> _Written:
     """Sync step 4 of the model door with a target: :func:`kern_finetune.model_door.deliver`."""
     say(f"sync 4/4: model door: hand {result.model_dir} to refinery's embedder")
     before = (previous or {}).get("model_door") if (previous or {}).get("door") == "model" else None
-    return deliver(gateway, pid, Path(result.model_dir), attribute, target, previous=before, say=say)
-
-
-def _delivered_message(done: Any, changed: int) -> str:
+    done = deliver(gateway, pid, Path(result.model_dir), attribute, target, previous=before, say=say)
     gone = f"; deleted the previous embedding {', '.join(done.deleted)}" if done.deleted else ""
-    return (f"refinery computed {done.name!r} (id {done.embedding_id}) from {done.folder} after {changed} label "
-            f"change(s){gone}")
+    message = (f"refinery computed {done.name!r} (id {done.embedding_id}) from {done.folder} after {changed} "
+               f"label change(s){gone}")
+    refused = ""
+    if done.delete_error:
+        refused = (f"model door, step delete: {done.name!r} is FINISHED and recorded, but deleting the previous "
+                   f"embedding {', '.join(done.leftover)} was refused ({done.delete_error}); delete it in the "
+                   "project's settings (the next sync tries again)")
+    return _Written(done.name, "created", message, written=done.folder, embedding_id=done.embedding_id,
+                    door_state=done.state(), delete_error=refused)
 
 
 def _write_through(
     chosen: str, client: RefineryClient, pid: str, result: RunResult, config: RunConfig, *, attribute: str,
     model: str, changed: int, chunk_size: int, tensor_format: str, snapshot: Path | None,
-    write_snapshot: Path | None, say: ProgressFn,
-) -> tuple[str, str, str, PushResult | None, Path | None]:
-    """Sync step 4: write the run's vectors through the chosen door; ``(embedding name, status, message,
-    push result, what was written)``."""
+    write_snapshot: Path | None, say: ProgressFn, gateway: Gateway | None = None,
+    model_target: ModelDoorTarget | None = None, previous: dict[str, Any] | None = None,
+) -> _Written:
+    """Sync step 4: write the run's vectors through the chosen door."""
+    if chosen == "model" and gateway is not None and model_target is not None:
+        return _deliver(gateway, pid, result, attribute, model_target, previous, changed, say)
     pushed: PushResult | None = None
     written: Path | None = None
     if chosen == "api":
@@ -377,7 +383,8 @@ def _write_through(
         for line in model_door_steps(written, attribute, len(result.ids)):
             say(line)
         msg = f"wrote the model folder {written} after {changed} label change(s)"
-    return name, status, msg, pushed, written
+    return _Written(name, status, msg, pushed=pushed, written=written,
+                    embedding_id=pushed.embedding_id if pushed else None)
 
 
 def _project_and_state_dir(client: RefineryClient, project_id: str | None, config: RunConfig,

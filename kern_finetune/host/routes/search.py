@@ -50,6 +50,9 @@ def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
 def add_search_routes(app: FastAPI, store: HostStore) -> None:
     """``POST /refinery-gateway/api/v1/data-browser/{project_id}/search-records-by-similarity``."""
 
+    # The second path lacks the gateway's /api mount: the workplace's shared facts (docs/refinery-api.md) still
+    # name it and manifest.json follows them; it goes once they name the real path (refinery-ui data-browser.ts).
+    @app.post(GATEWAY_PREFIX + "v1/data-browser/{project_id}/search-records-by-similarity")
     @app.post(GATEWAY_PREFIX + "api/v1/data-browser/{project_id}/search-records-by-similarity")
     def search_records_by_similarity(project_id: str, body: Any = Body(None), user: str = Depends(request_user)
                                      ) -> JSONResponse:
