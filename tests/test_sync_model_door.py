@@ -230,3 +230,24 @@ def test_versioned_folders_never_reuse_a_name(tmp_path: Path) -> None:
     assert reserve_folder(tmp_path, "kern-finetune-Title").name == "kern-finetune-Title-v4"
     assert reserve_folder(tmp_path, "kern-finetune-Title", {"kern-finetune-Title-v5"}).name == "kern-finetune-Title-v6"
     assert (tmp_path / "kern-finetune-Title-v3" / "keep").read_text() == "x"
+
+
+def test_unattended_syncs_get_the_nights_time_budget(tmp_path: Path) -> None:
+    """``sync`` and the webhook's jobs default --time-budget to SYNC_TIME_BUDGET; ``run`` keeps 300 s; a budget
+    that is named wins."""
+    from kern_finetune.cli import build_parser
+    from kern_finetune.config import SYNC_TIME_BUDGET
+    from kern_finetune.jobs import JobStore
+    from kern_finetune.service.worker import JobWorker
+
+    parser = build_parser()
+    assert parser.parse_args(["sync"]).time_budget == SYNC_TIME_BUDGET == 3600.0
+    assert parser.parse_args(["sync", "--time-budget", "120"]).time_budget == 120.0
+    assert parser.parse_args(["run", "--export", "x.json"]).time_budget == RunConfig().time_budget == 300.0
+    seen: list[float] = []
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    worker = JobWorker(store, lambda ctx: seen.append(ctx.config.time_budget) or {}, tmp_path)
+    for options in ({"task": "Topic"}, {"task": "Topic", "time_budget": 90.0}):
+        store.submit("p1", options)
+        worker._run(store.claim_next())
+    assert seen == [SYNC_TIME_BUDGET, 90.0]
