@@ -36,6 +36,7 @@ from .errors import ConfigError
 __all__ = [
     "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables", "is_embedding_name",
     "DEVICES", "LOSSES", "ENGINES", "MODES", "NOISE_FILTERS", "PSEUDO_LABELS_AUTO", "default_cache_dir",
+    "SYNC_TIME_BUDGET",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -45,6 +46,11 @@ MODES = ("auto", "head", "full")
 NOISE_FILTERS = ("off", "drop", "weight")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
+
+SYNC_TIME_BUDGET = 3600.0
+"""``--time-budget`` of ``sync`` and of the webhook's jobs when the caller names none: they run unattended (cron,
+a webhook), so ``--mode auto`` may take an hour of full-mode training where ``run``, which a labeler waits for,
+takes five minutes. Its ``--help`` and ``docs/triggers.md`` say so."""
 
 LEARN = "what to learn from"
 TRAIN = "how to train"
@@ -136,11 +142,13 @@ class RunConfig:
     ``--mode full`` for a run that must repeat exactly (the tests and benchmarks do)."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
-        help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept")
+        help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept; "
+             "sync and webhook jobs, which run unattended, default to 3600")
     """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (1,254 s in full
     mode on 2 cores) in head mode and admits a 3,000-record project on a quiet 2-core machine (217 s measured,
     240 s estimated; ``benchmarks/results/mode_auto.md``). On 2 cores loaded ~3x the same project measured
-    284 s and was estimated at 319-342 s, so auto chose head there."""
+    284 s and was estimated at 319-342 s, so auto chose head there. This default is for ``run`` and ``demo``;
+    ``sync`` and the webhook's jobs default to :data:`SYNC_TIME_BUDGET` instead (a cron sync has the night)."""
     loss: str = option("supcon", group=TRAIN, choices=LOSSES, help="similarity loss")
     head_layers: int = option(1, group=TRAIN, min=1, help="stacked skip-connection layers of the head")
     epochs: int = option(30, group=TRAIN, min=1, help="maximum epochs; early stopping ends sooner")

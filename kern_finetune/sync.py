@@ -19,7 +19,12 @@ Doors (``door=``), each named for what it is:
     a new project (:func:`kern_finetune.refinery.snapshot.write_snapshot`).
 ``model``
     the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
-    embedder to compute as a ``huggingface`` embedding itself (:func:`model_door_steps`).
+    embedder to compute as a ``huggingface`` embedding itself. Without ``model_target`` the sync writes
+    the folder and prints how to bring it in (:func:`model_door_steps`); with one
+    (:class:`~kern_finetune.model_door.ModelDoorTarget`: ``--models-dir`` mounted into the embedder) it
+    does it all: the next versioned folder, the gateway's ``create-embedding``, the wait until
+    ``FINISHED``, then the delete of the previous kern-finetune embedding (:mod:`kern_finetune.model_door`),
+    logged in with a Kratos browser session (:mod:`kern_finetune.refinery.gateway`).
 ``auto``
     ``snapshot`` when ``write_snapshot`` is given (an explicit output wins), else ``api`` when the host
     offers it, else the sync fails within seconds, before anything is pulled or encoded, with one line
@@ -27,7 +32,9 @@ Doors (``door=``), each named for what it is:
 
 Before anything is encoded the door is checked: ``api`` asks the host
 (:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
-snapshot and, once the export is pulled, checks that it holds the same records.
+snapshot and, once the export is pulled, checks that it holds the same records, ``model`` with a
+``model_target`` checks that the models dir is writable, that the browser login works and that the project
+answers through the gateway (:func:`kern_finetune.model_door.check_door`).
 
 State lives per host and project in ``state_dir`` (default
 ``<config.cache_dir>/sync/<12 hex of sha256(host identity)>/<project>/``): ``state.json``
@@ -65,8 +72,10 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._net import check_project_id, host_identity
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
+from .model_door import ModelDoorTarget, check_door, deliver
 from .prepare import prepare
 from .refinery.api import RefineryClient
+from .refinery.gateway import Gateway
 from .refinery.columns import Record, embedding_name, model_short_name
 from .refinery.push import PushResult
 
@@ -97,8 +106,9 @@ PipelineFn = Callable[..., "RunResult"]
 
 @dataclass
 class SyncResult:
-    """What one sync did. ``status``: ``"up-to-date"``, ``"pushed"`` (api door) or ``"written"``
-    (snapshot or model door: a file or folder for the user to bring into refinery)."""
+    """What one sync did. ``status``: ``"up-to-date"``, ``"pushed"`` (api door), ``"written"``
+    (snapshot or model door: a file or folder for the user to bring into refinery) or ``"created"`` (model
+    door with a target: refinery computed the new embedding and the previous one is gone)."""
 
     status: str
     project_id: str
@@ -117,6 +127,8 @@ class SyncResult:
     """The snapshot zip (snapshot door) or model folder (model door) written."""
     embedding: str | None = None
     """The embedding's name: pushed, written, or (up to date) the one the last sync wrote."""
+    embedding_id: str | None = None
+    """The embedding's id in the host: pushed (api door) or created by refinery (model door with a target)."""
 
     @property
     def pushed(self) -> bool:
@@ -217,6 +229,7 @@ def sync_project(
     door: str = "auto",
     snapshot: Path | None = None,
     write_snapshot: Path | None = None,
+    model_target: ModelDoorTarget | None = None,
 ) -> SyncResult:
     """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
@@ -224,7 +237,8 @@ def sync_project(
     one with the same signature; it is handed the sync's :class:`~kern_finetune.prepare.Prepared` as
     ``prepared``). ``chunk_size`` / ``tensor_format`` go to
     :meth:`RefineryClient.push_embedding`. ``door`` / ``snapshot`` / ``write_snapshot``: see
-    :func:`choose_door`. Raises :class:`SyncBusyError` when another sync of the project holds the lock,
+    :func:`choose_door`; ``model_target``: the model door's folder and wait (module docstring). Raises
+    :class:`SyncBusyError` when another sync of the project holds the lock,
     :class:`PushError` when no door can take the vectors (before anything is pulled or encoded), and
     whatever the client / pipeline raise; a failed write stores nothing.
     """
@@ -232,6 +246,8 @@ def sync_project(
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
+        previous = _read_state(sdir / STATE_FILE)
+        gateway = _check_model_door(client, pid, door, model_target, previous, say)
         chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # the folder alone cannot give smoothed or spread vectors
@@ -242,45 +258,56 @@ def sync_project(
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection
         fingerprint, labels, attribute = prepared.fingerprint, prepared.labels, prepared.attribute
-        key = _state_key(prepared.task.label, config, chosen)
-        previous = _read_state(sdir / STATE_FILE)
+        key = _state_key(prepared.task.label, config, chosen, model_target)
         prev_fp = previous.get("fingerprint") if previous else None
         changed, why = _compare(previous, key, fingerprint, labels, min_new_labels,
-                                _target(chosen, write_snapshot, Path(out_dir)))
+                                _target(chosen, write_snapshot, Path(out_dir), model_target, previous))
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
         if not force and previous and why:
             msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
             return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg,
-                              door=chosen, attribute=attribute, embedding=previous.get("embedding"))
+                              door=chosen, attribute=attribute, embedding=previous.get("embedding"),
+                              embedding_id=previous.get("embedding_id"))
 
         run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
         result = run(records, config, out_dir=Path(out_dir), progress=say, prepared=prepared)
         model = model_short_name(result.base_model)
 
-        door_out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
-                                  changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
-                                  snapshot=snapshot, write_snapshot=write_snapshot, say=say)
-        name, status, msg, pushed, written = door_out
+        out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
+                             changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
+                             snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
+                             model_target=model_target, previous=previous)
         # only a successful write reaches this point: now the new state may be stored
         _write_state(sdir / STATE_FILE, {
-            "version": _STATE_VERSION,
-            "host": client.identity,
-            "project_id": pid,
-            "key": key,
-            "door": chosen,
-            "fingerprint": fingerprint,
-            "labels": labels,
-            "embedding": name,
-            "embedding_id": pushed.embedding_id if pushed else None,
-            "written": str(written) if written else None,
+            "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": chosen,
+            "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
+            "written": str(out.written) if out.written else None, "model_door": out.door_state,
             "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         })
-        say(f"sync: {msg}")
-        return SyncResult(status, pid, fingerprint, prev_fp, changed, len(labels), sdir, msg, run=result,
-                          push=pushed, door=chosen, attribute=attribute, written=written, embedding=name)
+        if out.delete_error:
+            raise PushError(out.delete_error)
+        say(f"sync: {out.message}")
+        return SyncResult(out.status, pid, fingerprint, prev_fp, changed, len(labels), sdir, out.message, run=result,
+                          push=out.pushed, door=chosen, attribute=attribute, written=out.written, embedding=out.name,
+                          embedding_id=out.embedding_id)
+
+
+@dataclass
+class _Written:
+    """What step 4 wrote through the door (what the state and the result record)."""
+
+    name: str
+    status: str
+    message: str
+    pushed: PushResult | None = None
+    written: Path | None = None
+    embedding_id: str | None = None
+    door_state: dict[str, Any] | None = None
+    delete_error: str = ""
+    """Set when the model door's new embedding is recorded but deleting the previous one was refused."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -293,13 +320,49 @@ def _default_pipeline() -> PipelineFn:
     return run_pipeline
 
 
+def _check_model_door(client: RefineryClient, pid: str, door: str, target: ModelDoorTarget | None,
+                      previous: dict[str, Any] | None, say: ProgressFn) -> Gateway | None:
+    """The model door's check before anything is pulled (:func:`kern_finetune.model_door.check_door`); the
+    gateway session to write through, or None (no target)."""
+    if target is not None and door != "model":
+        raise ConfigError("--models-dir belongs to --door model")
+    if target is None:
+        return None
+    gateway = Gateway(client)
+    prev_name = ((previous or {}).get("model_door") or {}).get("embedding")
+    check_door(gateway, pid, target, prev_name)
+    say(f"sync: model door: browser login ok, project {pid} answers, {target.models_dir} is writable "
+        f"(the embedder sees it as {target.models_mount})")
+    return gateway
+
+
+def _deliver(gateway: Gateway, pid: str, result: RunResult, attribute: str, target: ModelDoorTarget,
+             previous: dict[str, Any] | None, changed: int, say: ProgressFn) -> _Written:
+    """Sync step 4 of the model door with a target: :func:`kern_finetune.model_door.deliver`."""
+    say(f"sync 4/4: model door: hand {result.model_dir} to refinery's embedder")
+    before = (previous or {}).get("model_door") if (previous or {}).get("door") == "model" else None
+    done = deliver(gateway, pid, Path(result.model_dir), attribute, target, previous=before, say=say)
+    gone = f"; deleted the previous embedding {', '.join(done.deleted)}" if done.deleted else ""
+    message = (f"refinery computed {done.name!r} (id {done.embedding_id}) from {done.folder} after {changed} "
+               f"label change(s){gone}")
+    refused = ""
+    if done.delete_error:
+        refused = (f"model door, step delete: {done.name!r} is FINISHED and recorded, but deleting the previous "
+                   f"embedding {', '.join(done.leftover)} was refused ({done.delete_error}); delete it in the "
+                   "project's settings (the next sync tries again)")
+    return _Written(done.name, "created", message, written=done.folder, embedding_id=done.embedding_id,
+                    door_state=done.state(), delete_error=refused)
+
+
 def _write_through(
     chosen: str, client: RefineryClient, pid: str, result: RunResult, config: RunConfig, *, attribute: str,
     model: str, changed: int, chunk_size: int, tensor_format: str, snapshot: Path | None,
-    write_snapshot: Path | None, say: ProgressFn,
-) -> tuple[str, str, str, PushResult | None, Path | None]:
-    """Sync step 4: write the run's vectors through the chosen door; ``(embedding name, status, message,
-    push result, what was written)``."""
+    write_snapshot: Path | None, say: ProgressFn, gateway: Gateway | None = None,
+    model_target: ModelDoorTarget | None = None, previous: dict[str, Any] | None = None,
+) -> _Written:
+    """Sync step 4: write the run's vectors through the chosen door."""
+    if chosen == "model" and gateway is not None and model_target is not None:
+        return _deliver(gateway, pid, result, attribute, model_target, previous, changed, say)
     pushed: PushResult | None = None
     written: Path | None = None
     if chosen == "api":
@@ -323,7 +386,8 @@ def _write_through(
         for line in model_door_steps(written, attribute, len(result.ids)):
             say(line)
         msg = f"wrote the model folder {written} after {changed} label change(s)"
-    return name, status, msg, pushed, written
+    return _Written(name, status, msg, pushed=pushed, written=written,
+                    embedding_id=pushed.embedding_id if pushed else None)
 
 
 def _project_and_state_dir(client: RefineryClient, project_id: str | None, config: RunConfig,
@@ -376,10 +440,15 @@ def _compare(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: 
     return changed, None
 
 
-def _target(door: str, write_snapshot: Path | None, out_dir: Path) -> Path | None:
-    """What a file door writes (compared with the last sync's): the snapshot zip or the model folder."""
+def _target(door: str, write_snapshot: Path | None, out_dir: Path, model_target: ModelDoorTarget | None = None,
+            previous: dict[str, Any] | None = None) -> Path | None:
+    """What a file door writes (compared with the last sync's): the snapshot zip, the model folder, or (model
+    door with a target) the versioned folder the last sync created, which must still be there."""
     if door == "snapshot" and write_snapshot is not None:
         return Path(write_snapshot)
+    if door == "model" and model_target is not None:
+        written = (previous or {}).get("written")
+        return Path(written) if written else out_dir / "model"
     if door == "model":
         return out_dir / "model"
     return None
@@ -417,8 +486,11 @@ def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, 
     return name
 
 
-def _state_key(task: str, config: RunConfig, door: str) -> dict[str, Any]:
-    return {"task": task, "threshold": config.threshold, "id_attribute": config.id_attribute, "door": door}
+def _state_key(task: str, config: RunConfig, door: str, model_target: ModelDoorTarget | None = None) -> dict[str, Any]:
+    key = {"task": task, "threshold": config.threshold, "id_attribute": config.id_attribute, "door": door}
+    if model_target is not None:  # a folder the embedder computes is another target than a folder left on disk
+        key["models_dir"] = str(Path(model_target.models_dir).resolve())
+    return key
 
 
 def _count_changed(old: dict[str, str], new: dict[str, str]) -> int:

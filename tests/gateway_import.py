@@ -9,11 +9,14 @@ Transcribed from code-kern-ai/refinery-gateway **v1.17.0**:
   ``__get_attribute_name_from_embedding_name`` (only when ``attribute_id`` is missing), ``state="FINISHED"``,
   then the tensor loop (``embedding.create_tensor`` with the mapped record and embedding ids);
 - same file, ``__post_processing_import_threaded``: no ``embedding_tensors_data`` -> ``recreate_embeddings``;
-  else ``request_tensor_upload`` for each embedding in order, through ``service_requests.post_call_or_raise``
-  (the first failure raises and ends the loop);
-- the upload itself (refinery-embedder ``app.py`` ``upload_tensor_data`` -> refinery-neural-search
-  ``neural_search/util.py`` ``recreate_collection``): ``zip(*all_object)`` over the embedding's tensors
-  fails for an embedding without tensors, and the Qdrant collection has one vector size (the first tensor's).
+  else ``request_tensor_upload`` for each embedding in order, through ``service_requests.post_call_or_raise``;
+- the upload itself (refinery-embedder ``app.py`` ``upload_tensor_data`` -> ``util/request_util.py``
+  ``post_embedding_to_neural_search`` -> refinery-neural-search ``neural_search/util.py``
+  ``recreate_collection``): ``zip(*all_object)`` over the embedding's tensors fails for an embedding without
+  tensors, and the Qdrant collection has one vector size (the first tensor's). The embedder posts to
+  neural-search **without checking the answer** and itself answers 200, so a collection that fails does not
+  raise in the gateway and does not stop the loop: that embedding stays FINISHED with no collection (not
+  searchable) while the others upload (seen in a real run of the import).
 
 Database effects are modelled as dicts; new ids are fresh uuids. Where the database would store a NULL
 foreign key (a tensor whose record or embedding is unknown), the replay raises :class:`ReplayError`: a
@@ -50,6 +53,7 @@ class ImportedEmbedding:
     model: Any
     tensors: list[tuple[str, Any, Any]] = field(default_factory=list)
     uploaded: bool = False
+    """Whether neural-search built its collection (searchable); a FINISHED embedding may have none."""
 
 
 @dataclass
@@ -57,6 +61,7 @@ class ImportResult:
     embeddings: list[ImportedEmbedding]
     post_processing: str  # "recreate_embeddings" or "upload_tensors"
     upload_error: str | None
+    """The first embedding whose collection failed (the upload loop went on to the others)."""
     embedding_name_mapping: dict[str, str]
 
     def by_name(self, name: str) -> ImportedEmbedding:
@@ -154,9 +159,9 @@ def replay_import(data: dict[str, Any]) -> ImportResult:
             emb = created[embedding_ids[old_id]]
             try:
                 _upload_tensor_data(emb)
-            except Exception as exc:  # post_call_or_raise: the loop ends at the first failure
-                upload_error = f"{emb.name}: {type(exc).__name__}: {exc}"
-                break
+            except Exception as exc:  # neural-search's failure: the embedder does not check it, the loop goes on
+                upload_error = upload_error or f"{emb.name}: {type(exc).__name__}: {exc}"
+                continue
             emb.uploaded = True
     return ImportResult(list(created.values()), post, upload_error, embedding_name_mapping)
 

@@ -55,6 +55,12 @@ def register(subparsers: Any) -> None:
         help="write a refinery secrets.json (user_name, password, project_id, uri) for clients, mode 0600",
     )
     p.add_argument(
+        "--models-volume", action="append", default=[], metavar="HOST_DIR:/models",
+        help="a folder refinery's embedder has mounted (docs/model-door.md), e.g. ~/refinery/models:/models: "
+             "create-embedding with model /models/<folder> computes that folder; a model path outside every "
+             "volume fails as in the embedder (repeatable)",
+    )
+    p.add_argument(
         "--no-push-extension",
         dest="push_extension",
         action="store_false",
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
         check_project_id(args.project_id, where="--project-id")
     user_name, password = _credentials(args)
+    volumes = _volumes(args.models_volume)
 
     def _ready(store: Any, url: str) -> None:
         print(f"kern-finetune host: project {store.project_id} ({store.record_count} records) at {url}")
@@ -112,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  state: {args.data_dir.resolve()}")
         if not args.push_extension:
             print("  push extension off: only what a real refinery serves")
+        for host_dir, mount in volumes:
+            print(f"  models volume: {host_dir} is {mount} inside the embedder")
         if args.write_secrets:
             _write_secrets(
                 args.write_secrets,
@@ -132,5 +141,22 @@ def run(args: argparse.Namespace) -> int:
         project_name=args.project_name,
         push_extension=args.push_extension,
         on_ready=_ready,
+        models_volumes=volumes,
     )
     return 0
+
+
+def _volumes(specs: list[str]) -> list[tuple[Path, str]]:
+    """``--models-volume HOST_DIR:/path`` values, each host folder checked."""
+    from ..host.model_embeddings import parse_volume
+
+    out = []
+    for spec in specs:
+        try:
+            host_dir, mount = parse_volume(spec)
+        except ValueError as exc:
+            raise ConfigError(f"--models-volume: {exc}") from None
+        if not host_dir.is_dir():
+            raise ConfigError(f"--models-volume {spec}: {host_dir} is not a folder")
+        out.append((host_dir, mount))
+    return out

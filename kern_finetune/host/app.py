@@ -12,8 +12,13 @@ It answers what a self-hosted refinery answers at ``http://localhost:4455``, rea
   unknown: ``401 {"error_code": "UNRECOGNIZED_USER"}``); ``handle_response`` passes a gateway 200 through,
   turns 404 into ``{"error_code": "PROJECT_NOT_FOUND"}`` and 403 into ``FORBIDDEN_USER``, and answers every
   other gateway status with ``200`` and body ``null``; a route it lacks is FastAPI's ``404 {"detail": "Not Found"}``;
-- the gateway's data-browser similarity search (``/refinery-gateway/v1/data-browser/...``), which the
-  host accepts with the bearer token.
+- Ory oathkeeper in front of ``/refinery-gateway/`` (rule ``kernai:refinery-gateway:fastapi``: GET, POST, PUT
+  and DELETE, authenticator ``cookie_session`` only, which ``oathkeeper.yml`` limits to the cookie
+  ``ory_kratos_session``; error handler ``redirect`` to the login page): a bearer token does not count there,
+  and a missing, unknown or expired session is answered ``302`` to ``/auth/login``, never 401;
+- behind it, the gateway's routes the host replays (``/refinery-gateway/api/v1/...``): the data browser's
+  similarity search, the attribute list and the embedding routes of the model door
+  (:mod:`kern_finetune.host.routes.gateway`, computed by :mod:`kern_finetune.host.model_embeddings`).
 
 On top, unless ``push_extension=False``: kern-finetune's push extension (``docs/push-contract.md``), an
 extension a refinery-compatible host may implement (proposed for refinery's issues #24 and #48), never
@@ -32,15 +37,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..body_limit import BodyLimit
 from .api_errors import ApiError
-from .routes.auth import LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, WHOAMI_PATH, add_auth_routes, bearer_of, token_of
+from .routes.auth import (LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, LOGIN_UI_PATH, WHOAMI_PATH, add_auth_routes, bearer_of,
+                          cookie_of, token_of)
 from .routes.common import GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_error, proxy_error
 from .routes.extension import EXTENSION_PATH, add_extension_routes
+from .routes.gateway import add_gateway_routes
 from .routes.proxy import add_proxy_routes
 from .routes.search import add_search_routes
 from .store import HostStore
@@ -68,6 +75,14 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
         path = request.url.path
         proxy, gateway = path.startswith(PROXY_PREFIX), path.startswith(GATEWAY_PREFIX)
         if not (proxy or gateway):
+            return await call_next(request)
+        if gateway:  # the browser session cookie only; any refusal is the redirect to the login page
+            if request.method not in ("GET", "POST", "PUT", "DELETE"):
+                return oathkeeper_error(404)
+            found = await run_in_threadpool(store.users.session_user, cookie_of(request))
+            if found is None:
+                return RedirectResponse(str(request.base_url).rstrip("/") + LOGIN_UI_PATH, status_code=302)
+            request.state.user = found[0]
             return await call_next(request)
         if request.method not in ("GET", "POST") and not (proxy and push_extension):
             return oathkeeper_error(404)  # the access rules match GET and POST only
@@ -119,6 +134,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         return AsciiJSONResponse(status_code=405, content={"detail": "Method Not Allowed"})
 
 
+def _authenticated(store: HostStore, request: Request) -> bool:
+    """A valid session token or browser session cookie (the body limit of a logged-in request applies)."""
+    return any(store.users.session_user(t) is not None for t in (token_of(request), cookie_of(request)) if t)
+
+
 def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_extension: bool = True) -> FastAPI:
     """Build the app serving ``store``'s one project.
 
@@ -134,13 +154,14 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_e
     # without a valid session token may send 64 KiB (a login; over it: 401), a logged-in one max_body_bytes
     app.add_middleware(
         BodyLimit, max_bytes=max_body_bytes, anonymous_max_bytes=64 * 1024,
-        is_authenticated=lambda scope: store.users.session_user(token_of(Request(scope))) is not None,
+        is_authenticated=lambda scope: _authenticated(store, Request(scope)),
         anonymous_status=401,
         render=_body_limit_error,
     )
     add_auth_routes(app, store)
     add_proxy_routes(app, store)
     add_search_routes(app, store)
+    add_gateway_routes(app, store)
     if push_extension:  # docs/push-contract.md: absent with push_extension=False
         add_extension_routes(app, store)
     return app

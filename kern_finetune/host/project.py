@@ -153,6 +153,26 @@ class Project:
         """The project's attribute names, in the export's order."""
         return [a["name"] for a in self.meta["attributes"]]
 
+    def attribute_id(self, name: str) -> str:
+        """A stable id for attribute ``name`` (refinery gives each attribute a UUID; an export carries none)."""
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"kern-host:{self.project_id}:attribute:{name}"))
+
+    def attribute_named_by_id(self, attribute_id: str) -> str | None:
+        """The attribute whose :meth:`attribute_id` is ``attribute_id``, or None."""
+        return next((a for a in self.attribute_names if self.attribute_id(a) == attribute_id), None)
+
+    def attribute_texts(self, name: str) -> tuple[list[int], list[str]]:
+        """Record positions in refinery's record order (``running_id``) and attribute ``name``'s values as
+        text (``""`` for a missing value), as refinery-embedder reads them (``record.get_attribute_data``)."""
+        from ..refinery.embedder import running_order
+
+        rows = self.db.all("SELECT idx, data FROM records ORDER BY idx")
+        datas = [json.loads(d) for _, d in rows]
+        keys = [str(d.get("running_id", rid)) for d, rid in zip(datas, self.record_ids)]
+        order = [int(i) for i in running_order(keys)]
+        texts = ["" if datas[i].get(name) is None else str(datas[i][name]) for i in order]
+        return order, texts
+
     def project_details(self) -> dict[str, Any]:
         """What ``GET /api/project/{id}`` answers: refinery-gateway ``api/project.py`` ``ProjectDetails``'s
         fields (``name``, ``max_running_id``, ``description``, ``tokenizer``, ``attributes`` with

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -101,6 +101,7 @@ def serve_in_thread(
     project_name: str | None = None,
     push_extension: bool = True,
     startup_timeout: float = 30.0,
+    models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> RunningHost:
     """Start a host for the project in ``export_path`` (imported into ``data_dir`` on first use).
 
@@ -108,11 +109,13 @@ def serve_in_thread(
     may be None when ``data_dir`` already holds a project. Raises :class:`ConfigError` /
     :class:`~kern_finetune.errors.ExportError` for bad inputs, :class:`HostUnavailableError` when the
     server does not come up. ``push_extension=False`` serves only what a real refinery serves (the push
-    extension's routes answer 404, see ``docs/host.md``).
+    extension's routes answer 404, see ``docs/host.md``). ``models_volumes``: ``(host folder, path inside the
+    embedder)`` pairs, the volumes refinery's embedder would have (``docs/model-door.md``).
     """
     check_bind(host, user_name, password)
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
-                        project_id=project_id, project_name=project_name)
+                        project_id=project_id, project_name=project_name,
+                        models_volumes=models_volumes)
     try:
         sock = listening_socket(host, port)
         server = ServerThread(create_app(store, push_extension=push_extension), sock,
@@ -141,6 +144,7 @@ def serve_forever(
     project_name: str | None = None,
     push_extension: bool = True,
     on_ready: Callable[[HostStore, str], None] | None = None,
+    models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> None:
     """Serve in the foreground until interrupted (Ctrl-C).
 
@@ -149,7 +153,8 @@ def serve_forever(
     """
     check_bind(host, user_name, password)
     store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
-                        project_id=project_id, project_name=project_name)
+                        project_id=project_id, project_name=project_name,
+                        models_volumes=models_volumes)
     try:
         with listening_socket(host, port) as sock:
             server = ServerThread(create_app(store, push_extension=push_extension), sock,

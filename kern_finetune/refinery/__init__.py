@@ -10,5 +10,7 @@ module          what it holds
 ``transport``   HTTP to a refinery host: login, retries, re-login, errors with context, secrets masked
 ``api``         :class:`~kern_finetune.refinery.api.RefineryClient`: the real gateway's routes
 ``push``        the push extension (``docs/push-contract.md``): chunked, streamed upload of vectors
+``gateway``     the Kratos browser login and the gateway's embedding routes with its cookie (the model door)
+``embedder``    refinery-embedder's PCA-64 of a model's vectors, replayed
 ==============  ===========================================================================================
 """

@@ -22,9 +22,11 @@ Reliability rules:
 - host ``error_code``\\ s map onto :mod:`kern_finetune.errors`: ``UNRECOGNIZED_USER`` /
   ``FORBIDDEN_USER`` -> :class:`AuthError`, ``PROJECT_NOT_FOUND`` -> :class:`ProjectNotFoundError`,
   exhausted retries -> :class:`HostUnavailableError`;
-- the password and the session token never appear in logs, exception messages or ``repr``: they are
-  sent only in the login body and the ``Authorization``/``identifier`` headers, and every message the
-  transport builds passes through :meth:`Transport.scrub`, which masks both. Userinfo written into the
+- the password, the session token and the browser-session cookies (``ory_kratos_session``, Kratos's
+  ``csrf_token_*``; :mod:`kern_finetune.refinery.gateway`) never appear in logs, exception messages or
+  ``repr``: they are sent only in the login bodies, the ``Authorization``/``identifier`` headers and the
+  ``Cookie`` header, and every message the transport builds passes through :meth:`Transport.scrub`,
+  which masks them all. Userinfo written into the
   URI (``http://user:PW@host``) is dropped with a warning: never sent, shown, logged or stored
   (:func:`kern_finetune._net.redact_uri`).
 """
@@ -43,13 +45,16 @@ import requests
 from .._net import check_project_id, host_identity, redact_uri
 from ..errors import AuthError, ConfigError, HostError, HostUnavailableError, ProjectNotFoundError
 
-__all__ = ["Transport", "json_body", "error_code", "error_detail"]
+__all__ = ["Transport", "json_body", "error_code", "error_detail", "SESSION_COOKIE", "CSRF_COOKIE_PREFIX"]
 
 log = logging.getLogger(__name__)
 
 _LOGIN_PATH = "/.ory/kratos/public/self-service/login/api"
 _AUTH_CODES = {"UNRECOGNIZED_USER", "FORBIDDEN_USER"}
 _MASK = "***"
+SESSION_COOKIE = "ory_kratos_session"
+"""Kratos's browser-session cookie (refinery ``oathkeeper/oathkeeper.yml``, ``cookie_session``: ``only``)."""
+CSRF_COOKIE_PREFIX = "csrf_token"
 
 
 @dataclass
@@ -108,11 +113,37 @@ class Transport:
         self._sleep: Callable[[float], None] = time.sleep
 
     def scrub(self, text: str) -> str:
-        """``text`` with the password and the token masked wherever they appear."""
-        for secret in (self._password, self._token, self._uri_password):
+        """``text`` with the password, the token and the session's login cookies masked wherever they appear."""
+        for secret in (self._password, self._token, self._uri_password, *self._cookie_secrets()):
             if secret:
                 text = text.replace(secret, _MASK)
         return text
+
+    def _cookie_secrets(self) -> list[str]:
+        """The values of the browser-session and CSRF cookies the session holds (longest first)."""
+        try:
+            values = [c.value for c in self.session.cookies
+                      if c.value and (c.name == SESSION_COOKIE or c.name.startswith(CSRF_COOKIE_PREFIX))]
+        except (AttributeError, TypeError):  # a session stand-in without a cookie jar
+            return []
+        return sorted(values, key=len, reverse=True)
+
+    def send(self, method: str, url: str, *, headers: dict[str, str], data: str | bytes | None = None,
+             idempotent: bool, what: str, timeout: float | None = None) -> requests.Response:
+        """One unauthenticated exchange (no bearer token) with the transport's retries, timeouts and error
+        wording: for the browser-session routes of :mod:`kern_finetune.refinery.gateway`, whose cookies live
+        in :attr:`session`'s cookie jar. Returns the response whatever its status (5xx after the retries of an
+        idempotent call raises :class:`HostUnavailableError`)."""
+        return self._send(method, url, headers=headers, data=data, idempotent=idempotent, what=what,
+                          timeout=timeout, null_ok=True)
+
+    def password_body(self, **fields: str) -> str:
+        """A JSON login body: ``fields`` plus the password (the only way the password leaves this object)."""
+        return json.dumps({**fields, "password": self._password})
+
+    def error_for(self, resp: requests.Response, *, what: str) -> HostError:
+        """The error a non-success response maps onto (see :meth:`_error_for`), message scrubbed."""
+        return self._error_for(resp, what=what)
 
     def project(self, project_id: str | None) -> str:
         """The project a call is for: ``project_id``, else the default one."""

@@ -7,7 +7,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import SYNC_TIME_BUDGET, RunConfig
 from ..errors import KernFinetuneError
 from ..jobs import FAILED, SUCCEEDED, UP_TO_DATE, Job, JobStore
 from .runner import JobContext, JobRunner, jsonable
@@ -66,7 +66,8 @@ class JobWorker:
                 log.debug("progress update failed", exc_info=True)
 
         try:
-            config = RunConfig.from_options(job.options)
+            # unattended: a job's --mode auto gets the night's budget unless the trigger named one
+            config = RunConfig.from_options({"time_budget": SYNC_TIME_BUDGET, **job.options})
             ctx = JobContext(
                 job_id=job.id,
                 project_id=job.project_id,

@@ -62,6 +62,16 @@ def _login(url: str, password: str = PASSWORD, user: str = USER, key: str = "pas
     return requests.post(action, json={"method": "password", "password": password, key: user}, timeout=10)
 
 
+def _browser_login(session: requests.Session, url: str) -> None:
+    """Kratos's browser flow (refinery's login page): the ``ory_kratos_session`` cookie lands in ``session``."""
+    flow = session.get(url + "/.ory/kratos/public/self-service/login/browser", headers={"Accept": "application/json"},
+                       timeout=10).json()
+    [csrf] = [n["attributes"]["value"] for n in flow["ui"]["nodes"] if n["attributes"]["name"] == "csrf_token"]
+    resp = session.post(flow["ui"]["action"], json={"method": "password", "identifier": USER, "password": PASSWORD,
+                                                    "csrf_token": csrf}, timeout=10)
+    assert resp.status_code == 200 and session.cookies.get("ory_kratos_session"), resp.text
+
+
 class _Api:
     """A logged-in session against one project."""
 
@@ -72,6 +82,7 @@ class _Api:
         self.token = resp.json()["session_token"]
         self.s = requests.Session()
         self.s.headers.update({"Authorization": f"Bearer {self.token}", "identifier": self.token})
+        _browser_login(self.s, host.url)  # the gateway's routes take the browser session cookie only
         self.base = f"{host.url}/api/project/{host.project_id}"
 
     def get(self, path: str = "", **kw: Any) -> requests.Response:
@@ -359,7 +370,7 @@ def test_data_browser_similarity_route(api: _Api) -> None:
     the ExtendedSearch shape out, and the ordered result stored as the session ``sessionId``."""
     vectors = _vectors(11)
     eid = api.push(vectors)
-    url = f"{api.host.url}/refinery-gateway/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
+    url = f"{api.host.url}/refinery-gateway/api/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
     uuid7 = api.host.store.project.record_uuid("7")
     resp = api.s.post(url, json={"embeddingId": eid, "recordId": uuid7, "attFilter": None, "recordSubKey": None},
                       timeout=30)
@@ -383,8 +394,12 @@ def test_data_browser_similarity_route(api: _Api) -> None:
         assert api.s.post(url, json=bad, timeout=30).status_code == 422
     assert api.s.post(url, json={"embeddingId": "nope", "recordId": uuid7}, timeout=30).status_code == 404
     assert api.s.post(url, json={"embeddingId": eid, "recordId": "7"}, timeout=30).status_code == 404
-    # the bearer token is checked as oathkeeper does
-    assert _is_oathkeeper_401(requests.post(url, json={"embeddingId": eid, "recordId": uuid7}, timeout=30))
+    # oathkeeper's gateway rule takes the browser session cookie only: the bearer token is refused by the redirect
+    # to the login page (refinery oathkeeper/access-rules.yml, kernai:refinery-gateway:fastapi)
+    for headers in ({}, {"Authorization": f"Bearer {api.token}", "identifier": api.token}):
+        refused = requests.post(url, json={"embeddingId": eid, "recordId": uuid7}, headers=headers, timeout=30,
+                                allow_redirects=False)
+        assert refused.status_code == 302 and refused.headers["location"].endswith("/auth/login")
 
 
 def test_resent_chunk_is_harmless(api: _Api) -> None:
@@ -643,7 +658,7 @@ def test_snapshot_embedding_is_searchable_under_its_import_name(tmp_path: Path) 
             "headline-classification-huggingface-distilbert-base-uncased", "huggingface", "distilbert-base-uncased", 64)
         api = _Api(host)
         query = data["records_data"][5]["id"]
-        url = f"{host.url}/refinery-gateway/v1/data-browser/{host.project_id}/search-records-by-similarity"
+        url = f"{host.url}/refinery-gateway/api/v1/data-browser/{host.project_id}/search-records-by-similarity"
         resp = api.s.post(url, json={"embeddingId": emb["id"], "recordId": query}, timeout=30)
         assert resp.status_code == 200, resp.text
         got = [json.loads(i["recordData"])["id"] for i in resp.json()["data"]["searchRecordsBySimilarity"]["recordList"]]
@@ -681,7 +696,7 @@ def fuzz_host(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def _fuzz_calls(api: _Api, staged: str) -> list[tuple[str, str]]:
-    gateway = f"{api.host.url}/refinery-gateway/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
+    gateway = f"{api.host.url}/refinery-gateway/api/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
     return [
         ("POST", gateway), ("POST", api.base + "/associations"), ("POST", api.base + "/labels"),
         ("POST", api.base + "/embeddings"), ("PUT", f"{api.base}/embeddings/{staged}/tensors"),
@@ -699,7 +714,8 @@ def test_fuzzed_bodies_never_give_a_server_error(fuzz_host: Any, body: Any, quer
     method, url = _fuzz_calls(api, staged)[route]
     payload = json.dumps(body)  # NaN and Infinity included, as a lenient client writes them
     resp = requests.request(method, url, data=payload, params={"num_samples": query, "include_staged": query},
-                            headers={**api.s.headers, "content-type": "application/json"}, timeout=30)
+                            headers={**api.s.headers, "content-type": "application/json"}, cookies=api.s.cookies,
+                            timeout=30)
     assert resp.status_code < 500, (method, url, payload[:200], resp.text[:300])
     resp.json()  # always a JSON answer
 

@@ -1,5 +1,6 @@
-"""The gateway's data-browser similarity search (refinery-gateway ``fast_api/routes/data_browser.py``),
-which the host accepts with the bearer token."""
+"""The gateway's data-browser similarity search (refinery-gateway ``fast_api/routes/data_browser.py``), at
+``/refinery-gateway/api/v1/data-browser/...`` as refinery's UI calls it (refinery-ui
+``src/services/base/data-browser.ts``), behind oathkeeper's browser-session check (:mod:`kern_finetune.host.app`)."""
 
 from __future__ import annotations
 
@@ -47,9 +48,12 @@ def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
 
 
 def add_search_routes(app: FastAPI, store: HostStore) -> None:
-    """``POST /refinery-gateway/v1/data-browser/{project_id}/search-records-by-similarity``."""
+    """``POST /refinery-gateway/api/v1/data-browser/{project_id}/search-records-by-similarity``."""
 
+    # The second path lacks the gateway's /api mount: the workplace's shared facts (docs/refinery-api.md) still
+    # name it and manifest.json follows them; it goes once they name the real path (refinery-ui data-browser.ts).
     @app.post(GATEWAY_PREFIX + "v1/data-browser/{project_id}/search-records-by-similarity")
+    @app.post(GATEWAY_PREFIX + "api/v1/data-browser/{project_id}/search-records-by-similarity")
     def search_records_by_similarity(project_id: str, body: Any = Body(None), user: str = Depends(request_user)
                                      ) -> JSONResponse:
         errors = _similarity_body_errors(body)
