@@ -204,7 +204,8 @@ class RunConfig:
         "auto", group=TRAIN, metavar="auto|W",
         help="average each record's fine-tuned vector with its 20 nearest records' (nearest by the base model): "
              "(1-W) * v + W * their mean; auto = chosen on validation records among 0, 0.5 and 0.8; 0 = off")
-    """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it)."""
+    """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it;
+    it carries the base share of :mod:`kern_finetune.base_share` instead)."""
     spread: str = option(
         "auto", group=TRAIN, metavar="auto|S",
         help="rescale distances so refinery's search threshold leaves every record a full result list: sparse "

@@ -250,10 +250,10 @@ def sync_project(
         gateway = _check_model_door(client, pid, door, model_target, previous, say)
         chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
-            # the folder alone cannot give smoothed or spread vectors
+            # they shape only the pushed vectors; the folder carries the head beside the base share instead
             config = dataclasses.replace(config, smooth="0", spread="0")
-            say("         model door: neighbour smoothing and search spread off (--smooth 0 --spread 0): "
-                "refinery's embedder computes each record's vector from the model alone")
+            say("         model door: neighbour smoothing and search spread off (--smooth 0 --spread 0): they shape "
+                "only pushed vectors; refinery's embedder computes each record's vector from the model folder")
 
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection
