@@ -19,7 +19,14 @@ full) no more often than on refinery's stock embedding of the base model plus
 :data:`kern_finetune.spread.MARGIN_10` points, on a seeded sample of all records as queries
 (:func:`fits`). A smaller share keeps more of the head's class separation; lists shorter than 100 are
 reported beside it but do not decide (the first screen is what a labeler sees first; why:
-``docs/decisions.md``). Full mode's model is written as it is trained.
+``docs/decisions.md``).
+
+Full mode trains the encoder itself, so there is no base vector to put beside its output inside one
+sentence-transformers model. Its folder is pulled back towards the base model instead: the weights
+``base + t * (trained - base)`` (the WiSE-FT interpolation, :func:`encoder_door`) with the largest ``t`` in
+:data:`PULLS` that fits the same rule, judged on a seeded sample of at most :data:`MAX_REPLAY_RECORDS`
+records, each candidate encoded by the pulled model (``t`` = 0 is the base model itself, refinery's stock
+embedding, which always fits).
 """
 
 from __future__ import annotations
@@ -34,10 +41,17 @@ from .evaluate import sample_queries, threshold_search
 from .refinery.embedder import reduce_like_embedder, running_order
 from .spread import MARGIN_10, MAX_QUERIES
 
-__all__ = ["BaseShare", "SHARES", "fits", "head_door", "door_vectors"]
+__all__ = ["BaseShare", "EncoderPull", "SHARES", "PULLS", "MAX_REPLAY_RECORDS", "fits", "head_door", "encoder_door",
+           "door_vectors"]
 
 SHARES = tuple(round(0.25 * i, 2) for i in range(13))
 """Base shares the model door chooses among, smallest first: 0 (the head alone) to 3 in steps of 0.25."""
+
+
+PULLS = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
+"""Full mode: shares of the training's weight change the model door keeps, largest first (1 = as trained)."""
+MAX_REPLAY_RECORDS = 2000
+"""Full mode: records (a seeded sample) encoded per candidate pull to judge it."""
 
 
 @dataclass
@@ -130,3 +144,57 @@ def head_door(head_weight: np.ndarray, head_bias: np.ndarray, base: np.ndarray, 
     weight, bias = _affine(w, b, scale, float(share))
     return BaseShare(weight=weight, bias=bias, share=float(share), scale=scale, chosen=chosen, table=table,
                      stock=stock, n_queries=n_queries, seconds=round(time.perf_counter() - t, 2))
+
+
+@dataclass
+class EncoderPull:
+    """Full mode: how far the model door's encoder was pulled back towards the base model."""
+
+    pull: float
+    """``t`` in ``base + t * (trained - base)``: 1 keeps the trained weights."""
+    table: list[dict[str, float]] = field(default_factory=list)
+    stock: dict[str, float] = field(default_factory=dict)
+    n_records: int = 0
+    n_queries: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pull": self.pull, "table": self.table, "stock": self.stock, "n_records": self.n_records,
+                "n_queries": self.n_queries, "seconds": self.seconds}
+
+
+def encoder_door(model: Any, base_model: Any, texts: list[str], ids: list[str], *, batch_size: int = 64,
+                 seed: int = 42) -> EncoderPull:
+    """Pull the fine-tuned ``model`` (a SentenceTransformer, changed in place) back towards ``base_model``
+    (the same architecture, untrained) by the largest share of its weight change in :data:`PULLS` whose
+    searches, computed as refinery's embedder computes the folder, fit :func:`fits`; see the module docstring."""
+    import torch
+
+    from .subsample import fit_sample
+
+    t0 = time.perf_counter()
+    rows = np.sort(fit_sample(len(texts), cap=MAX_REPLAY_RECORDS, seed=seed))
+    sub_texts, sub_ids = [texts[i] for i in rows], [ids[i] for i in rows]
+    order = running_order(sub_ids)
+    queries = sample_queries(len(rows), MAX_QUERIES, seed)
+
+    def encode(m: Any) -> np.ndarray:
+        return m.encode(sub_texts, batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
+                        show_progress_bar=False).astype(np.float32)
+
+    stock = _short_lists(encode(base_model), order, queries, seed)
+    trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = base_model.state_dict()
+    table: list[dict[str, float]] = []
+    for candidate in PULLS:  # 0 is the base model itself, which always fits: the loop ends on a fit
+        state = {k: torch.lerp(start[k].to(device=v.device, dtype=v.dtype), v, candidate) if v.is_floating_point() else v
+                 for k, v in trained.items()}
+        with torch.no_grad():
+            model.load_state_dict(state)
+        row = {"pull": candidate, **_short_lists(encode(model), order, queries, seed)}
+        table.append(row)
+        if fits(row, stock):
+            break
+    model.eval()
+    return EncoderPull(pull=table[-1]["pull"], table=table, stock=stock, n_records=len(rows), n_queries=len(queries),
+                       seconds=round(time.perf_counter() - t0, 2))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from .estimate import ModeChoice
     from .heads import SkipConnectionHead
-    from .base_share import BaseShare
+    from .base_share import BaseShare, EncoderPull
     from .smooth import Smoothing
     from .spread import Spread
 
@@ -68,6 +68,8 @@ class Fitted:
     encoder's output (full mode). Neither smoothed nor spread: a model cannot carry those."""
     door: BaseShare | None = None
     """Head mode: the affine map the model folder applies after the base model (:mod:`kern_finetune.base_share`)."""
+    pull: EncoderPull | None = None
+    """Full mode: how far the model folder's encoder was pulled back towards the base model."""
 
     @property
     def head(self) -> SkipConnectionHead | None:
@@ -180,11 +182,14 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     trainer, vectors = _train(encoder, train_sel, base, config, checked["weights"])
     seconds = time.perf_counter() - t
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
-    door, model_vectors = _model_door(trainer, vectors, base, sel, config)
+    door, pull, model_vectors = _model_door(encoder, trainer, vectors, base, sel, config)
     if door is not None:
         say(f"      model folder: head beside a base share of {door.share:g}"
             + (f" (chosen on {door.n_queries} searches as refinery's embedder computes it, no labels)" if door.chosen else "")
             + f", {door.seconds:.1f} s")
+    if pull is not None:
+        say(f"      model folder: the encoder keeps {pull.pull:g} of its training's weight change (chosen on "
+            f"{pull.n_records} records as refinery's embedder computes it, no labels), {pull.seconds:.1f} s")
     smoothing = None
     if config.smooth_value() != 0.0:
         from .smooth import smooth_vectors
@@ -204,18 +209,23 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     return Fitted(trainer=trainer, vectors=vectors, selection=sel, config=config, training=trainer.result_,
                   seconds=seconds, label_check=checked["label_check"], label_audit=checked["label_audit"],
                   pseudo=pseudo, mode_choice=choice, smoothing=smoothing, spread=spread,
-                  model_vectors=model_vectors, door=door)
+                  model_vectors=model_vectors, door=door, pull=pull)
 
 
-def _model_door(trainer: Trainer, vectors: np.ndarray, base: np.ndarray, sel: Selection,
-                config: RunConfig) -> tuple[BaseShare | None, np.ndarray]:
-    """Head mode: the model folder's map (head beside the base share chosen by the replay) and what it gives
-    for every record; full mode: the trained encoder's output as it is."""
+def _model_door(encoder: Encoder, trainer: Trainer, vectors: np.ndarray, base: np.ndarray, sel: Selection,
+                config: RunConfig) -> tuple[BaseShare | None, EncoderPull | None, np.ndarray]:
+    """What the model folder computes, chosen by replaying refinery's embedder (:mod:`kern_finetune.base_share`),
+    and what it gives for every record. Head mode: the head beside the base share. Full mode: the trained
+    encoder pulled back towards the base model as far as the replay asks (the model is changed in place)."""
+    from .base_share import encoder_door, head_door
+
     head = getattr(trainer, "head_", None)
-    if head is None:
-        return None, vectors
-    from .base_share import head_door
-
-    weight, bias = head.as_affine()
-    door = head_door(weight.double().numpy(), bias.double().numpy(), base, sel.ids, seed=config.seed)
-    return door, door.transform(base)
+    if head is not None:
+        weight, bias = head.as_affine()
+        door = head_door(weight.double().numpy(), bias.double().numpy(), base, sel.ids, seed=config.seed)
+        return door, None, door.transform(base)
+    model = getattr(trainer, "model_", None)
+    if model is None:
+        return None, None, vectors
+    pull = encoder_door(model, encoder.model(), sel.texts, sel.ids, batch_size=config.encode_batch_size, seed=config.seed)
+    return None, pull, vectors if pull.pull == 1.0 else trainer.transform(sel.texts)

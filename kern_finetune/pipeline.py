@@ -185,6 +185,9 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     if fitted.door is not None:
         metrics["model_door"] = fitted.door.to_dict()
         metrics["seconds"]["model_door"] = fitted.door.seconds
+    if fitted.pull is not None:
+        metrics["model_door"] = fitted.pull.to_dict()
+        metrics["seconds"]["model_door"] = fitted.pull.seconds
     if fitted.mode_choice is not None:  # estimate vs what the training stage took
         metrics["mode_choice"] = {**fitted.mode_choice.to_dict(), "measured_train_seconds": seconds["train"]}
     return metrics

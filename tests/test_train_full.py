@@ -81,7 +81,7 @@ def test_fit_full_trains_the_encoder(fitted, encoder: Encoder, sel: Selection) -
 def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     fitted, records: list[dict], shared_cache, tmp_path, monkeypatch
 ) -> None:
-    """The pipeline's run repeats the fixture's fit (same seed) and its saved model gives vectors.npz."""
+    """The pipeline's run repeats the fixture's fit (same seed); its saved model gives the model door's vectors."""
     from sentence_transformers import SentenceTransformer
 
     from kern_finetune import train_full
@@ -113,7 +113,11 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
         result.selection.texts, convert_to_numpy=True, normalize_embeddings=True,
         show_progress_bar=False,
     )
-    assert np.abs(again - saved).max() < 1e-4
+    assert np.abs(again - result.model_vectors).max() < 1e-4  # the folder gives the model door's vectors
+    door = result.metrics["model_door"]  # full mode: the encoder pulled back towards the base model, by the replay
+    assert door["table"][-1]["pull"] == door["pull"] and door["n_records"] == len(result.ids)
+    if door["pull"] == 1.0:  # not pulled: the folder is the trained model, whose vectors were pushed
+        assert np.abs(again - saved).max() < 1e-4
 
 
 @pytest.mark.slow
