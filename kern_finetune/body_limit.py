@@ -16,7 +16,9 @@ every authentication check, so nobody can make a server buffer more than the lim
   reads it, while a logged-in client may send 64 MiB.
 
 After the 413, uvicorn discards the rest of the body as it arrives (memory stays flat) and closes the
-connection once its keep-alive timeout passes.
+connection once its keep-alive timeout passes (or the body timeout of :mod:`kern_finetune.http_timeouts`,
+when the rest trickles in). A client that leaves mid-body (or is cut off by that timeout) ends the request
+quietly: there is nobody to answer, and it is no error of the app's.
 
 Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered here.
 """
@@ -28,6 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 __all__ = ["BodyLimit", "BodyTooLarge"]
 
@@ -149,6 +152,9 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            if not exceeded:
+                return  # the client left mid-body, or the server cut it (kern_finetune.http_timeouts): nobody to answer
         except Exception:
             if not exceeded:
                 raise

@@ -6,12 +6,23 @@ A job is one sync of one project. States::
 
 ``up_to_date`` means the sync found no new labels and neither trained nor pushed.
 
-Coalescing: a project has at most one *active* (queued or running) job. A trigger for a project whose
-job is still queued is answered with that job (the queued job reads the export when it starts, so it
-will see the newest labels). A trigger for a project whose job is already running is answered with
-that job too, and the job is marked ``rerun_requested``: the labels that arrived after it read the
-export are not lost, because when it ends the store queues exactly one follow-up job (its id is in
-``followed_by``).
+Coalescing: a project's jobs run one at a time, in the order they were queued, and a trigger joins an
+active (queued or running) job only when it asks for the same sync: the same options (compared as the
+worker would run them, :func:`job_config`: ``{"epochs": 30}`` is ``{}``), ``force`` and
+``min_new_labels``.
+
+- The same settings as a *queued* job: answered with that job (it reads the export when it starts, so it
+  will see the newest labels).
+- The same settings as the *running* job (and none queued with them): answered with that job, marked
+  ``rerun_requested``: the labels that arrived after it read the export are not lost, because when it ends
+  the store queues exactly one follow-up job with its settings (its id is in ``followed_by``).
+- Other settings: a new job, queued after the project's active ones (``follows`` names the one it waits
+  for). Why queued rather than refused with 409: the caller asked for a different sync (another loss, a
+  forced retrain) that the active job will not do, and webhook senders do not retry a refusal, so a 409
+  would drop the request; merging it into the active job would run one caller's sync under the other's
+  name. Queued, each caller gets the job that runs exactly what it asked for, in order. At most
+  :data:`MAX_QUEUED_PER_PROJECT` jobs of one project wait at once; a trigger with yet other settings is
+  then refused (:class:`QueueFullError`, the service's 409) with the reason.
 
 Restarts: every connection is short-lived and every state change is one transaction, so a killed
 service leaves at worst a job in ``running``. :meth:`JobStore.recover` (called at start-up) re-queues
@@ -33,7 +44,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .config import SYNC_TIME_BUDGET, RunConfig
+from .errors import ConfigError, KernFinetuneError
 from .serving import immediate_transaction, is_damaged, set_aside
 
 __all__ = [
@@ -47,6 +59,9 @@ __all__ = [
     "FINAL_STATES",
     "MAX_ATTEMPTS",
     "INTERRUPTED_REASON",
+    "MAX_QUEUED_PER_PROJECT",
+    "QueueFullError",
+    "job_config",
 ]
 
 QUEUED = "queued"
@@ -59,6 +74,8 @@ FINAL_STATES = (SUCCEEDED, UP_TO_DATE, FAILED)
 MAX_ATTEMPTS = 2
 """How many times a job may start; a job interrupted by a restart on its last attempt is failed."""
 INTERRUPTED_REASON = "interrupted by service restart"
+MAX_QUEUED_PER_PROJECT = 8
+"""Jobs of one project that may wait at once (each with settings of its own, see the module docstring)."""
 _MAX_LOG_LINES = 50
 
 _SCHEMA = """
@@ -85,6 +102,25 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_project_state ON jobs (project_id, state);
 CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, created_at);
 """
+
+
+class QueueFullError(KernFinetuneError):
+    """A trigger with settings of its own found :data:`MAX_QUEUED_PER_PROJECT` jobs of its project waiting."""
+
+
+def job_config(options: dict[str, Any]) -> RunConfig:
+    """The settings a job with these options runs with: unattended, ``--mode auto`` gets
+    :data:`~kern_finetune.config.SYNC_TIME_BUDGET` unless the options name a ``time_budget``."""
+    return RunConfig.from_options({"time_budget": SYNC_TIME_BUDGET, **options})
+
+
+def _settings(options: dict[str, Any], force: bool, min_new_labels: int) -> tuple[str, bool, int]:
+    """What makes two triggers the same sync (options as the worker runs them)."""
+    try:
+        resolved: Any = job_config(options).to_dict()
+    except ConfigError:  # options the trigger check would refuse: compared as given
+        resolved = options
+    return json.dumps(resolved, sort_keys=True, default=str), bool(force), int(min_new_labels)
 
 
 @dataclass
@@ -233,21 +269,34 @@ class JobStore:
     def submit(
         self, project_id: str, options: dict[str, Any], *, force: bool = False, min_new_labels: int = 1
     ) -> tuple[Job, bool]:
-        """Queue a sync of ``project_id``, or return the project's active job.
+        """Queue a sync of ``project_id``, or return the project's active job that does the same sync.
 
-        Returns ``(job, created)``. When the active job is already running it is marked
-        ``rerun_requested`` (see the module docstring)."""
+        Returns ``(job, created)``. A running job with the same settings is marked ``rerun_requested``;
+        other settings queue a new job after the active ones (see the module docstring), or raise
+        :class:`QueueFullError` when :data:`MAX_QUEUED_PER_PROJECT` of the project's jobs already wait."""
+        wanted = _settings(options, force, min_new_labels)
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT id, state FROM jobs WHERE project_id = ? AND state IN (?, ?) ORDER BY created_at LIMIT 1",
+            active = conn.execute(
+                "SELECT id, state, options, force, min_new_labels FROM jobs WHERE project_id = ? AND state IN (?, ?)"
+                " ORDER BY created_at",
                 (project_id, QUEUED, RUNNING),
-            ).fetchone()
-            if row is not None:
-                if row["state"] == RUNNING:
-                    conn.execute("UPDATE jobs SET rerun_requested = 1 WHERE id = ?", (row["id"],))
-                job_id, created = row["id"], False
+            ).fetchall()
+            same = [r for r in active
+                    if _settings(json.loads(r["options"]), bool(r["force"]), int(r["min_new_labels"])) == wanted]
+            queued = [r for r in active if r["state"] == QUEUED]
+            join = next((r for r in same if r["state"] == QUEUED), None) or next(iter(same), None)
+            if join is not None:
+                if join["state"] == RUNNING:
+                    conn.execute("UPDATE jobs SET rerun_requested = 1 WHERE id = ?", (join["id"],))
+                job_id, created = join["id"], False
+            elif len(queued) >= MAX_QUEUED_PER_PROJECT:
+                raise QueueFullError(
+                    f"project {project_id} already has {len(queued)} queued jobs with other settings; trigger again "
+                    f"once one has started (GET /v1/jobs?project_id={project_id}&state=queued)")
             else:
-                job_id, created = self._insert(conn, project_id, options, force, min_new_labels), True
+                follows = active[-1]["id"] if active else None
+                job_id = self._insert(conn, project_id, options, force, min_new_labels, follows=follows)
+                created = True
         if created:
             self.wake()
         job = self.get(job_id)
@@ -281,10 +330,12 @@ class JobStore:
             return conn.execute(f"SELECT COUNT(*) FROM jobs WHERE state IN ({marks})", states).fetchone()[0]
 
     def claim_next(self) -> Job | None:
-        """Move the oldest queued job to ``running`` and return it (None when the queue is empty)."""
+        """Move the oldest queued job to ``running`` and return it (None when the queue is empty); a project
+        with a running job waits, so that its jobs run one at a time, in order."""
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = ? ORDER BY created_at LIMIT 1", (QUEUED,)
+                "SELECT id FROM jobs WHERE state = ? AND project_id NOT IN (SELECT project_id FROM jobs WHERE state = ?)"
+                " ORDER BY created_at LIMIT 1", (QUEUED, RUNNING),
             ).fetchone()
             if row is None:
                 return None

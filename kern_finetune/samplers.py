@@ -1,7 +1,8 @@
 """Named batch samplers: which rows train together in one step (as sentence-transformers names its samplers).
 
-- :func:`class_aware_batches`: every batch holds every class with several rows, so in-batch losses
-  (SupCon, triplet) always find positives and negatives. Both engines and the validation losses use it.
+- :func:`class_aware_batches`: every batch holds several rows of each of its classes (of every class when
+  they fit in one batch), so in-batch losses (SupCon, triplet) always find positives and negatives. Both
+  engines and the validation losses use it.
 - :func:`length_grouped`: regroups class-aware batches of texts by token count, so a transformer step
   (full mode) pads to its own longest text.
 """
@@ -17,13 +18,22 @@ LENGTH_WINDOW = 16
 
 
 def class_aware_batches(y: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """One epoch of batches, each holding (about) ``batch_size / n_classes`` rows of every class.
+    """One epoch of class-aware batches of (about) ``batch_size`` rows: several rows of each class in a batch.
 
-    Small classes are cycled (re-shuffled when used up); the epoch has ``ceil(len(y) / batch_size)``
-    batches, so every row is seen about once per epoch.
+    When every class fits in one batch with at least two rows (``n_classes <= batch_size // 2``), each batch
+    holds (about) ``batch_size / n_classes`` rows of every class; small classes are cycled (re-shuffled when
+    used up) and the epoch has ``ceil(len(y) / batch_size)`` batches, so every row is seen about once.
+
+    With more classes than that (:func:`_rotating_class_batches`), each batch holds two rows of each of
+    ``batch_size // 2`` classes, the classes taken in turn from a shuffled order: batches stay near
+    ``batch_size`` rows however many classes there are (holding every class in every batch would make each
+    batch as large as the whole training set, and an epoch as slow as ``len(y) / batch_size`` passes over it),
+    and every class is seen at least once per epoch.
     """
     classes = np.unique(y)
     per_class = max(2, batch_size // len(classes))
+    if len(classes) * per_class > batch_size:
+        return _rotating_class_batches(y, batch_size, rng)
     pools = {c: rng.permutation(np.flatnonzero(y == c)) for c in classes}
     cursor = {c: 0 for c in classes}
     n_batches = max(1, int(np.ceil(len(y) / batch_size)))
@@ -40,6 +50,46 @@ def class_aware_batches(y: np.ndarray, batch_size: int, rng: np.random.Generator
             cursor[c] += take
         batches.append(rng.permutation(np.concatenate(parts)))
     return batches
+
+
+def _rotating_class_batches(y: np.ndarray, batch_size: int, rng: np.random.Generator, *,
+                            per_class: int = 2) -> list[np.ndarray]:
+    """Class-aware batches when the classes do not fit in one batch (see :func:`class_aware_batches`).
+
+    Each batch holds ``per_class`` rows (fewer for a smaller class) of at most ``batch_size // per_class``
+    classes. The classes come in turn from shuffled orders of all of them, each order cut into the fewest
+    batches of near-equal class counts; no batch straddles two orders, so no class appears twice in it. The
+    epoch has ``max(ceil(len(y) / batch_size), batches per order)`` batches: every row is seen about once
+    and every class at least once. A class's rows are shuffled once per epoch and taken in turn, cyclically.
+    No loop runs per class: the rows are gathered with array operations.
+    """
+    _, cls_of_row = np.unique(y, return_inverse=True)
+    sizes = np.bincount(cls_of_row)
+    n_classes = len(sizes)
+    k = max(1, batch_size // per_class)
+    per_order = int(np.ceil(n_classes / k))
+    n_batches = max(int(np.ceil(len(y) / batch_size)), per_order)
+    # every class's rows together, in a shuffled order within the class
+    rows_by_class = np.lexsort((rng.random(len(y)), cls_of_row))
+    starts = np.cumsum(sizes) - sizes
+    chosen: list[np.ndarray] = []
+    while len(chosen) < n_batches:
+        order = rng.permutation(n_classes)
+        chosen.extend(np.array_split(order, per_order))
+    chosen = chosen[:n_batches]
+    slot_class = np.concatenate(chosen)
+    # the how-many-th visit of its class each slot is (0, 1, ...), in batch order
+    by_class = np.argsort(slot_class, kind="stable")
+    visits = np.bincount(slot_class, minlength=n_classes)
+    visit = np.empty(len(slot_class), dtype=np.int64)
+    visit[by_class] = np.arange(len(slot_class)) - np.repeat(np.cumsum(visits) - visits, visits)
+    take = np.minimum(per_class, sizes[slot_class])
+    slot = np.repeat(np.arange(len(slot_class)), take)
+    within = np.arange(len(slot)) - np.repeat(np.cumsum(take) - take, take)
+    c = slot_class[slot]
+    rows = rows_by_class[starts[c] + (visit[slot] * take[slot] + within) % sizes[c]]
+    per_batch = np.add.reduceat(take, np.cumsum([0] + [len(b) for b in chosen[:-1]]))
+    return [rng.permutation(b) for b in np.split(rows, np.cumsum(per_batch)[:-1])]
 
 
 def length_grouped(batches: list[np.ndarray], lengths: np.ndarray, rng: np.random.Generator, *,

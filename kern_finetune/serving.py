@@ -4,7 +4,9 @@
 - :func:`listening_socket` and :func:`format_url`: a socket bound before the server starts (``port=0``
   works, the real port is known at once) and the URL it answers on (IPv6 addresses in brackets);
 - :class:`ServerThread`: uvicorn on that socket, in a background thread (tests, embedders) or in the
-  foreground (the CLI), started and stopped the same way for both servers;
+  foreground (the CLI), started and stopped the same way for both servers, with read timeouts for a
+  request's headers and body (:data:`HEADER_TIMEOUT`, :data:`BODY_TIMEOUT`, :data:`BODY_MIN_RATE`;
+  :mod:`kern_finetune.http_timeouts`);
 - :class:`DataDirLock`: an exclusive ``flock`` that keeps a second process off a data dir;
 - :func:`atomic_write_text`: a file a reader sees whole or not at all;
 - :func:`immediate_transaction`: one SQLite write transaction, rolled back on any error.
@@ -33,12 +35,22 @@ __all__ = [
     "listening_socket",
     "format_url",
     "ServerThread",
+    "HEADER_TIMEOUT",
+    "BODY_TIMEOUT",
+    "BODY_MIN_RATE",
     "DataDirLock",
     "atomic_write_text",
     "immediate_transaction",
 ]
 
 log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT = 10.0
+"""Seconds a client has for a request's line and headers (from the connection's start or the previous answer)."""
+BODY_TIMEOUT = 20.0
+"""Seconds a client has for a request's body, plus one per :data:`BODY_MIN_RATE` bytes it sent."""
+BODY_MIN_RATE = 1024.0
+"""Bytes per second a body must keep up, past :data:`BODY_TIMEOUT`, not to be cut."""
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -58,16 +70,22 @@ def format_url(host: str, port: int, scheme: str = "http") -> str:
 
 class ServerThread:
     """A uvicorn server on an already bound socket: :meth:`start` runs it in a daemon thread,
-    :meth:`run` in the calling thread; :meth:`stop` ends it (forced when a client holds a connection open)."""
+    :meth:`run` in the calling thread; :meth:`stop` ends it (forced when a client holds a connection open).
+
+    Its connections have the read timeouts of :mod:`kern_finetune.http_timeouts`, as this module's
+    :data:`HEADER_TIMEOUT`, :data:`BODY_TIMEOUT` and :data:`BODY_MIN_RATE` are when it is made."""
 
     def __init__(self, app: Any, sock: socket.socket, *, name: str, log_level: str = "warning",
                  access_log: bool = False, timeout_graceful_shutdown: int | None = None) -> None:
         import uvicorn  # the server stack loads only where a server runs
 
+        from .http_timeouts import guarded_h11_protocol
+
         self.sock = sock
         self.name = name
+        http = guarded_h11_protocol(header_timeout=HEADER_TIMEOUT, body_timeout=BODY_TIMEOUT, body_min_rate=BODY_MIN_RATE)
         config = uvicorn.Config(app, log_level=log_level, lifespan="off", access_log=access_log,
-                                timeout_graceful_shutdown=timeout_graceful_shutdown)
+                                timeout_graceful_shutdown=timeout_graceful_shutdown, http=http)
         self.server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 

@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..body_limit import BodyLimit
 from ..errors import ConfigError
-from ..jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, JobStore
+from ..jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, JobStore, QueueFullError
 from .signing import SIGNATURE_HEADER, SignatureError, verify_signature
 from .trigger import validate_trigger
 from .worker import JobWorker
@@ -45,7 +45,8 @@ async def _authenticated_body(request: Request, secret: bytes) -> bytes | JSONRe
 
 
 def _trigger(store: JobStore, body: bytes) -> JSONResponse:
-    """``POST /v1/jobs`` once the signature is checked: parse, validate, queue or join."""
+    """``POST /v1/jobs`` once the signature is checked: parse, validate, queue or join (a job doing the same
+    sync; other settings queue after it, :meth:`~kern_finetune.jobs.JobStore.submit`)."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -56,9 +57,12 @@ def _trigger(store: JobStore, body: bytes) -> JSONResponse:
         project_id, options, force, min_new_labels = validate_trigger(payload)
     except ConfigError as exc:
         return _error(422, "invalid_trigger", str(exc))
-    job, created = store.submit(project_id, options, force=force, min_new_labels=min_new_labels)
+    try:
+        job, created = store.submit(project_id, options, force=force, min_new_labels=min_new_labels)
+    except QueueFullError as exc:
+        return _error(409, "conflict", str(exc))
     if created:
-        log.info("job %s queued for project %s", job.id, project_id)
+        log.info("job %s queued for project %s%s", job.id, project_id, f" after job {job.follows}" if job.follows else "")
     else:
         log.info("trigger for project %s joined its %s job %s", project_id, job.state, job.id)
     return JSONResponse(

@@ -7,9 +7,8 @@ import threading
 import traceback
 from pathlib import Path
 
-from ..config import SYNC_TIME_BUDGET, RunConfig
 from ..errors import KernFinetuneError
-from ..jobs import FAILED, SUCCEEDED, UP_TO_DATE, Job, JobStore
+from ..jobs import FAILED, SUCCEEDED, UP_TO_DATE, Job, JobStore, job_config
 from .runner import JobContext, JobRunner, jsonable
 
 __all__ = ["JobWorker"]
@@ -66,8 +65,7 @@ class JobWorker:
                 log.debug("progress update failed", exc_info=True)
 
         try:
-            # unattended: a job's --mode auto gets the night's budget unless the trigger named one
-            config = RunConfig.from_options({"time_budget": SYNC_TIME_BUDGET, **job.options})
+            config = job_config(job.options)  # unattended: --mode auto gets the night's budget unless named
             ctx = JobContext(
                 job_id=job.id,
                 project_id=job.project_id,

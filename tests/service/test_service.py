@@ -254,8 +254,8 @@ def test_two_triggers_for_one_project_make_one_job(service) -> None:
     assert first.status_code == 202
     job_id = first.json()["job"]["id"]
     assert runner.started.wait(10)
-    # while p1 runs: a second p1 trigger returns the running job
-    again = _post(svc.url, {"project_id": "p1", "options": {"epochs": 5}})
+    # while p1 runs: a second p1 trigger for the same sync returns the running job ({"epochs": 30} is the default)
+    again = _post(svc.url, {"project_id": "p1", "options": {"epochs": 30}})
     assert again.status_code == 200 and again.json()["created"] is False
     assert again.json()["job"]["id"] == job_id and again.json()["job"]["rerun_requested"] is True
     # p2 queues behind it; a second p2 trigger returns the queued job
@@ -274,6 +274,64 @@ def test_two_triggers_for_one_project_make_one_job(service) -> None:
     _wait_state(svc.url, q1.json()["job"]["id"], ("succeeded", "failed"))
     assert svc.store.count() == 3
     assert sorted(c.project_id for c in runner.calls) == ["p1", "p1", "p2"]
+
+
+def test_a_trigger_with_other_settings_is_queued_after_the_active_job(service) -> None:
+    """Issue 30, item 7: options and ``force`` are never merged into the active job silently."""
+    runner = RecordingRunner(hold=True)
+    svc = service(runner)
+    first = _post(svc.url, {"project_id": "p1", "options": {"task": "Topic", "mode": "head"}})
+    assert first.status_code == 202
+    first_id = first.json()["job"]["id"]
+    assert runner.started.wait(10)
+    other = {"project_id": "p1", "options": {"task": "Topic", "mode": "head", "loss": "triplet", "epochs": 2},
+             "force": True}
+    second = _post(svc.url, other)
+    assert second.status_code == 202 and second.json()["created"] is True, second.text
+    job = second.json()["job"]
+    assert job["id"] != first_id and job["state"] == "queued" and job["follows"] == first_id
+    assert job["options"] == other["options"] and job["force"] is True
+    # the same trigger again joins the queued job; the first one's settings again join the running job
+    assert _post(svc.url, other).json()["job"]["id"] == job["id"]
+    assert _post(svc.url, {**other, "options": dict(reversed(list(other["options"].items())))}).json()["job"]["id"] == job["id"]
+    same_as_first = _post(svc.url, {"project_id": "p1", "options": {"mode": "head", "task": "Topic"}})
+    assert same_as_first.status_code == 200 and same_as_first.json()["job"]["id"] == first_id
+    # force alone, or min_new_labels alone, is another sync too
+    forced = _post(svc.url, {"project_id": "p1", "options": {"task": "Topic", "mode": "head"}, "force": True})
+    assert forced.status_code == 202 and forced.json()["job"]["follows"] == job["id"]
+    assert _post(svc.url, {"project_id": "p1", "options": {"task": "Topic", "mode": "head"},
+                           "min_new_labels": 5}).status_code == 202
+    assert svc.store.count("queued") == 3 and svc.store.count("running") == 1
+    runner.release()
+    for j in (first_id, job["id"], forced.json()["job"]["id"]):
+        _wait_state(svc.url, j, ("succeeded", "failed"))
+    deadline = time.time() + 30
+    while svc.store.count("queued", "running") and time.time() < deadline:
+        time.sleep(0.05)
+    # run one at a time, in order, each with its own settings; the first one's rerun comes last
+    calls = [(c.config.loss, c.config.epochs, c.force, c.min_new_labels) for c in runner.calls]
+    assert calls == [("supcon", 30, False, 1), ("triplet", 2, True, 1), ("supcon", 30, True, 1),
+                     ("supcon", 30, False, 5), ("supcon", 30, False, 1)]
+    assert [c.project_id for c in runner.calls] == ["p1"] * 5
+
+
+def test_too_many_queued_settings_are_refused_with_the_reason(service) -> None:
+    from kern_finetune.jobs import MAX_QUEUED_PER_PROJECT
+
+    runner = RecordingRunner(hold=True)
+    svc = service(runner)
+    assert _post(svc.url, {"project_id": "p1"}).status_code == 202
+    assert runner.started.wait(10)
+    for epochs in range(1, MAX_QUEUED_PER_PROJECT + 1):
+        assert _post(svc.url, {"project_id": "p1", "options": {"epochs": epochs}}).status_code == 202
+    refused = _post(svc.url, {"project_id": "p1", "options": {"epochs": 99}})
+    assert refused.status_code == 409, refused.text
+    detail = refused.json()["detail"]
+    assert f"{MAX_QUEUED_PER_PROJECT} queued jobs" in detail and "p1" in detail and "once one has started" in detail
+    # an identical trigger still joins; another project is not held up
+    assert _post(svc.url, {"project_id": "p1", "options": {"epochs": 3}}).status_code == 200
+    assert _post(svc.url, {"project_id": "p2", "options": {"epochs": 99}}).status_code == 202
+    runner.release()
 
 
 def test_body_too_large_and_bad_requests(service) -> None:
