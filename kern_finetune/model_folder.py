@@ -82,7 +82,7 @@ def save_model(model: SentenceTransformer, out: Path, *, source: Path, fine_tune
     ``(weight, bias)`` of an affine map applied to the normalised sentence vector, ``x @ weight.T + bias``,
     written as a ``Dense`` layer followed by ``Normalize``. The folder replaces ``out`` as a whole.
     """
-    from .save import _replace_dir, atomic_dir
+    from .save import atomic_dir, replace_dir
 
     tmp = atomic_dir(out)
     try:
@@ -110,7 +110,7 @@ def save_model(model: SentenceTransformer, out: Path, *, source: Path, fine_tune
         (tmp / "config_sentence_transformers.json").write_text(json.dumps(
             {"__version__": {"sentence_transformers": "2.2.2", "transformers": "4.41.2", "pytorch": torch.__version__}},
             indent=2))
-        _replace_dir(tmp, Path(out))
+        replace_dir(tmp, Path(out))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

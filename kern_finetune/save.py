@@ -22,19 +22,19 @@ import numpy as np
 
 from .errors import ConfigError
 
-__all__ = ["save_vectors", "load_vectors", "atomic_dir", "check_out_dir", "staged_output", "RUN_OUTPUTS", "RUN_MARKER"]
+__all__ = ["save_vectors", "load_vectors", "atomic_dir", "replace_dir", "check_out_dir", "staged_output", "RUN_OUTPUTS", "RUN_MARKER"]
 
 RUN_OUTPUTS = frozenset({"metrics.json", "report.html", "model", "vectors.npz", "label_issues.csv", ".kern-finetune-run.json"})
 """What a run writes into its output folder (the last: :data:`RUN_MARKER`, which lists every path written)."""
 
 
 def atomic_dir(final: Path) -> Path:
-    """A fresh temporary sibling of ``final``; move it into place with :func:`_replace_dir`."""
+    """A fresh temporary sibling of ``final``; move it into place with :func:`replace_dir`."""
     final.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
         final.replace(old)
@@ -229,7 +229,7 @@ def staged_output(out_dir: Path) -> Iterator[Path]:
         if final.exists() and _exchange(stage, final):
             shutil.rmtree(stage, ignore_errors=True)  # now holds the earlier output
         else:
-            _replace_dir(stage, final)
+            replace_dir(stage, final)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
