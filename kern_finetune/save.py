@@ -35,6 +35,7 @@ def atomic_dir(final: Path) -> Path:
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the folder ``tmp`` to ``final``, replacing what is there (renamed aside first, then removed)."""
     if final.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}-old-", dir=final.parent))
         final.replace(old)
