@@ -309,7 +309,11 @@ def _curve_figure(top_k: dict[str, dict[str, float]], chance: float) -> plt.Figu
     ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
     ax.set_xscale("log")
     ticks = sorted({int(k) for vals in top_k.values() for k in vals})
-    ax.set_xticks(ticks, [f"{k:,}" for k in ticks])
+    shown: list[int] = []  # a label where it has room on the log axis (75 beside 100 would overprint), powers of 10 first
+    for k in sorted(ticks, key=lambda k: (not float(np.log10(k)).is_integer(), k)):
+        if all(abs(np.log10(k) - np.log10(j)) >= 0.2 for j in shown):
+            shown.append(k)
+    ax.set_xticks(ticks, [f"{k:,}" if k in shown else "" for k in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("k (nearest neighbours)")
     ax.set_ylabel("same-class share (%)")
@@ -719,8 +723,12 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     config = metrics.get("config", {})
     chance_html = (f"Chance level {chance:.2f}%." if chance is not None
                    else _esc("No evaluation against gold: " + str(metrics.get("evaluation_note"))) + ".")
-    lead = (f'<p class="lead">Task <b>{_esc(metrics.get("task"))}</b>: trained on {_esc(metrics.get("n_train"))} '
-            f"labels, {_esc(metrics.get('n_val'))} held out for validation; {_esc(metrics.get('n_test'))} test "
+    def count(key: str) -> str:
+        value = metrics.get(key)
+        return f"{value:,}" if isinstance(value, int) else _esc(value)
+
+    lead = (f'<p class="lead">Task <b>{_esc(metrics.get("task"))}</b>: trained on {count("n_train")} '
+            f"labels, {count('n_val')} held out for validation; {count('n_test')} test "
             f"records judged by gold. Mode <b>{_esc(config.get('mode'))}</b> (why: details at the end). "
             f"{chance_html}" + ("" if data is None or judged else " Per-class figures and 2D views need test records "
                                 "with gold (--gold-attribute).") + "</p>")
