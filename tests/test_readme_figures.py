@@ -206,3 +206,14 @@ def test_minutes_are_matched_against_seconds_and_files_named_in_the_paragraph():
     assert has_source(figures["20 min"], numbers) and has_source(figures["76.15"], numbers)
     assert figures["51.6"]["files"] == ["full_mode.md"]  # no file named: the section's files
     assert not has_source(figures["51.6"], numbers)
+
+
+def test_a_newcomer_reaches_the_doors_within_60_lines():
+    """Issue 29 item 4 / issue 31: what it does, the demo, the steps for your own project through the doors that
+    exist, and the short "what you get" table, all within the README's first 60 lines."""
+    head = "\n".join(README.read_text(encoding="utf-8").splitlines()[:60])
+    for must in ("make demo", "make test", "## Use it on your refinery project", "--door model --models-dir",
+                 "docs/model-door.md", "--write-snapshot", "## What you get", "docs/results.md"):
+        assert must in head, must
+    table = [line for line in head.split("## What you get", 1)[1].splitlines() if line.startswith("| ")]
+    assert len(table) >= 4 and table[-1].count("|") == table[0].count("|")  # header and three rows, complete
