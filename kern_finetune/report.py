@@ -438,7 +438,8 @@ def _per_class_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>top_{k} raw</th><th>top_{k} fine-tuned</th>" for k in ks)
     body = []
     for r in rows:
-        name = _esc(r["gold"]) + (f" ({_esc(r['class'])})" if r["class"] is not None and r["class"] != r["gold"] else "")
+        name = (f"{_esc(r['class'])} (gold {_esc(r['gold'])})" if r["class"] is not None and r["class"] != r["gold"]
+                else _esc(r["gold"]))
         if r[f"raw_{ks[0]}"] is None:  # no query of this class in a capped sample
             cells = "<td>-</td>" * (2 * len(ks))
         else:
@@ -446,8 +447,8 @@ def _per_class_html(rows: list[dict[str, Any]]) -> str:
                 f"<td>{r[f'raw_{k}']:.2f}</td><td class=\"{'up' if r[f'finetuned_{k}'] >= r[f'raw_{k}'] else 'down'}\">"
                 f"{r[f'finetuned_{k}']:.2f}</td>" for k in ks
             )
-        body.append(f"<tr><td>{name}</td><td>{r['n']}</td>{cells}</tr>")
-    return f"<table><tr><th>gold class</th><th>test records</th>{head}</tr>{''.join(body)}</table>"
+        body.append(f"<tr><td>{name}</td><td>{r['n']:,}</td>{cells}</tr>")
+    return f"<table><tr><th>class</th><th>test records</th>{head}</tr>{''.join(body)}</table>"
 
 
 def _svg_panel(points: np.ndarray, classes: np.ndarray, shown: np.ndarray, title: str, view: str) -> str:

@@ -207,8 +207,9 @@ def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
     assert page.count("Refinery's search returns") == 5 and "Search as refinery runs it" in page
     # per-class table: one row per gold value, the renamed one included
     per_class = page.split("top_k per class", 1)[1].split("<h2>", 1)[0]
-    for gold in ("2", "3", "4", NASTY):
-        assert f"<tr><td>{html.escape(gold)}" in per_class
+    assert f"<tr><td>{html.escape(NASTY)}</td>" in per_class  # its class has the gold value's name
+    for gold, name in (("2", "Sports"), ("3", "Business"), ("4", "Sci/Tech")):  # the class a labeler knows, then gold
+        assert f"<tr><td>{name} (gold {gold})</td>" in per_class
     # both 2D views, same method side by side
     for view in ("raw_pca", "finetuned_pca"):
         assert f'data-view="{view}"' in page
