@@ -276,7 +276,8 @@ SEARCH_NAMES = {
 }
 """The embeddings of ``metrics["threshold_search"]`` as a labeler knows them, in the table's order."""
 _SEARCH_NOTES = {
-    "stock": "what refinery computes from the base model today (its embedder, PCA to 64 dimensions)",
+    "stock": "refinery's own embedding of the same base model (its embedder, PCA to 64 dimensions): what a project "
+             "has without kern-finetune",
     "raw": "the base model's vectors as they are",
     "model_door": "refinery's embedder computing our model folder (sync --door model), PCA included",
     "finetuned": "the vectors a snapshot (run --write-snapshot) or the push extension carries",
