@@ -36,7 +36,7 @@ from .errors import ConfigError
 __all__ = [
     "RunConfig", "Option", "option", "run_options", "flag_of", "manifest_variables", "is_embedding_name",
     "DEVICES", "LOSSES", "ENGINES", "MODES", "NOISE_FILTERS", "PSEUDO_LABELS_AUTO", "default_cache_dir",
-    "SYNC_TIME_BUDGET",
+    "SYNC_TIME_BUDGET", "BASIC_OPTIONS",
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -51,6 +51,10 @@ SYNC_TIME_BUDGET = 3600.0
 """``--time-budget`` of ``sync`` and of the webhook's jobs when the caller names none: they run unattended (cron,
 a webhook), so ``--mode auto`` may take an hour of full-mode training where ``run``, which a labeler waits for,
 takes five minutes. Its ``--help`` and ``docs/triggers.md`` say so."""
+
+BASIC_OPTIONS = frozenset({"task", "text_attributes", "gold_attribute", "threshold", "mode", "device"})
+"""The run options a user sets, which ``--help`` shows; every other option is listed by ``--help-all`` only
+(:func:`kern_finetune.commands.run.add_run_options`). Which options exist is the fields' business, not this set's."""
 
 LEARN = "what to learn from"
 TRAIN = "how to train"

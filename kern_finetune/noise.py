@@ -42,7 +42,7 @@ from .subsample import MAX_FIT_RECORDS, fit_sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["find_label_issues", "without_label_issues", "write_label_issues", "MIN_LABELS_TO_CHECK"]
+__all__ = ["find_label_issues", "without_label_issues", "write_label_issues", "MIN_LABELS_TO_CHECK", "LABEL_ISSUE_COLUMNS"]
 
 
 _PREDICT_BLOCK = 65536
@@ -58,7 +58,8 @@ def find_label_issues(
 
     Returns ``indices`` (record rows with likely wrong weak labels), ``weights`` (per record: 1, or the
     out-of-fold probability of the given label for flagged rows), ``ids``, ``suggested`` (most likely
-    class per flagged row) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
+    class per flagged row), ``texts``, ``sources`` and ``confidence`` (the flagged records' texts, their labels'
+    sources and weak confidences) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
     ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
     ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged),
     ``note`` (why nothing was checked, else None), and per row of ``sel.labeled_idx``: ``pred_probs`` (the
@@ -134,6 +135,9 @@ def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndar
         "given": [sel.classes[sel.y[i]] for i in rows],
         "suggested": [sel.classes[c] for c in suggested],
         "probability_given": given[suspicious].round(4).tolist(),
+        "texts": [sel.texts[i] for i in rows],
+        "sources": [sel.source[i] for i in rows],
+        "confidence": [None if np.isnan(sel.confidence[i]) else round(float(sel.confidence[i]), 4) for i in rows],
         "n_checked": int(checked.sum()),
         "n_flagged": int(len(rows)),
         "n_folds": n_folds,
@@ -167,13 +171,23 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+LABEL_ISSUE_COLUMNS = ("record_id", "given_label", "suggested_label", "probability_given", "source", "confidence",
+                       "text")
+"""``label_issues.csv``'s header: ``source`` is where the label came from (``weak``: weak supervision; manual
+labels are never flagged), ``confidence`` the weak label's confidence, ``text`` the record's text as embedded."""
+
+
 def write_label_issues(path: Path, issues: dict[str, Any]) -> None:
-    """CSV for labelers to review: id, given label, suggested label, probability of the given label.
-    Text cells that a spreadsheet would run as formulas are neutralised (:func:`_csv_cell`)."""
+    """CSV for labelers to review, one row per flagged label (:data:`LABEL_ISSUE_COLUMNS`). Text cells that a
+    spreadsheet would run as formulas are neutralised (:func:`_csv_cell`); a result without ``texts``,
+    ``sources`` or ``confidence`` leaves those cells empty."""
+    n = len(issues["ids"])
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["record_id", "given_label", "suggested_label", "probability_given"])
-        for row in zip(issues["ids"], issues["given"], issues["suggested"], issues["probability_given"]):
-            w.writerow([_csv_cell(v) for v in row])
+        w.writerow(LABEL_ISSUE_COLUMNS)
+        for row in zip(issues["ids"], issues["given"], issues["suggested"], issues["probability_given"],
+                       issues.get("sources") or [""] * n, issues.get("confidence") or [""] * n,
+                       issues.get("texts") or [""] * n):
+            w.writerow([_csv_cell("" if v is None else v) for v in row])
     tmp.replace(path)

@@ -69,6 +69,7 @@ def write(
     if label_check is not None:
         write_label_issues(folder / "label_issues.csv", label_check)
         files.append("label_issues.csv")
-    write_report(folder / "report.html", metrics, plots=None if plots is None else plots.to_dict(), data=report_data)
+    write_report(folder / "report.html", metrics, plots=None if plots is None else plots.to_dict(), data=report_data,
+                 label_issues=label_check)
     write_json(folder / "metrics.json", metrics)
     return Written(folder=folder, files=(*files, "report.html", "metrics.json"))

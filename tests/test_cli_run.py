@@ -179,8 +179,9 @@ def test_missing_export_file(tmp_path):
 def test_help_explains_itself():
     proc = subprocess.run([sys.executable, "-m", "kern_finetune", "run", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    for word in ("--export", "--task", "--gold-attribute", "--threshold", "--loss", "examples:"):
+    for word in ("--export", "--task", "--gold-attribute", "--threshold", "--help-all", "examples:"):
         assert word in proc.stdout
+    assert "--loss" not in proc.stdout  # an advanced option: tests/test_help.py
 
 
 def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp_path):

@@ -80,8 +80,13 @@ def test_write_label_issues(flipped: tuple[Selection, np.ndarray], subset_base: 
     write_label_issues(path, found)
     with path.open(newline="", encoding="utf-8") as fh:
         rows = list(csv.reader(fh))
-    assert rows[0] == ["record_id", "given_label", "suggested_label", "probability_given"]
+    assert rows[0] == ["record_id", "given_label", "suggested_label", "probability_given", "source", "confidence",
+                       "text"]
     assert [r[0] for r in rows[1:]] == found["ids"]
+    sel = flipped[0]
+    for r, i in zip(rows[1:], found["indices"]):  # a labeler reads the record and where its label came from
+        assert r[4] == "weak" and float(r[5]) == pytest.approx(sel.confidence[i], abs=1e-4)
+        assert r[6].lstrip("'") == sel.texts[i]
     assert [p.name for p in tmp_path.iterdir()] == ["label_issues.csv"]  # no temp file left behind
 
 

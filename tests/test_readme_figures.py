@@ -1,8 +1,9 @@
-"""Every figure README.md reports comes from a committed results file in ``benchmarks/results/``.
+"""Every figure README.md and docs/results.md report comes from a committed results file in ``benchmarks/results/``.
 
-A figure is a number in README's measurement section ("## What it measured") or a timing anywhere in
-README (a number followed by ``s``, ``min``, ``minutes`` or ``seconds``). It has a source when a number
-in a results file, rounded the way README writes it, gives it:
+The measurements live in ``docs/results.md``; the README keeps a short "What you get" table. A figure is a
+number in a measurement section (README's "## What you get", docs/results.md's "## What it measured") or a
+timing anywhere in either file (a number followed by ``s``, ``min``, ``minutes`` or ``seconds``). It has a
+source when a number in a results file, rounded the way the text writes it, gives it:
 
 - ``76.15`` needs a number that rounds to 76.15; ``71.2`` one that rounds to 71.2 (71.20, 71.23, ...);
 - ``4,400`` (trailing zeros) one that rounds to the hundreds (4,413); ``9,146`` the exact count;
@@ -12,9 +13,9 @@ in a results file, rounded the way README writes it, gives it:
 Where the paragraph (for a table: it or its caption, the paragraph before it) names results files (``compare.md``, ``full_mode.json``, ...),
 only those files count (``X.md`` also opens ``X.json``), and ``docs/*.md`` or ``samples/*.md`` files it names
 by path count too (figures quoted from elsewhere: the 2022 blog, the sample's make-up); otherwise the section's named files, else any results file. Numbers inside backticks
-(commands, options), settings (after ``>``, ``<``, ``=``, ``lr``, ``alpha``), years, and small counts below
-10 (seeds, cores) are not figures. A new README
-figure passes as soon as the results file it comes from is committed and named in its paragraph.
+or fenced code blocks (commands, options), settings (after ``>``, ``<``, ``=``, ``lr``, ``alpha``), years, and
+small counts below 10 (seeds, cores) are not figures. A new figure passes as soon as the results file it comes
+from is committed and named in its paragraph.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+RESULTS_DOC = ROOT / "docs" / "results.md"
 RESULTS = ROOT / "benchmarks" / "results"
-MEASURED_SECTION = "What it measured"
+MEASURED_SECTIONS = ("What it measured", "What you get")
 
 NUMBER = re.compile(r"(?<![\w.=/^])(?<![A-Za-z]-)([+-]?)(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?(?:e-?\d+)?)(?![\w.]*\w)(?!\.\d)")
 SETTING = re.compile(r"(?:[<>=]\s*|\blr\s+|\balpha\s+)$")
@@ -81,10 +83,17 @@ def results_numbers(readme: str = "") -> dict[str, list[float]]:
 
 
 def _sections(readme: str) -> list[tuple[str, list[str]]]:
-    """``[(section title, [blocks])]``: blocks are paragraphs or tables (blank-line separated)."""
+    """``[(section title, [blocks])]``: blocks are paragraphs or tables (blank-line separated); fenced code
+    blocks are left out (commands, not figures)."""
     out: list[tuple[str, list[str]]] = []
     title, block, blocks = "", [], []
+    fenced = False
     for line in readme.splitlines() + [""]:
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
         if line.startswith("## "):
             if block:
                 blocks.append("\n".join(block))
@@ -123,7 +132,7 @@ def readme_figures(readme: str, known: set[str]) -> list[dict]:
                 raw = m.group(2)
                 unit_m = TIME_UNIT.match(plain[m.end():])
                 unit = None if unit_m is None else ("min" if unit_m.group(1).startswith("min") else "s")
-                if not title.startswith(MEASURED_SECTION) and unit is None:
+                if not title.startswith(MEASURED_SECTIONS) and unit is None:
                     continue
                 if SETTING.search(plain[max(0, m.start() - 12) : m.start()]):
                     continue  # a setting (confidence > 0.7, lr 3e-5, t=0.5), not a measurement
@@ -161,15 +170,21 @@ def has_source(figure: dict, numbers: dict[str, list[float]]) -> bool:
     return False
 
 
-def test_every_readme_figure_has_a_results_file():
-    readme = README.read_text(encoding="utf-8")
-    numbers = results_numbers(readme)
-    figures = readme_figures(readme, set(numbers))
-    assert len(figures) > 20, "the figure scan found almost nothing: has README's measurement section moved?"
+@pytest.mark.parametrize(("doc", "at_least"), [(README, 10), (RESULTS_DOC, 100)], ids=["README", "results"])
+def test_every_figure_has_a_results_file(doc: Path, at_least: int):
+    text = doc.read_text(encoding="utf-8")
+    numbers = results_numbers(text)
+    figures = readme_figures(text, set(numbers))
+    assert len(figures) >= at_least, f"the figure scan found almost nothing in {doc.name}: has a measurement section moved?"
     missing = [f for f in figures if not has_source(f, numbers)]
-    assert not missing, "README figures with no source in benchmarks/results/:\n" + "\n".join(
+    assert not missing, f"{doc.relative_to(ROOT)} figures with no source in benchmarks/results/:\n" + "\n".join(
         f"  {f['text']!r} in: {f['context']!r} (looked in {', '.join(f['files'])})" for f in missing
     )
+
+
+def test_the_readme_points_to_the_measurements():
+    readme = README.read_text(encoding="utf-8")
+    assert "docs/results.md" in readme and "## What it measured" not in readme
 
 
 @pytest.mark.parametrize(
@@ -191,3 +206,14 @@ def test_minutes_are_matched_against_seconds_and_files_named_in_the_paragraph():
     assert has_source(figures["20 min"], numbers) and has_source(figures["76.15"], numbers)
     assert figures["51.6"]["files"] == ["full_mode.md"]  # no file named: the section's files
     assert not has_source(figures["51.6"], numbers)
+
+
+def test_a_newcomer_reaches_the_doors_within_60_lines():
+    """Issue 29 item 4 / issue 31: what it does, the demo, the steps for your own project through the doors that
+    exist, and the short "what you get" table, all within the README's first 60 lines."""
+    head = "\n".join(README.read_text(encoding="utf-8").splitlines()[:60])
+    for must in ("make demo", "make test", "## Use it on your refinery project", "--door model --models-dir",
+                 "docs/model-door.md", "--write-snapshot", "## What you get", "docs/results.md"):
+        assert must in head, must
+    table = [line for line in head.split("## What you get", 1)[1].splitlines() if line.startswith("| ")]
+    assert len(table) >= 4 and table[-1].count("|") == table[0].count("|")  # header and three rows, complete

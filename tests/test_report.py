@@ -167,7 +167,7 @@ def test_report_without_data_or_gold_still_writes(tmp_path: Path) -> None:
                       raw=data.raw, tuned=data.tuned)
     write_report(path, metrics, plots=None, data=data)  # queries from unlabeled records, matches unknown
     page = path.read_text(encoding="utf-8")
-    assert "Query 1" in page and "No 2D views" in page
+    assert "Example 1" in page and "2D views need test records with gold" in page and "No 2D views" not in page
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
     page = (out / "report.html").read_text(encoding="utf-8")
     data_texts = {r["running_id"]: f"{r['Title']}. {r['Description']}" for r in records}
     # the queries' texts, by the record id each query block names
-    ids = re.findall(r"<h3>Query \d+: record ([^<]+)</h3>", page)
+    ids = re.findall(r"<h3>Example \d+: record ([^<]+)</h3>", page)
     assert len(ids) == 5
     for rid in ids:
         text = data_texts[html.unescape(rid)]
@@ -207,8 +207,9 @@ def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
     assert page.count("Refinery's search returns") == 5 and "Search as refinery runs it" in page
     # per-class table: one row per gold value, the renamed one included
     per_class = page.split("top_k per class", 1)[1].split("<h2>", 1)[0]
-    for gold in ("2", "3", "4", NASTY):
-        assert f"<tr><td>{html.escape(gold)}" in per_class
+    assert f"<tr><td>{html.escape(NASTY)}</td>" in per_class  # its class has the gold value's name
+    for gold, name in (("2", "Sports"), ("3", "Business"), ("4", "Sci/Tech")):  # the class a labeler knows, then gold
+        assert f"<tr><td>{name} (gold {gold})</td>" in per_class
     # both 2D views, same method side by side
     for view in ("raw_pca", "finetuned_pca"):
         assert f'data-view="{view}"' in page
@@ -216,3 +217,107 @@ def test_report_on_the_subset_shows_the_first_screen(nasty_run) -> None:
     assert not _external_refs(page, list(data_texts.values()))
     assert len(list(out.glob("*.html"))) == 1
     assert len(page.encode()) < 3_000_000
+
+
+# --- a report that answers first (issue 29, item 3) -----------------------------------------------------------------
+
+def _visible_text(page: str) -> str:
+    """What a reader sees: no tags, attributes, scripts or styles."""
+    page = re.sub(r"<(script|style)\b.*?</\1>", " ", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_figures_come_first_examples_after_and_the_mode_choice_in_details(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    search = {name: {"lt_10": 1.0, "lt_100": 5.0, "median_results": 100.0, "same_class": 70.0,
+                     "first_screen_same": 7.0, "threshold": 1.0, "n_queries": 300}
+              for name in ("raw", "finetuned", "stock", "model_door")}
+    metrics = {**_metrics(), "threshold_search": search,
+               "mode_choice": {"message": "auto: head, full mode estimated at 1,200 s > the 300 s budget"}}
+    write_report(path, metrics, data=_tiny_data())
+    page = path.read_text(encoding="utf-8")
+    title = page.index("<h1>")
+    order = [page.index(marker) for marker in ("<h2>Search as refinery runs it", "top_k per class", "2D views",
+                                               "Examples: the first screen", "<details>")]
+    assert title < order[0] and order == sorted(order)
+    assert "<h2>" not in page[title:order[0]]  # no verdict in these metrics: the lead paragraph, then the figures
+    assert page.index("Mode choice: auto: head") > page.index("<details>")
+    assert re.findall(r"<h3>Example \d+: record", page)
+    # the search table names every embedding as a labeler knows it, refinery's stock embedding first
+    table = page.split("Search as refinery runs it", 1)[1].split("</table>", 1)[0]
+    heads = re.findall(r"<th>([^<]+)</th>", table)
+    assert [html.unescape(h) for h in heads] == ["refinery's stock embedding", "raw base model", "model door",
+                                                 "snapshot door (as pushed)"]
+    # one spelling in what a reader sees
+    assert "finetuned" not in _visible_text(page)
+
+
+def test_timings_are_a_table(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    metrics = {**_metrics(), "seconds": {"encode": 3.5, "train": 12.25, "smooth": 1.0, "total": 20.0}}
+    write_report(path, metrics, data=None)
+    page = path.read_text(encoding="utf-8")
+    timings = page.split("<h3>Timings</h3>", 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td></tr>", timings)
+    assert cells[-1] == ("the whole run", "20.0") and ("train", "12.2") in cells and len(cells) == 4
+    assert "{&#x27;" not in page and "{'" not in page
+
+
+def test_the_top_k_curve_has_plain_tick_labels() -> None:
+    """The log axis reads 10, 100, 1,000: not matplotlib's mathtext, which parse_math off would print as typed."""
+    import matplotlib.pyplot as plt
+
+    from kern_finetune.report import _curve_figure
+
+    top_k = {"raw": {"10": 70.0, "75": 62.0, "100": 60.0, "1000": 50.0},
+             "finetuned": {"10": 80.0, "75": 76.0, "100": 75.0, "1000": 70.0}}
+    with plt.rc_context({"text.parse_math": False}):
+        fig = _curve_figure(top_k, 25.0)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_xticklabels(which="both") if t.get_text()]
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    plt.close(fig)
+    assert labels == ["10", "100", "1,000"]  # 75 keeps its tick, not a label that would overprint 100
+    assert "fine-tuned" in legend and "finetuned" not in legend
+
+
+def test_hover_names_the_class_and_examples_show_ranks_not_cosines(tmp_path: Path) -> None:
+    data = _tiny_data()
+    names = {NASTY: "World", SCRIPTY: "Sports", "Sports & more": "Business"}
+    data = ReportData(ids=data.ids, texts=data.texts, labels=data.labels, gold=data.gold,
+                      gold_class=[names[g] if g is not None else None for g in data.gold], train_idx=data.train_idx,
+                      test_idx=data.test_idx, raw=data.raw, tuned=data.tuned, seed=data.seed)
+    path = tmp_path / "report.html"
+    write_report(path, _metrics(), data=data)
+    page = path.read_text(encoding="utf-8")
+    hover = json.loads(re.search(r'<script type="application/json" id="hover-data">(.*?)</script>', page, re.S).group(1))
+    assert {v["c"] for v in hover.values()} == {"World", "Sports", "Business"}
+    assert "d[i].c" in page and "'gold '+" not in page
+    assert "cos " not in page
+    screen = first_screen(data)
+    for q in screen:
+        for name, other in (("raw", "finetuned"), ("finetuned", "raw")):
+            x = data.tuned if other == "finetuned" else data.raw
+            unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+            sims = unit @ unit[q["index"]]
+            sims[q["index"]] = -np.inf
+            order = list(np.argsort(-sims, kind="stable"))
+            for nb in q["neighbours"][name]:
+                assert nb["rank_other"] == order.index(nb["index"]) + 1
+    assert re.search(r'<span class="sim">#\d+ in raw</span>', page)
+
+
+def test_label_issues_are_listed_with_text_and_source(tmp_path: Path) -> None:
+    path = tmp_path / "report.html"
+    issues = {"ids": ["r1", "r2"], "given": [SCRIPTY, "Sports"], "suggested": ["World", "World"],
+              "probability_given": [0.4, 0.1], "texts": ["a text about <b>", "another text"],
+              "sources": ["weak", "weak"], "confidence": [0.93, 0.81]}
+    metrics = {**_metrics(), "label_check": {"action": "drop", "n_flagged": 2, "file": "label_issues.csv"}}
+    write_report(path, metrics, data=None, label_issues=issues)
+    page = path.read_text(encoding="utf-8")
+    section = page.split("Label issues: 2 weak labels", 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>(r\d)</td>", section)
+    assert rows == ["r2", "r1"]  # the least likely label first
+    assert "another text" in section and html.escape("a text about <b>") in section and SCRIPTY not in section
+    assert "weak supervision, confidence 0.81" in section and "left them out of training" in page

@@ -42,7 +42,7 @@ from ..refinery.columns import embedding_name
 from ..refinery.export import load_export
 from ..select import gold_to_class
 from ..sync import sync_project
-from .run import add_run_options, config_from_args
+from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args
 
 __all__ = ["register", "search_same_class", "SearchFigures"]
 
@@ -194,16 +194,36 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DESCRIPTION = """\
+The whole loop on this machine, over HTTP: start a local refinery-compatible host with the bundled AG News
+sample, sync against it (pull, fine-tune, push through the host's push extension, which no real refinery
+has), and compare what its similarity search returns with the raw and the fine-tuned embedding."""
+
+EPILOG = """\
+examples:
+  kern-finetune demo                      # all 20,000 records
+  kern-finetune demo --sample 2000        # a seeded subset of 2,000 records, quicker
+
+--help-all lists every option."""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="local host + bundled AG News sample: sync over HTTP and compare search results",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [--sample N] [--out DIR] [options]",
     )
-    p.add_argument("--export", type=Path, default=DEFAULT_EXPORT, help="export the host serves (default: %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
-    p.add_argument("--sample", type=int, default=0, metavar="N", help="use a seeded subset of N records (default: all)")
-    p.add_argument("--queries", type=int, default=50, help="test records to search with (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder of the run (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers")
-    add_run_options(p)
+    add_help_all(p)
+    g = p.add_argument_group(BASIC_TITLE)
+    g.add_argument("--sample", type=int, default=0, metavar="N", help="use a seeded subset of N records (default: all)")
+    g.add_argument("--out", type=Path, default=Path("runs/demo"), metavar="DIR",
+                   help="output folder of the run (default: %(default)s)")
+    add_run_options(p, g, basic_names=frozenset({"mode", "device"}))  # the sample sets task, texts and gold
+    g = p.add_argument_group("the demo")
+    advanced(g.add_argument("--export", type=Path, default=DEFAULT_EXPORT,
+                            help="export the host serves (default: %(default)s)"))
+    advanced(g.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)"))
+    advanced(g.add_argument("--queries", type=int, default=50,
+                            help="test records to search with (default: %(default)s)"))
+    advanced(g.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers"))
     p.set_defaults(func=_demo, gold_attribute="Class Index")

@@ -8,34 +8,77 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..config import RunConfig, flag_of, run_options
+from ..config import BASIC_OPTIONS, RunConfig, flag_of, run_options
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..refinery.columns import Record
     from ..pipeline import RunResult
 
-__all__ = ["register", "add_run_options", "config_from_args"]
+__all__ = ["register", "add_run_options", "config_from_args", "add_help_all", "advanced"]
 
 EPILOG = """\
 examples:
   kern-finetune run --export samples/ag_news/export.json.gz --task Topic --gold-attribute "Class Index"
-  kern-finetune run --export project_snapshot.zip --task topic --loss triplet --out runs/triplet
   kern-finetune run --export project_snapshot.zip --task topic --write-snapshot with_embedding.zip
 
-What is trained on: every manual label, plus every weak-supervision label whose confidence is above
---threshold (a manual label wins; --no-weak-labels: manual labels only). Records without such a label
-are the test records: with --gold-attribute, their true class is used to measure how many nearest
-neighbours share it (top_k)."""
+It trains on every manual label and every weak-supervision label above --threshold, and writes
+report.html, model/ (for the model door), vectors.npz and metrics.json into --out.
+--help-all lists every option (training, places, devices)."""
+
+DESCRIPTION = """\
+Fine-tune sentence embeddings from the labels in a refinery export or project snapshot (no host needed),
+and write the new embedding, its model folder and a report."""
+
+BASIC_TITLE = "the options you set"
+HELP_ALL = "show every option, the advanced ones too, and exit"
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
+class _HelpAll(argparse.Action):
+    """``--help-all``: ``--help`` with the options :func:`advanced` hid."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, default: Any = argparse.SUPPRESS,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        for action in parser._actions:
+            hidden = getattr(action, "advanced_help", None)
+            if hidden is not None:
+                action.help = hidden
+        parser.print_help()
+        parser.exit()
+
+
+def add_help_all(parser: argparse.ArgumentParser) -> None:
+    """``--help-all`` beside ``--help``: the short help shows what a user sets, this one everything."""
+    parser.add_argument("--help-all", action=_HelpAll, help=HELP_ALL)
+
+
+def advanced(action: argparse.Action) -> argparse.Action:
+    """Hide ``action`` from ``--help``; ``--help-all`` shows it (see :func:`add_help_all`)."""
+    action.advanced_help = action.help  # type: ignore[attr-defined]
+    action.help = argparse.SUPPRESS
+    return action
+
+
+def add_run_options(parser: argparse.ArgumentParser, basic: Any = None, *,
+                    basic_names: frozenset[str] = BASIC_OPTIONS) -> None:
     """The pipeline options shared by ``run``, ``sync`` and ``demo``: one per :class:`RunConfig` field, made
-    from its :class:`~kern_finetune.config.Option` (flag, help, group, choices, metavar)."""
+    from its :class:`~kern_finetune.config.Option` (flag, help, group, choices, metavar).
+
+    The options in ``basic_names`` (:data:`~kern_finetune.config.BASIC_OPTIONS`, or fewer where a command sets some
+    itself) go into ``basic`` (an argument group; default: one of their own) and show in ``--help``; the others
+    stay in their :attr:`Option.group` and show in ``--help-all`` only (:func:`advanced`)."""
     groups: dict[str, Any] = {}
     for name, opt, typ, default in run_options():
-        if opt.group not in groups:
-            groups[opt.group] = parser.add_argument_group(opt.group)
+        is_basic = name in basic_names
+        title = BASIC_TITLE if is_basic else opt.group
+        if is_basic and basic is not None:
+            groups.setdefault(title, basic)
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
         if default is None:
             shown = opt.default_text
         elif typ is bool:
@@ -51,7 +94,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
             kwargs["type"] = {int: int, float: float, list: _comma_list, Path: Path}.get(typ)
             kwargs["metavar"] = opt.metavar
             kwargs["choices"] = opt.choices
-        groups[opt.group].add_argument(flag_of(name, opt), **kwargs)
+        action = groups[title].add_argument(flag_of(name, opt), **kwargs)
+        if not is_basic:
+            advanced(action)
 
 
 def _comma_list(value: str) -> list[str] | None:
@@ -120,16 +165,20 @@ def _write_snapshot(args: argparse.Namespace, config: RunConfig, records: list[R
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "run", help="fine-tune on an export file (no host needed)", description=__doc__, epilog=EPILOG,
+        "run", help="fine-tune on an export file (no host needed)", description=DESCRIPTION, epilog=EPILOG,
+        usage="%(prog)s --export FILE [--task TASK] [--gold-attribute NAME] [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--export", required=True, type=Path, help="record export (.json, .json.gz) or refinery snapshot (.zip)")
-    p.add_argument("--out", type=Path, default=Path("runs/latest"),
+    add_help_all(p)
+    g = p.add_argument_group(BASIC_TITLE)
+    g.add_argument("--export", required=True, type=Path, metavar="FILE",
+                   help="record export (.json, .json.gz) or refinery project snapshot (.zip)")
+    add_run_options(p, g)
+    g.add_argument("--out", type=Path, default=Path("runs/latest"), metavar="DIR",
                    help="output folder: new, empty or an earlier run's, which a successful run replaces as a whole "
                         "(default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="end with one JSON line of the headline metrics")
-    p.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
-                   help="--export is a refinery snapshot: write a copy with the fine-tuned embedding added, "
-                        "to import into refinery as a new project (docs/snapshot.md)")
-    add_run_options(p)
+    g.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
+                   help="the snapshot door: --export is a refinery snapshot; write a copy with the fine-tuned "
+                        "embedding added, to import into refinery as a new project (docs/snapshot.md)")
+    advanced(p.add_argument("--json", action="store_true", help="end with one JSON line of the headline metrics"))
     p.set_defaults(func=_run)

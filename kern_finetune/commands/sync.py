@@ -10,61 +10,46 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import SYNC_TIME_BUDGET, RunConfig
+from ..config import BASIC_OPTIONS, SYNC_TIME_BUDGET, RunConfig
 from ..errors import ConfigError
 from ..model_door import DEFAULT_MOUNT, ModelDoorTarget
 from ..refinery.api import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..sync import DOORS, sync_project
-from .run import add_run_options, config_from_args
+from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args
 
 __all__ = ["register", "add_host_options", "client_from_args"]
 
+DESCRIPTION = """\
+Pull a project's labels from refinery; when they changed, fine-tune and write the embedding back."""
+
 EPILOG = """\
-credentials (first found wins):
-  --secrets FILE     a refinery SDK secrets.json {{"user_name", "password", "project_id", "uri"}}
-  environment        {user}, {password}, {uri} (default http://localhost:4455),
-                     {project} (optional default for --project)
-  --uri overrides the URI of either. Passwords and tokens are never printed or logged.
+doors (--door; checked before anything is pulled or encoded):
+  model     --models-dir DIR, mounted once into refinery's embedder (docs/model-door.md): refinery computes
+            the embedding from our model folder; the previous one goes once the new one is FINISHED
+  snapshot  --snapshot SRC.zip -> --write-snapshot OUT.zip, to import in refinery as a new project
+  api       the push extension (docs/push-contract.md): `kern-finetune host` has it, no refinery does
+  auto      snapshot with --write-snapshot, else api when the host offers it, else stop (default)
 
 examples:
-  kern-finetune sync --secrets secrets.json --task Topic
-  kern-finetune sync --uri http://localhost:4455 --project 1f0c... --task Topic --min-new-labels 50
-
-  kern-finetune sync --secrets secrets.json --door snapshot --snapshot project.zip --write-snapshot out.zip
   kern-finetune sync --secrets secrets.json --task Topic --door model --models-dir ~/refinery/refinery/models
+  kern-finetune sync --secrets secrets.json --door snapshot --snapshot project.zip --write-snapshot out.zip
 
-a sync has a larger default --time-budget than run ({budget:.0f} s instead of {run_budget:.0f} s): it runs
-unattended (cron, the webhook), so --mode auto picks full mode wherever full mode fits in that time.
-
-doors (--door; checked before anything is pulled or encoded):
-  api       the push extension (docs/push-contract.md), proposed for refinery issues #24/#48; the local
-            `kern-finetune host` has it, no refinery version does
-  snapshot  --snapshot SRC.zip (exported in refinery) -> --write-snapshot OUT.zip with our embedding;
-            import OUT.zip in refinery's UI (it becomes a new project)
-  model     the fine-tuned sentence-transformers folder (<out>/model) for refinery's embedder to compute;
-            with --models-dir (a folder mounted into refinery's embedder, docs/model-door.md) the sync
-            copies it into the next <name>-v<N> folder there, creates the embedding through refinery's
-            gateway (Kratos browser login, same user and password), waits until it is FINISHED
-            (--model-wait) and only then deletes the previous kern-finetune embedding; a refused step
-            (login, create, wait, delete) stops with one line and leaves the previous embedding
-  auto      snapshot when --write-snapshot is given, else api when the host offers it, else stop with
-            a one-line error naming the snapshot door (default)
-
-A sync trains only when the selected labels (manual + weak above --threshold) changed since the last
-successful sync of that project through that door; --force trains anyway. Exit codes: 0 ok (pushed,
-written or up to date), 1 host/export/training error or no door, 2 bad options, 3 another sync of the
-project is running.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI, project=ENV_PROJECT,
-                               budget=SYNC_TIME_BUDGET, run_budget=RunConfig().time_budget)
+Credentials: --secrets, else ${user}, ${password}, ${uri} and
+${project}. A sync trains only when the selected labels changed since the last one through
+that door (--force: anyway); unattended, its --time-budget defaults to {budget:.0f} s (run: {run_budget:.0f} s).
+Exit codes: 0 ok, 1 error or no door, 2 bad options, 3 another sync running. --help-all: every option.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI,
+                                                     project=ENV_PROJECT, budget=SYNC_TIME_BUDGET,
+                                                     run_budget=RunConfig().time_budget)
 
 
 def add_host_options(parser: argparse.ArgumentParser) -> None:
-    """``--uri``, ``--project``, ``--secrets`` and the transport knobs."""
+    """``--uri``, ``--project``, ``--secrets`` and the transport knobs (those under ``--help-all``)."""
     g = parser.add_argument_group("which host and project")
-    g.add_argument("--uri", help=f"host URL (default: from --secrets, else ${ENV_URI}, else http://localhost:4455)")
-    g.add_argument("--project", metavar="ID", help="project id (default: from --secrets or $" + ENV_PROJECT + ")")
     g.add_argument("--secrets", type=Path, metavar="FILE", help="refinery secrets.json with user_name and password")
-    g.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)")
-    g.add_argument("--retries", type=int, default=3, help="retries of idempotent requests (default: %(default)s)")
+    g.add_argument("--uri", help=f"host URL (default: --secrets, else ${ENV_URI})")
+    g.add_argument("--project", metavar="ID", help="project id (default: --secrets, else the environment)")
+    advanced(g.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"))
+    advanced(g.add_argument("--retries", type=int, default=3, help="retries of idempotent requests (default: %(default)s)"))
 
 
 def client_from_args(args: argparse.Namespace) -> RefineryClient:
@@ -117,32 +102,36 @@ def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "sync", help="pull labels from a refinery host; when they changed, fine-tune and push the embedding",
-        description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "sync", help="pull labels from a refinery host; when they changed, fine-tune and write the embedding",
+        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --secrets FILE [--task TASK] [--door DOOR ...] [options]",
     )
+    add_help_all(p)
     add_host_options(p)
-    g = p.add_argument_group("when to train")
-    g.add_argument("--force", action="store_true", help="train and push even when the labels did not change")
-    g.add_argument("--min-new-labels", type=int, default=1, metavar="N",
-                   help="train only when at least N selected labels changed (default: %(default)s)")
-    g.add_argument("--state-dir", type=Path, default=None,
-                   help="where the last sync's fingerprint and lock live (default: <cache-dir>/sync/<host>/<project>)")
     g = p.add_argument_group("where the embedding goes")
-    g.add_argument("--door", choices=DOORS, default="auto",
-                   help="api | snapshot | model | auto: what the host offers (default: %(default)s)")
-    g.add_argument("--snapshot", type=Path, metavar="SRC.zip", help="snapshot door: the project snapshot exported in refinery")
-    g.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
-                   help="snapshot door: where to write the snapshot with the embedding added")
+    g.add_argument("--door", choices=DOORS, default="auto", metavar="DOOR",
+                   help="model, snapshot, api or auto (default: %(default)s)")
     g.add_argument("--models-dir", type=Path, metavar="DIR",
-                   help="model door: the folder on this machine mounted into refinery's embedder "
-                        "(docs/model-door.md); the sync then creates the embedding in refinery itself")
-    g.add_argument("--models-mount", default=DEFAULT_MOUNT, metavar="PATH",
-                   help="model door: where --models-dir is inside the embedder container (default: %(default)s)")
-    g.add_argument("--model-wait", type=float, default=None, metavar="SECONDS",
-                   help=f"model door: the longest wait for refinery's embedder to finish the new embedding "
-                        f"(default: {ModelDoorTarget.wait_s:.0f})")
-    p.add_argument("--out", type=Path, default=Path("runs/sync"), help="output folder of the run (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print only one JSON line with the outcome")
-    add_run_options(p)
+                   help="model door: the folder refinery's embedder mounts")
+    advanced(g.add_argument("--models-mount", default=DEFAULT_MOUNT, metavar="PATH",
+                            help="model door: where --models-dir is inside the embedder container (default: %(default)s)"))
+    advanced(g.add_argument("--model-wait", type=float, default=None, metavar="SECONDS",
+                            help=f"model door: the longest wait for refinery's embedder to finish the new embedding "
+                                 f"(default: {ModelDoorTarget.wait_s:.0f})"))
+    g.add_argument("--snapshot", type=Path, metavar="SRC.zip", help="snapshot door: the snapshot exported in refinery")
+    g.add_argument("--write-snapshot", type=Path, metavar="OUT.zip",
+                   help="snapshot door: the copy with our embedding to write")
+    g.add_argument("--out", type=Path, default=Path("runs/sync"), metavar="DIR",
+                   help="output folder of the run (default: %(default)s)")
+    basic = p.add_argument_group(BASIC_TITLE)
+    basic.add_argument("--force", action="store_true", help="train and write even when the labels did not change")
+    add_run_options(p, basic, basic_names=BASIC_OPTIONS - {"gold_attribute"})  # a refinery project has no gold
+    g = p.add_argument_group("when to train")
+    advanced(g.add_argument("--min-new-labels", type=int, default=1, metavar="N",
+                            help="train only when at least N selected labels changed (default: %(default)s)"))
+    advanced(g.add_argument("--state-dir", type=Path, default=None,
+                            help="where the last sync's fingerprint and lock live "
+                                 "(default: <cache-dir>/sync/<host>/<project>)"))
+    advanced(p.add_argument("--json", action="store_true", help="print only one JSON line with the outcome"))
     # unattended: a night, not a desk (config.SYNC_TIME_BUDGET); --help shows this default
     p.set_defaults(func=_sync, time_budget=SYNC_TIME_BUDGET)
