@@ -51,8 +51,10 @@ doors (--door; checked before anything is pulled or encoded):
             a one-line error naming the snapshot door (default)
 
 A sync trains only when the selected labels (manual + weak above --threshold) changed since the last
-successful sync of that project through that door; --force trains anyway. Exit codes: 0 ok (pushed,
-written or up to date), 1 host/export/training error or no door, 2 bad options, 3 another sync of the
+successful sync of that project through that door; --force trains anyway. When the run's verdict (held-out
+labels searched as refinery searches) says the new embedding is worse than the one in use, the sync keeps
+that one and says why; --force writes the new one anyway. Exit codes: 0 ok (pushed,
+written, kept or up to date), 1 host/export/training error or no door, 2 bad options, 3 another sync of the
 project is running.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI, project=ENV_PROJECT,
                                budget=SYNC_TIME_BUDGET, run_budget=RunConfig().time_budget)
 
@@ -94,13 +96,26 @@ def _sync(args: argparse.Namespace) -> int:
             "embedding": result.embedding,
             "written": str(result.written) if result.written else None,
             "embedding_id": result.embedding_id,
+            "verdict": (result.verdict or {}).get("verdict"),
         }
         if result.run is not None:
             top = result.run.metrics.get("top_k", {})
             line["top_1k_raw"] = top.get("raw", {}).get("1000")
             line["top_1k_finetuned"] = top.get("finetuned", {}).get("1000")
         print(json.dumps(line))
+    else:
+        _say_next(result, args.out)
     return 0
+
+
+def _say_next(result: object, out: Path) -> None:
+    """The closing lines: the report and the next step for the door this sync used."""
+    from ..console import say_next
+
+    status, door = getattr(result, "status"), getattr(result, "door")
+    step = {"up-to-date": "up-to-date", "kept": "kept", "created": "created", "pushed": "api"}.get(status, door)
+    say_next(print, out, step, written=getattr(result, "written"), embedding=getattr(result, "embedding"),
+             verdict=getattr(result, "verdict"))
 
 
 def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:
@@ -122,7 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_host_options(p)
     g = p.add_argument_group("when to train")
-    g.add_argument("--force", action="store_true", help="train and push even when the labels did not change")
+    g.add_argument("--force", action="store_true",
+                   help="train and push even when the labels did not change, or when the verdict says the new "
+                        "embedding is worse than the one in use")
     g.add_argument("--min-new-labels", type=int, default=1, metavar="N",
                    help="train only when at least N selected labels changed (default: %(default)s)")
     g.add_argument("--state-dir", type=Path, default=None,
