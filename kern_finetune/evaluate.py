@@ -305,11 +305,9 @@ def threshold_search(
     ``median_results``, ``first_screen_same`` (a count, not a percent: how many of the records shown after
     the query on a first screen of :data:`FIRST_SCREEN` are of its class, on average over queries of known
     class; the share among those of known class times the number shown, so a search that returns 3 records
-    shows at most 2), ``threshold`` (the distance) and ``n_queries``. With ``per_query``, also
-    ``per_query``: arrays over the queries, ``results`` (records returned, the query counted), ``same`` and
-    ``judged`` (returned rows other than the query of the query's class / of known class; 0 for a query of
-    unknown class) and ``screen`` (the query's first-screen count as above, nan where it is not counted),
-    so a caller can resample queries (:mod:`kern_finetune.verdict`).
+    shows at most 2), ``threshold`` (the distance) and ``n_queries``; with ``per_query`` also ``per_query``:
+    per query ``results`` (the query counted), ``same`` / ``judged`` (returned rows of its class / of known
+    class) and ``screen`` (nan where not counted), for resampling (:mod:`kern_finetune.verdict`).
 
     Rows are scanned ``block`` at a time for ``chunk`` queries at a time (running ``limit`` nearest), so
     memory stays bounded and time is queries x records.
@@ -320,9 +318,7 @@ def threshold_search(
     thr = similarity_threshold(x, seed=seed) if threshold is None else float(threshold)
     sq = (x.astype(np.float64) ** 2).sum(1)
     counts = np.empty(len(q), dtype=np.int64)
-    same_q = np.zeros(len(q), dtype=np.int64)
-    judged_q = np.zeros(len(q), dtype=np.int64)
-    screen_q = np.full(len(q), np.nan)
+    same_q, judged_q, screen_q = np.zeros(len(q), dtype=np.int64), np.zeros(len(q), dtype=np.int64), np.full(len(q), np.nan)
     k = min(limit, x.shape[0])
     for start in range(0, len(q), chunk):
         qi = q[start : start + chunk]

@@ -40,6 +40,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .evaluate import SEARCH_LIMIT, neighbour_purity, projection_2d, purity_queries, similarity_threshold  # noqa: E402
+from .report_verdict import verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
     from .select import Selection
@@ -561,6 +562,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>
 <style>{_STYLE}</style></head><body>
 <h1>kern-finetune report</h1>
+{verdict_html(metrics)}
 <p>Task <b>{_esc(metrics.get('task'))}</b>, loss <b>{_esc(config.get('loss'))}</b>,
 engine <b>{_esc(config.get('engine'))}</b>, mode <b>{_esc(config.get('mode'))}</b>.
 Train {_esc(metrics.get('n_train'))} / validation {_esc(metrics.get('n_val'))} / test {_esc(metrics.get('n_test'))} records.

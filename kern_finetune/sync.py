@@ -261,8 +261,7 @@ def sync_project(
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         previous = _read_state(sdir / STATE_FILE)
         gateway = _check_model_door(client, pid, door, model_target, previous, say)
-        chosen, records, source = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say,
-                                                    out_dir=out_dir)
+        chosen, records, source = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # they shape only the pushed vectors; the folder carries the head beside the base share instead
             config = dataclasses.replace(config, smooth="0", spread="0")
@@ -278,20 +277,18 @@ def sync_project(
                                 _target(chosen, write_snapshot, Path(out_dir), model_target, previous))
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
-        why = why or _still_kept(previous, key, fingerprint)
-        if not force and previous and why:
+        if not force and previous and (why := why or _still_kept(previous, key, fingerprint)):
             msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
             return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg,
                               door=chosen, attribute=attribute, embedding=previous.get("embedding"),
                               embedding_id=previous.get("embedding_id"))
 
-        run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
-        result = run(records, config, out_dir=Path(out_dir), progress=say, prepared=prepared,
-                     **_judged_against(chosen, source, records, config))
+        result = (pipeline or _default_pipeline())(records, config, out_dir=Path(out_dir), progress=say,
+                                                   prepared=prepared, **_judged_against(chosen, source, records, config))
         verdict = (result.metrics or {}).get("verdict")
-        if verdict and verdict.get("verdict") == "worse" and not force:
+        if _is_worse(verdict) and not force:
             return _keep(sdir, previous, client, pid, key, fingerprint, verdict, result, changed, len(labels),
                          chosen, attribute, say)
         model = model_short_name(result.base_model)
@@ -301,13 +298,7 @@ def sync_project(
                              snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
                              model_target=model_target, previous=previous)
         # only a successful write reaches this point: now the new state may be stored
-        _write_state(sdir / STATE_FILE, {
-            "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": chosen,
-            "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
-            "written": str(out.written) if out.written else None, "model_door": out.door_state,
-            "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "verdicts": _history(previous, verdict, fingerprint, "forced" if force and _is_worse(verdict) else "written"),
-        })
+        _store(sdir, client, pid, key, chosen, fingerprint, labels, out, previous, verdict, forced=force)
         if out.delete_error:
             raise PushError(out.delete_error)
         say(f"sync: {out.message}")
@@ -442,6 +433,19 @@ def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door:
     if source is not None:
         _check_same_records(source, records, config.id_attribute, snapshot)
     return chosen, records, source
+
+
+def _store(sdir: Path, client: RefineryClient, pid: str, key: dict[str, Any], door: str, fingerprint: str,
+           labels: dict[str, str], out: _Written, previous: dict[str, Any] | None, verdict: dict[str, Any] | None, *,
+           forced: bool) -> None:
+    """After a successful write: the new state, with this sync's verdict added to the history."""
+    _write_state(sdir / STATE_FILE, {
+        "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": door,
+        "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
+        "written": str(out.written) if out.written else None, "model_door": out.door_state,
+        "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "verdicts": _history(previous, verdict, fingerprint, "forced" if forced and _is_worse(verdict) else "written"),
+    })
 
 
 def _judged_against(door: str, source: Any, records: list[Record], config: RunConfig) -> dict[str, Any]:

@@ -313,7 +313,7 @@ def _score(spaces: dict[str, np.ndarray], sel: Selection, held: np.ndarray, unse
     """Search every embedding with every pool of judges; the figures, intervals and the decision."""
     pools = _judges(sel, held, unseen, seed)
     found = {(pool, name): threshold_search(x, rows, classes, seed=seed, per_query=True)
-             for pool, (classes, rows) in pools.items() for name, x in spaces.items()}
+             for pool, (classes, rows) in pools.items() if len(rows) for name, x in spaces.items()}
     reference = "current" if "current" in spaces else "raw"
     new, ref = found[("all", "new")]["per_query"], found[("all", reference)]["per_query"]
     figures = {name: _figures(found[("all", name)]) for name in spaces}
@@ -325,7 +325,8 @@ def _score(spaces: dict[str, np.ndarray], sel: Selection, held: np.ndarray, unse
     n_queries = len(pools["all"][1])
     by_judge = {pool: {"n_queries": int(len(pools[pool][1])),
                        "judged_per_query": _per_query(found[(pool, "new")]["per_query"]["judged"]),
-                       **{name: _figures(found[(pool, name)]) for name in spaces}} for pool in ("manual", "weak")}
+                       **{name: _figures(found[(pool, name)]) for name in spaces}} if len(pools[pool][1])
+                else {"n_queries": 0, "judged_per_query": 0.0} for pool in ("manual", "weak")}
     n_manual = int(sum(1 for i in held if sel.source[i] == "manual"))
     scored = dict(
         verdict=outcome, reference=reference, n_heldout=int(len(held)), n_heldout_manual=n_manual,
