@@ -73,7 +73,7 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     seconds = metrics["seconds"]
     assert "smoothing" in metrics  # the default --smooth auto ran (it may choose weight 0)
     assert "spread" in metrics  # the default --spread auto ran (it may choose strength 0)
-    assert set(seconds) == {"encode", "train", "smooth", "spread", "evaluate", "verdict", "total"}
+    assert set(seconds) == {"encode", "train", "smooth", "spread", "model_door", "evaluate", "verdict", "total"}
     parts = seconds["encode"] + seconds["train"] + seconds["smooth"] + seconds["spread"] + seconds["evaluate"]
     wall = float((run_dir / "wall_seconds.txt").read_text())
     assert min(seconds.values()) > 0 and parts <= seconds["total"] + 0.03 <= wall + 0.03  # rounded to 0.01 each
