@@ -62,7 +62,7 @@ def model_card(metrics: dict[str, Any], *, fine_tuned: bool, share: float | None
         f"Written by kern-finetune for a refinery labeling project: records that share a class of task "
         f"**{metrics.get('task')}** sit closer together, so refinery's similarity search returns more of them.", "",
         "## What it is", "",
-        f"- base model: `{config.get('base_model')}`",
+        f"- base model: `{metrics.get('base_model') or config.get('base_model')}`",
         f"- task: {metrics.get('task')}; classes (labels trained on): {classes}",
         f"- labels used: {weak}; {metrics.get('n_manual', '?')} manual; text from "
         f"{', '.join(metrics.get('text_attributes') or [])}",

@@ -136,6 +136,7 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
     metrics = _metrics(prepared, encoder, fitted, evaluation, name,
                        {"encode": round(t_encode, 2), "train": round(fitted.seconds, 2),
                         "evaluate": round(evaluation.seconds, 2)})
+    metrics["base_model"] = encoder.model_name
     metrics["verdict"] = _with_gold(verdict, metrics)
     if "seconds" in verdict:
         metrics["seconds"]["verdict"] = verdict["seconds"]

@@ -121,6 +121,7 @@ def test_run_on_a_snapshot_without_gold_states_the_verdict_first(shared_cache, t
     assert "top_1k" not in "\n".join(printed)
     card = (out / "model" / "README.md").read_text()
     assert "task: topic" in card and "model door" in card and "current" in card
+    assert "base model: `all-MiniLM-L6-v2`" in card
 
 
 def _shuffled_fit(monkeypatch: pytest.MonkeyPatch) -> None:
