@@ -34,6 +34,16 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
     raise Terminated()
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """Our own log lines at INFO; other libraries' (matplotlib's font cache, sentence-transformers' model
+    loading, transformers' weight-loading bars) only from WARNING on, unless ``-v`` asks for everything."""
+    if not verbose:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when transformers is imported
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("kern_finetune").setLevel(logging.INFO)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kern-finetune", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -51,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    _quiet_libraries(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -287,6 +287,7 @@ def threshold_search(
     seed: int = 42,
     chunk: int = 256,
     block: int = 16384,
+    per_query: bool = False,
 ) -> dict[str, Any]:
     """Search every query as refinery's data browser does, and judge what comes back.
 
@@ -304,7 +305,9 @@ def threshold_search(
     ``median_results``, ``first_screen_same`` (a count, not a percent: how many of the records shown after
     the query on a first screen of :data:`FIRST_SCREEN` are of its class, on average over queries of known
     class; the share among those of known class times the number shown, so a search that returns 3 records
-    shows at most 2), ``threshold`` (the distance) and ``n_queries``.
+    shows at most 2), ``threshold`` (the distance) and ``n_queries``; with ``per_query`` also ``per_query``:
+    per query ``results`` (the query counted), ``same`` / ``judged`` (returned rows of its class / of known
+    class) and ``screen`` (nan where not counted), for resampling (:mod:`kern_finetune.verdict`).
 
     Rows are scanned ``block`` at a time for ``chunk`` queries at a time (running ``limit`` nearest), so
     memory stays bounded and time is queries x records.
@@ -315,8 +318,7 @@ def threshold_search(
     thr = similarity_threshold(x, seed=seed) if threshold is None else float(threshold)
     sq = (x.astype(np.float64) ** 2).sum(1)
     counts = np.empty(len(q), dtype=np.int64)
-    same = judged = 0
-    screen: list[float] = []
+    same_q, judged_q, screen_q = np.zeros(len(q), dtype=np.int64), np.zeros(len(q), dtype=np.int64), np.full(len(q), np.nan)
     k = min(limit, x.shape[0])
     for start in range(0, len(q), chunk):
         qi = q[start : start + chunk]
@@ -332,23 +334,27 @@ def threshold_search(
                 continue
             known = classes[others]
             known = known[known >= 0]
-            judged += len(known)
-            same += int((known == classes[query]).sum())
+            judged_q[start + row] = len(known)
+            same_q[start + row] = int((known == classes[query]).sum())
             first = classes[others[: FIRST_SCREEN - 1]]  # the first screen: the query and the 9 after it
             first = first[first >= 0]
             if len(first):
-                screen.append(min(len(others), FIRST_SCREEN - 1) * float((first == classes[query]).mean()))
+                screen_q[start + row] = min(len(others), FIRST_SCREEN - 1) * float((first == classes[query]).mean())
             elif len(others) == 0:
-                screen.append(0.0)
-    return {
+                screen_q[start + row] = 0.0
+    judged, screened = int(judged_q.sum()), screen_q[~np.isnan(screen_q)]
+    out: dict[str, Any] = {
         "lt_10": float(100.0 * (counts < 10).mean()),
         "lt_100": float(100.0 * (counts < 100).mean()),
-        "same_class": float(100.0 * same / judged) if judged else float("nan"),
+        "same_class": float(100.0 * same_q.sum() / judged) if judged else float("nan"),
         "median_results": float(np.median(counts)),
-        "first_screen_same": float(np.mean(screen)) if screen else float("nan"),
+        "first_screen_same": float(np.mean(screened)) if len(screened) else float("nan"),
         "threshold": thr,
         "n_queries": int(len(q)),
     }
+    if per_query:
+        out["per_query"] = {"results": counts, "same": same_q, "judged": judged_q, "screen": screen_q}
+    return out
 
 
 def _nearest_euclidean(

@@ -11,6 +11,10 @@
 Outputs in ``out_dir``: ``metrics.json``, ``report.html``, ``model/`` (sentence-transformers format,
 head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id),
 ``label_issues.csv`` (when the label check ran).
+
+Beside the evaluation (which needs gold), every run judges itself without gold
+(:func:`kern_finetune.verdict.judge`: a second fit with a share of the labels held out, searched as refinery
+searches); ``metrics.json``'s ``verdict`` holds it, and the console's headline reads it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .report import ReportData
 from .save import check_out_dir, staged_output
 from .select import Selection, label_fingerprint
 from .trainer import TrainResult
+from .verdict import CurrentEmbedding
 from .write import write
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
@@ -65,18 +70,21 @@ class RunResult:
 
 def run_pipeline(
     records: list[Record], config: RunConfig, *, out_dir: Path, progress: ProgressFn | None = None,
-    prepared: Prepared | None = None,
+    prepared: Prepared | None = None, door: str = "vectors", current: CurrentEmbedding | None = None,
 ) -> RunResult:
     """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``.
 
     ``prepared``: :func:`kern_finetune.prepare.prepare`'s result for these records and ``config`` when the
-    caller already has it (``sync``); else the pipeline prepares them. The outputs are written into a
+    caller already has it (``sync``); else the pipeline prepares them. ``door`` (``vectors``: the vectors are
+    pushed or written into a snapshot; ``model``: refinery's embedder computes the model folder) and
+    ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges against. The outputs are written into a
     temporary folder beside ``out_dir`` that replaces it as a whole once everything is written; a run that
     fails leaves ``out_dir`` (an earlier run's output) as it was.
     """
     out_dir = check_out_dir(Path(out_dir))  # a file or a foreign folder fails now, not after training
     with staged_output(out_dir) as stage:
-        return _run(records, config, out_dir=out_dir, stage=stage, progress=progress, prepared=prepared)
+        return _run(records, config, out_dir=out_dir, stage=stage, progress=progress, prepared=prepared,
+                    door=door, current=current)
 
 
 def _encoder(config: RunConfig) -> Encoder:
@@ -90,7 +98,7 @@ def _encoder(config: RunConfig) -> Encoder:
 
 
 def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path, progress: ProgressFn | None,
-         prepared: Prepared | None) -> RunResult:
+         prepared: Prepared | None, door: str, current: CurrentEmbedding | None) -> RunResult:
     say = progress or (lambda _msg: None)
     config.validate()
     t0 = time.perf_counter()
@@ -121,23 +129,56 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
         say(f"      refinery search, {name}: {ts['lt_10']:.0f}% of queries < 10 results, {ts['lt_100']:.0f}% < 100, "
             f"{ts['same_class']:.1f}% same class")
 
+    verdict = _verdict(encoder, records, prepared, base, fitted, door=door, current=current, say=say)
+
     say("[5/5] write model, vectors, metrics, report")
     name = config.embedding_name or embedding_name(prepared.attribute, model=encoder.model_name)
     metrics = _metrics(prepared, encoder, fitted, evaluation, name,
                        {"encode": round(t_encode, 2), "train": round(fitted.seconds, 2),
                         "evaluate": round(evaluation.seconds, 2)})
+    metrics["base_model"] = encoder.model_name
+    metrics["verdict"] = _with_gold(verdict, metrics)
+    if "seconds" in verdict:
+        metrics["seconds"]["verdict"] = verdict["seconds"]
     final = fitted.selection
     write(stage, ids=final.ids, vectors=fitted.vectors, model=fitted.model or encoder.model(), source=encoder.path,
           fine_tuned=fitted.model is not None, door=fitted.door,
           metrics=metrics, plots=evaluation.plots, label_check=fitted.label_check, started=t0,
           report_data=ReportData.from_selection(final, base, fitted.vectors, seed=config.seed))
-    _say_headline(say, metrics, out_dir)
+    _say_headline(say, metrics)
     return RunResult(
         ids=final.ids, vectors=fitted.vectors, metrics=metrics, out_dir=out_dir, model_dir=out_dir / "model",
         embedding_name=name, label_fingerprint=prepared.fingerprint, base_model=encoder.model_name,
         raw_vectors=base, selection=final, training=fitted.training, plots=evaluation.plots,
         model_vectors=fitted.model_vectors,
     )
+
+
+def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: np.ndarray, fitted: Fitted, *,
+             door: str, current: CurrentEmbedding | None, say: ProgressFn) -> dict[str, Any]:
+    """The verdict without gold (:func:`kern_finetune.verdict.judge`) as ``metrics.json`` holds it; a verdict
+    that cannot be made says why instead of failing the run."""
+    from .errors import KernFinetuneError
+    from .verdict import judge
+
+    say("      verdict: fit again with a share of the labels held out, search as refinery does")
+    try:
+        verdict = judge(encoder, records, prepared.task, prepared.selection, base, fitted.config, door=door,
+                        current=current, full_train_seconds=fitted.seconds, progress=say)
+    except KernFinetuneError as exc:
+        verdict, why = None, f"the held-out fit failed: {exc}"
+    else:
+        why = "no label could be held out (every class needs 2 labels to train on)"
+    if verdict is None:
+        say(f"      verdict: too few to tell ({why})")
+        return {"verdict": "too few to tell", "conclusion": f"too few to tell: {why}", "n_heldout": 0, "door": door}
+    return verdict.to_dict()
+
+
+def _with_gold(verdict: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    from .verdict import with_gold
+
+    return with_gold(verdict, metrics) if "figures" in verdict else verdict
 
 
 def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
@@ -193,11 +234,24 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     return metrics
 
 
-def _say_headline(say: ProgressFn, metrics: dict[str, Any], out_dir: Path) -> None:
-    if "1000" in metrics["top_k"]["raw"]:
-        say(f"      top_1k raw {metrics['top_k']['raw']['1000']:.2f}% -> fine-tuned "
-            f"{metrics['top_k']['finetuned']['1000']:.2f}% (chance {metrics['chance']:.2f}%); outputs in {out_dir}")
+def _say_headline(say: ProgressFn, metrics: dict[str, Any]) -> None:
+    """The run's summary: the verdict's figures (what a labeler sees in refinery's search), then gold's apart."""
+    verdict = metrics.get("verdict") or {}
+    figures = verdict.get("figures")
+    if figures:
+        new = figures["new"]
+        others = "".join(f", {name} {figures[name]['same_class']:.0f}%" for name in ("current", "raw") if name in figures)
+        say(f"      verdict: {verdict['verdict'].upper()}; same class over a session {new['same_class']:.0f}% "
+            f"(new{others}); first screen {new['first_screen_same']:.1f} of 9; "
+            f"{verdict['n_queries']} searches, {verdict['judged_per_query']:.1f} judged records each")
     else:
-        say(f"      no evaluation: {metrics.get('evaluation_note', 'no test records')}; outputs in {out_dir}")
+        say(f"      verdict: {verdict.get('conclusion', 'none')}")
+    gold = verdict.get("gold")
+    if gold:
+        say(f"      gold (test records, reported apart): same class {gold['new']['same_class']:.0f}% "
+            f"(raw {gold['raw']['same_class']:.0f}%), {gold['direction']}"
+            + ("" if gold["agrees"] is None else f", {'agrees' if gold['agrees'] else 'disagrees'} with the verdict"))
+    elif "evaluation_note" in metrics:
+        say(f"      no gold evaluation: {metrics['evaluation_note']}")
     for note in metrics.get("evaluation_notes", []):
         say(f"      note: {note}")

@@ -45,6 +45,7 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .evaluate import SEARCH_LIMIT, neighbour_purity, projection_2d, purity_queries, similarity_threshold  # noqa: E402
+from .report_verdict import verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
     from .select import Selection
@@ -673,8 +674,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             label_issues: dict[str, Any] | None, k_violin: int) -> str:
     chance = metrics.get("chance")
     top_k = metrics.get("top_k", {})
-    # The verdict section (metrics["verdict"]) is the first thing after the title, before everything below.
-    verdict = ""
+    # The verdict section (metrics["verdict"], verdict_html) is the first thing after the title.
     sections: list[str] = [_search_html(metrics)]
     hover: dict[str, Any] = {}
 
@@ -737,7 +737,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>
 <style>{_STYLE}</style></head><body>
 <h1>kern-finetune report</h1>
-{verdict}
+{verdict_html(metrics)}
 {lead}
 {''.join(sections)}
 <div id="tip"></div>

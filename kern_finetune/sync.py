@@ -52,6 +52,14 @@ id attribute and the door (see :func:`kern_finetune.select.label_fingerprint`), 
 :class:`~kern_finetune.prepare.Prepared` to the pipeline, so ``metrics.json`` records the same fingerprint.
 An up-to-date sync imports neither torch nor sklearn. Other training options are not part of the state:
 after changing e.g. ``--loss``, use ``--force``.
+
+Never worse: every run judges itself without gold (``metrics.json``'s ``verdict``,
+:mod:`kern_finetune.verdict`: the new embedding as the door delivers it against the project's current
+embedding when the snapshot door carries one, else refinery's stock embedding of the base model). When the
+verdict is ``worse``, the sync writes nothing, keeps the embedding in use and says why in one line (status
+``kept``); ``force`` writes anyway. ``state.json``'s ``verdicts`` lists every verdict with what the sync did
+(``written``, ``kept``, ``forced``), newest last; a kept fingerprint (``kept``) makes the next sync of the
+same labels up to date instead of training again.
 """
 
 from __future__ import annotations
@@ -96,6 +104,8 @@ __all__ = [
 
 STATE_FILE = "state.json"
 LOCK_FILE = "sync.lock"
+MAX_VERDICTS = 100
+"""Verdicts ``state.json`` keeps (the newest)."""
 _STATE_VERSION = 2
 DOORS = ("auto", "api", "snapshot", "model")
 """``--door`` values: ``auto`` picks what the host offers (see the module docstring)."""
@@ -107,8 +117,9 @@ PipelineFn = Callable[..., "RunResult"]
 @dataclass
 class SyncResult:
     """What one sync did. ``status``: ``"up-to-date"``, ``"pushed"`` (api door), ``"written"``
-    (snapshot or model door: a file or folder for the user to bring into refinery) or ``"created"`` (model
-    door with a target: refinery computed the new embedding and the previous one is gone)."""
+    (snapshot or model door: a file or folder for the user to bring into refinery), ``"created"`` (model
+    door with a target: refinery computed the new embedding and the previous one is gone) or ``"kept"`` (the
+    verdict said worse: nothing written, the embedding in use stays)."""
 
     status: str
     project_id: str
@@ -129,6 +140,8 @@ class SyncResult:
     """The embedding's name: pushed, written, or (up to date) the one the last sync wrote."""
     embedding_id: str | None = None
     """The embedding's id in the host: pushed (api door) or created by refinery (model door with a target)."""
+    verdict: dict[str, Any] | None = None
+    """The run's verdict without gold (``metrics.json``'s ``verdict``); None when nothing was trained."""
 
     @property
     def pushed(self) -> bool:
@@ -248,7 +261,7 @@ def sync_project(
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         previous = _read_state(sdir / STATE_FILE)
         gateway = _check_model_door(client, pid, door, model_target, previous, say)
-        chosen, records = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
+        chosen, records, source = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
             # they shape only the pushed vectors; the folder carries the head beside the base share instead
             config = dataclasses.replace(config, smooth="0", spread="0")
@@ -264,16 +277,20 @@ def sync_project(
                                 _target(chosen, write_snapshot, Path(out_dir), model_target, previous))
         say(f"         {len(labels)} selected labels, {changed} changed since "
             f"{previous.get('synced_at', 'the last sync') if previous else 'never (first sync)'}")
-        if not force and previous and why:
+        if not force and previous and (why := why or _still_kept(previous, key, fingerprint)):
             msg = f"up to date ({why}); embedding {previous.get('embedding', '?')!r} stays as written"
             say(f"sync: {msg}")
             return SyncResult("up-to-date", pid, fingerprint, prev_fp, changed, len(labels), sdir, msg,
                               door=chosen, attribute=attribute, embedding=previous.get("embedding"),
                               embedding_id=previous.get("embedding_id"))
 
-        run = pipeline or _default_pipeline()
         say("sync 3/4: fine-tune" + (" (forced)" if force else ""))
-        result = run(records, config, out_dir=Path(out_dir), progress=say, prepared=prepared)
+        result = (pipeline or _default_pipeline())(records, config, out_dir=Path(out_dir), progress=say,
+                                                   prepared=prepared, **_judged_against(chosen, source, records, config))
+        verdict = (result.metrics or {}).get("verdict")
+        if _is_worse(verdict) and not force:
+            return _keep(sdir, previous, client, pid, key, fingerprint, verdict, result, changed, len(labels),
+                         chosen, attribute, say)
         model = model_short_name(result.base_model)
 
         out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
@@ -281,18 +298,13 @@ def sync_project(
                              snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
                              model_target=model_target, previous=previous)
         # only a successful write reaches this point: now the new state may be stored
-        _write_state(sdir / STATE_FILE, {
-            "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": chosen,
-            "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
-            "written": str(out.written) if out.written else None, "model_door": out.door_state,
-            "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        })
+        _store(sdir, client, pid, key, chosen, fingerprint, labels, out, previous, verdict, forced=force)
         if out.delete_error:
             raise PushError(out.delete_error)
         say(f"sync: {out.message}")
         return SyncResult(out.status, pid, fingerprint, prev_fp, changed, len(labels), sdir, out.message, run=result,
                           push=out.pushed, door=chosen, attribute=attribute, written=out.written, embedding=out.name,
-                          embedding_id=out.embedding_id)
+                          embedding_id=out.embedding_id, verdict=verdict)
 
 
 @dataclass
@@ -407,8 +419,9 @@ def _project_and_state_dir(client: RefineryClient, project_id: str | None, confi
 
 def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door: str, snapshot: Path | None,
                       write_snapshot: Path | None, say: ProgressFn, *,
-                      out_dir: Path | None = None) -> tuple[str, list[Record]]:
-    """Choose the door (before anything is pulled), then sync step 1: pull the export."""
+                      out_dir: Path | None = None) -> tuple[str, list[Record], Any]:
+    """Choose the door (before anything is pulled), then sync step 1: pull the export. Returns the door, the
+    records and the source snapshot (snapshot door) or None."""
     chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot, out_dir=out_dir)
     say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
     source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
@@ -419,7 +432,80 @@ def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door:
     say(f"         {len(records)} records ({time.perf_counter() - t:.1f} s)")
     if source is not None:
         _check_same_records(source, records, config.id_attribute, snapshot)
-    return chosen, records
+    return chosen, records, source
+
+
+def _store(sdir: Path, client: RefineryClient, pid: str, key: dict[str, Any], door: str, fingerprint: str,
+           labels: dict[str, str], out: _Written, previous: dict[str, Any] | None, verdict: dict[str, Any] | None, *,
+           forced: bool) -> None:
+    """After a successful write: the new state, with this sync's verdict added to the history."""
+    _write_state(sdir / STATE_FILE, {
+        "version": _STATE_VERSION, "host": client.identity, "project_id": pid, "key": key, "door": door,
+        "fingerprint": fingerprint, "labels": labels, "embedding": out.name, "embedding_id": out.embedding_id,
+        "written": str(out.written) if out.written else None, "model_door": out.door_state,
+        "synced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "verdicts": _history(previous, verdict, fingerprint, "forced" if forced and _is_worse(verdict) else "written"),
+    })
+
+
+def _judged_against(door: str, source: Any, records: list[Record], config: RunConfig) -> dict[str, Any]:
+    """What the pipeline's verdict judges (only what differs from its defaults, so stand-in pipelines of the
+    api door keep their signature): the model door's folder as refinery computes it, and the project's current
+    embedding when the source snapshot carries one."""
+    extra: dict[str, Any] = {}
+    if door == "model":
+        extra["door"] = "model"
+    if source is not None:
+        from .verdict import current_embedding
+
+        found, _why = current_embedding(source, [str(r.get(config.id_attribute)) for r in records],
+                                        id_attribute=config.id_attribute, prefer=config.embedding_name)
+        if found is not None:
+            extra["current"] = found
+    return extra
+
+
+def _is_worse(verdict: dict[str, Any] | None) -> bool:
+    return bool(verdict) and verdict.get("verdict") == "worse"  # type: ignore[union-attr]
+
+
+def _history(previous: dict[str, Any] | None, verdict: dict[str, Any] | None, fingerprint: str,
+             outcome: str) -> list[dict[str, Any]]:
+    """``state.json``'s ``verdicts``: the earlier ones plus this sync's (what it said and what the sync did)."""
+    history = list((previous or {}).get("verdicts") or [])
+    if verdict:
+        entry = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "fingerprint": fingerprint,
+                 "outcome": outcome}
+        entry.update({k: verdict[k] for k in ("verdict", "conclusion", "reference", "n_heldout", "n_queries",
+                                              "judged_per_query", "interval", "new", "raw", "current") if k in verdict})
+        history.append(entry)
+    return history[-MAX_VERDICTS:]
+
+
+def _still_kept(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: str) -> str | None:
+    """Why the sync is up to date when the last sync of these very labels kept the embedding in use, else None."""
+    kept = (previous or {}).get("kept") or {}
+    if kept.get("fingerprint") == fingerprint and kept.get("key") == key:
+        return "labels unchanged since the verdict kept the embedding in use; --force writes the new one anyway"
+    return None
+
+
+def _keep(sdir: Path, previous: dict[str, Any] | None, client: RefineryClient, pid: str, key: dict[str, Any],
+          fingerprint: str, verdict: dict[str, Any], result: RunResult, changed: int, n_labels: int, door: str,
+          attribute: str, say: ProgressFn) -> SyncResult:
+    """The verdict says worse: write nothing, keep the embedding in use, record the verdict, say why in one line."""
+    state = dict(previous or {"version": _STATE_VERSION, "host": client.identity, "project_id": pid})
+    state["verdicts"] = _history(previous, verdict, fingerprint, "kept")
+    state["kept"] = {"fingerprint": fingerprint, "key": key,
+                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    _write_state(sdir / STATE_FILE, state)
+    in_use = (previous or {}).get("embedding") or f"the project's {verdict.get('reference', 'current')} embedding"
+    msg = f"kept {in_use!r}: the new embedding is {verdict.get('conclusion', 'worse')}; --force writes it anyway"
+    say(f"sync: {msg}")
+    prev_fp = (previous or {}).get("fingerprint")
+    return SyncResult("kept", pid, fingerprint, prev_fp, changed, n_labels, sdir, msg, run=result, door=door,
+                      attribute=attribute, embedding=(previous or {}).get("embedding"),
+                      embedding_id=(previous or {}).get("embedding_id"), verdict=verdict)
 
 
 def _compare(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: str, labels: dict[str, str],

@@ -1,6 +1,7 @@
 """Stage 5 of the pipeline: write a run's outputs into its folder.
 
-``model/`` (sentence-transformers format that refinery's embedder loads: :func:`kern_finetune.model_folder.save_model`),
+``model/`` (sentence-transformers format that refinery's embedder loads: :func:`kern_finetune.model_folder.save_model`,
+with our card ``model/README.md``: :func:`kern_finetune.model_card.model_card`),
 ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id), ``label_issues.csv``
 (when the label check ran), ``report.html`` (:mod:`kern_finetune.report`) and ``metrics.json``. The
 pipeline writes into a staging folder that replaces the output folder as a whole
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .model_card import model_card
 from .model_folder import save_model
 from .report import write_report
 from .save import save_vectors, write_json
@@ -63,6 +65,8 @@ def write(
     files = ["model", "vectors.npz"]
     save_model(model, folder / "model", source=source, fine_tuned=fine_tuned,
                dense=None if door is None else (door.weight, door.bias))
+    (folder / "model" / "README.md").write_text(
+        model_card(metrics, fine_tuned=fine_tuned, share=None if door is None else door.share), encoding="utf-8")
     save_vectors(folder / "vectors.npz", ids, vectors)
     if started is not None:
         metrics.setdefault("seconds", {})["total"] = round(time.perf_counter() - started, 2)

@@ -73,7 +73,7 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     seconds = metrics["seconds"]
     assert "smoothing" in metrics  # the default --smooth auto ran (it may choose weight 0)
     assert "spread" in metrics  # the default --spread auto ran (it may choose strength 0)
-    assert set(seconds) == {"encode", "train", "smooth", "spread", "evaluate", "total"}
+    assert set(seconds) == {"encode", "train", "smooth", "spread", "model_door", "evaluate", "verdict", "total"}
     parts = seconds["encode"] + seconds["train"] + seconds["smooth"] + seconds["spread"] + seconds["evaluate"]
     wall = float((run_dir / "wall_seconds.txt").read_text())
     assert min(seconds.values()) > 0 and parts <= seconds["total"] + 0.03 <= wall + 0.03  # rounded to 0.01 each
@@ -105,6 +105,25 @@ def test_fine_tuning_beats_raw_on_the_test_records(run_dir: Path):
     assert min(gains.values()) >= 1.5, gains
     assert tuned["10"] > raw["10"], (raw["10"], tuned["10"])
     assert raw["1000"] == pytest.approx(tuned["1000"], abs=1e-9)  # k clipped to 461: every embedding ties
+
+
+def test_verdict_without_gold_agrees_with_gold(run_dir: Path):
+    """The default run's verdict (held-out labels as judges, no gold) points the way gold points on the test
+    records; the report states it before anything else and the model card carries its figures."""
+    verdict = json.loads((run_dir / "metrics.json").read_text())["verdict"]
+    assert {"n_heldout", "new", "raw", "conclusion", "interval", "by_judge"} <= set(verdict)
+    assert "current" not in verdict  # a record export carries no embedding
+    for name in ("new", "raw"):
+        assert set(verdict[name]) == {"first_screen_same", "same_class", "lt_10"}
+    assert verdict["n_heldout"] > 50 and set(verdict["by_judge"]) == {"manual", "weak"}
+    gold = verdict["gold"]
+    assert verdict["verdict"] in ("better", "worse"), verdict["conclusion"]
+    assert verdict["verdict"] == gold["direction"] and gold["agrees"] is True
+    html = (run_dir / "report.html").read_text()
+    assert html.index('class="verdict') < html.index("<h2>")
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "all-MiniLM-L6-v2" in card and "model door" in card and "does **not** reproduce" in card
+    assert f"{verdict['new']['same_class']:.1f}%" in card
 
 
 def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_records, shared_cache):

@@ -64,7 +64,8 @@ class FakePipeline:
         self.calls = 0
 
     def __call__(self, records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None,
-                 prepared: Any = None) -> RunResult:
+                 prepared: Any = None, door: str = "vectors", current: Any = None) -> RunResult:
+        self.door, self.current = door, current
         self.prepared = prepared
         self.config = config
         self.calls += 1
@@ -430,13 +431,72 @@ def test_snapshot_door_writes_a_snapshot_refinery_imports(tmp_path: Path) -> Non
     adapter.respond("GET", _EXTENSION_ROUTES, 404, '{"detail": "Not Found"}', times=1000)
     config = RunConfig(mode="head", task="topic", threshold=0.3, cache_dir=tmp_path / "cache")
     with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD) as host:
-        res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=FakePipeline(),
+        fake = FakePipeline()
+        res = sync_project(_client(host, adapter), None, config, out_dir=tmp_path / "out", pipeline=fake,
                            progress=None, snapshot=SNAPSHOT, write_snapshot=tmp_path / "new.zip")
     assert res.status == "written" and res.door == "snapshot" and res.written == tmp_path / "new.zip"
+    # the verdict judges against the project's current embedding, which the source snapshot carries
+    assert fake.current is not None and fake.current.name == "headline-classification-distilbert-base-uncased"
+    assert fake.current.vectors.shape == (len(src.records), 64) and fake.door == "vectors"
     out = read_snapshot(tmp_path / "new.zip")
     name = f"{res.attribute}-classification-kern-finetune-all-MiniLM-L6-v2"
     assert res.embedding == name and out.embeddings[name]["count"] == len(src.records)
     assert set(out.embeddings) == set(src.embeddings) | {name}
+
+
+class JudgedPipeline(FakePipeline):
+    """A fake whose run carries a verdict (what the real pipeline's metrics.json holds)."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__()
+        self.outcome = outcome
+
+    def __call__(self, *a: Any, **kw: Any) -> RunResult:
+        result = super().__call__(*a, **kw)
+        result.metrics["verdict"] = {
+            "verdict": self.outcome, "reference": "raw", "n_heldout": 12, "n_queries": 40, "judged_per_query": 3.0,
+            "conclusion": f"{self.outcome} than the raw embedding (worse on same class over the list): same class over "
+                          "a session 40% (raw 60%)", "new": {"same_class": 40.0}, "raw": {"same_class": 60.0}}
+        return result
+
+
+def test_a_worse_verdict_keeps_the_embedding_in_use_and_force_writes_it(host: RunningHost, config: RunConfig,
+                                                                        tmp_path: Path) -> None:
+    msgs: list[str] = []
+    first = _sync(host, config, tmp_path, JudgedPipeline("better"))
+    assert first.status == "pushed" and first.verdict["verdict"] == "better"
+    changed = make_records()
+    changed[0]["__Topic__MANUAL"] = "Sports"  # a label changed: the next sync trains again
+    faults = FaultAdapter()
+    _serve_export(faults, changed)
+    worse = JudgedPipeline("worse")
+    kept = sync_project(_client(host, faults), None, config, out_dir=tmp_path / "out", pipeline=worse,
+                        progress=msgs.append)
+    assert kept.status == "kept" and kept.push is None and worse.calls == 1
+    assert kept.embedding == NAME and set(_served(_client(host))) == {NAME}  # the pushed one stays
+    assert msgs[-1] == f"sync: {kept.message}" and kept.message.startswith(f"kept {NAME!r}: the new embedding is worse")
+    state = json.loads((kept.state_dir / STATE_FILE).read_text())
+    assert [v["outcome"] for v in state["verdicts"]] == ["written", "kept"]
+    assert state["fingerprint"] == first.fingerprint and state["kept"]["fingerprint"] == kept.fingerprint
+    _serve_export(faults, changed)
+    again = sync_project(_client(host, faults), None, config, out_dir=tmp_path / "out", pipeline=MustNotTrain(),
+                         progress=None)
+    assert again.status == "up-to-date" and "kept" in again.message
+    _serve_export(faults, changed)
+    forced = sync_project(_client(host, faults), None, config, out_dir=tmp_path / "out", pipeline=JudgedPipeline("worse"),
+                          progress=None, force=True)
+    assert forced.status == "pushed"
+    state = json.loads((forced.state_dir / STATE_FILE).read_text())
+    assert [v["outcome"] for v in state["verdicts"]] == ["written", "kept", "forced"] and "kept" not in state
+    assert state["fingerprint"] == forced.fingerprint
+
+
+def test_cli_sync_ends_with_the_report_and_the_next_step(host: RunningHost, tmp_path: Path, monkeypatch,
+                                                         capsys) -> None:
+    monkeypatch.setattr(sync_mod, "_default_pipeline", lambda: JudgedPipeline("worse"))
+    assert cli.main(_cli(host, tmp_path)) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed[-2].startswith("sync: kept") and printed[-1].startswith("next: the embedding in use stays")
 
 
 # ---- the command --------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ class BaseModelPipeline:
         self.calls = 0
 
     def __call__(self, records: list[dict[str, Any]], config: RunConfig, *, out_dir: Path, progress: Any = None,
-                 prepared: Any = None) -> RunResult:
+                 prepared: Any = None, door: str = "vectors", current: Any = None) -> RunResult:
+        self.door, self.current = door, current
         self.calls += 1
         model = out_dir / "model"
         shutil.rmtree(model, ignore_errors=True)

@@ -128,6 +128,9 @@ def _demo(args: argparse.Namespace) -> int:
     try:
         if args.sample:
             export = _sample_export(export, args.sample, work / "export.json.gz", config.seed)
+        say("demo: about ten minutes on 2 CPU cores for the whole sample (--sample N for a quicker one): a local "
+            "host, a sync that fine-tunes and judges itself, searches through the host" if not args.sample
+            else f"demo: a seeded subset of {args.sample} records (the whole sample takes about ten minutes)")
         say(f"demo: starting the local host with {export} ...")
         with serve_in_thread(export, data_dir=work / "host", port=args.port, host="127.0.0.1",
                              user_name=DEMO_USER, password=DEMO_PASSWORD) as host:
@@ -157,19 +160,13 @@ def _demo(args: argparse.Namespace) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     top = run.metrics.get("top_k", {})
+    verdict = run.metrics.get("verdict") or {}
     if not args.json:
-        print()
-        print(f"{'test records, same class among k nearest':<44}{'raw':>10}{'fine-tuned':>12}")
-        for k in sorted(top.get("raw", {}), key=int):
-            print(f"{'top_' + k:<44}{top['raw'][k]:>9.2f}%{top['finetuned'][k]:>11.2f}%")
-        print(f"{'chance':<44}{run.metrics.get('chance', float('nan')):>9.2f}%")
-        print(f"{'host search: neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
-        print(f"{'  of them same class':<44}{raw_s.same_class:>10.1f}{ft_s.same_class:>12.1f}")
-        print(f"{'  (neighbours with known gold only)':<44}{raw_s.same_class_gold_only:>10.1f}{ft_s.same_class_gold_only:>12.1f}")
-        print(f"{'  share same class':<44}{raw_s.precision:>9.2f}%{ft_s.precision:>11.2f}%")
-        print(f"  over {len(queries)} test records (query record not counted; at most {SEARCH_LIMIT} per search"
-              f"{', within the threshold' if ft_s.query_included else ''}); class = {how}")
-        print(f"pushed {result.push.name!r} and {raw_name!r}; outputs in {args.out}")
+        _print_outcome(run.metrics, raw_s, ft_s, len(queries), how)
+        print(f"pushed {result.push.name!r} and {raw_name!r} to the demo's host (gone now); outputs in {args.out}")
+        from ..console import say_next
+
+        say_next(print, args.out, "demo")
     line = {
         "top_1k_raw": top.get("raw", {}).get("1000"),
         "top_1k_finetuned": top.get("finetuned", {}).get("1000"),
@@ -185,6 +182,9 @@ def _demo(args: argparse.Namespace) -> int:
         "search_query_included": raw_s.query_included and ft_s.query_included,
         "search_queries": len(queries),
         "search_limit": SEARCH_LIMIT,
+        "verdict": verdict.get("verdict"),
+        "verdict_same_class": (verdict.get("new") or {}).get("same_class"),
+        "verdict_first_screen_same": (verdict.get("new") or {}).get("first_screen_same"),
         "embedding": result.push.name,
         "raw_embedding": raw_name,
         "n_records": len(run.ids),
@@ -205,6 +205,38 @@ examples:
   kern-finetune demo --sample 2000        # a seeded subset of 2,000 records, quicker
 
 --help-all lists every option."""
+
+
+def _print_outcome(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFigures, n_queries: int, how: str) -> None:
+    """The verdict first (no gold needed), then what gold says on the test records (the benchmark's judge)."""
+    top = metrics.get("top_k", {})
+    print()
+    _print_verdict(metrics.get("verdict") or {})
+    print(f"{'gold: test records, same class among k nearest':<44}{'raw':>10}{'fine-tuned':>12}")
+    for k in sorted(top.get("raw", {}), key=int):
+        print(f"{'top_' + k:<44}{top['raw'][k]:>9.2f}%{top['finetuned'][k]:>11.2f}%")
+    print(f"{'chance':<44}{metrics.get('chance', float('nan')):>9.2f}%")
+    print(f"{'host search: neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
+    print(f"{'  of them same class':<44}{raw_s.same_class:>10.1f}{ft_s.same_class:>12.1f}")
+    print(f"{'  (neighbours with known gold only)':<44}{raw_s.same_class_gold_only:>10.1f}{ft_s.same_class_gold_only:>12.1f}")
+    print(f"{'  share same class':<44}{raw_s.precision:>9.2f}%{ft_s.precision:>11.2f}%")
+    print(f"  over {n_queries} test records (query record not counted; at most {SEARCH_LIMIT} per search"
+          f"{', within the threshold' if ft_s.query_included else ''}); class = {how}")
+
+
+def _print_verdict(verdict: dict[str, Any]) -> None:
+    """The headline: the verdict's figures (held-out labels as judges, searched as refinery searches)."""
+    if "new" not in verdict:
+        print(f"verdict: {verdict.get('conclusion', 'none')}")
+        return
+    print(f"verdict (no gold needed): {verdict['verdict'].upper()}")
+    print(f"{'refinery search, judged by held-out labels':<44}{'raw':>10}{'fine-tuned':>12}")
+    print(f"{'  same class over a session':<44}{verdict['raw']['same_class']:>9.1f}%{verdict['new']['same_class']:>11.1f}%")
+    print(f"{'  first screen: same class of 9':<44}{verdict['raw']['first_screen_same']:>10.1f}"
+          f"{verdict['new']['first_screen_same']:>12.1f}")
+    print(f"{'  searches with < 10 results':<44}{verdict['raw']['lt_10']:>9.1f}%{verdict['new']['lt_10']:>11.1f}%")
+    print(f"  over {verdict['n_queries']} searches, {verdict['judged_per_query']:.1f} judged records each; gold below")
+    print()
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -130,10 +130,18 @@ def _run(args: argparse.Namespace) -> int:
         from ..refinery.snapshot import check_snapshot_dst
 
         check_snapshot_dst(args.write_snapshot, src=args.export, out_dir=args.out)
+    from ..console import say_next
+    from ..verdict import current_from_export
+
     records = load_export(args.export)
-    result = run_pipeline(records, config, out_dir=args.out, progress=print)
+    current = current_from_export(args.export, records, config.id_attribute)
+    result = run_pipeline(records, config, out_dir=args.out, progress=print, current=current)
     if args.write_snapshot is not None:
         _write_snapshot(args, config, records, result)
+    if not args.json:
+        say_next(print, result.out_dir, door="snapshot" if args.write_snapshot is not None else "run",
+                 written=args.write_snapshot, embedding=result.embedding_name, verdict=result.metrics.get("verdict"),
+                 export_is_snapshot=is_zip(args.export))
     if args.json:
         print(json.dumps({k: result.metrics[k] for k in ("n_train", "n_val", "n_test", "chance", "top_k", "top_1k_250", "seconds")}))
     return 0

@@ -36,7 +36,8 @@ examples:
 
 Credentials: --secrets, else ${user}, ${password}, ${uri} and
 ${project}. A sync trains only when the selected labels changed since the last one through
-that door (--force: anyway); unattended, its --time-budget defaults to {budget:.0f} s (run: {run_budget:.0f} s).
+that door, and keeps the embedding in use when the run's verdict says the new one is worse
+(--force: anyway); unattended, its --time-budget defaults to {budget:.0f} s (run: {run_budget:.0f} s).
 Exit codes: 0 ok, 1 error or no door, 2 bad options, 3 another sync running. --help-all: every option.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI,
                                                      project=ENV_PROJECT, budget=SYNC_TIME_BUDGET,
                                                      run_budget=RunConfig().time_budget)
@@ -79,13 +80,26 @@ def _sync(args: argparse.Namespace) -> int:
             "embedding": result.embedding,
             "written": str(result.written) if result.written else None,
             "embedding_id": result.embedding_id,
+            "verdict": (result.verdict or {}).get("verdict"),
         }
         if result.run is not None:
             top = result.run.metrics.get("top_k", {})
             line["top_1k_raw"] = top.get("raw", {}).get("1000")
             line["top_1k_finetuned"] = top.get("finetuned", {}).get("1000")
         print(json.dumps(line))
+    else:
+        _say_next(result, args.out)
     return 0
+
+
+def _say_next(result: object, out: Path) -> None:
+    """The closing lines: the report and the next step for the door this sync used."""
+    from ..console import say_next
+
+    status, door = getattr(result, "status"), getattr(result, "door")
+    step = {"up-to-date": "up-to-date", "kept": "kept", "created": "created", "pushed": "api"}.get(status, door)
+    say_next(print, out, step, written=getattr(result, "written"), embedding=getattr(result, "embedding"),
+             verdict=getattr(result, "verdict"))
 
 
 def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:
@@ -124,7 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--out", type=Path, default=Path("runs/sync"), metavar="DIR",
                    help="output folder of the run (default: %(default)s)")
     basic = p.add_argument_group(BASIC_TITLE)
-    basic.add_argument("--force", action="store_true", help="train and write even when the labels did not change")
+    basic.add_argument("--force", action="store_true", help="train and write even when the labels did not change or the verdict says worse")
     add_run_options(p, basic, basic_names=BASIC_OPTIONS - {"gold_attribute"})  # a refinery project has no gold
     g = p.add_argument_group("when to train")
     advanced(g.add_argument("--min-new-labels", type=int, default=1, metavar="N",

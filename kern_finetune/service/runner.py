@@ -87,7 +87,8 @@ def default_runner(secrets_path: str | Path) -> JobRunner:
 def _sync_result_to_dict(result: Any) -> dict[str, Any]:
     """Map a :class:`kern_finetune.sync.SyncResult` onto the runner's result mapping.
 
-    ``up_to_date`` from its status; the run's metrics without the private plot data (keys starting
+    ``up_to_date`` from its status (``kept``: the verdict said the new embedding is worse, nothing was written,
+    ``message`` says why; ``verdict`` holds it); the run's metrics without the private plot data (keys starting
     with ``_``); never the vectors."""
     status = str(getattr(result, "status", ""))
     out: dict[str, Any] = {
@@ -98,6 +99,7 @@ def _sync_result_to_dict(result: Any) -> dict[str, Any]:
         "n_labels": getattr(result, "n_labels", None),
         "fingerprint": getattr(result, "fingerprint", None),
         "previous_fingerprint": getattr(result, "previous_fingerprint", None),
+        "verdict": jsonable(getattr(result, "verdict", None)),
     }
     run = getattr(result, "run", None)
     if run is not None:

@@ -656,3 +656,20 @@ def test_job_results_become_strict_json() -> None:
     assert got == {"a": None, "b": [1.5, None], "c": [None, 2.0], "d": 3.0}
     json.dumps(got, allow_nan=False)
     assert not math.isnan(jsonable(np.float64(0.5)))
+
+
+def test_a_kept_sync_is_a_job_result_that_says_why() -> None:
+    """The webhook job runs sync_project: a verdict of worse keeps the embedding in use, and the job's result
+    carries the status, the one line why and the verdict."""
+    from pathlib import Path as _Path
+
+    from kern_finetune.service.runner import _sync_result_to_dict  # noqa: PLC2701 - the runner's own mapping
+    from kern_finetune.sync import SyncResult
+
+    verdict = {"verdict": "worse", "conclusion": "worse than the raw embedding", "interval": {"same_class": [-9.0, -2.0]}}
+    result = SyncResult("kept", "p1", "fp", None, 3, 40, _Path("/tmp"), "kept 'x': the new embedding is worse",
+                        verdict=verdict)
+    got = _sync_result_to_dict(result)
+    assert got["status"] == "kept" and got["up_to_date"] is False and got["verdict"] == verdict
+    assert got["message"].startswith("kept")
+    json.dumps(got, allow_nan=False)
