@@ -48,8 +48,9 @@ SHARES = tuple(round(0.25 * i, 2) for i in range(13))
 """Base shares the model door chooses among, smallest first: 0 (the head alone) to 3 in steps of 0.25."""
 
 
-PULLS = tuple(round(1.0 - 0.1 * i, 1) for i in range(11))
-"""Full mode: shares of the training's weight change the model door keeps, largest first (1 = as trained)."""
+PULLS = (1.0, 0.75, 0.5, 0.25, 0.0)
+"""Full mode: shares of the training's weight change the model door keeps, largest first (1 = as trained); each
+costs one encoding of the replay's sample, so the grid is coarse."""
 MAX_REPLAY_RECORDS = 2000
 """Full mode: records (a seeded sample) encoded per candidate pull to judge it."""
 

@@ -298,10 +298,15 @@ def _forward_costs(
         eval_every = max(10, steps // 10)
         n_evals = 1 + steps // eval_every + (1 if steps % eval_every else 0) + (1 if config.wise_alpha < 1 else 0)
         val_s = n_evals * v_padded / _validation_rate(model, val_texts, chunk, device=device)
-    # re-encoding every record with the fine-tuned model (its own max length, batches sorted by length)
+    # re-encoding every record with the fine-tuned model (its own max length, batches sorted by length), and the
+    # model door's replay at its worst: the base model and every candidate pull encode a sample of the records,
+    # and a pulled model encodes every record once more (kern_finetune.base_share.encoder_door)
+    from .base_share import MAX_REPLAY_RECORDS, PULLS
+
     all_tokens = sum(len(x) for x in model.tokenizer(list(sel.texts), truncation=True,
                                                       max_length=model.max_seq_length)["input_ids"])
-    reencode_s = all_tokens / fwd_rate
+    share = min(1.0, MAX_REPLAY_RECORDS / max(len(sel.texts), 1))
+    reencode_s = all_tokens / fwd_rate * (2.0 + (len(PULLS) + 1) * share)
     return fwd_rate, val_s, reencode_s
 
 
