@@ -3,7 +3,10 @@
 1. start the local refinery-compatible host on 127.0.0.1 with the bundled AG News sample export;
 2. ``sync`` against it: pull the export, fine-tune from the manual + confident weak labels, push the
    fine-tuned embedding through the local host's push extension (the ``api`` door,
-   docs/push-contract.md; a real refinery has no such door);
+   docs/push-contract.md; a real refinery has no such door); then the model door as a cron sync runs it
+   against a real refinery, on a seeded slice: v1 written into the embedder's volume and computed by the
+   host as refinery's embedder computes it, labelers add labels, the next sync writes v2 and deletes v1 once
+   v2 is FINISHED (docs/model-door.md);
 3. push the raw base vectors too (as ``<attribute>-classification-huggingface-<base model>``, what
    refinery would compute from the base model), so the host can search with both;
 4. print the before/after table (top-k same-class neighbours on the test records, judged by the gold
@@ -51,6 +54,11 @@ DEFAULT_EXPORT = Path("samples/ag_news/export.json.gz")
 _REPO_EXPORT = Path(__file__).resolve().parents[2] / DEFAULT_EXPORT
 SEARCH_LIMIT = 100
 """refinery's data browser asks for the 100 most similar records (gateway controller/record/manager.py)."""
+MODEL_DOOR_RECORDS = 2000
+"""Records of the seeded slice the model door's loop runs on (the host computes each version from the folder,
+as refinery's embedder does: every record encoded per version)."""
+MODEL_DOOR_NEW_LABELS = 20
+"""Manual labels the demo adds between the model door's two syncs, as labelers would."""
 
 
 def _sample_export(src: Path, n: int, dst: Path, seed: int) -> Path:
@@ -114,6 +122,49 @@ def search_same_class(
     )
 
 
+def _add_manual_labels(client: RefineryClient, project_id: str, run: Any, n: int) -> int:
+    """Label ``n`` records that had no selected label with their gold class, through the host's label route."""
+    sel = run.selection
+    mapping = gold_to_class(sel) or {}
+    rows = [i for i in sel.test_idx.tolist() if sel.gold[i] in mapping][:n]
+    labels = [{"record_id": sel.ids[i], "label": sel.classes[mapping[sel.gold[i]]]} for i in rows]
+    client.request("POST", f"/api/project/{project_id}/labels", what="add manual labels",
+                   body={"task": run.metrics["task"], "labels": labels, "source_type": "MANUAL"})
+    return len(labels)
+
+
+def _model_door_loop(export: Path, config: Any, work: Path, say: Any) -> list[str]:
+    """The model door as a cron sync runs it, on a seeded slice: sync (the folder goes into the embedder's
+    volume as v1, refinery's routes create the embedding, the host computes it as refinery's embedder does),
+    labelers add labels, sync again (v2 created and FINISHED, then v1 deleted). Returns what happened."""
+    from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
+    from ..model_door import ModelDoorTarget
+    from ..refinery.gateway import Gateway
+
+    sliced = _sample_export(export, MODEL_DOOR_RECORDS, work / "model-door.json.gz", config.seed)
+    models = work / "models"
+    models.mkdir()
+    target = ModelDoorTarget(models, "/models", wait_s=900, poll_s=1.0)
+    say(f"demo: the model door on a seeded slice of {MODEL_DOOR_RECORDS} records: a host whose embedder "
+        f"sees {models} as /models")
+    with serve_in_thread(sliced, data_dir=work / "host-model", host="127.0.0.1", user_name=DEMO_USER,
+                         password=DEMO_PASSWORD, models_volumes=[(models, "/models")]) as host:
+        client = RefineryClient(host.url, DEMO_USER, DEMO_PASSWORD, project_id=host.project_id, timeout=60)
+        kw = dict(out_dir=work / "model-run", state_dir=work / "sync-model", progress=say, door="model",
+                  model_target=target)
+        first = sync_project(client, host.project_id, config, **kw)
+        assert first.run is not None
+        added = _add_manual_labels(client, host.project_id, first.run, MODEL_DOOR_NEW_LABELS)
+        say(f"demo: labelers add {added} manual labels; the next cron sync picks them up")
+        second = sync_project(client, host.project_id, config, **kw)
+        states = {e["name"]: e["state"] for e in Gateway(client).embeddings(host.project_id)}
+    folders = sorted(p.name for p in models.iterdir())
+    return [f"model door, first sync: {first.status} {first.embedding!r}",
+            f"model door, after {added} new labels: {second.status} {second.embedding!r} ({second.message})",
+            f"model folders in the embedder's volume: {', '.join(folders)}; embeddings in the host: "
+            + ", ".join(f"{name} {state}" for name, state in states.items())]
+
+
 def _demo(args: argparse.Namespace) -> int:
     from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
 
@@ -156,6 +207,7 @@ def _demo(args: argparse.Namespace) -> int:
             say(f"demo: {len(queries)} seeded test records through the host's similarity search ...")
             raw_s = search_same_class(client, host.project_id, raw_name, queries, classes, gold_known)
             ft_s = search_same_class(client, host.project_id, result.push.name, queries, classes, gold_known)
+        door_lines = [] if args.no_model_door else _model_door_loop(export, config, work, say)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -166,6 +218,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"pushed {result.push.name!r} and {raw_name!r} to the demo's host (gone now); outputs in {args.out}")
         from ..console import say_next
 
+        for door_line in door_lines:
+            print(door_line)
         say_next(print, args.out, "demo")
     line = {
         "top_1k_raw": top.get("raw", {}).get("1000"),
@@ -258,4 +312,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     advanced(g.add_argument("--queries", type=int, default=50,
                             help="test records to search with (default: %(default)s)"))
     advanced(g.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers"))
+    advanced(g.add_argument("--no-model-door", action="store_true",
+                            help="skip the model door's loop (two cron syncs on a 2,000-record slice)"))
     p.set_defaults(func=_demo, gold_attribute="Class Index")
