@@ -568,8 +568,6 @@ Train {_esc(metrics.get('n_train'))} / validation {_esc(metrics.get('n_val'))} /
 {''.join(sections)}
 <h2>top_k (mean over {_queries_text(metrics)}, %)</h2>
 <table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>
-<p>top_1k over {_esc(metrics.get('eval_queries', 250))} seeded queries (the 2022 protocol):
-{', '.join(f'{_esc(n)} {v:.2f}%' for n, v in metrics.get('top_1k_250', {}).items())}</p>
 <h2>Linear probe (LogisticRegression, test records)</h2>
 <table><tr><th>embedding</th><th>accuracy %</th><th>macro F1 %</th></tr>{cls_rows}</table>
 <h2>Labels</h2><p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>
