@@ -42,12 +42,12 @@ class HeadTrainer(HeadOutput):
     def __init__(
         self,
         *,
-        loss: str = "supcon",
-        epochs: int = 30,
+        loss: str = RunConfig.loss,
+        epochs: int = RunConfig.epochs,
         batch_size: int = HEAD_BATCH_SIZE,
         lr: float = HEAD_LR,
         patience: int = PATIENCE,
-        seed: int = 42,
+        seed: int = RunConfig.seed,
         progress: bool = True,
     ) -> None:
         self.loss = loss

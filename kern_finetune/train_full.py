@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import RunConfig
 from .encode import load_sentence_transformer, resolve_device
 from .losses import make_loss
 from .samplers import class_aware_batches, length_grouped
@@ -50,8 +51,6 @@ from .trainer import PATIENCE, EarlyStopping, TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
-
-    from .config import RunConfig
 
 __all__ = ["FullTrainer", "interpolate_weights", "full_mode_schedule", "ENCODER_LR", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS",
            "WARMUP_FRACTION"]
@@ -174,20 +173,20 @@ class FullTrainer:
         self,
         *,
         model_path: Path | str,
-        loss: str = "supcon",
+        loss: str = RunConfig.loss,
         encoder_lr: float = ENCODER_LR,
         epochs: int = 1,
         batch_size: int = 32,
         patience: int = PATIENCE,
-        seed: int = 42,
+        seed: int = RunConfig.seed,
         max_steps: int | None = None,
         eval_every: int | None = None,
         max_seq_length: int = MAX_SEQ_LENGTH,
         max_val_rows: int = MAX_VAL_ROWS,
         group_by_length: bool = True,
-        wise_alpha: float = 0.7,
+        wise_alpha: float = RunConfig.wise_alpha,
         device: str | None = None,
-        encode_batch_size: int = 64,
+        encode_batch_size: int = RunConfig.encode_batch_size,
         progress: bool = True,
     ) -> None:
         self.model_path = model_path

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ._compat import patch_quaterion, quiet_quaterion
 from . import losses as native_losses
+from .config import RunConfig
 from .errors import ConfigError, SelectionError
 from .heads import SkipConnectionHead
 from .trainer import HEAD_LR, PATIENCE, EarlyStopping, HeadOutput, TrainResult
@@ -310,9 +311,9 @@ class QuaterionTrainer(HeadOutput):
         loss: str = "triplet",
         lr: float = HEAD_LR,
         batch_size: int = 128,
-        epochs: int = 30,
+        epochs: int = RunConfig.epochs,
         patience: int = PATIENCE,
-        seed: int = 42,
+        seed: int = RunConfig.seed,
         progress: ProgressArg = True,
     ) -> None:
         self.loss = loss

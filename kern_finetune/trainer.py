@@ -4,8 +4,8 @@ Every engine is a class shaped like a scikit-learn estimator (sentence-transform
 have three engines behind one shape):
 
 - the constructor only stores settings (keyword-only, named as :class:`~kern_finetune.config.RunConfig`
-  names them: ``epochs``, ``wise_alpha``, ...; the settings that are no run option default to the constants
-  below);
+  names them: ``epochs``, ``wise_alpha``, ...), whose defaults are ``RunConfig``'s own (``RunConfig.epochs``)
+  or, for the settings that are no run option, the constants below;
 - ``fit(x_train, y_train, x_val, y_val, ...)`` trains, stops early on the validation loss, restores the
   best state and returns ``self``; fitted state ends in ``_`` (``result_``: a :class:`TrainResult`);
 - ``transform(x)`` gives the L2-normalised float32 output of the fitted model.

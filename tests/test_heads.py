@@ -81,3 +81,20 @@ def test_trainer_separates_noisy_clusters_and_is_seeded():
     history = a.result_.history
     assert a.result_.best_epoch >= 1 and history[0]["val_loss"] >= min(h["val_loss"] for h in history)
     assert a.result_.best_val_loss == history[a.result_.best_epoch - 1]["val_loss"] == min(h["val_loss"] for h in history)
+
+
+def test_trainer_defaults_are_the_run_configs() -> None:
+    """A setting a trainer shares with RunConfig defaults to RunConfig's value: no second default to drift."""
+    import dataclasses
+    import inspect
+
+    from kern_finetune.config import RunConfig
+    from kern_finetune.train_full import FullTrainer
+
+    fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    # full mode's own: its epochs come from full_mode_schedule, its device resolved by from_config
+    own = {HeadTrainer: set(), FullTrainer: {"epochs", "device"}}
+    for trainer, exceptions in own.items():
+        shared = {n: p.default for n, p in inspect.signature(trainer).parameters.items() if n in fields}
+        shared = {n: v for n, v in shared.items() if n not in exceptions}
+        assert shared and shared == {n: fields[n] for n in shared}, trainer
