@@ -6,6 +6,9 @@ Loads ``kern_finetune/evaluate.py`` as it was before issue 19's change (commit 2
 and compares, on the bundled sample's cached base vectors: ``top_k`` (every k) and ``top_1k_250`` of the
 first 3,000 test records and of all 9,146, and the refinery threshold search (250 seeded test queries
 against all 20,000 records). Writes ``benchmarks/results/blocked_evaluation.md``.
+
+Kept as a record: it ran at commit 2db3e05's successor and runs at commit 3cc078b or earlier; the prune of
+issue 31 removed ``top_1k_250`` from the product's metrics and :func:`kern_finetune.evaluate.purity_summary`.
 """
 
 from __future__ import annotations

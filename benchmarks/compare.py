@@ -1,4 +1,4 @@
-"""The experiment's table and the loss/head comparison, on the full bundled sample (frozen encoder).
+"""The experiment's table on the full bundled sample (frozen encoder).
 
 Every row trains a head on the cached base vectors of the 10,854 selected records (threshold 0.7,
 75/25 split) and reports top_1k over **all** 9,146 test records (gold ``Class Index``), plus the 2022
@@ -6,17 +6,24 @@ protocol (250 seeded queries), the linear probe, 2D separation (table rows with 
 training time, for each seed.
 
     python benchmarks/compare.py                 # the table: raw, triplet parity (both engines), default
-    python benchmarks/compare.py --sweep         # + losses and heads over 3 seeds (issue: better embeddings)
-    python benchmarks/compare.py --name compare_after_refactor   # the same table under another name
+    python benchmarks/compare.py --name compare_after_prune   # the same table under another name
 
-Writes ``benchmarks/results/compare.{json,md}`` (``--sweep``: ``sweep.{json,md}``; ``--name``: ``NAME.{json,md}``).
+Writes ``benchmarks/results/compare.{json,md}`` (``--name``: ``NAME.{json,md}``).
+
+``results/sweep.md`` (losses and heads over 3 seeds) came from ``compare.py --sweep`` at commit 1e629b2; its
+losing variants (semi-hard triplet, CosFace, supcon at t=0.1, batches of 128 and 512, heads of 2 and 4
+layers) and the search-floor head left the package in the prune of issue 31 (``docs/decisions.md``), so the
+sweep runs only at commit 3cc078b or earlier and the file is kept as a record. So are the search-floor rows
+of ``compare_before_refactor.md``, ``compare_after_refactor.md`` and ``compare_final_main.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -25,19 +32,32 @@ import torch
 
 from _common import fit_row, load_sample, machine, score_row, write_results
 
+from kern_finetune import train
 from kern_finetune.config import RunConfig
 from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
 from kern_finetune.select import gold_to_class
 
-PARITY = RunConfig(loss="triplet", batch_size=128, lr=1e-3, epochs=30, patience=3, noise_filter="off", raw_weight="0", search_floor=0.0)
-OLD_DEFAULT = RunConfig(raw_weight="0", search_floor=0.0)  # the head alone: the default again (config.search_floor)
-DEFAULT = RunConfig(raw_weight="auto", search_floor=5.0)  # the search-floor head, opt-in
+PARITY = RunConfig(loss="triplet", noise_filter="off")  # with batches of 128 (PARITY_BATCH): the 2022 settings
+PARITY_BATCH = 128
+DEFAULT = RunConfig()
 
 
-def _fit(config: RunConfig, sel: Any, base: np.ndarray) -> tuple[np.ndarray, float, int, float | None]:
-    """The pipeline's head-mode training (label check, :func:`kern_finetune.train.fit_head`)."""
-    out, info = fit_row(config, sel, base)
-    return out, info["seconds"], info.get("epochs_run", 0), info.get("raw_weight")
+@contextlib.contextmanager
+def _head_batch(size: int | None) -> Iterator[None]:
+    """The head engines' batch size for the rows inside (the 2022 experiment's 128 for the parity rows)."""
+    saved = train.HEAD_BATCH_SIZE
+    train.HEAD_BATCH_SIZE = saved if size is None else size
+    try:
+        yield
+    finally:
+        train.HEAD_BATCH_SIZE = saved
+
+
+def _fit(config: RunConfig, sel: Any, base: np.ndarray, batch: int | None) -> tuple[np.ndarray, float, int]:
+    """The pipeline's head-mode training (label check, :func:`kern_finetune.train.fit_head`, smoothing, spread)."""
+    with _head_batch(batch):
+        out, info = fit_row(config, sel, base)
+    return out, info["seconds"], info.get("epochs_run", 0)
 
 
 def _score(vectors: np.ndarray, sel: Any, gold: np.ndarray, seed: int, probe: bool) -> dict[str, float]:
@@ -69,16 +89,16 @@ def _score(vectors: np.ndarray, sel: Any, gold: np.ndarray, seed: int, probe: bo
     return row
 
 
-def run(rows: list[tuple[str, RunConfig | None]], seeds: list[int], probe: bool) -> list[dict[str, Any]]:
+def run(rows: list[tuple[str, RunConfig | None, int | None]], seeds: list[int], probe: bool) -> list[dict[str, Any]]:
     results = []
     for seed in seeds:
         sel, base, gold = load_sample(seed)
-        for name, config in rows:
+        for name, config, batch in rows:
             if config is None:
-                vec, seconds, epochs, raw_weight = base, 0.0, 0, None
+                vec, seconds, epochs = base, 0.0, 0
             else:
-                vec, seconds, epochs, raw_weight = _fit(replace(config, seed=seed), sel, base)
-            row = {"row": name, "seed": seed, "train_seconds": round(seconds, 2), "epochs": epochs, "raw_weight": raw_weight,
+                vec, seconds, epochs = _fit(replace(config, seed=seed), sel, base, batch)
+            row = {"row": name, "seed": seed, "train_seconds": round(seconds, 2), "epochs": epochs,
                    **_score(vec, sel, gold, seed, probe)}
             results.append(row)
             print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
@@ -91,7 +111,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rs = [r for r in results if r["row"] == name]
         s: dict[str, Any] = {"row": name, "seeds": len(rs)}
         for key in ("top_1k", "top_1k_250", "top_5", "top_10", "top_25", "top_100", "lt_10", "lt_100", "same_class",
-                    "raw_weight", "probe_accuracy", "knn_2d_pca", "knn_2d_simplex",
+                    "probe_accuracy", "knn_2d_pca", "knn_2d_simplex",
                     "silhouette_2d_pca", "silhouette_2d_simplex", "train_seconds"):
             vals = [r[key] for r in rs if r.get(key) is not None]
             if vals:
@@ -104,19 +124,19 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) -> str:
     lines = [f"Command: `{command}`", "", f"Machine: {info}", "",
              "| row | seeds | top_10 | top_100 | top_1k all queries | top_1k 250 queries | search < 10 results | "
-             "< 100 results | same class | probe acc | 2D 15-NN acc, PCA | 2D 15-NN acc, simplex | raw weight | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "< 100 results | same class | probe acc | 2D 15-NN acc, PCA | 2D 15-NN acc, simplex | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         def f(key: str) -> str:
             return f"{s[key]:.2f} ± {s[key + '_std']:.2f}" if key in s else "-"
         lines.append(f"| {s['row']} | {s['seeds']} | {f('top_10')} | {f('top_100')} | {f('top_1k')} | {f('top_1k_250')} | "
                      f"{f('lt_10')} % | {f('lt_100')} % | {f('same_class')} % | "
-                     f"{f('probe_accuracy')} | {f('knn_2d_pca')} | {f('knn_2d_simplex')} | {f('raw_weight')} | {f('train_seconds')} |")
+                     f"{f('probe_accuracy')} | {f('knn_2d_pca')} | {f('knn_2d_simplex')} | {f('train_seconds')} |")
     lines += ["", "top_5 and top_25 in compare.json. search: refinery's threshold search (kern_finetune.evaluate.threshold_search): "
               "300 seeded test queries among all 20,000 records, the 100 nearest within the embedding's similarity "
               "threshold; shares of queries with fewer than 10 / 100 results, and the same-class share of what is "
               "returned (judged on records with gold: test records and the 927 training records with known gold). "
-              "Train s: head training + blend choice (label check excluded), measured under load."]
+              "Train s: head training (label check, smoothing and spread excluded), measured under load."]
     if any("knn_2d_pca" in s for s in summary):
         lines += ["", "2D: projections fitted on the training records, 5-fold 15-NN accuracy (percent) of the test "
                   "records' gold class in 2D (silhouettes in compare.json). \"simplex\" = probability-weighted class "
@@ -126,45 +146,24 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="store_true", help="compare losses and heads instead of the main table")
     ap.add_argument("--seeds", default="42,43,44")
-    ap.add_argument("--name", help="results file name (default: compare, or sweep with --sweep)")
+    ap.add_argument("--name", default="compare", help="results file name")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # 1 when two benchmarks share the 2 cores
-    if args.sweep:
-        name, probe = "sweep", False
-        rows: list[tuple[str, RunConfig | None]] = [
-            ("triplet hard m=0.5 (b256)", replace(OLD_DEFAULT, loss="triplet", noise_filter="off")),
-            # semi-hard mining is O(batch^3) here: batch 128 keeps it to about a minute per seed on 2 cores
-            ("triplet semi-hard m=0.5 (b128)", replace(OLD_DEFAULT, loss="triplet-semihard", batch_size=128, noise_filter="off")),
-            ("cosface s=30 m=0.2 (proxies)", replace(OLD_DEFAULT, loss="cosface", noise_filter="off")),
-            ("supcon t=0.1 (b256)", replace(OLD_DEFAULT, temperature=0.1, noise_filter="off")),
-            ("supcon t=0.5 (b256)", replace(OLD_DEFAULT, noise_filter="off")),
-            ("supcon t=0.5 b128", replace(OLD_DEFAULT, batch_size=128, noise_filter="off")),
-            ("supcon t=0.5 b512", replace(OLD_DEFAULT, batch_size=512, noise_filter="off")),
-            ("supcon t=0.5, 2 layers", replace(OLD_DEFAULT, head_layers=2, noise_filter="off")),
-            ("supcon t=0.5, 4 layers", replace(OLD_DEFAULT, head_layers=4, noise_filter="off")),
-            ("supcon t=0.5 + label check (drop) = default", OLD_DEFAULT),
-            ("search-floor head (--search-floor 5 --raw-weight auto)", DEFAULT),
-        ]
-    else:
-        name, probe = "compare", True
-        rows = [
-            ("raw all-MiniLM-L6-v2", None),
-            ("triplet parity, native (2022 settings)", PARITY),
-            ("triplet parity, quaterion (2022 settings)", replace(PARITY, engine="quaterion")),
-            ("default: supcon t=0.5 + label check, head alone", OLD_DEFAULT),
-            ("search-floor head (--search-floor 5 --raw-weight auto)", DEFAULT),
-        ]
-    name = args.name or name
-    results = run(rows, seeds, probe)
+    rows: list[tuple[str, RunConfig | None, int | None]] = [
+        ("raw all-MiniLM-L6-v2", None, None),
+        ("triplet parity, native (2022 settings)", PARITY, PARITY_BATCH),
+        ("triplet parity, quaterion (2022 settings)", replace(PARITY, engine="quaterion"), PARITY_BATCH),
+        ("default: supcon t=0.5 + label check, head alone", DEFAULT, None),
+    ]
+    results = run(rows, seeds, probe=True)
     summary = summarise(results)
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
     info = machine()
     md = markdown(summary, command.strip(), info)
     print(md)
-    write_results(name, {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
+    write_results(args.name, {"command": command.strip(), "machine": info, "summary": summary, "runs": results}, md)
 
 
 if __name__ == "__main__":

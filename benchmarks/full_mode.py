@@ -15,6 +15,10 @@ Rows are merged into the results by (encoder lr, pseudo-label threshold, length 
 WiSE alpha, seed), so
 settings can run one after another or side by side (BENCH_THREADS=1 each on 2 cores). 10-25 minutes
 per run on 2 cores; a GPU is used when present.
+
+Kept as a record: ``--encoder-lr`` and ``--encoder-memory`` set ``RunConfig`` fields that the prune of issue 31
+removed (the encoder's rate is now ``kern_finetune.train_full.ENCODER_LR``; the cross-batch memory, neutral
+here, left the package; ``docs/decisions.md``). The script runs as written at commit 3cc078b or earlier.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ and label check as the pipeline; `--trainval` trains on train + validation rows 
 `--pseudo P` adds the unlabeled records a logistic regression on the base vectors predicts with p > P
 (what `--pseudo-labels P` does in the pipeline); `--freeze-embeddings` keeps the word-embedding matrix
 (30,522 x 384, half the encoder's weights) at its base values. BENCH_THREADS=1 when two run side by side.
+
+Kept as a record: ``--temperature`` and ``--memory`` reach settings that the prune of issue 31 removed (the
+supcon temperature is ``kern_finetune.losses.SUPCON_TEMPERATURE``; the cross-batch memory left the package;
+``docs/decisions.md``). The script runs as written at commit 3cc078b or earlier.
 """
 import argparse
 import json

@@ -98,7 +98,7 @@ def train_variant(head: nn.Module, sel: Selection, base: np.ndarray, *, seed: in
     xv = torch.from_numpy(np.ascontiguousarray(base[sel.val_idx], dtype=np.float32))
     yv = torch.from_numpy(sel.y[sel.val_idx].astype(np.int64))
     n_classes = int(max(yt.max(), yv.max())) + 1
-    loss_fn = make_loss("supcon", n_classes=n_classes, dim=base.shape[1], temperature=0.5)
+    loss_fn = make_loss("supcon")  # t=0.5
     opt = torch.optim.Adam([*head.parameters(), *loss_fn.parameters()], lr=lr)
     val_batches = class_aware_batches(sel.y[sel.val_idx], batch_size, np.random.default_rng(seed + 1))
     best = (float("inf"), -1, copy.deepcopy(head.state_dict()))

@@ -84,8 +84,7 @@ def _train_default_head(base: np.ndarray, sel, seed: int) -> np.ndarray:
 
     c = RunConfig(seed=seed)
     torch.manual_seed(seed)
-    tr = HeadTrainer(loss=c.loss, head_layers=c.head_layers, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                     patience=c.patience, temperature=c.temperature, margin=c.margin, seed=seed, progress=False)
+    tr = HeadTrainer(loss=c.loss, epochs=c.epochs, seed=seed, progress=False)
     tr.fit(base[sel.train_idx], sel.y[sel.train_idx], base[sel.val_idx], sel.y[sel.val_idx])
     return tr.transform(base)[sel.test_idx]
 

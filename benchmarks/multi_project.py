@@ -1,8 +1,10 @@
-"""Head mode on several project shapes: raw vs the default head vs the search-floor head (issue 15).
+"""Head mode on several project shapes: raw vs the default head and its parts (issue 15).
 
 ``multi_project_ag_seeds_43_44.md`` was made while the search-floor head (``--search-floor 5 --raw-weight
 auto``) was the default: its "default head" row is that head, its "old head" row today's default.
-``multi_project.md`` (every project, seeds 42-44) names the rows as they are today.
+``multi_project.md`` (every project, seeds 42-44) names the rows as they were then. The search-floor head
+left the package in the prune of issue 31 (it lost to the default, ``docs/decisions.md``); its rows in those
+files ran at commit 3cc078b or earlier and are kept as a record.
 
 Projects (refinery exports in ``samples/``; how their labels were made: ``scripts/build_projects.py``):
 
@@ -51,8 +53,6 @@ ROWS: dict[str, tuple[str, RunConfig | None]] = {
     "default": ("default head: supcon t=0.5 + label check + smoothing (auto) + spread (auto)", RunConfig()),
     "unspread": ("head with smoothing, without the spread (--spread 0)", RunConfig(spread="0")),
     "unsmoothed": ("head without smoothing or spread (--smooth 0 --spread 0)", RunConfig(smooth="0", spread="0")),
-    "search-floor": ("search-floor head: --search-floor 5 --raw-weight auto --smooth 0",
-                     RunConfig(raw_weight="auto", search_floor=5.0, smooth="0", spread="0")),
 }
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same",
         "train_seconds")
@@ -64,7 +64,7 @@ def summarise(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for name in dict.fromkeys(r["row"] for r in results if r["project"] == project):
             rs = [r for r in results if r["project"] == project and r["row"] == name]
             s: dict[str, Any] = {"project": project, "row": name, "seeds": len(rs)}
-            for key in (*KEYS, "raw_weight", "smooth_weight", "spread_strength"):
+            for key in (*KEYS, "smooth_weight", "spread_strength"):
                 vals = [r[key] for r in rs if r.get(key) is not None]
                 if vals:
                     s[key], s[key + "_std"] = float(np.mean(vals)), float(np.std(vals))
@@ -77,14 +77,14 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
     for project in dict.fromkeys(s["project"] for s in summary):
         lines += [f"### {project}", "", sizes.get(project, ""), "",
                   "| row | seeds | top_5 | top_10 | top_25 | top_100 | top_1k | search: < 10 results | < 100 results "
-                  "| same class | first screen: same class of 9 | raw weight | smoothing weight | spread strength | train s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| same class | first screen: same class of 9 | smoothing weight | spread strength | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in (s for s in summary if s["project"] == project):
             def f(key: str, d: int = 2) -> str:
                 return f"{s[key]:.{d}f} ± {s[key + '_std']:.{d}f}" if key in s else "-"
             lines.append(f"| {s['row']} | {s['seeds']} | {f('top_5')} | {f('top_10')} | {f('top_25')} | {f('top_100')} | "
                          f"{f('top_1000')} | {f('lt_10', 1)} % | {f('lt_100', 1)} % | {f('same_class', 1)} % | {f('first_screen_same')} | "
-                         f"{f('raw_weight')} | {f('smooth_weight')} | {f('spread_strength')} | {f('train_seconds', 1)} |")
+                         f"{f('smooth_weight')} | {f('spread_strength')} | {f('train_seconds', 1)} |")
         lines.append("")
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
@@ -92,7 +92,6 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
               "first screen: of the 9 records shown after the query on refinery's first screen (fewer when the "
               "threshold returns fewer), how many are of the query's class (a count out of 9; judged among those "
               "with gold and scaled to the number shown). "
-              "raw weight: the blend (kern_finetune.train.choose_raw_weight, chosen on validation records). "
               "smoothing weight: kern_finetune.smooth (chosen on the least confident validation records; train s "
               "excludes it). spread strength: kern_finetune.spread (chosen on 1,000 seeded searches among all records, "
               "no labels; train s excludes it). "
@@ -142,7 +141,7 @@ def main() -> None:
                     vec, info = fit_row(replace(config, seed=seed), sel, base, checked=checked, stages=stages)
                     made = info if config == RunConfig() else made
                 row = {"project": project, "row": name, "seed": seed, "train_seconds": round(info["seconds"], 2),
-                       "raw_weight": info.get("raw_weight"), "smooth_weight": info.get("smooth_weight"),
+                       "smooth_weight": info.get("smooth_weight"),
                        "spread_strength": info.get("spread_strength"),
                        **score_row(vec, sel, classes, seed)}
                 results.append(row)

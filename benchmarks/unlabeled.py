@@ -38,7 +38,7 @@ def main() -> None:
             extra = found["indices"] if found else ti[:0]
             ey = found["labels"] if found else sel.y[:0]
             t = time.perf_counter()
-            tr = HeadTrainer(loss="supcon", temperature=0.5, epochs=30, seed=seed, progress=False).fit(
+            tr = HeadTrainer(loss="supcon", epochs=30, seed=seed, progress=False).fit(
                 np.concatenate([base[ti], base[extra]]), np.concatenate([sel.y[ti], ey]), base[vi], sel.y[vi]
             )
             row = {"seed": seed, "cutoff": cut, "pseudo_labels": int(len(extra)),

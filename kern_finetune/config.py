@@ -40,10 +40,10 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
-LOSSES = ("supcon", "triplet", "triplet-semihard", "cosface")
+LOSSES = ("supcon", "triplet")
 ENGINES = ("native", "quaterion")
 MODES = ("auto", "head", "full")
-NOISE_FILTERS = ("off", "drop", "weight")
+NOISE_FILTERS = ("off", "drop")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
 
@@ -87,8 +87,6 @@ class Option:
     min_open: bool = False
     """True: ``min`` itself is not allowed (``(0, 1)`` rather than ``[0, 1)``)."""
     max_open: bool = False
-    off: float | None = None
-    """The value that turns the option off (said in the range error: ``must be 0 (off) or more``)."""
     unit: str | None = None
     """What a number counts (``seconds``), said in the range error."""
     default_text: str | None = None
@@ -129,9 +127,6 @@ class RunConfig:
     weak_labels: bool = option(
         True, group=LEARN,
         help="train on the weak-supervision labels above --threshold too, not on manual labels only")
-    val_fraction: float = option(
-        0.25, group=LEARN, min=0.0, max=1.0, min_open=True, max_open=True,
-        help="share of the selected labels held out for validation (early stopping, the auto blend)")
     engine: str = option("native", group=TRAIN, choices=ENGINES, help="native PyTorch or Quaterion")
     mode: str = option(
         "auto", group=TRAIN, choices=MODES,
@@ -139,71 +134,23 @@ class RunConfig:
              "when its time, estimated on this machine at run time, fits --time-budget, else head")
     """``auto`` (the default) estimates full mode's time from a few real training steps and a timed validation
     pass (:mod:`kern_finetune.estimate`; about 20-30 s on 2 cores) and prints the choice, the estimate and
-    the reason; ``metrics.json`` keeps them (``mode_choice``). Estimated against measured
-    (``benchmarks/results/mode_auto.md``): 0.91 on a 3,000-record slice of the sample on a quiet machine,
-    where it picks full mode at the 300 s budget; 0.88 on a CLINC150 slice and 1.08 on the whole sample,
-    where it keeps the head. The choice depends on the machine and its load: name ``--mode head`` or
-    ``--mode full`` for a run that must repeat exactly (the tests and benchmarks do)."""
+    the reason; ``metrics.json`` keeps them (``mode_choice``). The choice depends on the machine and its
+    load: name ``--mode head`` or ``--mode full`` for a run that must repeat exactly (the tests and
+    benchmarks do). How close the estimate comes: ``docs/decisions.md``, "mode and time budget"."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
         help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept; "
              "sync and webhook jobs, which run unattended, default to 3600")
-    """Five minutes: a run a labeler waits for at the desk. It keeps the 20,000-record sample (1,254 s in full
-    mode on 2 cores) in head mode and admits a 3,000-record project on a quiet 2-core machine (217 s measured,
-    240 s estimated; ``benchmarks/results/mode_auto.md``). On 2 cores loaded ~3x the same project measured
-    284 s and was estimated at 319-342 s, so auto chose head there. This default is for ``run`` and ``demo``;
-    ``sync`` and the webhook's jobs default to :data:`SYNC_TIME_BUDGET` instead (a cron sync has the night)."""
+    """Five minutes: a run a labeler waits for at the desk; on 2 cores it keeps the bundled sample in head mode
+    and admits a project of a few thousand records in full mode (``docs/decisions.md``, "mode and time
+    budget"). This default is for ``run`` and ``demo``; ``sync`` and the webhook's jobs default to
+    :data:`SYNC_TIME_BUDGET` instead (a cron sync has the night)."""
     loss: str = option("supcon", group=TRAIN, choices=LOSSES, help="similarity loss")
-    head_layers: int = option(1, group=TRAIN, min=1, help="stacked skip-connection layers of the head")
     epochs: int = option(30, group=TRAIN, min=1, help="maximum epochs; early stopping ends sooner")
-    batch_size: int = option(256, group=TRAIN, min=1, help="rows per class-aware batch")
-    lr: float = option(
-        1e-3, group=TRAIN, min=0.0, min_open=True,
-        help="Adam learning rate of the head (and of a loss's own parameters, e.g. CosFace's proxies)")
-    encoder_lr: float = option(
-        3e-5, group=TRAIN, min=0.0, min_open=True,
-        help="full mode only: AdamW learning rate of the encoder's own weights")
-    """benchmarks/results/full_mode.md"""
-    encoder_memory: int = option(
-        512, group=TRAIN, metavar="ROWS", min=0, off=0,
-        help="full mode, supcon only: rows of earlier batches (detached embeddings and labels) each batch is "
-             "also contrasted with, a cross-batch memory; 0 = off; other losses ignore it")
     wise_alpha: float = option(
         0.7, group=TRAIN, metavar="A", min=0.0, max=1.0, min_open=True,
         help="full mode only: the kept encoder is (1-A) * base + A * fine-tuned, weight by weight (WiSE-FT); "
              "1 = the fine-tuned weights as they are")
-    full_workers: int = option(
-        1, group=TRAIN, metavar="N", min=1,
-        help="full mode only: train in N processes at once (torch DDP), one per GPU on CUDA, or splitting the CPU "
-             "cores; 1 = one process; the --mode auto estimate is for one process")
-    """:class:`~kern_finetune.train_ddp.DataParallelFullTrainer`; docs/scale.md"""
-    patience: int = option(3, group=TRAIN, min=1, help="stop after this many epochs without a lower validation loss")
-    distill: float = option(
-        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
-        help="head mode: weight of the term that keeps the base model's neighbourhoods of every record, "
-             "labeled or not; 0 = off")
-    """:class:`~kern_finetune.losses.NeighbourhoodDistillation`"""
-    distill_temperature: float = option(
-        0.05, group=TRAIN, min=0.0, min_open=True,
-        help="softmax temperature of the --distill term, on cosine similarities; lower is sharper")
-    uniformity: float = option(
-        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
-        help="head mode: weight of the uniformity term (Wang & Isola 2020) over every record; 0 = off")
-    search_floor: float = option(
-        0.0, group=TRAIN, metavar="WEIGHT", min=0.0, off=0.0,
-        help="head mode: weight of the label-free term that keeps refinery's threshold search from returning "
-             "short result lists for unlabeled records; 0 = off")
-    """:class:`~kern_finetune.losses.SearchFloorLoss`. Not on by default: with ``--search-floor 5 --raw-weight
-    auto`` the AG News sample's threshold search keeps its lists full (0.0% of queries under 10 results vs
-    42.3%, ``benchmarks/results/multi_project.md``), but on a 1,000-record slice of it the head then hardly
-    trains (``benchmarks/results/small_project.md``: top_100 barely above raw's, where the head without it
-    gains about 3 points): a new project would get nearly the raw vectors back. 5 was picked by hand among 0,
-    1 and 5 in an exploration whose figures included test records, not by a validation rule."""
-    raw_weight: str = option(
-        "0", group=TRAIN, metavar="auto|W",
-        help="head mode: share of the base vector in the pushed one, (1-W) * head(x) + W * x; 0 = the head "
-             "alone; auto = chosen on validation records and refinery's threshold search")
-    """``auto``: :func:`kern_finetune.train.choose_raw_weight`; meant with ``search_floor`` above."""
     smooth: str = option(
         "auto", group=TRAIN, metavar="auto|W",
         help="average each record's fine-tuned vector with its 20 nearest records' (nearest by the base model): "
@@ -216,11 +163,9 @@ class RunConfig:
              "regions shrink, dense ones grow, by strength S in [0, 2] (1 = even); auto = the smallest S whose "
              "short result lists stay near the raw vectors' (no labels read); 0 = off")
     """:mod:`kern_finetune.spread`; adds one dimension when on; a sync through the model door runs with 0."""
-    temperature: float = option(0.5, group=TRAIN, min=0.0, min_open=True, help="softmax temperature of the supcon loss")
-    margin: float = option(0.5, group=TRAIN, help="margin (cosine distance) of the triplet losses")
     noise_filter: str = option(
         "drop", group=TRAIN, choices=NOISE_FILTERS,
-        help="weak labels that out-of-fold predictions contradict: keep (off), drop, or down-weight (weight)")
+        help="weak labels that out-of-fold predictions contradict: keep (off) or drop")
     pseudo_labels: str = option(
         "auto", group=TRAIN, metavar="auto|off|P",
         help="self-training: unlabeled records predicted with probability above P train with that label; "
@@ -228,9 +173,6 @@ class RunConfig:
     """:mod:`kern_finetune.pseudo`"""
     seed: int = option(42, group=TRAIN, min=0, max=2**32 - 1,
                        help="seed of the split, the training and the evaluation")
-    eval_queries: int = option(
-        250, group=TRAIN, metavar="N", min=1,
-        help="test records used as queries when the neighbours' classes are counted (with --gold-attribute)")
     base_model: str | None = option(
         None, group=PLACES, metavar="DIR", default_text="the bundled all-MiniLM-L6-v2",
         help="local sentence-transformers model folder")
@@ -266,18 +208,9 @@ class RunConfig:
                 raise ConfigError(problem)
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
-        if self.engine == "quaterion" and self.noise_filter == "weight":
-            raise ConfigError("--engine quaterion cannot weight samples; use --noise-filter drop or off")
         self.pseudo_label_threshold()  # raises on a bad value
-        self.raw_weight_value()  # raises on a bad value
         self.smooth_value()  # raises on a bad value
         self.spread_value()
-        if self.resolved_device() == "cuda" and self.full_workers > 1:  # raises when CUDA is asked for and absent
-            import torch
-
-            if self.full_workers > torch.cuda.device_count():
-                raise ConfigError(f"--full-workers {self.full_workers} needs as many GPUs, torch sees "
-                                  f"{torch.cuda.device_count()}; use --full-workers {torch.cuda.device_count()} or fewer")
         if self.ray_address is not None:
             import importlib.util
 
@@ -326,10 +259,6 @@ class RunConfig:
             raise ConfigError(f"pseudo_labels must be auto, off or a probability in (0, 1), got {self.pseudo_labels!r}")
         return threshold
 
-    def raw_weight_value(self) -> float | None:
-        """The fixed blend ``raw_weight`` means, or None for ``auto`` (chosen on validation records)."""
-        return _auto_or_share("raw_weight", self.raw_weight)
-
     def smooth_value(self) -> float | None:
         """The fixed smoothing weight ``smooth`` means, or None for ``auto`` (chosen on validation records)."""
         return _auto_or_share("smooth", self.smooth)
@@ -346,7 +275,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a JSON-like mapping (job options, metrics' ``config``), not validated; unknown keys are an
-        error. Numbers for ``pseudo_labels`` / ``raw_weight`` / ``smooth`` / ``spread`` and ``"a,b"`` for ``text_attributes`` are taken."""
+        error. Numbers for ``pseudo_labels`` / ``smooth`` / ``spread`` and ``"a,b"`` for ``text_attributes`` are taken."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -354,7 +283,7 @@ class RunConfig:
         data = dict(data)
         if "cache_dir" in data and data["cache_dir"] is not None:
             data["cache_dir"] = Path(data["cache_dir"])
-        for key in ("pseudo_labels", "raw_weight", "smooth", "spread"):
+        for key in ("pseudo_labels", "smooth", "spread"):
             if isinstance(data.get(key), (int, float)) and not isinstance(data[key], bool):
                 data[key] = str(data[key])
         if isinstance(data.get("text_attributes"), str):
@@ -498,8 +427,6 @@ def _check(name: str, value: Any, opt: Option) -> str | None:
         want = f"below {_num(hi)}" if opt.max_open else f"at most {_num(hi)}"  # type: ignore[arg-type]
     elif opt.min_open:
         want = (f"a positive number of {opt.unit}" if opt.unit else "positive") if lo == 0 else f"above {_num(lo)}"
-    elif opt.off is not None and lo == opt.off:
-        want = f"{_num(lo)} (off) or more"
     else:
         want = f"at least {_num(lo)}"
     return f"{name} must be {want}, got {value}"

@@ -38,8 +38,7 @@ if TYPE_CHECKING:
     from .encode import Encoder
     from .select import Selection
 
-__all__ = ["FullModeEstimate", "ModeChoice", "choose_mode", "estimate_full_mode",
-           "full_mode_schedule"]
+__all__ = ["FullModeEstimate", "ModeChoice", "choose_mode", "estimate_full_mode"]
 
 FORWARD_SAMPLE = 256
 """Texts encoded to measure the forward rate (after a warm-up of 64): on 128 the rate came out ~17% low."""
@@ -47,16 +46,6 @@ VALIDATION_SAMPLE = 128
 """Validation texts embedded to time the validation passes."""
 STEP_QUANTILES = (0.2, 0.5, 0.9)
 """Planned batches timed, by their padded tokens."""
-
-
-def full_mode_schedule(config: RunConfig, device: str) -> tuple[int, int]:
-    """``(epochs, batch_size)`` of full mode on ``device``: the one definition, which
-    :meth:`kern_finetune.train_full.FullTrainer.from_config` and the estimate both use (reasons in
-    :mod:`kern_finetune.train_full`); ``tests/test_estimate.py`` checks that the planned steps equal the
-    steps a full run takes.
-    """
-    on_gpu = device.startswith("cuda")
-    return min(config.epochs, 3 if on_gpu else 1), min(config.batch_size, 128 if on_gpu else 32)
 
 
 @dataclass(frozen=True)
@@ -165,7 +154,7 @@ def estimate_full_mode(
     from .encode import load_sentence_transformer
     from .pseudo import find_pseudo_labels, with_pseudo_labels
     from .samplers import class_aware_batches, length_grouped
-    from .train_full import MAX_SEQ_LENGTH
+    from .train_full import MAX_SEQ_LENGTH, full_mode_schedule
 
     t_start = time.perf_counter()
     device = device or _default_device()
@@ -196,7 +185,7 @@ def estimate_full_mode(
 
     # --- time real steps on planned batches
     intercept, per_token, xs, ts, complete = _time_steps(
-        model, config, n_classes=len(sel.classes), texts=texts_t, y=y_t, batches=batches, padded=padded,
+        model, config, texts=texts_t, y=y_t, batches=batches, padded=padded,
         steps=steps, device=device, give_up_above=give_up_above,
     )
     train_steps_s = epochs * float(np.sum(intercept + per_token * padded))
@@ -219,7 +208,7 @@ def estimate_full_mode(
 
 
 def _time_steps(
-    model: Any, config: RunConfig, *, n_classes: int, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
+    model: Any, config: RunConfig, *, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
     padded: np.ndarray, steps: int, device: str, give_up_above: float,
 ) -> tuple[float, float, list[float], list[float], bool]:
     """Time real training steps on a few planned batches (quantiles of their padded size) and fit seconds per
@@ -228,12 +217,11 @@ def _time_steps(
     import torch
 
     from .losses import make_loss
-    from .train_full import MAX_SEQ_LENGTH
+    from .train_full import ENCODER_LR, MAX_SEQ_LENGTH
 
-    loss_fn = make_loss(config.loss, n_classes=n_classes, dim=int(model.get_embedding_dimension() or 384),
-                        temperature=config.temperature, margin=config.margin).to(device)
-    params = [p for p in model.parameters() if p.requires_grad] + [p for p in loss_fn.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.encoder_lr)
+    loss_fn = make_loss(config.loss).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=ENCODER_LR)
     model.train()
 
     def step(idx: np.ndarray) -> float:
@@ -314,8 +302,8 @@ def _validation_rate(model: Any, texts: list[str], chunk: int, *, device: str) -
     """Padded tokens per second of :class:`~kern_finetune.train_full.FullTrainer`'s validation embedding (texts
     in their order, ``chunk`` at a time, padded to each chunk's longest), timed on its first chunks (at most
     :data:`VALIDATION_SAMPLE` texts). Timed rather than derived from the encode rate: padding to a chunk's
-    longest text costs less per token than real tokens do (on the sample, 399 validation texts: 2,583 padded
-    vs 2,140 real tokens/s), so the derived figure put ag3000's validation at 167 s for ~113 s measured."""
+    longest text costs less per token than real tokens do, so a derived figure overestimates validation by
+    about half (``docs/decisions.md``, "mode and time budget")."""
     import torch
     from sentence_transformers.util import batch_to_device
 

@@ -57,6 +57,8 @@ KS = (5, 10, 25, 50, 75, 100, 250, 1000)
 _SIMPLEX_SOFTEN = 4.0
 SEARCH_LIMIT = 100
 """Records the data browser's similarity search asks for (refinery-gateway ``controller/record/manager.py``)."""
+SEARCH_QUERIES = 250
+"""Seeded test records that query refinery's threshold search in the evaluation."""
 MAX_EVAL_QUERIES = 10_000
 """top_k is averaged over at most this many test records as queries (a seeded sample above it), each
 searched against all test records: evaluation time grows linearly with the project, not with its square.
@@ -124,14 +126,11 @@ def purity_queries(n: int, seed: int, *, max_queries: int = MAX_EVAL_QUERIES) ->
     return None if n <= max_queries else sample_queries(n, max_queries, seed)
 
 
-def purity_summary(
-    vectors: np.ndarray, classes: np.ndarray, eval_queries: np.ndarray, *, seed: int, max_queries: int = MAX_EVAL_QUERIES
-) -> dict[str, Any]:
+def purity_summary(vectors: np.ndarray, classes: np.ndarray, *, seed: int, max_queries: int = MAX_EVAL_QUERIES) -> dict[str, Any]:
     """The evaluation's neighbour purity of one embedding of the test records.
 
     ``top_k`` (percent per k, over :func:`purity_queries`' queries: every test record up to
-    ``max_queries``), ``top_1k_250`` (top_1000 over ``eval_queries``, the 2022 protocol's seeded queries),
-    ``per_query`` (purity at the largest k per top_k query), ``per_query_k`` (``{k: purity per top_k query}``)
+    ``max_queries``), ``per_query`` (purity at the largest k per top_k query), ``per_query_k`` (``{k: purity per top_k query}``)
     and ``n_queries`` (top_k queries used).
     Time is linear in the test records (at most ``max_queries`` x n dot products), memory bounded.
     """
@@ -141,13 +140,8 @@ def purity_summary(
                  "neighbours among all of them", len(queries), len(vectors), max_queries)
     per = neighbour_purity(vectors, classes, queries=queries)
     kmax = max(per)
-    if queries is None:
-        top_250 = per[kmax][eval_queries]
-    else:
-        top_250 = neighbour_purity(vectors, classes, (kmax,), queries=eval_queries)[kmax]
     return {
         "top_k": {str(k): float(100 * v.mean()) for k, v in per.items()},
-        "top_1k_250": float(100 * top_250.mean()),
         "per_query": per[kmax],
         "per_query_k": per,
         "n_queries": int(len(vectors) if queries is None else len(queries)),
@@ -431,14 +425,14 @@ def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray
 
 def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
                        config: RunConfig, doors: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """top_k and top_1k_250 among the test records, and refinery's search among all records; the
-    per-query purities (``per_query``: top_1k, ``per_query_k``: every k) for the report."""
+    """top_k among the test records, and refinery's search among all records from :data:`SEARCH_QUERIES`
+    seeded test records; the per-query purities (``per_query``: top_1k, ``per_query_k``: every k) for the report."""
     test = sel.test_idx
-    queries = sample_queries(len(test), config.eval_queries, config.seed)
-    top_k, top_250, per_query, per_query_k = {}, {}, {}, {}
+    queries = sample_queries(len(test), SEARCH_QUERIES, config.seed)
+    top_k, per_query, per_query_k = {}, {}, {}
     for name, x in (("raw", base[test]), ("finetuned", tuned[test])):
-        summary = purity_summary(x, classes, queries, seed=config.seed)  # capped queries, blocks: linear in n_test
-        top_k[name], top_250[name], per_query[name] = summary["top_k"], summary["top_1k_250"], summary["per_query"]
+        summary = purity_summary(x, classes, seed=config.seed)  # capped queries, blocks: linear in n_test
+        top_k[name], per_query[name] = summary["top_k"], summary["per_query"]
         per_query_k[name] = summary["per_query_k"]  # the report's per-class table reuses it
     # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
     # embedding's similarity threshold, judged on every returned record whose gold is known.
@@ -447,7 +441,7 @@ def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, clas
     record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
     search = {name: threshold_search(full, test[queries], record_classes, seed=config.seed)
               for name, full in (("raw", base), ("finetuned", tuned), *doors.items())}
-    figures = {"top_k": top_k, "top_1k_250": top_250, "top_k_queries": summary["n_queries"], "threshold_search": search}
+    figures = {"top_k": top_k, "top_k_queries": summary["n_queries"], "threshold_search": search}
     return figures, {"per_query": per_query, "per_query_k": per_query_k}
 
 
@@ -491,7 +485,7 @@ def evaluation_notes(n_test: int, n_gold_values: int, gold_attribute: str | None
 def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig, *,
              doors: dict[str, np.ndarray] | None = None) -> Evaluation:
     """Raw (``base``) vs fine-tuned (``tuned``) vectors of every record of ``sel``, judged on the test records'
-    gold: top_k, top_1k of ``config.eval_queries`` seeded queries, refinery's threshold search, the linear
+    gold: top_k, refinery's threshold search, the linear
     probe and 2D separation. ``doors``: more embeddings of every record (name -> vectors, as refinery stores
     them), searched by the same threshold search only. Without two test records, the metrics say why and hold no figures."""
     import time
@@ -503,11 +497,11 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
     sizes = {"n_train": int(len(sel.train_idx)), "n_val": int(len(sel.val_idx)), "n_test": int(len(test))}
     if len(test) < 2:
         why = "no --gold-attribute given" if not config.gold_attribute else "fewer than 2 test records with a gold value"
-        metrics = {**sizes, "chance": None, "eval_queries": config.eval_queries, "top_k": {"raw": {}, "finetuned": {}},
-                   "top_1k_250": {}, "classification": {}, "evaluation_note": why}
+        metrics = {**sizes, "chance": None, "top_k": {"raw": {}, "finetuned": {}}, "classification": {},
+                   "evaluation_note": why}
         return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
     gold_values, classes = _gold_codes(sel, test)
-    metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes), "eval_queries": config.eval_queries}
+    metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes)}
     notes = evaluation_notes(len(test), len(gold_values), config.gold_attribute)
     if notes:
         metrics["evaluation_notes"] = notes

@@ -1,10 +1,9 @@
 """Stage 3 of the pipeline: from the selected labels and the base vectors to a fitted model and its vectors.
 
-:func:`fit` runs, in order: the label check (:mod:`kern_finetune.noise`: drop or down-weight likely wrong
-weak labels), ``--mode auto``'s choice (:mod:`kern_finetune.estimate`), pseudo-labels
-(:mod:`kern_finetune.pseudo`, training only), the engine (:mod:`kern_finetune.trainer`: the head engines of
-:func:`kern_finetune.train.fit_head`, :class:`kern_finetune.train_full.FullTrainer` or, with
-``--full-workers``, :class:`kern_finetune.train_ddp.DataParallelFullTrainer`), the fitted engine's
+:func:`fit` runs, in order: the label check (:mod:`kern_finetune.noise`: drop likely wrong weak labels),
+``--mode auto``'s choice (:mod:`kern_finetune.estimate`), pseudo-labels (:mod:`kern_finetune.pseudo`,
+training only), the engine (:mod:`kern_finetune.trainer`: the head engines of
+:func:`kern_finetune.train.fit_head` or :class:`kern_finetune.train_full.FullTrainer`), the fitted engine's
 ``transform`` over every record, the neighbour smoothing of those vectors (:mod:`kern_finetune.smooth`) and
 the search spread that keeps refinery's threshold search from starving (:mod:`kern_finetune.spread`).
 """
@@ -107,16 +106,14 @@ def audit_label_check(sel: Selection, noise: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_labels(sel: Selection, base: np.ndarray, config: RunConfig, say: ProgressFn) -> dict[str, Any]:
-    """The label check; ``selection`` (dropped rows left out) and ``weights`` (or None) as the filter says."""
+    """The label check; ``selection`` without the flagged weak labels when ``noise_filter`` is ``drop``."""
     from .noise import find_label_issues, without_label_issues
 
     noise = find_label_issues(base, sel, seed=config.seed)
     audit = audit_label_check(sel, noise)  # before dropping: the audit looks at every checked label
-    out = {"label_check": noise, "label_audit": audit, "selection": sel, "weights": None}
+    out = {"label_check": noise, "label_audit": audit, "selection": sel}
     if config.noise_filter == "drop":
         out["selection"] = without_label_issues(sel, noise)
-    else:
-        out["weights"] = noise["weights"]
     say(f"      label check: {len(noise['indices'])} likely wrong weak labels ({config.noise_filter})"
         + (f"; not run: {noise['note']}" if noise["note"] else f", {noise['n_folds']} folds")
         + (f"; classes with too few labels to check: {', '.join(noise['unchecked_classes'])}"
@@ -137,21 +134,18 @@ def _with_pseudo_labels(sel: Selection, base: np.ndarray, config: RunConfig, say
     return train_sel, pseudo
 
 
-def _train(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig,
-           weights: np.ndarray | None) -> tuple[Trainer, np.ndarray]:
+def _train(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig) -> tuple[Trainer, np.ndarray]:
     """The engine ``config`` names, fitted on ``sel``'s training rows, and its output for every record."""
     if config.mode == "full":
-        from . import train_ddp, train_full
+        from .train_full import FullTrainer
 
-        engine = train_ddp.DataParallelFullTrainer if config.full_workers > 1 else train_full.FullTrainer
-        trainer = engine.from_config(config, model_path=encoder.path, device=config.resolved_device())
+        trainer = FullTrainer.from_config(config, model_path=encoder.path, device=config.resolved_device())
         tr, va = sel.train_idx, sel.val_idx
-        trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va],
-                    sample_weight=None if weights is None else np.asarray(weights)[tr])
+        trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va])
         return trainer, trainer.transform(sel.texts)
     from .train import fit_head
 
-    head_trainer = fit_head(base, sel, config, weights=weights)
+    head_trainer = fit_head(base, sel, config)
     return head_trainer, head_trainer.transform(base)
 
 
@@ -163,7 +157,7 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     """
     say = progress or (lambda _msg: None)
     selected = sel  # as selected, before the label check: the smoothing's held-out queries come from it
-    checked: dict[str, Any] = {"label_check": None, "label_audit": {}, "selection": sel, "weights": None}
+    checked: dict[str, Any] = {"label_check": None, "label_audit": {}, "selection": sel}
     if config.noise_filter != "off":
         checked = _check_labels(sel, base, config, say)
     sel = checked["selection"]
@@ -179,7 +173,7 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
 
     say(f"[3/5] train ({config.engine} engine, {config.mode} mode, loss {config.loss})")
     t = time.perf_counter()
-    trainer, vectors = _train(encoder, train_sel, base, config, checked["weights"])
+    trainer, vectors = _train(encoder, train_sel, base, config)
     seconds = time.perf_counter() - t
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
     door, pull, model_vectors = _model_door(encoder, trainer, vectors, base, sel, config)

@@ -1,4 +1,4 @@
-"""Find weak labels that are likely wrong, so training can drop or down-weight them.
+"""Find weak labels that are likely wrong, so training can drop them.
 
 Confident learning in its simplest form (Northcutt et al., 2021; cleanlab's ``find_label_issues``):
 out-of-fold predicted probabilities from a logistic regression on the base vectors; a weak label is
@@ -6,13 +6,10 @@ suspicious when the probability of its own class is below that class's threshold
 probability the model gives the class on records labeled with it) **and** another class is more likely.
 Manual labels are never flagged: labelers set them on purpose. The gold attribute is never used here.
 
-Measured against cleanlab 2.9 itself (``benchmarks/label_check.py``, results in
-``benchmarks/results/label_check.md``): on the bundled sample this rule flags exactly the weak labels
-cleanlab's ``find_label_issues(filter_by="predicted_neq_given")`` flags on the same out-of-fold
-probabilities; cleanlab's default ``prune_by_noise_rate`` flags fewer than a third as many, with about a
-third of the recall on the audited labels, and dropping its flags gains less downstream (top_1k of the
-default head +0.2 points over no check, against +0.6 for this rule). So kern-finetune keeps this rule and
-needs no cleanlab.
+This rule flags the weak labels cleanlab's ``find_label_issues(filter_by="predicted_neq_given")`` flags on
+the same out-of-fold probabilities; it finds more wrong labels than cleanlab's default and dropping them
+helps more downstream, so kern-finetune keeps it and needs no cleanlab (``docs/decisions.md``, "label
+check").
 
 Few labels are normal (a new project): the folds are at most as many as the smallest checked class has
 labels, classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels are not checked (listed in
@@ -56,8 +53,7 @@ def find_label_issues(
 ) -> dict[str, Any]:
     """Out-of-fold check of the selected labels.
 
-    Returns ``indices`` (record rows with likely wrong weak labels), ``weights`` (per record: 1, or the
-    out-of-fold probability of the given label for flagged rows), ``ids``, ``suggested`` (most likely
+    Returns ``indices`` (record rows with likely wrong weak labels), ``ids``, ``suggested`` (most likely
     class per flagged row), ``texts``, ``sources`` and ``confidence`` (the flagged records' texts, their labels'
     sources and weak confidences) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
     ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
@@ -125,12 +121,9 @@ def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndar
     weak = np.array([sel.source[i] == "weak" for i in idx], dtype=bool)
     suspicious = checked & weak & (given < thresholds[y]) & (proba.argmax(1) != y)
     rows = idx[suspicious]
-    weights = np.ones(len(sel.ids), dtype=np.float32)
-    weights[rows] = given[suspicious].astype(np.float32)
     suggested = proba[suspicious].argmax(1)
     return {
         "indices": rows,
-        "weights": weights,
         "ids": [sel.ids[i] for i in rows],
         "given": [sel.classes[sel.y[i]] for i in rows],
         "suggested": [sel.classes[c] for c in suggested],

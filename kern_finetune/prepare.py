@@ -54,7 +54,7 @@ def prepare(records: list[Record], config: RunConfig) -> Prepared:
     sel = select_labels(
         records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
         gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
-        val_fraction=config.val_fraction, seed=config.seed,
+        seed=config.seed,
     )
     attribute = str(task.attribute or (text_attrs[0] if text_attrs else "text"))
     return Prepared(task=task, text_attributes=text_attrs, selection=sel,

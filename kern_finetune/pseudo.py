@@ -7,12 +7,9 @@ class for every unlabeled record; those predicted with probability above ``thres
 *training* rows with that class. The gold attribute is never used, validation rows stay labeled ones,
 and evaluation still reads the original :class:`~kern_finetune.select.Selection`.
 
-Measured on the bundled sample: in full mode test top_1k 75.27 +- 0.19 over 3 seeds with p > 0.9
-(~4,400 records added) vs 74.39 without (2 seeds), and 75.41 with p > 0.7 (seed 42;
-``benchmarks/results/full_mode.md``, ``full_mode_variants.md``): the encoder learns from the unlabeled
-records' own texts. The frozen-encoder head gains nothing measurable (71.26 vs 71.20,
-``unlabeled.md``), so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only
-(:data:`kern_finetune.config.PSEUDO_LABELS_AUTO`).
+In full mode the encoder learns from the unlabeled records' own texts; a head over frozen vectors gains
+nothing measurable from them, so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only
+(:data:`kern_finetune.config.PSEUDO_LABELS_AUTO`; figures: ``docs/decisions.md``, "pseudo-labels").
 
 On a large project the regression is fitted on a seeded, stratified sample of at most
 :data:`kern_finetune.subsample.MAX_FIT_RECORDS` labels and predicts the candidates in blocks (issue 19);

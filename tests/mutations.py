@@ -17,8 +17,7 @@ under a mutation, refresh its ``old``/``new`` to a short, distinctive line of th
 
 The list documents what the suite is expected to notice: a pipeline that trains on the wrong labels or
 returns raw vectors, a webhook signature that no longer covers its timestamp, a push that never swaps
-the new version in, sample weights that are dropped on the way to the loss, pseudo-labels that never
-train.
+the new version in, pseudo-labels that never train.
 """
 
 from __future__ import annotations
@@ -83,22 +82,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         old="SET state = 'FINISHED', served = 1,",
         new="SET state = 'FINISHED', served = 0,",
         tests=("tests/host/test_host.py",),
-    ),
-    Mutation(
-        name="weights-dropped-by-pipeline",
-        why="noise_filter='weight' computes weights but the head trains without them",
-        file="kern_finetune/train.py",
-        old="sample_weight=None if weights is None else weights[sel.train_idx]",
-        new="sample_weight=None",
-        tests=("tests/test_heads.py::test_weight_noise_filter_passes_its_weights_to_the_trainer",),
-    ),
-    Mutation(
-        name="weights-ignored-by-losses",
-        why="every loss averages its rows unweighted, whatever weights it is given",
-        file="kern_finetune/losses.py",
-        old="w = torch.ones_like(values) if weights is None else weights.to(values)",
-        new="w = torch.ones_like(values)",
-        tests=("tests/test_heads.py", "-k", "weight"),
     ),
     Mutation(
         name="pseudo-labels-never-train",

@@ -55,7 +55,7 @@ def _expected_split(records: list[dict]) -> tuple[int, int, list[str]]:
 
 def test_outputs_are_complete(run_dir: Path, subset_records):
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    for key in ("n_train", "n_val", "n_test", "chance", "top_k", "top_1k_250", "classification", "seconds"):
+    for key in ("n_train", "n_val", "n_test", "chance", "top_k", "classification", "seconds"):
         assert key in metrics
     # The seeded split is exact: every labeled record trains or validates unless the label check dropped it,
     # every other record with a gold value is a test record (the subset has no empty text).
@@ -177,7 +177,7 @@ def test_second_run_encodes_nothing(subset_file, shared_cache, tmp_path, run_dir
     [
         (["--task", "Nope"], "tasks found: Topic"),
         (["--threshold", "1.5"], "threshold"),
-        (["--mode", "full", "--encoder-lr", "0"], "encoder_lr must be positive"),
+        (["--mode", "full", "--wise-alpha", "0"], "wise_alpha must be in (0, 1]"),
         (["--text-attributes", "Headline"], "not in the export"),
     ],
 )
@@ -212,7 +212,7 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
     from kern_finetune.save import load_vectors
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
-                       batch_size=128, epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")
+                       epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     assert result.metrics["training"]["engine"] == "quaterion"
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "report.html").exists()

@@ -63,7 +63,7 @@ def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> Non
     from kern_finetune.train_full import FullTrainer
 
     encoder, sel, base = small
-    config = RunConfig(mode="auto", task="Topic", seed=42, patience=100)  # no early stop: every planned step runs
+    config = RunConfig(mode="auto", task="Topic", seed=42)
     est = estimate_full_mode(encoder, sel, base, config)
     assert est.complete and est.device == "cpu"
     assert est.n_train_rows == len(sel.train_idx) + est.n_pseudo
@@ -72,11 +72,12 @@ def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> Non
     assert est.seconds == pytest.approx(parts) and est.seconds > 0 and est.forward_tokens_per_s > 0
     assert len(est.step_fit["timed_steps"]) == 3
 
-    full = RunConfig(mode="full", task="Topic", seed=42, patience=100)
+    full = RunConfig(mode="full", task="Topic", seed=42)
     found = find_pseudo_labels(base, sel, threshold=full.pseudo_label_threshold(), seed=42)
     train = with_pseudo_labels(sel, found)
     tr, va = train.train_idx, train.val_idx
-    trainer = FullTrainer.from_config(full, model_path=encoder.path, device="cpu", progress=False)
+    trainer = FullTrainer.from_config(full, model_path=encoder.path, device="cpu", progress=False,
+                                      patience=100)  # no early stop: every planned step runs
     trainer.fit([train.texts[i] for i in tr], train.y[tr], [train.texts[i] for i in va], train.y[va])
     info = trainer.result_.details
     assert info["steps"] == est.steps and info["batch_size"] == est.batch_size
@@ -87,7 +88,7 @@ def test_a_tiny_budget_picks_head_with_the_estimate_recorded(small_records, shar
 
     said: list[str] = []
     config = RunConfig(task="Topic", gold_attribute="Class Index", mode="auto", time_budget=0.01, epochs=2,
-                       cache_dir=shared_cache, eval_queries=20)
+                       cache_dir=shared_cache)
     result = run_pipeline(small_records, config, out_dir=tmp_path, progress=said.append)
     choice = result.metrics["mode_choice"]
     assert choice["requested"] == "auto" and choice["mode"] == "head" and "exceeds the time budget of 0 s" in choice["reason"]
@@ -104,8 +105,7 @@ def test_a_small_project_within_budget_runs_full_and_records_estimate_vs_measure
 ) -> None:
     from kern_finetune.pipeline import run_pipeline
 
-    config = RunConfig(task="Topic", gold_attribute="Class Index", mode="auto", time_budget=3600, cache_dir=shared_cache,
-                       eval_queries=20)
+    config = RunConfig(task="Topic", gold_attribute="Class Index", mode="auto", time_budget=3600, cache_dir=shared_cache)
     result = run_pipeline(small_records, config, out_dir=tmp_path, progress=None)
     choice = result.metrics["mode_choice"]
     assert choice["mode"] == "full" and "fits the time budget of 3600 s" in choice["reason"]

@@ -77,70 +77,9 @@ def test_threshold_search_default_threshold_is_refinerys():
     assert out["threshold"] == pytest.approx(similarity_threshold(x, seed=7))
 
 
-def test_head_blend_is_affine_and_reaches_the_input():
-    import torch
-
-    from kern_finetune.heads import SkipConnectionHead
-
-    torch.manual_seed(0)
-    head = SkipConnectionHead(8, n_layers=2)
-    torch.nn.init.normal_(head.fc_0.weight)
-    head.eval()
-    x = torch.randn(5, 8)
-    with torch.no_grad():
-        tuned = head(x)
-        head.set_raw_weight(0.3)
-        w, b = head.as_affine()
-        assert torch.allclose(head(x), x @ w.T + b, atol=1e-5)
-        assert torch.allclose(head(x), 0.3 * x + 0.7 * tuned, atol=1e-5)
-        head.set_raw_weight(1.0)
-        assert torch.allclose(head(x), x)
-    assert "raw_weight" not in head.state_dict()  # quaterion-models' keys only
-    with pytest.raises(ValueError):
-        head.set_raw_weight(1.5)
-
-
-def test_distillation_is_zero_for_the_raw_space_and_grows_when_neighbours_move():
-    import torch
-
-    from kern_finetune.losses import NeighbourhoodDistillation
-
-    torch.manual_seed(0)
-    raw = torch.nn.functional.normalize(torch.randn(32, 16), dim=1)
-    loss = NeighbourhoodDistillation(temperature=0.05)
-    assert float(loss(raw, raw)) == pytest.approx(0.0, abs=1e-5)
-    assert float(loss(2.0 * raw, raw)) == pytest.approx(0.0, abs=1e-5)  # scale-free: cosine
-    shuffled = raw[torch.randperm(32)]
-    assert float(loss(shuffled, raw)) > 1.0
-
-
-def test_uniformity_prefers_spread_points():
-    import torch
-
-    from kern_finetune.losses import UniformityLoss
-
-    torch.manual_seed(0)
-    spread = torch.randn(64, 8)
-    clumped = torch.randn(1, 8) + 0.05 * torch.randn(64, 8)
-    loss = UniformityLoss()
-    assert float(loss(spread)) < float(loss(clumped))
-
-
-def test_raw_weight_option_is_validated():
-    from kern_finetune.config import RunConfig
-    from kern_finetune.errors import ConfigError
-
-    assert RunConfig().raw_weight_value() == 0.0 and RunConfig(raw_weight="auto").raw_weight_value() is None
-    assert RunConfig(raw_weight="0").validate().raw_weight_value() == 0.0
-    assert RunConfig.from_dict({"raw_weight": 0.25}).raw_weight_value() == 0.25
-    for bad in ("1.5", "x", "-0.1"):
-        with pytest.raises(ConfigError, match="raw_weight"):
-            RunConfig(raw_weight=bad).validate()
-
-
 def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
     """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
-    at least raw's, top_100 above raw's; the fixed blend (0: the head alone) is reported."""
+    at least raw's, top_100 above raw's."""
     from kern_finetune.config import RunConfig
     from kern_finetune.evaluate import neighbour_purity
     from kern_finetune.noise import find_label_issues, without_label_issues
@@ -149,23 +88,10 @@ def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_ba
     config = RunConfig(seed=42)
     sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))
     trainer = fit_head(subset_base, sel, config, progress=False)
-    info = trainer.result_.details
-    assert info["raw_weight"] == 0.0 and "raw_weight_table" not in info  # a fixed blend: nothing to choose
     tuned = trainer.transform(subset_base)
     test = subset_sel.test_idx
     gold = np.array([int(subset_sel.gold[i]) for i in test])
     raw = {k: v.mean() for k, v in neighbour_purity(subset_base[test], gold, ks=(10, 100)).items()}
     new = {k: v.mean() for k, v in neighbour_purity(tuned[test], gold, ks=(10, 100)).items()}
-    assert new[10] >= raw[10], (raw, new, info["raw_weight"])
-    assert new[100] > raw[100], (raw, new, info["raw_weight"])
-
-
-def test_auto_blend_reports_its_table(subset_sel, subset_base, one_torch_thread):
-    """``raw_weight="auto"`` chooses among the blends on validation records and reports the table it chose from."""
-    from kern_finetune.config import RunConfig
-    from kern_finetune.train import RAW_WEIGHTS, fit_head
-
-    info = fit_head(subset_base, subset_sel, RunConfig(seed=42, raw_weight="auto", epochs=3), progress=False).result_.details
-    table = info["raw_weight_table"]
-    assert table[0]["raw_weight"] == 1.0 and {r["raw_weight"] for r in table[1:]} == set(RAW_WEIGHTS)
-    assert info["raw_weight"] in RAW_WEIGHTS
+    assert new[10] >= raw[10], (raw, new)
+    assert new[100] > raw[100], (raw, new)

@@ -27,7 +27,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 def _config(cache: Path, **kw) -> RunConfig:
     return RunConfig(mode="head", task="Topic", text_attributes=["Title"], gold_attribute="Class Index", epochs=2,
-                     eval_queries=20, cache_dir=cache, **kw)
+                     cache_dir=cache, **kw)
 
 
 @pytest.fixture(scope="module")

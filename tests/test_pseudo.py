@@ -68,17 +68,20 @@ def test_from_dict_accepts_a_number() -> None:
     assert RunConfig.from_dict({"pseudo_labels": 0.75}).pseudo_label_threshold() == 0.75
 
 
-def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subset_records, shared_cache, tmp_path) -> None:
+def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subset_records, shared_cache, tmp_path,
+                                                                             monkeypatch) -> None:
     """Pseudo-labels change only what the head trains on, and the head learns them.
 
     lr 1e-2 for 5 epochs so that the head moves far enough in seconds to show the direction. Measured at
     976ed1e: the 139 pseudo-labeled records' top_50 purity by their pseudo-label 73.7 with vs 69.5 without
     (raw 61.1), test top_100 52.7 vs 49.8 (most pseudo-labels are right, and those records are test records).
     """
+    from kern_finetune import train
     from kern_finetune.evaluate import top_k_purity
     from kern_finetune.pipeline import run_pipeline
 
-    config = RunConfig(mode="head", task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5, lr=1e-2,
+    monkeypatch.setattr(train, "HEAD_LR", 1e-2)
+    config = RunConfig(mode="head", task="Topic", gold_attribute="Class Index", pseudo_labels="0.7", epochs=5,
                        noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")  # what the head itself learned
     result = run_pipeline(subset_records, config, out_dir=tmp_path)
     m = result.metrics

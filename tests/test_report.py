@@ -47,9 +47,9 @@ def _tiny_data(n: int = 120, seed: int = 0) -> ReportData:
 
 def _metrics() -> dict:
     return {
-        "task": NASTY, "n_train": 45, "n_val": 15, "n_test": 60, "chance": 33.3, "eval_queries": 20,
+        "task": NASTY, "n_train": 45, "n_val": 15, "n_test": 60, "chance": 33.3,
         "top_k": {"raw": {"5": 50.0, "10": 45.0}, "finetuned": {"5": 90.0, "10": 88.0}},
-        "top_1k_250": {"raw": 40.0, "finetuned": 80.0}, "classification": {},
+        "classification": {},
         "skipped": {NASTY: 1}, "train_class_counts": {NASTY: 15, SCRIPTY: 15, "Sports & more": 15},
         "config": {"loss": "supcon", "engine": "native", "mode": "head"}, "seconds": {"total": 1.0},
     }
@@ -158,7 +158,7 @@ def test_user_strings_are_escaped_and_never_mathtext(tmp_path: Path) -> None:
 def test_report_without_data_or_gold_still_writes(tmp_path: Path) -> None:
     path = tmp_path / "report.html"
     metrics = {"n_train": 3, "n_val": 1, "n_test": 0, "chance": None, "top_k": {"raw": {}, "finetuned": {}},
-               "top_1k_250": {}, "classification": {}, "evaluation_note": NASTY}
+               "classification": {}, "evaluation_note": NASTY}
     write_report(path, metrics, plots=None, data=None)
     assert "No evaluation" in path.read_text(encoding="utf-8")
     data = _tiny_data()

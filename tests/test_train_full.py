@@ -16,6 +16,7 @@ from kern_finetune.config import RunConfig
 from kern_finetune.encode import Encoder
 from kern_finetune.refinery.export import resolve_task
 from kern_finetune.select import Selection, select_labels
+from kern_finetune.train_full import ENCODER_LR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,14 +25,13 @@ SMALL = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "device": "cpu",
 INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_loss", "seconds", "device", "stopped_early"}
 
 
-def fit_full(encoder: Encoder, sel: Selection, config: RunConfig, *, weights: np.ndarray | None = None, **settings):
+def fit_full(encoder: Encoder, sel: Selection, config: RunConfig, **settings):
     """``FullTrainer.from_config`` fitted on ``sel``'s split: ``(model, metrics-style info)``."""
     from kern_finetune.train_full import FullTrainer
 
     trainer = FullTrainer.from_config(config, model_path=encoder.path, **settings)
     tr, va = sel.train_idx, sel.val_idx
-    trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va],
-                sample_weight=None if weights is None else weights[tr])
+    trainer.fit([sel.texts[i] for i in tr], sel.y[tr], [sel.texts[i] for i in va], sel.y[va])
     return trainer.model_, trainer.result_.to_dict()
 
 
@@ -54,9 +54,9 @@ def encoder(shared_cache) -> Encoder:
 
 @pytest.fixture(scope="module")
 def fitted(encoder: Encoder, sel: Selection):
-    """One small fit (with all-ones sample weights, to run that path) and the vectors it gives."""
+    """One small fit and the vectors it gives."""
     config = RunConfig(mode="full", seed=42)
-    model, info = fit_full(encoder, sel, config, weights=np.ones(len(sel.ids), dtype=np.float32), **SMALL)
+    model, info = fit_full(encoder, sel, config, **SMALL)
     vectors = model.encode(sel.texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
     return model, info, vectors.astype(np.float32)
 
@@ -66,7 +66,7 @@ def test_fit_full_trains_the_encoder(fitted, encoder: Encoder, sel: Selection) -
     assert INFO_KEYS <= set(info)
     assert info["engine"] == "native" and info["mode"] == "full" and info["device"] == "cpu"
     assert info["steps"] == 2 and info["epochs_run"] == 1
-    assert info["encoder_lr"] == RunConfig().encoder_lr  # not given: the config's
+    assert info["encoder_lr"] == ENCODER_LR  # not given: full mode's own
     assert math.isfinite(info["best_val_loss"])
     assert all(math.isfinite(h["val_loss"]) for h in info["history"])
     assert info["best_val_loss"] == min(h["val_loss"] for h in info["history"])
@@ -127,8 +127,8 @@ def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) 
     from kern_finetune.samplers import class_aware_batches
     from kern_finetune.train_full import _val_loss
 
-    config = RunConfig(mode="full", seed=3, patience=2, wise_alpha=1.0)  # the best state itself, not interpolated
-    small = {**SMALL, "max_steps": 6, "eval_every": 1}
+    config = RunConfig(mode="full", seed=3, wise_alpha=1.0)  # the best state itself, not interpolated
+    small = {**SMALL, "max_steps": 6, "eval_every": 1, "patience": 2}
     model, info = fit_full(encoder, sel, config, encoder_lr=3e-4, **small)
     vals = [h["val_loss"] for h in info["history"]]
     assert len(vals) == info["steps"] + 1  # step 0 and every step
@@ -138,7 +138,7 @@ def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) 
     y_v = sel.y[sel.val_idx]
     batches = class_aware_batches(y_v, small["batch_size"], np.random.default_rng(config.seed + 1))
     again = _val_loss(
-        model, make_loss("supcon", n_classes=len(sel.classes), dim=384, temperature=config.temperature), [sel.texts[i] for i in sel.val_idx],
+        model, make_loss("supcon"), [sel.texts[i] for i in sel.val_idx],
         torch.from_numpy(y_v), batches, device="cpu", max_length=small["max_seq_length"], batch_size=64,
     )
     assert again == pytest.approx(info["best_val_loss"], abs=1e-4)
@@ -158,12 +158,13 @@ def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, mon
     The first step runs at the full ``encoder_lr`` whatever ``max_steps`` is (warmup of 1 step), so a
     1-step run gives the reference step-1 weights.
     """
-    config = RunConfig(mode="full", seed=5, patience=2)
+    config = RunConfig(mode="full", seed=5)
+    small = {**SMALL, "patience": 2}
     _scripted_val(monkeypatch, [1.0, 0.5, 0.7])  # the last: the WiSE-blended model's validation
-    one, info1 = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 1})
+    one, info1 = fit_full(encoder, sel, config, **{**small, "max_steps": 1})
     assert info1["best_step"] == 1 and info1["val_loss_interpolated"] == 0.7
     _scripted_val(monkeypatch, [1.0, 0.5, 0.9, 0.95, 0.6, 0.4])
-    model, info = fit_full(encoder, sel, config, **{**SMALL, "max_steps": 5, "eval_every": 1})
+    model, info = fit_full(encoder, sel, config, **{**small, "max_steps": 5, "eval_every": 1})
     assert info["stopped_early"] and info["steps"] == 3 and info["best_epoch"] == 1
     assert info["best_step"] == 1 and info["best_val_loss"] == 0.5 and info["val_loss_interpolated"] == 0.6
     texts = sel.texts[:16]
@@ -174,7 +175,7 @@ def test_early_stop_restores_the_best_step(encoder: Encoder, sel: Selection, mon
 @pytest.mark.slow
 def test_no_improvement_returns_the_base_weights(encoder: Encoder, sel: Selection, monkeypatch) -> None:
     _scripted_val(monkeypatch, [0.5, 0.9, 0.9])
-    model, info = fit_full(encoder, sel, RunConfig(mode="full", patience=5), **SMALL)
+    model, info = fit_full(encoder, sel, RunConfig(mode="full"), **{**SMALL, "patience": 5})
     assert info["best_step"] == 0 and info["steps"] == 2 and info["best_epoch"] == 0
     texts = sel.texts[:16]
     kw = {"convert_to_numpy": True, "show_progress_bar": False}
@@ -186,7 +187,6 @@ def test_wise_alpha_interpolates_base_and_fine_tuned_weights(encoder: Encoder, s
     config = RunConfig(mode="full", seed=7)
     tuned, info1 = fit_full(encoder, sel, config, wise_alpha=1.0, **SMALL)
     half, info = fit_full(encoder, sel, config, wise_alpha=0.5, **SMALL)
-    assert info1["encoder_memory"] == config.encoder_memory == info["encoder_memory"]  # supcon: the memory is on
     assert info1["val_loss_interpolated"] is None
     assert info["wise_alpha"] == 0.5 and math.isfinite(info["val_loss_interpolated"])
     base = encoder.model().state_dict()
@@ -197,14 +197,12 @@ def test_wise_alpha_interpolates_base_and_fine_tuned_weights(encoder: Encoder, s
         assert torch.allclose(h[k].cpu(), (base[k].cpu() + t[k].cpu()) / 2, atol=1e-6), k
 
 
-def test_memory_needs_supcon_and_other_losses_run_without(encoder: Encoder, sel: Selection) -> None:
-    with pytest.raises(ValueError, match="encoder_memory needs loss 'supcon'"):
-        fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), encoder_memory=64, **SMALL)
+def test_the_triplet_loss_trains_too(encoder: Encoder, sel: Selection) -> None:
     _, info = fit_full(encoder, sel, RunConfig(mode="full", loss="triplet"), **{**SMALL, "max_steps": 1})
-    assert info["encoder_memory"] == 0
+    assert info["steps"] == 1 and math.isfinite(info["best_val_loss"])
 
 
-@pytest.mark.parametrize("field, value", [("wise_alpha", 0.0), ("wise_alpha", 1.5), ("encoder_memory", -1)])
+@pytest.mark.parametrize("field, value", [("wise_alpha", 0.0), ("wise_alpha", 1.5)])
 def test_config_rejects_bad_full_mode_settings(field: str, value: float) -> None:
     from kern_finetune.errors import ConfigError
 

@@ -78,18 +78,17 @@ def test_shims_apply_and_quaterion_imports(tq) -> None:
 # ----------------------------------------------------------------------------------------- head copy
 
 
-@pytest.mark.parametrize("n_layers", [1, 2])
-def test_copy_head_matches_quaterion_head(tq, n_layers: int) -> None:
+def test_copy_head_matches_quaterion_head(tq) -> None:
     from quaterion_models.heads import SkipConnectionHead as QHead
 
     torch.manual_seed(0)
-    q = QHead(384, n_layers=n_layers)
+    q = QHead(384, n_layers=1)
     with torch.no_grad():  # move away from the near-identity start so the check means something
         for name, p in q.named_parameters():
             p.add_(torch.randn_like(p) * (1.0 if name.startswith("gates") else 0.1))
     x = np.random.default_rng(0).normal(size=(64, 384)).astype(np.float32)
     ours = tq.copy_head(q, check_on=x)
-    assert isinstance(ours, SkipConnectionHead) and ours.n_layers == n_layers
+    assert isinstance(ours, SkipConnectionHead)
     assert set(ours.state_dict()) == set(q.state_dict())
     with torch.no_grad():
         xt = torch.from_numpy(x)
@@ -149,33 +148,20 @@ def test_two_consecutive_fits_same_seed_same_head(tq, data) -> None:
     assert not torch.equal(h1.fc_0.weight, h3.fc_0.weight)
 
 
-@pytest.mark.parametrize("loss", ["triplet-semihard", "triplet-all", "circle", "softmax", "arcface", "cosface", "supcon"])
-def test_every_loss_trains(tq, data, loss: str) -> None:
+def test_supcon_trains_too(tq, data) -> None:
     tx, ty, vx, vy = data
-    trainer = tq.QuaterionTrainer(loss=loss, head_layers=2, batch_size=64, epochs=2, progress=False)
+    trainer = tq.QuaterionTrainer(loss="supcon", batch_size=64, epochs=2, progress=False)
     head, result = trainer.fit(tx[:200], ty[:200], vx[:100], vy[:100]).head_, trainer.result_
-    assert head.n_layers == 2 and result.epochs_run == 2
+    assert result.epochs_run == 2
     assert all(np.isfinite(h["val_loss"]) for h in result.history)
     # the start gates are -4; something must have been learned
     assert not torch.allclose(head.gates_0, torch.full_like(head.gates_0, -4.0))
 
 
-def test_loss_parameters_are_optimised(tq) -> None:
-    """ArcFace/CosFace/Softmax kernels are trainable parameters and must reach the optimizer."""
-    from functools import partial
-
-    for name in ("arcface", "cosface", "softmax"):
-        model = tq.VectorTrainableModel(dim=16, loss_factory=partial(tq._make_loss, name, dim=16, num_groups=3, margin=None, temperature=None))
-        opt = model.configure_optimizers()
-        in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
-        assert {id(p) for p in model.loss.parameters()} <= in_opt and len(list(model.loss.parameters())) == 1
-        assert {id(p) for p in model.model.head.parameters()} <= in_opt
-
-
 def test_labels_need_not_be_contiguous_ints(tq, data) -> None:
     tx, ty, vx, vy = data
     names = np.array(["World", "Sports", "Business", "Sci/Tech"])
-    trainer = tq.QuaterionTrainer(loss="arcface", epochs=1, progress=False).fit(tx[:128], names[ty[:128]], vx[:64], names[vy[:64]])
+    trainer = tq.QuaterionTrainer(loss="triplet", epochs=1, progress=False).fit(tx[:128], names[ty[:128]], vx[:64], names[vy[:64]])
     assert trainer.result_.details["groups"] == sorted(names.tolist())
 
 
@@ -186,8 +172,8 @@ def test_bad_input_is_reported(tq, data) -> None:
         fit(tx, ty, vx, vy, loss="nope")
     with pytest.raises(ConfigError, match="epochs"):
         fit(tx, ty, vx, vy, epochs=0)
-    with pytest.raises(ConfigError, match="head_layers"):
-        fit(tx, ty, vx, vy, head_layers=0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        fit(tx, ty, vx, vy, batch_size=0)
     with pytest.raises(ConfigError, match="dims differ"):
         fit(tx, ty, vx[:, :10], vy)
     with pytest.raises(SelectionError, match="two classes"):

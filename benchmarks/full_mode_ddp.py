@@ -1,24 +1,24 @@
-"""Full mode, data-parallel: the encoder fine-tuned by several processes at once (torch DDP, issue 19).
+"""Research variant, not in the product: full mode trained by several processes at once (torch DDP).
 
-:class:`DataParallelFullTrainer` (``--full-workers N``) starts ``workers`` processes (``torch.multiprocessing.spawn``), one per GPU on a
-CUDA machine (backend ``nccl``) or one per group of CPU cores (``gloo``). Every process holds a replica
+It was ``kern_finetune/train_ddp.py`` and ``--full-workers`` until the prune of issue 31: its speed-up was
+never measured (no multi-GPU machine was lent, and on 2 CPU cores two processes only compete), so it left
+the package and lives here, importing the product's full-mode trainer. Use it from Python::
+
+    from full_mode_ddp import DataParallelFullTrainer   # run from benchmarks/
+    trainer = DataParallelFullTrainer.from_config(config, model_path=..., device="cuda", workers=2)
+    trainer.fit(train_texts, train_y, val_texts, val_y)
+
+:class:`DataParallelFullTrainer` starts ``workers`` processes (``torch.multiprocessing.spawn``), one per GPU
+on a CUDA machine (backend ``nccl``) or one per group of CPU cores (``gloo``). Every process holds a replica
 of the model wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; each step draws one global
-class-aware batch of ``batch_size x workers`` training texts (:func:`kern_finetune.samplers.class_aware_batches`,
-the same seeded draw in every process, regrouped by length as :func:`kern_finetune.samplers.length_grouped`
-does), and process ``r`` embeds rows ``r, r + workers, ...`` of it. DDP averages the gradients, so the
-replicas stay identical. The loss contrasts each process's rows among themselves (no gather of the other
-processes' embeddings, as sentence-transformers' losses do by default), so ``batch_size`` is per process.
-
-What it shares with :class:`kern_finetune.train_full.FullTrainer`: the loss (:func:`kern_finetune.losses.make_loss`,
-sample weights too), AdamW at ``config.encoder_lr`` (decay on weight matrices only), linear warmup over
-:data:`~kern_finetune.train_full.WARMUP_FRACTION` of the steps then linear decay, gradient clipping at 1,
-training texts cut at :data:`~kern_finetune.train_full.MAX_SEQ_LENGTH` tokens, validation on at most
-:data:`~kern_finetune.train_full.MAX_VAL_ROWS` texts with early stopping (process 0 validates and tells the
-others whether to stop), the best state blended with the base weights (``config.wise_alpha``), re-encoding
-every record in the calling process. What it leaves out: the cross-batch memory (``encoder_memory``), which would need the other processes' rows.
-
-Run on CPU only so far (a gloo test with 2 processes on a tiny subset, ``tests/test_train_ddp.py``): no
-GPU was lent to the session that wrote it, so its speed-up on GPUs is not measured.
+class-aware batch of ``batch_size x workers`` training texts (the same seeded draw in every process,
+regrouped by length), and process ``r`` embeds rows ``r, r + workers, ...`` of it. DDP averages the
+gradients, so the replicas stay identical. The loss contrasts each process's rows among themselves, so
+``batch_size`` is per process. Shared with :class:`kern_finetune.train_full.FullTrainer`: the loss, AdamW at
+the encoder's rate (decay on weight matrices only), linear warmup then decay, gradient clipping at 1, the
+token limit, validation with early stopping (process 0 validates and tells the others whether to stop), the
+WiSE-FT blend, re-encoding every record in the calling process. Its test, 2 gloo processes on a tiny
+subset, was ``tests/test_train_ddp.py`` at commit 3cc078b.
 """
 
 from __future__ import annotations
@@ -35,22 +35,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .encode import load_sentence_transformer, resolve_device
-from .losses import make_loss
-from .samplers import class_aware_batches, length_grouped
-from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION, FullTrainer
-from .trainer import TrainResult
+from kern_finetune.encode import load_sentence_transformer, resolve_device
+from kern_finetune.losses import make_loss
+from kern_finetune.samplers import class_aware_batches, length_grouped
+from kern_finetune.train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION, FullTrainer, _param_groups
+from kern_finetune.trainer import TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
-    from .config import RunConfig
+    from kern_finetune.config import RunConfig
 
 __all__ = ["DataParallelFullTrainer"]
 
 log = logging.getLogger(__name__)
 
-WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
 MIN_DELTA = 1e-5
 
@@ -62,9 +61,8 @@ class DataParallelFullTrainer(FullTrainer):
     ``fit`` trains in ``workers`` processes (at least 2; on CUDA at most the visible GPUs, one each), with
     ``backend`` (default ``nccl`` on CUDA, else ``gloo``) and ``threads_per_worker`` (torch threads of a CPU
     process; None: this process's threads divided over the workers). ``batch_size`` is per process. Not
-    used here: ``encoder_memory`` (no cross-batch memory, module docstring), ``max_val_rows``,
-    ``max_seq_length`` and ``group_by_length`` (the module's constants, always grouped). The pipeline builds
-    it with :meth:`from_config` when ``--full-workers`` is above 1.
+    used here: ``max_val_rows``, ``max_seq_length`` and ``group_by_length`` (the module's constants, always
+    grouped).
 
     :meth:`fit` sets ``model_`` (the blended best state, eval mode, on ``device_``), ``result_`` (``details``:
     ``workers``, ``backend``, ``global_batch_size``, ``steps``, ``best_step``, ``replicas_identical``: whether
@@ -81,9 +79,8 @@ class DataParallelFullTrainer(FullTrainer):
     @classmethod
     def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
                     progress: bool = True, **settings: Any) -> DataParallelFullTrainer:
-        """:meth:`FullTrainer.from_config` in ``config.full_workers`` processes, without the cross-batch memory."""
-        base = {"workers": config.full_workers, "encoder_memory": 0}
-        trainer = super().from_config(config, model_path=model_path, device=device, progress=progress, **{**base, **settings})
+        """:meth:`FullTrainer.from_config`; ``settings`` must name ``workers``."""
+        trainer = super().from_config(config, model_path=model_path, device=device, progress=progress, **settings)
         assert isinstance(trainer, DataParallelFullTrainer)
         return trainer
 
@@ -93,8 +90,7 @@ class DataParallelFullTrainer(FullTrainer):
         if device.startswith("cuda") and self.workers > torch.cuda.device_count():
             raise ValueError(f"{self.workers} workers but {torch.cuda.device_count()} CUDA devices")
 
-    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray, *,
-            sample_weight: np.ndarray | None = None) -> DataParallelFullTrainer:
+    def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray) -> DataParallelFullTrainer:
         """Fine-tune on the training texts in ``workers`` processes; validate (process 0) on at most
         :data:`~kern_finetune.train_full.MAX_VAL_ROWS` validation texts. Returns ``self``."""
         start = time.perf_counter()
@@ -104,16 +100,11 @@ class DataParallelFullTrainer(FullTrainer):
         backend = self.backend or ("nccl" if device.startswith("cuda") else "gloo")
         n_train, n_val = len(x_train), len(x_val)
         y = np.concatenate([np.asarray(y_train), np.asarray(y_val)]).astype(np.int64)
-        weights = None
-        if sample_weight is not None:  # validation is unweighted: ones after the training rows
-            weights = np.concatenate([np.asarray(sample_weight, dtype=np.float32), np.ones(n_val, dtype=np.float32)])
         threads = self.threads_per_worker or max(1, torch.get_num_threads() // self.workers)
         job = {
             "path": str(self.model_path), "texts": list(x_train) + list(x_val), "y": y,
             "train_idx": np.arange(n_train), "val_idx": np.arange(n_train, n_train + n_val),
-            "n_classes": int(y.max()) + 1 if len(y) else 1, "weights": weights,
-            "loss": self.loss, "temperature": self.temperature, "margin": self.margin, "seed": self.seed,
-            "encoder_lr": self.encoder_lr, "loss_lr": self.lr, "patience": self.patience, "wise_alpha": self.wise_alpha,
+            "loss": self.loss, "seed": self.seed, "encoder_lr": self.encoder_lr, "patience": self.patience, "wise_alpha": self.wise_alpha,
             "epochs": self.epochs, "batch_size": self.batch_size, "max_steps": self.max_steps,
             "eval_every": self.eval_every, "device": device, "backend": backend, "threads": threads,
         }
@@ -139,19 +130,6 @@ class DataParallelFullTrainer(FullTrainer):
 
 
 # ---------------------------------------------------------------- one process
-
-
-def _param_groups(model: nn.Module, loss_fn: nn.Module, encoder_lr: float, loss_lr: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    groups: list[dict[str, Any]] = [{"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
-                                    {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0}]
-    extra = [p for p in loss_fn.parameters() if p.requires_grad]
-    if extra:
-        groups.append({"params": extra, "lr": loss_lr, "weight_decay": 0.0})
-    return groups
 
 
 def _embed(module: nn.Module, st: SentenceTransformer, texts: list[str], device: str) -> torch.Tensor:
@@ -192,15 +170,12 @@ def _worker(rank: int, world: int, job: dict[str, Any], tmp: str) -> None:
         texts_t = [texts[i] for i in train_idx]
         y_t_np = y_all[train_idx].astype(np.int64)
         y_t = torch.from_numpy(y_t_np).to(device)
-        w_t = None if job["weights"] is None else torch.from_numpy(np.asarray(job["weights"])[train_idx].astype(np.float32)).to(device)
         lengths = np.array([len(ids) for ids in st.tokenizer(texts_t, truncation=True, max_length=MAX_SEQ_LENGTH)["input_ids"]])
         texts_v = [texts[i] for i in val_idx]
         y_v_np = y_all[val_idx].astype(np.int64)
         y_v = torch.from_numpy(y_v_np).to(device)
         val_batches = class_aware_batches(y_v_np, job["batch_size"], np.random.default_rng(job["seed"] + 1)) if len(val_idx) else []
-        dim = int(st.get_embedding_dimension() or 384)
-        loss_fn = make_loss(job["loss"], n_classes=job["n_classes"], dim=dim, temperature=job["temperature"],
-                            margin=job["margin"]).to(device)
+        loss_fn = make_loss(job["loss"]).to(device)
         global_batch = job["batch_size"] * world
         steps_per_epoch = max(1, math.ceil(len(train_idx) / global_batch))
         total = job["epochs"] * steps_per_epoch
@@ -208,7 +183,7 @@ def _worker(rank: int, world: int, job: dict[str, Any], tmp: str) -> None:
             total = min(total, max(1, job["max_steps"]))
         eval_every = job["eval_every"] or max(10, total // 10)
         warmup = max(1, math.ceil(WARMUP_FRACTION * total))
-        opt = torch.optim.AdamW(_param_groups(st, loss_fn, job["encoder_lr"], job["loss_lr"]))
+        opt = torch.optim.AdamW(_param_groups(st, job["encoder_lr"]))
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup)))
 
@@ -236,7 +211,7 @@ def _worker(rank: int, world: int, job: dict[str, Any], tmp: str) -> None:
                 mine = idx[rank::world]
                 b = torch.from_numpy(mine).to(device)
                 z = _embed(ddp, st, [texts_t[i] for i in mine], device)
-                loss = loss_fn(z, y_t[b], None if w_t is None else w_t[b])
+                loss = loss_fn(z, y_t[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # DDP averages the gradients over the processes here
                 torch.nn.utils.clip_grad_norm_(st.parameters(), MAX_GRAD_NORM)
