@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	@echo "make demo: about ten minutes on 2 CPU cores (a local host, a sync that fine-tunes and judges itself, searches); the report lands in runs/demo/report.html"
+	@echo "make demo: about a quarter of an hour on 2 CPU cores (a local host, a sync that fine-tunes and judges itself, searches, the model door's cron loop); the report lands in runs/demo/report.html"
 	$(BIN)/kern-finetune demo
 
 test: $(STAMP)

@@ -36,6 +36,7 @@ from .errors import ConfigError, ExportError, SelectionError
 from .refinery.columns import Record, TaskColumns
 
 __all__ = [
+    "VAL_FRACTION",
     "Selection",
     "select_labels",
     "build_texts",
@@ -78,6 +79,10 @@ class Selection:
         """``{record id: label}`` of every selected label: what a re-sync fingerprints."""
         idx = self.labeled_idx
         return {self.ids[i]: self.classes[self.y[i]] for i in sorted(idx.tolist())}
+
+
+VAL_FRACTION = 0.25
+"""Share of the selected labels that validate (early stopping, the smoothing's choice); ``docs/decisions.md``."""
 
 
 def gold_to_class(selection: Selection) -> dict[str, int] | None:
@@ -141,7 +146,7 @@ def select_labels(
     gold_attribute: str | None = None,
     threshold: float = 0.7,
     weak_labels: bool = True,
-    val_fraction: float = 0.25,
+    val_fraction: float = VAL_FRACTION,
     seed: int = 42,
     known_labels: list[str] | None = None,
 ) -> Selection:

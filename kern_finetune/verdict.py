@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .evaluate import sample_queries, threshold_search
-from .select import Selection, split_train_val
+from .select import VAL_FRACTION, Selection, split_train_val
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -113,7 +113,7 @@ def current_from_export(path: Any, records: list[Record], id_attribute: str = "r
 
 
 def hold_out(sel: Selection, share: float = HOLDOUT_SHARE, seed: int = 42, *,
-             val_fraction: float = 0.25) -> tuple[Selection, np.ndarray]:
+             val_fraction: float = VAL_FRACTION) -> tuple[Selection, np.ndarray]:
     """``(the selection without the held-out labels, the held-out rows)``.
 
     Per (source, class) group of the selected labels, ``floor(share * n)`` seeded rows are held out, as long as
@@ -272,7 +272,7 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
 
     say = progress or (lambda _m: None)
     t = time.perf_counter()
-    rest, held = hold_out(sel, HOLDOUT_SHARE, config.seed, val_fraction=config.val_fraction)
+    rest, held = hold_out(sel, HOLDOUT_SHARE, config.seed)
     unseen = unseen_weak_labels(records, task, sel)
     if len(held) == 0 and not (unseen >= 0).any():
         return None

@@ -165,23 +165,29 @@ def _model_door_loop(export: Path, config: Any, work: Path, say: Any) -> list[st
             + ", ".join(f"{name} {state}" for name, state in states.items())]
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
-
-    config = config_from_args(args)
-    say = (lambda _m: None) if args.json else print
+def _export_path(args: argparse.Namespace) -> Path:
     export = Path(args.export)
     if not export.exists() and args.export == DEFAULT_EXPORT and _REPO_EXPORT.exists():
         export = _REPO_EXPORT
     if not export.exists():
         raise ConfigError(f"sample export not found: {export} (run from the repository root, or pass --export)")
+    return export
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
+
+    config = config_from_args(args)
+    say = (lambda _m: None) if args.json else print
+    export = _export_path(args)
     work = Path(tempfile.mkdtemp(prefix="kern-demo-"))
     try:
         if args.sample:
             export = _sample_export(export, args.sample, work / "export.json.gz", config.seed)
-        say("demo: about ten minutes on 2 CPU cores for the whole sample (--sample N for a quicker one): a local "
-            "host, a sync that fine-tunes and judges itself, searches through the host" if not args.sample
-            else f"demo: a seeded subset of {args.sample} records (the whole sample takes about ten minutes)")
+        say("demo: about a quarter of an hour on 2 CPU cores for the whole sample (--sample N for a quicker one): "
+            "a local host, a sync that fine-tunes and judges itself, searches through the host, the model door's "
+            "cron loop" if not args.sample
+            else f"demo: a seeded subset of {args.sample} records (the whole sample takes about a quarter of an hour)")
         say(f"demo: starting the local host with {export} ...")
         with serve_in_thread(export, data_dir=work / "host", port=args.port, host="127.0.0.1",
                              user_name=DEMO_USER, password=DEMO_PASSWORD) as host:
