@@ -88,12 +88,12 @@ def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Sel
     vectors = trainer.transform(base)
     stages = {} if stages is None else stages
     stages["head"] = vectors
-    if config.smooth_value() != 0.0:  # as the pipeline's fit stage does after training
-        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_value(), seed=config.seed)
+    if config.smooth_weight != 0.0:  # as the pipeline's fit stage does after training
+        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_weight, seed=config.seed)
         info.update(smooth_weight=smoothing.weight, smooth_table=smoothing.table, smooth_seconds=smoothing.seconds)
     stages["smoothed"] = vectors
-    if config.spread_value() != 0.0:
-        vectors, spread = spread_vectors(vectors, base, strength=config.spread_value(), seed=config.seed)
+    if config.spread_strength != 0.0:
+        vectors, spread = spread_vectors(vectors, base, strength=config.spread_strength, seed=config.seed)
         info.update(spread_strength=spread.strength, spread_table=spread.table, spread_seconds=spread.seconds)
     return vectors, info
 

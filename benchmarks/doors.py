@@ -49,8 +49,8 @@ def one(project: str, seed: int) -> dict[str, Any]:
     head = trainer.transform(base)
     weight, bias = (a.double().numpy() for a in trainer.head_.as_affine())
     door = head_door(weight, bias, base, sel.ids, seed=seed)
-    smoothed, smoothing = smooth_vectors(head, base, sel, weight=config.smooth_value(), seed=seed)
-    pushed, spread = spread_vectors(smoothed, base, strength=config.spread_value(), seed=seed)
+    smoothed, smoothing = smooth_vectors(head, base, sel, weight=config.smooth_weight, seed=seed)
+    pushed, spread = spread_vectors(smoothed, base, strength=config.spread_strength, seed=seed)
     seconds = time.perf_counter() - t
     test = sel.test_idx
     queries = test[sample_queries(len(test), SEARCH_QUERIES, seed)]

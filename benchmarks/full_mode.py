@@ -105,7 +105,7 @@ def _run(records: list, seed: int, encoder_lr: float, pseudo_labels: str, stack_
         trainer = fit_head(result.vectors, sel, head_config)
         stacked = evaluate(base, trainer.transform(result.vectors), sel, head_config).metrics
     return {"seed": seed, "encoder_lr": encoder_lr, "machine": machine(),
-            "pseudo_labels": config.pseudo_label_threshold(),
+            "pseudo_labels": config.pseudo_threshold,
             "n_pseudo_labels": m.get("pseudo_labels", {}).get("n_added", 0),
             "top_1k_raw": m["top_k"]["raw"]["1000"], "top_1k": m["top_k"]["finetuned"]["1000"],
             "top_1k_250": m["top_1k_250"]["finetuned"],

@@ -13,8 +13,12 @@ Each field carries an :class:`Option` (help text, command-line flag, group, cons
 
 Adding a run option is one field here plus its use (``docs/architecture.md``, "Adding a run option").
 
-Like a scikit-learn constructor, :class:`RunConfig` only stores settings; :meth:`RunConfig.validate` checks
-them and raises :class:`~kern_finetune.errors.ConfigError` with what to fix. It checks a set of values
+:class:`RunConfig` stores settings and, like SetFit's ``TrainingArguments`` in its ``__post_init__``, parses
+the "auto|number" options once into typed values (:attr:`RunConfig.smooth_weight`,
+:attr:`RunConfig.spread_strength`, :attr:`RunConfig.pseudo_threshold`; again whenever one of them or
+``mode`` changes, ``dataclasses.replace`` included); a value that does not parse raises
+:class:`~kern_finetune.errors.ConfigError` there. :meth:`RunConfig.validate` checks the rest and raises
+:class:`~kern_finetune.errors.ConfigError` with what to fix. It checks a set of values
 once: a config validated at a boundary (the CLI, a trigger, a job's start) passes ``sync_project`` and
 ``run_pipeline`` without being checked again, unless a field changed since.
 """
@@ -208,9 +212,6 @@ class RunConfig:
                 raise ConfigError(problem)
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
-        self.pseudo_label_threshold()  # raises on a bad value
-        self.smooth_value()  # raises on a bad value
-        self.spread_value()
         if self.ray_address is not None:
             import importlib.util
 
@@ -244,28 +245,36 @@ class RunConfig:
             raise ConfigError("--device cuda, but torch sees no CUDA device here; use --device auto or cpu")
         return "cpu"
 
-    def pseudo_label_threshold(self) -> float | None:
-        """The probability threshold ``pseudo_labels`` means in this mode, or None when it is off."""
-        value = str(self.pseudo_labels).strip().lower()
-        if value == "auto":
-            return PSEUDO_LABELS_AUTO.get(self.mode)
-        if value == "off":
-            return None
-        try:
-            threshold = float(value)
-        except ValueError:
-            threshold = float("nan")
-        if not 0.0 < threshold < 1.0:
-            raise ConfigError(f"pseudo_labels must be auto, off or a probability in (0, 1), got {self.pseudo_labels!r}")
-        return threshold
+    def __post_init__(self) -> None:
+        self._parse()
 
-    def smooth_value(self) -> float | None:
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in _PARSED_FROM and "_parsed" in self.__dict__:  # a change after construction parses again
+            self._parse()
+
+    def _parse(self) -> None:
+        """The "auto|number" options into typed values, once (ConfigError on a value that does not parse)."""
+        self.__dict__["_parsed"] = {
+            "smooth": _auto_or_share("smooth", self.smooth),
+            "spread": _auto_or_share("spread", self.spread, upper=2.0),
+            "pseudo_labels": _pseudo_threshold(self.pseudo_labels, self.mode),
+        }
+
+    @property
+    def smooth_weight(self) -> float | None:
         """The fixed smoothing weight ``smooth`` means, or None for ``auto`` (chosen on validation records)."""
-        return _auto_or_share("smooth", self.smooth)
+        return self.__dict__["_parsed"]["smooth"]
 
-    def spread_value(self) -> float | None:
+    @property
+    def spread_strength(self) -> float | None:
         """The fixed spread strength ``spread`` means, or None for ``auto`` (chosen on the searches, no labels)."""
-        return _auto_or_share("spread", self.spread, upper=2.0)
+        return self.__dict__["_parsed"]["spread"]
+
+    @property
+    def pseudo_threshold(self) -> float | None:
+        """The probability threshold ``pseudo_labels`` means in this ``mode``, or None when it is off."""
+        return self.__dict__["_parsed"]["pseudo_labels"]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -312,6 +321,26 @@ class RunConfig:
             return cls.from_dict(options).validate()
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"invalid options: {exc}") from None
+
+
+_PARSED_FROM = frozenset({"smooth", "spread", "pseudo_labels", "mode"})
+"""Fields whose change makes :class:`RunConfig` parse its "auto|number" options again."""
+
+
+def _pseudo_threshold(value: str, mode: str) -> float | None:
+    """The probability threshold ``pseudo_labels`` means in ``mode``, or None when it is off."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return PSEUDO_LABELS_AUTO.get(mode)
+    if text == "off":
+        return None
+    try:
+        threshold = float(text)
+    except ValueError:
+        threshold = float("nan")
+    if not 0.0 < threshold < 1.0:
+        raise ConfigError(f"pseudo_labels must be auto, off or a probability in (0, 1), got {value!r}")
+    return threshold
 
 
 def _auto_or_share(name: str, value: str, *, upper: float = 1.0) -> float | None:

@@ -159,7 +159,7 @@ def estimate_full_mode(
     t_start = time.perf_counter()
     device = device or _default_device()
     full = dataclasses.replace(config, mode="full")
-    threshold = full.pseudo_label_threshold()
+    threshold = full.pseudo_threshold
     n_pseudo = 0
     train_sel = sel
     if threshold is not None:

@@ -122,7 +122,7 @@ def _check_labels(sel: Selection, base: np.ndarray, config: RunConfig, say: Prog
 
 
 def _with_pseudo_labels(sel: Selection, base: np.ndarray, config: RunConfig, say: ProgressFn) -> tuple[Selection, dict[str, Any] | None]:
-    threshold = config.pseudo_label_threshold()
+    threshold = config.pseudo_threshold
     if threshold is None:
         return sel, None
     from .pseudo import find_pseudo_labels, with_pseudo_labels
@@ -185,18 +185,18 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
         say(f"      model folder: the encoder keeps {pull.pull:g} of its training's weight change (chosen on "
             f"{pull.n_records} records as refinery's embedder computes it, no labels), {pull.seconds:.1f} s")
     smoothing = None
-    if config.smooth_value() != 0.0:
+    if config.smooth_weight != 0.0:
         from .smooth import smooth_vectors
 
-        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_value(), seed=config.seed)
+        vectors, smoothing = smooth_vectors(vectors, base, selected, weight=config.smooth_weight, seed=config.seed)
         say(f"      neighbour smoothing: weight {smoothing.weight:g} over {smoothing.neighbours} base-model neighbours"
             + (f" (chosen on {smoothing.n_queries} validation records)" if smoothing.chosen else "")
             + f", {smoothing.seconds:.1f} s")
     spread = None
-    if config.spread_value() != 0.0:
+    if config.spread_strength != 0.0:
         from .spread import spread_vectors
 
-        vectors, spread = spread_vectors(vectors, base, strength=config.spread_value(), seed=config.seed)
+        vectors, spread = spread_vectors(vectors, base, strength=config.spread_strength, seed=config.seed)
         say(f"      search spread: strength {spread.strength:g}"
             + (f" (chosen on {spread.n_queries} searches, no labels)" if spread.chosen else "")
             + f", {spread.seconds:.1f} s")

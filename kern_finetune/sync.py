@@ -262,7 +262,7 @@ def sync_project(
         previous = _read_state(sdir / STATE_FILE)
         gateway = _check_model_door(client, pid, door, model_target, previous, say)
         chosen, records, source = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
-        if chosen == "model" and (config.smooth_value() != 0.0 or config.spread_value() != 0.0):
+        if chosen == "model" and (config.smooth_weight != 0.0 or config.spread_strength != 0.0):
             # they shape only the pushed vectors; the folder carries the head beside the base share instead
             config = dataclasses.replace(config, smooth="0", spread="0")
             say("         model door: neighbour smoothing and search spread off (--smooth 0 --spread 0): they shape "

@@ -111,7 +111,7 @@ def test_trigger_options_are_checked_with_one_line_messages(options: dict, messa
 
 def test_from_options_takes_what_from_dict_takes() -> None:
     config = RunConfig.from_options({"text_attributes": "Title, Description", "pseudo_labels": "off"})
-    assert config.text_attributes == ["Title", "Description"] and config.pseudo_label_threshold() is None
+    assert config.text_attributes == ["Title", "Description"] and config.pseudo_threshold is None
     assert RunConfig.from_options({"cache_dir": "/tmp/x"}).cache_dir == Path("/tmp/x")  # a job, not a trigger
     with pytest.raises(ConfigError, match="options must be a JSON object"):
         RunConfig.from_options(["epochs"])  # type: ignore[arg-type]
@@ -150,3 +150,19 @@ def test_validate_checks_a_set_of_values_once(monkeypatch: pytest.MonkeyPatch) -
     # the mark is no field: equality, repr and to_dict do not see it
     assert config == dataclasses.replace(config) and "_valid" not in repr(config)
     assert "_valid_values" not in config.to_dict()
+
+
+def test_auto_or_number_options_are_parsed_once_into_typed_values() -> None:
+    """smooth / spread / pseudo_labels are parsed at construction, and again when they or mode change
+    (dataclasses.replace, or an assignment): callers read typed values, not strings."""
+    config = RunConfig(smooth="0.5", spread="auto", pseudo_labels="auto", mode="full")
+    assert (config.smooth_weight, config.spread_strength, config.pseudo_threshold) == (0.5, None, 0.9)
+    head = dataclasses.replace(config, mode="head", smooth="0")
+    assert (head.smooth_weight, head.pseudo_threshold) == (0.0, None)
+    config.spread = "1.25"
+    assert config.spread_strength == 1.25
+    with pytest.raises(ConfigError, match="smooth must be auto or a number"):
+        dataclasses.replace(config, smooth="lots")
+    with pytest.raises(ConfigError, match="pseudo_labels must be auto, off or a probability"):
+        RunConfig.from_options({"pseudo_labels": "often"}, trigger=True)
+    assert "_parsed" not in RunConfig().to_dict()  # not a field: no manifest input, no flag, no metrics key

@@ -73,7 +73,7 @@ def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> Non
     assert len(est.step_fit["timed_steps"]) == 3
 
     full = RunConfig(mode="full", task="Topic", seed=42)
-    found = find_pseudo_labels(base, sel, threshold=full.pseudo_label_threshold(), seed=42)
+    found = find_pseudo_labels(base, sel, threshold=full.pseudo_threshold, seed=42)
     train = with_pseudo_labels(sel, found)
     tr, va = train.train_idx, train.val_idx
     trainer = FullTrainer.from_config(full, model_path=encoder.path, device="cpu", progress=False,

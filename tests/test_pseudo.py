@@ -55,7 +55,7 @@ def test_with_pseudo_labels_returns_a_training_copy(subset_sel: Selection, subse
     ("full", "auto", 0.9), ("head", "auto", None), ("full", "off", None), ("head", "0.8", 0.8), ("full", " OFF ", None),
 ])
 def test_config_resolves_the_threshold(mode: str, value: str, expected: float | None) -> None:
-    assert RunConfig(mode=mode, pseudo_labels=value).validate().pseudo_label_threshold() == expected
+    assert RunConfig(mode=mode, pseudo_labels=value).validate().pseudo_threshold == expected
 
 
 @pytest.mark.parametrize("value", ["1", "0", "1.5", "yes", ""])
@@ -65,7 +65,7 @@ def test_config_rejects_bad_values(value: str) -> None:
 
 
 def test_from_dict_accepts_a_number() -> None:
-    assert RunConfig.from_dict({"pseudo_labels": 0.75}).pseudo_label_threshold() == 0.75
+    assert RunConfig.from_dict({"pseudo_labels": 0.75}).pseudo_threshold == 0.75
 
 
 def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subset_records, shared_cache, tmp_path,

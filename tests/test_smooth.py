@@ -123,7 +123,7 @@ def test_smooth_vectors_fixed_and_off() -> None:
 def test_smooth_option_is_checked(value: str) -> None:
     with pytest.raises(ConfigError, match="smooth must be auto or a number in"):
         RunConfig(smooth=value).validate()
-    assert RunConfig(smooth="0.5").smooth_value() == 0.5 and RunConfig().smooth_value() is None
+    assert RunConfig(smooth="0.5").smooth_weight == 0.5 and RunConfig().smooth_weight is None
 
 
 def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_it(

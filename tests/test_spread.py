@@ -104,7 +104,7 @@ def test_spread_vectors_fixed_auto_and_off() -> None:
 def test_spread_option_is_checked(value: str) -> None:
     with pytest.raises(ConfigError, match=r"spread must be auto or a number in \[0, 2\]"):
         RunConfig(spread=value).validate()
-    assert RunConfig(spread="1.5").spread_value() == 1.5 and RunConfig().spread_value() is None
+    assert RunConfig(spread="1.5").spread_strength == 1.5 and RunConfig().spread_strength is None
 
 
 def test_pipeline_records_the_spread_and_pushes_one_more_dimension(
