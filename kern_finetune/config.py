@@ -212,6 +212,8 @@ class RunConfig:
                 raise ConfigError(problem)
         if self.engine == "quaterion" and self.mode == "full":
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
+        if self.device == "cuda":
+            self.resolved_device()  # raises when CUDA is asked for and absent: at the boundary, not after the work
         if self.ray_address is not None:
             import importlib.util
 
