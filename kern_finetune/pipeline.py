@@ -223,12 +223,10 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     if fitted.spread is not None:
         metrics["spread"] = fitted.spread.to_dict()
         metrics["seconds"]["spread"] = fitted.spread.seconds
-    if fitted.door is not None:
-        metrics["model_door"] = fitted.door.to_dict()
-        metrics["seconds"]["model_door"] = fitted.door.seconds
-    if fitted.pull is not None:
-        metrics["model_door"] = fitted.pull.to_dict()
-        metrics["seconds"]["model_door"] = fitted.pull.seconds
+    door = fitted.door or fitted.pull  # what the model folder computes: head mode's base share, full mode's pull
+    if door is not None:
+        metrics["model_door"] = door.to_dict()
+        metrics["seconds"]["model_door"] = door.seconds
     if fitted.mode_choice is not None:  # estimate vs what the training stage took
         metrics["mode_choice"] = {**fitted.mode_choice.to_dict(), "measured_train_seconds": seconds["train"]}
     return metrics
