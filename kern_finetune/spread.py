@@ -43,7 +43,7 @@ from .evaluate import SEARCH_LIMIT, sample_queries, threshold_search
 from .smooth import MAX_ANCHORS, nearest_among_anchors
 from .subsample import fit_sample
 
-__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "MARGIN_10", "MARGIN_100", "local_radius", "lift",
+__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "ALLOWED_10", "MARGIN_10", "MARGIN_100", "local_radius", "lift",
            "within_margins", "choose_strength", "spread_vectors"]
 
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
@@ -51,9 +51,12 @@ STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
 the rule takes the smallest strength that keeps lists full and every step past it costs top_k."""
 RADIUS_NEIGHBOURS = 10
 """A record's log radius is averaged with that of its this many nearest records (:func:`local_radius`)."""
-MARGIN_10 = 1.0
-"""Points by which the share of searches with fewer than 10 results may exceed the raw vectors' (the issue
-allows 2; half of it, as the choice sees a sample)."""
+ALLOWED_10 = 2.0
+"""Points by which a new embedding's share of searches with fewer than 10 results may exceed the raw
+embedding's before a labeler is worse off: what the verdict allows (:mod:`kern_finetune.verdict`)."""
+MARGIN_10 = ALLOWED_10 / 2
+"""The same margin for the choosers that pick on a sample of searches (the spread's strength, the model door's
+base share): half the allowance, so what they choose stays within it on other searches."""
 MARGIN_100 = 5.0
 """The same for fewer than 100 results (the issue allows 10)."""
 MAX_QUERIES = 1000

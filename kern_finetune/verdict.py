@@ -23,7 +23,7 @@ Judged as cross-validation judges a procedure, on labels the model did not see:
 5. **How sure**: judged records per search, and a paired bootstrap over the queries (:data:`N_BOOTSTRAP`
    resamples, 95% percentile interval) of each figure's difference new minus the reference (``current`` when
    present, else ``raw``). The verdict is ``worse`` when the interval of same class or first screen lies below 0
-   (or the short lists grow by more than :data:`kern_finetune.spread.MARGIN_10` points, interval above 0),
+   (or the short lists grow by more than :data:`kern_finetune.spread.ALLOWED_10` points, interval above 0),
    ``better`` when one lies above 0 and none is worse, else ``too few to tell``; also ``too few to tell``
    whatever the intervals when fewer than :data:`MIN_QUERIES` searches return a judged record or fewer than
    :data:`MIN_JUDGED` records are judged in all.
@@ -240,13 +240,13 @@ def _bootstrap(new: dict[str, np.ndarray], ref: dict[str, np.ndarray], seed: int
 
 def decide(delta: dict[str, float], interval: dict[str, list[float]], informative: int, judged: int) -> tuple[str, str]:
     """``(verdict, why)`` from the differences new minus reference and their intervals (module docstring)."""
-    from .spread import MARGIN_10
+    from .spread import ALLOWED_10
 
     if informative < MIN_QUERIES or judged < MIN_JUDGED:
         return "too few to tell", (f"only {judged} judged records over {informative} searches that return one "
                                    f"(at least {MIN_JUDGED} over {MIN_QUERIES} needed)")
     worse = [n for n in ("same_class", "first_screen_same") if interval[n][1] < 0]
-    if interval["lt_10"][0] > 0 and delta["lt_10"] > MARGIN_10:
+    if interval["lt_10"][0] > 0 and delta["lt_10"] > ALLOWED_10:
         worse.append("lt_10")
     better = [n for n in ("same_class", "first_screen_same") if interval[n][0] > 0]
     if worse:
