@@ -17,12 +17,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from kern_finetune.config import default_cache_dir  # noqa: E402
-from kern_finetune.encode import Encoder  # noqa: E402
+from kern_finetune.vectors.encode import Encoder  # noqa: E402
 from kern_finetune.config import RunConfig  # noqa: E402
-from kern_finetune.evaluate import neighbour_purity, sample_queries, threshold_search  # noqa: E402
-from kern_finetune.noise import find_label_issues, without_label_issues  # noqa: E402
+from kern_finetune.evaluation.evaluate import neighbour_purity, sample_queries, threshold_search  # noqa: E402
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues  # noqa: E402
 from kern_finetune.refinery.export import load_export, resolve_task  # noqa: E402
-from kern_finetune.select import Selection, select_labels  # noqa: E402
+from kern_finetune.labels.select import Selection, select_labels  # noqa: E402
 
 SAMPLE = ROOT / "samples" / "ag_news" / "export.json.gz"
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,16 +68,16 @@ def label_checked(sel: Selection, base: np.ndarray, seed: int) -> Selection:
 
 def fit_row(config: RunConfig, sel: Selection, base: np.ndarray, *, checked: Selection | None = None,
             stages: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
-    """The pipeline's head-mode training (label check, then :func:`kern_finetune.train.fit_head`, then the
-    neighbour smoothing ``config.smooth`` asks for, :func:`kern_finetune.smooth.smooth_vectors`, then the
-    search spread ``config.spread`` asks for, :func:`kern_finetune.spread.spread_vectors`): the output of every
-    record and the training info (:meth:`kern_finetune.trainer.TrainResult.to_dict`; ``seconds``: training
+    """The pipeline's head-mode training (label check, then :func:`kern_finetune.training.train.fit_head`, then the
+    neighbour smoothing ``config.smooth`` asks for, :func:`kern_finetune.vectors.smooth.smooth_vectors`, then the
+    search spread ``config.spread`` asks for, :func:`kern_finetune.vectors.spread.spread_vectors`): the output of every
+    record and the training info (:meth:`kern_finetune.training.trainer.TrainResult.to_dict`; ``seconds``: training
     and blend choice, label check, smoothing and spread excluded). ``checked``: ``sel`` after
     :func:`label_checked` with the same seed, to reuse across rows. ``stages``, when given, receives the
     vectors before smoothing (``"head"``) and before the spread (``"smoothed"``)."""
-    from kern_finetune.smooth import smooth_vectors
-    from kern_finetune.spread import spread_vectors
-    from kern_finetune.train import fit_head
+    from kern_finetune.vectors.smooth import smooth_vectors
+    from kern_finetune.vectors.spread import spread_vectors
+    from kern_finetune.training.train import fit_head
 
     selected = sel
     if config.noise_filter == "drop":

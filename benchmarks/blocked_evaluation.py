@@ -2,13 +2,13 @@
 
     python benchmarks/blocked_evaluation.py
 
-Loads ``kern_finetune/evaluate.py`` as it was before issue 19's change (commit 2db3e05, via ``git show``)
+Loads ``kern_finetune/evaluation/evaluate.py`` as it was before issue 19's change (commit 2db3e05, via ``git show``)
 and compares, on the bundled sample's cached base vectors: ``top_k`` (every k) and ``top_1k_250`` of the
 first 3,000 test records and of all 9,146, and the refinery threshold search (250 seeded test queries
 against all 20,000 records). Writes ``benchmarks/results/blocked_evaluation.md``.
 
 Kept as a record: it ran at commit 2db3e05's successor and runs at commit 3cc078b or earlier; the prune of
-issue 31 removed ``top_1k_250`` from the product's metrics and :func:`kern_finetune.evaluate.purity_summary`.
+issue 31 removed ``top_1k_250`` from the product's metrics and :func:`kern_finetune.evaluation.evaluate.purity_summary`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from _common import ROOT, load_sample
 
-from kern_finetune.evaluate import purity_summary, sample_queries, threshold_search
+from kern_finetune.evaluation.evaluate import purity_summary, sample_queries, threshold_search
 
 BEFORE = "2db3e05"
 
@@ -32,7 +32,7 @@ BEFORE = "2db3e05"
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "evaluate_before.py"
-        path.write_text(subprocess.run(["git", "show", f"{BEFORE}:kern_finetune/evaluate.py"], cwd=ROOT, check=True,
+        path.write_text(subprocess.run(["git", "show", f"{BEFORE}:kern_finetune/evaluation/evaluate.py"], cwd=ROOT, check=True,
                                        capture_output=True, text=True).stdout)
         spec = importlib.util.spec_from_file_location("evaluate_before", path)
         old = importlib.util.module_from_spec(spec)
@@ -40,7 +40,7 @@ def main() -> None:
     sel, base, gold = load_sample()
     test = sel.test_idx
     lines = ["# Block-wise evaluation vs the one-matrix version (bundled sample, base vectors)", "",
-             f"Command: `python benchmarks/blocked_evaluation.py`; before = `kern_finetune/evaluate.py` at {BEFORE}. "
+             f"Command: `python benchmarks/blocked_evaluation.py`; before = `kern_finetune/evaluation/evaluate.py` at {BEFORE}. "
              "Seconds measured under load, one after the other in one process.", "",
              "| test records | top_k equal to 4 decimals | max abs difference | top_1k_250 before / after | s before / after |",
              "|---|---|---|---|---|"]

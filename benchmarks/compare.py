@@ -32,10 +32,10 @@ import torch
 
 from _common import fit_row, load_sample, machine, score_row, write_results
 
-from kern_finetune import train
+from kern_finetune.training import train
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
-from kern_finetune.select import gold_to_class
+from kern_finetune.evaluation.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
+from kern_finetune.labels.select import gold_to_class
 
 PARITY = RunConfig(loss="triplet", noise_filter="off")  # with batches of 128 (PARITY_BATCH): the 2022 settings
 PARITY_BATCH = 128
@@ -54,7 +54,7 @@ def _head_batch(size: int | None) -> Iterator[None]:
 
 
 def _fit(config: RunConfig, sel: Any, base: np.ndarray, batch: int | None) -> tuple[np.ndarray, float, int]:
-    """The pipeline's head-mode training (label check, :func:`kern_finetune.train.fit_head`, smoothing, spread)."""
+    """The pipeline's head-mode training (label check, :func:`kern_finetune.training.train.fit_head`, smoothing, spread)."""
     with _head_batch(batch):
         out, info = fit_row(config, sel, base)
     return out, info["seconds"], info.get("epochs_run", 0)
@@ -132,7 +132,7 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) 
         lines.append(f"| {s['row']} | {s['seeds']} | {f('top_10')} | {f('top_100')} | {f('top_1k')} | {f('top_1k_250')} | "
                      f"{f('lt_10')} % | {f('lt_100')} % | {f('same_class')} % | "
                      f"{f('probe_accuracy')} | {f('knn_2d_pca')} | {f('knn_2d_simplex')} | {f('train_seconds')} |")
-    lines += ["", "top_5 and top_25 in compare.json. search: refinery's threshold search (kern_finetune.evaluate.threshold_search): "
+    lines += ["", "top_5 and top_25 in compare.json. search: refinery's threshold search (kern_finetune.evaluation.evaluate.threshold_search): "
               "300 seeded test queries among all 20,000 records, the 100 nearest within the embedding's similarity "
               "threshold; shares of queries with fewer than 10 / 100 results, and the same-class share of what is "
               "returned (judged on records with gold: test records and the 927 training records with known gold). "
@@ -140,7 +140,7 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) 
     if any("knn_2d_pca" in s for s in summary):
         lines += ["", "2D: projections fitted on the training records, 5-fold 15-NN accuracy (percent) of the test "
                   "records' gold class in 2D (silhouettes in compare.json). \"simplex\" = probability-weighted class "
-                  "corners of a logistic regression (kern_finetune.evaluate.projection_2d)."]
+                  "corners of a logistic regression (kern_finetune.evaluation.evaluate.projection_2d)."]
     return "\n".join(lines) + "\n"
 
 

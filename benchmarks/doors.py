@@ -2,14 +2,14 @@
 
 For each project and seed, the default head-mode run (label check, head, neighbour smoothing, search spread)
 and four embeddings of every record, each searched as refinery searches it (300 seeded test queries among
-**all** records, 100 nearest within the 5th-percentile threshold, :func:`kern_finetune.evaluate.threshold_search`):
+**all** records, 100 nearest within the 5th-percentile threshold, :func:`kern_finetune.evaluation.evaluate.threshold_search`):
 
 - **stock**: refinery's own embedding of the base model, computed by its embedder (PCA-64 fitted on the first
   640 records, :mod:`kern_finetune.refinery.embedder`): what the user has without kern-finetune;
 - **raw 384-d**: the base model's vectors as they are;
 - **snapshot door**: the pushed vectors (smoothed and spread), which refinery's import stores as they are;
 - **model door**: what the written model folder computes (head beside the base share the replay chose,
-  :mod:`kern_finetune.base_share`), through the embedder's PCA-64.
+  :mod:`kern_finetune.vectors.base_share`), through the embedder's PCA-64.
 
 Gold judges: ``< 10`` / ``< 100`` (share of searches with fewer results), ``same class`` (over each list),
 ``first screen`` (same-class records among the 9 shown after the query).
@@ -30,11 +30,11 @@ import numpy as np
 from _common import PROJECTS, SEARCH_QUERIES, label_checked, load_project, machine, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import sample_queries, threshold_search
-from kern_finetune.base_share import door_vectors, head_door
-from kern_finetune.smooth import smooth_vectors
-from kern_finetune.spread import spread_vectors
-from kern_finetune.train import fit_head
+from kern_finetune.evaluation.evaluate import sample_queries, threshold_search
+from kern_finetune.vectors.base_share import door_vectors, head_door
+from kern_finetune.vectors.smooth import smooth_vectors
+from kern_finetune.vectors.spread import spread_vectors
+from kern_finetune.training.train import fit_head
 
 EMBEDDINGS = ("stock", "raw_384", "snapshot_door", "model_door")
 KEYS = ("lt_10", "lt_100", "same_class", "first_screen_same")

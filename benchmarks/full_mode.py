@@ -8,7 +8,7 @@
 One epoch over the training texts on CPU (batch 32 grouped by length, supcon t=0.5, label check; the
 encoder's learning rate is ``--encoder-lr``; self-training per ``--pseudo-labels``), then every record is
 re-encoded by the fine-tuned model and evaluated like any run. ``--no-group-by-length`` trains on the
-class-aware batches as drawn (:class:`kern_finetune.train_full.FullTrainer`'s ``group_by_length=False``), the way
+class-aware batches as drawn (:class:`kern_finetune.training.train_full.FullTrainer`'s ``group_by_length=False``), the way
 full mode trained before length grouping existed. Unless ``--no-head``, each run also fits
 the default head on top of the fine-tuned vectors ("full + head") to see whether stacking both helps.
 Rows are merged into the results by (encoder lr, pseudo-label threshold, length grouping, memory rows,
@@ -17,7 +17,7 @@ settings can run one after another or side by side (BENCH_THREADS=1 each on 2 co
 per run on 2 cores; a GPU is used when present.
 
 Kept as a record: ``--encoder-lr`` and ``--encoder-memory`` set ``RunConfig`` fields that the prune of issue 31
-removed (the encoder's rate is now ``kern_finetune.train_full.ENCODER_LR``; the cross-batch memory, neutral
+removed (the encoder's rate is now ``kern_finetune.training.train_full.ENCODER_LR``; the cross-batch memory, neutral
 here, left the package; ``docs/decisions.md``). The script runs as written at commit 3cc078b or earlier.
 """
 
@@ -39,11 +39,12 @@ import torch
 
 from _common import RESULTS, SAMPLE, machine
 
-from kern_finetune import pipeline, train_full
+from kern_finetune import pipeline
+from kern_finetune.training import train_full
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import evaluate
+from kern_finetune.evaluation.evaluate import evaluate
 from kern_finetune.refinery.export import load_export
-from kern_finetune.train import fit_head
+from kern_finetune.training.train import fit_head
 
 
 COMMAND = ("python benchmarks/full_mode.py --seeds SEEDS --encoder-lr LR --pseudo-labels P --encoder-memory ROWS "
@@ -66,7 +67,7 @@ def _length_grouping(enabled: bool) -> Iterator[None]:
     """Full mode with (the product's only setting) or without length-grouped batches.
 
     ``RunConfig`` has no switch for it: grouping changes speed, not what is learned, so users get no option.
-    The pipeline looks ``FullTrainer`` up in :mod:`kern_finetune.train_full` when it trains, so this benchmark
+    The pipeline looks ``FullTrainer`` up in :mod:`kern_finetune.training.train_full` when it trains, so this benchmark
     swaps in a subclass whose ``from_config`` sets ``group_by_length=False`` for the duration of one run.
     """
     if enabled:
@@ -158,7 +159,7 @@ def _markdown(rows: list[dict]) -> str:
                      f"{len(vals)} | {top.mean():.2f} ± {top.std():.2f} | {gain.mean():+.2f} | {raw_pca.mean():.2f} | "
                      f"{pca.mean():.2f} | {simplex.mean():.2f} |")
     lines += ["", "2D 15-NN acc: 5-fold 15-NN accuracy of the test records' gold class in 2D (projections fitted on "
-              "the training records; kern_finetune.evaluate.separation_2d), per run in full_mode.json."]
+              "the training records; kern_finetune.evaluation.evaluate.separation_2d), per run in full_mode.json."]
     return "\n".join(lines) + "\n"
 
 

@@ -14,7 +14,7 @@ of the model wrapped in :class:`torch.nn.parallel.DistributedDataParallel`; each
 class-aware batch of ``batch_size x workers`` training texts (the same seeded draw in every process,
 regrouped by length), and process ``r`` embeds rows ``r, r + workers, ...`` of it. DDP averages the
 gradients, so the replicas stay identical. The loss contrasts each process's rows among themselves, so
-``batch_size`` is per process. Shared with :class:`kern_finetune.train_full.FullTrainer`: the loss, AdamW at
+``batch_size`` is per process. Shared with :class:`kern_finetune.training.train_full.FullTrainer`: the loss, AdamW at
 the encoder's rate (decay on weight matrices only), linear warmup then decay, gradient clipping at 1, the
 token limit, validation with early stopping (process 0 validates and tells the others whether to stop), the
 WiSE-FT blend, re-encoding every record in the calling process. Its test, 2 gloo processes on a tiny
@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from kern_finetune.encode import load_sentence_transformer, resolve_device
-from kern_finetune.losses import make_loss
-from kern_finetune.samplers import class_aware_batches, length_grouped
-from kern_finetune.train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION, FullTrainer, _param_groups
-from kern_finetune.trainer import TrainResult
+from kern_finetune.vectors.encode import load_sentence_transformer, resolve_device
+from kern_finetune.training.losses import make_loss
+from kern_finetune.training.samplers import class_aware_batches, length_grouped
+from kern_finetune.training.train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS, WARMUP_FRACTION, FullTrainer, _param_groups
+from kern_finetune.training.trainer import TrainResult
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -55,9 +55,9 @@ MIN_DELTA = 1e-5
 
 
 class DataParallelFullTrainer(FullTrainer):
-    """Full mode in ``workers`` processes (the interface of :mod:`kern_finetune.trainer`; ``x`` are texts).
+    """Full mode in ``workers`` processes (the interface of :mod:`kern_finetune.training.trainer`; ``x`` are texts).
 
-    A :class:`~kern_finetune.train_full.FullTrainer` (its settings, ``from_config`` and ``transform``) whose
+    A :class:`~kern_finetune.training.train_full.FullTrainer` (its settings, ``from_config`` and ``transform``) whose
     ``fit`` trains in ``workers`` processes (at least 2; on CUDA at most the visible GPUs, one each), with
     ``backend`` (default ``nccl`` on CUDA, else ``gloo``) and ``threads_per_worker`` (torch threads of a CPU
     process; None: this process's threads divided over the workers). ``batch_size`` is per process. Not
@@ -92,7 +92,7 @@ class DataParallelFullTrainer(FullTrainer):
 
     def fit(self, x_train: list[str], y_train: np.ndarray, x_val: list[str], y_val: np.ndarray) -> DataParallelFullTrainer:
         """Fine-tune on the training texts in ``workers`` processes; validate (process 0) on at most
-        :data:`~kern_finetune.train_full.MAX_VAL_ROWS` validation texts. Returns ``self``."""
+        :data:`~kern_finetune.training.train_full.MAX_VAL_ROWS` validation texts. Returns ``self``."""
         start = time.perf_counter()
         self.device_ = device = resolve_device(self.device)
         self._check_workers(device)

@@ -2,9 +2,9 @@
 the head (issue 15: "CLINC150 intents and domains ... in both modes"; refinery's threshold search in full mode).
 
 Per project and seed, one full-mode training through the pipeline's own fit stage
-(:func:`kern_finetune.fit.fit`: label check, pseudo-labels, :class:`kern_finetune.train_full.FullTrainer`,
-re-encoding every record), then neighbour smoothing (:func:`kern_finetune.smooth.smooth_vectors`, ``auto``)
-and the search spread (:func:`kern_finetune.spread.spread_vectors`, ``auto``) as the fit stage applies them.
+(:func:`kern_finetune.training.fit.fit`: label check, pseudo-labels, :class:`kern_finetune.training.train_full.FullTrainer`,
+re-encoding every record), then neighbour smoothing (:func:`kern_finetune.vectors.smooth.smooth_vectors`, ``auto``)
+and the search spread (:func:`kern_finetune.vectors.spread.spread_vectors`, ``auto``) as the fit stage applies them.
 Two rows come from that one training: with the spread (what ``--mode full`` pushes) and without it
 (``--spread 0``); the raw row is the base vectors. ``--smooth-weights`` adds exploration rows with the
 smoothing weight fixed (judged by test gold, so they choose nothing); ``--save-vectors DIR`` keeps full
@@ -34,10 +34,10 @@ import torch
 from _common import PROJECTS, RESULTS, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig, default_cache_dir
-from kern_finetune.encode import Encoder
-from kern_finetune.fit import fit
-from kern_finetune.smooth import base_neighbours, smooth, smooth_vectors
-from kern_finetune.spread import spread_vectors
+from kern_finetune.vectors.encode import Encoder
+from kern_finetune.training.fit import fit
+from kern_finetune.vectors.smooth import base_neighbours, smooth, smooth_vectors
+from kern_finetune.vectors.spread import spread_vectors
 
 KEYS = ("top_5", "top_10", "top_25", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 
@@ -107,7 +107,7 @@ def markdown(runs: list[dict[str, Any]], commands: list[str], info: dict[str, An
               "and spread excluded), torch threads as BENCH_THREADS says; the machine line gives the load at the start; "
               "\"saved vectors\": this row reused the vectors an earlier run of that seed saved (`--load-vectors`), "
               "and its seconds are that run's. smoothing K: base-space neighbours the smoothing averaged "
-              "(`kern_finetune.smooth.NEIGHBOURS`: 10 before 2026-11-30, rows without the field ran with 10)."]
+              "(`kern_finetune.vectors.smooth.NEIGHBOURS`: 10 before 2026-11-30, rows without the field ran with 10)."]
     lines += ["", "## Mean over the seeds", "",
               "| project | row | seeds | top_10 | top_100 | top_1k | search: < 10 results | < 100 results | same class "
               "| first screen: same class of 9 |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -14,7 +14,7 @@ and label check as the pipeline; `--trainval` trains on train + validation rows 
 (30,522 x 384, half the encoder's weights) at its base values. BENCH_THREADS=1 when two run side by side.
 
 Kept as a record: ``--temperature`` and ``--memory`` reach settings that the prune of issue 31 removed (the
-supcon temperature is ``kern_finetune.losses.SUPCON_TEMPERATURE``; the cross-batch memory left the package;
+supcon temperature is ``kern_finetune.training.losses.SUPCON_TEMPERATURE``; the cross-batch memory left the package;
 ``docs/decisions.md``). The script runs as written at commit 3cc078b or earlier.
 """
 import argparse
@@ -27,11 +27,11 @@ import torch
 
 from _common import RESULTS, load_sample, machine, top_1k
 from kern_finetune.config import RunConfig, default_cache_dir
-from kern_finetune.encode import Encoder
-from kern_finetune.noise import find_label_issues, without_label_issues
-from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-from kern_finetune import train_full
-from kern_finetune.train_full import FullTrainer
+from kern_finetune.vectors.encode import Encoder
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues
+from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
+from kern_finetune.training import train_full
+from kern_finetune.training.train_full import FullTrainer
 
 
 def write_table() -> None:

@@ -6,7 +6,7 @@ never feed the choice.
 
 Variants (all: supcon t=0.5, batch 256, Adam 1e-3, early stopping on validation loss, the label check):
 
-- ``default``: the product's head (:func:`kern_finetune.train.fit_head`, ``RunConfig()``);
+- ``default``: the product's head (:func:`kern_finetune.training.train.fit_head`, ``RunConfig()``);
 - ``low-rank r``: ``x + B(A x)`` with ``A`` r x 384 and ``B`` 384 x r (``B`` starts at 0): a head of low
   capacity, so the labeled and the unlabeled records move alike;
 - ``noise s``: Gaussian noise of std ``s`` per dimension added to the (unit-length) base vectors of each
@@ -15,7 +15,7 @@ Variants (all: supcon t=0.5, batch 256, Adam 1e-3, early stopping on validation 
   ``lam * x + (1 - lam) * x'`` with ``lam ~ U(0.7, 1)``; the loss sees the first row's label;
 - ``epochs e``: at most e epochs;
 - ``pseudo 0.9``: the product's head trained with the logistic-regression pseudo-labels full mode uses
-  (``RunConfig(pseudo_labels="0.9")``, :mod:`kern_finetune.pseudo`): unlabeled records join training;
+  (``RunConfig(pseudo_labels="0.9")``, :mod:`kern_finetune.labels.pseudo`): unlabeled records join training;
 - each trained head also at a raw/tuned blend chosen per project on validation (``val blend``, below).
 
 Validation figures (no gold; the selection's validation rows are never trained on):
@@ -23,7 +23,7 @@ Validation figures (no gold; the selection's validation rows are never trained o
 - ``v10`` / ``v100`` / ``v1k``: top_k of the validation records among the validation records, judged on
   their labels (manual or weak above the threshold), as test top_k is test among test (k clipped to n-1;
   v1k only where a project has more than 2,000 validation records);
-- ``vlt10`` / ``vlt100``: refinery's threshold search (:func:`kern_finetune.evaluate.threshold_search`)
+- ``vlt10`` / ``vlt100``: refinery's threshold search (:func:`kern_finetune.evaluation.evaluate.threshold_search`)
   from 300 seeded **unlabeled** queries among all records (label-free), seed + 1000 so they are not the
   test figures' queries.
 
@@ -58,19 +58,19 @@ from torch import nn
 from _common import PROJECTS, RESULTS, label_checked, load_project, machine, score_row
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import neighbour_purity, threshold_search
-from kern_finetune.losses import make_loss
-from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-from kern_finetune.select import Selection
-from kern_finetune.samplers import class_aware_batches
-from kern_finetune.train import fit_head
+from kern_finetune.evaluation.evaluate import neighbour_purity, threshold_search
+from kern_finetune.training.losses import make_loss
+from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
+from kern_finetune.labels.select import Selection
+from kern_finetune.training.samplers import class_aware_batches
+from kern_finetune.training.train import fit_head
 
 BLENDS = (0.0, 0.2, 0.4, 0.6)
 VARIANTS = ("default", "low-rank16", "low-rank64", "noise0.01", "noise0.02", "mixup", "epochs3", "pseudo0.9")
 
 
 class LowRankHead(nn.Module):
-    """``x + B(A x)``, blended with the input like :class:`kern_finetune.heads.SkipConnectionHead`."""
+    """``x + B(A x)``, blended with the input like :class:`kern_finetune.training.heads.SkipConnectionHead`."""
 
     def __init__(self, dim: int, rank: int) -> None:
         super().__init__()
@@ -90,7 +90,7 @@ class LowRankHead(nn.Module):
 
 def train_variant(head: nn.Module, sel: Selection, base: np.ndarray, *, seed: int, epochs: int = 30, noise: float = 0.0,
                   mixup: bool = False, patience: int = 3, batch_size: int = 256, lr: float = 1e-3) -> nn.Module:
-    """The native trainer's loop (:class:`kern_finetune.train.HeadTrainer`, supcon t=0.5) with one change."""
+    """The native trainer's loop (:class:`kern_finetune.training.train.HeadTrainer`, supcon t=0.5) with one change."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     xt = torch.from_numpy(np.ascontiguousarray(base[sel.train_idx], dtype=np.float32))
@@ -137,7 +137,7 @@ def fit(variant: str, sel: Selection, base: np.ndarray, seed: int) -> nn.Module:
         return fit_head(base, with_pseudo_labels(sel, found), RunConfig(seed=seed), progress=False).head_
     if variant.startswith("low-rank"):
         return train_variant(LowRankHead(dim, int(variant[len("low-rank"):])), sel, base, seed=seed)
-    from kern_finetune.heads import SkipConnectionHead
+    from kern_finetune.training.heads import SkipConnectionHead
 
     head = SkipConnectionHead(dim)
     if variant.startswith("noise"):

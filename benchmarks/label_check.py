@@ -1,6 +1,6 @@
 """The label check against cleanlab: which flags weak labels that are really wrong?
 
-Ours is :func:`kern_finetune.noise.find_label_issues` (confident learning "in its simplest form": 5-fold
+Ours is :func:`kern_finetune.labels.label_check.find_label_issues` (confident learning "in its simplest form": 5-fold
 out-of-fold logistic regression on the base vectors; a weak label is flagged when the probability of its
 own class is below that class's mean and another class is more likely). cleanlab 2.x is the maintained
 library for the same idea. Both see the full bundled sample's default selection (task Topic, Title +
@@ -36,8 +36,8 @@ import numpy as np
 from _common import load_sample, machine, top_1k, write_results  # noqa: E402  (sets sys.path)
 
 from kern_finetune.config import RunConfig  # noqa: E402
-from kern_finetune.noise import find_label_issues, without_label_issues  # noqa: E402
-from kern_finetune.select import gold_to_class  # noqa: E402
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues  # noqa: E402
+from kern_finetune.labels.select import gold_to_class  # noqa: E402
 
 CLEANLAB_SCRIPT = r'''
 import json, sys, time
@@ -80,7 +80,7 @@ def _train_default_head(base: np.ndarray, sel, seed: int) -> np.ndarray:
     """The pipeline's default head training (native engine, supcon) on ``sel``; returns every record's vector."""
     import torch
 
-    from kern_finetune.train import HeadTrainer
+    from kern_finetune.training.train import HeadTrainer
 
     c = RunConfig(seed=seed)
     torch.manual_seed(seed)
@@ -110,7 +110,7 @@ def main() -> None:
     t = time.perf_counter()
     ours = find_label_issues(base, sel, seed=args.seed)
     t_ours = time.perf_counter() - t
-    variants = {"ours: kern_finetune.noise.find_label_issues (5-fold OOF, per-class mean threshold)":
+    variants = {"ours: kern_finetune.labels.label_check.find_label_issues (5-fold OOF, per-class mean threshold)":
                 {"flags": np.isin(idx, ours["indices"]), "seconds": t_ours}}
 
     with tempfile.TemporaryDirectory() as tmp:

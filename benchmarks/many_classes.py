@@ -5,8 +5,8 @@
 
 Each project has ``--records`` labeled records whose base vectors are random unit vectors (``--dim``, the
 base model's 384), the classes of equal size (2,000 classes = 2 labels each), split into training and
-validation as the pipeline splits them (:func:`kern_finetune.select.split_train_val`, a quarter for
-validation). The head trains with the run's defaults (:func:`kern_finetune.train.head_trainer` of a default
+validation as the pipeline splits them (:func:`kern_finetune.labels.select.split_train_val`, a quarter for
+validation). The head trains with the run's defaults (:func:`kern_finetune.training.train.head_trainer` of a default
 :class:`~kern_finetune.config.RunConfig`: supcon, batches of 256) for ``--epochs`` epochs with early stopping
 off (patience = epochs), in this one process, one torch thread, the class counts taking turns within each
 repeat; the figure is the median over repeats of the fit's wall time divided by its epochs (sampling,
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks._common import machine, write_results  # noqa: E402
-from kern_finetune import train  # noqa: E402
+from kern_finetune.training import train  # noqa: E402
 from kern_finetune.config import RunConfig  # noqa: E402
-from kern_finetune.select import split_train_val  # noqa: E402
+from kern_finetune.labels.select import split_train_val  # noqa: E402
 
 
 def every_class_in_every_batch(y: np.ndarray, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:

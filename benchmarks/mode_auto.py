@@ -159,7 +159,7 @@ def main() -> int:
             f"{f['calibration_s']:.0f} | {pair('10')} | {pair('100')} | {pair('1000')} | {f['load_start']} / {f['load_end']} |"
         )
     lines += ["", "Estimated = overhead + planned steps x calibrated step cost + validation passes + re-encoding every record "
-              "(`kern_finetune/estimate.py`); measured = the pipeline's `train` stage in full mode (the same parts). "
+              "(`kern_finetune/training/estimate.py`); measured = the pipeline's `train` stage in full mode (the same parts). "
               "top_k: test records among test records, as in `metrics.json`.", ""]
     write_results("mode_auto", {"command": COMMAND, "seed": args.seed, "budget": args.budget, "machine": machine(),
                                 "rows": rows}, "\n".join(lines))

@@ -20,8 +20,8 @@ our fine-tuned ``model/`` folder served as a ``huggingface`` embedding). Exactly
 The *snapshot door* hands refinery our L2-normalised 384-dimensional vectors, which it stores without PCA:
 Euclidean on unit vectors ranks as cosine does, so those rows are the pipeline's own figures.
 
-Purity (``kern_finetune.evaluate.neighbour_purity``, here also with Euclidean distance) is measured on the
-pipeline's test records (no training label, with gold), as :func:`kern_finetune.evaluate.evaluate` does.
+Purity (``kern_finetune.evaluation.evaluate.neighbour_purity``, here also with Euclidean distance) is measured on the
+pipeline's test records (no training label, with gold), as :func:`kern_finetune.evaluation.evaluate.evaluate` does.
 
 Run the pipeline first, then::
 
@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 from _common import load_sample, machine, write_results
 
-from kern_finetune.evaluate import neighbour_purity
-from kern_finetune.save import load_vectors
+from kern_finetune.evaluation.evaluate import neighbour_purity
+from kern_finetune.output.save import load_vectors
 
 KS = (10, 100, 1000)
 N_COMPONENTS = 64

@@ -5,7 +5,7 @@ the test records by cosine, share with the query's gold class, as ``benchmarks/m
 
 - ``raw all-MiniLM-L6-v2``: the cached base vectors;
 - ``kern-finetune default head``: the pipeline's head-mode training with ``RunConfig()`` defaults (label
-  check, then :func:`kern_finetune.train.fit_head`; ``benchmarks/_common.fit_row``), measured in the same
+  check, then :func:`kern_finetune.training.train.fit_head`; ``benchmarks/_common.fit_row``), measured in the same
   process as each peer so the seconds sit side by side;
 - ``sentence-transformers trainer``: ``SentenceTransformerTrainer`` with ``BatchAllTripletLoss``, the
   ``GROUP_BY_LABEL`` batch sampler, batch 64, 1 epoch, otherwise the trainer's defaults (lr 5e-5, linear
@@ -52,8 +52,8 @@ import torch
 from _common import RESULTS, fit_row, label_checked, load_project, machine, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import default_model_path
-from kern_finetune.evaluate import neighbour_purity
+from kern_finetune.vectors.encode import default_model_path
+from kern_finetune.evaluation.evaluate import neighbour_purity
 
 KS = (5, 10, 25, 100, 1000)
 SYSTEMS = ("raw", "head", "head0", "st", "setfit")

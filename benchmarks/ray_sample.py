@@ -28,10 +28,10 @@ import numpy as np
 from _common import ROOT, SAMPLE, machine, write_results
 
 from kern_finetune.config import default_cache_dir
-from kern_finetune.encode import Encoder
+from kern_finetune.vectors.encode import Encoder
 from kern_finetune.refinery.export import load_export, resolve_task
-from kern_finetune.select import select_labels
-from kern_finetune.save import load_vectors
+from kern_finetune.labels.select import select_labels
+from kern_finetune.output.save import load_vectors
 
 COMMAND = "python benchmarks/ray_sample.py"
 FIGURES = ("top_k", "classification", "n_train", "n_val", "n_test")

@@ -19,7 +19,7 @@ writing 5 to ``/proc/self/clear_refs``; it includes what earlier stages still ho
 - ``read``: the export file decoded (``kern_finetune.refinery.export.load_export``, what ``run --export`` does);
 - ``pull``: the same project fetched over HTTP from the product's local host (``kern_finetune.host``, in
   its own process) with ``RefineryClient.get_export``; the pipeline runs on the pulled records;
-- ``select``: :func:`kern_finetune.prepare.prepare` (as ``sync`` calls it); ``encode`` .. ``write``:
+- ``select``: :func:`kern_finetune.labels.prepare.prepare` (as ``sync`` calls it); ``encode`` .. ``write``:
   :func:`kern_finetune.pipeline.run_pipeline` itself, given that preparation, head mode (defaults, but
   3 epochs (:data:`EPOCHS`) and pseudo-labels on at 0.9 so that the stage is measured), its stages split at
   its progress messages (``write`` includes the report);
@@ -59,7 +59,7 @@ CPU_TEXTS_PER_S = 130
 """Encoding throughput on this machine's 2 CPU cores, measured in issue 19 (131 texts/s, kern-finetune's Encoder)."""
 
 # The pipeline's progress messages that open a stage (kern_finetune/pipeline.py); ``select`` is timed around
-# kern_finetune.prepare.prepare, called here as sync calls it and handed to the pipeline.
+# kern_finetune.labels.prepare.prepare, called here as sync calls it and handed to the pipeline.
 _MARKS = (
     (lambda m: m.startswith("[2/5]"), "encode"),
     (lambda m: "encoded," in m and "from cache" in m, "label_check"),
@@ -153,7 +153,7 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
     from kern_finetune.config import RunConfig
     from kern_finetune.refinery.export import load_export
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.prepare import prepare
+    from kern_finetune.labels.prepare import prepare
 
     torch.set_num_threads(1)
     export = work / f"export-{n}.json.gz"

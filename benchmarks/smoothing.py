@@ -1,11 +1,11 @@
-"""Neighbour smoothing (``kern_finetune.smooth``): what the held-out labels see at each weight, against what the
+"""Neighbour smoothing (``kern_finetune.vectors.smooth``): what the held-out labels see at each weight, against what the
 test records (gold) get, per project.
 
 For each project and seed: the default head without smoothing (the pipeline's label check, then
-:func:`kern_finetune.train.fit_head`), then for each candidate weight of ``--smooth auto``
-(:data:`kern_finetune.smooth.WEIGHTS`):
+:func:`kern_finetune.training.train.fit_head`), then for each candidate weight of ``--smooth auto``
+(:data:`kern_finetune.vectors.smooth.WEIGHTS`):
 
-- the held-out figures the choice reads (:func:`kern_finetune.smooth.choose_weight`: the least confident
+- the held-out figures the choice reads (:func:`kern_finetune.vectors.smooth.choose_weight`: the least confident
   quarter of the validation records as queries, their 10 / 100 nearest records among all records judged on
   the selected labels), and, for contrast, the same figures with **every** validation record as a query;
 - the test figures (gold; never read by the choice): top_10/100/1000 among the test records and refinery's
@@ -29,7 +29,7 @@ import torch
 from _common import PROJECTS, fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.smooth import WEIGHTS, base_neighbours, choose_weight, smooth
+from kern_finetune.vectors.smooth import WEIGHTS, base_neighbours, choose_weight, smooth
 
 COMMAND = "BENCH_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/smoothing.py"
 
@@ -68,9 +68,9 @@ def main() -> None:
 
 
 def rechoose(rows: list[dict[str, Any]]) -> None:
-    """Mark each project's and seed's chosen weight by today's rule (:func:`kern_finetune.smooth.choose_weight`:
+    """Mark each project's and seed's chosen weight by today's rule (:func:`kern_finetune.vectors.smooth.choose_weight`:
     the largest weight within ``TOLERANCE`` of the best held-out score) from the stored held-out figures."""
-    from kern_finetune.smooth import TOLERANCE
+    from kern_finetune.vectors.smooth import TOLERANCE
 
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in rows:

@@ -3,15 +3,15 @@
 Why: the default head's figures under refinery's threshold rule came out 79.63 / 76.15 / 71.67 (top_10 /
 top_100 / top_1k, AG News sample, 3 seeds, ``multi_project_spread.md``) against the issue's 80.0 / 76.5 /
 72.5. Two settings decide much of that: how many base-space neighbours the smoothing averages
-(:data:`kern_finetune.smooth.NEIGHBOURS`) and how finely ``--spread auto`` steps its strength
-(:data:`kern_finetune.spread.STRENGTHS`, which takes the smallest strength that keeps lists full).
+(:data:`kern_finetune.vectors.smooth.NEIGHBOURS`) and how finely ``--spread auto`` steps its strength
+(:data:`kern_finetune.vectors.spread.STRENGTHS`, which takes the smallest strength that keeps lists full).
 
 Each row trains the default head once per seed through the pipeline's steps (``_common.fit_row``: label
-check, :func:`kern_finetune.train.fit_head`, no smoothing, no spread), then applies the variant as the
+check, :func:`kern_finetune.training.train.fit_head`, no smoothing, no spread), then applies the variant as the
 pipeline would: the smoothing weight chosen on the held-out labels by
-:func:`kern_finetune.smooth.choose_weight` over that many neighbours (its score: the mean of val_top_10 and
+:func:`kern_finetune.vectors.smooth.choose_weight` over that many neighbours (its score: the mean of val_top_10 and
 val_top_100, reported as ``val score``; ``val best`` is the best candidate's), then the strength chosen
-without labels by :func:`kern_finetune.spread.choose_strength` among that grid. The test records' gold
+without labels by :func:`kern_finetune.vectors.spread.choose_strength` among that grid. The test records' gold
 judges the results (``_common.score_row``); it chooses nothing here.
 
     python benchmarks/smoothing_neighbours.py --project ag_news --seeds 42,43,44,45,46
@@ -34,8 +34,8 @@ import torch
 from _common import fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.smooth import base_neighbours, choose_weight, smooth
-from kern_finetune.spread import STRENGTHS, choose_strength, lift, local_radius
+from kern_finetune.vectors.smooth import base_neighbours, choose_weight, smooth
+from kern_finetune.vectors.spread import STRENGTHS, choose_strength, lift, local_radius
 
 KEYS = ("top_10", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 QUARTER_STEPS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)

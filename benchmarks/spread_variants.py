@@ -5,13 +5,13 @@ by its figures alone (the defaults are chosen on validation records or without l
 roads around the spread's cost were tried, so that nobody walks them again.
 
 The default head (`--spread 0` row) is trained once per seed through the pipeline's steps
-(``_common.fit_row``: label check, :func:`kern_finetune.train.fit_head`, smoothing ``auto``); every row
+(``_common.fit_row``: label check, :func:`kern_finetune.training.train.fit_head`, smoothing ``auto``); every row
 then re-shapes those same vectors. A row's strength is chosen as ``--spread auto`` chooses it
-(:func:`kern_finetune.spread.choose_strength`'s rule: the smallest candidate whose short lists on 1,000
-seeded searches among all records are within :data:`~kern_finetune.spread.MARGIN_10` /
-:data:`~kern_finetune.spread.MARGIN_100` points of the raw vectors'), reading no label. Rows:
+(:func:`kern_finetune.vectors.spread.choose_strength`'s rule: the smallest candidate whose short lists on 1,000
+seeded searches among all records are within :data:`~kern_finetune.vectors.spread.MARGIN_10` /
+:data:`~kern_finetune.vectors.spread.MARGIN_100` points of the raw vectors'), reading no label. Rows:
 
-- ``off``: no spread; ``default``: the pipeline's spread (:func:`kern_finetune.spread.spread_vectors`);
+- ``off``: no spread; ``default``: the pipeline's spread (:func:`kern_finetune.vectors.spread.spread_vectors`);
 - ``grid 0.1``: the same with strengths 0, 0.1, ..., 1.5;
 - ``radius m=50`` / ``m=200``: the local radius at the 50th / 200th neighbour instead of the 100th;
 - ``radius unsmoothed`` / ``radius over 30``: log radii averaged over 0 / 30 neighbours instead of 10;
@@ -42,9 +42,9 @@ import torch
 from _common import fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluate import sample_queries
-from kern_finetune.smooth import base_neighbours, choose_weight, nearest_among_anchors, smooth
-from kern_finetune.spread import MAX_QUERIES, STRENGTHS, _short_lists, spread_vectors, within_margins
+from kern_finetune.evaluation.evaluate import sample_queries
+from kern_finetune.vectors.smooth import base_neighbours, choose_weight, nearest_among_anchors, smooth
+from kern_finetune.vectors.spread import MAX_QUERIES, STRENGTHS, _short_lists, spread_vectors, within_margins
 
 KEYS = ("top_10", "top_100", "top_1000", "lt_10", "lt_100", "same_class", "first_screen_same")
 RADIUS_NEIGHBOURS = 300

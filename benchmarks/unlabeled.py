@@ -21,9 +21,9 @@ import torch
 
 from _common import load_sample, machine, top_1k, write_results
 
-from kern_finetune.noise import find_label_issues, without_label_issues
-from kern_finetune.pseudo import find_pseudo_labels
-from kern_finetune.train import HeadTrainer
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues
+from kern_finetune.labels.pseudo import find_pseudo_labels
+from kern_finetune.training.train import HeadTrainer
 
 
 def main() -> None:

@@ -5,7 +5,7 @@
         -> appends rows to benchmarks/results/wise_sweep.jsonl, rewrites wise_sweep.md
 
 For each alpha the encoder's weights become ``(1 - alpha) * base + alpha * fine-tuned`` (what
-``--wise-alpha`` does in full mode, :func:`kern_finetune.train_full.interpolate_weights`), the 9,146 test records
+``--wise-alpha`` does in full mode, :func:`kern_finetune.training.train_full.interpolate_weights`), the 9,146 test records
 are re-encoded (~1.5 minutes each on 2 cores) and top_1k is measured. Selection as in the pipeline (seed 42).
 ``--probe`` also re-encodes the labeled records (~3 more minutes per alpha) and fits the pipeline's linear
 probe: logistic regression on the labeled records left after the label check, accuracy on the test records'
@@ -22,11 +22,11 @@ import torch
 
 from _common import RESULTS, load_sample, machine, top_1k
 from kern_finetune.config import default_cache_dir
-from kern_finetune.encode import Encoder, load_sentence_transformer
-from kern_finetune.evaluate import linear_probe, top_k_purity
-from kern_finetune.noise import find_label_issues, without_label_issues
-from kern_finetune.select import gold_to_class
-from kern_finetune.train_full import interpolate_weights
+from kern_finetune.vectors.encode import Encoder, load_sentence_transformer
+from kern_finetune.evaluation.evaluate import linear_probe, top_k_purity
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues
+from kern_finetune.labels.select import gold_to_class
+from kern_finetune.training.train_full import interpolate_weights
 
 
 def write_table() -> None:

@@ -6,10 +6,10 @@ Public API (everything else is private and may change)::
     result = run_pipeline(load_export("export.json.gz"), RunConfig(task="Topic"), out_dir="runs/x")
 
 The pipeline's typed stages, one module each (the function shares its module's name, so import it from
-there): ``kern_finetune.prepare.prepare`` -> ``Prepared``, ``kern_finetune.fit.fit`` -> ``Fitted``,
-``kern_finetune.evaluate.evaluate`` -> ``Evaluation``, ``kern_finetune.write.write`` -> ``Written``. The
+there): ``kern_finetune.labels.prepare.prepare`` -> ``Prepared``, ``kern_finetune.training.fit.fit`` -> ``Fitted``,
+``kern_finetune.evaluation.evaluate.evaluate`` -> ``Evaluation``, ``kern_finetune.output.write.write`` -> ``Written``. The
 engines (``HeadTrainer``, ``QuaterionTrainer``, ``FullTrainer``) share one interface
-(:mod:`kern_finetune.trainer`) and return a ``TrainResult``.
+(:mod:`kern_finetune.training.trainer`) and return a ``TrainResult``.
 
 Heavy modules (torch, sklearn) load on first use of a name that needs them, so ``import kern_finetune``
 and the CLI's ``--help`` stay fast.
@@ -41,18 +41,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "run_pipeline": "pipeline",
     "RunResult": "pipeline",
-    "select_labels": "select",
-    "Selection": "select",
-    "Encoder": "encode",
-    "Prepared": "prepare",
-    "Fitted": "fit",
-    "Evaluation": "evaluate",
-    "Written": "write",
-    "TrainResult": "trainer",
-    "HeadTrainer": "train",
-    "FullTrainer": "train_full",
-    "QuaterionTrainer": "train_quaterion",
-    "SkipConnectionHead": "heads",
+    "select_labels": "labels.select",
+    "Selection": "labels.select",
+    "Encoder": "vectors.encode",
+    "Prepared": "labels.prepare",
+    "Fitted": "training.fit",
+    "Evaluation": "evaluation.evaluate",
+    "Written": "output.write",
+    "TrainResult": "training.trainer",
+    "HeadTrainer": "training.train",
+    "FullTrainer": "training.train_full",
+    "QuaterionTrainer": "training.train_quaterion",
+    "SkipConnectionHead": "training.heads",
     "RefineryClient": "refinery.api",
     "sync_project": "sync",
     "SyncResult": "sync",

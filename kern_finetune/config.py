@@ -49,7 +49,7 @@ ENGINES = ("native", "quaterion")
 MODES = ("auto", "head", "full")
 NOISE_FILTERS = ("off", "drop")
 PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
-"""Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.pseudo`."""
+"""Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.labels.pseudo`."""
 
 SYNC_TIME_BUDGET = 3600.0
 """``--time-budget`` of ``sync`` and of the webhook's jobs when the caller names none: they run unattended (cron,
@@ -137,7 +137,7 @@ class RunConfig:
         help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
              "when its time, estimated on this machine at run time, fits --time-budget, else head")
     """``auto`` (the default) estimates full mode's time from a few real training steps and a timed validation
-    pass (:mod:`kern_finetune.estimate`; about 20-30 s on 2 cores) and prints the choice, the estimate and
+    pass (:mod:`kern_finetune.training.estimate`; about 20-30 s on 2 cores) and prints the choice, the estimate and
     the reason; ``metrics.json`` keeps them (``mode_choice``). The choice depends on the machine and its
     load: name ``--mode head`` or ``--mode full`` for a run that must repeat exactly (the tests and
     benchmarks do). How close the estimate comes: ``docs/decisions.md``, "mode and time budget"."""
@@ -159,14 +159,14 @@ class RunConfig:
         "auto", group=TRAIN, metavar="auto|W",
         help="average each record's fine-tuned vector with its 20 nearest records' (nearest by the base model): "
              "(1-W) * v + W * their mean; auto = chosen on validation records among 0, 0.5 and 0.8; 0 = off")
-    """:mod:`kern_finetune.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it;
-    it carries the base share of :mod:`kern_finetune.base_share` instead)."""
+    """:mod:`kern_finetune.vectors.smooth`; a sync through the model door runs with 0 (the model folder cannot carry it;
+    it carries the base share of :mod:`kern_finetune.vectors.base_share` instead)."""
     spread: str = option(
         "auto", group=TRAIN, metavar="auto|S",
         help="rescale distances so refinery's search threshold leaves every record a full result list: sparse "
              "regions shrink, dense ones grow, by strength S in [0, 2] (1 = even); auto = the smallest S whose "
              "short result lists stay near the raw vectors' (no labels read); 0 = off")
-    """:mod:`kern_finetune.spread`; adds one dimension when on; a sync through the model door runs with 0."""
+    """:mod:`kern_finetune.vectors.spread`; adds one dimension when on; a sync through the model door runs with 0."""
     noise_filter: str = option(
         "drop", group=TRAIN, choices=NOISE_FILTERS,
         help="weak labels that out-of-fold predictions contradict: keep (off) or drop")
@@ -174,7 +174,7 @@ class RunConfig:
         "auto", group=TRAIN, metavar="auto|off|P",
         help="self-training: unlabeled records predicted with probability above P train with that label; "
              "auto = 0.9 in full mode, off in head mode")
-    """:mod:`kern_finetune.pseudo`"""
+    """:mod:`kern_finetune.labels.pseudo`"""
     seed: int = option(42, group=TRAIN, min=0, max=2**32 - 1,
                        help="seed of the split, the training and the evaluation")
     base_model: str | None = option(
@@ -196,7 +196,7 @@ class RunConfig:
         None, group=PLACES, metavar="ADDRESS|local", env="RAY_ADDRESS", default_text="in this process",
         help="encode the texts missing from the vector cache on Ray (the ray extra): a cluster address, or local "
              "for a local Ray runtime")
-    """:mod:`kern_finetune.encode_ray`"""
+    """:mod:`kern_finetune.vectors.encode_ray`"""
 
     def validate(self) -> RunConfig:
         """Check every option (raises :class:`ConfigError` naming what to fix) and return ``self``.

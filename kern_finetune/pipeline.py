@@ -1,19 +1,19 @@
 """The one orchestration: prepare -> encode (cached) -> fit -> evaluate -> write, each a typed stage.
 
-1. :func:`kern_finetune.prepare.prepare` -> :class:`~kern_finetune.prepare.Prepared` (task, texts, selected
+1. :func:`kern_finetune.labels.prepare.prepare` -> :class:`~kern_finetune.labels.prepare.Prepared` (task, texts, selected
    labels, their fingerprint; ``sync`` hands its own in);
-2. encode every record with the base model (:class:`kern_finetune.encode.Encoder`, cached on disk);
-3. :func:`kern_finetune.fit.fit` -> :class:`~kern_finetune.fit.Fitted` (label check, pseudo-labels, the
+2. encode every record with the base model (:class:`kern_finetune.vectors.encode.Encoder`, cached on disk);
+3. :func:`kern_finetune.training.fit.fit` -> :class:`~kern_finetune.training.fit.Fitted` (label check, pseudo-labels, the
    engine, its vectors of every record);
-4. :func:`kern_finetune.evaluate.evaluate` -> :class:`~kern_finetune.evaluate.Evaluation`;
-5. :func:`kern_finetune.write.write` -> :class:`~kern_finetune.write.Written`.
+4. :func:`kern_finetune.evaluation.evaluate.evaluate` -> :class:`~kern_finetune.evaluation.evaluate.Evaluation`;
+5. :func:`kern_finetune.output.write.write` -> :class:`~kern_finetune.output.write.Written`.
 
 Outputs in ``out_dir``: ``metrics.json``, ``report.html``, ``model/`` (sentence-transformers format,
 head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id),
 ``label_issues.csv`` (when the label check ran).
 
 Beside the evaluation (which needs gold), every run judges itself without gold
-(:func:`kern_finetune.verdict.judge`: a second fit with a share of the labels held out, searched as refinery
+(:func:`kern_finetune.evaluation.verdict.judge`: a second fit with a share of the labels held out, searched as refinery
 searches); ``metrics.json``'s ``verdict`` holds it, and the console's headline reads it.
 """
 
@@ -28,17 +28,17 @@ import numpy as np
 import torch
 
 from .config import RunConfig
-from .encode import Encoder
-from .evaluate import Evaluation, Plots, evaluate
-from .fit import Fitted, fit
-from .prepare import Prepared, prepare
+from .vectors.encode import Encoder
+from .evaluation.evaluate import Evaluation, Plots, evaluate
+from .training.fit import Fitted, fit
+from .labels.prepare import Prepared, prepare
 from .refinery.columns import Record, embedding_name
-from .report import ReportData
-from .save import check_out_dir, staged_output
-from .select import Selection, label_fingerprint
-from .trainer import TrainResult
-from .verdict import CurrentEmbedding
-from .write import write
+from .evaluation.report import ReportData
+from .output.save import check_out_dir, staged_output
+from .labels.select import Selection, label_fingerprint
+from .training.trainer import TrainResult
+from .evaluation.verdict import CurrentEmbedding
+from .output.write import write
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
 
@@ -74,7 +74,7 @@ def run_pipeline(
 ) -> RunResult:
     """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``.
 
-    ``prepared``: :func:`kern_finetune.prepare.prepare`'s result for these records and ``config`` when the
+    ``prepared``: :func:`kern_finetune.labels.prepare.prepare`'s result for these records and ``config`` when the
     caller already has it (``sync``); else the pipeline prepares them. ``door`` (``vectors``: the vectors are
     pushed or written into a snapshot; ``model``: refinery's embedder computes the model folder) and
     ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges against. The outputs are written into a
@@ -89,7 +89,7 @@ def run_pipeline(
 
 def _encoder(config: RunConfig) -> Encoder:
     if config.ray_address:
-        from .encode_ray import RayEncoder
+        from .vectors.encode_ray import RayEncoder
 
         return RayEncoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
                           device=config.device, address=config.ray_address)
@@ -156,10 +156,10 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
 
 def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: np.ndarray, fitted: Fitted, *,
              door: str, current: CurrentEmbedding | None, say: ProgressFn) -> dict[str, Any]:
-    """The verdict without gold (:func:`kern_finetune.verdict.judge`) as ``metrics.json`` holds it; a verdict
+    """The verdict without gold (:func:`kern_finetune.evaluation.verdict.judge`) as ``metrics.json`` holds it; a verdict
     that cannot be made says why instead of failing the run."""
     from .errors import KernFinetuneError
-    from .verdict import judge
+    from .evaluation.verdict import judge
 
     say("      verdict: fit again with a share of the labels held out, search as refinery does")
     try:
@@ -176,15 +176,15 @@ def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: 
 
 
 def _with_gold(verdict: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    from .verdict import with_gold
+    from .evaluation.verdict import with_gold
 
     return with_gold(verdict, metrics) if "figures" in verdict else verdict
 
 
 def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
     """Embeddings searched beside raw and the pushed vectors, each as refinery's embedder stores it: its
-    stock embedding of the base model, and the model door's (:func:`kern_finetune.base_share.door_vectors`)."""
-    from .base_share import door_vectors
+    stock embedding of the base model, and the model door's (:func:`kern_finetune.vectors.base_share.door_vectors`)."""
+    from .vectors.base_share import door_vectors
 
     ids, seed = fitted.selection.ids, fitted.config.seed
     doors = {"stock": door_vectors(base, ids, seed=seed)}

@@ -1,7 +1,7 @@
 """Seeded, capped samples for the stages that fit a model on the records (issue 19).
 
-The label check (:mod:`kern_finetune.noise`), the pseudo-labels (:mod:`kern_finetune.pseudo`) and the 2D
-views (:func:`kern_finetune.evaluate.projection_2d`) fit a logistic regression or a PCA on the labeled
+The label check (:mod:`kern_finetune.labels.label_check`), the pseudo-labels (:mod:`kern_finetune.labels.pseudo`) and the 2D
+views (:func:`kern_finetune.evaluation.evaluate.projection_2d`) fit a logistic regression or a PCA on the labeled
 records. On a large project they fit on at most :data:`MAX_FIT_RECORDS` of them, drawn here, and then
 predict (or project) every record: the fit costs the same at 20,000 or 10,000,000 records, the
 prediction stays linear. Each stage says when it sampled (a log line, and a field in ``metrics.json``).

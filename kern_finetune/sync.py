@@ -21,9 +21,9 @@ Doors (``door=``), each named for what it is:
     the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
     embedder to compute as a ``huggingface`` embedding itself. Without ``model_target`` the sync writes
     the folder and prints how to bring it in (:func:`model_door_steps`); with one
-    (:class:`~kern_finetune.model_door.ModelDoorTarget`: ``--models-dir`` mounted into the embedder) it
+    (:class:`~kern_finetune.refinery.model_door.ModelDoorTarget`: ``--models-dir`` mounted into the embedder) it
     does it all: the next versioned folder, the gateway's ``create-embedding``, the wait until
-    ``FINISHED``, then the delete of the previous kern-finetune embedding (:mod:`kern_finetune.model_door`),
+    ``FINISHED``, then the delete of the previous kern-finetune embedding (:mod:`kern_finetune.refinery.model_door`),
     logged in with a Kratos browser session (:mod:`kern_finetune.refinery.gateway`).
 ``auto``
     ``snapshot`` when ``write_snapshot`` is given (an explicit output wins), else ``api`` when the host
@@ -34,12 +34,12 @@ Before anything is encoded the door is checked: ``api`` asks the host
 (:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
 snapshot and, once the export is pulled, checks that it holds the same records, ``model`` with a
 ``model_target`` checks that the models dir is writable, that the browser login works and that the project
-answers through the gateway (:func:`kern_finetune.model_door.check_door`).
+answers through the gateway (:func:`kern_finetune.refinery.model_door.check_door`).
 
 State lives per host and project in ``state_dir`` (default
 ``<config.cache_dir>/sync/<12 hex of sha256(host identity)>/<project>/``): ``state.json``
 (fingerprint, labels, door, what was written, when) and ``sync.lock``. The host identity is the
-normalised ``scheme://host:port`` (:func:`kern_finetune._net.host_identity`: ``localhost``,
+normalised ``scheme://host:port`` (:func:`kern_finetune.web.net.host_identity`: ``localhost``,
 ``127.0.0.1`` and ``[::1]`` are one host, default ports and a trailing slash do not matter), so one
 project reached under two spellings shares one lock. No URI is stored or printed with userinfo. The
 lock is an ``fcntl.flock`` taken without blocking: a second sync of the same project while one runs
@@ -47,14 +47,14 @@ raises :class:`SyncBusyError` at once. The kernel releases the lock when the pro
 crashed sync leaves no stale lock behind.
 
 What counts as the label state: ``{record id: selected label}`` plus the task, the threshold, the
-id attribute and the door (see :func:`kern_finetune.select.label_fingerprint`), as
-:func:`kern_finetune.prepare.prepare` selects them; the sync selects once and hands that
-:class:`~kern_finetune.prepare.Prepared` to the pipeline, so ``metrics.json`` records the same fingerprint.
+id attribute and the door (see :func:`kern_finetune.labels.select.label_fingerprint`), as
+:func:`kern_finetune.labels.prepare.prepare` selects them; the sync selects once and hands that
+:class:`~kern_finetune.labels.prepare.Prepared` to the pipeline, so ``metrics.json`` records the same fingerprint.
 An up-to-date sync imports neither torch nor sklearn. Other training options are not part of the state:
 after changing e.g. ``--loss``, use ``--force``.
 
 Never worse: every run judges itself without gold (``metrics.json``'s ``verdict``,
-:mod:`kern_finetune.verdict`: the new embedding as the door delivers it against the project's current
+:mod:`kern_finetune.evaluation.verdict`: the new embedding as the door delivers it against the project's current
 embedding when the snapshot door carries one, else refinery's stock embedding of the base model). When the
 verdict is ``worse``, the sync writes nothing, keeps the embedding in use and says why in one line (status
 ``kept``); ``force`` writes anyway. ``state.json``'s ``verdicts`` lists every verdict with what the sync did
@@ -77,11 +77,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._net import check_project_id, host_identity
+from .web.net import check_project_id, host_identity
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
-from .model_door import ModelDoorTarget, check_door, deliver
-from .prepare import prepare
+from .refinery.model_door import ModelDoorTarget, check_door, deliver
+from .labels.prepare import prepare
 from .refinery.api import RefineryClient
 from .refinery.gateway import Gateway
 from .refinery.columns import Record, embedding_name, model_short_name
@@ -150,7 +150,7 @@ class SyncResult:
 
 def sync_state_dir(uri: str, project_id: str, config: RunConfig) -> Path:
     """``<cache_dir>/sync/<12 hex of sha256(host identity)>/<project id>``: one per project, however
-    the host's URI is spelled (:func:`kern_finetune._net.host_identity`)."""
+    the host's URI is spelled (:func:`kern_finetune.web.net.host_identity`)."""
     host_hash = hashlib.sha256(host_identity(uri).encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in project_id) or "_"
     return Path(config.cache_dir) / "sync" / host_hash / safe
@@ -247,7 +247,7 @@ def sync_project(
     """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
     ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (tests may inject a small
-    one with the same signature; it is handed the sync's :class:`~kern_finetune.prepare.Prepared` as
+    one with the same signature; it is handed the sync's :class:`~kern_finetune.labels.prepare.Prepared` as
     ``prepared``). ``chunk_size`` / ``tensor_format`` go to
     :meth:`RefineryClient.push_embedding`. ``door`` / ``snapshot`` / ``write_snapshot``: see
     :func:`choose_door`; ``model_target``: the model door's folder and wait (module docstring). Raises
@@ -334,7 +334,7 @@ def _default_pipeline() -> PipelineFn:
 
 def _check_model_door(client: RefineryClient, pid: str, door: str, target: ModelDoorTarget | None,
                       previous: dict[str, Any] | None, say: ProgressFn) -> Gateway | None:
-    """The model door's check before anything is pulled (:func:`kern_finetune.model_door.check_door`); the
+    """The model door's check before anything is pulled (:func:`kern_finetune.refinery.model_door.check_door`); the
     gateway session to write through, or None (no target)."""
     if target is not None and door != "model":
         raise ConfigError("--models-dir belongs to --door model")
@@ -350,7 +350,7 @@ def _check_model_door(client: RefineryClient, pid: str, door: str, target: Model
 
 def _deliver(gateway: Gateway, pid: str, result: RunResult, attribute: str, target: ModelDoorTarget,
              previous: dict[str, Any] | None, changed: int, say: ProgressFn) -> _Written:
-    """Sync step 4 of the model door with a target: :func:`kern_finetune.model_door.deliver`."""
+    """Sync step 4 of the model door with a target: :func:`kern_finetune.refinery.model_door.deliver`."""
     say(f"sync 4/4: model door: hand {result.model_dir} to refinery's embedder")
     before = (previous or {}).get("model_door") if (previous or {}).get("door") == "model" else None
     done = deliver(gateway, pid, Path(result.model_dir), attribute, target, previous=before, say=say)
@@ -456,7 +456,7 @@ def _judged_against(door: str, source: Any, records: list[Record], config: RunCo
     if door == "model":
         extra["door"] = "model"
     if source is not None:
-        from .verdict import current_embedding
+        from .evaluation.verdict import current_embedding
 
         found, _why = current_embedding(source, [str(r.get(config.id_attribute)) for r in records],
                                         id_attribute=config.id_attribute, prefer=config.embedding_name)

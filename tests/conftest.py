@@ -57,7 +57,7 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def subset_sel(subset_records: list[dict]):
     """The subset's default label selection (task Topic, gold "Class Index"); tests change only copies."""
     from kern_finetune.refinery.export import resolve_task
-    from kern_finetune.select import select_labels
+    from kern_finetune.labels.select import select_labels
 
     return select_labels(subset_records, resolve_task(subset_records, "Topic"), text_attributes=["Title", "Description"],
                          gold_attribute="Class Index")
@@ -66,7 +66,7 @@ def subset_sel(subset_records: list[dict]):
 @pytest.fixture(scope="session")
 def subset_base(subset_sel, shared_cache: Path):
     """Base-model vectors of ``subset_sel``'s texts, through the shared cache."""
-    from kern_finetune.encode import Encoder
+    from kern_finetune.vectors.encode import Encoder
 
     return Encoder(cache_dir=shared_cache).encode(subset_sel.texts, progress=False)
 

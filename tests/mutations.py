@@ -54,7 +54,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="labels-shuffled",
         why="the head trains on the training labels shuffled among the training rows",
-        file="kern_finetune/train.py",
+        file="kern_finetune/training/train.py",
         old="xt, yt = base[sel.train_idx], sel.y[sel.train_idx]",
         new="xt, yt = base[sel.train_idx], np.random.default_rng(0).permutation(sel.y[sel.train_idx])",
         tests=("tests/test_cli_run.py::test_fine_tuning_beats_raw_on_the_test_records",),
@@ -62,7 +62,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="head-skipped",
         why="the raw base vectors are returned (and pushed) as the fine-tuned ones",
-        file="kern_finetune/fit.py",
+        file="kern_finetune/training/fit.py",
         old="return head_trainer, head_trainer.transform(base)",
         new="return head_trainer, base.copy()",
         tests=("tests/test_cli_run.py::test_fine_tuning_beats_raw_on_the_test_records",),
@@ -86,7 +86,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="pseudo-labels-never-train",
         why="pseudo-labels are found and reported but the head trains on the project's labels only",
-        file="kern_finetune/fit.py",
+        file="kern_finetune/training/fit.py",
         old="train_sel = with_pseudo_labels(sel, pseudo)",
         new="train_sel = sel",
         tests=("tests/test_pseudo.py::test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own",),
@@ -94,7 +94,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         name="best-state-never-kept",
         why="the engines' shared early stopping records a better loss but never keeps its weights",
-        file="kern_finetune/trainer.py",
+        file="kern_finetune/training/trainer.py",
         old="self.best_loss, self.best_at, self.best_state, self.bad = loss, at, snapshot(), 0",
         new="self.best_loss, self.best_at, self.bad = loss, at, 0",
         tests=("tests/test_train_full.py::test_fit_full_trains_the_encoder",),

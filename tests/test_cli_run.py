@@ -42,7 +42,7 @@ def run_dir(subset_file, shared_cache, tmp_path_factory) -> Path:
 
 
 def _expected_split(records: list[dict]) -> tuple[int, int, list[str]]:
-    """Counted straight from the export, independently of kern_finetune.select: (labeled, test, test gold)."""
+    """Counted straight from the export, independently of kern_finetune.labels.select: (labeled, test, test gold)."""
     labeled, test_gold = 0, []
     for r in records:
         weak_ok = r["__Topic__WEAK_SUPERVISION"] is not None and float(r["__Topic__WEAK_SUPERVISION__confidence"]) > THRESHOLD
@@ -81,7 +81,7 @@ def test_outputs_are_complete(run_dir: Path, subset_records):
     # two PNG plots (violin, top_k by k), the 2D views as inline SVG, no external resource
     assert html.count("data:image/png;base64,") == 2 and "<svg" in html and "<script src" not in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html)  # texts may mention URLs; nothing loads one
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     ids, vec = load_vectors(run_dir / "vectors.npz")
     assert ids == [r["running_id"] for r in subset_records]
@@ -132,10 +132,10 @@ def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_reco
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.encode import Encoder
-    from kern_finetune.save import load_vectors
-    from kern_finetune.smooth import base_neighbours, smooth
-    from kern_finetune.spread import lift, local_radius
+    from kern_finetune.vectors.encode import Encoder
+    from kern_finetune.output.save import load_vectors
+    from kern_finetune.vectors.smooth import base_neighbours, smooth
+    from kern_finetune.vectors.spread import lift, local_radius
 
     ids, vec = load_vectors(run_dir / "vectors.npz")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -209,7 +209,7 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
 
     from kern_finetune.config import RunConfig
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
                        epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")

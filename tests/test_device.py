@@ -10,7 +10,7 @@ import torch
 
 from kern_finetune.cli import main
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import Encoder, default_model_path, load_sentence_transformer, model_identity
+from kern_finetune.vectors.encode import Encoder, default_model_path, load_sentence_transformer, model_identity
 from kern_finetune.errors import ConfigError
 
 TEXTS = ["Stocks fall on oil worries.", "Team wins the cup after a long season of injuries.", "New chip doubles speed."]

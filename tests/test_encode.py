@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kern_finetune.encode import Encoder, default_model_path, model_identity
+from kern_finetune.vectors.encode import Encoder, default_model_path, model_identity
 
 TEXTS = ["Stocks fall on oil worries.", "Team wins the cup.", "New chip doubles speed.", "Stocks fall on oil worries."]
 

@@ -16,8 +16,8 @@ import ray
 from kern_finetune.cli import build_parser
 from kern_finetune.commands.run import config_from_args
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import Encoder
-from kern_finetune.encode_ray import RayEncoder
+from kern_finetune.vectors.encode import Encoder
+from kern_finetune.vectors.encode_ray import RayEncoder
 
 
 @pytest.fixture(scope="module")

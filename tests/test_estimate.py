@@ -11,7 +11,7 @@ import pytest
 from kern_finetune.cli import main
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
-from kern_finetune.estimate import choose_mode, estimate_full_mode
+from kern_finetune.training.estimate import choose_mode, estimate_full_mode
 
 
 @pytest.fixture(scope="module")
@@ -22,9 +22,9 @@ def small_records(subset_records) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def small(small_records, shared_cache):
-    from kern_finetune.encode import Encoder
+    from kern_finetune.vectors.encode import Encoder
     from kern_finetune.refinery.export import resolve_task
-    from kern_finetune.select import select_labels
+    from kern_finetune.labels.select import select_labels
 
     sel = select_labels(small_records, resolve_task(small_records, "Topic"), text_attributes=["Title", "Description"],
                         gold_attribute="Class Index")
@@ -59,8 +59,8 @@ def test_explicit_modes_and_quaterion_need_no_estimate(small) -> None:
 
 def test_estimate_plans_the_steps_fit_full_takes(small, one_torch_thread) -> None:
     """The planned steps are full mode's own (same pseudo-labels, batch size, epochs); the parts add up."""
-    from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-    from kern_finetune.train_full import FullTrainer
+    from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
+    from kern_finetune.training.train_full import FullTrainer
 
     encoder, sel, base = small
     config = RunConfig(mode="auto", task="Topic", seed=42)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kern_finetune.evaluate import chance_level, neighbour_purity, sample_queries, separation_2d, top_k_purity
+from kern_finetune.evaluation.evaluate import chance_level, neighbour_purity, sample_queries, separation_2d, top_k_purity
 
 
 def test_purity_hand_computed_on_a_line():
@@ -69,7 +69,7 @@ def test_separation_2d_orders_clean_above_mixed():
 
 def test_separation_2d_with_few_test_records_uses_fewer_folds_or_says_nothing():
     """A new project has a handful of test records: the 2D figure shrinks its folds, or is left out."""
-    from kern_finetune.evaluate import separation_2d
+    from kern_finetune.evaluation.evaluate import separation_2d
 
     rng = np.random.default_rng(0)
     points = np.vstack([rng.normal(0, 0.1, size=(3, 2)), rng.normal(5, 0.1, size=(3, 2))])
@@ -105,7 +105,7 @@ def test_blocks_give_the_brute_force_result():
 
 
 def test_nearest_rows_are_ordered_and_exclude_the_query():
-    from kern_finetune.evaluate import nearest_rows
+    from kern_finetune.evaluation.evaluate import nearest_rows
 
     rng = np.random.default_rng(2)
     x = rng.normal(size=(300, 8)).astype(np.float32)
@@ -121,7 +121,7 @@ def test_nearest_rows_are_ordered_and_exclude_the_query():
 
 
 def test_purity_summary_caps_the_queries_but_searches_all_rows():
-    from kern_finetune.evaluate import purity_queries, purity_summary
+    from kern_finetune.evaluation.evaluate import purity_queries, purity_summary
 
     rng = np.random.default_rng(3)
     x = rng.normal(size=(400, 8))
@@ -137,7 +137,7 @@ def test_purity_summary_caps_the_queries_but_searches_all_rows():
 
 
 def test_threshold_search_in_blocks_equals_one_block():
-    from kern_finetune.evaluate import threshold_search
+    from kern_finetune.evaluation.evaluate import threshold_search
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(600, 8)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_fit_sample_is_seeded_capped_and_keeps_rare_classes():
 
 
 def test_projection_fits_on_a_capped_sample():
-    from kern_finetune.evaluate import projection_2d
+    from kern_finetune.evaluation.evaluate import projection_2d
 
     rng = np.random.default_rng(5)
     y = rng.integers(0, 3, 3000)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from kern_finetune.cli import main
-from kern_finetune.noise import MIN_LABELS_TO_CHECK, find_label_issues
-from kern_finetune.save import RUN_OUTPUTS
-from kern_finetune.select import Selection
+from kern_finetune.labels.label_check import MIN_LABELS_TO_CHECK, find_label_issues
+from kern_finetune.output.save import RUN_OUTPUTS
+from kern_finetune.labels.select import Selection
 
 CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kern_finetune.evaluate import similarity_threshold, threshold_search
+from kern_finetune.evaluation.evaluate import similarity_threshold, threshold_search
 
 
 def test_similarity_threshold_is_the_5th_percentile_of_pairwise_distances():
@@ -81,9 +81,9 @@ def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_ba
     """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
     at least raw's, top_100 above raw's."""
     from kern_finetune.config import RunConfig
-    from kern_finetune.evaluate import neighbour_purity
-    from kern_finetune.noise import find_label_issues, without_label_issues
-    from kern_finetune.train import fit_head
+    from kern_finetune.evaluation.evaluate import neighbour_purity
+    from kern_finetune.labels.label_check import find_label_issues, without_label_issues
+    from kern_finetune.training.train import fit_head
 
     config = RunConfig(seed=42)
     sel = without_label_issues(subset_sel, find_label_issues(subset_base, subset_sel, seed=42))

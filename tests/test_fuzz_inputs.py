@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from kern_finetune.errors import KernFinetuneError
 from kern_finetune.refinery.export import parse_export_payload, resolve_task
-from kern_finetune.select import default_text_attributes, select_labels
+from kern_finetune.labels.select import default_text_attributes, select_labels
 from kern_finetune.refinery.snapshot import read_snapshot, write_snapshot
 
 FIXTURE = Path(__file__).parent / "data" / "ag_news_snapshot_small.zip"

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from kern_finetune.heads import SkipConnectionHead
-from kern_finetune.losses import SupConLoss, TripletLoss
-from kern_finetune.samplers import class_aware_batches
-from kern_finetune.train import HeadTrainer
+from kern_finetune.training.heads import SkipConnectionHead
+from kern_finetune.training.losses import SupConLoss, TripletLoss
+from kern_finetune.training.samplers import class_aware_batches
+from kern_finetune.training.train import HeadTrainer
 
 
 def test_head_starts_near_identity_and_folds_to_affine():
@@ -73,7 +73,7 @@ def test_trainer_separates_noisy_clusters_and_is_seeded():
     a = HeadTrainer(**kw).fit(x[:400], y[:400], x[400:500], y[400:500])
     b = HeadTrainer(**kw).fit(x[:400], y[:400], x[400:500], y[400:500])
     assert np.array_equal(a.transform(x[500:]), b.transform(x[500:]))
-    from kern_finetune.evaluate import top_k_purity
+    from kern_finetune.evaluation.evaluate import top_k_purity
 
     before = top_k_purity(x[500:], y[500:], ks=(10,))["10"]
     after = top_k_purity(a.transform(x[500:]), y[500:], ks=(10,))["10"]
@@ -114,7 +114,7 @@ def test_class_aware_batches_are_unchanged_when_the_classes_fit(n_classes: int, 
 
 def test_the_default_training_computes_what_it_did_before(monkeypatch: pytest.MonkeyPatch) -> None:
     """Same losses, epoch by epoch, as with the sampler before item 5, on a project whose classes fit."""
-    from kern_finetune import train
+    from kern_finetune.training import train
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 700)
@@ -151,7 +151,7 @@ def test_many_classes_make_batches_of_about_batch_size(n_classes: int, sizes: st
 
 def test_many_classes_train_in_batches_of_about_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """The head trainer's steps see batches near ``batch_size`` with 2,000 classes, not the whole training set."""
-    from kern_finetune import train
+    from kern_finetune.training import train
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(2000), 2)
@@ -175,7 +175,7 @@ def test_trainer_defaults_are_the_run_configs() -> None:
     import inspect
 
     from kern_finetune.config import RunConfig
-    from kern_finetune.train_full import FullTrainer
+    from kern_finetune.training.train_full import FullTrainer
 
     fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     # full mode's own: its epochs come from full_mode_schedule, its device resolved by from_config

@@ -1,6 +1,6 @@
 """Read timeouts and ambiguous framing on both real servers, over raw sockets on 127.0.0.1 (issue 30, item 6).
 
-The limits are made small here (:data:`kern_finetune.serving.HEADER_TIMEOUT` and friends, read when a server
+The limits are made small here (:data:`kern_finetune.web.serving.HEADER_TIMEOUT` and friends, read when a server
 starts); the clients trickle a byte every 0.1 s, which without the limits holds a connection for as long as
 they like.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from kern_finetune import serving
+from kern_finetune.web import serving
 from kern_finetune.host import serve_in_thread as host_in_thread
-from kern_finetune.http_timeouts import AMBIGUOUS_FRAMING
+from kern_finetune.web.timeouts import AMBIGUOUS_FRAMING
 from kern_finetune.service import serve_in_thread as service_in_thread
 
 USER = "labeler@example.org"

@@ -42,8 +42,8 @@ def test_a_fine_tuned_encoder_folder_loads_there_too(version, shared_cache, tmp_
     """Full mode writes the trained transformer's weights: they load in the embedder's releases too."""
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.encode import Encoder
-    from kern_finetune.model_folder import save_model
+    from kern_finetune.vectors.encode import Encoder
+    from kern_finetune.output.model_folder import save_model
 
     encoder = Encoder(cache_dir=shared_cache)
     model = SentenceTransformer(str(encoder.path), device="cpu")
@@ -80,10 +80,10 @@ def test_the_model_gives_the_model_door_vectors_and_the_pushed_vectors_follow_fr
     rows are the head (scaled), whose output, smoothed and spread as metrics.json says, is vectors.npz."""
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.encode import Encoder
-    from kern_finetune.save import load_vectors
-    from kern_finetune.smooth import base_neighbours, smooth
-    from kern_finetune.spread import lift, local_radius
+    from kern_finetune.vectors.encode import Encoder
+    from kern_finetune.output.save import load_vectors
+    from kern_finetune.vectors.smooth import base_neighbours, smooth
+    from kern_finetune.vectors.spread import lift, local_radius
 
     texts = head_run.selection.texts
     got = SentenceTransformer(str(head_run.model_dir), device="cpu").encode(texts, normalize_embeddings=True)
@@ -113,7 +113,7 @@ def test_every_run_judges_both_doors_and_refinerys_stock_embedding(head_run):
 def test_the_base_share_keeps_refinerys_search_lists_full(subset_sel, subset_base):
     """A head that stretches the class-centroid directions starves refinery's threshold search; the chosen base
     share brings the short lists back within the margin of refinery's stock embedding, where 0 would not."""
-    from kern_finetune.base_share import SHARES, fits, head_door
+    from kern_finetune.vectors.base_share import SHARES, fits, head_door
 
     dim = subset_base.shape[1]
     labeled = subset_sel.labeled_idx

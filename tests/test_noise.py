@@ -1,4 +1,4 @@
-"""Tests for kern_finetune.noise: the label check on real vectors of the bundled sample's subset."""
+"""Tests for kern_finetune.labels.label_check: the label check on real vectors of the bundled sample's subset."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kern_finetune.noise import find_label_issues, without_label_issues, write_label_issues
-from kern_finetune.select import Selection
+from kern_finetune.labels.label_check import find_label_issues, without_label_issues, write_label_issues
+from kern_finetune.labels.select import Selection
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -14,7 +14,7 @@ from kern_finetune.cli import main
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
 from kern_finetune.pipeline import run_pipeline
-from kern_finetune.save import RUN_MARKER, RUN_OUTPUTS, check_out_dir, staged_output
+from kern_finetune.output.save import RUN_MARKER, RUN_OUTPUTS, check_out_dir, staged_output
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +46,7 @@ def test_a_failed_run_leaves_the_earlier_output_whole(records, shared_cache: Pat
     def broken_report(*_args, **_kw):
         raise RuntimeError("injected failure while writing the report")
 
-    monkeypatch.setattr("kern_finetune.write.write_report", broken_report)
+    monkeypatch.setattr("kern_finetune.output.write.write_report", broken_report)
     with pytest.raises(RuntimeError, match="injected failure"):
         run_pipeline(records, _config(shared_cache, seed=7, noise_filter="off"), out_dir=out)
     assert _snapshot(out) == before  # model, vectors, metrics and report all from the first run

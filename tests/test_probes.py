@@ -150,7 +150,7 @@ def test_out_without_our_marker_is_refused(case: str, tmp_path: Path, capsys: py
 @pytest.mark.parametrize("user_path", ["model/.notes", "model/sub/deep.txt", ".hidden", "notes.txt"])
 def test_out_of_an_earlier_run_with_a_user_file_inside_is_refused(user_path: str, tmp_path: Path) -> None:
     from kern_finetune.errors import ConfigError
-    from kern_finetune.save import RUN_MARKER, check_out_dir, staged_output
+    from kern_finetune.output.save import RUN_MARKER, check_out_dir, staged_output
 
     out = tmp_path / "out"
     with staged_output(out) as stage:
@@ -186,7 +186,7 @@ def test_sigterm_during_a_run_leaves_no_staging_folder(base_records, shared_cach
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("SIGTERM did not stop the run")
 
-    monkeypatch.setattr("kern_finetune.write.write_report", killed)
+    monkeypatch.setattr("kern_finetune.output.write.write_report", killed)
     before = signal.getsignal(signal.SIGTERM)
     code = main(_run_args(export, tmp_path / "out", shared_cache))
     err = capsys.readouterr().err
@@ -199,7 +199,7 @@ def test_stale_staging_folders_of_ours_are_cleaned_and_live_ones_kept(tmp_path: 
     import fcntl
     import json
 
-    from kern_finetune.save import RUN_MARKER, staged_output
+    from kern_finetune.output.save import RUN_MARKER, staged_output
 
     def stage(name: str, marker: bool) -> Path:
         path = tmp_path / name
@@ -228,7 +228,7 @@ def test_outputs_are_readable_by_others(base_records, shared_cache: Path, tmp_pa
     import json
     import stat
 
-    from kern_finetune.save import RUN_MARKER
+    from kern_finetune.output.save import RUN_MARKER
 
     export = _small_export(base_records, tmp_path / "base.json")
     out = tmp_path / "out"
@@ -252,7 +252,7 @@ def test_outputs_are_readable_by_others(base_records, shared_cache: Path, tmp_pa
 def test_label_issues_csv_neutralises_formula_cells(tmp_path: Path) -> None:
     import csv
 
-    from kern_finetune.noise import write_label_issues
+    from kern_finetune.labels.label_check import write_label_issues
 
     hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tTab", "\rCR", "Sports", "a=b"]
     path = tmp_path / "label_issues.csv"
@@ -455,7 +455,7 @@ def test_a_class_with_one_label_is_set_aside(base_records, shared_cache: Path, t
 
 def test_a_garbage_cache_file_is_set_aside_and_rebuilt(base_records, tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from kern_finetune.encode import Encoder
+    from kern_finetune.vectors.encode import Encoder
 
     cache = tmp_path / "cache"
     cache.mkdir()
@@ -473,7 +473,7 @@ def test_a_garbage_cache_file_is_set_aside_and_rebuilt(base_records, tmp_path: P
 def test_damaged_cache_rows_are_encoded_again(tmp_path: Path) -> None:
     import sqlite3
 
-    from kern_finetune.encode import Encoder
+    from kern_finetune.vectors.encode import Encoder
 
     texts = ["one text", "another text", "a third text", "the fourth"]
     fresh = Encoder(cache_dir=tmp_path / "a").encode(texts, progress=False)
@@ -505,7 +505,7 @@ def test_a_cache_folder_that_is_a_file_is_one_line(tmp_path: Path, capsys: pytes
 def test_a_damaged_jobs_or_host_db_is_set_aside_and_rebuilt(which: str, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     if which == "jobs":
-        from kern_finetune.jobs import JobStore
+        from kern_finetune.service.jobs import JobStore
 
         path = tmp_path / "jobs.sqlite3"
         path.write_bytes(os.urandom(4096))

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from kern_finetune.refinery.export import load_export, resolve_task
-from kern_finetune.select import select_labels
+from kern_finetune.labels.select import select_labels
 
 CASES = [
     # export, task, gold attribute, manual labels, weak labels selected at 0.7, test records (READMEs)

@@ -1,4 +1,4 @@
-"""Self-training pseudo-labels (kern_finetune.pseudo), the config setting, and the pipeline's use of them.
+"""Self-training pseudo-labels (kern_finetune.labels.pseudo), the config setting, and the pipeline's use of them.
 
 Real base vectors of 1,000 sample records (about 460 without a training label), real logistic regression.
 """
@@ -12,8 +12,8 @@ import pytest
 
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
-from kern_finetune.pseudo import find_pseudo_labels, with_pseudo_labels
-from kern_finetune.select import Selection, gold_to_class
+from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
+from kern_finetune.labels.select import Selection, gold_to_class
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,8 +76,8 @@ def test_pipeline_trains_on_pseudo_labels_but_evaluates_on_the_projects_own(subs
     976ed1e: the 139 pseudo-labeled records' top_50 purity by their pseudo-label 73.7 with vs 69.5 without
     (raw 61.1), test top_100 52.7 vs 49.8 (most pseudo-labels are right, and those records are test records).
     """
-    from kern_finetune import train
-    from kern_finetune.evaluate import top_k_purity
+    from kern_finetune.training import train
+    from kern_finetune.evaluation.evaluate import top_k_purity
     from kern_finetune.pipeline import run_pipeline
 
     monkeypatch.setattr(train, "HEAD_LR", 1e-2)

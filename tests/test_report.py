@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kern_finetune.report import N_NEIGHBOURS, ReportData, first_screen, per_class_top_k, write_report
+from kern_finetune.evaluation.report import N_NEIGHBOURS, ReportData, first_screen, per_class_top_k, write_report
 
 NASTY = r"$\notacmd$"
 SCRIPTY = "<script>alert(1)</script>"
@@ -76,7 +76,7 @@ def test_first_screen_is_seeded_and_counts_matches() -> None:
 def test_first_screen_is_cut_where_refinerys_search_cuts() -> None:
     """Each query's list says how many records refinery's threshold search returns, and which of the ten
     nearest lie beyond it; the count agrees with evaluate.threshold_search on the same vectors (issue 15)."""
-    from kern_finetune.evaluate import SEARCH_LIMIT, threshold_search
+    from kern_finetune.evaluation.evaluate import SEARCH_LIMIT, threshold_search
 
     data = _tiny_data()
     screen = first_screen(data)
@@ -110,7 +110,7 @@ def test_search_section_shows_refinerys_figures(tmp_path: Path) -> None:
 
 
 def test_per_class_top_k_matches_the_overall_mean() -> None:
-    from kern_finetune.evaluate import top_k_purity
+    from kern_finetune.evaluation.evaluate import top_k_purity
 
     data = _tiny_data()
     rows = per_class_top_k(data)
@@ -125,7 +125,7 @@ def test_per_class_top_k_matches_the_overall_mean() -> None:
 
 def test_per_class_top_k_reuses_the_evaluations_purity() -> None:
     """The per-class table takes the evaluation's per-query purity (same queries) instead of searching again."""
-    from kern_finetune.evaluate import neighbour_purity
+    from kern_finetune.evaluation.evaluate import neighbour_purity
 
     data = _tiny_data()
     values = sorted({data.gold[i] for i in data.test_idx})
@@ -267,7 +267,7 @@ def test_the_top_k_curve_has_plain_tick_labels() -> None:
     """The log axis reads 10, 100, 1,000: not matplotlib's mathtext, which parse_math off would print as typed."""
     import matplotlib.pyplot as plt
 
-    from kern_finetune.report import _curve_figure
+    from kern_finetune.evaluation.report import _curve_figure
 
     top_k = {"raw": {"10": 70.0, "75": 62.0, "100": 60.0, "1000": 50.0},
              "finetuned": {"10": 80.0, "75": 76.0, "100": 75.0, "1000": 70.0}}

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kern_finetune.encode import Encoder
-from kern_finetune.heads import SkipConnectionHead
-from kern_finetune.model_folder import save_model
-from kern_finetune.save import load_vectors, save_vectors
+from kern_finetune.vectors.encode import Encoder
+from kern_finetune.training.heads import SkipConnectionHead
+from kern_finetune.output.model_folder import save_model
+from kern_finetune.output.save import load_vectors, save_vectors
 
 TEXTS = ["Oil prices climb as supply tightens.", "Striker scores twice in derby.", "Chipmaker unveils faster processor."]
 

@@ -5,7 +5,7 @@ import pytest
 
 from kern_finetune.errors import ExportError, SelectionError, TaskNotFoundError
 from kern_finetune.refinery.export import discover_tasks, parse_export_payload, resolve_task
-from kern_finetune.select import default_text_attributes, gold_to_class, select_labels
+from kern_finetune.labels.select import default_text_attributes, gold_to_class, select_labels
 
 M, W, C = "__Topic__MANUAL", "__Topic__WEAK_SUPERVISION", "__Topic__WEAK_SUPERVISION__confidence"
 
@@ -197,7 +197,7 @@ def test_split_is_sklearns_train_test_split_row_for_row():
     """select_labels splits without importing sklearn; the split is the one train_test_split gave."""
     from sklearn.model_selection import train_test_split
 
-    from kern_finetune.select import split_train_val
+    from kern_finetune.labels.select import split_train_val
 
     for n in (8, 9, 13, 100, 1001):
         labeled = np.sort(np.random.default_rng(n).choice(5 * n, n, replace=False))

@@ -1,4 +1,4 @@
-"""kern_finetune.serving: what the local host and the trigger service share, on real sockets, files and SQLite."""
+"""kern_finetune.web.serving: what the local host and the trigger service share, on real sockets, files and SQLite."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import requests
 from fastapi import FastAPI
 
 from kern_finetune.errors import ConfigError
-from kern_finetune.serving import (
+from kern_finetune.web.serving import (
     DataDirLock,
     ServerThread,
     atomic_write_text,

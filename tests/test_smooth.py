@@ -1,4 +1,4 @@
-"""Neighbour smoothing (kern_finetune.smooth): the neighbour search, the average, the held-out choice, and
+"""Neighbour smoothing (kern_finetune.vectors.smooth): the neighbour search, the average, the held-out choice, and
 its place in the pipeline (metrics, the saved model, the model door)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
-from kern_finetune.select import Selection
-from kern_finetune.smooth import NEIGHBOURS, base_neighbours, choose_weight, smooth, smooth_vectors
+from kern_finetune.labels.select import Selection
+from kern_finetune.vectors.smooth import NEIGHBOURS, base_neighbours, choose_weight, smooth, smooth_vectors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -133,9 +133,9 @@ def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_i
     head beside the base share (its first rows are the head), which smoothing does not touch."""
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.encode import Encoder
+    from kern_finetune.vectors.encode import Encoder
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     records = subset_records[:400]
     config = RunConfig(mode="head", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",

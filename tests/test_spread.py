@@ -1,4 +1,4 @@
-"""Search spread (kern_finetune.spread): the local radius, the lift, the label-free choice, and its place in the
+"""Search spread (kern_finetune.vectors.spread): the local radius, the lift, the label-free choice, and its place in the
 pipeline (metrics, one more dimension, the option)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
-from kern_finetune.evaluate import threshold_search
-from kern_finetune.spread import MARGIN_10, MARGIN_100, STRENGTHS, choose_strength, lift, local_radius, spread_vectors
+from kern_finetune.evaluation.evaluate import threshold_search
+from kern_finetune.vectors.spread import MARGIN_10, MARGIN_100, STRENGTHS, choose_strength, lift, local_radius, spread_vectors
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -111,7 +111,7 @@ def test_pipeline_records_the_spread_and_pushes_one_more_dimension(
     subset_records: list[dict], shared_cache: Path, tmp_path: Path
 ) -> None:
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     config = RunConfig(mode="head", task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
                        cache_dir=shared_cache, seed=42, epochs=3, smooth="0", spread="1", device="cpu")

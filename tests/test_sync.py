@@ -22,7 +22,7 @@ import requests
 from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune import sync as sync_mod
-from kern_finetune._net import host_identity, redact_uri
+from kern_finetune.web.net import host_identity, redact_uri
 from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.commands import sync as sync_cmd
 from kern_finetune.config import RunConfig
@@ -192,9 +192,9 @@ print(json.dumps([first.status, second.status, sorted(m for m in ("torch", "skle
 
 
 def test_an_up_to_date_sync_imports_neither_torch_nor_sklearn(host: RunningHost, tmp_path: Path) -> None:
-    """Selecting and fingerprinting the labels (kern_finetune.prepare) needs neither, so a sync that finds
+    """Selecting and fingerprinting the labels (kern_finetune.labels.prepare) needs neither, so a sync that finds
     the labels unchanged loads neither (the split is sklearn's, replayed in numpy:
-    kern_finetune.select.split_train_val). The sync runs in its own process against the test's host, with
+    kern_finetune.labels.select.split_train_val). The sync runs in its own process against the test's host, with
     ``device="cpu"``: ``RunConfig.validate`` resolves ``"auto"`` by asking torch whether CUDA is there."""
     import subprocess
     import sys

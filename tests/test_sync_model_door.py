@@ -20,10 +20,10 @@ import requests
 from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import default_model_path
+from kern_finetune.vectors.encode import default_model_path
 from kern_finetune.errors import AuthError, ConfigError, PushError
 from kern_finetune.host import RunningHost, serve_in_thread
-from kern_finetune.model_door import ModelDoorTarget, reserve_folder
+from kern_finetune.refinery.model_door import ModelDoorTarget, reserve_folder
 from kern_finetune.pipeline import RunResult
 from kern_finetune.refinery.api import RefineryClient
 from kern_finetune.refinery.gateway import Gateway
@@ -238,7 +238,7 @@ def test_unattended_syncs_get_the_nights_time_budget(tmp_path: Path) -> None:
     that is named wins."""
     from kern_finetune.cli import build_parser
     from kern_finetune.config import SYNC_TIME_BUDGET
-    from kern_finetune.jobs import JobStore
+    from kern_finetune.service.jobs import JobStore
     from kern_finetune.service.worker import JobWorker
 
     parser = build_parser()

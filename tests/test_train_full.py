@@ -1,4 +1,4 @@
-"""Full mode: fine-tune the whole encoder (kern_finetune.train_full.FullTrainer), alone and through the pipeline.
+"""Full mode: fine-tune the whole encoder (kern_finetune.training.train_full.FullTrainer), alone and through the pipeline.
 
 Kept small for CPU: ~120 records, batch 8, 64 tokens, 2 optimizer steps. The pipeline takes no
 step limit of its own, so the test hands it a ``FullTrainer`` with the same small settings (monkeypatch).
@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from kern_finetune.config import RunConfig
-from kern_finetune.encode import Encoder
+from kern_finetune.vectors.encode import Encoder
 from kern_finetune.refinery.export import resolve_task
-from kern_finetune.select import Selection, select_labels
-from kern_finetune.train_full import ENCODER_LR
+from kern_finetune.labels.select import Selection, select_labels
+from kern_finetune.training.train_full import ENCODER_LR
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,7 +27,7 @@ INFO_KEYS = {"engine", "mode", "epochs_run", "steps", "best_step", "best_val_los
 
 def fit_full(encoder: Encoder, sel: Selection, config: RunConfig, **settings):
     """``FullTrainer.from_config`` fitted on ``sel``'s split: ``(model, metrics-style info)``."""
-    from kern_finetune.train_full import FullTrainer
+    from kern_finetune.training.train_full import FullTrainer
 
     trainer = FullTrainer.from_config(config, model_path=encoder.path, **settings)
     tr, va = sel.train_idx, sel.val_idx
@@ -84,9 +84,9 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     """The pipeline's run repeats the fixture's fit (same seed); its saved model gives the model door's vectors."""
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune import train_full
+    from kern_finetune.training import train_full
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     class Small(train_full.FullTrainer):
         @classmethod
@@ -123,9 +123,9 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
 @pytest.mark.slow
 def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) -> None:
     """With an evaluation every step, the best loss is the minimum recorded and the returned model has it."""
-    from kern_finetune.losses import make_loss
-    from kern_finetune.samplers import class_aware_batches
-    from kern_finetune.train_full import _val_loss
+    from kern_finetune.training.losses import make_loss
+    from kern_finetune.training.samplers import class_aware_batches
+    from kern_finetune.training.train_full import _val_loss
 
     config = RunConfig(mode="full", seed=3, wise_alpha=1.0)  # the best state itself, not interpolated
     small = {**SMALL, "max_steps": 6, "eval_every": 1, "patience": 2}
@@ -146,7 +146,7 @@ def test_best_val_loss_is_the_returned_models(encoder: Encoder, sel: Selection) 
 
 def _scripted_val(monkeypatch, losses: list[float]) -> None:
     """Make every validation return the next of ``losses`` (so the early-stopping path is known)."""
-    from kern_finetune import train_full
+    from kern_finetune.training import train_full
 
     it = iter(losses)
     monkeypatch.setattr(train_full, "_val_loss", lambda *a, **k: next(it))
@@ -211,7 +211,7 @@ def test_config_rejects_bad_full_mode_settings(field: str, value: float) -> None
 
 
 def test_length_grouped_keeps_every_row_and_batch_size_and_shrinks_padding() -> None:
-    from kern_finetune.samplers import class_aware_batches, length_grouped
+    from kern_finetune.training.samplers import class_aware_batches, length_grouped
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 4, 1000)

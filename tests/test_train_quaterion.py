@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from kern_finetune._compat import patch_quaterion
+from kern_finetune.training.quaterion_compat import patch_quaterion
 from kern_finetune.errors import ConfigError, SelectionError
-from kern_finetune.heads import SkipConnectionHead
+from kern_finetune.training.heads import SkipConnectionHead
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,7 +44,7 @@ def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def tq():
     """The engine module (imports quaterion through the shims)."""
-    from kern_finetune import train_quaterion
+    from kern_finetune.training import train_quaterion
 
     return train_quaterion
 

@@ -1,4 +1,4 @@
-"""The verdict without gold (kern_finetune.verdict): the hold-out, the decision, a run on a snapshot without
+"""The verdict without gold (kern_finetune.evaluation.verdict): the hold-out, the decision, a run on a snapshot without
 gold, and a sync that keeps the embedding in use when a deliberately bad fit (shuffled labels) is worse."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from kern_finetune.cli import main
-from kern_finetune.verdict import (
+from kern_finetune.evaluation.verdict import (
     MIN_JUDGED, MIN_QUERIES, current_embedding, decide, hold_out, unseen_weak_labels,
 )
 
@@ -70,7 +70,7 @@ def test_decide_says_too_few_worse_better_or_no_difference():
 
 
 def test_threshold_search_per_query_adds_up_to_its_figures():
-    from kern_finetune.evaluate import threshold_search
+    from kern_finetune.evaluation.evaluate import threshold_search
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)
@@ -129,8 +129,9 @@ def _shuffled_fit(monkeypatch: pytest.MonkeyPatch) -> None:
     verdict's judges keep the true labels: a deliberately bad embedding."""
     import dataclasses
 
-    from kern_finetune import fit as fit_mod
-    from kern_finetune import pipeline, verdict
+    from kern_finetune.training import fit as fit_mod
+    from kern_finetune import pipeline
+    from kern_finetune.evaluation import verdict
 
     real = fit_mod.fit
 

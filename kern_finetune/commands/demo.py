@@ -21,7 +21,7 @@ neighbours sharing the query's class) and ``search_precision_*`` (the share of a
 that share it, in %). A host that leaves the query out and applies no threshold gives 100 neighbours.
 
 A neighbour's class is its gold value; for training records without one, it is the label the record
-was trained on, translated to its gold value (:func:`kern_finetune.select.gold_to_class`, when that
+was trained on, translated to its gold value (:func:`kern_finetune.labels.select.gold_to_class`, when that
 translation is one-to-one). ``*_gold_only`` counts only neighbours whose gold is known.
 """
 
@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..refinery.api import RefineryClient
 from ..refinery.columns import embedding_name
 from ..refinery.export import load_export
-from ..select import gold_to_class
+from ..labels.select import gold_to_class
 from ..sync import sync_project
 from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args
 
@@ -138,7 +138,7 @@ def _model_door_loop(export: Path, config: Any, work: Path, say: Any) -> list[st
     volume as v1, refinery's routes create the embedding, the host computes it as refinery's embedder does),
     labelers add labels, sync again (v2 created and FINISHED, then v1 deleted). Returns what happened."""
     from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
-    from ..model_door import ModelDoorTarget
+    from ..refinery.model_door import ModelDoorTarget
     from ..refinery.gateway import Gateway
 
     sliced = _sample_export(export, MODEL_DOOR_RECORDS, work / "model-door.json.gz", config.seed)

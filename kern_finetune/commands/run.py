@@ -131,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
 
         check_snapshot_dst(args.write_snapshot, src=args.export, out_dir=args.out)
     from ..console import say_next
-    from ..verdict import current_from_export
+    from ..evaluation.verdict import current_from_export
 
     records = load_export(args.export)
     current = current_from_export(args.export, records, config.id_attribute)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import BASIC_OPTIONS, SYNC_TIME_BUDGET, RunConfig
 from ..errors import ConfigError
-from ..model_door import DEFAULT_MOUNT, ModelDoorTarget
+from ..refinery.model_door import DEFAULT_MOUNT, ModelDoorTarget
 from ..refinery.api import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
 from ..sync import DOORS, sync_project
 from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..body_limit import BodyLimit
+from ..web.body_limit import BodyLimit
 from .api_errors import ApiError
 from .routes.auth import (LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, LOGIN_UI_PATH, WHOAMI_PATH, add_auth_routes, bearer_of,
                           cookie_of, token_of)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..serving import immediate_transaction, is_damaged, set_aside
+from ..web.serving import immediate_transaction, is_damaged, set_aside
 
 __all__ = ["DB_FILE", "HostDB", "now_iso"]
 

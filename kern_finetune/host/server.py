@@ -8,9 +8,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .._net import is_loopback
+from ..web.net import is_loopback
 from ..errors import ConfigError, HostUnavailableError
-from ..serving import ServerThread, format_url, listening_socket
+from ..web.serving import ServerThread, format_url, listening_socket
 from .app import create_app
 from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
 from .store import HostStore

@@ -28,7 +28,7 @@ Reliability rules:
   ``Cookie`` header, and every message the transport builds passes through :meth:`Transport.scrub`,
   which masks them all. Userinfo written into the
   URI (``http://user:PW@host``) is dropped with a warning: never sent, shown, logged or stored
-  (:func:`kern_finetune._net.redact_uri`).
+  (:func:`kern_finetune.web.net.redact_uri`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from .._net import check_project_id, host_identity, redact_uri
+from ..web.net import check_project_id, host_identity, redact_uri
 from ..errors import AuthError, ConfigError, HostError, HostUnavailableError, ProjectNotFoundError
 
 __all__ = ["Transport", "json_body", "error_code", "error_detail", "SESSION_COOKIE", "CSRF_COOKIE_PREFIX"]
@@ -89,7 +89,7 @@ class Transport:
         if not uri:
             raise ConfigError("no host URI given")
         self.identity = host_identity(uri)  # validates; ConfigError for a URI that names no host
-        """The host however its URI is spelled (:func:`kern_finetune._net.host_identity`)."""
+        """The host however its URI is spelled (:func:`kern_finetune.web.net.host_identity`)."""
         if not user_name or not password:
             raise ConfigError("user name and password are both required to log in")
         if timeout <= 0 or retries < 0 or backoff < 0:

@@ -18,10 +18,10 @@ timestamps more than :data:`TOLERANCE_S` seconds away from the service's clock a
 a captured request inside that window is *not* refused: triggering is idempotent (a duplicate trigger
 returns the active job, an unchanged project syncs as ``up_to_date``). Bodies are read as raw bytes,
 at most :data:`MAX_BODY_BYTES` (else 413, counted while the body streams in, before the signature
-is checked: :class:`kern_finetune.body_limit.BodyLimit`), before anything is parsed. A signature
+is checked: :class:`kern_finetune.web.body_limit.BodyLimit`), before anything is parsed. A signature
 header that is not plain ASCII ``t=<digits>,v1=<hex>`` is a malformed signature (401).
 
-Restarts: see :mod:`kern_finetune.jobs` (a job a killed service left running is re-run once, then
+Restarts: see :mod:`kern_finetune.service.jobs` (a job a killed service left running is re-run once, then
 failed with the reason ``"interrupted by service restart"``).
 
 Modules: :mod:`.signing` (the signature and the secret), :mod:`.trigger` (a trigger body's checks),

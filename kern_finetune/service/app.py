@@ -10,9 +10,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..body_limit import BodyLimit
+from ..web.body_limit import BodyLimit
 from ..errors import ConfigError
-from ..jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, JobStore, QueueFullError
+from .jobs import FAILED, QUEUED, RUNNING, SUCCEEDED, UP_TO_DATE, JobStore, QueueFullError
 from .signing import SIGNATURE_HEADER, SignatureError, verify_signature
 from .trigger import validate_trigger
 from .worker import JobWorker
@@ -46,7 +46,7 @@ async def _authenticated_body(request: Request, secret: bytes) -> bytes | JSONRe
 
 def _trigger(store: JobStore, body: bytes) -> JSONResponse:
     """``POST /v1/jobs`` once the signature is checked: parse, validate, queue or join (a job doing the same
-    sync; other settings queue after it, :meth:`~kern_finetune.jobs.JobStore.submit`)."""
+    sync; other settings queue after it, :meth:`~kern_finetune.service.jobs.JobStore.submit`)."""
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

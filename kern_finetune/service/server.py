@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..jobs import QUEUED, JobStore
-from ..serving import DataDirLock, ServerThread, atomic_write_text, format_url, listening_socket
+from .jobs import QUEUED, JobStore
+from ..web.serving import DataDirLock, ServerThread, atomic_write_text, format_url, listening_socket
 from .app import create_app
 from .runner import JobRunner
 from .signing import as_bytes

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._net import is_project_id
+from ..web.net import is_project_id
 from ..config import RunConfig
 from ..errors import ConfigError
 

@@ -8,7 +8,7 @@ import traceback
 from pathlib import Path
 
 from ..errors import KernFinetuneError
-from ..jobs import FAILED, SUCCEEDED, UP_TO_DATE, Job, JobStore, job_config
+from .jobs import FAILED, SUCCEEDED, UP_TO_DATE, Job, JobStore, job_config
 from .runner import JobContext, JobRunner, jsonable
 
 __all__ = ["JobWorker"]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import requests
 
-from kern_finetune.encode import default_model_path, load_sentence_transformer
+from kern_finetune.vectors.encode import default_model_path, load_sentence_transformer
 from kern_finetune.errors import AuthError
 from kern_finetune.host import RunningHost, serve_in_thread
 from kern_finetune.refinery.api import RefineryClient

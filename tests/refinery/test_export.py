@@ -21,7 +21,7 @@ from kern_finetune.errors import ExportError, TaskNotFoundError
 from kern_finetune.refinery.columns import EXTRACTION
 from kern_finetune.refinery.export import discover_tasks, load_export, parse_export_payload, resolve_task
 from kern_finetune.refinery.reader import MAX_INPUT_ENV, max_input_bytes
-from kern_finetune.select import select_labels, split_manual_labels, task_labels
+from kern_finetune.labels.select import select_labels, split_manual_labels, task_labels
 from kern_finetune.refinery.snapshot import read_snapshot
 
 FIXTURE = Path(__file__).parents[1] / "data" / "ag_news_snapshot_small.zip"

@@ -185,7 +185,7 @@ def test_run_write_snapshot_end_to_end(tmp_path: Path, shared_cache: Path, capsy
     assert f"wrote snapshot {out}: embedding {OURS!r} on attribute 'headline' (200 vectors of 384 dimensions)" in printed
     assert 'click "Import snapshot"' in printed and "recreate_embeddings" in printed
     _check_ours(out, attribute="headline", n=200, dim=384)
-    from kern_finetune.save import load_vectors
+    from kern_finetune.output.save import load_vectors
 
     ids, vec = load_vectors(tmp_path / "run" / "vectors.npz")
     got_ids, got = read_snapshot(out).embedding_vectors(OURS)

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from kern_finetune.errors import ConfigError, SelectionError
-from kern_finetune.jobs import INTERRUPTED_REASON, MAX_ATTEMPTS, JobStore
+from kern_finetune.service.jobs import INTERRUPTED_REASON, MAX_ATTEMPTS, JobStore
 from kern_finetune.service import (
     MAX_BODY_BYTES,
     SIGNATURE_HEADER,
@@ -316,7 +316,7 @@ def test_a_trigger_with_other_settings_is_queued_after_the_active_job(service) -
 
 
 def test_too_many_queued_settings_are_refused_with_the_reason(service) -> None:
-    from kern_finetune.jobs import MAX_QUEUED_PER_PROJECT
+    from kern_finetune.service.jobs import MAX_QUEUED_PER_PROJECT
 
     runner = RecordingRunner(hold=True)
     svc = service(runner)
@@ -580,7 +580,7 @@ def test_default_runner_syncs_with_the_local_host(service, subset_records, share
         svc = service(default_runner(secrets))
         # lr 1e-2, batch 64 (the job runs in this process): the few optimizer steps 300 records give barely
         # move the head at the default lr 1e-3 (top_k of raw and fine-tuned then differ by about a point)
-        from kern_finetune import train
+        from kern_finetune.training import train
 
         monkeypatch.setattr(train, "HEAD_LR", 1e-2)
         monkeypatch.setattr(train, "HEAD_BATCH_SIZE", 64)

@@ -1,0 +1,1 @@
+"""Stage 5: a run's folder, written whole (model folder, vectors, model card)."""

@@ -1,0 +1,162 @@
+"""A request-body size limit for ASGI servers, enforced while the body streams in.
+
+Both servers (the local host, :mod:`kern_finetune.host`, and the webhook service,
+:mod:`kern_finetune.service`) wrap their app in :class:`BodyLimit`. It sits in front of every route and
+every authentication check, so nobody can make a server buffer more than the limit:
+
+- a ``Content-Length`` over the limit is answered ``413`` before a byte of the body is read; an invalid
+  one ``400``;
+- otherwise the body bytes are counted as the app reads them (chunked or not, announced or not), and the
+  read that passes the limit ends the request with ``413``: the app never sees the extra bytes, and
+  whatever answer it tries to give to a body it did not get whole is replaced by the ``413``;
+- with ``anonymous_max_bytes`` and ``is_authenticated(scope)``, a body may pass the smaller anonymous
+  limit only when the request is authenticated (checked once, in a worker thread, when that limit is
+  reached), and is refused with ``anonymous_status`` (the host: ``401``, so a client whose token expired
+  logs in again). The host uses it so that a stranger's upload is refused at 64 KiB, before any route
+  reads it, while a logged-in client may send 64 MiB.
+
+After the 413, uvicorn discards the rest of the body as it arrives (memory stays flat) and closes the
+connection once its keep-alive timeout passes (or the body timeout of :mod:`kern_finetune.web.timeouts`,
+when the rest trickles in). A client that leaves mid-body (or is cut off by that timeout) ends the request
+quietly: there is nobody to answer, and it is no error of the app's.
+
+Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered here.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+
+__all__ = ["BodyLimit", "BodyTooLarge"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+Render = Callable[[int, str], dict[str, Any]]
+
+
+class BodyTooLarge(Exception):
+    """Raised from ``receive`` inside the app when the body passes the limit (caught by :class:`BodyLimit`)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body over {limit} bytes")
+        self.limit = limit
+
+
+def _default_render(status: int, detail: str) -> dict[str, Any]:
+    return {"error": "payload_too_large" if status == 413 else "bad_request", "detail": detail}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over the limit (see the module docstring).
+
+    ``render(status, detail)`` makes the JSON error body (each server has its own error shape).
+    ``is_authenticated`` runs in a worker thread (it may query a database) and only for requests whose
+    body passes ``anonymous_max_bytes``.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        anonymous_max_bytes: int | None = None,
+        is_authenticated: Callable[[Scope], bool] | None = None,
+        anonymous_status: int = 413,
+        render: Render | None = None,
+    ) -> None:
+        if max_bytes < 0 or (anonymous_max_bytes is not None and anonymous_max_bytes < 0):
+            raise ValueError("body limits must be >= 0")
+        if (anonymous_max_bytes is None) != (is_authenticated is None):
+            raise ValueError("anonymous_max_bytes and is_authenticated go together")
+        self.app = app
+        self.max_bytes = max_bytes
+        self.anonymous_max_bytes = min(anonymous_max_bytes, max_bytes) if anonymous_max_bytes is not None else max_bytes
+        self.is_authenticated = is_authenticated
+        self.anonymous_status = anonymous_status
+        self.render = render or _default_render
+
+    async def _answer(self, send: Send, status: int, detail: str) -> None:
+        body = json.dumps(self.render(status, detail)).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _refuse(self, send: Send, limit: int) -> None:
+        if limit < self.max_bytes:  # refused for want of credentials, not for its size as such
+            await self._answer(send, self.anonymous_status,
+                               f"request body over {limit} bytes without a valid session token; log in first")
+        else:
+            await self._answer(send, 413, f"request body over {limit} bytes; send smaller requests")
+
+    async def _limit(self, scope: Scope, size: int) -> int:
+        """The limit that applies to a body of ``size`` bytes (asks ``is_authenticated`` only when it matters)."""
+        if size <= self.anonymous_max_bytes or self.is_authenticated is None:
+            return self.anonymous_max_bytes if size <= self.anonymous_max_bytes else self.max_bytes
+        try:
+            ok = await run_in_threadpool(self.is_authenticated, scope)
+        except Exception:  # noqa: BLE001 - an auth check that fails means "not authenticated"
+            ok = False
+        return self.max_bytes if ok else self.anonymous_max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = {v.strip() for k, v in scope.get("headers", ()) if k.lower() == b"content-length"}
+        if declared:
+            text = next(iter(declared)).decode("latin-1")
+            if len(declared) > 1 or not text.isascii() or not text.isdigit():
+                await self._answer(send, 400, "invalid Content-Length header")
+                return
+            if int(text) > self.anonymous_max_bytes:
+                limit = await self._limit(scope, int(text))
+                if int(text) > limit:
+                    await self._refuse(send, limit)
+                    return
+
+        limit: int | None = None  # decided once the body passes the anonymous limit
+        received = 0
+        exceeded = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded, limit
+            if exceeded:
+                raise BodyTooLarge(limit or 0)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.anonymous_max_bytes:
+                    if limit is None:
+                        limit = await self._limit(scope, received)
+                    if received > limit:
+                        exceeded = True
+                        raise BodyTooLarge(limit)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded and not started:
+                return  # the app's answer to a body it never got whole: the 413 below replaces it
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except ClientDisconnect:
+            if not exceeded:
+                return  # the client left mid-body, or the server cut it (kern_finetune.web.timeouts): nobody to answer
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(send, limit if limit is not None else self.anonymous_max_bytes)
