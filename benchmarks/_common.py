@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from kern_finetune.config import default_cache_dir  # noqa: E402
 from kern_finetune.vectors.encode import Encoder  # noqa: E402
 from kern_finetune.config import RunConfig  # noqa: E402
-from kern_finetune.evaluation.evaluate import neighbour_purity, sample_queries, threshold_search  # noqa: E402
+from kern_finetune.evaluation.evaluate import neighbour_purity  # noqa: E402
+from kern_finetune.refinery.search import sample_queries, threshold_search
 from kern_finetune.labels.label_check import find_label_issues, without_label_issues  # noqa: E402
 from kern_finetune.refinery.export import load_export, resolve_task  # noqa: E402
 from kern_finetune.labels.select import Selection, select_labels  # noqa: E402

@@ -24,7 +24,9 @@ import numpy as np
 
 from _common import ROOT, load_sample
 
-from kern_finetune.evaluation.evaluate import purity_summary, sample_queries, threshold_search
+from kern_finetune.evaluation.evaluate import purity_summary
+
+from kern_finetune.refinery.search import sample_queries, threshold_search
 
 BEFORE = "2db3e05"
 

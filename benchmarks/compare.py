@@ -34,7 +34,8 @@ from _common import fit_row, load_sample, machine, score_row, write_results
 
 from kern_finetune.training import train
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluation.evaluate import linear_probe, neighbour_purity, projection_2d, sample_queries, separation_2d
+from kern_finetune.evaluation.evaluate import linear_probe, neighbour_purity, projection_2d, separation_2d
+from kern_finetune.refinery.search import sample_queries
 from kern_finetune.labels.select import gold_to_class
 
 PARITY = RunConfig(loss="triplet", noise_filter="off")  # with batches of 128 (PARITY_BATCH): the 2022 settings
@@ -132,7 +133,7 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any]) 
         lines.append(f"| {s['row']} | {s['seeds']} | {f('top_10')} | {f('top_100')} | {f('top_1k')} | {f('top_1k_250')} | "
                      f"{f('lt_10')} % | {f('lt_100')} % | {f('same_class')} % | "
                      f"{f('probe_accuracy')} | {f('knn_2d_pca')} | {f('knn_2d_simplex')} | {f('train_seconds')} |")
-    lines += ["", "top_5 and top_25 in compare.json. search: refinery's threshold search (kern_finetune.evaluation.evaluate.threshold_search): "
+    lines += ["", "top_5 and top_25 in compare.json. search: refinery's threshold search (kern_finetune.refinery.search.threshold_search): "
               "300 seeded test queries among all 20,000 records, the 100 nearest within the embedding's similarity "
               "threshold; shares of queries with fewer than 10 / 100 results, and the same-class share of what is "
               "returned (judged on records with gold: test records and the 927 training records with known gold). "

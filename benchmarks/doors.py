@@ -2,7 +2,7 @@
 
 For each project and seed, the default head-mode run (label check, head, neighbour smoothing, search spread)
 and four embeddings of every record, each searched as refinery searches it (300 seeded test queries among
-**all** records, 100 nearest within the 5th-percentile threshold, :func:`kern_finetune.evaluation.evaluate.threshold_search`):
+**all** records, 100 nearest within the 5th-percentile threshold, :func:`kern_finetune.refinery.search.threshold_search`):
 
 - **stock**: refinery's own embedding of the base model, computed by its embedder (PCA-64 fitted on the first
   640 records, :mod:`kern_finetune.refinery.embedder`): what the user has without kern-finetune;
@@ -30,7 +30,7 @@ import numpy as np
 from _common import PROJECTS, SEARCH_QUERIES, label_checked, load_project, machine, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluation.evaluate import sample_queries, threshold_search
+from kern_finetune.refinery.search import sample_queries, threshold_search
 from kern_finetune.vectors.base_share import door_vectors, head_door
 from kern_finetune.vectors.smooth import smooth_vectors
 from kern_finetune.vectors.spread import spread_vectors

@@ -23,7 +23,7 @@ Validation figures (no gold; the selection's validation rows are never trained o
 - ``v10`` / ``v100`` / ``v1k``: top_k of the validation records among the validation records, judged on
   their labels (manual or weak above the threshold), as test top_k is test among test (k clipped to n-1;
   v1k only where a project has more than 2,000 validation records);
-- ``vlt10`` / ``vlt100``: refinery's threshold search (:func:`kern_finetune.evaluation.evaluate.threshold_search`)
+- ``vlt10`` / ``vlt100``: refinery's threshold search (:func:`kern_finetune.refinery.search.threshold_search`)
   from 300 seeded **unlabeled** queries among all records (label-free), seed + 1000 so they are not the
   test figures' queries.
 
@@ -58,7 +58,8 @@ from torch import nn
 from _common import PROJECTS, RESULTS, label_checked, load_project, machine, score_row
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluation.evaluate import neighbour_purity, threshold_search
+from kern_finetune.evaluation.evaluate import neighbour_purity
+from kern_finetune.refinery.search import threshold_search
 from kern_finetune.training.losses import make_loss
 from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
 from kern_finetune.labels.select import Selection

@@ -22,7 +22,7 @@ them, so top_1k is bounded near 9% there and says nothing; read top_10 / top_100
 Every row goes through the pipeline's own steps: selection at threshold 0.7, cached base vectors, the
 label check (drop), :func:`kern_finetune.training.train.fit_head`. Reported per row: top_5/10/25/100/1000 over all
 test records (neighbours among the test records, as the 2022 experiment) and refinery's threshold search
-(:func:`kern_finetune.evaluation.evaluate.threshold_search`: 300 seeded test queries searched among **all** records
+(:func:`kern_finetune.refinery.search.threshold_search`: 300 seeded test queries searched among **all** records
 of the project, 100 nearest within the embedding's similarity threshold; shares of queries with fewer than
 10 / 100 results, same-class share of what is returned, judged where gold is known).
 
@@ -88,7 +88,7 @@ def markdown(summary: list[dict[str, Any]], command: str, info: dict[str, Any], 
         lines.append("")
     lines += ["top_k: mean share (percent) of a test record's k nearest test records (cosine) with its gold class. "
               "search: refinery's threshold search, 300 seeded test queries among all records "
-              "(kern_finetune.evaluation.evaluate.threshold_search); same class judged on returned records with gold, query excluded. "
+              "(kern_finetune.refinery.search.threshold_search); same class judged on returned records with gold, query excluded. "
               "first screen: of the 9 records shown after the query on refinery's first screen (fewer when the "
               "threshold returns fewer), how many are of the query's class (a count out of 9; judged among those "
               "with gold and scaled to the number shown). "

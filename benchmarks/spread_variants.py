@@ -42,7 +42,7 @@ import torch
 from _common import fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.evaluation.evaluate import sample_queries
+from kern_finetune.refinery.search import sample_queries
 from kern_finetune.vectors.smooth import base_neighbours, choose_weight, nearest_among_anchors, smooth
 from kern_finetune.vectors.spread import MAX_QUERIES, STRENGTHS, _short_lists, spread_vectors, within_margins
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kern_finetune.evaluation.evaluate import chance_level, neighbour_purity, sample_queries, separation_2d, top_k_purity
+from kern_finetune.evaluation.evaluate import chance_level, neighbour_purity, separation_2d, top_k_purity
+
+from kern_finetune.refinery.search import sample_queries
 
 
 def test_purity_hand_computed_on_a_line():
@@ -137,7 +139,7 @@ def test_purity_summary_caps_the_queries_but_searches_all_rows():
 
 
 def test_threshold_search_in_blocks_equals_one_block():
-    from kern_finetune.evaluation.evaluate import threshold_search
+    from kern_finetune.refinery.search import threshold_search
 
     rng = np.random.default_rng(4)
     x = rng.normal(size=(600, 8)).astype(np.float32)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kern_finetune.evaluation.evaluate import similarity_threshold, threshold_search
+from kern_finetune.refinery.search import similarity_threshold, threshold_search
 
 
 def test_similarity_threshold_is_the_5th_percentile_of_pairwise_distances():

@@ -75,8 +75,8 @@ def test_first_screen_is_seeded_and_counts_matches() -> None:
 
 def test_first_screen_is_cut_where_refinerys_search_cuts() -> None:
     """Each query's list says how many records refinery's threshold search returns, and which of the ten
-    nearest lie beyond it; the count agrees with evaluate.threshold_search on the same vectors (issue 15)."""
-    from kern_finetune.evaluation.evaluate import SEARCH_LIMIT, threshold_search
+    nearest lie beyond it; the count agrees with refinery.search.threshold_search on the same vectors (issue 15)."""
+    from kern_finetune.refinery.search import SEARCH_LIMIT, threshold_search
 
     data = _tiny_data()
     screen = first_screen(data)

@@ -11,7 +11,7 @@ import pytest
 
 from kern_finetune.config import RunConfig
 from kern_finetune.errors import ConfigError
-from kern_finetune.evaluation.evaluate import threshold_search
+from kern_finetune.refinery.search import threshold_search
 from kern_finetune.vectors.spread import MARGIN_10, MARGIN_100, STRENGTHS, choose_strength, lift, local_radius, spread_vectors
 
 

@@ -70,7 +70,7 @@ def test_decide_says_too_few_worse_better_or_no_difference():
 
 
 def test_threshold_search_per_query_adds_up_to_its_figures():
-    from kern_finetune.evaluation.evaluate import threshold_search
+    from kern_finetune.refinery.search import threshold_search
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 8)).astype(np.float32)

@@ -43,6 +43,7 @@ from ..errors import ConfigError
 from ..refinery.api import RefineryClient
 from ..refinery.columns import embedding_name
 from ..refinery.export import load_export
+from ..refinery.search import SEARCH_LIMIT
 from ..labels.select import gold_to_class
 from ..sync import sync_project
 from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args
@@ -52,8 +53,6 @@ __all__ = ["register", "search_same_class", "SearchFigures"]
 DEFAULT_EXPORT = Path("samples/ag_news/export.json.gz")
 # an editable/source install can find the bundled sample from anywhere
 _REPO_EXPORT = Path(__file__).resolve().parents[2] / DEFAULT_EXPORT
-SEARCH_LIMIT = 100
-"""refinery's data browser asks for the 100 most similar records (gateway controller/record/manager.py)."""
 MODEL_DOOR_RECORDS = 2000
 """Records of the seeded slice the model door's loop runs on (the host computes each version from the folder,
 as refinery's embedder does: every record encoded per version)."""

@@ -4,7 +4,7 @@ It answers first and shows examples after:
 
 1. **The verdict** (when ``metrics`` has one) right under the title, then one paragraph: the task, what was
    trained on, the mode.
-2. **Search as refinery runs it**: the evaluation's :func:`kern_finetune.evaluation.evaluate.threshold_search` figures
+2. **Search as refinery runs it**: the evaluation's :func:`kern_finetune.refinery.search.threshold_search` figures
    for every embedding it searched, named as a labeler knows them (:data:`SEARCH_NAMES`: refinery's stock
    embedding, the raw base model, the model door, the snapshot door as pushed): short result lists, same class
    among what comes back, the first screen.
@@ -15,7 +15,7 @@ It answers first and shows examples after:
 5. **Examples**: for a few seeded queries, their 10 nearest records (cosine, among all records, as
    refinery's similarity search looks) raw beside fine-tuned: the text, the label or gold, whether the class
    matches the query's, and each neighbour's rank in the other embedding. Each list is cut where refinery
-   would cut it (:func:`kern_finetune.evaluation.evaluate.similarity_threshold`): neighbours beyond the embedding's
+   would cut it (:func:`kern_finetune.refinery.search.similarity_threshold`): neighbours beyond the embedding's
    distance are greyed out.
 6. **Label issues**: the weak labels the label check flagged, with each record's text and its label's source.
 7. The linear probe, then **details**, folded: the mode choice, labels per class, timings.
@@ -44,7 +44,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .evaluate import SEARCH_LIMIT, neighbour_purity, projection_2d, purity_queries, similarity_threshold  # noqa: E402
+from .evaluate import neighbour_purity, projection_2d, purity_queries  # noqa: E402
+
+from ..refinery.search import SEARCH_LIMIT, similarity_threshold
 from .report_verdict import verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
@@ -124,7 +126,7 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
     neighbour carries ``index``, ``similarity``, ``rank_other`` (its rank for this query in the other
     embedding, 1 = nearest: what a labeler can read, where a cosine is not), ``match`` (True/False where the
     query's and the neighbour's classes are known, else None) and ``returned``: whether refinery's search would return it
-    (within the embedding's :func:`~kern_finetune.evaluation.evaluate.similarity_threshold` distance and among the
+    (within the embedding's :func:`~kern_finetune.refinery.search.similarity_threshold` distance and among the
     search's 100, the query counted). Each query carries ``results``: per embedding, how many records that
     search returns (the query included), and the embedding's ``threshold`` (a Euclidean distance between
     L2-normalised vectors).

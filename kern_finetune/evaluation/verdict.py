@@ -9,7 +9,7 @@ Judged as cross-validation judges a procedure, on labels the model did not see:
    fit. Full mode is judged with a head fit on the same labels instead of a second encoder fit (which would
    cost as much as the run's own training); ``procedure`` says so. The model that is written and pushed still
    trains on all labels (the pipeline's own fit).
-3. **Search as refinery does** (:func:`kern_finetune.evaluation.evaluate.threshold_search`: the 100 nearest among all
+3. **Search as refinery does** (:func:`kern_finetune.refinery.search.threshold_search`: the 100 nearest among all
    records within the embedding's similarity threshold) with the judges as queries, and judge what comes back
    by the judges' labels: first screen same-class count, same class over the list, share of searches with
    fewer than 10 results. Judges are the held-out labels (manual and weak) plus the weak labels no fit ever
@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .evaluate import sample_queries, threshold_search
+from ..refinery.search import sample_queries, threshold_search
 from ..labels.select import VAL_FRACTION, Selection, split_train_val
 
 if TYPE_CHECKING:

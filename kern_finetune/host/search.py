@@ -13,7 +13,8 @@ from .api_errors import ApiError
 from .db import HostDB, now_iso
 from .project import Project
 from .values import is_text
-from .vectors import SEARCH_LIMIT, VectorCache, VectorIndex, similarity_threshold
+from ..refinery.search import SEARCH_LIMIT
+from .vectors import VectorCache, VectorIndex, similarity_threshold
 
 __all__ = ["Search"]
 

@@ -1,65 +1,30 @@
-"""In-memory vectors of served embeddings and refinery's similarity search on them (numpy, no external index).
+"""In-memory vectors of served embeddings, searched as refinery's data browser searches them.
 
-The search replays refinery's data browser (read from the public sources, refinery-gateway v1.17.0 and
-refinery-neural-search):
-
-- ``controller/record/manager.py`` ``get_records_by_similarity_search`` asks the neural search for the
-  **100** records most similar to the query record; when none come back, the query record alone is the result.
-- refinery-neural-search ``neural_search/util.py`` ``most_similar_by_embedding`` searches the embedding's
-  Qdrant collection by **Euclidean** distance (``get_distance_key``; cosine only for tf-idf) with
-  ``score_threshold`` = the embedding's similarity threshold, so only records within that distance come
-  back; the query record itself is among them (distance 0).
-- ``neural_search/similarity_threshold.py`` ``calculate_threshold``: the **5th percentile** of the pairwise
-  Euclidean distances (``cdist`` upper triangle) among a random sample of up to **500** of the embedding's
-  records, computed once and stored with the embedding.
-
-Our sample is drawn with a generator seeded by the embedding version id, so a threshold is reproducible.
-A served embedding's vectors are loaded from SQLite once and kept in a small LRU cache keyed by the
-embedding *version* id; a swap (finalize) serves a new id and the store drops the replaced id, so a search
+The threshold, the 100-result limit and the distance are :mod:`kern_finetune.refinery.search`'s (one replay of
+refinery-gateway's ``get_records_by_similarity_search`` and refinery-neural-search's ``most_similar_by_embedding``
+/ ``calculate_threshold``); its threshold sample is seeded here by the embedding version id, so a threshold is
+reproducible. A served embedding's vectors are loaded from SQLite once and kept in a small LRU cache keyed by
+the embedding *version* id; a swap (finalize) serves a new id and the store drops the replaced id, so a search
 never sees a mix of versions.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
 
-__all__ = [
-    "SEARCH_LIMIT",
-    "THRESHOLD_PERCENTILE",
-    "THRESHOLD_SAMPLE",
-    "VectorCache",
-    "VectorIndex",
-    "similarity_threshold",
-]
+from ..refinery import search
 
-SEARCH_LIMIT = 100
-"""How many records the data browser's similarity search asks for (``get_records_by_similarity_search``)."""
-THRESHOLD_PERCENTILE = 5
-"""``calculate_threshold(percentile=5)``."""
-THRESHOLD_SAMPLE = 500
-"""``calculate_threshold(limit=500)``: at most this many records are sampled for the pairwise distances."""
+__all__ = ["VectorCache", "VectorIndex", "similarity_threshold"]
 
 
 def similarity_threshold(matrix: np.ndarray, *, seed: str) -> float | None:
-    """The 5th percentile of pairwise Euclidean distances among up to 500 sampled rows of ``matrix``.
-
-    None when there are fewer than 2 rows (no pair to measure; the search then applies no threshold).
-    """
-    n = len(matrix)
-    if n < 2:
-        return None
-    rows = sorted(random.Random(seed).sample(range(n), THRESHOLD_SAMPLE)) if n > THRESHOLD_SAMPLE else list(range(n))
-    sample = np.asarray(matrix[rows], dtype=np.float64)
-    sq = np.einsum("ij,ij->i", sample, sample)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (sample @ sample.T)
-    upper = np.triu_indices(len(sample), 1)
-    distances = np.sqrt(np.maximum(d2[upper], 0.0))
-    return float(np.percentile(distances, THRESHOLD_PERCENTILE))
+    """Refinery's threshold for ``matrix`` (:func:`kern_finetune.refinery.search.similarity_threshold`); None
+    when there are fewer than 2 rows (no pair to measure; the search then applies no threshold)."""
+    return None if len(matrix) < 2 else search.similarity_threshold(matrix, seed=seed)
 
 
 class VectorIndex:
@@ -77,7 +42,7 @@ class VectorIndex:
     def __contains__(self, position: int) -> bool:
         return position in self._row_of
 
-    def search(self, position: int, *, threshold: float | None, limit: int = SEARCH_LIMIT) -> tuple[list[int], list[float]]:
+    def search(self, position: int, *, threshold: float | None, limit: int = search.SEARCH_LIMIT) -> tuple[list[int], list[float]]:
         """Record positions within ``threshold`` of ``position`` by Euclidean distance, nearest first, at most ``limit``.
 
         The query record is included (distance 0, first among ties); other ties are broken by record

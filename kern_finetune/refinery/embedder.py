@@ -14,7 +14,7 @@ with embedders 0.1.8 (``embedders/__init__.py`` ``PCAReducer``, ``embedders/clas
 
 The embedder's PCA is unseeded (sklearn's randomized solver for 640 x 384); here it is seeded, so the
 replay is reproducible. refinery-neural-search then searches these vectors by Euclidean distance under
-the similarity threshold (:func:`kern_finetune.evaluation.evaluate.threshold_search`).
+the similarity threshold (:func:`kern_finetune.refinery.search.threshold_search`).
 """
 
 from __future__ import annotations

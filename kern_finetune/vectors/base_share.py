@@ -2,7 +2,7 @@
 
 Through the model door refinery's embedder computes the embedding itself from our model folder, reduces it
 to 64 dimensions by PCA fitted on the project's first 640 records, and searches it under the similarity
-threshold (:mod:`kern_finetune.refinery.embedder`, :func:`kern_finetune.evaluation.evaluate.threshold_search`). The
+threshold (:mod:`kern_finetune.refinery.embedder`, :func:`kern_finetune.refinery.search.threshold_search`). The
 neighbour smoothing and the search spread that keep the pushed vectors' result lists full depend on the
 project's other records, so a model cannot carry them; the head alone packs the labeled records into tight
 cores, the threshold follows the cores, and many searches come back nearly empty.
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.evaluate import sample_queries, threshold_search
+from ..refinery.search import sample_queries, threshold_search
 from ..refinery.embedder import reduce_like_embedder, running_order
 from .spread import MARGIN_10, MAX_QUERIES
 

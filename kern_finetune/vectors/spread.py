@@ -3,7 +3,7 @@
 Refinery's data browser does not return a record's 100 nearest records as they are: it returns those within
 one distance per embedding, the 5th percentile of pairwise distances among 500 sampled records
 (refinery-neural-search ``neural_search/similarity_threshold.py``; replayed by
-:func:`kern_finetune.evaluation.evaluate.threshold_search`). Raw base-model vectors are spread evenly enough that
+:func:`kern_finetune.refinery.search.threshold_search`). Raw base-model vectors are spread evenly enough that
 nearly every record finds 100 records within it. A fine-tuned space is not: training packs the labeled
 records of a class into tight cores and leaves the unlabeled records sparser around them, the threshold
 follows the cores, and many of the searches from unlabeled records come back with fewer than ten records.
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluation.evaluate import SEARCH_LIMIT, sample_queries, threshold_search
+from ..refinery.search import SEARCH_LIMIT, sample_queries, threshold_search
 from .smooth import MAX_ANCHORS, nearest_among_anchors
 from ..subsample import fit_sample
 
@@ -146,7 +146,7 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     short lists on the same searches.
 
     Queries: a seeded sample of up to :data:`MAX_QUERIES` of all records. Each candidate's vectors, and the
-    base vectors, are searched as refinery searches (:func:`kern_finetune.evaluation.evaluate.threshold_search`); the
+    base vectors, are searched as refinery searches (:func:`kern_finetune.refinery.search.threshold_search`); the
     smallest strength whose share of searches with fewer than 10 (100) results is at most the base vectors'
     plus :data:`MARGIN_10` (:data:`MARGIN_100`) points wins; when none does, the one with the fewest
     searches under 10 results (then under 100; ties to the smaller). Candidates are searched smallest first
