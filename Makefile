@@ -14,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=23" 
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,quaterion,ray]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,quaterion]"
 	# Quaterion declares Python <3.11 but runs here; its dependencies are pinned above.
 	$(BIN)/python -m pip install --quiet --no-deps --ignore-requires-python quaterion==0.1.35 quaterion-models==0.1.19
 	touch $(STAMP)

@@ -192,11 +192,6 @@ class RunConfig:
         help="where to encode and (full mode) train; auto = CUDA when present; CUDA encodes in fp16, cached "
              "apart from fp32 vectors")
     """docs/scale.md"""
-    ray_address: str | None = option(
-        None, group=PLACES, metavar="ADDRESS|local", env="RAY_ADDRESS", default_text="in this process",
-        help="encode the texts missing from the vector cache on Ray (the ray extra): a cluster address, or local "
-             "for a local Ray runtime")
-    """:mod:`kern_finetune.vectors.encode_ray`"""
 
     def validate(self) -> RunConfig:
         """Check every option (raises :class:`ConfigError` naming what to fix) and return ``self``.
@@ -214,13 +209,6 @@ class RunConfig:
             raise ConfigError("--engine quaterion trains heads only; use --mode head, or --engine native for --mode full")
         if self.device == "cuda":
             self.resolved_device()  # raises when CUDA is asked for and absent: at the boundary, not after the work
-        if self.ray_address is not None:
-            import importlib.util
-
-            if not str(self.ray_address).strip():
-                raise ConfigError("ray_address is empty: give a Ray address, or local for a local Ray runtime")
-            if importlib.util.find_spec("ray") is None:
-                raise ConfigError("--ray-address needs Ray: pip install 'kern-finetune[ray]'")
         if self.embedding_name is not None and not is_embedding_name(self.embedding_name):
             raise ConfigError(f"embedding_name {self.embedding_name!r} is not a name refinery can show: use 1-200 "
                               "characters without control characters, '/' or '\\', nor spaces at either end")

@@ -88,11 +88,6 @@ def run_pipeline(
 
 
 def _encoder(config: RunConfig) -> Encoder:
-    if config.ray_address:
-        from .vectors.encode_ray import RayEncoder
-
-        return RayEncoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
-                          device=config.device, address=config.ray_address)
     return Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
                    device=config.resolved_device())
 

@@ -49,7 +49,7 @@ def test_every_option_round_trips_through_the_cli(tmp_path: Path) -> None:
         "threshold": 0.5, "weak_labels": False, "engine": "quaterion", "mode": "head",
         "time_budget": 60.0, "loss": "triplet", "epochs": 3, "wise_alpha": 1.0, "smooth": "0.5", "spread": "1.5",
         "noise_filter": "off", "pseudo_labels": "0.8", "seed": 7, "base_model": str(tmp_path / "model"), "cache_dir": tmp_path / "cache",
-        "embedding_name": "my-embedding", "encode_batch_size": 32, "device": "cpu", "ray_address": None,
+        "embedding_name": "my-embedding", "encode_batch_size": 32, "device": "cpu",
     }
     assert set(values) == {f.name for f in dataclasses.fields(RunConfig)}, "add the new option here"
     argv: list[str] = []
@@ -62,19 +62,6 @@ def test_every_option_round_trips_through_the_cli(tmp_path: Path) -> None:
         else:
             argv += [flag_of(name, opt), ",".join(value) if isinstance(value, list) else str(value)]
     assert _parse(*argv) == RunConfig(**values)
-
-
-def test_cli_reads_ray_address_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    import importlib.util
-
-    monkeypatch.setenv("RAY_ADDRESS", "ray://somewhere:10001")
-    if importlib.util.find_spec("ray") is None:
-        with pytest.raises(ConfigError, match="--ray-address needs Ray"):  # taken from the environment
-            _parse()
-    else:
-        assert _parse().ray_address == "ray://somewhere:10001"
-    monkeypatch.delenv("RAY_ADDRESS")
-    assert _parse().ray_address is None
 
 
 def test_no_weak_labels_reaches_the_config_from_cli_and_trigger() -> None:
