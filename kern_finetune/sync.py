@@ -1,65 +1,20 @@
-"""Re-train and write the embedding only when the labels changed: ``kern-finetune sync``.
+"""Re-train and write the embedding only when the labels changed: ``kern-finetune sync`` (``docs/sync.md``).
 
-One sync: check which *door* can take the vectors -> pull the export -> select the labels the
-pipeline would train on (manual, plus weak labels above the threshold) -> fingerprint them -> compare
-with what the last *successful* sync of this project stored -> if nothing (or fewer than
-``min_new_labels`` labels) changed and not ``force``: "up to date", nothing trained or written -> else
-run the pipeline, write the embedding through the door, and only then store the new fingerprint and
-label state.
+One sync: check the door -> pull the export -> select the labels the pipeline would train on -> fingerprint
+them -> compare with the last *successful* sync of this project -> if nothing (or fewer than
+``min_new_labels``) changed and not ``force``: "up to date", nothing trained or written -> else run the
+pipeline, write the embedding through the door, and only then store the new fingerprint and label state.
 
-Doors (``door=``), each named for what it is:
+Doors: ``api`` (the push extension of ``docs/push-contract.md``, which only a refinery-compatible host
+offers), ``snapshot`` (a copy of a project snapshot with our embedding added), ``model`` (the model folder
+for refinery's embedder; with a ``model_target`` the whole create / wait / delete loop,
+:mod:`kern_finetune.refinery.model_door`), ``auto`` (snapshot when an output snapshot is named, else api when
+the host offers it, else one line naming the snapshot door). Each door is checked before anything is encoded.
 
-``api``
-    the push contract of ``docs/push-contract.md``: an extension proposed for refinery's issues #24 /
-    #48 that a refinery-compatible host (``kern-finetune host``) may implement. No refinery version
-    has it.
-``snapshot``
-    write a copy of a project snapshot (``snapshot=SRC.zip``, exported in refinery's UI) with our
-    embedding added (``write_snapshot=OUT.zip``); the user imports it in refinery's UI, where it becomes
-    a new project (:func:`kern_finetune.refinery.snapshot.write_snapshot`).
-``model``
-    the fine-tuned sentence-transformers folder the run writes (``<out>/model``), for refinery's
-    embedder to compute as a ``huggingface`` embedding itself. Without ``model_target`` the sync writes
-    the folder and prints how to bring it in (:func:`model_door_steps`); with one
-    (:class:`~kern_finetune.refinery.model_door.ModelDoorTarget`: ``--models-dir`` mounted into the embedder) it
-    does it all: the next versioned folder, the gateway's ``create-embedding``, the wait until
-    ``FINISHED``, then the delete of the previous kern-finetune embedding (:mod:`kern_finetune.refinery.model_door`),
-    logged in with a Kratos browser session (:mod:`kern_finetune.refinery.gateway`).
-``auto``
-    ``snapshot`` when ``write_snapshot`` is given (an explicit output wins), else ``api`` when the host
-    offers it, else the sync fails within seconds, before anything is pulled or encoded, with one line
-    naming the snapshot door.
-
-Before anything is encoded the door is checked: ``api`` asks the host
-(:meth:`~kern_finetune.refinery.api.RefineryClient.offers_push_extension`), ``snapshot`` reads the source
-snapshot and, once the export is pulled, checks that it holds the same records, ``model`` with a
-``model_target`` checks that the models dir is writable, that the browser login works and that the project
-answers through the gateway (:func:`kern_finetune.refinery.model_door.check_door`).
-
-State lives per host and project in ``state_dir`` (default
-``<config.cache_dir>/sync/<12 hex of sha256(host identity)>/<project>/``): ``state.json``
-(fingerprint, labels, door, what was written, when) and ``sync.lock``. The host identity is the
-normalised ``scheme://host:port`` (:func:`kern_finetune.web.net.host_identity`: ``localhost``,
-``127.0.0.1`` and ``[::1]`` are one host, default ports and a trailing slash do not matter), so one
-project reached under two spellings shares one lock. No URI is stored or printed with userinfo. The
-lock is an ``fcntl.flock`` taken without blocking: a second sync of the same project while one runs
-raises :class:`SyncBusyError` at once. The kernel releases the lock when the process ends, so a
-crashed sync leaves no stale lock behind.
-
-What counts as the label state: ``{record id: selected label}`` plus the task, the threshold, the
-id attribute and the door (see :func:`kern_finetune.labels.select.label_fingerprint`), as
-:func:`kern_finetune.labels.prepare.prepare` selects them; the sync selects once and hands that
-:class:`~kern_finetune.labels.prepare.Prepared` to the pipeline, so ``metrics.json`` records the same fingerprint.
-An up-to-date sync imports neither torch nor sklearn. Other training options are not part of the state:
-after changing e.g. ``--loss``, use ``--force``.
-
-Never worse: every run judges itself without gold (``metrics.json``'s ``verdict``,
-:mod:`kern_finetune.evaluation.verdict`: the new embedding as the door delivers it against the project's current
-embedding when the snapshot door carries one, else refinery's stock embedding of the base model). When the
-verdict is ``worse``, the sync writes nothing, keeps the embedding in use and says why in one line (status
-``kept``); ``force`` writes anyway. ``state.json``'s ``verdicts`` lists every verdict with what the sync did
-(``written``, ``kept``, ``forced``), newest last; a kept fingerprint (``kept``) makes the next sync of the
-same labels up to date instead of training again.
+State lives per host identity and project under ``state_dir`` (``state.json`` and an ``fcntl`` lock, so a
+second sync of the same project fails at once and a crashed one leaves no stale lock). When the verdict
+without gold says the new embedding is worse, the sync keeps the one in use (status ``kept``) unless
+``force``.
 """
 
 from __future__ import annotations

@@ -44,9 +44,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..refinery.search import SEARCH_LIMIT, similarity_threshold  # noqa: E402
 from .evaluate import neighbour_purity, projection_2d, purity_queries  # noqa: E402
-
-from ..refinery.search import SEARCH_LIMIT, similarity_threshold
 from .report_verdict import verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
