@@ -108,6 +108,8 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
         f"{len(sel.test_idx)} test; skipped: {sel.skipped or 'none'}")
     for note in sel.notes:
         say(f"      warning: {note}")
+    if len(prepared.text_attributes) > 1:
+        say(f"      note: {one_attribute_note(prepared)}")
 
     say(f"[2/5] encode {len(sel.texts)} records")
     t = time.perf_counter()
@@ -188,6 +190,14 @@ def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
     return doors
 
 
+def one_attribute_note(prepared: Prepared) -> str:
+    """Why a model folder trained on several joined attributes is not what refinery's embedder will feed it."""
+    return (f"refinery's embedder embeds one attribute ({prepared.attribute!r}), this run joined "
+            f"{' + '.join(prepared.text_attributes)}: the model door's figures assume texts refinery will not give "
+            f"it; for the model door train on one attribute (--text-attributes {prepared.attribute}; sync --door "
+            "model does)")
+
+
 def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: Evaluation, name: str,
              seconds: dict[str, float]) -> dict[str, Any]:
     """``metrics.json``: the evaluation's figures, then what was trained on, how, and how long it took."""
@@ -221,6 +231,8 @@ def _metrics(prepared: Prepared, encoder: Encoder, fitted: Fitted, evaluation: E
     door = fitted.door or fitted.pull  # what the model folder computes: head mode's base share, full mode's pull
     if door is not None:
         metrics["model_door"] = door.to_dict()
+        if len(prepared.text_attributes) > 1:
+            metrics["model_door"]["note"] = one_attribute_note(prepared)
         metrics["seconds"]["model_door"] = door.seconds
     if fitted.mode_choice is not None:  # estimate vs what the training stage took
         metrics["mode_choice"] = {**fitted.mode_choice.to_dict(), "measured_train_seconds": seconds["train"]}

@@ -36,7 +36,7 @@ from .web.net import check_project_id, host_identity
 from .config import RunConfig
 from .errors import ConfigError, PushError, SyncBusyError
 from .refinery.model_door import ModelDoorTarget, check_door, deliver
-from .labels.prepare import prepare
+from .labels.prepare import Prepared, prepare
 from .refinery.api import RefineryClient
 from .refinery.gateway import Gateway
 from .refinery.columns import Record, embedding_name, model_short_name
@@ -225,6 +225,8 @@ def sync_project(
 
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection
+        if chosen == "model" and len(prepared.text_attributes) > 1:
+            config, prepared = _one_attribute(records, config, prepared, say)
         fingerprint, labels, attribute = prepared.fingerprint, prepared.labels, prepared.attribute
         key = _state_key(prepared.task.label, config, chosen, model_target)
         prev_fp = previous.get("fingerprint") if previous else None
@@ -285,6 +287,16 @@ def _default_pipeline() -> PipelineFn:
     from .pipeline import run_pipeline
 
     return run_pipeline
+
+
+def _one_attribute(records: list[Record], config: RunConfig, prepared: Prepared,
+                   say: ProgressFn) -> tuple[RunConfig, Prepared]:
+    """The model door trains on the embedding's attribute alone: refinery's embedder embeds one attribute
+    (``ON_ATTRIBUTE``), so a model trained on several joined would be fed texts unlike its training's."""
+    config = dataclasses.replace(config, text_attributes=[prepared.attribute])
+    say(f"         model door: refinery's embedder embeds one attribute, {prepared.attribute!r}: training on it "
+        f"alone (not {' + '.join(prepared.text_attributes)}; --text-attributes names another)")
+    return config, prepare(records, config)
 
 
 def _check_model_door(client: RefineryClient, pid: str, door: str, target: ModelDoorTarget | None,

@@ -150,6 +150,7 @@ def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_reco
                        full / np.linalg.norm(full, axis=1, keepdims=True), atol=1e-4)
     dim = base.shape[1]
     share = metrics["model_door"]["share"]
+    assert "refinery's embedder embeds one attribute ('Title')" in metrics["model_door"]["note"]  # Title + Description
     if share:  # the rows after the head: the share times the base vector
         assert np.allclose(weight[dim:], share * np.eye(dim)) and np.allclose(bias[dim:], 0)
     got = full[:, :dim] / np.linalg.norm(full[:, :dim], axis=1, keepdims=True)

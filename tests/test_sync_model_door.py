@@ -113,13 +113,16 @@ def test_cron_resync_swaps_versions_only_after_the_new_one_is_finished(host: Run
                                                                        models: Path, tmp_path: Path,
                                                                        shared_cache: Path, capsys: Any) -> None:
     """The real pipeline, twice, with new labels in between (the second through the CLI, as cron runs it): two
-    versioned folders; refinery's embedder finishes the second embedding before the first is deleted."""
+    versioned folders; refinery's embedder finishes the second embedding before the first is deleted. The
+    project has two text attributes; the model door trains on the embedding's one."""
     config = RunConfig(mode="head", epochs=3, task="Topic", cache_dir=shared_cache)
     state = tmp_path / "state"
     first = sync_project(_client(host), None, config, out_dir=tmp_path / "out", state_dir=state, progress=None,
                          door="model", model_target=_target(models))
     v1 = "Title-classification-huggingface-/models/kern-finetune-Title-v1"
     assert first.status == "created" and first.embedding == v1 and first.written == models / "kern-finetune-Title-v1"
+    # refinery's embedder embeds Title alone: the model trained on Title alone, not on Title + Description
+    assert first.run.metrics["text_attributes"] == ["Title"] and "note" not in first.run.metrics["model_door"]
     assert _names(host) == [v1]
     assert json.loads((state / STATE_FILE).read_text())["model_door"]["embedding_id"] == first.embedding_id
 
