@@ -20,7 +20,7 @@ from kern_finetune.config import default_cache_dir  # noqa: E402
 from kern_finetune.vectors.encode import Encoder  # noqa: E402
 from kern_finetune.config import RunConfig  # noqa: E402
 from kern_finetune.evaluation.evaluate import neighbour_purity  # noqa: E402
-from kern_finetune.refinery.search import sample_queries, threshold_search
+from kern_finetune.refinery.search import sample_queries, threshold_search  # noqa: E402
 from kern_finetune.labels.label_check import find_label_issues, without_label_issues  # noqa: E402
 from kern_finetune.refinery.export import load_export, resolve_task  # noqa: E402
 from kern_finetune.labels.select import Selection, select_labels  # noqa: E402
@@ -32,6 +32,8 @@ SEARCH_QUERIES = 300
 PROJECTS: dict[str, tuple[Path, str, list[str], str]] = {
     # name: (export, task, text attributes, gold attribute); exports built by scripts/build_projects.py
     "ag_news": (SAMPLE, "Topic", ["Title", "Description"], "Class Index"),
+    # the model door embeds one attribute: sync --door model trains the sample on its first text attribute alone
+    "ag_news_title": (SAMPLE, "Topic", ["Title"], "Class Index"),
     "clinc150_intents": (ROOT / "samples" / "clinc150" / "export.json.gz", "Intent", ["text"], "intent"),
     "clinc150_domains": (ROOT / "samples" / "clinc150" / "export.json.gz", "Domain", ["text"], "domain"),
     "rotten_tomatoes": (ROOT / "samples" / "rotten_tomatoes" / "export.json.gz", "Sentiment", ["text"], "category"),
