@@ -7,6 +7,7 @@ training time, for each seed.
 
     python benchmarks/compare.py                 # the table: raw, triplet parity (both engines), default
     python benchmarks/compare.py --name compare_after_prune   # the same table under another name
+    python benchmarks/compare.py --seeds 42 --rows raw,default  # two rows only
 
 Writes ``benchmarks/results/compare.{json,md}`` (``--name``: ``NAME.{json,md}``).
 
@@ -149,6 +150,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", default="42,43,44")
     ap.add_argument("--name", default="compare", help="results file name")
+    ap.add_argument("--rows", default="raw,native,quaterion,default",
+                    help="which rows, by a word of their name (raw, native, quaterion, default)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))  # 1 when two benchmarks share the 2 cores
@@ -158,6 +161,8 @@ def main() -> None:
         ("triplet parity, quaterion (2022 settings)", replace(PARITY, engine="quaterion"), PARITY_BATCH),
         ("default: supcon t=0.5 + label check, head alone", DEFAULT, None),
     ]
+    words = args.rows.split(",")
+    rows = [row for row in rows if any(w in row[0] for w in words)]
     results = run(rows, seeds, probe=True)
     summary = summarise(results)
     command = "python benchmarks/compare.py " + " ".join(sys.argv[1:])
