@@ -2,33 +2,19 @@
 
 Judged as cross-validation judges a procedure, on labels the model did not see:
 
-1. **Hold out** a seeded share (:data:`HOLDOUT_SHARE`) of the selected labels, stratified by source (manual
-   and weak apart) and class (:func:`hold_out`); every class keeps at least 2 labels to train on.
-2. **Fit the same procedure on the rest** (:func:`kern_finetune.training.fit.fit`: label check, pseudo-labels, engine,
-   smoothing, spread, the model door's base share), with the run's settings. Head mode costs one more head
-   fit. Full mode is judged with a head fit on the same labels instead of a second encoder fit (which would
-   cost as much as the run's own training); ``procedure`` says so. The model that is written and pushed still
-   trains on all labels (the pipeline's own fit).
-3. **Search as refinery does** (:func:`kern_finetune.refinery.search.threshold_search`: the 100 nearest among all
-   records within the embedding's similarity threshold) with the judges as queries, and judge what comes back
-   by the judges' labels: first screen same-class count, same class over the list, share of searches with
-   fewer than 10 results. Judges are the held-out labels (manual and weak) plus the weak labels no fit ever
-   sees (confidence at or below ``--threshold``, or every weak label with ``--no-weak-labels``): plentiful but
-   noisier; both sources are reported apart, the decision reads them pooled.
-4. **Three embeddings**, each as refinery would search it: ``new`` (through the door used: the pushed vectors
-   for the snapshot and api doors; for the model door the folder's output through refinery's embedder,
-   :func:`kern_finetune.vectors.base_share.door_vectors`), ``raw`` (refinery's stock embedding of the base model:
-   ``door_vectors`` of the base vectors) and ``current`` (the project's own embedding when a snapshot carries
-   it with its tensors, :func:`current_embedding`, as stored).
-5. **How sure**: judged records per search, and a paired bootstrap over the queries (:data:`N_BOOTSTRAP`
-   resamples, 95% percentile interval) of each figure's difference new minus the reference (``current`` when
-   present, else ``raw``). The verdict is ``worse`` when the interval of same class or first screen lies below 0
-   (or the short lists grow by more than :data:`kern_finetune.vectors.spread.ALLOWED_10` points, interval above 0),
-   ``better`` when one lies above 0 and none is worse, else ``too few to tell``; also ``too few to tell``
-   whatever the intervals when fewer than :data:`MIN_QUERIES` searches return a judged record or fewer than
-   :data:`MIN_JUDGED` records are judged in all.
+1. **Hold out** a seeded share of the selected labels per source and class (:func:`hold_out`).
+2. **Fit the same procedure on the rest** (:func:`kern_finetune.training.fit.fit`); full mode is judged with a
+   head fit (``procedure`` says so). The written model still trains on all labels.
+3. **Search as refinery does** (:func:`kern_finetune.refinery.search.threshold_search`) with the judges as
+   queries: the held-out labels plus the weak labels no fit ever sees, reported apart and decided pooled.
+4. **Three embeddings**, each as refinery would search it: ``new`` (through the door used; the model door's
+   through refinery's embedder), ``raw`` (refinery's stock embedding of the base model) and ``current`` (the
+   project's own embedding when a snapshot carries its tensors).
+5. **How sure**: a paired bootstrap over the queries of new minus the reference (``current``, else ``raw``);
+   ``worse``, ``better`` or ``too few to tell`` by :func:`decide`.
 
-Gold, when given, stays the benchmark's judge: :func:`with_gold` adds its direction beside the verdict, apart.
+Why each rule and value: ``docs/decisions.md``. Gold, when given, stays the benchmark's judge:
+:func:`with_gold` adds its direction beside the verdict, apart.
 """
 
 from __future__ import annotations
@@ -239,7 +225,11 @@ def _bootstrap(new: dict[str, np.ndarray], ref: dict[str, np.ndarray], seed: int
 
 
 def decide(delta: dict[str, float], interval: dict[str, list[float]], informative: int, judged: int) -> tuple[str, str]:
-    """``(verdict, why)`` from the differences new minus reference and their intervals (module docstring)."""
+    """``(verdict, why)`` from the differences new minus reference and their intervals: ``worse`` when the
+    interval of same class or first screen lies below 0 (or short lists grow past
+    :data:`kern_finetune.vectors.spread.ALLOWED_10` points with an interval above 0), ``better`` when one lies
+    above 0 and none is worse, else ``too few to tell``; ``too few to tell`` as well below :data:`MIN_QUERIES`
+    informative searches or :data:`MIN_JUDGED` judged records."""
     from ..vectors.spread import ALLOWED_10
 
     if informative < MIN_QUERIES or judged < MIN_JUDGED:
