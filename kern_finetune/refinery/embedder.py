@@ -1,20 +1,11 @@
-"""What refinery's embedder does with a model folder: the model door's embedding as refinery computes it.
+"""refinery-embedder's stored vectors for a model folder, replayed (the model door's embedding).
 
 Replays refinery-embedder (``util/embedders.py`` ``get_embedder``, ``controller.py`` ``generate_batches``)
-with embedders 0.1.8 (``embedders/__init__.py`` ``PCAReducer``, ``embedders/classification/reduce.py``
-``PCASentenceReducer._reduce``, ``embedders/classification/contextual.py``
-``TransformerSentenceEmbedder._encode``) for a ``huggingface`` attribute embedding:
-
-- ``SentenceTransformer(model).encode(batch)`` over the attribute's texts in batches of 128, in record
-  order (``running_id``), without ``normalize_embeddings`` (our model ends in ``Normalize``);
-- a project with at least 64 records gets ``PCASentenceReducer(embedder, n_components=64)``: scikit-learn
-  ``PCA(n_components=64)`` fitted on the first ``fit_after_n_batches=5`` batches, i.e. the **first 640
-  records**, then every record transformed with it (no whitening, no normalisation afterwards);
-- fewer records than 64: the vectors as the model gives them.
-
-The embedder's PCA is unseeded (sklearn's randomized solver for 640 x 384); here it is seeded, so the
-replay is reproducible. refinery-neural-search then searches these vectors by Euclidean distance under
-the similarity threshold (:func:`kern_finetune.refinery.search.threshold_search`).
+with embedders 0.1.8 (``PCAReducer``, ``classification/reduce.py`` ``PCASentenceReducer._reduce``) for a
+``huggingface`` attribute embedding: ``SentenceTransformer(model).encode`` (no ``normalize_embeddings``) in
+batches of 128 in record order, then, for 64 records or more, ``PCA(n_components=64)`` fitted on the first 5
+batches (640 records) and applied to every record. The embedder's PCA is unseeded; here it is seeded, so the
+replay is reproducible.
 """
 
 from __future__ import annotations
