@@ -68,11 +68,8 @@ class TaskColumns:
 
 
 def split_task_column(column: str) -> tuple[str | None, str, str] | None:
-    """``(attribute or None, task, role)`` of a task column (role ``manual``/``weak``/``confidence``).
-
-    None for any other column: one without a task suffix, or whose base has no ``__<task>`` part
-    (``x__MANUAL``) or an empty task name.
-    """
+    """``(attribute or None, task, role)`` of a task column (role ``manual``/``weak``/``confidence``); None for
+    any other column, ``x__MANUAL`` (no ``__<task>`` part) or an empty task name included."""
     for suffix, role in SUFFIXES:
         if column.endswith(suffix):
             base = column[: -len(suffix)]
@@ -172,10 +169,8 @@ _KINDS = (CLASSIFICATION, EXTRACTION)
 
 @dataclass(frozen=True)
 class EmbeddingName:
-    """An attribute-level embedding name read back: ``<attribute>-<kind>-<rest>``.
-
-    ``rest`` is ``<platform>-<model>`` for names refinery builds today, only ``<model>`` for older ones.
-    """
+    """An attribute-level embedding name read back: ``<attribute>-<kind>-<rest>`` (``rest``: ``<platform>-<model>``
+    for names refinery builds today, only ``<model>`` for older ones)."""
 
     attribute: str
     kind: str

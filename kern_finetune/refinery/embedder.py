@@ -23,10 +23,8 @@ FIT_BATCHES = 5
 
 
 def running_order(ids: list[str]) -> np.ndarray:
-    """Row order of ``ids`` as refinery reads the records (``ORDER BY running_id``).
-
-    Export ids of the bundled samples are running ids (integers); other ids keep their given order.
-    """
+    """Row order of ``ids`` as refinery reads the records (``ORDER BY running_id``) where the ids are running
+    ids (integers, as in the bundled samples); other ids keep their given order."""
     try:
         keys = np.array([int(i) for i in ids], dtype=np.int64)
     except ValueError:
@@ -35,12 +33,9 @@ def running_order(ids: list[str]) -> np.ndarray:
 
 
 def reduce_like_embedder(vectors: np.ndarray, order: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
-    """The embedder's stored vectors for a model's output ``vectors`` (rows = records).
-
-    ``order``: the rows in refinery's record order (:func:`running_order`; default: as given). Returns
-    float64 rows in the input's row order: PCA-64 fitted on the first 640 records in ``order``, or
-    ``vectors`` unchanged when there are fewer than 64 records.
-    """
+    """The embedder's stored vectors (float64, in the input's row order) for a model's output ``vectors``:
+    PCA-64 fitted on the first 640 rows in ``order`` (refinery's record order, :func:`running_order`; default:
+    as given), or ``vectors`` unchanged when there are fewer than 64 records."""
     from sklearn.decomposition import PCA
 
     x = np.asarray(vectors, dtype=np.float64)

@@ -69,11 +69,8 @@ def _is_token_array(value: Any) -> bool:
 
 
 def discover_tasks(records: list[Record]) -> list[TaskColumns]:
-    """All labeling tasks whose columns appear in the export, in column order.
-
-    A task whose values (most non-null ones in the first 1,000 records) are per-token arrays is
-    ``kind="extraction"``.
-    """
+    """All labeling tasks whose columns appear in the export, in column order; ``kind="extraction"`` where most
+    non-null values in the first 1,000 records are per-token arrays."""
     window = records[:1000]
     columns = dict.fromkeys(key for rec in window for key in rec)
     found: dict[tuple[str | None, str], dict[str, str]] = {}
@@ -95,9 +92,7 @@ def discover_tasks(records: list[Record]) -> list[TaskColumns]:
 
 def resolve_task(records: list[Record], task: str | None) -> TaskColumns:
     """Find the named classification task (``Topic`` or ``attribute.Topic``); with no name, the only one.
-
-    Extraction tasks are never chosen: with no name they are skipped (and logged), by name they are an error.
-    """
+    Extraction tasks are never chosen: with no name they are skipped (and logged), by name they are an error."""
     tasks = discover_tasks(records)
     classification = [t for t in tasks if t.kind == CLASSIFICATION]
     extraction = [t for t in tasks if t.kind == EXTRACTION]

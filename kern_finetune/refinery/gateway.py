@@ -55,12 +55,8 @@ def _csrf_token(flow: Any) -> str | None:
 
 
 class Gateway:
-    """The gateway's embedding routes as one user, authenticated by a Kratos browser session cookie.
-
-    ``transport`` gives the host, the user, the retries and the cookie jar (a
-    :class:`~kern_finetune.refinery.api.RefineryClient` is one). Login is lazy; a session refused later (302
-    to the login page) is renewed once per call.
-    """
+    """The gateway's embedding routes as one user, authenticated by a Kratos browser session cookie; ``transport``
+    (a :class:`~kern_finetune.refinery.api.RefineryClient`, say) gives the host, user, retries and cookie jar."""
 
     def __init__(self, transport: Transport) -> None:
         self.t = transport

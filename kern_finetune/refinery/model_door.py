@@ -25,7 +25,6 @@ __all__ = ["ModelDoorTarget", "Delivered", "check_door", "deliver", "reserve_fol
 
 DEFAULT_MOUNT = "/models"
 """Where ``docs/model-door.md`` mounts the models volume inside the embedder container."""
-_DONE = ("FINISHED", "FAILED")
 
 ProgressFn = Callable[[str], None]
 

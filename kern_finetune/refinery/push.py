@@ -169,12 +169,9 @@ class PushExtension(Transport):
         return data
 
     def offers_push_extension(self, project_id: str | None = None) -> bool:
-        """Does this host take vectors through the ``api`` door (``docs/push-contract.md``)?
-
-        Asks ``GET /api/project/{id}/embeddings``: a JSON list means yes. ``404`` without
-        ``PROJECT_NOT_FOUND`` (refinery's proxy answers ``{"detail": "Not Found"}`` for routes it lacks)
-        or ``200 null`` (a gateway behind the proxy that lacks it) means no. Auth and project errors
-        are raised as on any call. Cheap: nothing is encoded or sent but this one read.
+        """Does this host take vectors through the ``api`` door? One read of ``GET /api/project/{id}/embeddings``:
+        a JSON list means yes; ``404`` without ``PROJECT_NOT_FOUND`` or ``200 null`` means no
+        (``docs/push-contract.md``). Auth and project errors are raised as on any call.
         """
         pid = self.project(project_id)
         resp = self.request("GET", f"/api/project/{pid}/embeddings", what="asking for the push extension",

@@ -85,11 +85,8 @@ def is_zip(path: str | Path) -> bool:
 
 
 def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
-    """The raw bytes of a ``.json`` (or any plain) file or a gzip file, decompressed under the cap.
-
-    Gzip is told by its magic bytes, not by the suffix (``.json.GZ``, a gzip named ``.json``). Every
-    stream is read in bounded chunks and refused once it passes the cap, files or not (``/dev/zero``, a pipe).
-    """
+    """The raw bytes of a plain or gzip file (told by its magic bytes, not its suffix), decompressed under the
+    cap; every stream is read in bounded chunks, files or not (``/dev/zero``, a pipe)."""
     path = Path(path)
     cap = max_input_bytes(max_bytes)
     if not path.exists():
@@ -111,11 +108,8 @@ def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> byte
 
 
 def read_zip_json_member(path: str | Path, *, max_bytes: int | None = None) -> tuple[str, bytes]:
-    """``(member name, bytes)`` of the one JSON file inside a snapshot zip, decompressed under the cap.
-
-    Like the gateway (refinery-gateway ``util/file.py``, ``zip_to_json``) the zip must hold the JSON as its
-    file; folders and ``__MACOSX`` entries are ignored.
-    """
+    """``(member name, bytes)`` of the one JSON file inside a snapshot zip (as refinery-gateway ``util/file.py``
+    ``zip_to_json``; folders and ``__MACOSX`` entries ignored), decompressed under the cap."""
     path = Path(path)
     cap = max_input_bytes(max_bytes)
     if not path.exists():

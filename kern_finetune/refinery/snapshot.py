@@ -221,13 +221,10 @@ def write_snapshot(src: str | Path, dst: str | Path, *, ids: list[Any], vectors:
 
 def check_snapshot_dst(dst: str | Path, *, src: str | Path | None = None, out_dir: str | Path | None = None,
                        flag: str = "--write-snapshot") -> Path:
-    """Check, before any work, that a snapshot may be written to ``dst``; returns it.
-
-    Refused with one :class:`ConfigError` line that names the file and the fix: ``dst`` is the input
-    snapshot ``src`` (the same file under any spelling: a symbolic or hard link, ``..``), lies inside the
-    run's output folder ``out_dir`` (replaced as a whole by the run), is a folder or not a regular file, or
-    its folder cannot be written (a probe file is created and removed there, so a read-only file system
-    counts too).
+    """Check, before any work, that a snapshot may be written to ``dst``; returns it. One :class:`ConfigError`
+    line when ``dst`` is the input ``src`` (under any spelling, links too), lies inside the run's output folder
+    ``out_dir`` (replaced as a whole), is a folder or not a regular file, or its folder cannot be written
+    (a probe file is created and removed there, so a read-only file system counts too).
     """
     dst = Path(dst)
     real = Path(os.path.realpath(dst))
