@@ -93,8 +93,7 @@ class Gateway:
         self._logged_in = True
         log.info("browser session for %s at %s", t.user_name, t.uri)
 
-    def call(self, method: str, path: str, *, body: Any = None, what: str, idempotent: bool | None = None,
-             ok: tuple[int, ...] = (200,)) -> Any:
+    def call(self, method: str, path: str, *, body: Any = None, what: str, idempotent: bool | None = None) -> Any:
         """One gateway call with the session cookie; its JSON body. A 302 to the login page renews the session
         once; a second one is an :class:`AuthError`."""
         t = self.t
@@ -117,7 +116,7 @@ class Gateway:
             raise HostError(t.scrub(
                 f"{what}: the gateway answered HTTP 500 ({resp.text[:60].strip() or 'no text'}), its answer when "
                 f"the project is not in user {t.user_name!r}'s organisation or the request names something it lacks"))
-        if resp.status_code not in ok:
+        if resp.status_code != 200:
             raise t.error_for(resp, what=what)
         return json_body(resp, what=what)
 
