@@ -1,23 +1,7 @@
 """The client of a refinery(-compatible) host: the real gateway's routes, plus the push extension.
 
-The request shapes are those of ``docs/refinery-api.md`` (read from the public refinery SDK and
-gateway code) plus the upload contract of ``docs/push-contract.md``. Layers, bottom up:
-
-- :class:`~kern_finetune.refinery.transport.Transport`: HTTP, login, retries, re-login, errors;
-- :class:`~kern_finetune.refinery.push.PushExtension`: the push extension's routes and the streamed push;
-- :class:`RefineryClient` (here): the routes every refinery has (project, record export) and the ways
-  to build a client from credentials.
-
-Credentials come from, in this order of precedence (see :func:`client_from_options`):
-
-- a refinery SDK-style ``secrets.json``: ``{"user_name", "password", "project_id", "uri"}``
-  (:meth:`RefineryClient.from_secrets`);
-- environment variables (:meth:`RefineryClient.from_env`):
-
-  ``KERN_FINETUNE_USER``      the user name (e-mail) to log in with
-  ``KERN_FINETUNE_PASSWORD``  its password
-  ``KERN_FINETUNE_URI``       the host, default ``http://localhost:4455`` (a self-hosted refinery)
-  ``KERN_FINETUNE_PROJECT``   optional default project id
+Request shapes: ``docs/refinery-api.md`` and ``docs/push-contract.md``; credentials and reliability:
+``docs/refinery-sdk.md``.
 """
 
 from __future__ import annotations
@@ -33,15 +17,8 @@ from .export import parse_export_payload
 from .push import PushExtension
 from .transport import json_body
 
-__all__ = [
-    "DEFAULT_URI",
-    "ENV_USER",
-    "ENV_PASSWORD",
-    "ENV_URI",
-    "ENV_PROJECT",
-    "RefineryClient",
-    "client_from_options",
-]
+__all__ = ["DEFAULT_URI", "ENV_USER", "ENV_PASSWORD", "ENV_URI", "ENV_PROJECT", "RefineryClient",
+           "client_from_options"]
 
 DEFAULT_URI = "http://localhost:4455"
 ENV_USER = "KERN_FINETUNE_USER"
@@ -51,11 +28,9 @@ ENV_PROJECT = "KERN_FINETUNE_PROJECT"
 
 
 class RefineryClient(PushExtension):
-    """Speak to one refinery(-compatible) host as one user.
+    """Speak to one refinery(-compatible) host as one user (arguments: :class:`~.transport.Transport`).
 
-    ``session`` may be any :class:`requests.Session` (tests swap the transport with it). The client
-    logs in lazily, on the first API call, or explicitly with :meth:`login`. ``project_id`` is the
-    default project for calls that take ``project_id=None``.
+    The client logs in lazily, on the first API call, or explicitly with :meth:`login`.
     """
 
     @classmethod
@@ -76,13 +51,8 @@ class RefineryClient(PushExtension):
         missing = [k for k in ("user_name", "password") if not content.get(k)]
         if missing:
             raise ConfigError(f"secrets file {path} lacks {', '.join(missing)}")
-        return cls(
-            uri or content.get("uri") or DEFAULT_URI,
-            str(content["user_name"]),
-            str(content["password"]),
-            project_id=kwargs.pop("project_id", None) or content.get("project_id"),
-            **kwargs,
-        )
+        return cls(uri or content.get("uri") or DEFAULT_URI, str(content["user_name"]), str(content["password"]),
+                   project_id=kwargs.pop("project_id", None) or content.get("project_id"), **kwargs)
 
     @classmethod
     def from_env(cls, *, uri: str | None = None, **kwargs: Any) -> RefineryClient:
@@ -90,13 +60,8 @@ class RefineryClient(PushExtension):
         user, password = os.environ.get(ENV_USER), os.environ.get(ENV_PASSWORD)
         if not user or not password:
             raise ConfigError(f"no credentials: pass --secrets FILE or set {ENV_USER} and {ENV_PASSWORD}")
-        return cls(
-            uri or os.environ.get(ENV_URI) or DEFAULT_URI,
-            user,
-            password,
-            project_id=kwargs.pop("project_id", None) or os.environ.get(ENV_PROJECT) or None,
-            **kwargs,
-        )
+        return cls(uri or os.environ.get(ENV_URI) or DEFAULT_URI, user, password,
+                   project_id=kwargs.pop("project_id", None) or os.environ.get(ENV_PROJECT) or None, **kwargs)
 
     def __repr__(self) -> str:
         state = "logged in" if self.logged_in else "not logged in"
@@ -115,10 +80,8 @@ class RefineryClient(PushExtension):
         return data
 
     def get_export(self, project_id: str | None = None, num_samples: int | None = None) -> list[Record]:
-        """``GET /api/project/{id}/export[?num_samples=N]``: the records, decoded twice.
-
-        A malformed body raises :class:`~kern_finetune.errors.ExportError`.
-        """
+        """``GET /api/project/{id}/export[?num_samples=N]``: the records, decoded twice (a malformed body:
+        :class:`~kern_finetune.errors.ExportError`)."""
         pid = self.project(project_id)
         params = {"num_samples": int(num_samples)} if num_samples is not None else None
         resp = self.request("GET", f"/api/project/{pid}/export", params=params, what="reading the export",

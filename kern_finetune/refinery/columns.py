@@ -1,23 +1,9 @@
 """The column contract of refinery's record export: records, task columns, value strings, embedding names.
 
-Every fact about how refinery lays out a project as a table is defined here once; the export reader, the
-snapshot reader and writer, the local host's importer and the client all use these names.
-
-**Records.** A record is one row of ``GET /api/project/{id}/export``: attribute name -> string (or null).
-
-**Task columns.** Per labeling task, base ``<attribute>__<task>`` (``__<task>`` for a whole-record task)::
-
-    <base>__MANUAL                          manual label(s), several joined with ", "
-    <base>__WEAK_SUPERVISION                the weak-supervision label
-    <base>__WEAK_SUPERVISION__confidence    its confidence, ROUND(confidence, 4) as text ("0.9312")
-
-(refinery-submodule-model ``business_objects/export.py``, ``__build_classification_part``; information
-extraction uses the same suffixes with per-token arrays, ``__build_extraction_part``).
-
-**Value strings.** :func:`as_string` writes an attribute value as the export does (see its docstring).
-
-**Embedding names.** :func:`embedding_name` builds ``<attribute>-classification-<platform>-<model>`` and
-:func:`parse_embedding_name` reads one back; no other module builds or splits these strings.
+Every fact about how refinery lays out a project as a table is defined here once. Per labeling task, base
+``<attribute>__<task>`` (``__<task>`` for a whole-record task): ``<base>__MANUAL`` (labels joined with ``", "``),
+``<base>__WEAK_SUPERVISION`` and ``<base>__WEAK_SUPERVISION__confidence`` (refinery-submodule-model
+``business_objects/export.py``, ``__build_classification_part``; ``docs/refinery-api.md``).
 """
 
 from __future__ import annotations
@@ -33,27 +19,10 @@ from typing import Any
 from ..errors import ExportError
 
 __all__ = [
-    "Record",
-    "CLASSIFICATION",
-    "EXTRACTION",
-    "MANUAL",
-    "WEAK_SUPERVISION",
-    "CONFIDENCE",
-    "SUFFIXES",
-    "TaskColumns",
-    "task_base",
-    "split_task_column",
-    "as_string",
-    "confidence_string",
-    "PLATFORM",
-    "EmbeddingName",
-    "model_short_name",
-    "embedding_name",
-    "parse_embedding_name",
-    "COUNT_BASED_MODELS",
-    "import_platform",
-    "import_rename",
-    "import_attribute",
+    "Record", "CLASSIFICATION", "EXTRACTION", "MANUAL", "WEAK_SUPERVISION", "CONFIDENCE", "SUFFIXES", "TaskColumns",
+    "task_base", "split_task_column", "as_string", "confidence_string", "PLATFORM", "EmbeddingName",
+    "model_short_name", "embedding_name", "parse_embedding_name", "COUNT_BASED_MODELS", "import_platform",
+    "import_rename", "import_attribute",
 ]
 
 Record = dict[str, Any]
@@ -99,11 +68,8 @@ class TaskColumns:
 
 
 def split_task_column(column: str) -> tuple[str | None, str, str] | None:
-    """``(attribute or None, task, role)`` of a task column (role ``manual``/``weak``/``confidence``).
-
-    None for any other column: one without a task suffix, or whose base has no ``__<task>`` part
-    (``x__MANUAL``) or an empty task name.
-    """
+    """``(attribute or None, task, role)`` of a task column (role ``manual``/``weak``/``confidence``); None for
+    any other column, ``x__MANUAL`` (no ``__<task>`` part) or an empty task name included."""
     for suffix, role in SUFFIXES:
         if column.endswith(suffix):
             base = column[: -len(suffix)]
@@ -122,13 +88,10 @@ def as_string(value: Any) -> str | None:
     """An attribute value as refinery's record export writes it: a string, or None.
 
     The export selects ``r.data->> '<attribute>'`` (refinery-submodule-model ``business_objects/export.py``,
-    ``build_full_record_sql_export``) and returns ``pd.read_sql(...).to_json(orient="records")``
-    (refinery-gateway v1.17.0 ``controller/transfer/manager.py``, ``export_records``). Postgres' ``->>``
-    gives the text of the JSONB value: a string unquoted, a boolean ``"true"``/``"false"``, a number as
-    ``numeric`` prints it (never in exponent form), an object or array as JSONB prints it
-    (``{"a": 1, "b": [1, 2]}``: ``", "``/``": "`` separators, keys by length, then bytes), JSON null as
-    SQL NULL, which ``to_json`` writes as null. JSONB cannot hold NaN or Infinity (Postgres refuses them
-    as JSON), so no export holds one: they are None here, as a missing value.
+    ``build_full_record_sql_export``; refinery-gateway v1.17.0 ``controller/transfer/manager.py``,
+    ``export_records``): the text of the JSONB value. A string unquoted, a boolean ``"true"``/``"false"``, a
+    number as ``numeric`` prints it (no exponent), an object or array as JSONB prints it (``", "``/``": "``
+    separators, keys by length, then bytes), null as null. NaN and Infinity (which JSONB refuses) are None.
     """
     if value is None or isinstance(value, str):
         return value
@@ -141,8 +104,6 @@ def as_string(value: Any) -> str | None:
 def _jsonb_text(value: Any) -> str | None:
     if value is None:
         return None
-    if isinstance(value, str):
-        return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -180,11 +141,9 @@ def _key_order(key: str) -> tuple[int, bytes]:
 
 
 def confidence_string(value: Any) -> str | None:
-    """A weak-supervision confidence as the export writes it: ``ROUND(confidence::numeric, 4)::TEXT``.
-
-    (refinery-submodule-model ``business_objects/export.py``, ``__get_classification_labels``): four places,
-    halves rounded away from zero, from the float's shortest repr (``0.5`` -> ``"0.5000"``). None for a
-    value that is not a finite number.
+    """A weak-supervision confidence as the export writes it: ``ROUND(confidence::numeric, 4)::TEXT``
+    (``business_objects/export.py``, ``__get_classification_labels``): halves away from zero, from the float's
+    shortest repr (``0.5`` -> ``"0.5000"``). None for a value that is not a finite number.
     """
     if value is None or isinstance(value, bool):
         return None
@@ -202,22 +161,16 @@ def confidence_string(value: Any) -> str | None:
 # embedding names
 
 PLATFORM = "kern-finetune"
-"""The ``platform`` of the embeddings we write. refinery stores it as a plain string (submodule-model
-``models.py``, ``Embedding.platform = Column(String)``); the import keeps a name whose platform is set, the
-tensor upload and search never read it except to pick the distance (Euclidean for every platform but
-``python``/tf-idf, refinery-neural-search ``util.py``, ``get_distance_key``). A later ``recreate_embeddings``
-fails on it in the embedder (``util/embedders.py``: ``Unknown platform``), which marks the embedding FAILED
-instead of silently replacing our vectors with those of a stock model. See ``docs/snapshot.md``."""
+"""The ``platform`` of the embeddings we write: the import keeps the name, search uses Euclidean distance, and
+a later recomputation fails visibly instead of replacing our vectors ("Why platform" in ``docs/snapshot.md``)."""
 
 _KINDS = (CLASSIFICATION, EXTRACTION)
 
 
 @dataclass(frozen=True)
 class EmbeddingName:
-    """An attribute-level embedding name read back: ``<attribute>-<kind>-<rest>``.
-
-    ``rest`` is ``<platform>-<model>`` for names refinery builds today, only ``<model>`` for older ones.
-    """
+    """An attribute-level embedding name read back: ``<attribute>-<kind>-<rest>`` (``rest``: ``<platform>-<model>``
+    for names refinery builds today, only ``<model>`` for older ones)."""
 
     attribute: str
     kind: str
@@ -230,11 +183,8 @@ def model_short_name(model: str) -> str:
 
 
 def embedding_name(attribute: str, *, model: str, platform: str = PLATFORM) -> str:
-    """``<attribute>-classification-<platform>-<model>``: how refinery names an attribute-level embedding.
-
-    The same format as refinery-gateway's ``controller/embedding/manager.py`` ``get_embedding_name``, so
-    that the project import (``project_transfer_manager.py``) keeps it unchanged when ``platform`` is set.
-    """
+    """``<attribute>-classification-<platform>-<model>``, refinery-gateway's ``get_embedding_name`` format, which
+    the project import (``project_transfer_manager.py``) keeps when ``platform`` is set."""
     if not attribute:
         raise ExportError("the embedding needs the name of the text attribute it belongs to")
     if not platform:
@@ -245,10 +195,8 @@ def embedding_name(attribute: str, *, model: str, platform: str = PLATFORM) -> s
 def parse_embedding_name(name: str, attributes: Iterable[str]) -> EmbeddingName | None:
     """Read ``<attribute>-<classification|extraction>-<rest>`` back, given the project's attribute names.
 
-    refinery's import reads the attribute with ``^(.+)-(?:classification|extraction).*`` (refinery-gateway
-    ``project_transfer_manager.py``, ``__get_attribute_name_from_embedding_name``) and splits the rest on
-    ``-`` (``__transform_embedding_by_name``), which fails for an attribute whose name holds ``-``. Here the
-    attribute is the longest attribute name that prefixes ``name``. None when none fits.
+    Unlike refinery's import (:func:`import_attribute`, :func:`import_rename`), which fails for an attribute
+    whose name holds ``-``, the attribute is the longest attribute name that prefixes ``name``. None when none fits.
     """
     for attribute in sorted((a for a in attributes if a), key=len, reverse=True):
         prefix = f"{attribute}-"
@@ -274,11 +222,9 @@ def import_platform(model: str) -> str:
 
 
 def import_rename(name: str) -> tuple[str, str, str] | None:
-    """``(platform, model, new name)`` of an embedding without ``platform``, as refinery's import renames it.
-
-    ``__transform_embedding_by_name`` splits the name on ``-``: attribute, type, then the model; the new
-    name is ``<attribute>-<type>-<platform>-<model>``. None where the name has no ``-`` (the import fails
-    on it with an IndexError).
+    """``(platform, model, new name)`` of an embedding without ``platform``, as refinery's import renames it
+    (``__transform_embedding_by_name``: split on ``-``, new name ``<attribute>-<type>-<platform>-<model>``).
+    None where the name has no ``-`` (the import fails on it with an IndexError).
     """
     parts = name.split("-")
     if len(parts) < 2:

@@ -1,20 +1,11 @@
-"""What refinery's embedder does with a model folder: the model door's embedding as refinery computes it.
+"""refinery-embedder's stored vectors for a model folder, replayed (the model door's embedding).
 
 Replays refinery-embedder (``util/embedders.py`` ``get_embedder``, ``controller.py`` ``generate_batches``)
-with embedders 0.1.8 (``embedders/__init__.py`` ``PCAReducer``, ``embedders/classification/reduce.py``
-``PCASentenceReducer._reduce``, ``embedders/classification/contextual.py``
-``TransformerSentenceEmbedder._encode``) for a ``huggingface`` attribute embedding:
-
-- ``SentenceTransformer(model).encode(batch)`` over the attribute's texts in batches of 128, in record
-  order (``running_id``), without ``normalize_embeddings`` (our model ends in ``Normalize``);
-- a project with at least 64 records gets ``PCASentenceReducer(embedder, n_components=64)``: scikit-learn
-  ``PCA(n_components=64)`` fitted on the first ``fit_after_n_batches=5`` batches, i.e. the **first 640
-  records**, then every record transformed with it (no whitening, no normalisation afterwards);
-- fewer records than 64: the vectors as the model gives them.
-
-The embedder's PCA is unseeded (sklearn's randomized solver for 640 x 384); here it is seeded, so the
-replay is reproducible. refinery-neural-search then searches these vectors by Euclidean distance under
-the similarity threshold (:func:`kern_finetune.refinery.search.threshold_search`).
+with embedders 0.1.8 (``PCAReducer``, ``classification/reduce.py`` ``PCASentenceReducer._reduce``) for a
+``huggingface`` attribute embedding: ``SentenceTransformer(model).encode`` (no ``normalize_embeddings``) in
+batches of 128 in record order, then, for 64 records or more, ``PCA(n_components=64)`` fitted on the first 5
+batches (640 records) and applied to every record. The embedder's PCA is unseeded; here it is seeded, so the
+replay is reproducible.
 """
 
 from __future__ import annotations
@@ -32,10 +23,8 @@ FIT_BATCHES = 5
 
 
 def running_order(ids: list[str]) -> np.ndarray:
-    """Row order of ``ids`` as refinery reads the records (``ORDER BY running_id``).
-
-    Export ids of the bundled samples are running ids (integers); other ids keep their given order.
-    """
+    """Row order of ``ids`` as refinery reads the records (``ORDER BY running_id``) where the ids are running
+    ids (integers, as in the bundled samples); other ids keep their given order."""
     try:
         keys = np.array([int(i) for i in ids], dtype=np.int64)
     except ValueError:
@@ -44,12 +33,9 @@ def running_order(ids: list[str]) -> np.ndarray:
 
 
 def reduce_like_embedder(vectors: np.ndarray, order: np.ndarray | None = None, *, seed: int = 0) -> np.ndarray:
-    """The embedder's stored vectors for a model's output ``vectors`` (rows = records).
-
-    ``order``: the rows in refinery's record order (:func:`running_order`; default: as given). Returns
-    float64 rows in the input's row order: PCA-64 fitted on the first 640 records in ``order``, or
-    ``vectors`` unchanged when there are fewer than 64 records.
-    """
+    """The embedder's stored vectors (float64, in the input's row order) for a model's output ``vectors``:
+    PCA-64 fitted on the first 640 rows in ``order`` (refinery's record order, :func:`running_order`; default:
+    as given), or ``vectors`` unchanged when there are fewer than 64 records."""
     from sklearn.decomposition import PCA
 
     x = np.asarray(vectors, dtype=np.float64)

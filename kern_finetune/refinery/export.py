@@ -1,17 +1,8 @@
-"""Read a refinery record export and find its labeling tasks.
+"""Read a refinery record export (``GET /api/project/{id}/export``, decoded) and find its labeling tasks.
 
-A record export is what ``GET /api/project/{id}/export`` returns once decoded: a list of objects, one
-per record, every attribute value a string (or null). The host sends it as a JSON *string* holding that
-list, so :func:`parse_export_payload` accepts both the string and the list.
-
-The columns (``<attribute>__<task>__MANUAL`` and the rest) are defined in
-:mod:`kern_finetune.refinery.columns`. Information-extraction tasks use the same suffixes with per-token JSON
-arrays (``headline__indicators__MANUAL: ["OUTSIDE", "B-x", ...]``, refinery-submodule-model
-``business_objects/export.py``, ``__build_extraction_part``): :func:`discover_tasks` reports them with
-``kind="extraction"`` and :func:`resolve_task` never trains on them.
-
-Files are read by :mod:`kern_finetune.refinery.reader` (size cap, one-line errors); a snapshot ``.zip`` by
-:mod:`kern_finetune.refinery.snapshot`.
+Columns: :mod:`kern_finetune.refinery.columns`. Information-extraction tasks use the same suffixes with
+per-token JSON arrays (refinery-submodule-model ``business_objects/export.py``, ``__build_extraction_part``);
+they are found but never trained on.
 """
 
 from __future__ import annotations
@@ -26,12 +17,7 @@ from .columns import CLASSIFICATION, EXTRACTION, Record, TaskColumns, split_task
 from .reader import is_zip, parse_json, read_export_bytes
 from .snapshot import read_snapshot
 
-__all__ = [
-    "load_export",
-    "parse_export_payload",
-    "discover_tasks",
-    "resolve_task",
-]
+__all__ = ["load_export", "parse_export_payload", "discover_tasks", "resolve_task"]
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +43,8 @@ def parse_export_payload(payload: Any, *, source: str = "export") -> list[Record
 
 
 def load_export(path: str | Path, *, max_bytes: int | None = None) -> list[Record]:
-    """Read an export file: ``.json``, ``.json.gz`` or a refinery project snapshot ``.zip``.
-
-    ``max_bytes`` caps the decompressed size (default: :func:`kern_finetune.refinery.reader.max_input_bytes`).
-    """
+    """Read an export file: ``.json``, ``.json.gz`` or a refinery project snapshot ``.zip``, decompressed
+    under ``max_bytes`` (default: :func:`kern_finetune.refinery.reader.max_input_bytes`)."""
     path = Path(path)
     if is_zip(path):
         return read_snapshot(path, max_bytes=max_bytes).records
@@ -85,16 +69,10 @@ def _is_token_array(value: Any) -> bool:
 
 
 def discover_tasks(records: list[Record]) -> list[TaskColumns]:
-    """All labeling tasks whose columns appear in the export, in column order.
-
-    A task whose values (most non-null ones in the first 1,000 records) are per-token arrays is
-    ``kind="extraction"``.
-    """
+    """All labeling tasks whose columns appear in the export, in column order; ``kind="extraction"`` where most
+    non-null values in the first 1,000 records are per-token arrays."""
     window = records[:1000]
-    columns: dict[str, None] = {}
-    for rec in window:
-        for key in rec:
-            columns.setdefault(key, None)
+    columns = dict.fromkeys(key for rec in window for key in rec)
     found: dict[tuple[str | None, str], dict[str, str]] = {}
     for col in columns:
         hit = split_task_column(col)
@@ -114,9 +92,7 @@ def discover_tasks(records: list[Record]) -> list[TaskColumns]:
 
 def resolve_task(records: list[Record], task: str | None) -> TaskColumns:
     """Find the named classification task (``Topic`` or ``attribute.Topic``); with no name, the only one.
-
-    Extraction tasks are never chosen: with no name they are skipped (and logged), by name they are an error.
-    """
+    Extraction tasks are never chosen: with no name they are skipped (and logged), by name they are an error."""
     tasks = discover_tasks(records)
     classification = [t for t in tasks if t.kind == CLASSIFICATION]
     extraction = [t for t in tasks if t.kind == EXTRACTION]

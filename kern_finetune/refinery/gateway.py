@@ -1,36 +1,11 @@
 """refinery-gateway's embedding routes behind a Kratos browser session: what the model door speaks.
 
-The SDK's bearer token reaches only the proxy's ``/api`` routes. refinery's oathkeeper lets
-``/refinery-gateway/**`` through with the Kratos **browser** session cookie only (refinery
-``refinery/oathkeeper/access-rules.yml``, rule ``kernai:refinery-gateway:fastapi``: authenticator
-``cookie_session``, which ``oathkeeper.yml`` limits to the cookie ``ory_kratos_session``; its error handler
-``redirect`` answers any refusal with a 302 to ``http://localhost:4455/auth/login``, never a 401). So
-:class:`Gateway` logs in through Kratos's browser flow, as refinery's login page does:
-
-1. ``GET /.ory/kratos/public/self-service/login/browser`` with ``Accept: application/json``: the flow as
-   JSON; Kratos sets a ``csrf_token_*`` cookie and puts the same token in the form node ``csrf_token``;
-2. ``POST`` the flow's ``ui.action`` with ``{"method": "password", "identifier", "password", "csrf_token"}``
-   and that cookie: ``200`` and the cookie ``ory_kratos_session`` (400: wrong credentials; 403: CSRF refused).
-
-The cookies live in the transport's :class:`requests.Session` cookie jar, as in a browser, and
-:meth:`~kern_finetune.refinery.transport.Transport.scrub` masks their values in every message.
-
-The routes (refinery-gateway ``fast_api/routes/embedding.py`` and ``attribute.py``, mounted under ``/api`` by
-``app.py``, prefixes in ``route_prefix.py``; the UI calls them as ``/refinery-gateway/api/v1/...``,
-refinery-ui ``src/services/base/embedding.ts``). Each checks that the project belongs to the user's
-organisation (``controller/auth/manager.py`` ``check_project_access_dep``); a refused check raises inside the
-gateway's ``middleware/database_session.py``, which answers ``500`` with the text ``An error occurred``.
-
-- ``GET  .../attribute/{project}/all-attributes`` -> ``{"data": {"attributesByProjectId": [{"id", "name", ...}]}}``
-- ``POST .../embedding/{project}/create-embedding`` with ``{"attribute_id", "config"}``, ``config`` a JSON
-  *string* (``fast_api/models.py`` ``CreateEmbeddingBody``: both ``StrictStr``) -> ``{"data": {"createEmbedding":
-  {"ok": true}}}``: the task is queued; the embedding, named ``<attribute>-classification-<platform>-<model>``
-  (``controller/embedding/manager.py`` ``get_embedding_name``), appears only when the task starts, and a task
-  whose name already exists is dropped without a word (v1.15's ``controller/task_queue/handler/embedding.py``
-  ``__start_task``);
-- ``GET  .../embedding/{project}/embeddings-by-project`` -> ``{"data": {"projectByProjectId": {"embeddings":
-  {"edges": [{"node": {"id", "name", "state", "platform", "model", "attributeId", "count", ...}}]}}}}``;
-- ``DELETE .../embedding/{project}/{embedding}/delete-embedding`` -> ``{"data": {"deleteEmbedding": {"ok": true}}}``.
+refinery's oathkeeper lets ``/refinery-gateway/**`` through with the browser cookie ``ory_kratos_session`` only
+(``oathkeeper/access-rules.yml``, ``oathkeeper.yml``) and refuses with a 302 to the login page, never a 401, so
+:class:`Gateway` logs in through Kratos's browser flow. The routes are refinery-gateway's
+``fast_api/routes/embedding.py`` and ``attribute.py``, as refinery-ui calls them; a project outside the user's
+organisation answers 500 ``An error occurred`` (``middleware/database_session.py``). Details: the section
+"How refinery is spoken to" of ``docs/model-door.md``.
 """
 
 from __future__ import annotations
@@ -40,10 +15,8 @@ import logging
 from typing import Any
 from urllib.parse import urljoin
 
-import requests
-
 from ..errors import AuthError, HostError
-from .transport import SESSION_COOKIE, Transport, json_body
+from .transport import SESSION_COOKIE, Transport, json_body, to_login
 
 __all__ = ["Gateway", "GATEWAY_API", "BROWSER_LOGIN_PATH", "huggingface_config", "refinery_embedding_name"]
 
@@ -81,17 +54,9 @@ def _csrf_token(flow: Any) -> str | None:
     return None
 
 
-def _to_login(resp: requests.Response) -> bool:
-    return 300 <= resp.status_code < 400 and "login" in resp.headers.get("location", "").lower()
-
-
 class Gateway:
-    """The gateway's embedding routes as one user, authenticated by a Kratos browser session cookie.
-
-    ``transport`` gives the host, the user, the retries and the cookie jar (a
-    :class:`~kern_finetune.refinery.api.RefineryClient` is one). Login is lazy; a session refused later (302
-    to the login page) is renewed once per call.
-    """
+    """The gateway's embedding routes as one user, authenticated by a Kratos browser session cookie; ``transport``
+    (a :class:`~kern_finetune.refinery.api.RefineryClient`, say) gives the host, user, retries and cookie jar."""
 
     def __init__(self, transport: Transport) -> None:
         self.t = transport
@@ -104,7 +69,7 @@ class Gateway:
         t.session.cookies.clear()  # Kratos refuses a new browser flow while a session cookie is sent
         what = "model door login (Kratos browser flow)"
         resp = t.send("GET", t.uri + BROWSER_LOGIN_PATH, headers={"Accept": "application/json"}, idempotent=True,
-                      what=what)
+                      what=what, null_ok=True)
         if resp.status_code != 200:
             raise t.error_for(resp, what=what)
         flow = json_body(resp, what=what)
@@ -113,7 +78,8 @@ class Gateway:
         if not isinstance(action, str) or not action or csrf is None:
             raise AuthError(f"{what}: {t.uri} answered no form action and CSRF token: is it a refinery host?")
         body = t.password_body(method="password", identifier=t.user_name, csrf_token=csrf)
-        resp = t.send("POST", urljoin(t.uri + "/", action), headers=_JSON, data=body, idempotent=True, what=what)
+        resp = t.send("POST", urljoin(t.uri + "/", action), headers=_JSON, data=body, idempotent=True, what=what,
+                      null_ok=True)
         if resp.status_code in (400, 401):
             raise AuthError(f"{what}: login refused for user {t.user_name!r} at {t.uri}: check user name and password")
         if resp.status_code == 403:
@@ -127,8 +93,7 @@ class Gateway:
         self._logged_in = True
         log.info("browser session for %s at %s", t.user_name, t.uri)
 
-    def call(self, method: str, path: str, *, body: Any = None, what: str, idempotent: bool | None = None,
-             ok: tuple[int, ...] = (200,)) -> Any:
+    def call(self, method: str, path: str, *, body: Any = None, what: str, idempotent: bool | None = None) -> Any:
         """One gateway call with the session cookie; its JSON body. A 302 to the login page renews the session
         once; a second one is an :class:`AuthError`."""
         t = self.t
@@ -139,8 +104,8 @@ class Gateway:
             if not self._logged_in:
                 self.login()
             resp = t.send(method, t.uri + GATEWAY_API + path, headers=_JSON, data=data, idempotent=idempotent,
-                          what=what)
-            if not _to_login(resp):
+                          what=what, null_ok=True)
+            if not to_login(resp):
                 break
             self._logged_in = False
             if again:
@@ -151,7 +116,7 @@ class Gateway:
             raise HostError(t.scrub(
                 f"{what}: the gateway answered HTTP 500 ({resp.text[:60].strip() or 'no text'}), its answer when "
                 f"the project is not in user {t.user_name!r}'s organisation or the request names something it lacks"))
-        if resp.status_code not in ok:
+        if resp.status_code != 200:
             raise t.error_for(resp, what=what)
         return json_body(resp, what=what)
 

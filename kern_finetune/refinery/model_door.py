@@ -1,23 +1,9 @@
 """The model door with no click: a versioned model folder in the embedder's volume, created, awaited, swapped.
 
-What refinery's code allows (each point read in refinery's sources, ``docs/model-door.md``):
-
-- refinery's compose template mounts no volume into ``refinery-embedder``; the user adds one once (an entry in
-  ``refinery/settings.json`` plus a ``volumes:`` line in ``refinery/docker-compose.tmpl``, which alfred's
-  ``util/template_processor.py`` fills on every ``./start``), e.g. host ``refinery/models`` -> ``/models``;
-- refinery-embedder ``util/embedders.py`` ``get_embedder``: a ``huggingface`` attribute embedding is
-  ``SentenceTransformer(model)``; a path that exists inside the container loads offline;
-- the gateway's ``create-embedding`` queues a task that is dropped without a word when an embedding of the same
-  name exists (``<attribute>-classification-huggingface-<model>``), so every version gets its own folder
-  name, ``<base>-v<N>`` (:func:`reserve_folder`); a folder that exists is never written into;
-- the embedding's ``state`` in ``embeddings-by-project``: ``INITIALIZING`` -> ``ENCODING`` -> ``FINISHED``, or
-  ``FAILED`` when the model does not load (refinery-embedder ``controller.py`` ``run_encoding``).
-
-:func:`check_door` runs before anything is pulled or encoded (models dir writable, browser login, the project
-reachable with the cookie). :func:`deliver` runs after the pipeline: copy ``<out>/model`` into the next
-versioned folder, create the embedding, wait until it is ``FINISHED``, and only then delete the previous
-kern-finetune embedding (the sync state names it). A refused step raises one line naming the step and what to
-do; the previous embedding stays where it was.
+:func:`check_door` runs before anything is pulled or encoded; :func:`deliver` after the pipeline. Each folder
+name is new (``<base>-v<N>``) because the gateway drops, without a word, a task whose embedding name exists;
+the previous embedding is deleted only once the new one is ``FINISHED``. What refinery's code allows, read in
+its sources: ``docs/model-door.md``.
 """
 
 from __future__ import annotations
@@ -39,7 +25,6 @@ __all__ = ["ModelDoorTarget", "Delivered", "check_door", "deliver", "reserve_fol
 
 DEFAULT_MOUNT = "/models"
 """Where ``docs/model-door.md`` mounts the models volume inside the embedder container."""
-_DONE = ("FINISHED", "FAILED")
 
 ProgressFn = Callable[[str], None]
 

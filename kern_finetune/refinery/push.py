@@ -1,14 +1,8 @@
 """The push extension (``docs/push-contract.md``): write vectors into a refinery-compatible host.
 
-No refinery version has these routes: they are an extension proposed for refinery's issues #24 / #48 that
-a refinery-compatible host (``kern-finetune host``) implements. :meth:`PushExtension.offers_push_extension`
-asks the host before anything is encoded.
-
-A push stages a new embedding version, uploads its tensors chunk by chunk and finalizes it; until the
-finalize the previously served version stays served. The upload **streams**: :func:`check_vectors` reads the
-vectors once, block by block, and :func:`iter_chunks` builds each chunk's JSON body only when it is sent, so
-at most one chunk's payload is in memory at a time, whatever the number of records. ``vectors`` may be any
-array that slices lazily (an ``np.memmap`` stays on disk).
+No refinery version has these routes (refinery issues #24 / #48 ask for them); ``kern-finetune host`` implements
+them. A push stages a version, uploads its tensors and finalizes it; the upload streams (one chunk's body in
+memory at a time; ``vectors`` may be an ``np.memmap``).
 """
 
 from __future__ import annotations
@@ -23,27 +17,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import (
-    AuthError,
-    ConfigError,
-    HostError,
-    HostUnavailableError,
-    KernFinetuneError,
-    ProjectNotFoundError,
-    PushError,
-)
+from ..errors import (AuthError, ConfigError, HostError, HostUnavailableError, KernFinetuneError,
+                      ProjectNotFoundError, PushError)
 from .columns import PLATFORM, embedding_name, model_short_name
 from .transport import Transport, error_code, json_body
 
-__all__ = [
-    "PushResult",
-    "SimilarRecords",
-    "Chunk",
-    "PushExtension",
-    "check_vectors",
-    "iter_chunks",
-    "TENSOR_FORMATS",
-]
+__all__ = ["PushResult", "SimilarRecords", "Chunk", "PushExtension", "check_vectors", "iter_chunks", "TENSOR_FORMATS"]
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +46,9 @@ class PushResult:
 
 @dataclass(frozen=True)
 class SimilarRecords:
-    """A host's similarity-search answer, ranked as the host ranked it.
+    """A host's similarity-search answer, ranked as the host ranked it (``threshold``: None where it applies none).
 
-    refinery's data browser returns at most 100 records within the embedding's similarity
-    threshold, the query record first (distance 0); ``query_included`` says whether this host did.
-    ``threshold`` is None where the host applies none.
+    refinery's data browser returns the query record first; ``query_included`` says whether this host did.
     """
 
     record_id: str
@@ -113,9 +90,8 @@ class Chunk:
 def check_vectors(ids: Sequence[Any], vectors: Any) -> tuple[list[str], Any]:
     """Check ids and vectors before anything is sent; returns ``(ids as strings, the vectors as an array)``.
 
-    One vector per id, ids distinct, every value finite, no zero vector (it cannot be L2-normalised).
-    An array (``np.ndarray``, ``np.memmap``) is read in blocks of :data:`_CHECK_BLOCK` rows, never copied
-    whole; anything else (nested lists) is converted once.
+    One vector per id, ids distinct, every value finite, no zero vector. An array (``np.memmap`` too) is read
+    in blocks of :data:`_CHECK_BLOCK` rows, never copied whole; nested lists are converted once.
     """
     arr = vectors if hasattr(vectors, "shape") and hasattr(vectors, "__getitem__") else np.asarray(vectors, np.float64)
     shape = tuple(arr.shape)
@@ -139,12 +115,9 @@ def check_vectors(ids: Sequence[Any], vectors: Any) -> tuple[list[str], Any]:
 
 
 def iter_chunks(ids: Sequence[str], vectors: Any, *, chunk_size: int, tensor_format: str = "json") -> Iterator[Chunk]:
-    """The upload requests, built one at a time: rows L2-normalised and rounded to 7 places.
-
-    Rounding to 7 decimals keeps float32 precision and cuts the JSON to a third of full reprs.
-    ``tensor_format`` ``"json"`` sends ``data`` as a list of floats (the contract's base form); ``"b64"``
-    sends ``data_b64``, base64 of little-endian float32 (the contract's compact form). Call
-    :func:`check_vectors` first: this generator assumes checked input.
+    """The upload requests of checked input (:func:`check_vectors`), built one at a time: rows L2-normalised
+    and rounded to 7 places (float32 precision, a third of the JSON of full reprs). ``tensor_format``
+    ``"json"`` sends ``data``, a list of floats; ``"b64"`` sends ``data_b64``, base64 of little-endian float32.
     """
     if chunk_size < 1:
         raise ConfigError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -160,11 +133,6 @@ def iter_chunks(ids: Sequence[str], vectors: Any, *, chunk_size: int, tensor_for
         yield Chunk(k, total, lo, hi, _join(k, rows))
 
 
-def chunk_body(index: int, tensors: list[dict[str, Any]]) -> str:
-    """The JSON body of one ``PUT .../tensors`` request: ``{"chunk": index, "tensors": [...]}``, compact."""
-    return _join(index, [_dumps(t) for t in tensors])
-
-
 _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
@@ -173,8 +141,8 @@ def _dumps(value: Any) -> str:
 
 
 def _join(index: int, rows: list[str]) -> str:
-    """The chunk body from its tensors' JSON, byte for byte what ``json.dumps`` of the whole writes; built
-    row by row, so no row's floats outlive its text."""
+    """``{"chunk": index, "tensors": [...]}``, byte for byte ``json.dumps`` of the whole, compact; built row by
+    row, so no row's floats outlive its text."""
     return f'{{"chunk":{int(index)},"tensors":[{",".join(rows)}]}}'
 
 
@@ -201,12 +169,9 @@ class PushExtension(Transport):
         return data
 
     def offers_push_extension(self, project_id: str | None = None) -> bool:
-        """Does this host take vectors through the ``api`` door (``docs/push-contract.md``)?
-
-        Asks ``GET /api/project/{id}/embeddings``: a JSON list means yes. ``404`` without
-        ``PROJECT_NOT_FOUND`` (refinery's proxy answers ``{"detail": "Not Found"}`` for routes it lacks)
-        or ``200 null`` (a gateway behind the proxy that lacks it) means no. Auth and project errors
-        are raised as on any call. Cheap: nothing is encoded or sent but this one read.
+        """Does this host take vectors through the ``api`` door? One read of ``GET /api/project/{id}/embeddings``:
+        a JSON list means yes; ``404`` without ``PROJECT_NOT_FOUND`` or ``200 null`` means no
+        (``docs/push-contract.md``). Auth and project errors are raised as on any call.
         """
         pid = self.project(project_id)
         resp = self.request("GET", f"/api/project/{pid}/embeddings", what="asking for the push extension",
@@ -223,14 +188,11 @@ class PushExtension(Transport):
             data = data.get("embeddings")
         return isinstance(data, list)
 
-    def search_similar(
-        self, embedding: str, record_id: str, *, limit: int | None = None, project_id: str | None = None
-    ) -> SimilarRecords:
-        """``POST /api/project/{id}/similarity`` (a read of the push extension, ``docs/push-contract.md``).
-
-        The host answers as refinery's data browser does: at most 100 records within the embedding's
-        similarity threshold, the query record first. ``limit`` (1..100) asks for fewer; None sends
-        none (the host's default, 100).
+    def search_similar(self, embedding: str, record_id: str, *, limit: int | None = None,
+                       project_id: str | None = None) -> SimilarRecords:
+        """``POST /api/project/{id}/similarity`` (a read of the push extension, ``docs/push-contract.md``):
+        as refinery's data browser, at most 100 records within the threshold, the query record first.
+        ``limit`` (1..100) asks for fewer; None sends none (the host's default, 100).
         """
         pid = self.project(project_id)
         body: dict[str, Any] = {"embedding": embedding, "record_id": str(record_id)}
@@ -242,19 +204,18 @@ class PushExtension(Transport):
         ids = data.get("record_ids") if isinstance(data, dict) else None
         if not isinstance(ids, list):
             raise HostError("similarity result lacks record_ids")
-        scores = data.get("scores")
-        threshold = data.get("threshold")
+        scores, threshold = data.get("scores"), data.get("threshold")
         return SimilarRecords(
             record_id=str(data.get("record_id", record_id)),
             record_ids=[str(i) for i in ids],
             scores=[float(x) for x in scores] if isinstance(scores, list) and len(scores) == len(ids) else [],
-            threshold=float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) else None,
+            threshold=(float(threshold) if isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+                       else None),
             embedding=str(data.get("embedding", embedding)),
         )
 
-    def similarity(
-        self, embedding: str, record_id: str, *, limit: int | None = None, project_id: str | None = None
-    ) -> list[str]:
+    def similarity(self, embedding: str, record_id: str, *, limit: int | None = None,
+                   project_id: str | None = None) -> list[str]:
         """The record ids of :meth:`search_similar`, in the host's order (the query first)."""
         return self.search_similar(embedding, record_id, limit=limit, project_id=project_id).record_ids
 
@@ -269,12 +230,10 @@ class PushExtension(Transport):
             raise PushError("the host did not return an id for the new embedding")
         return data
 
-    def upload_tensors(self, project_id: str, embedding_id: str, chunk: int, tensors: list[dict[str, Any]] | str,
-                       *, what: str | None = None) -> dict[str, Any]:
-        """Upload one chunk (an upsert by record id, so retried freely); ``tensors`` may be its built body."""
-        body = tensors if isinstance(tensors, str) else chunk_body(chunk, tensors)
-        resp = self.request("PUT", f"/api/project/{project_id}/embeddings/{embedding_id}/tensors", body=body,
-                            idempotent=True, what=what or f"uploading chunk {chunk}")
+    def upload_tensors(self, project_id: str, embedding_id: str, chunk: Chunk) -> dict[str, Any]:
+        """Upload one chunk (an upsert by record id, so retried freely)."""
+        resp = self.request("PUT", f"/api/project/{project_id}/embeddings/{embedding_id}/tensors", body=chunk.body,
+                            idempotent=True, what=f"uploading {chunk.label}")
         data = json_body(resp, what="chunk receipt")
         return data if isinstance(data, dict) else {}
 
@@ -297,27 +256,15 @@ class PushExtension(Transport):
 
     # ---- the whole push ---------------------------------------------------------------------------
 
-    def push_embedding(
-        self,
-        project_id: str | None,
-        name: str | None,
-        ids: Sequence[Any],
-        vectors: Any,
-        *,
-        attribute: str,
-        model: str,
-        chunk_size: int = 1000,
-        progress: ProgressFn | None = None,
-        tensor_format: str = "json",
-    ) -> PushResult:
+    def push_embedding(self, project_id: str | None, name: str | None, ids: Sequence[Any], vectors: Any, *,
+                       attribute: str, model: str, chunk_size: int = 1000, progress: ProgressFn | None = None,
+                       tensor_format: str = "json") -> PushResult:
         """Create, upload in streamed chunks, finalize; on any failure drop the staged version and raise.
 
-        ``name`` None -> :func:`kern_finetune.refinery.columns.embedding_name`. Vectors are L2-normalised
-        here again (defensively: the host ranks by Euclidean distance). Until finalize succeeds the
-        previously served embedding of that name stays served and nothing of the new one is visible.
+        ``name`` None -> :func:`kern_finetune.refinery.columns.embedding_name`; ``tensor_format``: see
+        :func:`iter_chunks`. Until finalize succeeds the previously served embedding of that name stays served.
         Raises :class:`PushError` (host refused; a chunk's failure names the chunk and its vectors),
         :class:`HostUnavailableError` (host kept failing), or :class:`AuthError` / :class:`ProjectNotFoundError`.
-        ``tensor_format``: see :func:`iter_chunks`.
         """
         if tensor_format not in TENSOR_FORMATS:
             raise ConfigError(f"tensor_format must be 'json' or 'b64', got {tensor_format!r}")
@@ -357,7 +304,7 @@ class PushExtension(Transport):
         """Send the chunks as they are built; returns how many were sent."""
         sent = 0
         for chunk in chunks:
-            receipt = self.upload_tensors(pid, emb_id, chunk.index, chunk.body, what=f"uploading {chunk.label}")
+            receipt = self.upload_tensors(pid, emb_id, chunk)
             got = receipt.get("received", chunk.count)
             if got != chunk.count:
                 raise PushError(f"{chunk.label}: host received {got} of {chunk.count} vectors")
@@ -365,7 +312,8 @@ class PushExtension(Transport):
             sent += 1
         return sent
 
-    def _failed(self, exc: Exception, pid: str, emb_id: str, name: str, stage: str, say: ProgressFn) -> KernFinetuneError:
+    def _failed(self, exc: Exception, pid: str, emb_id: str, name: str, stage: str,
+                say: ProgressFn) -> KernFinetuneError:
         """Drop the staged version after a failed push; the error to raise."""
         dropped = self.delete_embedding(pid, emb_id)
         note = "staged version dropped" if dropped else "staged version left for the host to expire"

@@ -1,20 +1,9 @@
 """The one reader of input files: bytes and JSON from ``.json``, ``.json.gz`` and snapshot ``.zip`` files.
 
-Every way a file can be unreadable ends here as an :class:`~kern_finetune.errors.ExportError` with one
-line that says what to fix: a missing file, a broken or password-protected zip, a zip compression method
-Python cannot read (e.g. 9, Deflate64), a decompressed size above the cap, invalid UTF-8, malformed JSON,
-JSON nested deeper than the parser allows. :func:`read_export_bytes` and :func:`parse_json` are used by
-:mod:`kern_finetune.refinery.export` (record exports) and :mod:`kern_finetune.refinery.snapshot` (project snapshots).
-
-**Size cap.** Compressed inputs are decompressed while streaming and refused once they pass the cap, so a
-small zip or gzip bomb never fills memory. The cap is :data:`DEFAULT_MAX_MB` MiB (generous: the bundled
-20,000-record AG News export is 8 MiB, the 3,000-record refinery snapshot with its 64-dimensional tensors 9 MiB); set the environment
-variable ``KERN_FINETUNE_MAX_INPUT_MB`` or pass ``max_bytes`` for larger projects.
-
-**Lone surrogates.** JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which no real text holds
-(refinery's Postgres refuses them) and which no UTF-8 codec, hash or tokenizer accepts. They are
-replaced by U+FFFD (the Unicode replacement character) as the JSON is read, so every later stage sees
-valid text.
+Every way a file can be unreadable ends here as one :class:`~kern_finetune.errors.ExportError` line that says
+what to fix. Compressed inputs are decompressed while streaming and refused once they pass the size cap
+(:func:`max_input_bytes`), so a zip or gzip bomb never fills memory. Lone UTF-16 surrogates spelled in JSON
+(``"\\ud800"``), which no UTF-8 codec, hash or tokenizer accepts and refinery's Postgres refuses, become U+FFFD.
 """
 
 from __future__ import annotations
@@ -30,8 +19,8 @@ from typing import Any
 
 from ..errors import ExportError
 
-__all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "is_zip", "read_export_bytes", "read_zip_json_member",
-           "parse_json"]
+__all__ = ["DEFAULT_MAX_MB", "MAX_INPUT_ENV", "max_input_bytes", "is_zip", "read_export_bytes",
+           "read_zip_json_member", "parse_json"]
 
 DEFAULT_MAX_MB = 1024
 """Default cap on the decompressed size of one input file, in MiB."""
@@ -96,11 +85,8 @@ def is_zip(path: str | Path) -> bool:
 
 
 def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> bytes:
-    """The raw bytes of a ``.json`` (or any plain) file or a gzip file, decompressed under the cap.
-
-    Gzip is told by its magic bytes, not by the suffix (``.json.GZ``, a gzip named ``.json``). Every
-    stream is read in bounded chunks and refused once it passes the cap, files or not (``/dev/zero``, a pipe).
-    """
+    """The raw bytes of a plain or gzip file (told by its magic bytes, not its suffix), decompressed under the
+    cap; every stream is read in bounded chunks, files or not (``/dev/zero``, a pipe)."""
     path = Path(path)
     cap = max_input_bytes(max_bytes)
     if not path.exists():
@@ -122,11 +108,8 @@ def read_export_bytes(path: str | Path, *, max_bytes: int | None = None) -> byte
 
 
 def read_zip_json_member(path: str | Path, *, max_bytes: int | None = None) -> tuple[str, bytes]:
-    """``(member name, bytes)`` of the one JSON file inside a snapshot zip, decompressed under the cap.
-
-    Like the gateway (refinery-gateway ``util/file.py``, ``zip_to_json``) the zip must hold the JSON as its
-    file; folders and ``__MACOSX`` entries are ignored.
-    """
+    """``(member name, bytes)`` of the one JSON file inside a snapshot zip (as refinery-gateway ``util/file.py``
+    ``zip_to_json``; folders and ``__MACOSX`` entries ignored), decompressed under the cap."""
     path = Path(path)
     cap = max_input_bytes(max_bytes)
     if not path.exists():
@@ -198,9 +181,7 @@ def _scrub_surrogates(value: Any) -> Any:
     """Replace lone surrogates in every string (keys included), iteratively (no recursion limit)."""
 
     def fix(s: str) -> str:
-        if s.isascii():
-            return s
-        return _LONE_SURROGATE.sub("\ufffd", s)
+        return s if s.isascii() else _LONE_SURROGATE.sub("\ufffd", s)
 
     if isinstance(value, str):
         return fix(value)

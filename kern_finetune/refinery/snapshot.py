@@ -1,24 +1,9 @@
-"""Read and write refinery project snapshots (the host's own export/import ``.zip``).
+"""Read and write refinery project snapshots (the host's own export/import ``.zip``, one JSON file of tables).
 
-A snapshot is a zip holding one JSON file whose top-level keys are the host's tables
-(``records_data``, ``labeling_tasks_data``, ``record_label_associations_data``,
-``embeddings_data``, ``embedding_tensors_data``, ...; see ``docs/refinery-api.md``).
-
-:func:`read_snapshot` derives from it the same table a record export has, so a snapshot can stand in
-for ``GET /export``:
-
-- every attribute by name, its value as a string (``running_id`` 2 -> ``"2"``), null stays null;
-- per *classification* task, base ``<attribute>__<task>`` (``__<task>`` for a whole-record task):
-  ``<base>__MANUAL`` (the valid manual labels, distinct, joined with ``", "``),
-  ``<base>__WEAK_SUPERVISION`` and ``<base>__WEAK_SUPERVISION__confidence`` (4 places, a string).
-  Information-extraction tasks (per-token spans) and raw ``INFORMATION_SOURCE`` votes are left out.
-
-:func:`write_snapshot` is the *snapshot door*: the one way refinery itself takes vectors from outside.
-It copies a snapshot and adds our embedding exactly as refinery-gateway's own export writes one
-(v1.17.0, ``controller/transfer/project_transfer_manager.py``, ``get_project_export_dump``), so that the
-gateway's import (same file, ``import_file``) keeps its name and attribute and uploads its tensors; importing
-the file in refinery's UI ("Import snapshot") makes a **new project**. What the import does with the file,
-and what later destroys an imported custom embedding, is in ``docs/snapshot.md``.
+:func:`read_snapshot` derives the table a record export has (classification tasks only), so a snapshot can
+stand in for ``GET /export``. :func:`write_snapshot` is the snapshot door: a copy with our embedding added as
+refinery-gateway v1.17.0's own export writes one (``controller/transfer/project_transfer_manager.py``,
+``get_project_export_dump``). What refinery's import does with it: ``docs/snapshot.md``.
 """
 
 from __future__ import annotations
@@ -36,17 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ExportError, PushError
-from .columns import (
-    PLATFORM,
-    Record,
-    TaskColumns,
-    as_string,
-    confidence_string,
-    embedding_name,
-    import_platform,
-    model_short_name,
-    parse_embedding_name,
-)
+from .columns import (PLATFORM, Record, TaskColumns, as_string, confidence_string, embedding_name, import_platform,
+                      model_short_name, parse_embedding_name)
 from .reader import parse_json, read_zip_json_member
 
 __all__ = ["Snapshot", "read_snapshot", "write_snapshot", "check_snapshot_dst", "snapshot_records", "import_steps"]
@@ -86,14 +62,9 @@ class Snapshot:
         out: dict[str, dict[str, Any]] = {}
         for emb in _rows(self.data, "embeddings_data"):
             eid = emb.get("id")
-            out[str(emb.get("name"))] = {
-                "id": eid,
-                "custom": bool(emb.get("custom")),
-                "type": emb.get("type"),
-                "platform": emb.get("platform"),
-                "count": counts.get(eid, 0),
-                "dimension": dims.get(eid, 0),
-            }
+            out[str(emb.get("name"))] = {"id": eid, "custom": bool(emb.get("custom")), "type": emb.get("type"),
+                                         "platform": emb.get("platform"), "count": counts.get(eid, 0),
+                                         "dimension": dims.get(eid, 0)}
         return out
 
     def embedding_vectors(self, name: str, *, id_attribute: str = "running_id") -> tuple[list[str], np.ndarray]:
@@ -197,41 +168,21 @@ def snapshot_records(data: dict[str, Any], *, source: str = "snapshot") -> tuple
     return records, uuids
 
 
-def write_snapshot(
-    src: str | Path,
-    dst: str | Path,
-    *,
-    ids: list[Any],
-    vectors: np.ndarray,
-    attribute: str | None = None,
-    model: str,
-    platform: str = PLATFORM,
-    id_attribute: str = "running_id",
-    name: str | None = None,
-) -> Snapshot:
+def write_snapshot(src: str | Path, dst: str | Path, *, ids: list[Any], vectors: np.ndarray,
+                   attribute: str | None = None, model: str, platform: str = PLATFORM, id_attribute: str = "running_id",
+                   name: str | None = None) -> Snapshot:
     """Copy snapshot ``src`` to ``dst`` with our embedding added as refinery's own export writes one.
 
-    - ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised; every record of the
-      snapshot must get exactly one vector.
-    - The embedding belongs to ``attribute``, a TEXT attribute of the snapshot (default: the first TEXT
-      attribute), and is named ``name`` (default :func:`kern_finetune.refinery.columns.embedding_name`,
-      ``<attribute>-classification-<platform>-<model>``). It is written with ``id``, ``attribute_id``,
-      ``name``, ``custom: true``, ``type: ON_ATTRIBUTE``, ``started_at``, ``finished_at``, ``platform``,
-      ``model``, ``filter_attributes``, ``additional_data``; its tensors with ``sub_key: null``. With
-      ``platform`` and ``attribute_id`` set, the gateway's import neither renames it nor looks its attribute
-      up by name. It comes first in ``embeddings_data``: the import uploads tensors in that order and
-      stops at the first failure.
-    - An embedding of the same name in ``src`` is replaced.
-    - Because the file now holds tensors, the import *uploads* tensors for every embedding instead of
-      recomputing them: embeddings of ``src`` that have no tensors (a snapshot exported without
-      "embedding tensors") are **dropped**, with a notice in :attr:`Snapshot.notices` (recreate them in
-      refinery's UI after the import). Older embeddings without ``platform``/``attribute_id`` get both,
-      with the values the gateway's import would infer (their names stay, so heuristics that name them
-      keep working); one whose attribute cannot be told from its name is dropped, with a notice.
+    ``ids[i]`` (values of ``id_attribute``) gets ``vectors[i]``, L2-normalised; every record must get exactly
+    one. The embedding belongs to ``attribute``, a TEXT attribute (default: the first), is named ``name``
+    (default :func:`kern_finetune.refinery.columns.embedding_name`) and comes first in ``embeddings_data``
+    (the order the import uploads tensors in). One of the same name is replaced; the source's embeddings
+    without tensors are dropped, older ones completed (:attr:`Snapshot.notices` says which): the fields
+    and why are in ``docs/snapshot.md``.
 
-    ``dst`` is written atomically (a temporary file renamed into place); on any error it is left
-    untouched. Raises :class:`PushError` for bad ids/vectors, :class:`ConfigError` for a bad attribute,
-    :class:`ExportError` for an unreadable ``src``.
+    ``dst`` is written atomically and read back first; on any error it is left untouched. Raises
+    :class:`PushError` for bad ids/vectors, :class:`ConfigError` for a bad attribute, :class:`ExportError`
+    for an unreadable ``src``.
     """
     src, dst = Path(src), Path(dst)
     snap = read_snapshot(src)
@@ -245,19 +196,9 @@ def write_snapshot(
     data = dict(snap.data)
     emb_id = str(uuid.uuid4())
     now = str(datetime.now(timezone.utc).replace(tzinfo=None))  # the export's json.dumps(default=str) form
-    ours = {
-        "id": emb_id,
-        "attribute_id": str(attr["id"]),
-        "name": name,
-        "custom": True,
-        "type": "ON_ATTRIBUTE",
-        "started_at": now,
-        "finished_at": now,
-        "platform": platform,
-        "model": model_short_name(model),
-        "filter_attributes": None,
-        "additional_data": None,
-    }
+    ours = {"id": emb_id, "attribute_id": str(attr["id"]), "name": name, "custom": True, "type": "ON_ATTRIBUTE",
+            "started_at": now, "finished_at": now, "platform": platform, "model": model_short_name(model),
+            "filter_attributes": None, "additional_data": None}
     tensors = _rows(data, "embedding_tensors_data")
     kept, notices = _kept_embeddings(snap, tensors, name)
     keep_ids = {e.get("id") for e in kept}
@@ -278,17 +219,12 @@ def write_snapshot(
     return back
 
 
-def check_snapshot_dst(
-    dst: str | Path, *, src: str | Path | None = None, out_dir: str | Path | None = None,
-    flag: str = "--write-snapshot",
-) -> Path:
-    """Check, before any work, that a snapshot may be written to ``dst``; returns it.
-
-    Refused with one :class:`ConfigError` line that names the file and the fix: ``dst`` is the input
-    snapshot ``src`` (the same file under any spelling: a symbolic or hard link, ``..``), lies inside the
-    run's output folder ``out_dir`` (replaced as a whole by the run), is a folder or not a regular file, or
-    its folder cannot be written (a probe file is created and removed there, so a read-only file system
-    counts too).
+def check_snapshot_dst(dst: str | Path, *, src: str | Path | None = None, out_dir: str | Path | None = None,
+                       flag: str = "--write-snapshot") -> Path:
+    """Check, before any work, that a snapshot may be written to ``dst``; returns it. One :class:`ConfigError`
+    line when ``dst`` is the input ``src`` (under any spelling, links too), lies inside the run's output folder
+    ``out_dir`` (replaced as a whole), is a folder or not a regular file, or its folder cannot be written
+    (a probe file is created and removed there, so a read-only file system counts too).
     """
     dst = Path(dst)
     real = Path(os.path.realpath(dst))
@@ -448,13 +384,9 @@ def _text_attribute(snap: Snapshot, attribute: str | None) -> dict[str, Any]:
 
 
 def _complete_legacy(emb: dict[str, Any], snap: Snapshot) -> tuple[dict[str, Any] | None, str]:
-    """Give an older embedding entry the ``platform``/``model``/``attribute_id`` the import would infer.
-
-    The gateway infers them from the name (``__transform_embedding_by_name`` splits it on ``-``, and
-    ``__get_attribute_name_from_embedding_name`` matches ``^(.+)-(?:classification|extraction).*``), which
-    fails for an attribute whose name contains ``-``. Here the attribute is the longest attribute name
-    that prefixes the embedding name, and the name is kept.
-    """
+    """Give an older embedding entry the ``platform``/``model``/``attribute_id`` the import would infer from its
+    name (:func:`~kern_finetune.refinery.columns.parse_embedding_name`, which also reads names with ``-`` in the
+    attribute); the name is kept."""
     if emb.get("platform") and emb.get("attribute_id"):
         return emb, ""
     ename = str(emb.get("name") or "")

@@ -1,34 +1,8 @@
 """HTTP to one refinery(-compatible) host as one user: login, retries, re-login, errors with context.
 
-:class:`Transport` is the bottom layer of :class:`~kern_finetune.refinery.api.RefineryClient`: it knows
-how to reach the host and stay logged in, not what the routes mean. Its ``session`` is any
-:class:`requests.Session`, so tests and callers can mount their own transport adapter on it.
-
-Reliability rules:
-
-- every request has a timeout (``timeout`` seconds; the export, which can be large, gets
-  ``export_timeout``);
-- *idempotent* requests (every GET, the tensor-chunk PUT, which is an upsert, the finalize POST, which
-  the host must answer with 200 when the version is already served, and DELETE) are retried on
-  connection errors, timeouts and 5xx, ``retries`` times, sleeping ``backoff * 2**attempt`` seconds in
-  between; the embedding-create POST is retried only when the connection could not be opened at all
-  (the request never reached the host), so a retry can never stage two versions;
-- a 401 on an API call, whatever its body (refinery's proxy answers ``{"error_code": ...}``, but an
-  expired token is refused earlier by oathkeeper with its own body), triggers one fresh login and one
-  repeat of the call; a second 401 is an :class:`AuthError` that says the fresh session was refused;
-- refinery's proxy turns every gateway status it does not map into ``200`` with body ``null``
-  (refinery-gateway-proxy ``app.py``): such an answer is a gateway failure, retried like a 5xx and then
-  raised as :class:`HostUnavailableError` that says so, never handed on as data;
-- host ``error_code``\\ s map onto :mod:`kern_finetune.errors`: ``UNRECOGNIZED_USER`` /
-  ``FORBIDDEN_USER`` -> :class:`AuthError`, ``PROJECT_NOT_FOUND`` -> :class:`ProjectNotFoundError`,
-  exhausted retries -> :class:`HostUnavailableError`;
-- the password, the session token and the browser-session cookies (``ory_kratos_session``, Kratos's
-  ``csrf_token_*``; :mod:`kern_finetune.refinery.gateway`) never appear in logs, exception messages or
-  ``repr``: they are sent only in the login bodies, the ``Authorization``/``identifier`` headers and the
-  ``Cookie`` header, and every message the transport builds passes through :meth:`Transport.scrub`,
-  which masks them all. Userinfo written into the
-  URI (``http://user:PW@host``) is dropped with a warning: never sent, shown, logged or stored
-  (:func:`kern_finetune.web.net.redact_uri`).
+:class:`Transport` knows how to reach the host and stay logged in, not what the routes mean. Its rules
+(timeouts, which calls are retried, one re-login on any 401, ``200 null`` as a gateway failure, error codes
+onto :mod:`kern_finetune.errors`, secrets masked): "Reliability decisions" in ``docs/refinery-sdk.md``.
 """
 
 from __future__ import annotations
@@ -45,7 +19,8 @@ import requests
 from ..web.net import check_project_id, host_identity, redact_uri
 from ..errors import AuthError, ConfigError, HostError, HostUnavailableError, ProjectNotFoundError
 
-__all__ = ["Transport", "json_body", "error_code", "error_detail", "SESSION_COOKIE", "CSRF_COOKIE_PREFIX"]
+__all__ = ["Transport", "json_body", "error_code", "error_detail", "to_login", "SESSION_COOKIE",
+           "CSRF_COOKIE_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -69,23 +44,11 @@ class _Attempt:
 
 class Transport:
     """Reach one host as one user: lazy Kratos login, retried requests, one re-login on a refused session.
+    ``project_id`` is the default project for calls that take ``project_id=None`` (:meth:`project`)."""
 
-    ``project_id`` is the default project for calls that take ``project_id=None`` (:meth:`project`).
-    """
-
-    def __init__(
-        self,
-        uri: str,
-        user_name: str,
-        password: str,
-        *,
-        timeout: float = 30.0,
-        export_timeout: float | None = None,
-        retries: int = 3,
-        backoff: float = 0.5,
-        session: requests.Session | None = None,
-        project_id: str | None = None,
-    ) -> None:
+    def __init__(self, uri: str, user_name: str, password: str, *, timeout: float = 30.0,
+                 export_timeout: float | None = None, retries: int = 3, backoff: float = 0.5,
+                 session: requests.Session | None = None, project_id: str | None = None) -> None:
         if not uri:
             raise ConfigError("no host URI given")
         self.identity = host_identity(uri)  # validates; ConfigError for a URI that names no host
@@ -121,29 +84,13 @@ class Transport:
 
     def _cookie_secrets(self) -> list[str]:
         """The values of the browser-session and CSRF cookies the session holds (longest first)."""
-        try:
-            values = [c.value for c in self.session.cookies
-                      if c.value and (c.name == SESSION_COOKIE or c.name.startswith(CSRF_COOKIE_PREFIX))]
-        except (AttributeError, TypeError):  # a session stand-in without a cookie jar
-            return []
+        values = [c.value for c in self.session.cookies
+                  if c.value and (c.name == SESSION_COOKIE or c.name.startswith(CSRF_COOKIE_PREFIX))]
         return sorted(values, key=len, reverse=True)
-
-    def send(self, method: str, url: str, *, headers: dict[str, str], data: str | bytes | None = None,
-             idempotent: bool, what: str, timeout: float | None = None) -> requests.Response:
-        """One unauthenticated exchange (no bearer token) with the transport's retries, timeouts and error
-        wording: for the browser-session routes of :mod:`kern_finetune.refinery.gateway`, whose cookies live
-        in :attr:`session`'s cookie jar. Returns the response whatever its status (5xx after the retries of an
-        idempotent call raises :class:`HostUnavailableError`)."""
-        return self._send(method, url, headers=headers, data=data, idempotent=idempotent, what=what,
-                          timeout=timeout, null_ok=True)
 
     def password_body(self, **fields: str) -> str:
         """A JSON login body: ``fields`` plus the password (the only way the password leaves this object)."""
         return json.dumps({**fields, "password": self._password})
-
-    def error_for(self, resp: requests.Response, *, what: str) -> HostError:
-        """The error a non-success response maps onto (see :meth:`_error_for`), message scrubbed."""
-        return self._error_for(resp, what=what)
 
     def project(self, project_id: str | None) -> str:
         """The project a call is for: ``project_id``, else the default one."""
@@ -159,10 +106,10 @@ class Transport:
     def login(self) -> None:
         """Ory Kratos API flow: fetch a login flow, post the password to its action URL, keep the token."""
         self._token = None
-        resp = self._send("GET", self.uri + _LOGIN_PATH, headers={"Accept": "application/json"}, idempotent=True,
-                          what="login flow")
+        resp = self.send("GET", self.uri + _LOGIN_PATH, headers={"Accept": "application/json"}, idempotent=True,
+                         what="login flow")
         if resp.status_code != 200:
-            raise self._error_for(resp, what="login flow")
+            raise self.error_for(resp, what="login flow")
         try:
             action = resp.json()["ui"]["action"]
             if not isinstance(action, str) or not action:
@@ -171,10 +118,8 @@ class Transport:
             raise AuthError(f"{self.uri} did not answer the login flow with ui.action: is it a refinery host?") from None
         body = {"method": "password", "password": self._password, "password_identifier": self.user_name}
         # Creating a session is harmless to repeat: retried like an idempotent call.
-        resp = self._send(
-            "POST", urljoin(self.uri + "/", action), data=json.dumps(body), idempotent=True, what="login",
-            headers={"Accept": "application/json", "content-type": "application/json"},
-        )
+        resp = self.send("POST", urljoin(self.uri + "/", action), data=json.dumps(body), idempotent=True, what="login",
+                         headers={"Accept": "application/json", "content-type": "application/json"})
         token = None
         if resp.status_code == 200:
             try:
@@ -184,28 +129,16 @@ class Transport:
         if resp.status_code in (400, 401, 403) or (resp.status_code == 200 and not token):
             raise AuthError(f"login refused for user {self.user_name!r} at {self.uri}: check user name and password")
         if resp.status_code != 200:
-            raise self._error_for(resp, what="login")
+            raise self.error_for(resp, what="login")
         self._token = str(token)
         log.info("logged in to %s as %s", self.uri, self.user_name)
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: dict[str, Any] | None = None,
-        idempotent: bool | None = None,
-        what: str = "",
-        timeout: float | None = None,
-        ok: tuple[int, ...] = (200, 201, 204),
-        null_ok: bool = False,
-    ) -> requests.Response:
-        """An authenticated API call: lazy login, one re-login on any 401, errors mapped onto our classes.
-
-        ``body`` is sent as is when it is ``str``/``bytes``, else as JSON. ``idempotent`` defaults to True
-        for GET, PUT, DELETE and HEAD. A status outside ``ok`` raises (see :meth:`_error_for`).
-        """
+    def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
+                idempotent: bool | None = None, what: str = "", timeout: float | None = None,
+                ok: tuple[int, ...] = (200, 201, 204), null_ok: bool = False) -> requests.Response:
+        """An authenticated API call: lazy login, one re-login on any 401, a status outside ``ok`` raised
+        (:meth:`error_for`). ``body``: sent as is when ``str``/``bytes``, else as JSON; ``idempotent``: by default
+        True for GET, PUT, DELETE and HEAD."""
         if idempotent is None:
             idempotent = method in ("GET", "PUT", "DELETE", "HEAD")
         what = what or f"{method} {path}"
@@ -213,22 +146,18 @@ class Transport:
             self.login()
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
         for relogin in (False, True):
-            resp = self._send(method, self.uri + path, headers=self._headers(), data=data, params=params,
-                              idempotent=idempotent, what=what, timeout=timeout, null_ok=null_ok)
-            # Any 401: the token is unknown or expired. refinery's proxy says so with
-            # {"error_code": "UNRECOGNIZED_USER"}, but oathkeeper checks the bearer token first and
-            # refuses an expired one with its own body ({"error": {"code": 401, ...}}), or, where its
-            # redirect error handler applies (refinery's oathkeeper/access-rules.yml, the /api rule),
-            # with a redirect to the login page: log in once more.
-            refused = resp.status_code == 401 or _to_login(resp)
-            if not refused:
+            resp = self.send(method, self.uri + path, headers=self._headers(), data=data, params=params,
+                             idempotent=idempotent, what=what, timeout=timeout, null_ok=null_ok)
+            # Any 401 whatever its body, or oathkeeper's redirect to the login page: log in once more
+            # (docs/refinery-sdk.md).
+            if not (resp.status_code == 401 or to_login(resp)):
                 break
             if not relogin:
                 log.info("%s: session expired or refused (HTTP %d), logging in again", what, resp.status_code)
                 self.login()
                 continue
             reason = error_code(resp) or error_detail(resp) or (
-                "redirected to the login page" if _to_login(resp) else "no reason given")
+                "redirected to the login page" if to_login(resp) else "no reason given")
             raise AuthError(self.scrub(
                 f"{what}: {self.uri} refused a fresh session of user {self.user_name!r} (HTTP "
                 f"{resp.status_code} again after logging in anew: {reason}); check that this user may use "
@@ -236,22 +165,19 @@ class Transport:
             ))
         if resp.status_code in ok:
             return resp
-        raise self._error_for(resp, what=what)
+        raise self.error_for(resp, what=what)
 
     def _headers(self) -> dict[str, str]:
         assert self._token is not None
-        return {
-            "Authorization": f"Bearer {self._token}",
-            "identifier": self._token,
-            "content-type": "application/json",
-            "Accept": "application/json",
-        }
+        return {"Authorization": f"Bearer {self._token}", "identifier": self._token,
+                "content-type": "application/json", "Accept": "application/json"}
 
-    def _send(self, method: str, url: str, *, headers: dict[str, str], data: str | bytes | None = None,
-              params: dict[str, Any] | None = None, idempotent: bool, what: str, timeout: float | None = None,
-              null_ok: bool = False) -> requests.Response:
-        """One request with retries/backoff; returns the last response (any status) or raises
-        :class:`HostUnavailableError` when no usable answer came back.
+    def send(self, method: str, url: str, *, headers: dict[str, str], data: str | bytes | None = None,
+             params: dict[str, Any] | None = None, idempotent: bool, what: str, timeout: float | None = None,
+             null_ok: bool = False) -> requests.Response:
+        """One request with retries/backoff and only ``headers`` (the browser-session routes of
+        :mod:`~kern_finetune.refinery.gateway` call it directly); returns the last response (any status) or
+        raises :class:`HostUnavailableError` when no usable answer came back.
 
         ``200`` with body ``null`` is refinery's proxy passing on a gateway failure: retried like a
         5xx (when ``idempotent``), then raised, unless ``null_ok`` (the door probe reads it itself).
@@ -285,10 +211,8 @@ class Transport:
     def _once(self, method: str, url: str, *, headers: dict[str, str], data: str | bytes | None,
               params: dict[str, Any] | None, timeout: float, idempotent: bool, null_ok: bool = False) -> _Attempt:
         try:
-            resp = self.session.request(
-                method, url, headers=headers, data=data, params=params, timeout=(min(timeout, 10.0), timeout),
-                allow_redirects=False,
-            )
+            resp = self.session.request(method, url, headers=headers, data=data, params=params,
+                                        timeout=(min(timeout, 10.0), timeout), allow_redirects=False)
         except requests.exceptions.ConnectTimeout:
             return _Attempt(error="connect timeout", retryable=True)
         except requests.exceptions.Timeout:
@@ -304,7 +228,7 @@ class Transport:
             return _Attempt(response=resp, error="200 null", retryable=idempotent, gateway_null=True)
         return _Attempt(response=resp)
 
-    def _error_for(self, resp: requests.Response, *, what: str) -> HostError:
+    def error_for(self, resp: requests.Response, *, what: str) -> HostError:
         """Map a non-success response onto the error tree (message scrubbed, no body dump)."""
         code = error_code(resp)
         detail = error_detail(resp)
@@ -367,7 +291,7 @@ def error_detail(resp: requests.Response) -> str:
     return ""
 
 
-def _to_login(resp: requests.Response) -> bool:
+def to_login(resp: requests.Response) -> bool:
     """A redirect to a login page: how oathkeeper's redirect error handler refuses a session."""
     return 300 <= resp.status_code < 400 and "login" in resp.headers.get("location", "").lower()
 
