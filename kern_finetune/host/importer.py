@@ -1,32 +1,9 @@
-"""What the host imports on its first start: an export file or a project snapshot, as refinery would serve it.
+"""What the host imports on its first start: a record export kept as it is, or a snapshot turned into the
+export the gateway would serve once it is imported (``docs/host.md``, "The export" and "Embeddings of a snapshot").
 
-- A record export (``.json``, ``.json.gz``) is what ``GET /api/project/{id}/export`` returned: its rows and
-  columns are kept as they are, in their order; extraction columns (values that are JSON arrays) included.
-- A snapshot (``.zip``) is turned into the record export the gateway would serve once the snapshot is
-  imported, following the export SQL of refinery-submodule-model ``business_objects/export.py``
-  (``build_full_record_sql_export``, used by refinery-gateway ``controller/transfer/manager.py``
-  ``export_records``):
-
-  - columns: the attributes in ``relative_position`` order, then per classification task
-    ``__MANUAL``, ``__WEAK_SUPERVISION``, ``__WEAK_SUPERVISION__confidence``, then per extraction task the
-    same three, whose values are per-token arrays (``__build_extraction_part``): ``B-<label>`` /
-    ``I-<label>`` on labelled tokens and ``OUTSIDE`` elsewhere, weak-supervision confidences ``0`` on
-    unlabelled tokens;
-  - rows: ``ORDER BY 1``, i.e. by the first attribute's value *as text* (``"0" < "1" < "10" < "100"``),
-    nulls last.
-
-  The number of tokens per record comes from the snapshot's ``record_attribute_token_statistics_data``;
-  a snapshot without it (refinery re-tokenizes with spaCy on import) gets an approximation of spaCy's
-  English tokenizer (words, punctuation, clitics), so an array's length may differ by a token or two
-  from a real refinery's on unusual text. Records are kept even where the real export's inner join on
-  token statistics would drop one (a record whose extraction attribute is empty).
-
-  The snapshot's embeddings that carry tensors (``type ON_ATTRIBUTE``) become served embeddings, named as
-  the gateway's import names them (``controller/transfer/project_transfer_manager.py``,
-  ``import_records_and_rlas``: ``__transform_embedding_by_name`` renames an embedding without
-  ``platform`` to ``<attribute>-<type>-<platform>-<model>``; without ``attribute_id`` the attribute is
-  found by ``__get_attribute_name_from_embedding_name``). An embedding the gateway could not import
-  makes the whole snapshot unusable there, so it is refused here too.
+A snapshot follows refinery-submodule-model ``business_objects/export.py`` ``build_full_record_sql_export``
+(columns, per-token arrays of extraction tasks, ``ORDER BY 1``) and refinery-gateway
+``controller/transfer/project_transfer_manager.py`` ``import_records_and_rlas`` (embedding names and attributes).
 """
 
 from __future__ import annotations

@@ -46,9 +46,6 @@ class Project:
         self._export_cache: tuple[int, list[str]] | None = None
         self._label_generation = 0
 
-    # ------------------------------------------------------------------------------------------
-    # opening and importing
-
     def load(self, export_path: str | Path | None, *, id_attribute: str, project_id: str | None,
              project_name: str | None) -> None:
         """Load the project, importing ``export_path`` when the database holds none yet.
@@ -132,9 +129,6 @@ class Project:
             _insert_embeddings(conn, plan)
         log.info("imported %d records, %d labeling task(s) and %d embedding(s) from %s", len(plan.rows),
                  len(plan.tasks), len(plan.embeddings), path)
-
-    # ------------------------------------------------------------------------------------------
-    # project
 
     @property
     def project_id(self) -> str:
@@ -236,9 +230,6 @@ class Project:
         """Called under the database lock by a label write: the export cache is stale from here on."""
         self._label_generation += 1
         self._export_cache = None
-
-    # ------------------------------------------------------------------------------------------
-    # records
 
     def record_index(self, record_id: Any) -> int:
         """Import position of a record, by the id attribute's value as a string (404 RECORD_NOT_FOUND)."""

@@ -111,14 +111,11 @@ class Search:
         return sid
 
     def search_records_by_similarity(self, body: dict[str, Any], user_name: str) -> dict[str, Any]:
-        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``.
+        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``, in the gateway's
+        shape (``docs/host.md``); ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}``.
 
-        ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}`` (record UUIDs).
-        The answer has the gateway's shape: ``{"data": {"searchRecordsBySimilarity": {"recordList":
-        [{"recordData": JSON text of the record row, "typename": "ExtendedRecord"}], "queryLimit": 100,
-        "queryOffset": 0, "fullCount", "sessionId"}}}`` (``pack_json_result`` camel-cases ``__typename``).
-        An attribute filter is not supported here: a non-empty ``attFilter`` finds nothing, as for an
-        embedding without filter attributes (``is_filter_valid_for_embedding``), so the query record alone.
+        A non-empty ``attFilter`` finds the query record alone, as for an embedding without filter attributes
+        (``is_filter_valid_for_embedding``).
         """
         embedding_id, record_uuid = body["embeddingId"], body["recordId"]
         row = self.db.one("SELECT id, name FROM embeddings WHERE served = 1 AND id = ?", (embedding_id,))
@@ -159,18 +156,10 @@ class Search:
 
     def get_labeling_session(self, session_id: str) -> dict[str, Any]:
         """A stored labeling session (its record list is fixed when it is created)."""
-        row = self.db.one(
-            "SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
-            " FROM labeling_sessions WHERE id = ?",
-            (session_id,),
-        )
+        row = self.db.one("SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
+                          " FROM labeling_sessions WHERE id = ?", (session_id,))
         if row is None:
             raise ApiError(404, "SESSION_NOT_FOUND", f"no labeling session {session_id!r}")
-        return {
-            "id": row[0],
-            "embedding_id": row[1],
-            "embedding": row[2],
-            "query_record_id": row[3],
-            "record_ids": json.loads(row[4]),
-            "created_at": row[5],
-        }
+        found = dict(zip(("id", "embedding_id", "embedding", "query_record_id", "record_ids", "created_at"), row))
+        found["record_ids"] = json.loads(found["record_ids"])
+        return found
