@@ -16,32 +16,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..refinery.columns import (
-    EXTRACTION,
-    Record,
-    TaskColumns,
-    as_string,
-    import_attribute,
-    import_rename,
-    split_task_column,
-    task_base,
-)
+from ..refinery.columns import (EXTRACTION, Record, TaskColumns, as_string, import_attribute, import_rename,
+                                split_task_column, task_base)
 from ..refinery.export import discover_tasks, load_export
 from ..refinery.snapshot import read_snapshot
 from .values import as_confidence, dump_row, is_text
 
-__all__ = [
-    "ImportPlan",
-    "ImportedEmbedding",
-    "ImportedProject",
-    "approximate_token_count",
-    "embedding_import_name",
-    "plan_import",
-    "read_project",
-]
+__all__ = ["ImportPlan", "ImportedEmbedding", "ImportedProject", "plan_import", "read_project"]
 
 _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
+# spaCy's English tokenizer, approximately: for a snapshot without token statistics
 _TOKEN = re.compile(
     r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
     r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
@@ -166,24 +151,6 @@ def plan_import(path: str | Path, *, id_attribute: str) -> ImportPlan:
     )
 
 
-def approximate_token_count(text: str | None) -> int:
-    """How many tokens spaCy's English tokenizer makes of ``text``, approximately (words, punctuation, clitics,
-    abbreviations, extra whitespace)."""
-    return len(_TOKEN.findall(text)) if text else 0
-
-
-def embedding_import_name(name: str) -> tuple[str, str, str]:
-    """``(platform, model, new name)`` of an embedding without ``platform``, as the gateway's import renames it.
-
-    refinery-gateway ``project_transfer_manager.py`` ``__transform_embedding_by_name``; a name without ``-``
-    fails there with IndexError, here with :class:`ExportError`.
-    """
-    renamed = import_rename(name)
-    if renamed is None:
-        raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
-    return renamed
-
-
 def read_project(path: str | Path) -> ImportedProject:
     """Read an export file or a snapshot (see the module docstring). Errors are :class:`ExportError`."""
     path = Path(path)
@@ -273,7 +240,7 @@ def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any
             if n is None:  # approximated, but never short of a labelled token
                 value = rec.get(attr)
                 labelled = [t for kind in ("MANUAL", "WEAK_SUPERVISION") for t in tagged.get((tid, rid, kind), {})]
-                n = max([approximate_token_count(value if isinstance(value, str) else None)] + [t + 1 for t in labelled])
+                n = max([len(_TOKEN.findall(value)) if isinstance(value, str) else 0] + [t + 1 for t in labelled])
             manual, weak, weak_conf = [], [], []
             for kind, out in (("MANUAL", manual), ("WEAK_SUPERVISION", weak)):
                 slot = tagged.get((tid, rid, kind), {})
@@ -310,8 +277,11 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
             raise ExportError(f"{source}: an embedding has no name; refinery's import would fail")
         name = emb["name"]
         platform, model = emb.get("platform"), emb.get("model")
-        if not platform:
-            platform, model, name = embedding_import_name(name)
+        if not platform:  # project_transfer_manager.py __transform_embedding_by_name (IndexError there)
+            renamed = import_rename(name)
+            if renamed is None:
+                raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
+            platform, model, name = renamed
         if emb.get("attribute_id"):
             attribute = attr_by_id.get(str(emb["attribute_id"]))
             if attribute is None:
@@ -354,30 +324,24 @@ def _guess_data_type(values: list[str]) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return "TEXT"
-
-    def _all(pred: Any) -> bool:
-        return all(pred(v) for v in present)
-
-    def _is_int(v: str) -> bool:
-        return v.lstrip("-").isdigit()
-
-    def _is_float(v: str) -> bool:
-        try:
-            float(v)
-        except ValueError:
-            return False
-        return True
-
-    if _all(_is_int):
+    if all(v.lstrip("-").isdigit() for v in present):
         return "INTEGER"
-    if _all(_is_float):
+    if all(_is_float(v) for v in present):
         return "FLOAT"
-    if _all(lambda v: v.lower() in ("true", "false")):
+    if all(v.lower() in ("true", "false") for v in present):
         return "BOOLEAN"
     distinct = set(present)
     if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
         return "CATEGORY"
     return "TEXT"
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:

@@ -111,8 +111,8 @@ class Search:
         return sid
 
     def search_records_by_similarity(self, body: dict[str, Any], user_name: str) -> dict[str, Any]:
-        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``, in the gateway's
-        shape (``docs/host.md``); ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}``.
+        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``, in the
+        gateway's shape (``docs/host.md``); ``body``: the validated ``{"embeddingId", "recordId", "attFilter"}``.
 
         A non-empty ``attFilter`` finds the query record alone, as for an embedding without filter attributes
         (``is_filter_valid_for_embedding``).

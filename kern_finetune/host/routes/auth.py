@@ -139,7 +139,7 @@ def _session_json(token: str, user: str, issued: float, expires: float) -> dict[
 
 
 def _kratos_error(code: int, reason: str, message: str | None = None, *, error_id: str | None = None) -> JSONResponse:
-    """Kratos's JSON error ``{"error": {"id", "code", "status", "reason", "message"}}`` (``id``, ``message`` if given)."""
+    """Kratos's JSON error ``{"error": {"id", "code", "status", "reason", "message"}}`` (id, message if given)."""
     error: dict[str, Any] = {} if error_id is None else {"id": error_id}
     error.update(code=code, status=_STATUS[code], reason=reason)
     if message is not None:

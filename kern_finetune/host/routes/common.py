@@ -13,19 +13,10 @@ from fastapi.responses import JSONResponse
 
 from ..api_errors import ApiError
 from ..store import HostStore
+from ..values import is_text
 
-__all__ = [
-    "AsciiJSONResponse",
-    "PROXY_PREFIX",
-    "GATEWAY_PREFIX",
-    "PROJECT_PREFIX",
-    "api_error",
-    "proxy_error",
-    "oathkeeper_error",
-    "iso",
-    "request_user",
-    "check_project",
-]
+__all__ = ["AsciiJSONResponse", "PROXY_PREFIX", "GATEWAY_PREFIX", "PROJECT_PREFIX", "api_error", "proxy_error",
+           "oathkeeper_error", "iso", "request_user", "check_project", "strict_str_errors"]
 
 PROXY_PREFIX = "/api/"
 GATEWAY_PREFIX = "/refinery-gateway/"
@@ -72,3 +63,16 @@ def check_project(store: HostStore, project_id: str) -> None:
     """404 PROJECT_NOT_FOUND unless ``project_id`` is the project this host serves (compared in constant time)."""
     if not secrets.compare_digest(project_id.encode(), store.project_id.encode()):
         raise ApiError(404, "PROJECT_NOT_FOUND", "this host serves another project")
+
+
+def strict_str_errors(body: Any, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """pydantic 1.10's errors for a body model whose ``keys`` are ``StrictStr`` (here also valid UTF-8)."""
+    if not isinstance(body, dict):
+        return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    errors = []
+    for key in keys:
+        if key not in body:
+            errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
+        elif not isinstance(body[key], str) or not is_text(body[key]):
+            errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
+    return errors
