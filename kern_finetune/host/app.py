@@ -9,7 +9,6 @@ refinery-gateway-proxy ``app.py``'s ``identifier`` header check; ``/refinery-gat
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,7 +22,8 @@ from ..web.body_limit import BodyLimit
 from .api_errors import ApiError
 from .routes.auth import (LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, LOGIN_UI_PATH, WHOAMI_PATH, add_auth_routes, bearer_of,
                           cookie_of, token_of)
-from .routes.common import GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_error, proxy_error
+from .routes.common import (GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_body,
+                            oathkeeper_error, proxy_error)
 from .routes.extension import EXTENSION_PATH, add_extension_routes
 from .routes.gateway import add_gateway_routes
 from .routes.proxy import add_proxy_routes
@@ -40,8 +40,7 @@ def _body_limit_error(status: int, detail: str) -> dict[str, Any]:
     """What :class:`BodyLimit` answers: a request without a valid token is refused as oathkeeper refuses it
     (its 401 body, with the reason), a logged-in one over the limit with the push extension's 413."""
     if status == 401:
-        return {"error": {"code": 401, "status": "Unauthorized", "request": str(uuid.uuid4()),
-                          "message": "Access credentials are invalid", "reason": detail}}
+        return oathkeeper_body(401, reason=detail)
     return {"error_code": {413: "PAYLOAD_TOO_LARGE"}.get(status, "INVALID_REQUEST"), "detail": detail}
 
 
@@ -51,10 +50,9 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
     @app.middleware("http")
     async def _gate(request: Request, call_next: Any) -> Response:
         path = request.url.path
-        proxy, gateway = path.startswith(PROXY_PREFIX), path.startswith(GATEWAY_PREFIX)
-        if not (proxy or gateway):
+        if not path.startswith((PROXY_PREFIX, GATEWAY_PREFIX)):
             return await call_next(request)
-        if gateway:  # the browser session cookie only; any refusal is the redirect to the login page
+        if path.startswith(GATEWAY_PREFIX):  # the session cookie only; any refusal redirects to the login page
             if request.method not in ("GET", "POST", "PUT", "DELETE"):
                 return oathkeeper_error(404)
             found = await run_in_threadpool(store.users.session_user, cookie_of(request))
@@ -62,16 +60,16 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
                 return RedirectResponse(str(request.base_url).rstrip("/") + LOGIN_UI_PATH, status_code=302)
             request.state.user = found[0]
             return await call_next(request)
-        if request.method not in ("GET", "POST") and not (proxy and push_extension):
+        if request.method not in ("GET", "POST") and not push_extension:
             return oathkeeper_error(404)  # the access rules match GET and POST only
         # session lookups take the store's lock, which a large upload may hold: off the event loop
         found = await run_in_threadpool(store.users.session_user, bearer_of(request))
         if found is None:
             return oathkeeper_error(401)
-        if proxy:  # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
-            found = await run_in_threadpool(store.users.session_user, request.headers.get("identifier"))
-            if found is None:
-                return proxy_error(401, "UNRECOGNIZED_USER")
+        # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
+        found = await run_in_threadpool(store.users.session_user, request.headers.get("identifier"))
+        if found is None:
+            return proxy_error(401, "UNRECOGNIZED_USER")
         request.state.user = found[0]
         return await call_next(request)
 

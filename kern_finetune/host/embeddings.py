@@ -156,10 +156,8 @@ class Embeddings:
         return {"chunk": chunk, "received": len(tensors), "stored": len(set(indices)), "total": total}
 
     def finalize_embedding(self, embedding_id: str, body: Any = None) -> dict[str, Any]:
-        """Check completeness and, in one transaction, serve this version and drop the previous one.
-
-        Idempotent: finalizing the version that is already served answers the same as the first time.
-        """
+        """Check completeness and, in one transaction, serve this version and drop the previous one (idempotent:
+        finalizing the served version again answers the same)."""
         if body is not None and not isinstance(body, dict):
             raise ApiError(422, "INVALID_REQUEST", 'body must be {"count": N} or empty')
         count = body.get("count") if isinstance(body, dict) else None

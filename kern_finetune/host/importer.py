@@ -166,21 +166,16 @@ def read_project(path: str | Path) -> ImportedProject:
     )
     records = [dict(r) for r in snap.records]
     columns = _add_extraction(records, snap.record_uuids, data, attributes, source=str(path))
-    embeddings = _embeddings(data, snap.record_uuids, attributes, source=str(path))
     first = next(iter(records[0]), None) if records else None
     order = list(range(len(records)))
     if first is not None:  # ORDER BY 1: the first column as text, nulls last
         order.sort(key=lambda i: (records[i].get(first) is None, str(records[i].get(first) or "")))
-    position = {old: new for new, old in enumerate(order)}
-    for emb in embeddings:
-        pairs = sorted((position[p], row) for row, p in enumerate(emb.positions))
-        emb.matrix = emb.matrix[[row for _, row in pairs]] if pairs else emb.matrix
-        emb.positions = [p for p, _ in pairs]
+    uuids = [snap.record_uuids[i] for i in order]
     return ImportedProject(
         records=[records[i] for i in order],
-        uuids=[snap.record_uuids[i] for i in order],
+        uuids=uuids,
         extraction_columns=columns,
-        embeddings=embeddings,
+        embeddings=_embeddings(data, uuids, attributes, source=str(path)),
         name=snap.project_name or None,
     )
 

@@ -47,9 +47,8 @@ class Labels:
         origin: str = "",
     ) -> dict[str, Any]:
         """Set labels of one task for several records, all or nothing; ``items``: ``(record_id, label, confidence)``.
-
-        ``source`` ``MANUAL`` sets the ``__MANUAL`` column (a label ``None`` removes it), ``WEAK_SUPERVISION`` the
-        weak label and its confidence.
+        ``MANUAL`` sets the ``__MANUAL`` column (``None`` removes it), ``WEAK_SUPERVISION`` the weak label and its
+        confidence.
         """
         info = self._resolve_task(task)
         if source not in ("MANUAL", "WEAK_SUPERVISION"):

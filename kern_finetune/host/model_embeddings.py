@@ -51,7 +51,6 @@ class _Task:
     embedding_type: str
     platform: str | None
     model: str | None
-    filter_attributes: Any
 
 
 class ModelEmbeddings:
@@ -89,7 +88,7 @@ class ModelEmbeddings:
         name = f"{attribute}-{kind}-{platform}" + (f"-{model}" if model else "")
         self._note("queued", name)
         self._ensure_worker()
-        self._queue.put(_Task(name, attribute, embedding_type, platform, model, cfg.get("filterAttributes")))
+        self._queue.put(_Task(name, attribute, embedding_type, platform, model))
 
     def nodes(self) -> list[dict[str, Any]]:
         """``embeddings-by-project``'s nodes: every embedding of the project, whatever made it."""

@@ -204,11 +204,8 @@ class Project:
         return best
 
     def export_json(self, num_samples: int | None = None) -> str:
-        """The records as a JSON list (label columns current), cached until a label changes.
-
-        ``num_samples`` as refinery-gateway ``controller/transfer/manager.py`` ``export_records`` applies it:
-        ``sql_df.head(int(num_samples))``, which a slice ``[:N]`` equals, also for a negative or huge N.
-        """
+        """The records as a JSON list (label columns current); ``num_samples`` as refinery-gateway
+        ``controller/transfer/manager.py`` ``export_records`` applies it: ``sql_df.head(N)``, which ``[:N]`` equals."""
         with self.db.lock:
             if self._export_rows is None:
                 self._export_rows = [r[0] for r in self.db.conn.execute("SELECT data FROM records ORDER BY idx")]

@@ -74,11 +74,8 @@ class Search:
         return positions, distances, threshold
 
     def similar(self, embedding: Any, record_id: Any, limit: Any = SEARCH_LIMIT) -> dict[str, Any]:
-        """The push extension's search: the data browser's, by record id (see :mod:`.vectors`).
-
-        ``record_ids`` starts with the query record (score 0); ``scores`` are Euclidean distances, nearest
-        first, all within ``threshold``; at most ``limit`` (1..100, default 100) records.
-        """
+        """The push extension's search: the data browser's, by record id; ``record_ids`` start with the query
+        record (score 0), ``scores`` are Euclidean distances within ``threshold``, at most ``limit`` (1..100)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
             raise ApiError(422, "INVALID_REQUEST", f"limit must be an integer in [1, {SEARCH_LIMIT}]")
         eid, name = self._served(embedding)

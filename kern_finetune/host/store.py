@@ -46,12 +46,8 @@ class HostStore:
         project_name: str | None = None,
         models_volumes: Sequence[tuple[Path, str]] = (),
     ) -> HostStore:
-        """Open (creating if needed) the state under ``data_dir``; import ``export_path`` on first use.
-
-        Raises :class:`ConfigError` when the data dir holds a different project than asked for, or when
-        there is nothing to import; :class:`ExportError` when the export cannot be used. ``models_volumes``:
-        ``(host folder, path inside the embedder)`` pairs, the volumes the embedder would have mounted.
-        """
+        """Open (creating if needed) the state under ``data_dir``, importing ``export_path`` on first use (errors:
+        :meth:`Project.load`); ``models_volumes``: the embedder's ``(host folder, path inside it)`` pairs."""
         store = cls(HostDB.open(Path(data_dir)), models_volumes)
         try:
             store.project.load(export_path, id_attribute=id_attribute, project_id=project_id,

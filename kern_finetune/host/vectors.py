@@ -34,11 +34,8 @@ class VectorIndex:
         self._row_of = {int(p): i for i, p in enumerate(positions)}
 
     def search(self, position: int, *, threshold: float | None, limit: int = search.SEARCH_LIMIT) -> tuple[list[int], list[float]]:
-        """Record positions within ``threshold`` of ``position`` by Euclidean distance, nearest first, at most ``limit``.
-
-        The query record is included (distance 0, first among ties); other ties are broken by record
-        position, so answers are deterministic. A record without a vector gives no result.
-        """
+        """Record positions within ``threshold`` of ``position`` by Euclidean distance, nearest first, at most
+        ``limit``: the query first (distance 0), other ties by record position; none for a record without a vector."""
         row = self._row_of.get(position)
         if row is None:
             return [], []

@@ -79,19 +79,13 @@ class LoginFlows:
             self._flows[fid] = (now + _FLOW_TTL_S, csrf)
         return fid, now, now + _FLOW_TTL_S
 
-    def state(self, fid: str | None) -> str:
-        """``ok``, ``expired`` or ``unknown``."""
+    def get(self, fid: str | None) -> tuple[str, str | None]:
+        """``(state, csrf)``: ``ok``, ``expired`` or ``unknown``, and a browser flow's CSRF token (else None)."""
         with self._lock:
             found = self._flows.get(fid or "")
         if found is None:
-            return "unknown"
-        return "ok" if found[0] > time.time() else "expired"
-
-    def csrf(self, fid: str | None) -> str | None:
-        """The browser flow's CSRF token; None for an API flow (or an unknown one)."""
-        with self._lock:
-            found = self._flows.get(fid or "")
-        return None if found is None else found[1]
+            return "unknown", None
+        return "ok" if found[0] > time.time() else "expired", found[1]
 
 
 def _flow_json(request: Request, fid: str, issued: float, expires: float, messages: list[dict[str, Any]],
@@ -224,10 +218,10 @@ def add_auth_routes(app: FastAPI, store: HostStore) -> None:
 
     @app.post(LOGIN_SUBMIT_PATH)
     def login_submit(request: Request, flow: str | None = Query(None), body: Any = Body(None)) -> JSONResponse:
-        refusal = _flow_refusal(flows.state(flow), flow, body)
+        state, csrf = flows.get(flow)
+        refusal = _flow_refusal(state, flow, body)
         if refusal is not None:
             return refusal
-        csrf = flows.csrf(flow)
         if csrf is not None:
             refusal = _csrf_refusal(request, csrf, body)
             if refusal is not None:

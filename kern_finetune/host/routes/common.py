@@ -16,7 +16,7 @@ from ..store import HostStore
 from ..values import is_text
 
 __all__ = ["AsciiJSONResponse", "PROXY_PREFIX", "GATEWAY_PREFIX", "PROJECT_PREFIX", "api_error", "proxy_error",
-           "oathkeeper_error", "iso", "request_user", "check_project", "strict_str_errors"]
+           "oathkeeper_body", "oathkeeper_error", "iso", "request_user", "check_project", "strict_str_errors"]
 
 PROXY_PREFIX = "/api/"
 GATEWAY_PREFIX = "/refinery-gateway/"
@@ -41,12 +41,16 @@ def proxy_error(status: int, code: str) -> JSONResponse:
     return AsciiJSONResponse(status_code=status, content={"error_code": code})
 
 
-def oathkeeper_error(status: int) -> JSONResponse:
+def oathkeeper_body(status: int, reason: str | None = None) -> dict[str, Any]:
     """Oathkeeper's JSON error (herodot ``DefaultError`` in ``{"error": ...}``; ory/oathkeeper ``helper/errors.go``)."""
     message = {401: "Access credentials are invalid", 404: "Requested url does not match any rules"}[status]
-    reason = {401: "Unauthorized", 404: "Not Found"}[status]
-    return AsciiJSONResponse(status_code=status, content={"error": {
-        "code": status, "status": reason, "request": str(uuid.uuid4()), "message": message}})
+    error = {"code": status, "status": {401: "Unauthorized", 404: "Not Found"}[status], "request": str(uuid.uuid4()),
+             "message": message}
+    return {"error": error if reason is None else dict(error, reason=reason)}
+
+
+def oathkeeper_error(status: int) -> JSONResponse:
+    return AsciiJSONResponse(status_code=status, content=oathkeeper_body(status))
 
 
 def iso(ts: float) -> str:
