@@ -13,8 +13,8 @@ from .api_errors import ApiError
 from .db import HostDB, now_iso
 from .project import Project
 from .values import is_text
-from ..refinery.search import SEARCH_LIMIT
-from .vectors import VectorCache, VectorIndex, similarity_threshold
+from ..refinery.search import SEARCH_LIMIT, similarity_threshold
+from .vectors import VectorCache, VectorIndex
 
 __all__ = ["Search"]
 
@@ -52,15 +52,17 @@ class Search:
         return VectorIndex(positions, matrix)
 
     def _threshold(self, embedding_id: str, index: VectorIndex) -> float | None:
-        """The embedding's similarity threshold: computed on its first search, then stored (``similarity_threshold.py``)."""
+        """The embedding's similarity threshold, its sample seeded by the version id: computed on its first search,
+        then stored; None for fewer than 2 vectors (no pair to measure: the search applies no threshold)."""
         row = self.db.one("SELECT value FROM thresholds WHERE embedding_id = ?", (embedding_id,))
         if row is not None:
             return row[0]
+        if len(index.matrix) < 2:
+            return None
         value = similarity_threshold(index.matrix, seed=embedding_id)
-        if value is not None:
-            with self.db.tx() as conn:
-                if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
-                    conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
+                conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
         return value
 
     def _search(self, embedding_id: str, idx: int, limit: int) -> tuple[list[int], list[float], float | None]:

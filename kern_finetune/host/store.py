@@ -65,3 +65,7 @@ class HostStore:
     @property
     def project_id(self) -> str:
         return self.project.project_id
+
+    @property
+    def record_count(self) -> int:
+        return self.project.record_count

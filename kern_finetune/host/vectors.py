@@ -15,13 +15,7 @@ import numpy as np
 
 from ..refinery import search
 
-__all__ = ["VectorCache", "VectorIndex", "similarity_threshold"]
-
-
-def similarity_threshold(matrix: np.ndarray, *, seed: str) -> float | None:
-    """Refinery's threshold for ``matrix``, its sample seeded by ``seed`` (the version id, so it is reproducible);
-    None for fewer than 2 rows (no pair to measure; the search then applies no threshold)."""
-    return None if len(matrix) < 2 else search.similarity_threshold(matrix, seed=seed)
+__all__ = ["VectorCache", "VectorIndex"]
 
 
 class VectorIndex:
