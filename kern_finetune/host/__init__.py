@@ -1,17 +1,5 @@
-"""A local refinery-compatible host: one project from an export file or snapshot, served over HTTP (``docs/host.md``).
-
-It answers what a self-hosted refinery answers (Kratos login; oathkeeper and the gateway proxy in front of
-the project, export and associations routes; the data browser's similarity search with refinery's
-threshold) and, unless ``push_extension=False``, kern-finetune's push extension (``docs/push-contract.md``):
-routes that take vectors, which no refinery version has. State lives in SQLite under a data dir.
-
-::
-
-    from kern_finetune.host import serve_in_thread
-    with serve_in_thread("export.json.gz", data_dir="state", user_name="me@x.org", password=pw,
-                         push_extension=False) as host:  # only what a real refinery serves
-        print(host.url, host.project_id)
-"""
+"""A local refinery-compatible host serving one project over HTTP, with kern-finetune's push extension
+(``docs/host.md``, ``docs/push-contract.md``)."""
 
 from __future__ import annotations
 
@@ -41,17 +29,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "ApiError",
-    "DEFAULT_DATA_DIR",
-    "DEMO_PASSWORD",
-    "DEMO_USER",
-    "GatewayError",
-    "HostStore",
-    "RunningHost",
-    "check_bind",
-    "create_app",
-    "is_loopback",
-    "serve_forever",
-    "serve_in_thread",
-]
+__all__ = ["ApiError", "DEFAULT_DATA_DIR", "DEMO_PASSWORD", "DEMO_USER", "GatewayError", "HostStore", "RunningHost",
+           "check_bind", "create_app", "is_loopback", "serve_forever", "serve_in_thread"]

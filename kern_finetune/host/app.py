@@ -1,37 +1,14 @@
-"""The FastAPI app of the local refinery-compatible host (see ``docs/host.md``).
+"""The FastAPI app of the local host (``docs/host.md``): the gate, the error shapes and the body limit; each
+route family lives in :mod:`kern_finetune.host.routes`.
 
-It answers what a self-hosted refinery answers at ``http://localhost:4455``, read from the public sources:
-
-- Ory Kratos's API login flow and ``sessions/whoami``;
-- Ory oathkeeper in front of ``/api/`` (refinery ``oathkeeper/access-rules.yml``, rule
-  ``kernai:refinery-gateway-proxy``: GET and POST only, authenticators ``cookie_session`` and
-  ``bearer_token``; ``oathkeeper.yml``: JSON errors, verbose): a missing, unknown or expired bearer token is
-  refused *there*, with oathkeeper's own 401 body (ory/oathkeeper ``helper/errors.go`` ``ErrUnauthorized``),
-  never the proxy's;
-- refinery-gateway-proxy ``app.py`` behind it: the ``identifier`` header names the user (missing or
-  unknown: ``401 {"error_code": "UNRECOGNIZED_USER"}``); ``handle_response`` passes a gateway 200 through,
-  turns 404 into ``{"error_code": "PROJECT_NOT_FOUND"}`` and 403 into ``FORBIDDEN_USER``, and answers every
-  other gateway status with ``200`` and body ``null``; a route it lacks is FastAPI's ``404 {"detail": "Not Found"}``;
-- Ory oathkeeper in front of ``/refinery-gateway/`` (rule ``kernai:refinery-gateway:fastapi``: GET, POST, PUT
-  and DELETE, authenticator ``cookie_session`` only, which ``oathkeeper.yml`` limits to the cookie
-  ``ory_kratos_session``; error handler ``redirect`` to the login page): a bearer token does not count there,
-  and a missing, unknown or expired session is answered ``302`` to ``/auth/login``, never 401;
-- behind it, the gateway's routes the host replays (``/refinery-gateway/api/v1/...``): the data browser's
-  similarity search, the attribute list and the embedding routes of the model door
-  (:mod:`kern_finetune.host.routes.gateway`, computed by :mod:`kern_finetune.host.model_embeddings`).
-
-On top, unless ``push_extension=False``: kern-finetune's push extension (``docs/push-contract.md``), an
-extension a refinery-compatible host may implement (proposed for refinery's issues #24 and #48), never
-refinery's API: embeddings, the same similarity search by record id, labeling sessions, labels. State lives
-in a :class:`~kern_finetune.host.store.HostStore`.
-
-This module assembles the app: the gate (oathkeeper, then the proxy's user check), the error shapes and the
-body limit; each route family lives in :mod:`kern_finetune.host.routes`.
+The gate replays refinery ``oathkeeper/access-rules.yml``: ``/api/`` (rule ``kernai:refinery-gateway-proxy``:
+GET and POST, ``bearer_token``; a refusal is oathkeeper's own 401, ory/oathkeeper ``helper/errors.go``), then
+refinery-gateway-proxy ``app.py``'s ``identifier`` header check; ``/refinery-gateway/`` (rule
+``kernai:refinery-gateway:fastapi``: the ``ory_kratos_session`` cookie only, a refusal redirects to the login page).
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -45,7 +22,8 @@ from ..web.body_limit import BodyLimit
 from .api_errors import ApiError
 from .routes.auth import (LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, LOGIN_UI_PATH, WHOAMI_PATH, add_auth_routes, bearer_of,
                           cookie_of, token_of)
-from .routes.common import GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_error, proxy_error
+from .routes.common import (GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_body,
+                            oathkeeper_error, proxy_error)
 from .routes.extension import EXTENSION_PATH, add_extension_routes
 from .routes.gateway import add_gateway_routes
 from .routes.proxy import add_proxy_routes
@@ -62,8 +40,7 @@ def _body_limit_error(status: int, detail: str) -> dict[str, Any]:
     """What :class:`BodyLimit` answers: a request without a valid token is refused as oathkeeper refuses it
     (its 401 body, with the reason), a logged-in one over the limit with the push extension's 413."""
     if status == 401:
-        return {"error": {"code": 401, "status": "Unauthorized", "request": str(uuid.uuid4()),
-                          "message": "Access credentials are invalid", "reason": detail}}
+        return oathkeeper_body(401, reason=detail)
     return {"error_code": {413: "PAYLOAD_TOO_LARGE"}.get(status, "INVALID_REQUEST"), "detail": detail}
 
 
@@ -73,10 +50,9 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
     @app.middleware("http")
     async def _gate(request: Request, call_next: Any) -> Response:
         path = request.url.path
-        proxy, gateway = path.startswith(PROXY_PREFIX), path.startswith(GATEWAY_PREFIX)
-        if not (proxy or gateway):
+        if not path.startswith((PROXY_PREFIX, GATEWAY_PREFIX)):
             return await call_next(request)
-        if gateway:  # the browser session cookie only; any refusal is the redirect to the login page
+        if path.startswith(GATEWAY_PREFIX):  # the session cookie only; any refusal redirects to the login page
             if request.method not in ("GET", "POST", "PUT", "DELETE"):
                 return oathkeeper_error(404)
             found = await run_in_threadpool(store.users.session_user, cookie_of(request))
@@ -84,16 +60,16 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
                 return RedirectResponse(str(request.base_url).rstrip("/") + LOGIN_UI_PATH, status_code=302)
             request.state.user = found[0]
             return await call_next(request)
-        if request.method not in ("GET", "POST") and not (proxy and push_extension):
+        if request.method not in ("GET", "POST") and not push_extension:
             return oathkeeper_error(404)  # the access rules match GET and POST only
         # session lookups take the store's lock, which a large upload may hold: off the event loop
         found = await run_in_threadpool(store.users.session_user, bearer_of(request))
         if found is None:
             return oathkeeper_error(401)
-        if proxy:  # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
-            found = await run_in_threadpool(store.users.session_user, request.headers.get("identifier"))
-            if found is None:
-                return proxy_error(401, "UNRECOGNIZED_USER")
+        # refinery-gateway-proxy get_user_id_from_request: the identifier header's session
+        found = await run_in_threadpool(store.users.session_user, request.headers.get("identifier"))
+        if found is None:
+            return proxy_error(401, "UNRECOGNIZED_USER")
         request.state.user = found[0]
         return await call_next(request)
 
@@ -140,14 +116,9 @@ def _authenticated(store: HostStore, request: Request) -> bool:
 
 
 def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_extension: bool = True) -> FastAPI:
-    """Build the app serving ``store``'s one project.
-
-    ``push_extension=False`` serves only what a real refinery serves: the extension's routes are then
-    absent, and answer as refinery answers a route it lacks (see the module docstring).
-    """
+    """Build the app serving ``store``'s one project; ``push_extension=False`` leaves the extension's routes out."""
     app = FastAPI(title="kern-finetune local refinery host", docs_url=None, redoc_url=None, openapi_url=None,
                   default_response_class=AsciiJSONResponse)
-    app.state.store = store
     _add_gate(app, store, push_extension=push_extension)
     _add_error_handlers(app)
     # body size: counted while it streams in, before any route or token check reads it; a request

@@ -1,20 +1,5 @@
-"""The host's SQLite file, ``<data_dir>/host.sqlite3`` (WAL mode): its tables and one guarded connection.
-
-Tables::
-
-    meta          key/value: project id and name, id attribute, attributes, labeling tasks, export hash
-    records       idx (import order), record_id (the id attribute's value), data (the export row as JSON,
-                  label columns included; label changes rewrite it)
-    label_events  every label change (audit trail: who, when, which column)
-    users         the one configured user: salted PBKDF2-SHA256 password hash
-    sessions      login tokens, stored as SHA-256 hashes, with an expiry
-    embeddings    one row per version: state INITIALIZING/ENCODING (staged) or FINISHED (served)
-    tensors       (embedding_id, record_idx) -> float32 little-endian blob
-    record_uuids  the record UUIDs (a snapshot's record ids; made from project and record id for an export)
-    thresholds    each served embedding's similarity threshold, computed on its first search
-    model_callbacks  associations posted the SDK's way (refinery stores them as MODEL_CALLBACK votes)
-    labeling_sessions  ordered record-id lists produced by similarity search
-"""
+"""The host's SQLite file, ``<data_dir>/host.sqlite3`` (WAL mode): its tables (``docs/host.md``, "State") and one
+guarded connection."""
 
 from __future__ import annotations
 
@@ -29,7 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..web.serving import immediate_transaction, is_damaged, set_aside
 
-__all__ = ["DB_FILE", "HostDB", "now_iso"]
+__all__ = ["DB_FILE", "HostDB", "drop_embedding", "now_iso"]
 
 DB_FILE = "host.sqlite3"
 _SCHEMA = """
@@ -65,6 +50,13 @@ CREATE TABLE IF NOT EXISTS labeling_sessions (
 def now_iso() -> str:
     """The current UTC time as ISO 8601 to the second (what the host stores as ``created_at``)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def drop_embedding(conn: sqlite3.Connection, embedding_id: str) -> None:
+    """Delete an embedding version with its tensors and threshold (inside a transaction)."""
+    conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
+    conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (embedding_id,))
+    conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
 
 
 class HostDB:
@@ -109,7 +101,6 @@ class HostDB:
         return cls(conn, db_path)
 
     def close(self) -> None:
-        """Close the connection."""
         with self.lock:
             self.conn.close()
 

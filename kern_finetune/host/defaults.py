@@ -1,8 +1,4 @@
-"""The local host's defaults, in a module that imports nothing heavy.
-
-The CLI reads them to build ``--help`` for every command; importing the server (fastapi, uvicorn) only
-for these would cost every command seconds.
-"""
+"""The local host's defaults, in a module that imports nothing heavy (the CLI's ``--help`` reads them)."""
 
 from __future__ import annotations
 

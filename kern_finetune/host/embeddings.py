@@ -1,8 +1,5 @@
-"""Embeddings on the host (the push extension): staged versions, chunked vector uploads, the swap that serves one.
-
-Staged embedding versions are never served; :meth:`Embeddings.finalize_embedding` swaps a complete one in
-within a single transaction.
-"""
+"""Embeddings on the host (the push extension, ``docs/push-contract.md``): staged versions, chunked vector
+uploads, and the swap that serves a complete one within a single transaction."""
 
 from __future__ import annotations
 
@@ -18,7 +15,7 @@ import numpy as np
 
 from ..config import is_embedding_name
 from .api_errors import ApiError
-from .db import HostDB, now_iso
+from .db import HostDB, drop_embedding, now_iso
 from .project import Project
 from .values import is_int, is_text
 from .vectors import VectorCache
@@ -31,6 +28,9 @@ STALE_STAGED_S = 6 * 3600
 """A staged version untouched this long is dropped when a new version of the same name is created."""
 STAGED_STATES = ("INITIALIZING", "ENCODING")
 _MAX_DIMENSION = 16_384
+_JSON_KEYS = ("id", "name", "attribute", "type", "custom", "dimension", "platform", "model", "count", "state", "served",
+              "created_at", "updated_at", "finished_at")
+"""The answer's key of each ``embeddings`` column, in table order (``updated_at`` is left out)."""
 
 
 def _decode_b64(text: str, pos: int) -> np.ndarray:
@@ -44,6 +44,9 @@ def _decode_b64(text: str, pos: int) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4")
 
 
+def _not_found(embedding_id: str) -> ApiError:
+    return ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+
 
 class Embeddings:
     """The ``embeddings``, ``tensors`` and ``thresholds`` tables; a replaced or dropped version leaves ``vectors``."""
@@ -53,25 +56,11 @@ class Embeddings:
         self.project = project
         self.vectors = vectors
 
-
     @staticmethod
     def _embedding_json(row: sqlite3.Row | tuple[Any, ...], stored: int | None = None) -> dict[str, Any]:
-        (eid, name, attribute, etype, custom, dim, platform, model, expected, state, served, created, _upd, finished) = row
-        out = {
-            "id": eid,
-            "name": name,
-            "attribute": attribute,
-            "type": etype,
-            "custom": bool(custom),
-            "dimension": dim,
-            "platform": platform,
-            "model": model,
-            "count": expected,
-            "state": state,
-            "served": bool(served),
-            "created_at": created,
-            "finished_at": finished,
-        }
+        out = dict(zip(_JSON_KEYS, row))
+        del out["updated_at"]
+        out["custom"], out["served"] = bool(out["custom"]), bool(out["served"])
         if stored is not None:
             out["stored"] = stored
         return out
@@ -79,7 +68,7 @@ class Embeddings:
     def _embedding_row(self, embedding_id: str) -> tuple[Any, ...]:
         row = self.db.one("SELECT * FROM embeddings WHERE id = ?", (embedding_id,))
         if row is None:
-            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+            raise _not_found(embedding_id)
         return row
 
     def create_embedding(self, spec: Any) -> dict[str, Any]:
@@ -91,7 +80,7 @@ class Embeddings:
             raise ApiError(422, "INVALID_REQUEST", "name must be 1-200 characters without control characters, "
                                                    "'/' or '\\', nor spaces at either end")
         dim = spec.get("dimension")
-        if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= _MAX_DIMENSION:
+        if not is_int(dim, 1, _MAX_DIMENSION):
             raise ApiError(422, "INVALID_REQUEST", f"dimension must be an integer in [1, {_MAX_DIMENSION}]")
         etype = spec.get("type", "ON_ATTRIBUTE")
         if etype != "ON_ATTRIBUTE":
@@ -114,16 +103,10 @@ class Embeddings:
         eid = str(uuid.uuid4())
         now = time.time()
         with self.db.tx() as conn:
-            stale = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM embeddings WHERE name = ? AND served = 0 AND updated_at < ?",
-                    (name, now - STALE_STAGED_S),
-                )
-            ]
+            stale = [r[0] for r in conn.execute("SELECT id FROM embeddings WHERE name = ? AND served = 0"
+                                                " AND updated_at < ?", (name, now - STALE_STAGED_S))]
             for old in stale:
-                conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
-                conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
+                drop_embedding(conn, old)
             conn.execute(
                 "INSERT INTO embeddings (id, name, attribute, type, custom, dimension, platform, model,"
                 " expected_count, state, served, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
@@ -144,8 +127,7 @@ class Embeddings:
     def list_embeddings(self, include_staged: bool = False) -> list[dict[str, Any]]:
         """Served embeddings (and staged versions when asked), oldest first."""
         sql = "SELECT * FROM embeddings" + ("" if include_staged else " WHERE served = 1") + " ORDER BY created_at, id"
-        rows = self.db.all(sql)
-        return [self._embedding_json(r) for r in rows]
+        return [self._embedding_json(r) for r in self.db.all(sql)]
 
     def put_tensors(self, embedding_id: str, body: Any) -> dict[str, Any]:
         """Upsert one chunk of vectors into a staged version; the whole chunk is checked before any is stored."""
@@ -174,10 +156,8 @@ class Embeddings:
         return {"chunk": chunk, "received": len(tensors), "stored": len(set(indices)), "total": total}
 
     def finalize_embedding(self, embedding_id: str, body: Any = None) -> dict[str, Any]:
-        """Check completeness and, in one transaction, serve this version and drop the previous one.
-
-        Idempotent: finalizing the version that is already served answers the same as the first time.
-        """
+        """Check completeness and, in one transaction, serve this version and drop the previous one (idempotent:
+        finalizing the served version again answers the same)."""
         if body is not None and not isinstance(body, dict):
             raise ApiError(422, "INVALID_REQUEST", 'body must be {"count": N} or empty')
         count = body.get("count") if isinstance(body, dict) else None
@@ -187,7 +167,7 @@ class Embeddings:
         with self.db.tx() as conn:
             row = conn.execute("SELECT * FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
             if row is None:
-                raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+                raise _not_found(embedding_id)
             name, state, served = row[1], row[9], row[10]
             stored = conn.execute("SELECT COUNT(*) FROM tensors WHERE embedding_id = ?", (embedding_id,)).fetchone()[0]
             if state == "FINISHED" and served:
@@ -201,13 +181,9 @@ class Embeddings:
                 )
             if count is not None and count != stored:
                 raise ApiError(409, "EMBEDDING_INCOMPLETE", f"client sent {count} vectors but the host holds {stored}")
-            replaced = [
-                r[0] for r in conn.execute("SELECT id FROM embeddings WHERE name = ? AND served = 1", (name,))
-            ]
+            replaced = [r[0] for r in conn.execute("SELECT id FROM embeddings WHERE name = ? AND served = 1", (name,))]
             for old in replaced:
-                conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (old,))
-                conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (old,))
-                conn.execute("DELETE FROM embeddings WHERE id = ?", (old,))
+                drop_embedding(conn, old)
             conn.execute(
                 "UPDATE embeddings SET state = 'FINISHED', served = 1, updated_at = ?, finished_at = ? WHERE id = ?",
                 (time.time(), now_iso(), embedding_id),
@@ -225,14 +201,12 @@ class Embeddings:
         with self.db.tx() as conn:
             row = conn.execute("SELECT served, name FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
             if row is None:
-                raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no embedding version {embedding_id!r} in this project")
+                raise _not_found(embedding_id)
             if row[0] and not force:
                 raise ApiError(
                     409, "EMBEDDING_SERVED", f"version {embedding_id} is the served {row[1]!r}; add ?force=true to drop it"
                 )
-            conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
-            conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (embedding_id,))
-            conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
+            drop_embedding(conn, embedding_id)
         self.vectors.drop(embedding_id)
         return {"id": embedding_id, "deleted": True, "was_served": bool(row[0])}
 

@@ -1,32 +1,9 @@
-"""What the host imports on its first start: an export file or a project snapshot, as refinery would serve it.
+"""What the host imports on its first start: a record export kept as it is, or a snapshot turned into the
+export the gateway would serve once it is imported (``docs/host.md``, "The export" and "Embeddings of a snapshot").
 
-- A record export (``.json``, ``.json.gz``) is what ``GET /api/project/{id}/export`` returned: its rows and
-  columns are kept as they are, in their order; extraction columns (values that are JSON arrays) included.
-- A snapshot (``.zip``) is turned into the record export the gateway would serve once the snapshot is
-  imported, following the export SQL of refinery-submodule-model ``business_objects/export.py``
-  (``build_full_record_sql_export``, used by refinery-gateway ``controller/transfer/manager.py``
-  ``export_records``):
-
-  - columns: the attributes in ``relative_position`` order, then per classification task
-    ``__MANUAL``, ``__WEAK_SUPERVISION``, ``__WEAK_SUPERVISION__confidence``, then per extraction task the
-    same three, whose values are per-token arrays (``__build_extraction_part``): ``B-<label>`` /
-    ``I-<label>`` on labelled tokens and ``OUTSIDE`` elsewhere, weak-supervision confidences ``0`` on
-    unlabelled tokens;
-  - rows: ``ORDER BY 1``, i.e. by the first attribute's value *as text* (``"0" < "1" < "10" < "100"``),
-    nulls last.
-
-  The number of tokens per record comes from the snapshot's ``record_attribute_token_statistics_data``;
-  a snapshot without it (refinery re-tokenizes with spaCy on import) gets an approximation of spaCy's
-  English tokenizer (words, punctuation, clitics), so an array's length may differ by a token or two
-  from a real refinery's on unusual text. Records are kept even where the real export's inner join on
-  token statistics would drop one (a record whose extraction attribute is empty).
-
-  The snapshot's embeddings that carry tensors (``type ON_ATTRIBUTE``) become served embeddings, named as
-  the gateway's import names them (``controller/transfer/project_transfer_manager.py``,
-  ``import_records_and_rlas``: ``__transform_embedding_by_name`` renames an embedding without
-  ``platform`` to ``<attribute>-<type>-<platform>-<model>``; without ``attribute_id`` the attribute is
-  found by ``__get_attribute_name_from_embedding_name``). An embedding the gateway could not import
-  makes the whole snapshot unusable there, so it is refused here too.
+A snapshot follows refinery-submodule-model ``business_objects/export.py`` ``build_full_record_sql_export``
+(columns, per-token arrays of extraction tasks, ``ORDER BY 1``) and refinery-gateway
+``controller/transfer/project_transfer_manager.py`` ``import_records_and_rlas`` (embedding names and attributes).
 """
 
 from __future__ import annotations
@@ -39,32 +16,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..refinery.columns import (
-    EXTRACTION,
-    Record,
-    TaskColumns,
-    as_string,
-    import_attribute,
-    import_rename,
-    split_task_column,
-    task_base,
-)
+from ..refinery.columns import (EXTRACTION, Record, TaskColumns, as_string, import_attribute, import_rename,
+                                split_task_column, task_base)
 from ..refinery.export import discover_tasks, load_export
 from ..refinery.snapshot import read_snapshot
 from .values import as_confidence, dump_row, is_text
 
-__all__ = [
-    "ImportPlan",
-    "ImportedEmbedding",
-    "ImportedProject",
-    "approximate_token_count",
-    "embedding_import_name",
-    "plan_import",
-    "read_project",
-]
+__all__ = ["ImportPlan", "ImportedEmbedding", "ImportedProject", "plan_import", "read_project"]
 
 _EXTRACTION = "INFORMATION_EXTRACTION"
 _OUTSIDE = "OUTSIDE"
+# spaCy's English tokenizer, approximately: for a snapshot without token statistics
 _TOKEN = re.compile(
     r"(?:[A-Za-z]\.){2,}|\d+(?:[.,:]\d+)+|\.{2,}"  # U.S., 1.6, 10:30 and ... stay one token
     r"|\w+(?=n't\b)|n't\b|'(?:s|m|d|ll|re|ve)\b"  # clitics: do|n't, AP|'s
@@ -189,24 +151,6 @@ def plan_import(path: str | Path, *, id_attribute: str) -> ImportPlan:
     )
 
 
-def approximate_token_count(text: str | None) -> int:
-    """How many tokens spaCy's English tokenizer makes of ``text``, approximately (words, punctuation, clitics,
-    abbreviations, extra whitespace)."""
-    return len(_TOKEN.findall(text)) if text else 0
-
-
-def embedding_import_name(name: str) -> tuple[str, str, str]:
-    """``(platform, model, new name)`` of an embedding without ``platform``, as the gateway's import renames it.
-
-    refinery-gateway ``project_transfer_manager.py`` ``__transform_embedding_by_name``; a name without ``-``
-    fails there with IndexError, here with :class:`ExportError`.
-    """
-    renamed = import_rename(name)
-    if renamed is None:
-        raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
-    return renamed
-
-
 def read_project(path: str | Path) -> ImportedProject:
     """Read an export file or a snapshot (see the module docstring). Errors are :class:`ExportError`."""
     path = Path(path)
@@ -222,21 +166,16 @@ def read_project(path: str | Path) -> ImportedProject:
     )
     records = [dict(r) for r in snap.records]
     columns = _add_extraction(records, snap.record_uuids, data, attributes, source=str(path))
-    embeddings = _embeddings(data, snap.record_uuids, attributes, source=str(path))
     first = next(iter(records[0]), None) if records else None
     order = list(range(len(records)))
     if first is not None:  # ORDER BY 1: the first column as text, nulls last
         order.sort(key=lambda i: (records[i].get(first) is None, str(records[i].get(first) or "")))
-    position = {old: new for new, old in enumerate(order)}
-    for emb in embeddings:
-        pairs = sorted((position[p], row) for row, p in enumerate(emb.positions))
-        emb.matrix = emb.matrix[[row for _, row in pairs]] if pairs else emb.matrix
-        emb.positions = [p for p, _ in pairs]
+    uuids = [snap.record_uuids[i] for i in order]
     return ImportedProject(
         records=[records[i] for i in order],
-        uuids=[snap.record_uuids[i] for i in order],
+        uuids=uuids,
         extraction_columns=columns,
-        embeddings=embeddings,
+        embeddings=_embeddings(data, uuids, attributes, source=str(path)),
         name=snap.project_name or None,
     )
 
@@ -296,7 +235,7 @@ def _add_extraction(records: list[Record], uuids: list[str], data: dict[str, Any
             if n is None:  # approximated, but never short of a labelled token
                 value = rec.get(attr)
                 labelled = [t for kind in ("MANUAL", "WEAK_SUPERVISION") for t in tagged.get((tid, rid, kind), {})]
-                n = max([approximate_token_count(value if isinstance(value, str) else None)] + [t + 1 for t in labelled])
+                n = max([len(_TOKEN.findall(value)) if isinstance(value, str) else 0] + [t + 1 for t in labelled])
             manual, weak, weak_conf = [], [], []
             for kind, out in (("MANUAL", manual), ("WEAK_SUPERVISION", weak)):
                 slot = tagged.get((tid, rid, kind), {})
@@ -333,8 +272,11 @@ def _embeddings(data: dict[str, Any], uuids: list[str], attributes: list[dict[st
             raise ExportError(f"{source}: an embedding has no name; refinery's import would fail")
         name = emb["name"]
         platform, model = emb.get("platform"), emb.get("model")
-        if not platform:
-            platform, model, name = embedding_import_name(name)
+        if not platform:  # project_transfer_manager.py __transform_embedding_by_name (IndexError there)
+            renamed = import_rename(name)
+            if renamed is None:
+                raise ExportError(f"embedding {name!r}: refinery's import splits the name on '-' and fails on this one")
+            platform, model, name = renamed
         if emb.get("attribute_id"):
             attribute = attr_by_id.get(str(emb["attribute_id"]))
             if attribute is None:
@@ -377,30 +319,24 @@ def _guess_data_type(values: list[str]) -> str:
     present = [v for v in values if v is not None]
     if not present:
         return "TEXT"
-
-    def _all(pred: Any) -> bool:
-        return all(pred(v) for v in present)
-
-    def _is_int(v: str) -> bool:
-        return v.lstrip("-").isdigit()
-
-    def _is_float(v: str) -> bool:
-        try:
-            float(v)
-        except ValueError:
-            return False
-        return True
-
-    if _all(_is_int):
+    if all(v.lstrip("-").isdigit() for v in present):
         return "INTEGER"
-    if _all(_is_float):
+    if all(_is_float(v) for v in present):
         return "FLOAT"
-    if _all(lambda v: v.lower() in ("true", "false")):
+    if all(v.lower() in ("true", "false") for v in present):
         return "BOOLEAN"
     distinct = set(present)
     if len(distinct) <= 20 and len(present) >= 5 * len(distinct) and max(len(v) for v in distinct) <= 40:
         return "CATEGORY"
     return "TEXT"
+
+
+def _is_float(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _task_json(task: TaskColumns, labels: list[str]) -> dict[str, Any]:

@@ -46,11 +46,9 @@ class Labels:
         user_name: str,
         origin: str = "",
     ) -> dict[str, Any]:
-        """Set labels of one task for several records, all or nothing.
-
-        ``items``: ``(record_id, label, confidence)``. ``source`` ``MANUAL`` sets the ``__MANUAL`` column
-        (one manual label per record and task; a new one replaces it, ``None`` removes it);
-        ``WEAK_SUPERVISION`` sets the weak label and its confidence.
+        """Set labels of one task for several records, all or nothing; ``items``: ``(record_id, label, confidence)``.
+        ``MANUAL`` sets the ``__MANUAL`` column (``None`` removes it), ``WEAK_SUPERVISION`` the weak label and its
+        confidence.
         """
         info = self._resolve_task(task)
         if source not in ("MANUAL", "WEAK_SUPERVISION"):
@@ -96,15 +94,10 @@ class Labels:
         return {"stored": len(resolved), "task": info["name"], "source": source}
 
     def import_associations(self, body: dict[str, Any], *, user_name: str) -> int:
-        """The SDK's ``POST /associations``, as refinery-gateway v1.15.1 stores it.
-
-        refinery-gateway ``controller/transfer/association_transfer_manager.py`` ``import_associations``: the
-        associations become ``MODEL_CALLBACK`` votes of the information source ``name`` (created only for
-        ``source_type == "heuristic"``), replacing that source's earlier votes on the same records; they are
-        not manual labels and do not appear in the record export. Answers how many were stored. What fails
-        in the gateway there (unknown task, unknown source type, unknown label, no indices) raises
-        :class:`GatewayError`, which the proxy turns into ``200 null``. (Gateway v1.17.0 answers every
-        associations call with 404, which the proxy reports as ``PROJECT_NOT_FOUND``.)
+        """The SDK's ``POST /associations`` as refinery-gateway v1.15.1 stores it
+        (``controller/transfer/association_transfer_manager.py`` ``import_associations``, ``docs/host.md``):
+        ``MODEL_CALLBACK`` votes of the source ``name``, replacing its earlier votes on the same records; answers
+        how many were stored. What fails in the gateway raises :class:`GatewayError` (the proxy's ``200 null``).
         """
         name, task_name, source_type = body["name"], body["label_task_name"], body["source_type"]
         associations, indices = body["associations"], body["indices"]

@@ -1,28 +1,8 @@
-"""Embeddings the host computes itself from a model, as refinery's gateway queues them and its embedder runs them.
+"""Embeddings the host computes from a model, as refinery's gateway queues them and its embedder runs them
+(the model door, ``docs/model-door.md``).
 
-Replayed from refinery's sources:
-
-- refinery-gateway ``fast_api/routes/embedding.py`` ``create_embedding``: ``json.loads(config)``, its
-  ``embeddingType`` (``KeyError`` when missing), ``platform``, ``model``, ``filterAttributes``; the name from
-  ``controller/embedding/manager.py`` ``get_embedding_name`` (``ValueError`` for another type than
-  ``ON_ATTRIBUTE``/``ON_TOKEN`` or an unknown attribute); every such failure answers ``500``
-  (``middleware/database_session.py``). The task is queued and the route answers ``ok``.
-- the task queue (v1.15's ``controller/task_queue/handler/embedding.py`` ``__start_task``, one slot as
-  ``TASK_QUEUE_SLOTS=1`` in refinery's compose template): a task whose name an embedding already has is
-  dropped without a word; otherwise the embedding row appears, ``INITIALIZING``.
-- refinery-embedder ``controller.py`` ``run_encoding`` and ``util/embedders.py`` ``get_embedder``: platform
-  ``huggingface`` loads ``SentenceTransformer(model)`` (a failure: ``FAILED``); state ``ENCODING``; the
-  attribute's texts in batches of 128 in ``running_id`` order; projects with at least 64 records get the
-  PCA-64 fitted on the first 640 records (:func:`kern_finetune.refinery.embedder.reduce_like_embedder`); then
-  ``FINISHED`` and searchable (here: served, so the host's similarity search answers on it).
-- the embedder container sees only its own file system: a model path is resolved through the host's
-  ``models_volumes`` (``host --models-volume HOST_DIR:/models``, the volume ``docs/model-door.md`` adds); a
-  path outside every volume does not exist there, so the embedding ends ``FAILED`` as it would.
-- ``delete-embedding`` (``controller/embedding/manager.py`` ``delete_embedding``): the row and its tensors go;
-  a task still encoding it stops before it stores anything.
-
-:attr:`ModelEmbeddings.events` records what happened in order (``queued``, ``dropped``, each state, ``deleted``),
-so tests can check that a new embedding was ``FINISHED`` before an old one was deleted.
+:attr:`ModelEmbeddings.events` records what happened in order, so tests can check that a new embedding was
+``FINISHED`` before an old one was deleted.
 """
 
 from __future__ import annotations
@@ -42,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .api_errors import GatewayError
-from .db import HostDB, now_iso
+from .db import HostDB, drop_embedding, now_iso
 from .project import Project
 from .vectors import VectorCache
 
@@ -71,7 +51,6 @@ class _Task:
     embedding_type: str
     platform: str | None
     model: str | None
-    filter_attributes: Any
 
 
 class ModelEmbeddings:
@@ -90,11 +69,10 @@ class ModelEmbeddings:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    # ------------------------------------------------------------------------------------------
-    # routes
-
     def queue_embedding(self, attribute_id: str, config: str) -> None:
-        """``create-embedding``: check as the gateway does (:class:`GatewayError` = its 500), queue the task."""
+        """refinery-gateway ``fast_api/routes/embedding.py`` ``create_embedding``: ``json.loads(config)``, the name
+        from ``controller/embedding/manager.py`` ``get_embedding_name``; a failure raises :class:`GatewayError`
+        (the gateway's 500), else the task is queued."""
         try:
             cfg = json.loads(config)
             embedding_type = cfg["embeddingType"]
@@ -110,7 +88,7 @@ class ModelEmbeddings:
         name = f"{attribute}-{kind}-{platform}" + (f"-{model}" if model else "")
         self._note("queued", name)
         self._ensure_worker()
-        self._queue.put(_Task(name, attribute, embedding_type, platform, model, cfg.get("filterAttributes")))
+        self._queue.put(_Task(name, attribute, embedding_type, platform, model))
 
     def nodes(self) -> list[dict[str, Any]]:
         """``embeddings-by-project``'s nodes: every embedding of the project, whatever made it."""
@@ -133,12 +111,11 @@ class ModelEmbeddings:
         return out
 
     def delete(self, embedding_id: str) -> None:
-        """``delete-embedding``: the row, its tensors and threshold; nothing happens for an unknown id."""
+        """``delete-embedding`` (``controller/embedding/manager.py``): the row, its tensors and threshold; a task
+        still encoding it stores nothing; nothing happens for an unknown id."""
         with self.db.tx() as conn:
             row = conn.execute("SELECT name FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
-            conn.execute("DELETE FROM tensors WHERE embedding_id = ?", (embedding_id,))
-            conn.execute("DELETE FROM thresholds WHERE embedding_id = ?", (embedding_id,))
-            conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
+            drop_embedding(conn, embedding_id)
         self.vectors.drop(embedding_id)
         if row is not None:
             self._note("deleted", row[0])
@@ -159,9 +136,6 @@ class ModelEmbeddings:
                 return True
             time.sleep(0.05)
         return False
-
-    # ------------------------------------------------------------------------------------------
-    # the task worker
 
     def _note(self, event: str, name: str) -> None:
         with self._lock:
@@ -189,7 +163,8 @@ class ModelEmbeddings:
                 self._queue.task_done()
 
     def _start(self, task: _Task) -> str | None:
-        """The task queue's start: drop a task whose name exists, else the row, ``INITIALIZING``."""
+        """The task queue's start (v1.15 ``controller/task_queue/handler/embedding.py``, one slot): a task whose
+        name an embedding has is dropped silently, else the row appears, ``INITIALIZING``."""
         eid = str(uuid.uuid4())
         with self.db.tx() as conn:
             if conn.execute("SELECT 1 FROM embeddings WHERE name = ?", (task.name,)).fetchone() is not None:
@@ -216,7 +191,8 @@ class ModelEmbeddings:
         return alive
 
     def _run(self, eid: str, task: _Task) -> None:
-        """refinery-embedder's ``run_encoding`` for one embedding."""
+        """refinery-embedder ``controller.py`` ``run_encoding``: a model that does not load is ``FAILED``; else
+        ``ENCODING``, the texts in batches of 128 in ``running_id`` order, the embedder's PCA-64, ``FINISHED``."""
         try:
             encoder = self._load(task)
         except Exception as exc:  # noqa: BLE001 - the embedder marks any load failure FAILED
@@ -263,8 +239,8 @@ class ModelEmbeddings:
         return SentenceTransformer(str(where), device="cpu", local_files_only=True)  # this host never downloads
 
     def _on_volume(self, model: str) -> Path:
-        """The host folder behind an absolute path inside the embedder container; ValueError when no volume
-        holds it (the container has no such path)."""
+        """The host folder behind an absolute path inside the embedder container (``models_volumes``); ValueError
+        when no volume holds it (the container has no such path)."""
         path = posixpath.normpath(model)
         for host_dir, mount in self.volumes:
             if path == mount or path.startswith(mount.rstrip("/") + "/"):

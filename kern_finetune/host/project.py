@@ -1,8 +1,5 @@
-"""The host's one project: its metadata, record ids and UUIDs, the first import, the details and export routes.
-
-The records are imported once, on the first start, from an export file or snapshot (:mod:`.importer` reads
-it); later starts reuse what is there, so a restart loses nothing.
-"""
+"""The host's one project: its metadata, record ids and UUIDs, the import on the first start (:mod:`.importer`),
+the details and export routes."""
 
 from __future__ import annotations
 
@@ -43,11 +40,7 @@ class Project:
         self.idx_by_id: dict[str, int] = {}
         self.uuids: list[str] = []
         self.idx_by_uuid: dict[str, int] = {}
-        self._export_cache: tuple[int, list[str]] | None = None
-        self._label_generation = 0
-
-    # ------------------------------------------------------------------------------------------
-    # opening and importing
+        self._export_rows: list[str] | None = None
 
     def load(self, export_path: str | Path | None, *, id_attribute: str, project_id: str | None,
              project_name: str | None) -> None:
@@ -74,7 +67,7 @@ class Project:
         if any(idx != i for i, (idx, _) in enumerate(rows)):
             raise ConfigError(f"{self.db.path}: record table is damaged (gaps in idx)")
         self.idx_by_id = {rid: i for i, rid in enumerate(self.record_ids)}
-        with self.db.tx() as conn:  # a data dir from before record UUIDs were kept gets them now
+        with self.db.tx() as conn:  # an export carries no record UUIDs: made here
             if conn.execute("SELECT COUNT(*) FROM record_uuids").fetchone()[0] != len(self.record_ids):
                 conn.execute("DELETE FROM record_uuids")
                 conn.executemany("INSERT INTO record_uuids (idx, uuid) VALUES (?, ?)",
@@ -133,9 +126,6 @@ class Project:
         log.info("imported %d records, %d labeling task(s) and %d embedding(s) from %s", len(plan.rows),
                  len(plan.tasks), len(plan.embeddings), path)
 
-    # ------------------------------------------------------------------------------------------
-    # project
-
     @property
     def project_id(self) -> str:
         return str(self.meta["project_id"])
@@ -174,10 +164,8 @@ class Project:
         return order, texts
 
     def project_details(self) -> dict[str, Any]:
-        """What ``GET /api/project/{id}`` answers: refinery-gateway ``api/project.py`` ``ProjectDetails``'s
-        fields (``name``, ``max_running_id``, ``description``, ``tokenizer``, ``attributes`` with
-        ``name``/``data_type``/``is_primary_key``/``state``, ``knowledge_base_ids``), plus ``id``,
-        ``labeling_tasks`` and ``record_count`` of ours."""
+        """What ``GET /api/project/{id}`` answers: refinery-gateway ``api/project.py`` ``ProjectDetails``'s fields,
+        plus ``id``, ``labeling_tasks`` and ``record_count`` of ours."""
         tasks = [
             {
                 "name": t["name"],
@@ -216,29 +204,19 @@ class Project:
         return best
 
     def export_json(self, num_samples: int | None = None) -> str:
-        """The records as a JSON list (one object per record, label columns current), once encoded.
-
-        ``num_samples`` is applied as refinery-gateway ``controller/transfer/manager.py`` ``export_records``
-        applies it: ``sql_df.head(int(num_samples))``, i.e. the first N rows, and for a negative N every row
-        but the last -N (pandas' ``head``; a Python slice ``[:N]`` does the same, also for huge N).
-        """
+        """The records as a JSON list (label columns current); ``num_samples`` as refinery-gateway
+        ``controller/transfer/manager.py`` ``export_records`` applies it: ``sql_df.head(N)``, which ``[:N]`` equals."""
         with self.db.lock:
-            generation = self._label_generation
-            if self._export_cache is None or self._export_cache[0] != generation:
-                rows = [r[0] for r in self.db.conn.execute("SELECT data FROM records ORDER BY idx").fetchall()]
-                self._export_cache = (generation, rows)
-            rows = self._export_cache[1]
+            if self._export_rows is None:
+                self._export_rows = [r[0] for r in self.db.conn.execute("SELECT data FROM records ORDER BY idx")]
+            rows = self._export_rows
         if num_samples is not None:
             rows = rows[:num_samples]
         return "[" + ",".join(rows) + "]"
 
     def labels_changed(self) -> None:
         """Called under the database lock by a label write: the export cache is stale from here on."""
-        self._label_generation += 1
-        self._export_cache = None
-
-    # ------------------------------------------------------------------------------------------
-    # records
+        self._export_rows = None
 
     def record_index(self, record_id: Any) -> int:
         """Import position of a record, by the id attribute's value as a string (404 RECORD_NOT_FOUND)."""

@@ -13,8 +13,8 @@ from .api_errors import ApiError
 from .db import HostDB, now_iso
 from .project import Project
 from .values import is_text
-from ..refinery.search import SEARCH_LIMIT
-from .vectors import VectorCache, VectorIndex, similarity_threshold
+from ..refinery.search import SEARCH_LIMIT, similarity_threshold
+from .vectors import VectorCache, VectorIndex
 
 __all__ = ["Search"]
 
@@ -52,15 +52,17 @@ class Search:
         return VectorIndex(positions, matrix)
 
     def _threshold(self, embedding_id: str, index: VectorIndex) -> float | None:
-        """The embedding's similarity threshold: computed on its first search, then stored (``similarity_threshold.py``)."""
+        """The embedding's similarity threshold, its sample seeded by the version id: computed on its first search,
+        then stored; None for fewer than 2 vectors (no pair to measure: the search applies no threshold)."""
         row = self.db.one("SELECT value FROM thresholds WHERE embedding_id = ?", (embedding_id,))
         if row is not None:
             return row[0]
+        if len(index.matrix) < 2:
+            return None
         value = similarity_threshold(index.matrix, seed=embedding_id)
-        if value is not None:
-            with self.db.tx() as conn:
-                if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
-                    conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
+        with self.db.tx() as conn:
+            if conn.execute("SELECT 1 FROM embeddings WHERE id = ?", (embedding_id,)).fetchone() is not None:
+                conn.execute("INSERT OR IGNORE INTO thresholds (embedding_id, value) VALUES (?, ?)", (embedding_id, value))
         return value
 
     def _search(self, embedding_id: str, idx: int, limit: int) -> tuple[list[int], list[float], float | None]:
@@ -74,11 +76,8 @@ class Search:
         return positions, distances, threshold
 
     def similar(self, embedding: Any, record_id: Any, limit: Any = SEARCH_LIMIT) -> dict[str, Any]:
-        """The push extension's search: the data browser's, by record id (see :mod:`.vectors`).
-
-        ``record_ids`` starts with the query record (score 0); ``scores`` are Euclidean distances, nearest
-        first, all within ``threshold``; at most ``limit`` (1..100, default 100) records.
-        """
+        """The push extension's search: the data browser's, by record id; ``record_ids`` start with the query
+        record (score 0), ``scores`` are Euclidean distances within ``threshold``, at most ``limit`` (1..100)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
             raise ApiError(422, "INVALID_REQUEST", f"limit must be an integer in [1, {SEARCH_LIMIT}]")
         eid, name = self._served(embedding)
@@ -111,14 +110,11 @@ class Search:
         return sid
 
     def search_records_by_similarity(self, body: dict[str, Any], user_name: str) -> dict[str, Any]:
-        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``.
+        """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``, in the
+        gateway's shape (``docs/host.md``); ``body``: the validated ``{"embeddingId", "recordId", "attFilter"}``.
 
-        ``body`` is the validated ``{"embeddingId", "recordId", "attFilter", "recordSubKey"}`` (record UUIDs).
-        The answer has the gateway's shape: ``{"data": {"searchRecordsBySimilarity": {"recordList":
-        [{"recordData": JSON text of the record row, "typename": "ExtendedRecord"}], "queryLimit": 100,
-        "queryOffset": 0, "fullCount", "sessionId"}}}`` (``pack_json_result`` camel-cases ``__typename``).
-        An attribute filter is not supported here: a non-empty ``attFilter`` finds nothing, as for an
-        embedding without filter attributes (``is_filter_valid_for_embedding``), so the query record alone.
+        A non-empty ``attFilter`` finds the query record alone, as for an embedding without filter attributes
+        (``is_filter_valid_for_embedding``).
         """
         embedding_id, record_uuid = body["embeddingId"], body["recordId"]
         row = self.db.one("SELECT id, name FROM embeddings WHERE served = 1 AND id = ?", (embedding_id,))
@@ -159,18 +155,10 @@ class Search:
 
     def get_labeling_session(self, session_id: str) -> dict[str, Any]:
         """A stored labeling session (its record list is fixed when it is created)."""
-        row = self.db.one(
-            "SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
-            " FROM labeling_sessions WHERE id = ?",
-            (session_id,),
-        )
+        row = self.db.one("SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
+                          " FROM labeling_sessions WHERE id = ?", (session_id,))
         if row is None:
             raise ApiError(404, "SESSION_NOT_FOUND", f"no labeling session {session_id!r}")
-        return {
-            "id": row[0],
-            "embedding_id": row[1],
-            "embedding": row[2],
-            "query_record_id": row[3],
-            "record_ids": json.loads(row[4]),
-            "created_at": row[5],
-        }
+        found = dict(zip(("id", "embedding_id", "embedding", "query_record_id", "record_ids", "created_at"), row))
+        found["record_ids"] = json.loads(found["record_ids"])
+        return found

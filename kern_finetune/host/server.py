@@ -12,19 +12,10 @@ from ..web.net import is_loopback
 from ..errors import ConfigError, HostUnavailableError
 from ..web.serving import ServerThread, format_url, listening_socket
 from .app import create_app
-from .defaults import DEFAULT_DATA_DIR, DEMO_PASSWORD, DEMO_USER
+from .defaults import DEMO_PASSWORD, DEMO_USER
 from .store import HostStore
 
-__all__ = [
-    "DEMO_USER",
-    "DEMO_PASSWORD",
-    "DEFAULT_DATA_DIR",
-    "RunningHost",
-    "serve_in_thread",
-    "serve_forever",
-    "is_loopback",
-    "check_bind",
-]
+__all__ = ["RunningHost", "serve_in_thread", "serve_forever", "is_loopback", "check_bind"]
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +32,12 @@ def check_bind(host: str, user_name: str, password: str) -> None:
 class RunningHost:
     """A host serving in a background thread; ``stop()`` (or leaving the ``with`` block) shuts it down."""
 
-    def __init__(self, server: ServerThread, store: HostStore, host: str, user_name: str, *,
-                 push_extension: bool = True) -> None:
+    def __init__(self, server: ServerThread, store: HostStore, host: str, user_name: str) -> None:
         self.server = server
         self.store = store
         self.host = host
         self.port = server.port
         self.user_name = user_name
-        self.push_extension = push_extension
         self.project_id = store.project_id
         self.url = format_url(host, self.port)
 
@@ -77,8 +66,9 @@ class RunningHost:
         return f"RunningHost(url={self.url!r}, project_id={self.project_id!r})"
 
 
-def _open_store(export_path: str | Path | None, data_dir: str | Path, user_name: str, password: str,
+def _open_store(export_path: str | Path | None, data_dir: str | Path, host: str, user_name: str, password: str,
                 **kwargs: Any) -> HostStore:
+    check_bind(host, user_name, password)
     store = HostStore.open(data_dir, export_path, **kwargs)
     try:
         store.users.configure_user(user_name, password)
@@ -103,19 +93,15 @@ def serve_in_thread(
     startup_timeout: float = 30.0,
     models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> RunningHost:
-    """Start a host for the project in ``export_path`` (imported into ``data_dir`` on first use).
+    """Start a host for the project in ``export_path`` (imported into ``data_dir`` on first use; ``docs/host.md``).
 
-    ``port=0`` binds a free port; the real one is in ``RunningHost.port`` / ``.url``. ``export_path``
-    may be None when ``data_dir`` already holds a project. Raises :class:`ConfigError` /
-    :class:`~kern_finetune.errors.ExportError` for bad inputs, :class:`HostUnavailableError` when the
-    server does not come up. ``push_extension=False`` serves only what a real refinery serves (the push
-    extension's routes answer 404, see ``docs/host.md``). ``models_volumes``: ``(host folder, path inside the
-    embedder)`` pairs, the volumes refinery's embedder would have (``docs/model-door.md``).
+    ``port=0`` binds a free port (the real one is in ``.port`` / ``.url``); ``export_path`` may be None when
+    ``data_dir`` holds a project. ``models_volumes``: ``(host folder, path inside the embedder)`` pairs
+    (``docs/model-door.md``). Raises :class:`ConfigError` / :class:`~kern_finetune.errors.ExportError` for bad
+    inputs, :class:`HostUnavailableError` when the server does not come up.
     """
-    check_bind(host, user_name, password)
-    store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
-                        project_id=project_id, project_name=project_name,
-                        models_volumes=models_volumes)
+    store = _open_store(export_path, data_dir, host, user_name, password, id_attribute=id_attribute,
+                        project_id=project_id, project_name=project_name, models_volumes=models_volumes)
     try:
         sock = listening_socket(host, port)
         server = ServerThread(create_app(store, push_extension=push_extension), sock,
@@ -126,7 +112,7 @@ def serve_in_thread(
     except BaseException:
         store.close()
         raise
-    running = RunningHost(server, store, host, user_name, push_extension=push_extension)
+    running = RunningHost(server, store, host, user_name)
     log.info("host serving project %s at %s", running.project_id, running.url)
     return running
 
@@ -146,15 +132,10 @@ def serve_forever(
     on_ready: Callable[[HostStore, str], None] | None = None,
     models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C).
-
-    ``on_ready(store, url)`` runs once the server accepts connections (``url`` has the real port,
-    also for ``port=0``).
-    """
-    check_bind(host, user_name, password)
-    store = _open_store(export_path, data_dir, user_name, password, id_attribute=id_attribute,
-                        project_id=project_id, project_name=project_name,
-                        models_volumes=models_volumes)
+    """Serve in the foreground until interrupted (Ctrl-C); ``on_ready(store, url)`` runs once the server accepts
+    connections (``url`` has the real port)."""
+    store = _open_store(export_path, data_dir, host, user_name, password, id_attribute=id_attribute,
+                        project_id=project_id, project_name=project_name, models_volumes=models_volumes)
     try:
         with listening_socket(host, port) as sock:
             server = ServerThread(create_app(store, push_extension=push_extension), sock,

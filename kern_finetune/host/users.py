@@ -33,10 +33,8 @@ class Users:
         self.db = db
 
     def configure_user(self, name: str, password: str) -> None:
-        """Make ``name`` the one user of this host with ``password``.
-
-        Other users and their sessions are removed; a changed password revokes the user's sessions.
-        """
+        """Make ``name`` the one user of this host with ``password``: other users and their sessions are removed;
+        a changed password revokes the user's sessions."""
         if not name or not password:
             raise ConfigError("the host needs a user name and a non-empty password")
         with self.db.tx() as conn:

@@ -1,11 +1,8 @@
-"""In-memory vectors of served embeddings, searched as refinery's data browser searches them.
+"""In-memory vectors of served embeddings, searched as refinery's data browser searches them
+(:mod:`kern_finetune.refinery.search`: threshold, 100-result limit, Euclidean distance).
 
-The threshold, the 100-result limit and the distance are :mod:`kern_finetune.refinery.search`'s (one replay of
-refinery-gateway's ``get_records_by_similarity_search`` and refinery-neural-search's ``most_similar_by_embedding``
-/ ``calculate_threshold``); its threshold sample is seeded here by the embedding version id, so a threshold is
-reproducible. A served embedding's vectors are loaded from SQLite once and kept in a small LRU cache keyed by
-the embedding *version* id; a swap (finalize) serves a new id and the store drops the replaced id, so a search
-never sees a mix of versions.
+A version's vectors load once into a small LRU keyed by the embedding *version* id; a swap serves a new id and
+the store drops the replaced one, so a search never sees a mix of versions.
 """
 
 from __future__ import annotations
@@ -18,13 +15,7 @@ import numpy as np
 
 from ..refinery import search
 
-__all__ = ["VectorCache", "VectorIndex", "similarity_threshold"]
-
-
-def similarity_threshold(matrix: np.ndarray, *, seed: str) -> float | None:
-    """Refinery's threshold for ``matrix`` (:func:`kern_finetune.refinery.search.similarity_threshold`); None
-    when there are fewer than 2 rows (no pair to measure; the search then applies no threshold)."""
-    return None if len(matrix) < 2 else search.similarity_threshold(matrix, seed=seed)
+__all__ = ["VectorCache", "VectorIndex"]
 
 
 class VectorIndex:
@@ -36,18 +27,9 @@ class VectorIndex:
         self.sq_norms = np.einsum("ij,ij->i", self.matrix, self.matrix)
         self._row_of = {int(p): i for i, p in enumerate(positions)}
 
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __contains__(self, position: int) -> bool:
-        return position in self._row_of
-
     def search(self, position: int, *, threshold: float | None, limit: int = search.SEARCH_LIMIT) -> tuple[list[int], list[float]]:
-        """Record positions within ``threshold`` of ``position`` by Euclidean distance, nearest first, at most ``limit``.
-
-        The query record is included (distance 0, first among ties); other ties are broken by record
-        position, so answers are deterministic. A record without a vector gives no result.
-        """
+        """Record positions within ``threshold`` of ``position`` by Euclidean distance, nearest first, at most
+        ``limit``: the query first (distance 0), other ties by record position; none for a record without a vector."""
         row = self._row_of.get(position)
         if row is None:
             return [], []
@@ -67,7 +49,7 @@ class VectorIndex:
 class VectorCache:
     """A thread-safe LRU of :class:`VectorIndex` by embedding version id."""
 
-    def __init__(self, capacity: int = 4) -> None:
+    def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, VectorIndex] = OrderedDict()
         self._lock = threading.Lock()

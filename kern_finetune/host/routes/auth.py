@@ -1,15 +1,8 @@
 """Kratos-style login (``/.ory/kratos/public/...``): the API and browser login flows, their submission, ``whoami``.
 
-Ory Kratos's API flow as refinery's SDK uses it: ``GET`` a flow, ``POST`` the credentials to its
-``ui.action``; the answer carries ``session_token``, which the client sends as ``Authorization: Bearer``.
-
-The browser flow, as refinery's login page uses it (Kratos v1.1, refinery ``refinery/versions.json``):
-``GET .../self-service/login/browser`` sets a ``csrf_token_<hash>`` cookie and, asked with ``Accept:
-application/json``, answers the flow as JSON with the same token in the hidden form node ``csrf_token``
-(otherwise a 303 to the login page, ``kratos.yml`` ``selfservice.flows.login.ui_url``). Its submission must
-carry that token in the body *and* the cookie (else 403 ``security_csrf_violation``); it answers ``{"session"}``
-without a token and sets the session cookie ``ory_kratos_session``, the only credential oathkeeper accepts on
-``/refinery-gateway/**`` (refinery ``oathkeeper/oathkeeper.yml`` ``cookie_session``).
+The API flow answers ``session_token`` (sent as ``Authorization: Bearer``); the browser flow (Kratos v1.1,
+refinery ``refinery/versions.json``) checks a CSRF token in body and cookie and sets ``ory_kratos_session``,
+the only credential oathkeeper accepts on ``/refinery-gateway/**``. See ``docs/host.md``, ``docs/model-door.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +36,7 @@ LOGIN_SUBMIT_PATH = "/.ory/kratos/public/self-service/login"
 WHOAMI_PATH = "/.ory/kratos/public/sessions/whoami"
 _FLOW_TTL_S = 600
 _MAX_FLOWS = 1000
+_STATUS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 410: "Gone"}
 _INVALID_CREDENTIALS = (
     "The provided credentials are invalid, check for spelling mistakes in your password or username, "
     "email address, or phone number."
@@ -62,10 +56,7 @@ def cookie_of(request: Request) -> str | None:
 
 def token_of(request: Request) -> str | None:
     """The session token: ``Authorization: Bearer``, else the ``identifier`` or ``X-Session-Token`` header."""
-    auth = request.headers.get("authorization", "")
-    if auth[:7].lower() == "bearer " and auth[7:].strip():
-        return auth[7:].strip()
-    return request.headers.get("identifier") or request.headers.get("x-session-token") or None
+    return bearer_of(request) or request.headers.get("identifier") or request.headers.get("x-session-token") or None
 
 
 class LoginFlows:
@@ -88,19 +79,13 @@ class LoginFlows:
             self._flows[fid] = (now + _FLOW_TTL_S, csrf)
         return fid, now, now + _FLOW_TTL_S
 
-    def state(self, fid: str | None) -> str:
-        """``ok``, ``expired`` or ``unknown``."""
+    def get(self, fid: str | None) -> tuple[str, str | None]:
+        """``(state, csrf)``: ``ok``, ``expired`` or ``unknown``, and a browser flow's CSRF token (else None)."""
         with self._lock:
             found = self._flows.get(fid or "")
         if found is None:
-            return "unknown"
-        return "ok" if found[0] > time.time() else "expired"
-
-    def csrf(self, fid: str | None) -> str | None:
-        """The browser flow's CSRF token; None for an API flow (or an unknown one)."""
-        with self._lock:
-            found = self._flows.get(fid or "")
-        return None if found is None else found[1]
+            return "unknown", None
+        return "ok" if found[0] > time.time() else "expired", found[1]
 
 
 def _flow_json(request: Request, fid: str, issued: float, expires: float, messages: list[dict[str, Any]],
@@ -147,28 +132,26 @@ def _session_json(token: str, user: str, issued: float, expires: float) -> dict[
     }
 
 
+def _kratos_error(code: int, reason: str, message: str | None = None, *, error_id: str | None = None) -> JSONResponse:
+    """Kratos's JSON error ``{"error": {"id", "code", "status", "reason", "message"}}`` (id, message if given)."""
+    error: dict[str, Any] = {} if error_id is None else {"id": error_id}
+    error.update(code=code, status=_STATUS[code], reason=reason)
+    if message is not None:
+        error["message"] = message
+    return JSONResponse(status_code=code, content={"error": error})
+
+
 def _flow_refusal(state: str, flow: str | None, body: Any) -> JSONResponse | None:
     """Kratos's answer to a submission on a missing, unknown or expired flow, or with a malformed body."""
     if state == "unknown":
-        return JSONResponse(
-            status_code=400 if flow is None else 404,
-            content={"error": {"code": 400 if flow is None else 404, "status": "Bad Request" if flow is None else "Not Found",
-                               "reason": "The login flow is missing or unknown; fetch a new one.",
-                               "message": "The requested resource could not be found"}},
-        )
+        return _kratos_error(400 if flow is None else 404, "The login flow is missing or unknown; fetch a new one.",
+                             "The requested resource could not be found")
     if state == "expired":
-        return JSONResponse(
-            status_code=410,
-            content={"error": {"id": "self_service_flow_expired", "code": 410, "status": "Gone",
-                               "reason": "The login flow expired; fetch a new one.", "message": "flow expired"}},
-        )
+        return _kratos_error(410, "The login flow expired; fetch a new one.", "flow expired",
+                             error_id="self_service_flow_expired")
     if not isinstance(body, dict) or body.get("method", "password") != "password":
-        return JSONResponse(
-            status_code=400,
-            content={"error": {"code": 400, "status": "Bad Request",
-                               "reason": 'Expected a JSON body {"method": "password", "identifier", "password"}.',
-                               "message": "The request was malformed or contained invalid parameters"}},
-        )
+        return _kratos_error(400, 'Expected a JSON body {"method": "password", "identifier", "password"}.',
+                             "The request was malformed or contained invalid parameters")
     return None
 
 
@@ -190,9 +173,8 @@ def _csrf_refusal(request: Request, expected: str, body: dict[str, Any]) -> JSON
     if (isinstance(sent, str) and isinstance(cookie, str) and hmac.compare_digest(sent, expected)
             and hmac.compare_digest(cookie, expected)):
         return None
-    return JSONResponse(status_code=403, content={"error": {
-        "id": "security_csrf_violation", "code": 403, "status": "Forbidden", "reason": _CSRF_REASON,
-        "message": "the request was rejected to protect you from Cross-Site-Request-Forgery"}})
+    return _kratos_error(403, _CSRF_REASON, "the request was rejected to protect you from Cross-Site-Request-Forgery",
+                         error_id="security_csrf_violation")
 
 
 def _logged_in(request: Request, store: HostStore, identifier: str, csrf: str | None) -> JSONResponse:
@@ -222,9 +204,8 @@ def add_auth_routes(app: FastAPI, store: HostStore) -> None:
     @app.get(BROWSER_FLOW_PATH)
     def browser_flow(request: Request) -> Response:
         if store.users.session_user(cookie_of(request)) is not None:
-            return JSONResponse(status_code=400, content={"error": {
-                "id": "session_already_available", "code": 400, "status": "Bad Request",
-                "reason": "A valid session was detected and thus login is not possible."}})
+            return _kratos_error(400, "A valid session was detected and thus login is not possible.",
+                                 error_id="session_already_available")
         csrf = secrets.token_urlsafe(32)
         fid, issued, expires = flows.new(csrf)
         if "application/json" in request.headers.get("accept", ""):
@@ -237,10 +218,10 @@ def add_auth_routes(app: FastAPI, store: HostStore) -> None:
 
     @app.post(LOGIN_SUBMIT_PATH)
     def login_submit(request: Request, flow: str | None = Query(None), body: Any = Body(None)) -> JSONResponse:
-        refusal = _flow_refusal(flows.state(flow), flow, body)
+        state, csrf = flows.get(flow)
+        refusal = _flow_refusal(state, flow, body)
         if refusal is not None:
             return refusal
-        csrf = flows.csrf(flow)
         if csrf is not None:
             refusal = _csrf_refusal(request, csrf, body)
             if refusal is not None:
@@ -265,6 +246,5 @@ def add_auth_routes(app: FastAPI, store: HostStore) -> None:
         token = token_of(request) or cookie_of(request)
         found = store.users.session_user(token)
         if found is None or token is None:
-            return JSONResponse(status_code=401, content={"error": {"code": 401, "status": "Unauthorized",
-                                                                    "reason": "No valid session credentials found."}})
+            return _kratos_error(401, "No valid session credentials found.")
         return JSONResponse(content=_session_json(token, *found))

@@ -13,19 +13,10 @@ from fastapi.responses import JSONResponse
 
 from ..api_errors import ApiError
 from ..store import HostStore
+from ..values import is_text
 
-__all__ = [
-    "AsciiJSONResponse",
-    "PROXY_PREFIX",
-    "GATEWAY_PREFIX",
-    "PROJECT_PREFIX",
-    "api_error",
-    "proxy_error",
-    "oathkeeper_error",
-    "iso",
-    "request_user",
-    "check_project",
-]
+__all__ = ["AsciiJSONResponse", "PROXY_PREFIX", "GATEWAY_PREFIX", "PROJECT_PREFIX", "api_error", "proxy_error",
+           "oathkeeper_body", "oathkeeper_error", "iso", "request_user", "check_project", "strict_str_errors"]
 
 PROXY_PREFIX = "/api/"
 GATEWAY_PREFIX = "/refinery-gateway/"
@@ -50,12 +41,16 @@ def proxy_error(status: int, code: str) -> JSONResponse:
     return AsciiJSONResponse(status_code=status, content={"error_code": code})
 
 
-def oathkeeper_error(status: int) -> JSONResponse:
+def oathkeeper_body(status: int, reason: str | None = None) -> dict[str, Any]:
     """Oathkeeper's JSON error (herodot ``DefaultError`` in ``{"error": ...}``; ory/oathkeeper ``helper/errors.go``)."""
     message = {401: "Access credentials are invalid", 404: "Requested url does not match any rules"}[status]
-    reason = {401: "Unauthorized", 404: "Not Found"}[status]
-    return AsciiJSONResponse(status_code=status, content={"error": {
-        "code": status, "status": reason, "request": str(uuid.uuid4()), "message": message}})
+    error = {"code": status, "status": {401: "Unauthorized", 404: "Not Found"}[status], "request": str(uuid.uuid4()),
+             "message": message}
+    return {"error": error if reason is None else dict(error, reason=reason)}
+
+
+def oathkeeper_error(status: int) -> JSONResponse:
+    return AsciiJSONResponse(status_code=status, content=oathkeeper_body(status))
 
 
 def iso(ts: float) -> str:
@@ -72,3 +67,16 @@ def check_project(store: HostStore, project_id: str) -> None:
     """404 PROJECT_NOT_FOUND unless ``project_id`` is the project this host serves (compared in constant time)."""
     if not secrets.compare_digest(project_id.encode(), store.project_id.encode()):
         raise ApiError(404, "PROJECT_NOT_FOUND", "this host serves another project")
+
+
+def strict_str_errors(body: Any, keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    """pydantic 1.10's errors for a body model whose ``keys`` are ``StrictStr`` (here also valid UTF-8)."""
+    if not isinstance(body, dict):
+        return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    errors = []
+    for key in keys:
+        if key not in body:
+            errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
+        elif not isinstance(body[key], str) or not is_text(body[key]):
+            errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
+    return errors

@@ -16,17 +16,15 @@ __all__ = ["EXTENSION_PATH", "add_extension_routes"]
 
 EXTENSION_PATH = re.compile(r"^/api/project/[^/]+/(?:embeddings|similarity|labeling-sessions|labels)(?:/|$)")
 """The paths the extension serves (its validation errors have the extension's error shape)."""
-_MANUAL_SOURCES = {"manual": "MANUAL"}
-_WEAK_SOURCES = {s: "WEAK_SUPERVISION" for s in ("weak_supervision", "model_callback", "information_source")}
+_SOURCES = {"manual": "MANUAL", "weak_supervision": "WEAK_SUPERVISION", "model_callback": "WEAK_SUPERVISION",
+            "information_source": "WEAK_SUPERVISION"}
 
 
 def _source(value: Any) -> str:
-    key = value.lower() if isinstance(value, str) else None
-    if key in _MANUAL_SOURCES:
-        return _MANUAL_SOURCES[key]
-    if key in _WEAK_SOURCES:
-        return _WEAK_SOURCES[key]
-    raise ApiError(422, "INVALID_REQUEST", "source_type: use MANUAL, WEAK_SUPERVISION or MODEL_CALLBACK")
+    found = _SOURCES.get(value.lower()) if isinstance(value, str) else None
+    if found is None:
+        raise ApiError(422, "INVALID_REQUEST", "source_type: use MANUAL, WEAK_SUPERVISION or MODEL_CALLBACK")
+    return found
 
 
 def _search_args(body: Any) -> tuple[Any, Any, Any]:

@@ -1,16 +1,8 @@
-"""refinery-gateway's attribute and embedding routes, as the browser session reaches them (the model door).
+"""refinery-gateway's attribute and embedding routes behind the browser session (the model door,
+``docs/model-door.md``), at ``/refinery-gateway/api/v1/...`` (the gateway mounts its app under ``/api``).
 
-``/refinery-gateway/api/v1/...``: oathkeeper strips ``/refinery-gateway/`` and the gateway mounts its FastAPI
-app under ``/api`` (refinery-gateway ``app.py``, ``route_prefix.py``). The gate in :mod:`kern_finetune.host.app`
-lets only a valid ``ory_kratos_session`` cookie through. Each route depends on ``check_project_access_dep``
-(``controller/auth/manager.py``): a project id that is not 36 characters, or not a project of the user's
-organisation, raises inside the gateway and ``middleware/database_session.py`` answers ``500`` with the
-plain text ``An error occurred``; this host's user's organisation holds the one project it serves.
-
-- ``GET .../attribute/{project}/all-attributes`` (``fast_api/routes/attribute.py``);
-- ``GET .../embedding/{project}/embeddings-by-project``, ``POST .../create-embedding``,
-  ``DELETE .../{embedding}/delete-embedding`` (``fast_api/routes/embedding.py``), computed by
-  :mod:`kern_finetune.host.model_embeddings`.
+Each route depends on ``check_project_access_dep`` (``controller/auth/manager.py``): a project id that is not
+36 characters or not of the user's organisation answers the gateway's plain ``500 An error occurred``.
 """
 
 from __future__ import annotations
@@ -23,8 +15,7 @@ from fastapi.responses import PlainTextResponse, Response
 
 from ..api_errors import GatewayError
 from ..store import HostStore
-from ..values import is_text
-from .common import GATEWAY_PREFIX, AsciiJSONResponse
+from .common import GATEWAY_PREFIX, AsciiJSONResponse, strict_str_errors
 
 __all__ = ["add_gateway_routes", "GATEWAY_API", "generic_failure"]
 
@@ -39,19 +30,6 @@ def generic_failure() -> Response:
 def _org_project(store: HostStore, project_id: str) -> bool:
     """``check_project_access_dep``: 36 characters and a project of the user's organisation."""
     return len(project_id) == 36 and secrets.compare_digest(project_id.encode(), store.project_id.encode())
-
-
-def _body_errors(body: Any) -> list[dict[str, Any]]:
-    """``CreateEmbeddingBody`` (``fast_api/models.py``): ``attribute_id`` and ``config``, both ``StrictStr``."""
-    if not isinstance(body, dict):
-        return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
-    errors = []
-    for key in ("attribute_id", "config"):
-        if key not in body:
-            errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
-        elif not isinstance(body[key], str) or not is_text(body[key]):
-            errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
-    return errors
 
 
 def add_gateway_routes(app: FastAPI, store: HostStore) -> None:
@@ -80,7 +58,7 @@ def add_gateway_routes(app: FastAPI, store: HostStore) -> None:
     def create_embedding(project_id: str, body: Any = Body(None)) -> Response:
         if not _org_project(store, project_id):
             return generic_failure()
-        errors = _body_errors(body)
+        errors = strict_str_errors(body, ("attribute_id", "config"))  # CreateEmbeddingBody (fast_api/models.py)
         if errors:
             return AsciiJSONResponse(status_code=422, content={"detail": errors})
         try:

@@ -1,9 +1,5 @@
-"""refinery-gateway-proxy's project routes: project details, the record export, the SDK's associations.
-
-The gate (:func:`kern_finetune.host.app.create_app`) has checked the user; then the project (404). The proxy's
-``handle_response`` passes a gateway 200 through, turns 404 into ``{"error_code": "PROJECT_NOT_FOUND"}`` and
-403 into ``FORBIDDEN_USER``, and answers every other gateway status with ``200`` and body ``null``.
-"""
+"""refinery-gateway-proxy's project routes: project details, the record export, the SDK's associations
+(``docs/host.md``, "Routes refinery has")."""
 
 from __future__ import annotations
 
@@ -27,7 +23,8 @@ _ASSOCIATION_KEYS = ("associations", "indices", "name", "label_task_name", "sour
 
 
 def _proxied(call: Callable[..., Any], *args: Any, **kwargs: Any) -> JSONResponse:
-    """Run a "gateway" call and answer as the proxy's ``handle_response`` does."""
+    """Run a "gateway" call and answer as the proxy's ``handle_response`` does: 200 passed through, 404
+    ``PROJECT_NOT_FOUND``, 403 ``FORBIDDEN_USER``, any other status ``200 null``."""
     try:
         return AsciiJSONResponse(content=call(*args, **kwargs))
     except ApiError as exc:
@@ -79,8 +76,7 @@ def add_proxy_routes(app: FastAPI, store: HostStore) -> None:
 
     @app.post(PROJECT_PREFIX + "/associations")
     def post_associations(project_id: str, body: Any = Body(None), user: str = Depends(request_user)) -> JSONResponse:
-        """The proxy forwards ``associations, indices, name, label_task_name, source_type`` (a missing key is a
-        KeyError there, a 500; here 422)."""
+        """A missing key of the forwarded body is a KeyError (500) in the proxy; here 422."""
         if not isinstance(body, dict) or any(k not in body for k in _ASSOCIATION_KEYS):
             return AsciiJSONResponse(status_code=422, content={"detail": [
                 {"loc": ["body"], "msg": f"a JSON object with {', '.join(_ASSOCIATION_KEYS)}",

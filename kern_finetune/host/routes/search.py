@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from ..api_errors import ApiError
 from ..store import HostStore
 from ..values import is_text
-from .common import GATEWAY_PREFIX, AsciiJSONResponse, check_project, request_user
+from .common import GATEWAY_PREFIX, AsciiJSONResponse, check_project, request_user, strict_str_errors
 
 __all__ = ["add_search_routes"]
 
@@ -22,14 +22,9 @@ def _similarity_body_errors(body: Any) -> list[dict[str, Any]]:
     """``SearchRecordsBySimilarityBody`` (refinery-gateway ``fast_api/models.py``): ``embeddingId`` and
     ``recordId`` StrictStr; ``attFilter`` a JSON string or null (the route ``json.loads`` it); ``recordSubKey``
     null here (the host serves attribute-level embeddings only)."""
+    errors = strict_str_errors(body, ("embeddingId", "recordId"))
     if not isinstance(body, dict):
-        return [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
-    errors = []
-    for key in ("embeddingId", "recordId"):
-        if key not in body:
-            errors.append({"loc": ["body", key], "msg": "field required", "type": "value_error.missing"})
-        elif not isinstance(body[key], str) or not is_text(body[key]):
-            errors.append({"loc": ["body", key], "msg": "str type expected", "type": "type_error.str"})
+        return errors
     att = body.get("attFilter")
     if att:
         ok = isinstance(att, str) and is_text(att)
