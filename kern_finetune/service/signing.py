@@ -1,9 +1,4 @@
-"""Webhook signatures: ``X-Kern-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``.
-
-Built by :func:`sign`, checked by :func:`verify_signature` with :func:`hmac.compare_digest`; timestamps more
-than :data:`TOLERANCE_S` seconds away from the service's clock are refused. The shared secret comes from
-:func:`load_secret`.
-"""
+"""Webhook signatures (``X-Kern-Signature``, docs/triggers.md) and the shared secret."""
 
 from __future__ import annotations
 

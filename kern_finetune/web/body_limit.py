@@ -47,7 +47,8 @@ def _default_render(status: int, detail: str) -> dict[str, Any]:
 class BodyLimit:
     """ASGI middleware: refuse request bodies over the limit (see the module docstring).
 
-    ``render(status, detail)`` makes the JSON error body; ``is_authenticated`` runs in a worker thread (it may
+    ``render(status, detail)`` makes the JSON error body (default: the service's ``{"error", "detail"}``);
+    ``is_authenticated`` runs in a worker thread (it may
     query a database) and only for requests whose body passes ``anonymous_max_bytes``."""
 
     def __init__(
