@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..web.net import check_project_id
 from ..web.serving import atomic_write_text
 
 PASSWORD_ENV = "KERN_HOST_PASSWORD"
@@ -107,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     if args.project_id is not None:
-        from ..web.net import check_project_id
-
         check_project_id(args.project_id, where="--project-id")
     user_name, password = _credentials(args)
     volumes = _volumes(args.models_volume)
