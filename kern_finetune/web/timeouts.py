@@ -30,10 +30,6 @@ log = logging.getLogger(__name__)
 AMBIGUOUS_FRAMING = "request has both Content-Length and Transfer-Encoding; send one of them"
 
 
-class _AmbiguousFraming(h11.RemoteProtocolError):
-    pass
-
-
 class _GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the module docstring's rules; the limits are class attributes."""
 
@@ -56,7 +52,7 @@ class _GuardedH11Protocol(H11Protocol):
                 names = {name.lower() for name, _ in event.headers}
                 if b"content-length" in names and b"transfer-encoding" in names:
                     self._framing_error = True
-                    raise _AmbiguousFraming(AMBIGUOUS_FRAMING)
+                    raise h11.RemoteProtocolError(AMBIGUOUS_FRAMING)  # uvicorn answers 400 and closes
             return event
 
         self.conn.next_event = checked_next_event  # type: ignore[method-assign]
