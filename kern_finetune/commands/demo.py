@@ -1,29 +1,5 @@
-"""``kern-finetune demo``: the whole loop on this machine, over HTTP.
-
-1. start the local refinery-compatible host on 127.0.0.1 with the bundled AG News sample export;
-2. ``sync`` against it: pull the export, fine-tune from the manual + confident weak labels, push the
-   fine-tuned embedding through the local host's push extension (the ``api`` door,
-   docs/push-contract.md; a real refinery has no such door); then the model door as a cron sync runs it
-   against a real refinery, on a seeded slice: v1 written into the embedder's volume and computed by the
-   host as refinery's embedder computes it, labelers add labels, the next sync writes v2 and deletes v1 once
-   v2 is FINISHED (docs/model-door.md);
-3. push the raw base vectors too (as ``<attribute>-classification-huggingface-<base model>``, what
-   refinery would compute from the base model), so the host can search with both;
-4. print the before/after table (top-k same-class neighbours on the test records, judged by the gold
-   attribute) and, for seeded test records, what the host's similarity search returns with the raw
-   vs the fine-tuned embedding.
-
-The host search is the one refinery's data browser runs (``POST /api/project/{id}/similarity`` of the
-local host, docs/push-contract.md): at most 100 records within the embedding's similarity threshold,
-the query record first. Per embedding the demo reports, over the seeded test queries and not counting
-the query record itself: ``search_results_*`` (mean neighbours returned), ``search_same_class_*`` (mean
-neighbours sharing the query's class) and ``search_precision_*`` (the share of all returned neighbours
-that share it, in %). A host that leaves the query out and applies no threshold gives 100 neighbours.
-
-A neighbour's class is its gold value; for training records without one, it is the label the record
-was trained on, translated to its gold value (:func:`kern_finetune.labels.select.gold_to_class`, when that
-translation is one-to-one). ``*_gold_only`` counts only neighbours whose gold is known.
-"""
+"""``kern-finetune demo``: the whole loop on this machine, over HTTP (the steps and the figures it reports:
+docs/host.md, "kern-finetune demo")."""
 
 from __future__ import annotations
 
@@ -71,7 +47,7 @@ def _sample_export(src: Path, n: int, dst: Path, seed: int) -> Path:
 
 
 def _classes(sel: Any) -> tuple[list[str | None], str]:
-    """Class per record: gold, else its training label mapped to gold (see module doc)."""
+    """Class per record: gold, else its training label mapped to gold when that mapping is one-to-one."""
     mapping = gold_to_class(sel)
     one_to_one = mapping is not None and len(mapping) == len(sel.classes)
     to_gold = {c: g for g, c in mapping.items()} if one_to_one and mapping is not None else {}
@@ -216,41 +192,40 @@ def _demo(args: argparse.Namespace) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    top = run.metrics.get("top_k", {})
-    verdict = run.metrics.get("verdict") or {}
-    if not args.json:
-        _print_outcome(run.metrics, raw_s, ft_s, len(queries), how)
-        print(f"pushed {result.push.name!r} and {raw_name!r} to the demo's host (gone now); outputs in {args.out}")
-        from ..console import say_next
+    if args.json:
+        print(json.dumps(_json_line(run.metrics, raw_s, ft_s, len(queries), result.push.name, raw_name, len(run.ids))))
+        return 0
+    _print_outcome(run.metrics, raw_s, ft_s, len(queries), how)
+    print(f"pushed {result.push.name!r} and {raw_name!r} to the demo's host (gone now); outputs in {args.out}")
+    from ..console import say_next
 
-        for door_line in door_lines:
-            print(door_line)
-        say_next(print, args.out, "demo")
-    line = {
-        "top_1k_raw": top.get("raw", {}).get("1000"),
-        "top_1k_finetuned": top.get("finetuned", {}).get("1000"),
-        "top_k": top,
-        "search_results_raw": raw_s.results,
-        "search_results_finetuned": ft_s.results,
-        "search_same_class_raw": raw_s.same_class,
-        "search_same_class_finetuned": ft_s.same_class,
-        "search_same_class_gold_only_raw": raw_s.same_class_gold_only,
-        "search_same_class_gold_only_finetuned": ft_s.same_class_gold_only,
-        "search_precision_raw": raw_s.precision,
-        "search_precision_finetuned": ft_s.precision,
+    for door_line in door_lines:
+        print(door_line)
+    say_next(print, args.out, "demo")
+    return 0
+
+
+def _json_line(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFigures, n_queries: int, embedding: str,
+               raw_embedding: str, n_records: int) -> dict[str, Any]:
+    """``--json``'s headline numbers."""
+    top = metrics.get("top_k", {})
+    verdict = metrics.get("verdict") or {}
+    line = {"top_1k_raw": top.get("raw", {}).get("1000"), "top_1k_finetuned": top.get("finetuned", {}).get("1000"),
+            "top_k": top}
+    for figure in ("results", "same_class", "same_class_gold_only", "precision"):
+        line[f"search_{figure}_raw"] = getattr(raw_s, figure)
+        line[f"search_{figure}_finetuned"] = getattr(ft_s, figure)
+    return line | {
         "search_query_included": raw_s.query_included and ft_s.query_included,
-        "search_queries": len(queries),
+        "search_queries": n_queries,
         "search_limit": SEARCH_LIMIT,
         "verdict": verdict.get("verdict"),
         "verdict_same_class": (verdict.get("new") or {}).get("same_class"),
         "verdict_first_screen_same": (verdict.get("new") or {}).get("first_screen_same"),
-        "embedding": result.push.name,
-        "raw_embedding": raw_name,
-        "n_records": len(run.ids),
+        "embedding": embedding,
+        "raw_embedding": raw_embedding,
+        "n_records": n_records,
     }
-    if args.json:
-        print(json.dumps(line))
-    return 0
 
 
 DESCRIPTION = """\

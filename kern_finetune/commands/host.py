@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..web.net import check_project_id
 from ..web.serving import atomic_write_text
 
 PASSWORD_ENV = "KERN_HOST_PASSWORD"
@@ -18,10 +19,8 @@ PASSWORD_ENV = "KERN_HOST_PASSWORD"
 HELP = "serve a project from an export file as a local refinery-compatible host"
 DESCRIPTION = f"""\
 Serve ONE refinery project from a record export (.json, .json.gz) or a project snapshot (.zip) over
-HTTP, answering as a self-hosted refinery answers: Kratos login, project details, the record export,
-the SDK's associations, the data browser's similarity search; plus kern-finetune's push extension
-(embeddings, similarity search by record id, labeling sessions, labels: an extension a refinery-compatible
-host may implement, not refinery's API), which --no-push-extension switches off (docs/host.md).
+HTTP, answering as a self-hosted refinery answers, plus kern-finetune's push extension (not refinery's
+API; --no-push-extension switches it off). What it answers: docs/host.md.
 
 State (records, labels, users, embeddings) lives in SQLite under --data-dir; the export is imported
 once, on the first start, and a restart keeps everything.
@@ -107,8 +106,6 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
     if args.project_id is not None:
-        from ..web.net import check_project_id
-
         check_project_id(args.project_id, where="--project-id")
     user_name, password = _credentials(args)
     volumes = _volumes(args.models_volume)

@@ -118,32 +118,30 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..refinery.export import load_export
-    from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
-
-    config = config_from_args(args)
-    from ..refinery.reader import is_zip
-
-    if args.write_snapshot is not None and not is_zip(args.export):
-        raise ConfigError(f"--write-snapshot needs --export to be a refinery project snapshot (.zip), got {args.export}")
-    if args.write_snapshot is not None:  # before any work: never the input, never inside --out, writable
-        from ..refinery.snapshot import check_snapshot_dst
-
-        check_snapshot_dst(args.write_snapshot, src=args.export, out_dir=args.out)
     from ..console import say_next
     from ..evaluation.verdict import current_from_export
+    from ..pipeline import run_pipeline  # heavy imports (torch, sklearn) only when running
+    from ..refinery.export import load_export
+    from ..refinery.reader import is_zip
+    from ..refinery.snapshot import check_snapshot_dst
 
+    config = config_from_args(args)
+    if args.write_snapshot is not None:  # before any work: a snapshot in; never the input, never inside --out
+        if not is_zip(args.export):
+            raise ConfigError("--write-snapshot needs --export to be a refinery project snapshot (.zip), "
+                              f"got {args.export}")
+        check_snapshot_dst(args.write_snapshot, src=args.export, out_dir=args.out)
     records = load_export(args.export)
     current = current_from_export(args.export, records, config.id_attribute)
     result = run_pipeline(records, config, out_dir=args.out, progress=print, current=current)
     if args.write_snapshot is not None:
         _write_snapshot(args, config, records, result)
-    if not args.json:
+    if args.json:
+        print(json.dumps({k: result.metrics[k] for k in ("n_train", "n_val", "n_test", "chance", "top_k", "seconds")}))
+    else:
         say_next(print, result.out_dir, door="snapshot" if args.write_snapshot is not None else "run",
                  written=args.write_snapshot, embedding=result.embedding_name, verdict=result.metrics.get("verdict"),
                  export_is_snapshot=is_zip(args.export))
-    if args.json:
-        print(json.dumps({k: result.metrics[k] for k in ("n_train", "n_val", "n_test", "chance", "top_k", "seconds")}))
     return 0
 
 

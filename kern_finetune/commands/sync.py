@@ -1,8 +1,5 @@
-"""``kern-finetune sync``: pull a project's labels from a refinery host; when they changed, fine-tune
-and write the embedding through a door: ``api`` (the push extension of ``docs/push-contract.md``,
-proposed for refinery's issues #24/#48; ``kern-finetune host`` implements it, refinery does not),
-``snapshot`` (a snapshot zip to import in refinery's UI) or ``model`` (a model folder for refinery's
-embedder)."""
+"""``kern-finetune sync``: pull a project's labels from a refinery host; when they changed, fine-tune and write
+the embedding through a door (the doors: the epilog below)."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ from ..config import BASIC_OPTIONS, SYNC_TIME_BUDGET, RunConfig
 from ..errors import ConfigError
 from ..refinery.model_door import DEFAULT_MOUNT, ModelDoorTarget
 from ..refinery.api import ENV_PASSWORD, ENV_PROJECT, ENV_URI, ENV_USER, RefineryClient, client_from_options
-from ..sync import DOORS, sync_project
+from ..sync import DOORS, SyncResult, sync_project
 from .run import BASIC_TITLE, add_help_all, add_run_options, advanced, config_from_args
 
 __all__ = ["register", "add_host_options", "client_from_args"]
@@ -92,14 +89,13 @@ def _sync(args: argparse.Namespace) -> int:
     return 0
 
 
-def _say_next(result: object, out: Path) -> None:
+def _say_next(result: SyncResult, out: Path) -> None:
     """The closing lines: the report and the next step for the door this sync used."""
     from ..console import say_next
 
-    status, door = getattr(result, "status"), getattr(result, "door")
-    step = {"up-to-date": "up-to-date", "kept": "kept", "created": "created", "pushed": "api"}.get(status, door)
-    say_next(print, out, step, written=getattr(result, "written"), embedding=getattr(result, "embedding"),
-             verdict=getattr(result, "verdict"))
+    step = {"up-to-date": "up-to-date", "kept": "kept", "created": "created", "pushed": "api"}.get(result.status,
+                                                                                                 result.door)
+    say_next(print, out, step, written=result.written, embedding=result.embedding, verdict=result.verdict)
 
 
 def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:

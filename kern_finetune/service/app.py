@@ -28,10 +28,6 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status)
 
 
-def _render_limit_error(status: int, detail: str) -> dict[str, Any]:
-    return {"error": "payload_too_large" if status == 413 else "bad_request", "detail": detail}
-
-
 async def _authenticated_body(request: Request, secret: bytes) -> bytes | JSONResponse:
     """The raw body when the signature fits it, else the 401 answer."""
     body = await request.body()  # BodyLimit ends the request with 413 past max_body_bytes
@@ -91,7 +87,7 @@ def create_app(store: JobStore, secret: bytes, *, worker: JobWorker | None = Non
     """The FastAPI application (signature checks, size limit, job endpoints)."""
     app = FastAPI(title="kern-finetune triggers", docs_url=None, redoc_url=None, openapi_url=None)
     # the size limit is enforced while the body streams in, before the signature is checked
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, render=_render_limit_error)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

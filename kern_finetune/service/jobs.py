@@ -1,34 +1,10 @@
 """The webhook service's job store: one SQLite file, safe across threads and process restarts.
 
-A job is one sync of one project. States::
-
-    queued -> running -> succeeded | up_to_date | failed
-
-``up_to_date`` means the sync found no new labels and neither trained nor pushed.
-
-Coalescing: a project's jobs run one at a time, in the order they were queued, and a trigger joins an
-active (queued or running) job only when it asks for the same sync: the same options (compared as the
-worker would run them, :func:`job_config`: ``{"epochs": 30}`` is ``{}``), ``force`` and
-``min_new_labels``.
-
-- The same settings as a *queued* job: answered with that job (it reads the export when it starts, so it
-  will see the newest labels).
-- The same settings as the *running* job (and none queued with them): answered with that job, marked
-  ``rerun_requested``: the labels that arrived after it read the export are not lost, because when it ends
-  the store queues exactly one follow-up job with its settings (its id is in ``followed_by``).
-- Other settings: a new job, queued after the project's active ones (``follows`` names the one it waits
-  for). Why queued rather than refused with 409: the caller asked for a different sync (another loss, a
-  forced retrain) that the active job will not do, and webhook senders do not retry a refusal, so a 409
-  would drop the request; merging it into the active job would run one caller's sync under the other's
-  name. Queued, each caller gets the job that runs exactly what it asked for, in order. At most
-  :data:`MAX_QUEUED_PER_PROJECT` jobs of one project wait at once; a trigger with yet other settings is
-  then refused (:class:`QueueFullError`, the service's 409) with the reason.
-
-Restarts: every connection is short-lived and every state change is one transaction, so a killed
-service leaves at worst a job in ``running``. :meth:`JobStore.recover` (called at start-up) re-queues
-such a job (a sync is idempotent: unchanged labels end as ``up_to_date``) unless it was already
-interrupted :data:`MAX_ATTEMPTS` times, in which case it is marked failed with the reason
-``"interrupted by service restart"``, so that a job that kills the service cannot loop forever.
+A job is one sync of one project: ``queued -> running -> succeeded | up_to_date | failed``. A project's jobs
+run one at a time, in order; a trigger joins an active job only when it asks for the same sync (the options
+as the worker would run them, :func:`job_config`; ``force``; ``min_new_labels``), else it queues after them
+(:meth:`JobStore.submit`). Every state change is one transaction, so a killed service leaves at worst a job
+``running``, which :meth:`JobStore.recover` re-queues or fails. Why, and what callers see: docs/triggers.md.
 """
 
 from __future__ import annotations
@@ -75,7 +51,7 @@ MAX_ATTEMPTS = 2
 """How many times a job may start; a job interrupted by a restart on its last attempt is failed."""
 INTERRUPTED_REASON = "interrupted by service restart"
 MAX_QUEUED_PER_PROJECT = 8
-"""Jobs of one project that may wait at once (each with settings of its own, see the module docstring)."""
+"""Jobs of one project that may wait at once (each with settings of its own)."""
 _MAX_LOG_LINES = 50
 
 _SCHEMA = """
@@ -184,26 +160,11 @@ class Job:
 
 
 def _row_to_job(row: sqlite3.Row) -> Job:
-    return Job(
-        id=row["id"],
-        project_id=row["project_id"],
-        options=json.loads(row["options"]),
-        force=bool(row["force"]),
-        min_new_labels=int(row["min_new_labels"]),
-        state=row["state"],
-        stage=row["stage"],
-        log=json.loads(row["log"] or "[]"),
-        created_at=row["created_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        attempts=row["attempts"],
-        restarts=row["restarts"],
-        rerun_requested=bool(row["rerun_requested"]),
-        followed_by=row["followed_by"],
-        follows=row["follows"],
-        result=json.loads(row["result"]) if row["result"] else None,
-        error=row["error"],
-    )
+    data = dict(row)  # the columns are Job's fields
+    data.update(options=json.loads(data["options"]), log=json.loads(data["log"] or "[]"), force=bool(data["force"]),
+                rerun_requested=bool(data["rerun_requested"]),
+                result=json.loads(data["result"]) if data["result"] else None)
+    return Job(**data)
 
 
 class JobStore:
@@ -271,8 +232,9 @@ class JobStore:
     ) -> tuple[Job, bool]:
         """Queue a sync of ``project_id``, or return the project's active job that does the same sync.
 
-        Returns ``(job, created)``. A running job with the same settings is marked ``rerun_requested``;
-        other settings queue a new job after the active ones (see the module docstring), or raise
+        Returns ``(job, created)``. A queued job with the same settings is preferred; a running one is marked
+        ``rerun_requested`` (:meth:`finish` then queues one follow-up, so labels that came after it read the
+        export are not lost). Other settings queue a new job after the active ones (``follows``), or raise
         :class:`QueueFullError` when :data:`MAX_QUEUED_PER_PROJECT` of the project's jobs already wait."""
         wanted = _settings(options, force, min_new_labels)
         with self._transaction() as conn:
@@ -351,10 +313,10 @@ class JobStore:
         with self._wakeup:
             self._wakeup.wait(timeout)
 
-    def progress(self, job_id: str, message: str, *, stage: bool = True) -> None:
-        """Record a progress message: it joins the job's (bounded) log and, with ``stage``, becomes its stage."""
+    def progress(self, job_id: str, message: str) -> None:
+        """Record a progress message: it joins the job's (bounded) log and becomes its stage."""
         with self._transaction() as conn:
-            self._append_log(conn, job_id, message, stage=stage)
+            self._append_log(conn, job_id, message)
 
     @staticmethod
     def _append_log(conn: sqlite3.Connection, job_id: str, message: str, *, stage: bool = True) -> None:

@@ -8,11 +8,15 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import RunConfig
 
+if TYPE_CHECKING:
+    from ..sync import SyncResult
+
 __all__ = ["JobContext", "JobRunner", "default_runner", "jsonable"]
+
 
 @dataclass
 class JobContext:
@@ -84,34 +88,29 @@ def default_runner(secrets_path: str | Path) -> JobRunner:
     return _run
 
 
-def _sync_result_to_dict(result: Any) -> dict[str, Any]:
-    """Map a :class:`kern_finetune.sync.SyncResult` onto the runner's result mapping.
-
-    ``up_to_date`` from its status (``kept``: the verdict said the new embedding is worse, nothing was written,
-    ``message`` says why; ``verdict`` holds it); the run's metrics without the private plot data (keys starting
-    with ``_``); never the vectors."""
-    status = str(getattr(result, "status", ""))
+def _sync_result_to_dict(result: SyncResult) -> dict[str, Any]:
+    """A sync's result as the job's: ``up_to_date`` from its status (``kept``: the verdict said worse, nothing
+    was written, ``message`` says why); the run's metrics without the private plot data (keys starting with
+    ``_``); never the vectors."""
     out: dict[str, Any] = {
-        "status": status,
-        "up_to_date": status.replace("-", "_") == "up_to_date",
-        "message": getattr(result, "message", None),
-        "changed_labels": getattr(result, "changed_labels", None),
-        "n_labels": getattr(result, "n_labels", None),
-        "fingerprint": getattr(result, "fingerprint", None),
-        "previous_fingerprint": getattr(result, "previous_fingerprint", None),
-        "verdict": jsonable(getattr(result, "verdict", None)),
+        "status": result.status,
+        "up_to_date": result.status == "up-to-date",
+        "message": result.message,
+        "changed_labels": result.changed_labels,
+        "n_labels": result.n_labels,
+        "fingerprint": result.fingerprint,
+        "previous_fingerprint": result.previous_fingerprint,
+        "verdict": jsonable(result.verdict),
     }
-    run = getattr(result, "run", None)
+    run = result.run
     if run is not None:
-        metrics = getattr(run, "metrics", None) or {}
+        metrics = run.metrics
         out["metrics"] = jsonable({k: v for k, v in metrics.items() if not str(k).startswith("_")})
-        out["embedding_name"] = getattr(run, "embedding_name", None)
-        out["out_dir"] = str(getattr(run, "out_dir", ""))
+        out["embedding_name"] = run.embedding_name
+        out["out_dir"] = str(run.out_dir)
         seconds = metrics.get("seconds")
         if isinstance(seconds, Mapping):
             out["timings"] = jsonable(seconds)
-    push = getattr(result, "push", None)
-    if push is not None:
-        out["push"] = jsonable(push)
+    if result.push is not None:
+        out["push"] = jsonable(result.push)
     return out
-

@@ -1,9 +1,4 @@
-"""Webhook signatures: ``X-Kern-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``.
-
-Built by :func:`sign`, checked by :func:`verify_signature` with :func:`hmac.compare_digest`; timestamps more
-than :data:`TOLERANCE_S` seconds away from the service's clock are refused. The shared secret comes from
-:func:`load_secret`.
-"""
+"""Webhook signatures (``X-Kern-Signature``, docs/triggers.md) and the shared secret."""
 
 from __future__ import annotations
 
@@ -56,11 +51,8 @@ def _digest(secret: bytes, timestamp: int, body: bytes) -> str:
 
 
 def sign(secret: str | bytes, body: str | bytes, timestamp: int | None = None) -> str:
-    """The ``X-Kern-Signature`` value for ``body`` (the exact bytes sent; ``b""`` for a GET).
-
-    >>> sign("0123456789abcdef", b'{"project_id": "p1"}', timestamp=1700000000)
-    't=1700000000,v1=a8b1...'  # doctest: +SKIP
-    """
+    """The ``X-Kern-Signature`` value, ``t=<timestamp>,v1=<hex>``, for ``body`` (the exact bytes sent; ``b""`` for
+    a GET); ``timestamp`` defaults to now."""
     ts = int(time.time()) if timestamp is None else int(timestamp)
     return f"t={ts},v1={_digest(as_bytes(secret), ts, as_bytes(body))}"
 

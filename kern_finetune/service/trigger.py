@@ -23,9 +23,7 @@ def validate_trigger(payload: Any) -> tuple[str, dict[str, Any], bool, int]:
     project_id = payload.get("project_id")
     if not is_project_id(project_id):  # the whole string: "abc\n" is not "abc"
         raise ConfigError("project_id must be a string of 1-128 letters, digits, '_', '.', '-'")
-    options = payload.get("options", {})
-    if options is None:
-        options = {}
+    options = {} if payload.get("options") is None else payload["options"]
     if not isinstance(options, dict):
         raise ConfigError("options must be a JSON object of RunConfig fields")
     RunConfig.from_options(options, trigger=True)  # names, JSON types, values; cache_dir is the service's

@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 
 
 class JobWorker:
-    """The one thread that runs queued jobs, oldest first."""
-
     def __init__(self, store: JobStore, runner: JobRunner, data_dir: Path, *, poll_s: float = 1.0) -> None:
         self.store = store
         self.runner = runner
@@ -26,7 +24,6 @@ class JobWorker:
         self.poll_s = poll_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kern-finetune-worker", daemon=True)
-        self.current_job: str | None = None
 
     def start(self) -> None:
         """Start the thread."""
@@ -55,7 +52,6 @@ class JobWorker:
             self._run(job)
 
     def _run(self, job: Job) -> None:
-        self.current_job = job.id
         log.info("job %s: sync of project %s started (attempt %d)", job.id, job.project_id, job.attempts)
 
         def progress(message: str) -> None:
@@ -86,5 +82,3 @@ class JobWorker:
         except Exception as exc:  # noqa: BLE001 - one bad job must not kill the worker
             log.error("job %s crashed: %s\n%s", job.id, exc, traceback.format_exc())
             self.store.finish(job.id, FAILED, error=f"internal error: {type(exc).__name__}: {exc}")
-        finally:
-            self.current_job = None

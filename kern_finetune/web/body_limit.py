@@ -1,44 +1,30 @@
-"""A request-body size limit for ASGI servers, enforced while the body streams in.
+"""A request-body size limit for ASGI servers, enforced while the body streams in (pure ASGI: nothing buffered).
 
-Both servers (the local host, :mod:`kern_finetune.host`, and the webhook service,
-:mod:`kern_finetune.service`) wrap their app in :class:`BodyLimit`. It sits in front of every route and
-every authentication check, so nobody can make a server buffer more than the limit:
+Both servers wrap their app in :class:`BodyLimit`, in front of every route and authentication check:
 
-- a ``Content-Length`` over the limit is answered ``413`` before a byte of the body is read; an invalid
-  one ``400``;
-- otherwise the body bytes are counted as the app reads them (chunked or not, announced or not), and the
-  read that passes the limit ends the request with ``413``: the app never sees the extra bytes, and
-  whatever answer it tries to give to a body it did not get whole is replaced by the ``413``;
-- with ``anonymous_max_bytes`` and ``is_authenticated(scope)``, a body may pass the smaller anonymous
-  limit only when the request is authenticated (checked once, in a worker thread, when that limit is
-  reached), and is refused with ``anonymous_status`` (the host: ``401``, so a client whose token expired
-  logs in again). The host uses it so that a stranger's upload is refused at 64 KiB, before any route
-  reads it, while a logged-in client may send 64 MiB.
+- a ``Content-Length`` over the limit is answered ``413`` before a byte of the body is read; an invalid one ``400``;
+- otherwise the bytes are counted as the app reads them (chunked or not), and the read that passes the limit
+  ends the request with ``413``, replacing whatever answer the app tries to give to a body it did not get whole;
+- with ``anonymous_max_bytes`` and ``is_authenticated(scope)``, only an authenticated request may pass the
+  smaller anonymous limit (asked once, in a worker thread); others get ``anonymous_status`` (the host: ``401``,
+  so a client whose token expired logs in again).
 
-After the 413, uvicorn discards the rest of the body as it arrives (memory stays flat) and closes the
-connection once its keep-alive timeout passes (or the body timeout of :mod:`kern_finetune.web.timeouts`,
-when the rest trickles in). A client that leaves mid-body (or is cut off by that timeout) ends the request
-quietly: there is nobody to answer, and it is no error of the app's.
-
-Pure ASGI (no ``BaseHTTPMiddleware``): nothing is buffered here.
+After the 413, uvicorn discards the rest of the body and closes the connection at its keep-alive timeout (or
+the body timeout of :mod:`kern_finetune.web.timeouts`). A client that leaves mid-body ends the request quietly.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["BodyLimit", "BodyTooLarge"]
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 Render = Callable[[int, str], dict[str, Any]]
 
 
@@ -57,10 +43,9 @@ def _default_render(status: int, detail: str) -> dict[str, Any]:
 class BodyLimit:
     """ASGI middleware: refuse request bodies over the limit (see the module docstring).
 
-    ``render(status, detail)`` makes the JSON error body (each server has its own error shape).
-    ``is_authenticated`` runs in a worker thread (it may query a database) and only for requests whose
-    body passes ``anonymous_max_bytes``.
-    """
+    ``render(status, detail)`` makes the JSON error body (default: the service's ``{"error", "detail"}``);
+    ``is_authenticated`` runs in a worker thread (it may
+    query a database) and only for requests whose body passes ``anonymous_max_bytes``."""
 
     def __init__(
         self,
@@ -96,10 +81,10 @@ class BodyLimit:
         else:
             await self._answer(send, 413, f"request body over {limit} bytes; send smaller requests")
 
-    async def _limit(self, scope: Scope, size: int) -> int:
-        """The limit that applies to a body of ``size`` bytes (asks ``is_authenticated`` only when it matters)."""
-        if size <= self.anonymous_max_bytes or self.is_authenticated is None:
-            return self.anonymous_max_bytes if size <= self.anonymous_max_bytes else self.max_bytes
+    async def _limit(self, scope: Scope) -> int:
+        """The limit for a body past the anonymous limit (the full one when the request is authenticated)."""
+        if self.is_authenticated is None:
+            return self.max_bytes
         try:
             ok = await run_in_threadpool(self.is_authenticated, scope)
         except Exception:  # noqa: BLE001 - an auth check that fails means "not authenticated"
@@ -117,7 +102,7 @@ class BodyLimit:
                 await self._answer(send, 400, "invalid Content-Length header")
                 return
             if int(text) > self.anonymous_max_bytes:
-                limit = await self._limit(scope, int(text))
+                limit = await self._limit(scope)
                 if int(text) > limit:
                     await self._refuse(send, limit)
                     return
@@ -136,7 +121,7 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if received > self.anonymous_max_bytes:
                     if limit is None:
-                        limit = await self._limit(scope, received)
+                        limit = await self._limit(scope)
                     if received > limit:
                         exceeded = True
                         raise BodyTooLarge(limit)
@@ -159,4 +144,4 @@ class BodyLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await self._refuse(send, limit if limit is not None else self.anonymous_max_bytes)
+            await self._refuse(send, limit or 0)

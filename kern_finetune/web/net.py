@@ -1,10 +1,10 @@
-"""Small network helpers: a bound socket (the local host, the webhook service) and URI identity/redaction."""
+"""Project ids, and a URI's identity and redaction."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import re
-import socket
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError
@@ -28,30 +28,14 @@ def check_project_id(value: object, *, where: str) -> str:
     return str(value)
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (port 0: a free one); a clear ConfigError when it cannot be."""
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"cannot listen on {host}:{port}: a port is 0 (any free one) to 65535")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return sock
-
-
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def redact_uri(uri: str) -> str:
     """``uri`` without its userinfo: ``http://user:PW@host:4455/x`` -> ``http://host:4455/x``.
 
-    Every URI that is printed, logged or stored goes through this, so a password written into the
-    URI never leaves the process (issue 16, point 7).
-    """
+    Every URI that is printed, logged or stored goes through this, so a password written into it never leaves
+    the process."""
     parts = urlsplit(uri)
     if "@" not in parts.netloc:
         return uri
@@ -79,17 +63,11 @@ def host_identity(uri: str) -> str:
     if is_loopback(host):
         host = "localhost"
     elif ":" in host:
-        host = f"[{ipaddress.ip_address(host).compressed}]" if _is_ip(host) else f"[{host}]"
+        with contextlib.suppress(ValueError):
+            host = ipaddress.ip_address(host).compressed
+        host = f"[{host}]"
     path = parts.path.rstrip("/")
     return f"{scheme}://{host}:{port}{path}"
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def is_loopback(host: str) -> bool:

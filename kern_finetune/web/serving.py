@@ -1,16 +1,5 @@
-"""What the two servers share: the local host (:mod:`kern_finetune.host`) and the trigger service
-(:mod:`kern_finetune.service`).
-
-- :func:`listening_socket` and :func:`format_url`: a socket bound before the server starts (``port=0``
-  works, the real port is known at once) and the URL it answers on (IPv6 addresses in brackets);
-- :class:`ServerThread`: uvicorn on that socket, in a background thread (tests, embedders) or in the
-  foreground (the CLI), started and stopped the same way for both servers, with read timeouts for a
-  request's headers and body (:data:`HEADER_TIMEOUT`, :data:`BODY_TIMEOUT`, :data:`BODY_MIN_RATE`;
-  :mod:`kern_finetune.web.timeouts`);
-- :class:`DataDirLock`: an exclusive ``flock`` that keeps a second process off a data dir;
-- :func:`atomic_write_text`: a file a reader sees whole or not at all;
-- :func:`immediate_transaction`: one SQLite write transaction, rolled back on any error.
-"""
+"""What the local host (:mod:`kern_finetune.host`) and the trigger service (:mod:`kern_finetune.service`) share:
+a listening socket and its URL, uvicorn in a thread, a data-dir lock, atomic writes and SQLite transactions."""
 
 from __future__ import annotations
 
@@ -27,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .net import bind_socket
+from ..errors import ConfigError
 
 __all__ = [
     "is_damaged",
@@ -54,9 +43,18 @@ BODY_MIN_RATE = 1024.0
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to ``host:port`` (``port=0``: any free one) and listening; raises
-    :class:`~kern_finetune.errors.ConfigError` when it cannot be bound."""
-    sock = bind_socket(host, port)
+    """A TCP socket bound to ``host:port`` (``port=0``: any free one) and listening; a clear
+    :class:`ConfigError` when it cannot be bound."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"cannot listen on {host}:{port}: a port is 0 (any free one) to 65535")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock
@@ -71,9 +69,7 @@ def format_url(host: str, port: int, scheme: str = "http") -> str:
 class ServerThread:
     """A uvicorn server on an already bound socket: :meth:`start` runs it in a daemon thread,
     :meth:`run` in the calling thread; :meth:`stop` ends it (forced when a client holds a connection open).
-
-    Its connections have the read timeouts of :mod:`kern_finetune.web.timeouts`, as this module's
-    :data:`HEADER_TIMEOUT`, :data:`BODY_TIMEOUT` and :data:`BODY_MIN_RATE` are when it is made."""
+    Its read timeouts (:mod:`kern_finetune.web.timeouts`) are this module's constants when it is made."""
 
     def __init__(self, app: Any, sock: socket.socket, *, name: str, log_level: str = "warning",
                  access_log: bool = False, timeout_graceful_shutdown: int | None = None) -> None:
@@ -155,9 +151,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock; :class:`~kern_finetune.errors.ConfigError` when another process holds it."""
-        from ..errors import ConfigError
-
+        """Take the lock; :class:`ConfigError` when another process holds it."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

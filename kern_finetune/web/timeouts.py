@@ -1,22 +1,15 @@
 """Read timeouts for both servers' HTTP/1.1 connections, and a close on ambiguous message framing.
 
-uvicorn (with h11) has a keep-alive timeout only: it waits as long as a client likes for a request's headers
-once the first byte came, for a new connection's first byte, and for a body announced but sent a byte at a
-time, so a handful of slow clients can hold a server's connections for good. :func:`guarded_h11_protocol`
-makes uvicorn's h11 protocol class with three rules, timed per connection:
+uvicorn (h11) has only a keep-alive timeout, so a few slow clients could hold a server's connections for good.
+:func:`guarded_h11_protocol` makes uvicorn's h11 protocol class with three rules, timed per connection
+(user-facing: docs/host.md, "Security notes"):
 
-- **headers**: a request's line and headers must be complete within ``header_timeout`` seconds, counted from
-  the connection's start or from the end of the previous answer. Trickling bytes does not extend it. When it
-  passes with part of a request received, the answer is ``408`` and the connection is closed; with nothing
-  received (an idle connection) it is closed without an answer, as the keep-alive timeout does.
-- **body**: a body must arrive within ``body_timeout`` seconds plus one second per ``body_min_rate`` bytes
-  received, counted from the end of its headers, so a large upload at a sane rate goes through while a
-  trickle is cut. When it passes, the answer is ``408`` (or, when the app already answered without reading
-  the body, nothing more) and the connection is closed; the app reading the body sees the client gone. While
-  the server itself stops reading (the app has not consumed what came), the clock waits.
-- **framing**: a request with both ``Content-Length`` and ``Transfer-Encoding`` is answered ``400`` and the
-  connection closed (RFC 9112, section 6.1: such a message "ought to be handled as an error", and the server
-  "MUST close the connection after responding"): a proxy in front might have framed it the other way.
+- **headers**: complete within ``header_timeout`` s of the connection's start or the previous answer, trickling
+  or not; else ``408`` and close (an idle connection is closed without an answer).
+- **body**: complete within ``body_timeout`` s plus 1 s per ``body_min_rate`` bytes received, from the end of
+  its headers; else ``408`` (nothing when the app already answered) and close; the app sees the client gone.
+- **framing**: both ``Content-Length`` and ``Transfer-Encoding`` is answered ``400`` and the connection closed
+  (RFC 9112, section 6.1: a proxy in front might have framed it the other way).
 
 Time spent by the app between a complete request and its answer is never cut.
 """
@@ -35,10 +28,6 @@ __all__ = ["guarded_h11_protocol", "AMBIGUOUS_FRAMING"]
 log = logging.getLogger(__name__)
 
 AMBIGUOUS_FRAMING = "request has both Content-Length and Transfer-Encoding; send one of them"
-
-
-class _AmbiguousFraming(h11.RemoteProtocolError):
-    pass
 
 
 class _GuardedH11Protocol(H11Protocol):
@@ -63,7 +52,7 @@ class _GuardedH11Protocol(H11Protocol):
                 names = {name.lower() for name, _ in event.headers}
                 if b"content-length" in names and b"transfer-encoding" in names:
                     self._framing_error = True
-                    raise _AmbiguousFraming(AMBIGUOUS_FRAMING)
+                    raise h11.RemoteProtocolError(AMBIGUOUS_FRAMING)  # uvicorn answers 400 and closes
             return event
 
         self.conn.next_event = checked_next_event  # type: ignore[method-assign]
@@ -135,6 +124,7 @@ class _GuardedH11Protocol(H11Protocol):
             self._watch()
             return
         now = self.loop.time()
+        # while the server itself stops reading (the app has not consumed what came), the body's clock waits
         if now < self._deadline() or (self._phase == "body" and self.flow.read_paused):
             self._guard = self.loop.call_at(max(self._deadline(), now + 0.1), self._check)
             return
@@ -154,10 +144,10 @@ class _GuardedH11Protocol(H11Protocol):
                       f"1 s per {self.body_min_rate:g} bytes")
             log.info("closed a connection from %s: %s", self._peer(), reason)
             cycle = self.cycle
-            if cycle is not None and not cycle.response_started:
-                self._write_408(reason, raw=False)
-                cycle.response_started = cycle.response_complete = True
             if cycle is not None:
+                if not cycle.response_started:
+                    self._write_408(reason, raw=False)
+                    cycle.response_started = cycle.response_complete = True
                 cycle.disconnected = True  # the app reading the body gets http.disconnect
                 cycle.message_event.set()
         self._cancel()
