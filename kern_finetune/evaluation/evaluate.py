@@ -39,6 +39,7 @@ __all__ = [
     "MAX_EVAL_QUERIES",
     "top_k_purity",
     "chance_level",
+    "gold_codes",
     "linear_probe",
     "projection_2d",
     "separation_2d",
@@ -265,10 +266,11 @@ class Evaluation:
     seconds: float
 
 
-def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
-    values = sorted({sel.gold[i] for i in rows})  # type: ignore[type-var]
+def gold_codes(gold: list[str | None], rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The sorted gold values of ``rows`` and each row's index into them."""
+    values = sorted({gold[i] for i in rows})  # type: ignore[type-var]
     code = {g: k for k, g in enumerate(values)}
-    return values, np.array([code[sel.gold[i]] for i in rows])  # type: ignore[index]
+    return values, np.array([code[gold[i]] for i in rows], dtype=np.int64)  # type: ignore[index]
 
 
 def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
@@ -348,7 +350,7 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
         metrics = {**sizes, "chance": None, "top_k": {"raw": {}, "finetuned": {}}, "classification": {},
                    "evaluation_note": why}
         return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
-    gold_values, classes = _gold_codes(sel, test)
+    gold_values, classes = gold_codes(sel.gold, test)
     metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes)}
     notes = evaluation_notes(len(test), len(gold_values), config.gold_attribute)
     if notes:
