@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 from ..refinery.search import SEARCH_LIMIT, similarity_threshold  # noqa: E402
 from .evaluate import gold_codes, neighbour_purity, projection_2d, purity_queries  # noqa: E402
-from .report_verdict import _esc, verdict_html  # noqa: E402
+from .report_verdict import esc, verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
     from ..labels.select import Selection
@@ -294,11 +294,11 @@ def _class_name(data: ReportData, i: int) -> str:
 
 def _label_cell(data: ReportData, i: int) -> str:
     if data.labels[i] is not None:
-        return f"label <b>{_esc(data.labels[i])}</b>"
+        return f"label <b>{esc(data.labels[i])}</b>"
     if data.gold[i] is not None:
         if data.gold_class[i] is not None and data.gold_class[i] != data.gold[i]:
-            return f"<b>{_esc(data.gold_class[i])}</b> (gold {_esc(data.gold[i])})"
-        return f"gold <b>{_esc(data.gold[i])}</b>"
+            return f"<b>{esc(data.gold_class[i])}</b> (gold {esc(data.gold[i])})"
+        return f"gold <b>{esc(data.gold[i])}</b>"
     return "<i>no label</i>"
 
 
@@ -332,14 +332,14 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
                     new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
                     cut = "" if nbs[r]["returned"] else " cut"
                     rank_html = f'<br><span class="sim">#{nbs[r]["rank_other"]:,} in {there}</span>'
-                    cells.append(f'<td class="txt{cut}">{_esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
+                    cells.append(f'<td class="txt{cut}">{esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
                                  f'{_label_cell(data, j)}{rank_html}{new}</td>{_mark(nbs[r]["match"])}')
                 else:
                     cells.append("<td></td><td></td><td></td>")
             rows.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
         parts.append(
-            f'<div class="query"><h3>Example {n}: record {_esc(data.ids[i])}</h3>'
-            f'<p class="qtext">{_esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'
+            f'<div class="query"><h3>Example {n}: record {esc(data.ids[i])}</h3>'
+            f'<p class="qtext">{esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'
             '<table class="nn"><tr><th>#</th><th colspan="3">raw</th><th colspan="3">fine-tuned</th></tr>'
             '<tr><th></th><th>text</th><th>label / gold</th><th>same class</th><th>text</th><th>label / gold</th>'
             f'<th>same class</th></tr>{"".join(rows)}</table></div>'
@@ -368,7 +368,7 @@ def _search_html(metrics: dict[str, Any]) -> str:
     def cell(value: Any, fmt: str) -> str:
         return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else fmt.format(value)
 
-    body = "".join(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{cell(search[nm].get(key), fmt)}</td>" for nm in names)
+    body = "".join(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{cell(search[nm].get(key), fmt)}</td>" for nm in names)
                    + "</tr>" for key, label, fmt in _SEARCH_ROWS)
     spread = metrics.get("spread")
     note = ""
@@ -376,13 +376,13 @@ def _search_html(metrics: dict[str, Any]) -> str:
         how = "chosen without labels" if spread.get("chosen") else "as set by --spread"
         note = (f"<p>Search spread: strength {spread['strength']:g} ({how}); the fine-tuned vectors were lifted "
                 "so that sparse regions get full result lists (kern_finetune/vectors/spread.py).</p>")
-    legend = "".join(f"<li><b>{_esc(SEARCH_NAMES[nm])}</b>: {_esc(_SEARCH_NOTES[nm])}</li>"
+    legend = "".join(f"<li><b>{esc(SEARCH_NAMES[nm])}</b>: {esc(_SEARCH_NOTES[nm])}</li>"
                      for nm in names if nm in _SEARCH_NOTES)
-    return (f"<h2>Search as refinery runs it ({_esc(n)} seeded test queries among all records)</h2>"
+    return (f"<h2>Search as refinery runs it ({esc(n)} seeded test queries among all records)</h2>"
             "<p>Refinery returns at most 100 records within one distance per embedding, the 5th percentile of "
             "pairwise distances among a sample of its records; a labeling session built from a search has as many "
             "records as it returns.</p>"
-            f"<table><tr><th></th>{''.join(f'<th>{_esc(SEARCH_NAMES.get(nm, nm))}</th>' for nm in names)}</tr>"
+            f"<table><tr><th></th>{''.join(f'<th>{esc(SEARCH_NAMES.get(nm, nm))}</th>' for nm in names)}</tr>"
             f"{body}</table>" + (f'<ul class="legend">{legend}</ul>' if legend else "") + note)
 
 
@@ -391,8 +391,8 @@ def _per_class_html(rows: list[dict[str, Any]]) -> str:
     head = "".join(f"<th>top_{k} raw</th><th>top_{k} fine-tuned</th>" for k in ks)
     body = []
     for r in rows:
-        name = (f"{_esc(r['class'])} (gold {_esc(r['gold'])})" if r["class"] is not None and r["class"] != r["gold"]
-                else _esc(r["gold"]))
+        name = (f"{esc(r['class'])} (gold {esc(r['gold'])})" if r["class"] is not None and r["class"] != r["gold"]
+                else esc(r["gold"]))
         if r[f"raw_{ks[0]}"] is None:  # no query of this class in a capped sample
             cells = "<td>-</td>" * (2 * len(ks))
         else:
@@ -413,8 +413,8 @@ def _svg_panel(points: np.ndarray, classes: np.ndarray, shown: np.ndarray, title
         f'<circle cx="{x:.1f}" cy="{_SVG_SIZE - y:.1f}" r="2.6" fill="{_COLORS[int(c) % len(_COLORS)]}" data-i="{int(s)}"/>'
         for (x, y), c, s in zip(xy, classes, shown)
     )
-    return (f'<figure class="panel"><figcaption>{_esc(title)}</figcaption>'
-            f'<svg class="view" data-view="{_esc(view)}" width="{_SVG_SIZE}" height="{_SVG_SIZE}" '
+    return (f'<figure class="panel"><figcaption>{esc(title)}</figcaption>'
+            f'<svg class="view" data-view="{esc(view)}" width="{_SVG_SIZE}" height="{_SVG_SIZE}" '
             f'viewBox="0 0 {_SVG_SIZE} {_SVG_SIZE}">'
             f'<rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>{circles}</svg></figure>')
 
@@ -446,12 +446,12 @@ def _views_html(
                      if "knn_accuracy" in s and "silhouette" in s else "")
             panels.append(_svg_panel(p, codes[shown], shown, f"{_name(name)}, {method}{extra}",
                                      f"{name}_{method}"))
-        blocks.append(f"<h3>{_esc(_METHOD_TEXT[method])}</h3><div class=\"pair\">{''.join(panels)}</div>")
+        blocks.append(f"<h3>{esc(_METHOD_TEXT[method])}</h3><div class=\"pair\">{''.join(panels)}</div>")
     if shown_rows is None:
         return "<p>No 2D views: too few training records to fit a projection.</p>", {}
     legend = "".join(
         f'<span class="key"><span class="dot" style="background:{_COLORS[c % len(_COLORS)]}"></span>'
-        f'{_esc(_class_name(data, int(data.test_idx[np.flatnonzero(codes == c)[0]])))}</span>'
+        f'{esc(_class_name(data, int(data.test_idx[np.flatnonzero(codes == c)[0]])))}</span>'
         for c, _g in enumerate(values)
     )
     hover = {  # keyed by the position in test_idx that each circle's data-i holds; c: the class as a labeler names it
@@ -529,8 +529,8 @@ def write_report(
 def _queries_text(metrics: dict[str, Any]) -> str:
     n_test, used = metrics.get("n_test"), metrics.get("top_k_queries")
     if used is None or used == n_test:
-        return f"all {_esc(n_test)} test queries"
-    return f"a seeded sample of {_esc(used)} of the {_esc(n_test)} test records as queries, neighbours among all of them"
+        return f"all {esc(n_test)} test queries"
+    return f"a seeded sample of {esc(used)} of the {esc(n_test)} test records as queries, neighbours among all of them"
 
 
 _STAGES = {
@@ -549,8 +549,8 @@ def _timings_html(seconds: Any) -> str:
     if not isinstance(seconds, dict) or not seconds:
         return ""
     order = [k for k in seconds if k != "total"] + (["total"] if "total" in seconds else [])
-    cells = {k: f"{v:,.1f}" if isinstance(v, (int, float)) else _esc(v) for k, v in seconds.items()}
-    rows = "".join(f"<tr><td>{_esc(_STAGES.get(k, k))}</td><td>{cells[k]}</td></tr>" for k in order)
+    cells = {k: f"{v:,.1f}" if isinstance(v, (int, float)) else esc(v) for k, v in seconds.items()}
+    rows = "".join(f"<tr><td>{esc(_STAGES.get(k, k))}</td><td>{cells[k]}</td></tr>" for k in order)
     return f"<h3>Timings</h3><table><tr><th>stage</th><th>seconds</th></tr>{rows}</table>"
 
 
@@ -576,13 +576,13 @@ def _label_issues_html(metrics: dict[str, Any], issues: dict[str, Any] | None) -
             + "Review them in refinery: the full list is <code>label_issues.csv</code>.</p>")
     if not issues or not n:
         note = (check or {}).get("note")
-        return head + (f"<p>{_esc(note)}</p>" if note else "")
+        return head + (f"<p>{esc(note)}</p>" if note else "")
     texts, sources, confidence = issues["texts"], issues["sources"], issues["confidence"]
     order = sorted(range(n), key=lambda r: issues["probability_given"][r])[:MAX_LABEL_ISSUES]
     rows = "".join(
-        f"<tr><td>{_esc(issues['ids'][r])}</td><td class=\"txt\">{_esc(_clip(texts[r]))}</td>"
-        f"<td><b>{_esc(issues['given'][r])}</b></td><td>{_esc(_source_text(sources[r], confidence[r]))}</td>"
-        f"<td>{_esc(issues['suggested'][r])}</td><td>{issues['probability_given'][r]:.2f}</td></tr>"
+        f"<tr><td>{esc(issues['ids'][r])}</td><td class=\"txt\">{esc(_clip(texts[r]))}</td>"
+        f"<td><b>{esc(issues['given'][r])}</b></td><td>{esc(_source_text(sources[r], confidence[r]))}</td>"
+        f"<td>{esc(issues['suggested'][r])}</td><td>{issues['probability_given'][r]:.2f}</td></tr>"
         for r in order
     )
     shown = f"<p>The {len(order)} least likely of {n:,}.</p>" if len(order) < n else ""
@@ -594,12 +594,12 @@ def _details_html(metrics: dict[str, Any]) -> str:
     """What the run did and how long it took, folded: the mode choice, labels, timings."""
     config = metrics.get("config", {})
     choice = metrics.get("mode_choice")
-    choice_html = f"<p>Mode choice: {_esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
-    skipped = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
-    counts = _esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
+    choice_html = f"<p>Mode choice: {esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
+    skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
+    counts = esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
     return (f"<details><summary>Details: how this run chose its mode, what it trained on, how long it took</summary>"
-            f"<p>Loss <b>{_esc(config.get('loss'))}</b>, engine <b>{_esc(config.get('engine'))}</b>, mode "
-            f"<b>{_esc(config.get('mode'))}</b>.</p>{choice_html}"
+            f"<p>Loss <b>{esc(config.get('loss'))}</b>, engine <b>{esc(config.get('engine'))}</b>, mode "
+            f"<b>{esc(config.get('mode'))}</b>.</p>{choice_html}"
             f"<p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>"
             f"{_timings_html(metrics.get('seconds'))}</details>")
 
@@ -615,9 +615,9 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     names = list(top_k)
     for k in top_k.get("raw", {}):
         cells = "".join(f"<td>{top_k[n][k]:.2f}</td>" for n in names)
-        rows.append(f"<tr><td>top_{_esc(k)}</td>{cells}</tr>")
+        rows.append(f"<tr><td>top_{esc(k)}</td>{cells}</tr>")
     if rows:
-        head = "".join(f"<th>{_esc(_name(n))}</th>" for n in names)
+        head = "".join(f"<th>{esc(_name(n))}</th>" for n in names)
         sections.append(f"<h2>top_k: same class among the k nearest test records (mean over {_queries_text(metrics)}, %)</h2>"
                         f"<table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>")
     judged = data is not None and len(data.test_idx) >= 2  # test records with gold: per-class figures, 2D views
@@ -648,7 +648,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     cls = metrics.get("classification", {})
     if cls:
         cls_rows = "".join(
-            f"<tr><td>{_esc(_name(n))}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>"
+            f"<tr><td>{esc(_name(n))}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>"
             for n, v in cls.items()
         )
         sections.append("<h2>Linear probe (LogisticRegression, test records)</h2>"
@@ -657,14 +657,14 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
 
     config = metrics.get("config", {})
     chance_html = (f"Chance level {chance:.2f}%." if chance is not None
-                   else _esc("No evaluation against gold: " + str(metrics.get("evaluation_note"))) + ".")
+                   else esc("No evaluation against gold: " + str(metrics.get("evaluation_note"))) + ".")
     def count(key: str) -> str:
         value = metrics.get(key)
-        return f"{value:,}" if isinstance(value, int) else _esc(value)
+        return f"{value:,}" if isinstance(value, int) else esc(value)
 
-    lead = (f'<p class="lead">Task <b>{_esc(metrics.get("task"))}</b>: trained on {count("n_train")} '
+    lead = (f'<p class="lead">Task <b>{esc(metrics.get("task"))}</b>: trained on {count("n_train")} '
             f"labels, {count('n_val')} held out for validation; {count('n_test')} test "
-            f"records judged by gold. Mode <b>{_esc(config.get('mode'))}</b> (why: details at the end). "
+            f"records judged by gold. Mode <b>{esc(config.get('mode'))}</b> (why: details at the end). "
             f"{chance_html}" + ("" if data is None or judged else " Per-class figures and 2D views need test records "
                                 "with gold (--gold-attribute).") + "</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>

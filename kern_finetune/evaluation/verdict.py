@@ -259,6 +259,7 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
     import torch
 
     from ..training.fit import fit
+    from ..vectors.base_share import door_vectors
 
     say = progress or (lambda _m: None)
     t = time.perf_counter()
@@ -273,7 +274,9 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
         procedure = f"head fit on the labels not held out (full mode judged with a head fit{cost})"
     torch.manual_seed(config.seed)
     fitted = fit(encoder, rest, base, config, progress=None)
-    spaces = {"new": _new_vectors(fitted, door, config.seed), "raw": _raw_vectors(base, sel.ids, config.seed)}
+    new = fitted.vectors if door != "model" else door_vectors(fitted.model_vectors, fitted.selection.ids,
+                                                               seed=config.seed)
+    spaces = {"new": new, "raw": door_vectors(base, sel.ids, seed=config.seed)}
     if current is not None:
         spaces["current"] = current.vectors
     verdict = _score(spaces, sel, held, unseen, config.seed)
@@ -282,20 +285,6 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
     result = Verdict(**verdict)
     say(f"      verdict: {result.conclusion}")
     return result
-
-
-def _new_vectors(fitted: Any, door: str, seed: int) -> np.ndarray:
-    if door == "model":
-        from ..vectors.base_share import door_vectors
-
-        return door_vectors(fitted.model_vectors, fitted.selection.ids, seed=seed)
-    return fitted.vectors
-
-
-def _raw_vectors(base: np.ndarray, ids: list[str], seed: int) -> np.ndarray:
-    from ..vectors.base_share import door_vectors
-
-    return door_vectors(base, ids, seed=seed)
 
 
 def _score(spaces: dict[str, np.ndarray], sel: Selection, held: np.ndarray, unseen: np.ndarray,
