@@ -12,6 +12,7 @@ a config validated at a boundary (the CLI, a trigger, a job's start) is not chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -346,13 +347,9 @@ def flag_of(name: str, opt: Option) -> str:
     return "--" + name.replace("_", "-")
 
 
-_HINTS: dict[str, Any] = {}
-
-
+@functools.cache
 def _hints() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(RunConfig))
-    return _HINTS
+    return typing.get_type_hints(RunConfig)
 
 
 def _base_type(hint: Any) -> Any:

@@ -455,18 +455,17 @@ def _keep(sdir: Path, previous: dict[str, Any] | None, client: RefineryClient, p
           fingerprint: str, verdict: dict[str, Any], result: RunResult, changed: int, n_labels: int, door: str,
           attribute: str, say: ProgressFn) -> SyncResult:
     """The verdict says worse: write nothing, keep the embedding in use, record the verdict, say why in one line."""
-    state = dict(previous or {"version": _STATE_VERSION, "host": client.identity, "project_id": pid})
+    prev = previous or {}
+    state = dict(prev or {"version": _STATE_VERSION, "host": client.identity, "project_id": pid})
     state["verdicts"] = _history(previous, verdict, fingerprint, "kept")
-    state["kept"] = {"fingerprint": fingerprint, "key": key,
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    state["kept"] = {"fingerprint": fingerprint, "key": key, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_state(sdir / STATE_FILE, state)
-    in_use = (previous or {}).get("embedding") or f"the project's {verdict.get('reference', 'current')} embedding"
+    in_use = prev.get("embedding") or f"the project's {verdict.get('reference', 'current')} embedding"
     msg = f"kept {in_use!r}: the new embedding is {verdict.get('conclusion', 'worse')}; --force writes it anyway"
     say(f"sync: {msg}")
-    prev_fp = (previous or {}).get("fingerprint")
-    return SyncResult("kept", pid, fingerprint, prev_fp, changed, n_labels, sdir, msg, run=result, door=door,
-                      attribute=attribute, embedding=(previous or {}).get("embedding"),
-                      embedding_id=(previous or {}).get("embedding_id"), verdict=verdict)
+    return SyncResult("kept", pid, fingerprint, prev.get("fingerprint"), changed, n_labels, sdir, msg, run=result,
+                      door=door, attribute=attribute, embedding=prev.get("embedding"),
+                      embedding_id=prev.get("embedding_id"), verdict=verdict)
 
 
 def _compare(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: str, labels: dict[str, str],
@@ -562,8 +561,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def _locked(path: Path, project_id: str, uri: str) -> Iterator[None]:
     import fcntl
 
-    fh = open(path, "a+", encoding="utf-8")
-    try:
+    with open(path, "a+", encoding="utf-8") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -586,5 +584,3 @@ def _locked(path: Path, project_id: str, uri: str) -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()

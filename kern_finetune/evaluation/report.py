@@ -324,19 +324,15 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
         rows = []
         raw, tuned = q["neighbours"]["raw"], q["neighbours"]["finetuned"]
         in_raw = {nb["index"] for nb in raw}
-        for r in range(max(len(raw), len(tuned))):
-            cells = []
-            for nbs, there in ((raw, "fine-tuned"), (tuned, "raw")):
-                if r < len(nbs):
-                    j = nbs[r]["index"]
-                    new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
-                    cut = "" if nbs[r]["returned"] else " cut"
-                    rank_html = f'<br><span class="sim">#{nbs[r]["rank_other"]:,} in {there}</span>'
-                    cells.append(f'<td class="txt{cut}">{esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
-                                 f'{_label_cell(data, j)}{rank_html}{new}</td>{_mark(nbs[r]["match"])}')
-                else:
-                    cells.append("<td></td><td></td><td></td>")
-            rows.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
+        for r in range(len(raw)):  # both lists hold the same number of neighbours
+            cells = ""
+            for nb, there in ((raw[r], "fine-tuned"), (tuned[r], "raw")):
+                j, cut = nb["index"], "" if nb["returned"] else " cut"
+                new = ' <span class="new">new</span>' if there == "raw" and j not in in_raw else ""
+                cells += (f'<td class="txt{cut}">{esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
+                          f'{_label_cell(data, j)}<br><span class="sim">#{nb["rank_other"]:,} in {there}</span>{new}'
+                          f'</td>{_mark(nb["match"])}')
+            rows.append(f"<tr><td>{r + 1}</td>{cells}</tr>")
         parts.append(
             f'<div class="query"><h3>Example {n}: record {esc(data.ids[i])}</h3>'
             f'<p class="qtext">{esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'

@@ -122,9 +122,8 @@ def hold_out(sel: Selection, share: float = HOLDOUT_SHARE, seed: int = 42, *,
     held = np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
     y = sel.y.copy()
     y[held] = -1
-    kept_source = list(sel.source)
-    for i in held.tolist():
-        kept_source[i] = ""
+    held_rows = set(held.tolist())
+    kept_source = ["" if i in held_rows else s for i, s in enumerate(sel.source)]
     train, val = split_train_val(np.flatnonzero(y >= 0), val_fraction, seed)
     return dataclasses.replace(sel, y=y, source=kept_source, train_idx=np.sort(train), val_idx=np.sort(val)), held
 
