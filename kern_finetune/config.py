@@ -431,11 +431,7 @@ _GENERIC = {int: "generic_int", float: "generic_float", str: "generic_string", b
 
 def manifest_variables() -> dict[str, dict[str, Any]]:
     """``manifest.json``'s ``integratorInputs.variables``: one per run option a trigger may set, keyed by the
-    field name in capitals (a trigger's ``options`` use the field name itself, ``configField``).
-
-    ``selectionType`` is ``choice`` for a field with choices, a project attribute or task, or a bool; ``range``
-    for a number bounded on both sides (with ``allowedValueRange``); else the value's type, as before.
-    """
+    field name in capitals (a trigger's ``options`` use the field name itself, ``configField``)."""
     flags = {flag_of(name, opt): name.upper() for name, opt, _t, _d in run_options()}
     out: dict[str, dict[str, Any]] = {}
     for name, opt, typ, default in run_options():

@@ -129,9 +129,8 @@ def choose_door(
 ) -> str:
     """The door this sync writes through (``api``, ``snapshot`` or ``model``); see the module docstring.
 
-    Checks the options (:class:`ConfigError`; ``write_snapshot`` must not be ``snapshot`` nor inside
-    ``out_dir``, and its folder must be writable) and, for ``api``/``auto``, asks the host with one read.
-    Raises :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
+    Checks the options (:class:`ConfigError`) and, for ``api``/``auto``, asks the host with one read; raises
+    :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
     """
     if door not in DOORS:
         raise ConfigError(f"--door must be one of {', '.join(DOORS)}, got {door!r}")

@@ -51,10 +51,8 @@ _SVG_SIZE = 420
 class ReportData:
     """What the report needs besides the metrics; rows are records, aligned with ``ids``.
 
-    ``labels`` holds the training label's class name (manual or weak, as selected; pseudo-labels are not
-    labels) or None; ``gold`` the gold value; ``gold_class`` the gold mapped to a task class where the
-    mapping is known (:func:`kern_finetune.labels.select.gold_to_class`). ``raw`` and ``tuned`` are the vectors of
-    every record.
+    ``labels``: the selected training label's class or None (pseudo-labels are no labels); ``gold_class``: the
+    gold mapped to a task class where known (:func:`kern_finetune.labels.select.gold_to_class`).
     """
 
     ids: list[str]
