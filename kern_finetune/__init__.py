@@ -5,14 +5,8 @@ Public API (everything else is private and may change)::
     from kern_finetune import RunConfig, run_pipeline, load_export
     result = run_pipeline(load_export("export.json.gz"), RunConfig(task="Topic"), out_dir="runs/x")
 
-The pipeline's typed stages, one module each (the function shares its module's name, so import it from
-there): ``kern_finetune.labels.prepare.prepare`` -> ``Prepared``, ``kern_finetune.training.fit.fit`` -> ``Fitted``,
-``kern_finetune.evaluation.evaluate.evaluate`` -> ``Evaluation``, ``kern_finetune.output.write.write`` -> ``Written``. The
-engines (``HeadTrainer``, ``QuaterionTrainer``, ``FullTrainer``) share one interface
-(:mod:`kern_finetune.training.trainer`) and return a ``TrainResult``.
-
-Heavy modules (torch, sklearn) load on first use of a name that needs them, so ``import kern_finetune``
-and the CLI's ``--help`` stay fast.
+The pipeline's typed stages: ``docs/architecture.md``. Heavy modules (torch, sklearn) load on first use of a
+name that needs them, so ``import kern_finetune`` and the CLI's ``--help`` stay fast.
 """
 
 from __future__ import annotations

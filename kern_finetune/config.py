@@ -1,31 +1,18 @@
 """Run settings: :class:`RunConfig` is the one definition of every run option.
 
-Each field carries an :class:`Option` (help text, command-line flag, group, constraints) in its
-``dataclasses.field`` metadata, made with :func:`option`. From that one place come:
+Each field carries an :class:`Option` (made with :func:`option`) from which come the command-line options, the
+checks of :meth:`RunConfig.validate`, the webhook trigger's check (:meth:`RunConfig.from_options`) and
+``manifest.json``'s inputs (:func:`manifest_variables`); ``docs/architecture.md``, "Adding a run option".
 
-- the ``run`` / ``sync`` / ``demo`` command-line options
-  (:func:`kern_finetune.commands.run.add_run_options`, read back by ``config_from_args``);
-- the checks of :meth:`RunConfig.validate` (choices and ranges; the few rules that tie two fields together
-  are written out there);
-- the webhook trigger's option check, :meth:`RunConfig.from_options` (names, JSON types, values);
-- the ``integratorInputs`` of ``manifest.json``, :func:`manifest_variables` (``scripts/update_manifest.py``
-  writes them; ``tests/test_manifest.py`` fails when the committed file differs).
-
-Adding a run option is one field here plus its use (``docs/architecture.md``, "Adding a run option").
-
-:class:`RunConfig` stores settings and, like SetFit's ``TrainingArguments`` in its ``__post_init__``, parses
-the "auto|number" options once into typed values (:attr:`RunConfig.smooth_weight`,
-:attr:`RunConfig.spread_strength`, :attr:`RunConfig.pseudo_threshold`; again whenever one of them or
-``mode`` changes, ``dataclasses.replace`` included); a value that does not parse raises
-:class:`~kern_finetune.errors.ConfigError` there. :meth:`RunConfig.validate` checks the rest and raises
-:class:`~kern_finetune.errors.ConfigError` with what to fix. It checks a set of values
-once: a config validated at a boundary (the CLI, a trigger, a job's start) passes ``sync_project`` and
-``run_pipeline`` without being checked again, unless a field changed since.
+Like SetFit's ``TrainingArguments``, :class:`RunConfig` parses its "auto|number" options in ``__post_init__``
+(again whenever one of them or ``mode`` changes); :meth:`RunConfig.validate` checks a set of values once, so
+a config validated at a boundary (the CLI, a trigger, a job's start) is not checked again unless it changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import types
@@ -52,13 +39,10 @@ PSEUDO_LABELS_AUTO: dict[str, float | None] = {"full": 0.9, "head": None}
 """Threshold that ``pseudo_labels="auto"`` means in each mode (None: off); why in :mod:`kern_finetune.labels.pseudo`."""
 
 SYNC_TIME_BUDGET = 3600.0
-"""``--time-budget`` of ``sync`` and of the webhook's jobs when the caller names none: they run unattended (cron,
-a webhook), so ``--mode auto`` may take an hour of full-mode training where ``run``, which a labeler waits for,
-takes five minutes. Its ``--help`` and ``docs/triggers.md`` say so."""
+"""``--time-budget`` of ``sync`` and of the webhook's jobs when the caller names none: they run unattended."""
 
 BASIC_OPTIONS = frozenset({"task", "text_attributes", "gold_attribute", "threshold", "mode", "device"})
-"""The run options a user sets, which ``--help`` shows; every other option is listed by ``--help-all`` only
-(:func:`kern_finetune.commands.run.add_run_options`). Which options exist is the fields' business, not this set's."""
+"""The run options a user sets, which ``--help`` shows; ``--help-all`` lists every option."""
 
 LEARN = "what to learn from"
 TRAIN = "how to train"
@@ -82,8 +66,6 @@ class Option:
     option by its flag (``--time-budget``); the manifest names it by its variable (``TIME_BUDGET``)."""
     group: str
     """The ``--help`` section: ``what to learn from``, ``how to train`` or ``where things go``."""
-    flag: str = ""
-    """The command-line flag; empty = ``--`` + the field name with dashes."""
     metavar: str | None = None
     choices: tuple[str, ...] | None = None
     min: float | None = None
@@ -136,19 +118,14 @@ class RunConfig:
         "auto", group=TRAIN, choices=MODES,
         help="head: frozen encoder + trained head (fast, CPU); full: fine-tune the encoder too; auto: full "
              "when its time, estimated on this machine at run time, fits --time-budget, else head")
-    """``auto`` (the default) estimates full mode's time from a few real training steps and a timed validation
-    pass (:mod:`kern_finetune.training.estimate`; about 20-30 s on 2 cores) and prints the choice, the estimate and
-    the reason; ``metrics.json`` keeps them (``mode_choice``). The choice depends on the machine and its
-    load: name ``--mode head`` or ``--mode full`` for a run that must repeat exactly (the tests and
-    benchmarks do). How close the estimate comes: ``docs/decisions.md``, "mode and time budget"."""
+    """``auto``: :mod:`kern_finetune.training.estimate`, so the choice depends on the machine and its load; name
+    ``head`` or ``full`` for a run that must repeat exactly (``docs/decisions.md``, "mode and time budget")."""
     time_budget: float = option(
         300.0, group=TRAIN, metavar="SECONDS", min=0.0, min_open=True, unit="seconds",
         help="auto mode only: the longest full-mode training (fine-tuning + re-encoding every record) to accept; "
              "sync and webhook jobs, which run unattended, default to 3600")
-    """Five minutes: a run a labeler waits for at the desk; on 2 cores it keeps the bundled sample in head mode
-    and admits a project of a few thousand records in full mode (``docs/decisions.md``, "mode and time
-    budget"). This default is for ``run`` and ``demo``; ``sync`` and the webhook's jobs default to
-    :data:`SYNC_TIME_BUDGET` instead (a cron sync has the night)."""
+    """For ``run`` and ``demo``, which a labeler waits for; ``sync`` and the webhook's jobs default to
+    :data:`SYNC_TIME_BUDGET` (``docs/decisions.md``, "mode and time budget")."""
     loss: str = option("supcon", group=TRAIN, choices=LOSSES, help="similarity loss")
     epochs: int = option(30, group=TRAIN, min=1, help="maximum epochs; early stopping ends sooner")
     wise_alpha: float = option(
@@ -194,10 +171,8 @@ class RunConfig:
     """docs/scale.md"""
 
     def validate(self) -> RunConfig:
-        """Check every option (raises :class:`ConfigError` naming what to fix) and return ``self``.
-
-        The checks run once per set of values: calling it again on an unchanged config returns at once.
-        """
+        """Check every option (raises :class:`ConfigError` naming what to fix) and return ``self``; once per set
+        of values."""
         values = self._values()
         if self.__dict__.get("_valid_values") == values:
             return self
@@ -368,17 +343,13 @@ def run_options() -> list[tuple[str, Option, Any, Any]]:
 
 
 def flag_of(name: str, opt: Option) -> str:
-    """The command-line flag of a field: ``Option.flag``, else ``--`` + the name with dashes."""
-    return opt.flag or "--" + name.replace("_", "-")
+    """The command-line flag of a field: ``--`` + the name with dashes."""
+    return "--" + name.replace("_", "-")
 
 
-_HINTS: dict[str, Any] = {}
-
-
+@functools.cache
 def _hints() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(typing.get_type_hints(RunConfig))
-    return _HINTS
+    return typing.get_type_hints(RunConfig)
 
 
 def _base_type(hint: Any) -> Any:
@@ -460,11 +431,7 @@ _GENERIC = {int: "generic_int", float: "generic_float", str: "generic_string", b
 
 def manifest_variables() -> dict[str, dict[str, Any]]:
     """``manifest.json``'s ``integratorInputs.variables``: one per run option a trigger may set, keyed by the
-    field name in capitals (a trigger's ``options`` use the field name itself, ``configField``).
-
-    ``selectionType`` is ``choice`` for a field with choices, a project attribute or task, or a bool; ``range``
-    for a number bounded on both sides (with ``allowedValueRange``); else the value's type, as before.
-    """
+    field name in capitals (a trigger's ``options`` use the field name itself, ``configField``)."""
     flags = {flag_of(name, opt): name.upper() for name, opt, _t, _d in run_options()}
     out: dict[str, dict[str, Any]] = {}
     for name, opt, typ, default in run_options():

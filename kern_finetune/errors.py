@@ -1,23 +1,5 @@
-"""The exception tree of kern-finetune.
-
-Everything the package raises on purpose derives from :class:`KernFinetuneError`, so a caller can catch
-one class. The CLI turns any of them into a one-line reason and a non-zero exit code.
-
-::
-
-    KernFinetuneError
-    ├── ConfigError            bad arguments or options (fix the command line / config)
-    ├── ExportError            the record export cannot be read or is malformed
-    │   └── TaskNotFoundError  the named labeling task is not in the export (lists those that are)
-    ├── SelectionError         the labels do not allow training (too few labels or classes)
-    ├── SyncBusyError          another sync of the same project holds the lock
-    └── HostError              talking to a refinery(-compatible) host failed
-        ├── AuthError          login failed or the credentials were refused (UNRECOGNIZED_USER, FORBIDDEN_USER)
-        ├── ProjectNotFoundError  the project id is unknown to the host (PROJECT_NOT_FOUND)
-        ├── HostUnavailableError  connection refused/dropped, timeouts or 5xx, after the retries
-        └── PushError          the host refused the embedding upload; the old embedding stays served
-
-Messages never contain passwords or tokens.
+"""The exception tree: everything the package raises on purpose derives from :class:`KernFinetuneError`, which
+the CLI turns into a one-line reason and the class's ``exit_code``. Messages never contain passwords or tokens.
 """
 
 from __future__ import annotations
@@ -54,7 +36,7 @@ class ExportError(KernFinetuneError):
 
 
 class TaskNotFoundError(ExportError):
-    """The named labeling task is not in the export."""
+    """The named labeling task is not in the export (the message lists those that are)."""
 
 
 class SelectionError(KernFinetuneError):
@@ -72,11 +54,11 @@ class HostError(KernFinetuneError):
 
 
 class AuthError(HostError):
-    """Login failed or the host refused the credentials."""
+    """Login failed or the host refused the credentials (UNRECOGNIZED_USER, FORBIDDEN_USER)."""
 
 
 class ProjectNotFoundError(HostError):
-    """The host does not know the project id."""
+    """The host does not know the project id (PROJECT_NOT_FOUND)."""
 
 
 class HostUnavailableError(HostError):

@@ -1,20 +1,6 @@
-"""The one orchestration: prepare -> encode (cached) -> fit -> evaluate -> write, each a typed stage.
-
-1. :func:`kern_finetune.labels.prepare.prepare` -> :class:`~kern_finetune.labels.prepare.Prepared` (task, texts, selected
-   labels, their fingerprint; ``sync`` hands its own in);
-2. encode every record with the base model (:class:`kern_finetune.vectors.encode.Encoder`, cached on disk);
-3. :func:`kern_finetune.training.fit.fit` -> :class:`~kern_finetune.training.fit.Fitted` (label check, pseudo-labels, the
-   engine, its vectors of every record);
-4. :func:`kern_finetune.evaluation.evaluate.evaluate` -> :class:`~kern_finetune.evaluation.evaluate.Evaluation`;
-5. :func:`kern_finetune.output.write.write` -> :class:`~kern_finetune.output.write.Written`.
-
-Outputs in ``out_dir``: ``metrics.json``, ``report.html``, ``model/`` (sentence-transformers format,
-head folded in), ``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id),
-``label_issues.csv`` (when the label check ran).
-
-Beside the evaluation (which needs gold), every run judges itself without gold
-(:func:`kern_finetune.evaluation.verdict.judge`: a second fit with a share of the labels held out, searched as refinery
-searches); ``metrics.json``'s ``verdict`` holds it, and the console's headline reads it.
+"""The one orchestration: prepare -> encode (cached) -> fit -> evaluate -> write, each a typed stage
+(``docs/architecture.md``), plus the verdict without gold (:func:`kern_finetune.evaluation.verdict.judge`)
+that ``metrics.json``'s ``verdict`` and the console's headline hold.
 """
 
 from __future__ import annotations
@@ -28,6 +14,7 @@ import numpy as np
 import torch
 
 from .config import RunConfig
+from .errors import KernFinetuneError
 from .vectors.encode import Encoder
 from .evaluation.evaluate import Evaluation, Plots, evaluate
 from .training.fit import Fitted, fit
@@ -37,7 +24,7 @@ from .evaluation.report import ReportData
 from .output.save import check_out_dir, staged_output
 from .labels.select import Selection, label_fingerprint
 from .training.trainer import TrainResult
-from .evaluation.verdict import CurrentEmbedding
+from .evaluation.verdict import CurrentEmbedding, judge, with_gold
 from .output.write import write
 
 __all__ = ["RunResult", "run_pipeline", "label_fingerprint"]
@@ -74,22 +61,15 @@ def run_pipeline(
 ) -> RunResult:
     """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``.
 
-    ``prepared``: :func:`kern_finetune.labels.prepare.prepare`'s result for these records and ``config`` when the
-    caller already has it (``sync``); else the pipeline prepares them. ``door`` (``vectors``: the vectors are
-    pushed or written into a snapshot; ``model``: refinery's embedder computes the model folder) and
-    ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges against. The outputs are written into a
-    temporary folder beside ``out_dir`` that replaces it as a whole once everything is written; a run that
-    fails leaves ``out_dir`` (an earlier run's output) as it was.
+    ``prepared``: :func:`kern_finetune.labels.prepare.prepare`'s result when the caller has it (``sync``).
+    ``door`` (``vectors``: pushed or written into a snapshot; ``model``: refinery's embedder computes the model
+    folder) and ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges. The
+    outputs replace ``out_dir`` as a whole once everything is written; a failed run leaves it as it was.
     """
     out_dir = check_out_dir(Path(out_dir))  # a file or a foreign folder fails now, not after training
     with staged_output(out_dir) as stage:
         return _run(records, config, out_dir=out_dir, stage=stage, progress=progress, prepared=prepared,
                     door=door, current=current)
-
-
-def _encoder(config: RunConfig) -> Encoder:
-    return Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
-                   device=config.resolved_device())
 
 
 def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path, progress: ProgressFn | None,
@@ -113,7 +93,8 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
 
     say(f"[2/5] encode {len(sel.texts)} records")
     t = time.perf_counter()
-    encoder = _encoder(config)
+    encoder = Encoder(config.base_model, cache_dir=config.cache_dir, batch_size=config.encode_batch_size,
+                      device=config.resolved_device())
     base = encoder.encode(sel.texts)
     t_encode = time.perf_counter() - t
     say(f"      {encoder.n_encoded_} encoded, {encoder.n_cached_} from cache ({t_encode:.1f} s)")
@@ -134,7 +115,7 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
                        {"encode": round(t_encode, 2), "train": round(fitted.seconds, 2),
                         "evaluate": round(evaluation.seconds, 2)})
     metrics["base_model"] = encoder.model_name
-    metrics["verdict"] = _with_gold(verdict, metrics)
+    metrics["verdict"] = with_gold(verdict, metrics) if "figures" in verdict else verdict
     if "seconds" in verdict:
         metrics["seconds"]["verdict"] = verdict["seconds"]
     final = fitted.selection
@@ -153,11 +134,7 @@ def _run(records: list[Record], config: RunConfig, *, out_dir: Path, stage: Path
 
 def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: np.ndarray, fitted: Fitted, *,
              door: str, current: CurrentEmbedding | None, say: ProgressFn) -> dict[str, Any]:
-    """The verdict without gold (:func:`kern_finetune.evaluation.verdict.judge`) as ``metrics.json`` holds it; a verdict
-    that cannot be made says why instead of failing the run."""
-    from .errors import KernFinetuneError
-    from .evaluation.verdict import judge
-
+    """The verdict as ``metrics.json`` holds it; one that cannot be made says why instead of failing the run."""
     say("      verdict: fit again with a share of the labels held out, search as refinery does")
     try:
         verdict = judge(encoder, records, prepared.task, prepared.selection, base, fitted.config, door=door,
@@ -172,15 +149,9 @@ def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: 
     return verdict.to_dict()
 
 
-def _with_gold(verdict: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    from .evaluation.verdict import with_gold
-
-    return with_gold(verdict, metrics) if "figures" in verdict else verdict
-
-
 def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
-    """Embeddings searched beside raw and the pushed vectors, each as refinery's embedder stores it: its
-    stock embedding of the base model, and the model door's (:func:`kern_finetune.vectors.base_share.door_vectors`)."""
+    """Embeddings searched beside raw and the pushed vectors, as refinery's embedder stores them: its stock
+    embedding of the base model, and the model door's."""
     from .vectors.base_share import door_vectors
 
     ids, seed = fitted.selection.ids, fitted.config.seed

@@ -1,10 +1,6 @@
-"""Seeded, capped samples for the stages that fit a model on the records (issue 19).
-
-The label check (:mod:`kern_finetune.labels.label_check`), the pseudo-labels (:mod:`kern_finetune.labels.pseudo`) and the 2D
-views (:func:`kern_finetune.evaluation.evaluate.projection_2d`) fit a logistic regression or a PCA on the labeled
-records. On a large project they fit on at most :data:`MAX_FIT_RECORDS` of them, drawn here, and then
-predict (or project) every record: the fit costs the same at 20,000 or 10,000,000 records, the
-prediction stays linear. Each stage says when it sampled (a log line, and a field in ``metrics.json``).
+"""Seeded, capped samples for the stages that fit a model on the records: the label check, the pseudo-labels
+and the 2D views fit on at most :data:`MAX_FIT_RECORDS` records, then predict (or project) every record, so the
+fit's cost stays constant and the prediction linear. Each stage says when it sampled.
 """
 
 from __future__ import annotations
@@ -14,8 +10,7 @@ import numpy as np
 __all__ = ["MAX_FIT_RECORDS", "MIN_PER_CLASS", "fit_sample"]
 
 MAX_FIT_RECORDS = 20_000
-"""At most this many records fit a stage's model. Above the bundled sample's 10,854 labeled records, so a
-run on the sample (or any project of up to 20,000 labeled records) fits on all of them, as before."""
+"""At most this many records fit a stage's model."""
 MIN_PER_CLASS = 50
 """A sampled class keeps at least this many of its records (all of them when it has fewer), so a rare
 class stays learnable when the sample is drawn in proportion to the class sizes."""

@@ -98,10 +98,6 @@ class SyncResult:
     verdict: dict[str, Any] | None = None
     """The run's verdict without gold (``metrics.json``'s ``verdict``); None when nothing was trained."""
 
-    @property
-    def pushed(self) -> bool:
-        return self.status == "pushed"
-
 
 def sync_state_dir(uri: str, project_id: str, config: RunConfig) -> Path:
     """``<cache_dir>/sync/<12 hex of sha256(host identity)>/<project id>``: one per project, however
@@ -133,9 +129,8 @@ def choose_door(
 ) -> str:
     """The door this sync writes through (``api``, ``snapshot`` or ``model``); see the module docstring.
 
-    Checks the options (:class:`ConfigError`; ``write_snapshot`` must not be ``snapshot`` nor inside
-    ``out_dir``, and its folder must be writable) and, for ``api``/``auto``, asks the host with one read.
-    Raises :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
+    Checks the options (:class:`ConfigError`) and, for ``api``/``auto``, asks the host with one read; raises
+    :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
     """
     if door not in DOORS:
         raise ConfigError(f"--door must be one of {', '.join(DOORS)}, got {door!r}")
@@ -201,14 +196,12 @@ def sync_project(
 ) -> SyncResult:
     """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
-    ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (tests may inject a small
-    one with the same signature; it is handed the sync's :class:`~kern_finetune.labels.prepare.Prepared` as
-    ``prepared``). ``chunk_size`` / ``tensor_format`` go to
-    :meth:`RefineryClient.push_embedding`. ``door`` / ``snapshot`` / ``write_snapshot``: see
-    :func:`choose_door`; ``model_target``: the model door's folder and wait (module docstring). Raises
-    :class:`SyncBusyError` when another sync of the project holds the lock,
-    :class:`PushError` when no door can take the vectors (before anything is pulled or encoded), and
-    whatever the client / pipeline raise; a failed write stores nothing.
+    ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (it is handed the sync's ``Prepared``).
+    ``chunk_size`` / ``tensor_format`` go to :meth:`RefineryClient.push_embedding`; ``door`` / ``snapshot`` /
+    ``write_snapshot``: :func:`choose_door`; ``model_target``: the model door's folder and wait. Raises
+    :class:`SyncBusyError` when another sync of the project holds the lock, :class:`PushError` when no door can
+    take the vectors (before anything is pulled), and whatever the client / pipeline raise; a failed write
+    stores nothing.
     """
     say = progress or (lambda _msg: None)
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
@@ -277,10 +270,6 @@ class _Written:
     door_state: dict[str, Any] | None = None
     delete_error: str = ""
     """Set when the model door's new embedding is recorded but deleting the previous one was refused."""
-
-
-# ------------------------------------------------------------------------------------------------
-# helpers
 
 
 def _default_pipeline() -> PipelineFn:
@@ -391,7 +380,11 @@ def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door:
     records and the source snapshot (snapshot door) or None."""
     chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot, out_dir=out_dir)
     say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
-    source = _read_source_snapshot(snapshot) if chosen == "snapshot" else None
+    source = None
+    if chosen == "snapshot":
+        from .refinery.snapshot import read_snapshot
+
+        source = read_snapshot(snapshot)  # type: ignore[arg-type]
 
     say(f"sync 1/4: pull the export of project {pid} from {client.uri}")
     t = time.perf_counter()
@@ -461,18 +454,17 @@ def _keep(sdir: Path, previous: dict[str, Any] | None, client: RefineryClient, p
           fingerprint: str, verdict: dict[str, Any], result: RunResult, changed: int, n_labels: int, door: str,
           attribute: str, say: ProgressFn) -> SyncResult:
     """The verdict says worse: write nothing, keep the embedding in use, record the verdict, say why in one line."""
-    state = dict(previous or {"version": _STATE_VERSION, "host": client.identity, "project_id": pid})
+    prev = previous or {}
+    state = dict(prev or {"version": _STATE_VERSION, "host": client.identity, "project_id": pid})
     state["verdicts"] = _history(previous, verdict, fingerprint, "kept")
-    state["kept"] = {"fingerprint": fingerprint, "key": key,
-                     "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    state["kept"] = {"fingerprint": fingerprint, "key": key, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     _write_state(sdir / STATE_FILE, state)
-    in_use = (previous or {}).get("embedding") or f"the project's {verdict.get('reference', 'current')} embedding"
+    in_use = prev.get("embedding") or f"the project's {verdict.get('reference', 'current')} embedding"
     msg = f"kept {in_use!r}: the new embedding is {verdict.get('conclusion', 'worse')}; --force writes it anyway"
     say(f"sync: {msg}")
-    prev_fp = (previous or {}).get("fingerprint")
-    return SyncResult("kept", pid, fingerprint, prev_fp, changed, n_labels, sdir, msg, run=result, door=door,
-                      attribute=attribute, embedding=(previous or {}).get("embedding"),
-                      embedding_id=(previous or {}).get("embedding_id"), verdict=verdict)
+    return SyncResult("kept", pid, fingerprint, prev.get("fingerprint"), changed, n_labels, sdir, msg, run=result,
+                      door=door, attribute=attribute, embedding=prev.get("embedding"),
+                      embedding_id=prev.get("embedding_id"), verdict=verdict)
 
 
 def _compare(previous: dict[str, Any] | None, key: dict[str, Any], fingerprint: str, labels: dict[str, str],
@@ -499,19 +491,10 @@ def _target(door: str, write_snapshot: Path | None, out_dir: Path, model_target:
     door with a target) the versioned folder the last sync created, which must still be there."""
     if door == "snapshot" and write_snapshot is not None:
         return Path(write_snapshot)
-    if door == "model" and model_target is not None:
-        written = (previous or {}).get("written")
-        return Path(written) if written else out_dir / "model"
     if door == "model":
-        return out_dir / "model"
+        written = (previous or {}).get("written") if model_target is not None else None
+        return Path(written) if written else out_dir / "model"
     return None
-
-
-def _read_source_snapshot(path: Path | None) -> Any:
-    from .refinery.snapshot import read_snapshot
-
-    assert path is not None
-    return read_snapshot(path)
 
 
 def _check_same_records(source: Any, records: list[Record], id_attribute: str, path: Path | None) -> None:
@@ -554,10 +537,8 @@ def _count_changed(old: dict[str, str], new: dict[str, str]) -> int:
 def _read_state(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
     except (OSError, ValueError):
-        return None  # unreadable state: treat as a first sync (it retrains, never skips wrongly)
+        return None  # missing or unreadable: a first sync (it retrains, never skips wrongly)
     if not isinstance(data, dict) or data.get("version") != _STATE_VERSION:
         return None
     return data
@@ -579,8 +560,7 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 def _locked(path: Path, project_id: str, uri: str) -> Iterator[None]:
     import fcntl
 
-    fh = open(path, "a+", encoding="utf-8")
-    try:
+    with open(path, "a+", encoding="utf-8") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -603,5 +583,3 @@ def _locked(path: Path, project_id: str, uri: str) -> Iterator[None]:
             fh.seek(0)
             fh.truncate()
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()

@@ -1,12 +1,9 @@
-"""Judge an embedding: neighbour purity (top_k), chance level, a linear probe, 2D separation.
+"""Stage 4, judge an embedding on the test records' gold: top_k, refinery's threshold search, chance, a linear
+probe, 2D separation.
 
-``top_k`` for a query is the share of its k nearest neighbours (cosine; the query itself excluded)
-that carry the query's class, in percent; the score is its mean over queries. Neighbours are searched
-among the test records only, as in the 2022 experiment.
-
-:func:`kern_finetune.refinery.search.threshold_search` instead searches as refinery's data browser does
-(among **all** records, 100 within the similarity threshold): how many records a labeler actually gets per
-query, and how many of them share the query's class.
+``top_k`` for a query is the share of its k nearest test records (cosine, the query excluded) that carry its
+class, in percent, averaged over queries; :func:`kern_finetune.refinery.search.threshold_search` searches all
+records as refinery does.
 """
 
 from __future__ import annotations
@@ -39,6 +36,7 @@ __all__ = [
     "MAX_EVAL_QUERIES",
     "top_k_purity",
     "chance_level",
+    "gold_codes",
     "linear_probe",
     "projection_2d",
     "separation_2d",
@@ -55,8 +53,7 @@ SEARCH_QUERIES = 250
 """Seeded test records that query refinery's threshold search in the evaluation."""
 MAX_EVAL_QUERIES = 10_000
 """top_k is averaged over at most this many test records as queries (a seeded sample above it), each
-searched against all test records: evaluation time grows linearly with the project, not with its square.
-Above the bundled sample's 9,146 test records, so the sample's figures are those of every query."""
+searched against all test records: evaluation time grows linearly with the project, not with its square."""
 
 
 def neighbour_purity(
@@ -92,11 +89,9 @@ def neighbour_purity(
 
 
 def nearest_rows(x: np.ndarray, queries: np.ndarray, k: int, *, block: int = 16384) -> np.ndarray:
-    """The ``k`` rows of ``x`` most similar (dot product) to each query row, best first, the query excluded.
+    """The ``k`` rows of ``x`` most similar (dot product) to each query row index, best first, the query excluded.
 
-    ``x``: (n, d) float32, normalised for cosine; ``queries``: row indices. Scans ``x`` in blocks of
-    ``block`` rows and keeps a running top ``k``, so no (queries x n) matrix is ever held. Ties are broken
-    arbitrarily (as ``np.argpartition`` does).
+    Scans ``x`` in blocks of ``block`` rows keeping a running top ``k``; ties are broken arbitrarily.
     """
     qi = np.asarray(queries, dtype=np.int64)
     if len(qi) == 0 or k < 1:
@@ -115,18 +110,15 @@ def nearest_rows(x: np.ndarray, queries: np.ndarray, k: int, *, block: int = 163
 
 def purity_queries(n: int, seed: int, *, max_queries: int = MAX_EVAL_QUERIES) -> np.ndarray | None:
     """Which of ``n`` test records serve as top_k queries: None (every one) when ``n <= max_queries``,
-    else a seeded sample of ``max_queries`` (:func:`sample_queries`). Their neighbours are always
-    searched among all ``n`` test records."""
+    else a seeded sample of ``max_queries``."""
     return None if n <= max_queries else sample_queries(n, max_queries, seed)
 
 
 def purity_summary(vectors: np.ndarray, classes: np.ndarray, *, seed: int, max_queries: int = MAX_EVAL_QUERIES) -> dict[str, Any]:
-    """The evaluation's neighbour purity of one embedding of the test records.
+    """The evaluation's neighbour purity of one embedding of the test records, over :func:`purity_queries`.
 
-    ``top_k`` (percent per k, over :func:`purity_queries`' queries: every test record up to
-    ``max_queries``), ``per_query`` (purity at the largest k per top_k query), ``per_query_k`` (``{k: purity per top_k query}``)
-    and ``n_queries`` (top_k queries used).
-    Time is linear in the test records (at most ``max_queries`` x n dot products), memory bounded.
+    ``top_k`` (percent per k), ``per_query`` (purity at the largest k per query), ``per_query_k``
+    (``{k: purity per query}``) and ``n_queries``.
     """
     queries = purity_queries(len(vectors), seed, max_queries=max_queries)
     if queries is not None:
@@ -235,25 +227,18 @@ def separation_2d(points: np.ndarray, classes: np.ndarray, *, seed: int = 42, ma
     return {"knn_accuracy": float(100.0 * knn), "silhouette": float(sil)}
 
 
-# --------------------------------------------------------------------------------------------------
-# Stage 4 of the pipeline: judge the fine-tuned vectors against the raw ones on the test records
-
-
 @dataclass
 class Plots:
-    """Arrays the report draws (never written to ``metrics.json``): per-query top_1k purity per embedding
-    (``per_query_k``: at every k, for the per-class table), 2D projections of the test records (``raw_pca``, ``finetuned_simplex``), their gold codes and names."""
+    """Arrays the report draws, never written to ``metrics.json``: per embedding, the per-query purity at the
+    largest k (``per_query``) and at every k (``per_query_k``); the 2D projections of the test records."""
 
     per_query: dict[str, np.ndarray]
     per_query_k: dict[str, Any]
     points_2d: dict[str, np.ndarray]
-    point_classes: np.ndarray
-    class_names: list[str]
 
     def to_dict(self) -> dict[str, Any]:
         """What :func:`kern_finetune.evaluation.report.write_report` takes as ``plots``."""
-        return {"per_query": self.per_query, "per_query_k": self.per_query_k, "points_2d": self.points_2d,
-                "point_classes": self.point_classes, "class_names": self.class_names}
+        return {"per_query": self.per_query, "per_query_k": self.per_query_k, "points_2d": self.points_2d}
 
 
 @dataclass
@@ -265,25 +250,25 @@ class Evaluation:
     seconds: float
 
 
-def _gold_codes(sel: Selection, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
-    values = sorted({sel.gold[i] for i in rows})  # type: ignore[type-var]
+def gold_codes(gold: list[str | None], rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The sorted gold values of ``rows`` and each row's index into them."""
+    values = sorted({gold[i] for i in rows})  # type: ignore[type-var]
     code = {g: k for k, g in enumerate(values)}
-    return values, np.array([code[sel.gold[i]] for i in rows])  # type: ignore[index]
+    return values, np.array([code[gold[i]] for i in rows], dtype=np.int64)  # type: ignore[index]
 
 
 def _neighbour_figures(base: np.ndarray, tuned: np.ndarray, sel: Selection, classes: np.ndarray,
                        config: RunConfig, doors: dict[str, np.ndarray]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """top_k among the test records, and refinery's search among all records from :data:`SEARCH_QUERIES`
-    seeded test records; the per-query purities (``per_query``: top_1k, ``per_query_k``: every k) for the report."""
+    """top_k among the test records, refinery's search among all records from :data:`SEARCH_QUERIES` seeded
+    test records, and the per-query purities for the report."""
     test = sel.test_idx
     queries = sample_queries(len(test), SEARCH_QUERIES, config.seed)
     top_k, per_query, per_query_k = {}, {}, {}
     for name, x in (("raw", base[test]), ("finetuned", tuned[test])):
         summary = purity_summary(x, classes, seed=config.seed)  # capped queries, blocks: linear in n_test
         top_k[name], per_query[name] = summary["top_k"], summary["per_query"]
-        per_query_k[name] = summary["per_query_k"]  # the report's per-class table reuses it
-    # Search as refinery runs it: the seeded test queries against ALL records, 100 nearest within the
-    # embedding's similarity threshold, judged on every returned record whose gold is known.
+        per_query_k[name] = summary["per_query_k"]
+    # the seeded test queries against all records, judged on every returned record whose gold is known
     all_gold = sorted({g for g in sel.gold if g is not None})  # type: ignore[type-var]
     all_code = {g: k for k, g in enumerate(all_gold)}
     record_classes = np.array([all_code[g] if g is not None else -1 for g in sel.gold])
@@ -307,9 +292,7 @@ def _probe(base: np.ndarray, tuned: np.ndarray, sel: Selection, mapping: dict[st
 
 
 def _views_2d(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig) -> dict[str, np.ndarray]:
-    """2D views: projections fitted on the training records, applied to the test records. The raw
-    embedding's PCA is the baseline. "simplex" places each record at the probability-weighted mean of the
-    class corners of a linear classifier fitted on the training labels (never the gold)."""
+    """Every :func:`projection_2d` of the test records, fitted on the training records and labels (never gold)."""
     fit_idx = sel.train_idx
     return {f"{name}_{method}": projection_2d(x[fit_idx], sel.y[fit_idx], x[sel.test_idx], method=method, seed=config.seed)
             for name, x in (("raw", base), ("finetuned", tuned)) for method in ("pca", "simplex")}
@@ -333,9 +316,8 @@ def evaluation_notes(n_test: int, n_gold_values: int, gold_attribute: str | None
 def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunConfig, *,
              doors: dict[str, np.ndarray] | None = None) -> Evaluation:
     """Raw (``base``) vs fine-tuned (``tuned``) vectors of every record of ``sel``, judged on the test records'
-    gold: top_k, refinery's threshold search, the linear
-    probe and 2D separation. ``doors``: more embeddings of every record (name -> vectors, as refinery stores
-    them), searched by the same threshold search only. Without two test records, the metrics say why and hold no figures."""
+    gold. ``doors``: more embeddings of every record (name -> vectors, as refinery stores them), searched by
+    the threshold search only. Without two test records, the metrics say why and hold no figures."""
     import time
 
     from ..labels.select import gold_to_class
@@ -348,21 +330,18 @@ def evaluate(base: np.ndarray, tuned: np.ndarray, sel: Selection, config: RunCon
         metrics = {**sizes, "chance": None, "top_k": {"raw": {}, "finetuned": {}}, "classification": {},
                    "evaluation_note": why}
         return Evaluation(metrics=metrics, plots=None, seconds=time.perf_counter() - t)
-    gold_values, classes = _gold_codes(sel, test)
+    gold_values, classes = gold_codes(sel.gold, test)
     metrics: dict[str, Any] = {**sizes, "chance": chance_level(classes)}
     notes = evaluation_notes(len(test), len(gold_values), config.gold_attribute)
     if notes:
         metrics["evaluation_notes"] = notes
     figures, per_query = _neighbour_figures(base, tuned, sel, classes, config, doors or {})
     metrics.update(figures)
-    mapping = gold_to_class(sel)
-    metrics.update(_probe(base, tuned, sel, mapping, config))
+    metrics.update(_probe(base, tuned, sel, gold_to_class(sel), config))
     views = _views_2d(base, tuned, sel, config)
     metrics["separation_2d"] = {name: separation_2d(p, classes, seed=config.seed) for name, p in views.items()}
     n_fit = len(sel.train_idx)
     metrics["projection_fit"] = {"n_train": int(n_fit), "max_fit": MAX_FIT_RECORDS, "sampled": n_fit > MAX_FIT_RECORDS}
-    names = [f"{g} ({sel.classes[mapping[g]]})" if mapping else g for g in gold_values]
     plots = Plots(per_query=per_query["per_query"], per_query_k=per_query["per_query_k"],
-                  points_2d={name: views[name] for name in ("raw_pca", "finetuned_simplex")},
-                  point_classes=classes, class_names=names)
+                  points_2d={name: views[name] for name in ("raw_pca", "finetuned_simplex")})
     return Evaluation(metrics=metrics, plots=plots, seconds=time.perf_counter() - t)

@@ -1,36 +1,17 @@
 """A self-contained ``report.html``: one file, no network, no external scripts or styles.
 
-It answers first and shows examples after:
+Answer first, examples after: the verdict (:mod:`kern_finetune.evaluation.report_verdict`), search as refinery
+runs it (:data:`SEARCH_NAMES`), top_k (per class, violin, curve), 2D views with the same projection for raw and
+fine-tuned side by side (inline SVG; hovering a point highlights the same record in the other panel), examples
+(:func:`first_screen`), the label issues, the linear probe, then folded details.
 
-1. **The verdict** (when ``metrics`` has one) right under the title, then one paragraph: the task, what was
-   trained on, the mode.
-2. **Search as refinery runs it**: the evaluation's :func:`kern_finetune.refinery.search.threshold_search` figures
-   for every embedding it searched, named as a labeler knows them (:data:`SEARCH_NAMES`: refinery's stock
-   embedding, the raw base model, the model door, the snapshot door as pushed): short result lists, same class
-   among what comes back, the first screen.
-3. **top_k** (k nearest test records, judged by gold), per class, the violin plot and the top_k curve.
-4. **2D views that compare like with like**: the same projection method for raw and fine-tuned, side by
-   side, as inline SVG. Hovering a point shows its class name and text and highlights the same record in the
-   other panel (a small inline script; the data sit in the page as JSON).
-5. **Examples**: for a few seeded queries, their 10 nearest records (cosine, among all records, as
-   refinery's similarity search looks) raw beside fine-tuned: the text, the label or gold, whether the class
-   matches the query's, and each neighbour's rank in the other embedding. Each list is cut where refinery
-   would cut it (:func:`kern_finetune.refinery.search.similarity_threshold`): neighbours beyond the embedding's
-   distance are greyed out.
-6. **Label issues**: the weak labels the label check flagged, with each record's text and its label's source.
-7. The linear probe, then **details**, folded: the mode choice, labels per class, timings.
-
-Every user string (texts, labels, gold values, class names) is HTML-escaped, and matplotlib never
-parses mathtext (``text.parse_math`` off; the log axis gets plain tick labels), so a label such as
-``$\\notacmd$`` renders as typed. The cost is bounded: the examples score a handful of queries against all
-records, per-class top_k scans the test records in blocks (:func:`kern_finetune.evaluation.evaluate.neighbour_purity`),
-and the 2D views draw at most :data:`MAX_POINTS` seeded test records.
+Every user string is HTML-escaped, and matplotlib never parses mathtext (``text.parse_math`` off), so a label
+such as ``$\\notacmd$`` renders as typed. The 2D views draw at most :data:`MAX_POINTS` seeded test records.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 from dataclasses import dataclass
@@ -45,8 +26,8 @@ import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..refinery.search import SEARCH_LIMIT, similarity_threshold  # noqa: E402
-from .evaluate import neighbour_purity, projection_2d, purity_queries  # noqa: E402
-from .report_verdict import verdict_html  # noqa: E402
+from .evaluate import gold_codes, neighbour_purity, projection_2d, purity_queries  # noqa: E402
+from .report_verdict import esc, verdict_html  # noqa: E402
 
 if TYPE_CHECKING:
     from ..labels.select import Selection
@@ -70,10 +51,8 @@ _SVG_SIZE = 420
 class ReportData:
     """What the report needs besides the metrics; rows are records, aligned with ``ids``.
 
-    ``labels`` holds the training label's class name (manual or weak, as selected; pseudo-labels are not
-    labels) or None; ``gold`` the gold value; ``gold_class`` the gold mapped to a task class where the
-    mapping is known (:func:`kern_finetune.labels.select.gold_to_class`). ``raw`` and ``tuned`` are the vectors of
-    every record.
+    ``labels``: the selected training label's class or None (pseudo-labels are no labels); ``gold_class``: the
+    gold mapped to a task class where known (:func:`kern_finetune.labels.select.gold_to_class`).
     """
 
     ids: list[str]
@@ -121,14 +100,11 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEIGHBOURS) -> list[dict[str, Any]]:
     """Seeded queries and their ``k`` nearest records in each embedding (all records, the query excluded).
 
-    Queries are test records (those judged by gold); without any, unlabeled records with text. Each
-    neighbour carries ``index``, ``similarity``, ``rank_other`` (its rank for this query in the other
-    embedding, 1 = nearest: what a labeler can read, where a cosine is not), ``match`` (True/False where the
-    query's and the neighbour's classes are known, else None) and ``returned``: whether refinery's search would return it
-    (within the embedding's :func:`~kern_finetune.refinery.search.similarity_threshold` distance and among the
-    search's 100, the query counted). Each query carries ``results``: per embedding, how many records that
-    search returns (the query included), and the embedding's ``threshold`` (a Euclidean distance between
-    L2-normalised vectors).
+    Queries are test records; without any, unlabeled records with text. Each neighbour carries ``index``,
+    ``similarity``, ``rank_other`` (its rank for this query in the other embedding, 1 = nearest), ``match``
+    (None where a class is unknown) and ``returned`` (whether refinery's search, cut at the embedding's
+    :func:`~kern_finetune.refinery.search.similarity_threshold`, would return it). Each query carries
+    ``results`` (records that search returns, the query included) and ``threshold`` per embedding.
     """
     pool = [int(i) for i in data.test_idx if data.texts[i]]
     if not pool:
@@ -144,10 +120,9 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
     for q in queries:
         q_class = data.gold_class[q]
         row: dict[str, Any] = {"index": q, "class": q_class, "neighbours": {}, "results": {}, "threshold": thresholds}
-        all_sims = {}
-        for name, x in spaces.items():
-            all_sims[name] = x @ x[q]
-            all_sims[name][q] = -np.inf
+        all_sims = {name: x @ x[q] for name, x in spaces.items()}
+        for sims in all_sims.values():
+            sims[q] = -np.inf
         for name, x in spaces.items():
             sims = all_sims[name]
             there = all_sims[other[name]]
@@ -171,26 +146,18 @@ def first_screen(data: ReportData, *, n_queries: int = N_QUERIES, k: int = N_NEI
     return out
 
 
-def _gold_codes(data: ReportData) -> tuple[list[str], np.ndarray]:
-    values = sorted({str(data.gold[i]) for i in data.test_idx})
-    code = {g: c for c, g in enumerate(values)}
-    return values, np.array([code[str(data.gold[i])] for i in data.test_idx], dtype=np.int64)
-
-
 def per_class_top_k(
     data: ReportData, ks: tuple[int, ...] = PER_CLASS_KS, *, given: dict[str, dict[int, np.ndarray]] | None = None
 ) -> list[dict[str, Any]]:
-    """top_k per gold class, in percent, raw and fine-tuned: test records among test records, in blocks.
+    """top_k per gold class, in percent, raw and fine-tuned: test records among test records.
 
-    The queries are the evaluation's (:func:`kern_finetune.evaluation.evaluate.purity_queries`: every test record,
-    or a seeded sample of ``MAX_EVAL_QUERIES`` on a large project); ``n`` counts a class's test records,
-    ``n_queries`` its queries. A class without a sampled query gets no figures (None). ``given``
-    (``{"raw"|"finetuned": {k: purity per query}}``, the evaluation's ``per_query_k`` over the same queries)
-    is reused instead of searching again.
+    The queries are the evaluation's (:func:`kern_finetune.evaluation.evaluate.purity_queries`); ``n`` counts a
+    class's test records, ``n_queries`` its queries; a class without a sampled query gets None. ``given``
+    (the evaluation's ``per_query_k``: ``{"raw"|"finetuned": {k: purity per query}}``) is reused when it fits.
     """
     if len(data.test_idx) < 2:
         return []
-    values, classes = _gold_codes(data)
+    values, classes = gold_codes(data.gold, data.test_idx)
     queries = purity_queries(len(classes), data.seed)
     q_classes = classes if queries is None else classes[queries]
     n_q = len(classes) if queries is None else len(queries)
@@ -218,9 +185,7 @@ def _projections(
 ) -> tuple[np.ndarray, dict[str, np.ndarray]] | None:
     """The same projection, fitted on the training records, for raw and fine-tuned; a seeded subset of test rows.
 
-    ``given`` may hold projections of all test records already made by the evaluation (keys such as
-    ``raw_pca``, ``finetuned_simplex``, made the same way by :func:`kern_finetune.evaluation.evaluate.projection_2d`);
-    those are reused instead of fitted again.
+    ``given``: the evaluation's projections of all test records (``raw_pca``, ``finetuned_simplex``), reused.
     """
     test = np.asarray(data.test_idx)
     fit = np.asarray(data.train_idx)
@@ -253,10 +218,6 @@ def _projections(
 # ---------------------------------------------------------------- rendering
 
 
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _clip(text: str, n: int = _TEXT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
 
@@ -269,7 +230,6 @@ def _png(fig: plt.Figure) -> str:
 
 
 _NAMES = {"raw": "raw", "finetuned": "fine-tuned"}
-"""How the report writes an embedding's metrics key in prose and tables."""
 SEARCH_NAMES = {
     "stock": "refinery's stock embedding",
     "raw": "raw base model",
@@ -303,8 +263,7 @@ def _violin(per_query: dict[str, np.ndarray], k: int, chance: float) -> str:
 
 
 def _curve_figure(top_k: dict[str, dict[str, float]], chance: float) -> plt.Figure:
-    """The top_k curve. The log axis gets plain tick labels (``10``, ``1,000``): matplotlib's own are mathtext
-    (``$\\mathdefault{10^{1}}$``), which the report's ``text.parse_math: False`` would print as typed."""
+    """The top_k curve, with plain tick labels on the log axis: matplotlib's own are mathtext."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, vals) in enumerate(top_k.items()):
         ks = [int(k) for k in vals]
@@ -325,10 +284,6 @@ def _curve_figure(top_k: dict[str, dict[str, float]], chance: float) -> plt.Figu
     return fig
 
 
-def _curve(top_k: dict[str, dict[str, float]], chance: float) -> str:
-    return _png(_curve_figure(top_k, chance))
-
-
 def _class_name(data: ReportData, i: int) -> str:
     """A gold value as a labeler knows it: the task class it maps to (``World``), else the value itself."""
     cls, gold = data.gold_class[i], data.gold[i]
@@ -337,11 +292,11 @@ def _class_name(data: ReportData, i: int) -> str:
 
 def _label_cell(data: ReportData, i: int) -> str:
     if data.labels[i] is not None:
-        return f"label <b>{_esc(data.labels[i])}</b>"
+        return f"label <b>{esc(data.labels[i])}</b>"
     if data.gold[i] is not None:
         if data.gold_class[i] is not None and data.gold_class[i] != data.gold[i]:
-            return f"<b>{_esc(data.gold_class[i])}</b> (gold {_esc(data.gold[i])})"
-        return f"gold <b>{_esc(data.gold[i])}</b>"
+            return f"<b>{esc(data.gold_class[i])}</b> (gold {esc(data.gold[i])})"
+        return f"gold <b>{esc(data.gold[i])}</b>"
     return "<i>no label</i>"
 
 
@@ -355,38 +310,30 @@ def _first_screen_html(data: ReportData, screen: list[dict[str, Any]]) -> str:
     parts = []
     for n, q in enumerate(screen, 1):
         i = q["index"]
-        counts = {
-            name: sum(1 for nb in nbs if nb["match"]) for name, nbs in q["neighbours"].items()
-        }
+        counts = {name: sum(1 for nb in nbs if nb["match"]) for name, nbs in q["neighbours"].items()}
         known = all(nb["match"] is not None for nbs in q["neighbours"].values() for nb in nbs)
         score = (f" Same class: raw <b>{counts['raw']}</b> / {len(q['neighbours']['raw'])}, fine-tuned "
                  f"<b>{counts['finetuned']}</b> / {len(q['neighbours']['finetuned'])}." if known else "")
-        results = q.get("results", {})
-        if results:
-            score += (f" Refinery's search returns <b>{results['raw']}</b> records for it in raw, "
-                      f"<b>{results['finetuned']}</b> in fine-tuned (the query included; at most {SEARCH_LIMIT})"
-                      + ("; greyed rows lie beyond that embedding's threshold, refinery would not show them." if
-                         any(not nb.get("returned", True) for nbs in q["neighbours"].values() for nb in nbs) else "."))
+        results = q["results"]
+        score += (f" Refinery's search returns <b>{results['raw']}</b> records for it in raw, "
+                  f"<b>{results['finetuned']}</b> in fine-tuned (the query included; at most {SEARCH_LIMIT})"
+                  + ("; greyed rows lie beyond that embedding's threshold, refinery would not show them." if
+                     any(not nb["returned"] for nbs in q["neighbours"].values() for nb in nbs) else "."))
         rows = []
         raw, tuned = q["neighbours"]["raw"], q["neighbours"]["finetuned"]
         in_raw = {nb["index"] for nb in raw}
-        for r in range(max(len(raw), len(tuned))):
-            cells = []
-            for nbs, there in ((raw, "fine-tuned"), (tuned, "raw")):
-                if r < len(nbs):
-                    j = nbs[r]["index"]
-                    new = ' <span class="new">new</span>' if nbs is tuned and j not in in_raw else ""
-                    cut = "" if nbs[r].get("returned", True) else " cut"
-                    rank = nbs[r].get("rank_other")
-                    rank_html = f'<br><span class="sim">#{rank:,} in {there}</span>' if rank is not None else ""
-                    cells.append(f'<td class="txt{cut}">{_esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
-                                 f'{_label_cell(data, j)}{rank_html}{new}</td>{_mark(nbs[r]["match"])}')
-                else:
-                    cells.append("<td></td><td></td><td></td>")
-            rows.append(f"<tr><td>{r + 1}</td>{''.join(cells)}</tr>")
+        for r in range(len(raw)):  # both lists hold the same number of neighbours
+            cells = ""
+            for nb, there in ((raw[r], "fine-tuned"), (tuned[r], "raw")):
+                j, cut = nb["index"], "" if nb["returned"] else " cut"
+                new = ' <span class="new">new</span>' if there == "raw" and j not in in_raw else ""
+                cells += (f'<td class="txt{cut}">{esc(_clip(data.texts[j]))}</td><td class="lab{cut}">'
+                          f'{_label_cell(data, j)}<br><span class="sim">#{nb["rank_other"]:,} in {there}</span>{new}'
+                          f'</td>{_mark(nb["match"])}')
+            rows.append(f"<tr><td>{r + 1}</td>{cells}</tr>")
         parts.append(
-            f'<div class="query"><h3>Example {n}: record {_esc(data.ids[i])}</h3>'
-            f'<p class="qtext">{_esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'
+            f'<div class="query"><h3>Example {n}: record {esc(data.ids[i])}</h3>'
+            f'<p class="qtext">{esc(_clip(data.texts[i], 600))}</p><p>{_label_cell(data, i)}.{score}</p>'
             '<table class="nn"><tr><th>#</th><th colspan="3">raw</th><th colspan="3">fine-tuned</th></tr>'
             '<tr><th></th><th>text</th><th>label / gold</th><th>same class</th><th>text</th><th>label / gold</th>'
             f'<th>same class</th></tr>{"".join(rows)}</table></div>'
@@ -405,8 +352,7 @@ _SEARCH_ROWS = (
 
 
 def _search_html(metrics: dict[str, Any]) -> str:
-    """The evaluation's ``threshold_search`` figures as a table, one column per embedding searched (refinery's
-    stock embedding, raw, the model door, the pushed vectors: :data:`SEARCH_NAMES`), with the spread's strength."""
+    """The evaluation's ``threshold_search`` figures, one column per embedding searched, and the spread's strength."""
     search = metrics.get("threshold_search") or {}
     if not search:
         return ""
@@ -416,7 +362,7 @@ def _search_html(metrics: dict[str, Any]) -> str:
     def cell(value: Any, fmt: str) -> str:
         return "-" if value is None or (isinstance(value, float) and not np.isfinite(value)) else fmt.format(value)
 
-    body = "".join(f"<tr><td>{_esc(label)}</td>" + "".join(f"<td>{cell(search[nm].get(key), fmt)}</td>" for nm in names)
+    body = "".join(f"<tr><td>{esc(label)}</td>" + "".join(f"<td>{cell(search[nm].get(key), fmt)}</td>" for nm in names)
                    + "</tr>" for key, label, fmt in _SEARCH_ROWS)
     spread = metrics.get("spread")
     note = ""
@@ -424,25 +370,23 @@ def _search_html(metrics: dict[str, Any]) -> str:
         how = "chosen without labels" if spread.get("chosen") else "as set by --spread"
         note = (f"<p>Search spread: strength {spread['strength']:g} ({how}); the fine-tuned vectors were lifted "
                 "so that sparse regions get full result lists (kern_finetune/vectors/spread.py).</p>")
-    legend = "".join(f"<li><b>{_esc(SEARCH_NAMES[nm])}</b>: {_esc(_SEARCH_NOTES[nm])}</li>"
+    legend = "".join(f"<li><b>{esc(SEARCH_NAMES[nm])}</b>: {esc(_SEARCH_NOTES[nm])}</li>"
                      for nm in names if nm in _SEARCH_NOTES)
-    return (f"<h2>Search as refinery runs it ({_esc(n)} seeded test queries among all records)</h2>"
+    return (f"<h2>Search as refinery runs it ({esc(n)} seeded test queries among all records)</h2>"
             "<p>Refinery returns at most 100 records within one distance per embedding, the 5th percentile of "
             "pairwise distances among a sample of its records; a labeling session built from a search has as many "
             "records as it returns.</p>"
-            f"<table><tr><th></th>{''.join(f'<th>{_esc(SEARCH_NAMES.get(nm, nm))}</th>' for nm in names)}</tr>"
+            f"<table><tr><th></th>{''.join(f'<th>{esc(SEARCH_NAMES.get(nm, nm))}</th>' for nm in names)}</tr>"
             f"{body}</table>" + (f'<ul class="legend">{legend}</ul>' if legend else "") + note)
 
 
 def _per_class_html(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "<p>No per-class figures: fewer than 2 test records with gold.</p>"
     ks = PER_CLASS_KS
     head = "".join(f"<th>top_{k} raw</th><th>top_{k} fine-tuned</th>" for k in ks)
     body = []
     for r in rows:
-        name = (f"{_esc(r['class'])} (gold {_esc(r['gold'])})" if r["class"] is not None and r["class"] != r["gold"]
-                else _esc(r["gold"]))
+        name = (f"{esc(r['class'])} (gold {esc(r['gold'])})" if r["class"] is not None and r["class"] != r["gold"]
+                else esc(r["gold"]))
         if r[f"raw_{ks[0]}"] is None:  # no query of this class in a capped sample
             cells = "<td>-</td>" * (2 * len(ks))
         else:
@@ -463,8 +407,8 @@ def _svg_panel(points: np.ndarray, classes: np.ndarray, shown: np.ndarray, title
         f'<circle cx="{x:.1f}" cy="{_SVG_SIZE - y:.1f}" r="2.6" fill="{_COLORS[int(c) % len(_COLORS)]}" data-i="{int(s)}"/>'
         for (x, y), c, s in zip(xy, classes, shown)
     )
-    return (f'<figure class="panel"><figcaption>{_esc(title)}</figcaption>'
-            f'<svg class="view" data-view="{_esc(view)}" width="{_SVG_SIZE}" height="{_SVG_SIZE}" '
+    return (f'<figure class="panel"><figcaption>{esc(title)}</figcaption>'
+            f'<svg class="view" data-view="{esc(view)}" width="{_SVG_SIZE}" height="{_SVG_SIZE}" '
             f'viewBox="0 0 {_SVG_SIZE} {_SVG_SIZE}">'
             f'<rect width="100%" height="100%" fill="#fff" stroke="#ccc"/>{circles}</svg></figure>')
 
@@ -480,9 +424,7 @@ def _views_html(
     data: ReportData, metrics: dict[str, Any], given: dict[str, np.ndarray] | None = None
 ) -> tuple[str, dict[str, Any]]:
     """Side-by-side SVG panels per projection method, and the hover data (texts of the shown records)."""
-    if len(data.test_idx) < 2:
-        return "<p>No 2D views: fewer than 2 test records with gold.</p>", {}
-    values, codes = _gold_codes(data)
+    values, codes = gold_codes(data.gold, data.test_idx)
     sep = metrics.get("separation_2d", {})
     blocks, shown_rows = [], None
     for method in ("pca", "simplex"):
@@ -498,12 +440,12 @@ def _views_html(
                      if "knn_accuracy" in s and "silhouette" in s else "")
             panels.append(_svg_panel(p, codes[shown], shown, f"{_name(name)}, {method}{extra}",
                                      f"{name}_{method}"))
-        blocks.append(f"<h3>{_esc(_METHOD_TEXT[method])}</h3><div class=\"pair\">{''.join(panels)}</div>")
+        blocks.append(f"<h3>{esc(_METHOD_TEXT[method])}</h3><div class=\"pair\">{''.join(panels)}</div>")
     if shown_rows is None:
         return "<p>No 2D views: too few training records to fit a projection.</p>", {}
     legend = "".join(
         f'<span class="key"><span class="dot" style="background:{_COLORS[c % len(_COLORS)]}"></span>'
-        f'{_esc(_class_name(data, int(data.test_idx[np.flatnonzero(codes == c)[0]])))}</span>'
+        f'{esc(_class_name(data, int(data.test_idx[np.flatnonzero(codes == c)[0]])))}</span>'
         for c, _g in enumerate(values)
     )
     hover = {  # keyed by the position in test_idx that each circle's data-i holds; c: the class as a labeler names it
@@ -563,15 +505,12 @@ def write_report(
     label_issues: dict[str, Any] | None = None,
     k_violin: int = 1000,
 ) -> None:
-    """Write the report to ``path`` (atomically: a temporary file renamed into place).
+    """Write the report to ``path`` atomically, for the run's ``metrics``.
 
-    ``metrics`` is the run's metrics dict. ``plots`` may hold ``per_query`` (embedding name -> per-query
-    purity at ``k_violin``) for the violin plot, ``per_query_k`` (embedding name -> {k: per-query purity},
-    the evaluation's, reused by the per-class table), and ``points_2d`` (``raw_pca``, ``finetuned_simplex``, ...:
-    2D projections of all test records) to reuse instead of fitting them again. ``data`` gives the examples, the
+    ``plots``: :meth:`kern_finetune.evaluation.evaluate.Plots.to_dict` (``per_query`` at ``k_violin`` for the violin
+    plot; ``per_query_k`` and ``points_2d``, reused instead of computed again). ``data`` gives the examples, the
     per-class table and the 2D views; without it (or without gold) the report has the numbers only.
-    ``label_issues`` is the label check's result (:func:`kern_finetune.labels.label_check.find_label_issues`), listed with
-    each record's text and its label's source.
+    ``label_issues``: :func:`kern_finetune.labels.label_check.find_label_issues`'s result.
     """
     with plt.rc_context({"text.parse_math": False}):  # a label like "$\\notacmd$" is text, never mathtext
         body = _render(metrics, plots or {}, data, label_issues, k_violin)
@@ -584,8 +523,8 @@ def write_report(
 def _queries_text(metrics: dict[str, Any]) -> str:
     n_test, used = metrics.get("n_test"), metrics.get("top_k_queries")
     if used is None or used == n_test:
-        return f"all {_esc(n_test)} test queries"
-    return f"a seeded sample of {_esc(used)} of the {_esc(n_test)} test records as queries, neighbours among all of them"
+        return f"all {esc(n_test)} test queries"
+    return f"a seeded sample of {esc(used)} of the {esc(n_test)} test records as queries, neighbours among all of them"
 
 
 _STAGES = {
@@ -604,11 +543,8 @@ def _timings_html(seconds: Any) -> str:
     if not isinstance(seconds, dict) or not seconds:
         return ""
     order = [k for k in seconds if k != "total"] + (["total"] if "total" in seconds else [])
-    rows = "".join(
-        f"<tr><td>{_esc(_STAGES.get(k, k))}</td><td>{seconds[k]:,.1f}</td></tr>" if isinstance(seconds[k], (int, float))
-        else f"<tr><td>{_esc(_STAGES.get(k, k))}</td><td>{_esc(seconds[k])}</td></tr>"
-        for k in order
-    )
+    cells = {k: f"{v:,.1f}" if isinstance(v, (int, float)) else esc(v) for k, v in seconds.items()}
+    rows = "".join(f"<tr><td>{esc(_STAGES.get(k, k))}</td><td>{cells[k]}</td></tr>" for k in order)
     return f"<h3>Timings</h3><table><tr><th>stage</th><th>seconds</th></tr>{rows}</table>"
 
 
@@ -618,7 +554,7 @@ def _source_text(source: Any, confidence: Any) -> str:
     return str(source or "-")
 
 
-def _label_issues_html(metrics: dict[str, Any], issues: dict[str, Any] | None, data: ReportData | None) -> str:
+def _label_issues_html(metrics: dict[str, Any], issues: dict[str, Any] | None) -> str:
     """The weak labels the label check flagged, the least likely first, with text, source and suggestion."""
     check = metrics.get("label_check")
     if not isinstance(check, dict) and not issues:
@@ -634,19 +570,13 @@ def _label_issues_html(metrics: dict[str, Any], issues: dict[str, Any] | None, d
             + "Review them in refinery: the full list is <code>label_issues.csv</code>.</p>")
     if not issues or not n:
         note = (check or {}).get("note")
-        return head + (f"<p>{_esc(note)}</p>" if note else "")
-    texts = issues.get("texts")
-    if texts is None and data is not None:
-        where = {rid: i for i, rid in enumerate(data.ids)}
-        texts = [data.texts[where[r]] if r in where else "" for r in issues["ids"]]
-    texts = texts or [""] * n
-    sources = issues.get("sources") or [""] * n
-    confidence = issues.get("confidence") or [None] * n
+        return head + (f"<p>{esc(note)}</p>" if note else "")
+    texts, sources, confidence = issues["texts"], issues["sources"], issues["confidence"]
     order = sorted(range(n), key=lambda r: issues["probability_given"][r])[:MAX_LABEL_ISSUES]
     rows = "".join(
-        f"<tr><td>{_esc(issues['ids'][r])}</td><td class=\"txt\">{_esc(_clip(texts[r]))}</td>"
-        f"<td><b>{_esc(issues['given'][r])}</b></td><td>{_esc(_source_text(sources[r], confidence[r]))}</td>"
-        f"<td>{_esc(issues['suggested'][r])}</td><td>{issues['probability_given'][r]:.2f}</td></tr>"
+        f"<tr><td>{esc(issues['ids'][r])}</td><td class=\"txt\">{esc(_clip(texts[r]))}</td>"
+        f"<td><b>{esc(issues['given'][r])}</b></td><td>{esc(_source_text(sources[r], confidence[r]))}</td>"
+        f"<td>{esc(issues['suggested'][r])}</td><td>{issues['probability_given'][r]:.2f}</td></tr>"
         for r in order
     )
     shown = f"<p>The {len(order)} least likely of {n:,}.</p>" if len(order) < n else ""
@@ -658,12 +588,12 @@ def _details_html(metrics: dict[str, Any]) -> str:
     """What the run did and how long it took, folded: the mode choice, labels, timings."""
     config = metrics.get("config", {})
     choice = metrics.get("mode_choice")
-    choice_html = f"<p>Mode choice: {_esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
-    skipped = "".join(f"<li>{_esc(k)}: {_esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
-    counts = _esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
+    choice_html = f"<p>Mode choice: {esc(choice.get('message', ''))}</p>" if isinstance(choice, dict) else ""
+    skipped = "".join(f"<li>{esc(k)}: {esc(v)}</li>" for k, v in metrics.get("skipped", {}).items()) or "<li>none</li>"
+    counts = esc(", ".join(f"{k}: {v}" for k, v in metrics.get("train_class_counts", {}).items()))
     return (f"<details><summary>Details: how this run chose its mode, what it trained on, how long it took</summary>"
-            f"<p>Loss <b>{_esc(config.get('loss'))}</b>, engine <b>{_esc(config.get('engine'))}</b>, mode "
-            f"<b>{_esc(config.get('mode'))}</b>.</p>{choice_html}"
+            f"<p>Loss <b>{esc(config.get('loss'))}</b>, engine <b>{esc(config.get('engine'))}</b>, mode "
+            f"<b>{esc(config.get('mode'))}</b>.</p>{choice_html}"
             f"<p>Training labels per class: {counts}</p><p>Skipped:</p><ul>{skipped}</ul>"
             f"{_timings_html(metrics.get('seconds'))}</details>")
 
@@ -672,7 +602,6 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             label_issues: dict[str, Any] | None, k_violin: int) -> str:
     chance = metrics.get("chance")
     top_k = metrics.get("top_k", {})
-    # The verdict section (metrics["verdict"], verdict_html) is the first thing after the title.
     sections: list[str] = [_search_html(metrics)]
     hover: dict[str, Any] = {}
 
@@ -680,9 +609,9 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
     names = list(top_k)
     for k in top_k.get("raw", {}):
         cells = "".join(f"<td>{top_k[n][k]:.2f}</td>" for n in names)
-        rows.append(f"<tr><td>top_{_esc(k)}</td>{cells}</tr>")
+        rows.append(f"<tr><td>top_{esc(k)}</td>{cells}</tr>")
     if rows:
-        head = "".join(f"<th>{_esc(_name(n))}</th>" for n in names)
+        head = "".join(f"<th>{esc(_name(n))}</th>" for n in names)
         sections.append(f"<h2>top_k: same class among the k nearest test records (mean over {_queries_text(metrics)}, %)</h2>"
                         f"<table><tr><th>k</th>{head}</tr>{''.join(rows)}</table>")
     judged = data is not None and len(data.test_idx) >= 2  # test records with gold: per-class figures, 2D views
@@ -694,7 +623,7 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             sections.append(f'<h2>Neighbour purity per query</h2><img alt="Neighbour purity per query" '
                             f'src="data:image/png;base64,{_violin(plots["per_query"], k_violin, chance)}">')
         sections.append(f'<h2>Neighbour purity by k</h2><img alt="Neighbour purity by k" '
-                        f'src="data:image/png;base64,{_curve(top_k, chance)}">')
+                        f'src="data:image/png;base64,{_png(_curve_figure(top_k, chance))}">')
     if judged:
         views, hover = _views_html(data, metrics, plots.get("points_2d"))
         sections.append("<h2>2D views: the same projection for raw and fine-tuned</h2>" + views)
@@ -709,11 +638,11 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
             "<span class=\"sim\">#12 in raw</span> = the same record is the query's 12th nearest in the other "
             "embedding.</p>" + _first_screen_html(data, screen)
         )
-    sections.append(_label_issues_html(metrics, label_issues, data))
+    sections.append(_label_issues_html(metrics, label_issues))
     cls = metrics.get("classification", {})
     if cls:
         cls_rows = "".join(
-            f"<tr><td>{_esc(_name(n))}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>"
+            f"<tr><td>{esc(_name(n))}</td><td>{v['accuracy']:.2f}</td><td>{v['macro_f1']:.2f}</td></tr>"
             for n, v in cls.items()
         )
         sections.append("<h2>Linear probe (LogisticRegression, test records)</h2>"
@@ -722,14 +651,14 @@ def _render(metrics: dict[str, Any], plots: dict[str, Any], data: ReportData | N
 
     config = metrics.get("config", {})
     chance_html = (f"Chance level {chance:.2f}%." if chance is not None
-                   else _esc("No evaluation against gold: " + str(metrics.get("evaluation_note"))) + ".")
+                   else esc("No evaluation against gold: " + str(metrics.get("evaluation_note"))) + ".")
     def count(key: str) -> str:
         value = metrics.get(key)
-        return f"{value:,}" if isinstance(value, int) else _esc(value)
+        return f"{value:,}" if isinstance(value, int) else esc(value)
 
-    lead = (f'<p class="lead">Task <b>{_esc(metrics.get("task"))}</b>: trained on {count("n_train")} '
+    lead = (f'<p class="lead">Task <b>{esc(metrics.get("task"))}</b>: trained on {count("n_train")} '
             f"labels, {count('n_val')} held out for validation; {count('n_test')} test "
-            f"records judged by gold. Mode <b>{_esc(config.get('mode'))}</b> (why: details at the end). "
+            f"records judged by gold. Mode <b>{esc(config.get('mode'))}</b> (why: details at the end). "
             f"{chance_html}" + ("" if data is None or judged else " Per-class figures and 2D views need test records "
                                 "with gold (--gold-attribute).") + "</p>")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>kern-finetune report</title>

@@ -122,9 +122,8 @@ def hold_out(sel: Selection, share: float = HOLDOUT_SHARE, seed: int = 42, *,
     held = np.sort(np.concatenate(out)).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
     y = sel.y.copy()
     y[held] = -1
-    kept_source = list(sel.source)
-    for i in held.tolist():
-        kept_source[i] = ""
+    held_rows = set(held.tolist())
+    kept_source = ["" if i in held_rows else s for i, s in enumerate(sel.source)]
     train, val = split_train_val(np.flatnonzero(y >= 0), val_fraction, seed)
     return dataclasses.replace(sel, y=y, source=kept_source, train_idx=np.sort(train), val_idx=np.sort(val)), held
 
@@ -259,6 +258,7 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
     import torch
 
     from ..training.fit import fit
+    from ..vectors.base_share import door_vectors
 
     say = progress or (lambda _m: None)
     t = time.perf_counter()
@@ -273,7 +273,9 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
         procedure = f"head fit on the labels not held out (full mode judged with a head fit{cost})"
     torch.manual_seed(config.seed)
     fitted = fit(encoder, rest, base, config, progress=None)
-    spaces = {"new": _new_vectors(fitted, door, config.seed), "raw": _raw_vectors(base, sel.ids, config.seed)}
+    new = fitted.vectors if door != "model" else door_vectors(fitted.model_vectors, fitted.selection.ids,
+                                                               seed=config.seed)
+    spaces = {"new": new, "raw": door_vectors(base, sel.ids, seed=config.seed)}
     if current is not None:
         spaces["current"] = current.vectors
     verdict = _score(spaces, sel, held, unseen, config.seed)
@@ -282,20 +284,6 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
     result = Verdict(**verdict)
     say(f"      verdict: {result.conclusion}")
     return result
-
-
-def _new_vectors(fitted: Any, door: str, seed: int) -> np.ndarray:
-    if door == "model":
-        from ..vectors.base_share import door_vectors
-
-        return door_vectors(fitted.model_vectors, fitted.selection.ids, seed=seed)
-    return fitted.vectors
-
-
-def _raw_vectors(base: np.ndarray, ids: list[str], seed: int) -> np.ndarray:
-    from ..vectors.base_share import door_vectors
-
-    return door_vectors(base, ids, seed=seed)
 
 
 def _score(spaces: dict[str, np.ndarray], sel: Selection, held: np.ndarray, unseen: np.ndarray,

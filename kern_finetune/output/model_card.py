@@ -1,10 +1,4 @@
-"""``model/README.md``: the model card, written by us from the run's metrics, saying what the folder is and is not.
-
-The folder is for the model door: refinery's embedder loads it as a Hugging Face model, computes every
-record's vector and reduces it by PCA-64 (:mod:`kern_finetune.refinery.embedder`). It does not reproduce the
-vectors the run pushes (``vectors.npz``: smoothed over base-model neighbours and spread for refinery's
-threshold search), which depend on the project's other records.
-"""
+"""``model/README.md``: the model card, written from the run's metrics, saying what the folder is and is not."""
 
 from __future__ import annotations
 

@@ -1,23 +1,10 @@
 """Write the model door's folder: a sentence-transformers model every embedder refinery ships can load.
 
-refinery-embedder pins sentence-transformers 2.2.2 in its CPU image (``requirements.txt``) and 3.0.1 in its
-GPU image (``gpu-requirements.txt``), both with transformers 4.41.2 and tokenizers 0.19.1, and runs
-``SentenceTransformer(path)`` on the folder (``util/embedders.py``, embedders'
-``TransformerSentenceEmbedder``). A folder saved by today's sentence-transformers does not load there (its
-``sentence_bert_config.json`` and ``1_Pooling/config.json`` carry keys the old constructors refuse), so the
-folder is written in the classic layout those releases read, which today's still loads:
-
-- ``modules.json`` naming ``sentence_transformers.models.Transformer``, ``Pooling``, ``Dense``,
-  ``Normalize``;
-- ``sentence_bert_config.json`` with ``max_seq_length`` and ``do_lower_case`` only;
-- ``1_Pooling/config.json`` with the five keys 2.2.2's ``Pooling`` takes;
-- the transformer: the base model's own files, copied unchanged when training left the encoder frozen
-  (head mode); the fine-tuned weights (``model.safetensors`` + ``config.json``) beside the base model's
-  tokenizer files otherwise (full mode);
-- the head as a ``Dense`` layer (``config.json`` + ``pytorch_model.bin``, the weights file every release
-  reads) followed by ``Normalize``.
-
-Everything is written to a temporary folder first and moved into place at the end.
+refinery-embedder runs ``SentenceTransformer(path)`` (``util/embedders.py``) with sentence-transformers 2.2.2
+(CPU image) or 3.0.1 (GPU image). A folder saved by today's release carries config keys those refuse, so it
+is written in the classic layout they read (``docs/snapshot.md``): classic module paths, a minimal
+``sentence_bert_config.json``, 2.2.2's five pooling keys, the head as ``Dense`` (``pytorch_model.bin``) then
+``Normalize``; the base model's files copied unchanged in head mode.
 """
 
 from __future__ import annotations
@@ -79,8 +66,7 @@ def save_model(model: SentenceTransformer, out: Path, *, source: Path, fine_tune
     """Write ``model`` (Transformer, Pooling, Normalize) into ``out`` in the classic layout; returns ``out``.
 
     ``source``: the base model's folder (its tokenizer, and its weights unless ``fine_tuned``). ``dense``:
-    ``(weight, bias)`` of an affine map applied to the normalised sentence vector, ``x @ weight.T + bias``,
-    written as a ``Dense`` layer followed by ``Normalize``. The folder replaces ``out`` as a whole.
+    ``(weight, bias)`` of ``x @ weight.T + bias`` on the normalised vector, a ``Dense`` layer then ``Normalize``.
     """
     from .save import atomic_dir, replace_dir
 

@@ -1,8 +1,5 @@
-"""Output folders written whole (staged, then swapped in), and the per-record vectors.
-
-The model folder itself is written by :mod:`kern_finetune.output.model_folder`. Everything is written to a
-temporary folder first and moved into place at the end: a failed run leaves nothing half-written.
-"""
+"""Output folders written whole (staged, then swapped in), and the per-record vectors: a failed run leaves
+nothing half-written."""
 
 from __future__ import annotations
 
@@ -52,8 +49,7 @@ _MARKER_TOOL = "kern-finetune"
 
 
 def _tree_paths(folder: Path) -> list[str]:
-    """Every relative path under ``folder`` (folders and files, hidden ones too; symbolic links as themselves,
-    never followed), the marker excepted, sorted."""
+    """Every relative path under ``folder``, sorted, the marker excepted; symbolic links are never followed."""
     out: list[str] = []
 
     def fail(exc: OSError) -> None:
@@ -139,10 +135,8 @@ def _clean_stale_stages(final: Path) -> None:
 def check_out_dir(out_dir: Path) -> Path:
     """Check, before any work, that a run may write ``out_dir``; returns it.
 
-    It may be missing, an empty folder, or an earlier run's folder: one holding our marker
-    (:data:`RUN_MARKER`) that lists every path in it, recursively, hidden files included, which the new
-    run replaces as a whole. A file, or a folder holding anything else (or no marker), is a
-    :class:`ConfigError`: a run never deletes what it did not write.
+    It may be missing, an empty folder, or an earlier run's folder whose :data:`RUN_MARKER` lists every path in
+    it. Anything else is a :class:`ConfigError`: a run never deletes what it did not write.
     """
     out_dir = Path(out_dir)
     here, target = Path.cwd(), Path(os.path.abspath(out_dir))
@@ -209,13 +203,10 @@ def _new_stage(final: Path) -> tuple[Path, io.TextIOBase]:
 
 @contextlib.contextmanager
 def staged_output(out_dir: Path) -> Iterator[Path]:
-    """Yield a fresh temporary folder beside ``out_dir``; once the block ends without an exception it
-    gets our marker (:data:`RUN_MARKER`, listing every path written) and ordinary permissions, and replaces
-    ``out_dir`` as a whole (in one ``renameat2`` exchange where the OS has it, else two renames).
-
-    On an exception (SIGTERM included: the CLI turns it into one) the temporary folder is removed and
-    ``out_dir`` (an earlier run's output, or nothing) is left exactly as it was; a folder a killed run
-    left beside it is removed by the next run. Check ``out_dir`` with :func:`check_out_dir` first.
+    """Yield a fresh temporary folder beside ``out_dir``; once the block ends without an exception it gets
+    :data:`RUN_MARKER` and ordinary permissions and replaces ``out_dir`` as a whole (one ``renameat2`` exchange
+    where the OS has it, else two renames). On an exception (SIGTERM included) it is removed and ``out_dir``
+    is left as it was; a folder a killed run left beside it is removed by the next run.
     """
     final = Path(os.path.abspath(check_out_dir(Path(out_dir))))  # "." has no name to put beside
     try:

@@ -1,11 +1,5 @@
-"""Stage 5 of the pipeline: write a run's outputs into its folder.
-
-``model/`` (sentence-transformers format that refinery's embedder loads: :func:`kern_finetune.output.model_folder.save_model`,
-with our card ``model/README.md``: :func:`kern_finetune.output.model_card.model_card`),
-``vectors.npz`` (the L2-normalised fine-tuned vector of every record, keyed by id), ``label_issues.csv``
-(when the label check ran), ``report.html`` (:mod:`kern_finetune.evaluation.report`) and ``metrics.json``. The
-pipeline writes into a staging folder that replaces the output folder as a whole
-(:func:`kern_finetune.output.save.staged_output`).
+"""Stage 5: write a run's outputs into its (staging) folder: ``model/`` with its card ``model/README.md``,
+``vectors.npz``, ``label_issues.csv`` (when the label check ran), ``report.html`` and ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -56,9 +50,8 @@ def write(
     started: float | None = None,
 ) -> Written:
     """Write the run's outputs into ``folder``. ``model`` is the base model (head mode: ``door``'s map is
-    written after it) or the fine-tuned one (full mode: ``fine_tuned``, ``door`` None); ``source`` is the base
-    model's folder (its tokenizer files, and its weights in head mode). ``started``: the run's ``time.perf_counter()`` at
-    its start; ``metrics["seconds"]["total"]`` is then set once the model and vectors are written."""
+    written after it) or the fine-tuned one (full mode: ``fine_tuned``); ``source`` is the base model's folder.
+    ``started``: the run's ``time.perf_counter()`` at its start, for ``metrics["seconds"]["total"]``."""
     from ..labels.label_check import write_label_issues
 
     folder = Path(folder)
