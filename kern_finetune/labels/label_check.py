@@ -38,9 +38,8 @@ MIN_LABELS_TO_CHECK = 3
 out-of-fold classifiers). A new project's classes often have only a few labels."""
 
 
-def find_label_issues(
-    base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5, max_fit: int = MAX_FIT_RECORDS
-) -> dict[str, Any]:
+def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5,
+                      max_fit: int = MAX_FIT_RECORDS) -> dict[str, Any]:
     """Out-of-fold check of the selected labels.
 
     Returns ``indices`` (record rows with likely wrong weak labels), ``ids``, ``given``, ``suggested`` (the
@@ -91,8 +90,7 @@ def find_label_issues(
             rows = rest[start : start + _PREDICT_BLOCK]
             proba[np.ix_(rows, clf.classes_)] += clf.predict_proba(x[rows]) / folds_used
     checked = np.zeros(len(idx), dtype=bool)
-    checked[in_cv] = True
-    checked[rest] = True
+    checked[np.concatenate([in_cv, rest])] = True
     return _result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None,
                    n_fit=int(len(in_cv) + len(always_fit)))
 

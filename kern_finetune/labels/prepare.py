@@ -47,11 +47,9 @@ def prepare(records: list[Record], config: RunConfig) -> Prepared:
     text_attrs = list(config.text_attributes or default_text_attributes(
         records, id_attribute=config.id_attribute, gold_attribute=config.gold_attribute
     ))
-    sel = select_labels(
-        records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
-        seed=config.seed,
-    )
+    sel = select_labels(records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
+                        gold_attribute=config.gold_attribute, threshold=config.threshold,
+                        weak_labels=config.weak_labels, seed=config.seed)
     attribute = str(task.attribute or (text_attrs[0] if text_attrs else "text"))
     return Prepared(task=task, text_attributes=text_attrs, selection=sel,
                     fingerprint=label_fingerprint(sel, task.label, config.threshold), attribute=attribute)

@@ -26,9 +26,8 @@ _PREDICT_BLOCK = 65536
 __all__ = ["find_pseudo_labels", "with_pseudo_labels"]
 
 
-def find_pseudo_labels(
-    base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42, max_fit: int = MAX_FIT_RECORDS
-) -> dict[str, Any]:
+def find_pseudo_labels(base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42,
+                       max_fit: int = MAX_FIT_RECORDS) -> dict[str, Any]:
     """Predict a class for each unlabeled record with text (``sel.y < 0``) from ``base`` (one row per record),
     fitted on ``sel``'s labels (a seeded sample of about ``max_fit`` when there are more); keep the predictions
     whose probability is strictly above ``threshold``.

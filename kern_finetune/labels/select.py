@@ -69,12 +69,9 @@ VAL_FRACTION = 0.25
 
 
 def gold_to_class(selection: Selection) -> dict[str, int] | None:
-    """Map gold values to task classes, for evaluation only (the gold never trains).
-
-    By name where every gold value is a class name; else by majority vote over the labeled records that
-    carry gold (e.g. AG News' ``"1".."4"`` against ``World``/``Sports``/...). ``None`` when some gold value
-    has no labeled record or two gold values would map to the same class.
-    """
+    """Map gold values to task classes, for evaluation only: by name where every gold value is a class name,
+    else by majority vote over the labeled records that carry gold (AG News' ``"1".."4"``); None when a gold
+    value has no labeled record or two gold values would map to the same class."""
     values = {g for g in selection.gold if g is not None}
     index = {c: i for i, c in enumerate(selection.classes)}
     if values <= set(index):
@@ -205,10 +202,9 @@ def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tupl
     return labeled[order[n_val:]], labeled[order[:n_val]]
 
 
-def _choose_labels(
-    records: list[Record], task: TaskColumns, texts: list[str], labels: set[str], known: set[str] | None,
-    threshold: float, skipped: Counter[str], weak_labels: bool,
-) -> tuple[list[str | None], list[str], np.ndarray]:
+def _choose_labels(records: list[Record], task: TaskColumns, texts: list[str], labels: set[str],
+                   known: set[str] | None, threshold: float, skipped: Counter[str],
+                   weak_labels: bool) -> tuple[list[str | None], list[str], np.ndarray]:
     """The selection rules record by record: ``(label or None, source, weak confidence)`` per record;
     what is skipped is counted in ``skipped``."""
     chosen: list[str | None] = []
@@ -286,12 +282,9 @@ def _as_label(value: Any) -> Any:
 
 
 def task_labels(records: list[Record], task: TaskColumns) -> set[str]:
-    """The task's labels as the export shows them, for splitting manual values joined with ``", "``.
-
-    Every weak-supervision label and every manual value without ``", "`` is a label. A manual value with
-    ``", "`` is a label of its own only when none of its parts is a label alone and it does not split into
-    several labels (so ``"Sci, Tech"`` stays whole where no record carries ``"Sci"`` or ``"Tech"`` alone).
-    """
+    """The task's labels as the export shows them: every weak label and every manual value without ``", "``; a
+    manual value with ``", "`` only when no part of it is a label alone and it does not split into several
+    labels (``"Sci, Tech"`` stays whole where no record carries ``"Sci"`` or ``"Tech"`` alone)."""
     weak: set[str] = set()
     manual: set[str] = set()
     for rec in records:
@@ -310,11 +303,8 @@ def task_labels(records: list[Record], task: TaskColumns) -> set[str]:
 
 
 def split_manual_labels(value: str, labels: set[str] | None) -> list[str]:
-    """Split refinery's ``", "``-joined manual labels against the known ``labels``.
-
-    A value that is a label is kept whole; else the split into the fewest known labels; else (a part is
-    unknown) a plain split on ``", "``.
-    """
+    """Split refinery's ``", "``-joined manual labels: a known label stays whole, else the split into the fewest
+    known ``labels``, else (a part is unknown) a plain split on ``", "``."""
     if labels and value in labels:
         return [value]
     if labels:

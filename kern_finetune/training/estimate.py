@@ -1,19 +1,12 @@
 """``--mode auto``: full mode when its estimated time on *this* machine fits ``--time-budget``, else head mode.
 
 The estimate is calibrated at run time on the project's own texts, under the machine's present load (a
-figure measured elsewhere or earlier would not be honest on a shared machine):
-
-1. plan the steps as :class:`~kern_finetune.training.train_full.FullTrainer` takes them (the same
-   pseudo-labels, class-aware batches regrouped by length, seed, batch size and epochs), each step's cost
-   proportional to its padded tokens plus a constant;
-2. time real training steps on three planned batches (the 20th, 50th and 90th percentile of padded tokens)
-   after a warm-up step, and fit a line through them (intercept >= 0);
-3. time the forward pass and a validation pass, which price the validations, re-encoding every record and
-   the model door's replay;
-4. add loading the model and tokenizing the training texts, measured on the way.
-
-Calibration costs a few steps, and stops after the first when full mode is clearly past twice the budget.
-``metrics.json``'s ``mode_choice`` records the estimate; figures: ``docs/decisions.md``, "mode and time budget".
+figure measured elsewhere or earlier would not be honest on a shared machine): the steps are planned as
+:class:`~kern_finetune.training.train_full.FullTrainer` takes them, each costing a constant plus a share per
+padded token fitted on a few real, timed training steps; a timed forward pass and a timed validation pass
+price the validations, re-encoding every record and the model door's replay; loading the model and
+tokenizing, measured on the way, are added. Calibration stops after the first step when full mode is
+clearly past twice the budget. Figures: ``docs/decisions.md``, "mode and time budget".
 """
 
 from __future__ import annotations
@@ -99,9 +92,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def choose_mode(
-    encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *, device: str | None = None
-) -> ModeChoice:
+def choose_mode(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *,
+                device: str | None = None) -> ModeChoice:
     """Resolve ``config.mode``: ``head``/``full`` stay as they are; ``auto`` estimates full mode and decides."""
     if config.mode != "auto":
         return ModeChoice(requested=config.mode, mode=config.mode, reason="chosen with --mode")
@@ -135,8 +127,7 @@ def estimate_full_mode(encoder: Encoder, sel: Selection, base: np.ndarray, confi
 
     t_start = time.perf_counter()
     device = resolve_device(device)
-    full = dataclasses.replace(config, mode="full")
-    threshold = full.pseudo_threshold
+    threshold = dataclasses.replace(config, mode="full").pseudo_threshold
     n_pseudo = 0
     train_sel = sel
     if threshold is not None:
@@ -182,10 +173,9 @@ def estimate_full_mode(encoder: Encoder, sel: Selection, base: np.ndarray, confi
     )
 
 
-def _time_steps(
-    model: Any, config: RunConfig, *, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
-    padded: np.ndarray, steps: int, device: str, give_up_above: float,
-) -> tuple[float, float, list[float], list[float], bool]:
+def _time_steps(model: Any, config: RunConfig, *, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
+                padded: np.ndarray, steps: int, device: str,
+                give_up_above: float) -> tuple[float, float, list[float], list[float], bool]:
     """``(intercept, per_token, padded sizes timed, seconds, complete)`` of real training steps on the planned
     batches at :data:`STEP_QUANTILES`; gives up after the first when the run would clearly exceed ``give_up_above``."""
     import torch
@@ -229,9 +219,8 @@ def _time_steps(
     return intercept, per_token, xs, ts, complete
 
 
-def _forward_costs(
-    model: Any, sel: Selection, config: RunConfig, *, device: str, batch_size: int, steps: int
-) -> tuple[float, float, float]:
+def _forward_costs(model: Any, sel: Selection, config: RunConfig, *, device: str, batch_size: int,
+                   steps: int) -> tuple[float, float, float]:
     """(forward tokens/s, validation seconds, re-encoding seconds) of full mode, from one timed forward pass."""
     from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS
 

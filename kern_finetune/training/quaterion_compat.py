@@ -28,17 +28,12 @@ def _alias_t_co() -> None:
             mod.T_co = mod._T_co  # type: ignore[attr-defined]
 
 
-def _str_enum_value_format(cls: type[enum.Enum]) -> None:
-    """Make a ``(str, Enum)`` class print and format as its value, as it did before Python 3.11."""
+def _value_str(self: enum.Enum) -> str:
+    return str(self.value)
 
-    def __str__(self: enum.Enum) -> str:  # noqa: N807
-        return str(self.value)
 
-    def __format__(self: enum.Enum, spec: str) -> str:  # noqa: N807
-        return format(str(self.value), spec)
-
-    cls.__str__ = __str__  # type: ignore[method-assign,assignment]
-    cls.__format__ = __format__  # type: ignore[method-assign,assignment]
+def _value_format(self: enum.Enum, spec: str) -> str:
+    return format(str(self.value), spec)
 
 
 def _fix_str_enums() -> None:
@@ -53,7 +48,8 @@ def _fix_str_enums() -> None:
     from quaterion.utils.enums import TrainStage
 
     for cls in (TrainStage, Distance, CacheType, CacheMode, XbmDevice):
-        _str_enum_value_format(cls)
+        cls.__str__ = _value_str  # type: ignore[method-assign,assignment]
+        cls.__format__ = _value_format  # type: ignore[method-assign,assignment]
 
 
 class _NumpyWithInf(types.ModuleType):

@@ -51,18 +51,15 @@ class HeadTrainer(HeadOutput):
         self.head_ = SkipConnectionHead(x_train.shape[1])
         self.loss_ = make_loss(self.loss)
         history: list[dict[str, float]] = []
-        stopper = self._train(
-            torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)), torch.from_numpy(y_train.astype(np.int64)),
-            torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)), y_val, rng, history,
-        )
+        stopper = self._train(torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+                              torch.from_numpy(y_train.astype(np.int64)),
+                              torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)), y_val, rng, history)
         if stopper.best_state is not None:
             self.head_.load_state_dict(stopper.best_state)
         self.head_.eval()
-        self.result_ = TrainResult(
-            engine="native", mode="head", history=history, epochs_run=len(history),
-            best_epoch=stopper.best_at, best_val_loss=stopper.best_loss, stopped_early=stopper.stopped,
-            seconds=time.perf_counter() - start,
-        )
+        self.result_ = TrainResult(engine="native", mode="head", history=history, epochs_run=len(history),
+                                   best_epoch=stopper.best_at, best_val_loss=stopper.best_loss,
+                                   stopped_early=stopper.stopped, seconds=time.perf_counter() - start)
         return self
 
     def _train(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, y_val: np.ndarray, rng: np.random.Generator,

@@ -60,17 +60,8 @@ def _embed(model: SentenceTransformer, texts: list[str], device: str, max_length
 
 
 @torch.no_grad()
-def _val_loss(
-    model: SentenceTransformer,
-    loss_fn: nn.Module,
-    texts: list[str],
-    y: torch.Tensor,
-    batches: list[np.ndarray],
-    *,
-    device: str,
-    max_length: int,
-    batch_size: int,
-) -> float:
+def _val_loss(model: SentenceTransformer, loss_fn: nn.Module, texts: list[str], y: torch.Tensor,
+              batches: list[np.ndarray], *, device: str, max_length: int, batch_size: int) -> float:
     """Mean loss over fixed class-aware batches of the validation texts, eval mode."""
     was_training = model.training
     model.eval()
@@ -101,14 +92,11 @@ def _param_groups(model: nn.Module, encoder_lr: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    return [
-        {"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
-        {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
+            {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0}]
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the model's state (the best state so far)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -231,7 +219,6 @@ class FullTrainer:
     def _train(self, texts_t: list[str], y_t_np: np.ndarray, lengths: np.ndarray | None,
                rng: np.random.Generator, total_steps: int, eval_every: int, warmup: int,
                stopper: EarlyStopping[dict[str, torch.Tensor]], history: list[dict[str, float]]) -> tuple[int, int]:
-        """The training loop; returns ``(steps, epochs run)``."""
         model, device = self.model_, self.device_
         opt = torch.optim.AdamW(_param_groups(model, self.encoder_lr))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(total_steps, warmup))

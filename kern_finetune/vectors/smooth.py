@@ -9,11 +9,9 @@ class. Its base-space neighbours are mostly of its class and placed independentl
 a misplaced record towards where they went and changes little for the others: one step of feature
 propagation over the base model's k-nearest-neighbour graph (as SGC, Wu et al. 2019, or APPNP, Klicpera et
 al. 2019), with no labels and no training. ``W`` (``--smooth``) is fixed, or chosen on held-out labels
-(:func:`choose_weight`; ``docs/decisions.md``, "smoothing").
-
-The neighbours are searched among at most :data:`MAX_ANCHORS` records, in blocks. A model alone cannot
-reproduce the smoothed vectors (they depend on the project's other records), so the model folder gives the
-unsmoothed ones and a sync through the model door runs with smoothing off.
+(:func:`choose_weight`; ``docs/decisions.md``, "smoothing"). A model alone cannot reproduce the smoothed
+vectors (they depend on the project's other records), so the model folder gives the unsmoothed ones and a
+sync through the model door runs with smoothing off.
 """
 
 from __future__ import annotations
@@ -128,12 +126,11 @@ def held_out_queries(sel: Selection, *, seed: int = 42) -> np.ndarray:
     them; a labeler searches from the records weak supervision was unsure about.
     """
     val = np.asarray(sel.val_idx, dtype=np.int64)
-    conf = np.asarray(sel.confidence, dtype=np.float64)[val] if len(val) else np.zeros(0)
-    weak = val[np.isfinite(conf)]
+    conf = np.asarray(sel.confidence, dtype=np.float64)[val]
+    weak = np.isfinite(conf)
     pool = val
-    if len(weak):
-        c = np.asarray(sel.confidence, dtype=np.float64)[weak]
-        low = weak[c <= np.quantile(c, QUERY_QUANTILE)]
+    if weak.any():
+        low = val[weak][conf[weak] <= np.quantile(conf[weak], QUERY_QUANTILE)]
         if len(low) >= MIN_QUERIES:
             pool = low
     if len(pool) > MAX_QUERIES:

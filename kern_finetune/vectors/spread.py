@@ -11,9 +11,8 @@ L2-normalised, the scaled vectors are lifted onto the unit sphere of one more di
 ``y_i = [rho_i * v_i, sqrt(R^2 - rho_i^2)] / R`` with ``R = max rho``; between records of similar density the
 extra term is small, so each record's nearest records keep their order up to the scaling.
 
-``--spread auto`` chooses ``S`` on searches, reading no label (:func:`choose_strength`; ``docs/decisions.md``,
-"spread"). A model cannot reproduce the lifted vectors, so a sync through the model door runs with
-``--spread 0``.
+``--spread auto`` chooses ``S`` on searches, reading no label (:func:`choose_strength`). A model cannot
+reproduce the lifted vectors, so a sync through the model door runs with ``--spread 0``.
 """
 
 from __future__ import annotations
@@ -131,7 +130,7 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     Each candidate's vectors and the base vectors are searched as refinery searches from a seeded sample of
     up to :data:`MAX_QUERIES` records; the smallest strength :func:`within_margins` of the base vectors wins
     (``table`` holds the candidates searched up to it); when none fits, the one with the fewest searches under
-    10 results (then under 100; ties to the smaller).
+    10 results (then under 100; ties to the smaller). Figures: ``docs/decisions.md``, "spread".
     """
     queries = sample_queries(len(vectors), MAX_QUERIES, seed)
     raw = _short_lists(base, queries, seed)
