@@ -1,27 +1,17 @@
 """Find weak labels that are likely wrong, so training can drop them.
 
-Confident learning in its simplest form (Northcutt et al., 2021; cleanlab's ``find_label_issues``):
-out-of-fold predicted probabilities from a logistic regression on the base vectors; a weak label is
-suspicious when the probability of its own class is below that class's threshold (the mean
-probability the model gives the class on records labeled with it) **and** another class is more likely.
-Manual labels are never flagged: labelers set them on purpose. The gold attribute is never used here.
-
-This rule flags the weak labels cleanlab's ``find_label_issues(filter_by="predicted_neq_given")`` flags on
-the same out-of-fold probabilities; it finds more wrong labels than cleanlab's default and dropping them
-helps more downstream, so kern-finetune keeps it and needs no cleanlab (``docs/decisions.md``, "label
-check").
+Confident learning in its simplest form (Northcutt et al. 2021): out-of-fold predicted probabilities from a
+logistic regression on the base vectors; a weak label is suspicious when the probability of its own class is
+below that class's threshold (the mean probability the model gives the class on records labeled with it)
+**and** another class is more likely: the labels cleanlab's ``find_label_issues(filter_by="predicted_neq_given")``
+flags, without cleanlab (``docs/decisions.md``, "label check"). Manual labels are never flagged: labelers set
+them on purpose. The gold attribute is never used here.
 
 Few labels are normal (a new project): the folds are at most as many as the smallest checked class has
-labels, classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels are not checked (listed in
-``unchecked_classes``), and with no weak labels, or fewer than two checkable classes, nothing is checked
-(``note`` says why).
-
-A large project is checked on a capped fit (issue 19): the folds' classifiers are fitted on a seeded,
-stratified sample of at most :data:`kern_finetune.subsample.MAX_FIT_RECORDS` labels
-(:func:`kern_finetune.subsample.fit_sample`), and every label outside the sample gets the mean of the
-fold classifiers' probabilities, which is out-of-sample too. All labels are still checked; the fit costs the
-same at any size, the prediction is linear. ``n_fit`` says how many labels the classifiers saw, and a log
-line says when it sampled.
+labels, classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels are not checked, and with no weak labels,
+or fewer than two checkable classes, nothing is (``note`` says why). On a large project the folds'
+classifiers are fitted on a seeded, stratified sample (:func:`kern_finetune.subsample.fit_sample`), and every
+label outside it gets the mean of their probabilities, which is out of sample too.
 """
 
 from __future__ import annotations
@@ -48,19 +38,16 @@ MIN_LABELS_TO_CHECK = 3
 out-of-fold classifiers). A new project's classes often have only a few labels."""
 
 
-def find_label_issues(
-    base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5, max_fit: int = MAX_FIT_RECORDS
-) -> dict[str, Any]:
+def find_label_issues(base: np.ndarray, sel: Selection, *, seed: int = 42, n_folds: int = 5,
+                      max_fit: int = MAX_FIT_RECORDS) -> dict[str, Any]:
     """Out-of-fold check of the selected labels.
 
-    Returns ``indices`` (record rows with likely wrong weak labels), ``ids``, ``suggested`` (most likely
-    class per flagged row), ``texts``, ``sources`` and ``confidence`` (the flagged records' texts, their labels'
-    sources and weak confidences) and counts: ``n_checked`` (labels that got an out-of-fold prediction),
-    ``n_folds`` (folds used: fewer than ``n_folds`` when the smallest checked class has fewer labels),
-    ``unchecked_classes`` (classes with fewer than :data:`MIN_LABELS_TO_CHECK` labels, never flagged),
-    ``note`` (why nothing was checked, else None), and per row of ``sel.labeled_idx``: ``pred_probs`` (the
-    out-of-fold class probabilities) and ``checked`` (whether the row got them), and ``n_fit`` (labels the
-    classifiers were fitted on: all, or a sample of about ``max_fit`` on a large project).
+    Returns ``indices`` (record rows with likely wrong weak labels), ``ids``, ``given``, ``suggested`` (the
+    most likely class), ``probability_given``, ``texts``, ``sources`` and ``confidence`` per flagged row;
+    ``n_checked`` (labels that got an out-of-fold prediction), ``n_flagged``, ``n_folds`` (folds used),
+    ``unchecked_classes``, ``note`` (why nothing was checked, else None), ``oof_accuracy``, ``n_fit`` (labels
+    the classifiers were fitted on: all, or about ``max_fit``), and per row of ``sel.labeled_idx``:
+    ``pred_probs`` (the out-of-fold class probabilities) and ``checked`` (whether the row got them).
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -78,9 +65,8 @@ def find_label_issues(
     elif checkable.sum() < 2:
         note = f"fewer than 2 classes have {MIN_LABELS_TO_CHECK} or more labels"
     if note is not None:
-        return {**_result(sel, idx, np.zeros(len(idx), dtype=bool), np.zeros((len(idx), n_classes)),
-                          n_folds=0, unchecked=[sel.classes[c] for c in range(n_classes) if counts[c] > 0], note=note),
-                "n_fit": 0}
+        return _result(sel, idx, np.zeros(len(idx), dtype=bool), np.zeros((len(idx), n_classes)), n_folds=0,
+                       unchecked=[sel.classes[c] for c in range(n_classes) if counts[c] > 0], note=note, n_fit=0)
 
     # rows of classes too small to check are held out of the folds: they train every fold's classifier
     in_cv = np.flatnonzero(checkable[y])
@@ -104,14 +90,13 @@ def find_label_issues(
             rows = rest[start : start + _PREDICT_BLOCK]
             proba[np.ix_(rows, clf.classes_)] += clf.predict_proba(x[rows]) / folds_used
     checked = np.zeros(len(idx), dtype=bool)
-    checked[in_cv] = True
-    checked[rest] = True
-    n_fit = int(len(in_cv) + len(always_fit))
-    return {**_result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None), "n_fit": n_fit}
+    checked[np.concatenate([in_cv, rest])] = True
+    return _result(sel, idx, checked, proba, n_folds=folds_used, unchecked=unchecked, note=None,
+                   n_fit=int(len(in_cv) + len(always_fit)))
 
 
 def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndarray, *,
-            n_folds: int, unchecked: list[str], note: str | None) -> dict[str, Any]:
+            n_folds: int, unchecked: list[str], note: str | None, n_fit: int) -> dict[str, Any]:
     """Flag checked weak labels whose own class is less likely than its threshold and not the most likely."""
     y = sel.y[idx]
     n_classes = len(sel.classes)
@@ -139,15 +124,13 @@ def _result(sel: Selection, idx: np.ndarray, checked: np.ndarray, proba: np.ndar
         "pred_probs": proba,
         "checked": checked,
         "oof_accuracy": float(100.0 * (proba[checked].argmax(1) == y[checked]).mean()) if checked.any() else None,
+        "n_fit": n_fit,
     }
 
 
 def without_label_issues(sel: Selection, found: dict[str, Any]) -> Selection:
-    """A copy of ``sel`` whose training and validation rows leave out ``found``'s flagged rows.
-
-    ``found`` is :func:`find_label_issues`'s result. The dropped rows also leave ``labeled_idx``, so the
-    linear probe is fitted on the remaining labels too; ``sel`` itself is not changed.
-    """
+    """A copy of ``sel`` whose training and validation rows (so ``labeled_idx``, which the linear probe fits on)
+    leave out the rows :func:`find_label_issues` flagged."""
     keep = np.ones(len(sel.ids), dtype=bool)
     keep[found["indices"]] = False
     return replace(sel, train_idx=sel.train_idx[keep[sel.train_idx]], val_idx=sel.val_idx[keep[sel.val_idx]])
@@ -171,9 +154,8 @@ labels are never flagged), ``confidence`` the weak label's confidence, ``text`` 
 
 
 def write_label_issues(path: Path, issues: dict[str, Any]) -> None:
-    """CSV for labelers to review, one row per flagged label (:data:`LABEL_ISSUE_COLUMNS`). Text cells that a
-    spreadsheet would run as formulas are neutralised (:func:`_csv_cell`); a result without ``texts``,
-    ``sources`` or ``confidence`` leaves those cells empty."""
+    """CSV for labelers to review, one row per flagged label (:data:`LABEL_ISSUE_COLUMNS`), formula-like text
+    cells neutralised; a result without ``texts``, ``sources`` or ``confidence`` leaves those cells empty."""
     n = len(issues["ids"])
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as fh:

@@ -1,13 +1,9 @@
 """Stage 1 of the pipeline: from a project's records to the labels it trains on (no torch, no sklearn).
 
-:func:`prepare` resolves the task and the text attributes, applies the selection rules
-(:func:`kern_finetune.labels.select.select_labels`) and fingerprints the selected labels, once. ``sync`` compares
-the fingerprint with its last run's and hands the same :class:`Prepared` to the pipeline, which trains on
-it; ``metrics.json`` records the same fingerprint.
-
-The fingerprint covers the labels as the project gives them (manual plus confident weak labels), before
-the label check (:mod:`kern_finetune.labels.label_check`): the check needs the records' vectors, and whether a sync is
-up to date must be known before anything is encoded.
+:func:`prepare` resolves the task and the text attributes, selects the labels
+(:func:`~kern_finetune.labels.select.select_labels`) and fingerprints them, once: ``sync`` decides "up to
+date" from the fingerprint and hands the same :class:`Prepared` to the pipeline. The fingerprint covers the
+labels before the label check, which needs vectors: whether a sync is up to date is known before encoding.
 """
 
 from __future__ import annotations
@@ -51,11 +47,9 @@ def prepare(records: list[Record], config: RunConfig) -> Prepared:
     text_attrs = list(config.text_attributes or default_text_attributes(
         records, id_attribute=config.id_attribute, gold_attribute=config.gold_attribute
     ))
-    sel = select_labels(
-        records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
-        gold_attribute=config.gold_attribute, threshold=config.threshold, weak_labels=config.weak_labels,
-        seed=config.seed,
-    )
+    sel = select_labels(records, task, text_attributes=text_attrs, id_attribute=config.id_attribute,
+                        gold_attribute=config.gold_attribute, threshold=config.threshold,
+                        weak_labels=config.weak_labels, seed=config.seed)
     attribute = str(task.attribute or (text_attrs[0] if text_attrs else "text"))
     return Prepared(task=task, text_attributes=text_attrs, selection=sel,
                     fingerprint=label_fingerprint(sel, task.label, config.threshold), attribute=attribute)

@@ -1,19 +1,12 @@
 """Self-training: give confident predicted labels to records that have none, for training only.
 
-In a labeling project most records carry no usable label, and they are often not like the labeled
-ones (here: the weak labels that pass the confidence threshold are the easy records). A logistic
-regression on the base vectors, fitted on the selected labels (after the label check), predicts a
-class for every unlabeled record; those predicted with probability above ``threshold`` join the
-*training* rows with that class. The gold attribute is never used, validation rows stay labeled ones,
-and evaluation still reads the original :class:`~kern_finetune.labels.select.Selection`.
-
-In full mode the encoder learns from the unlabeled records' own texts; a head over frozen vectors gains
-nothing measurable from them, so ``RunConfig.pseudo_labels="auto"`` turns it on in full mode only
-(:data:`kern_finetune.config.PSEUDO_LABELS_AUTO`; figures: ``docs/decisions.md``, "pseudo-labels").
-
-On a large project the regression is fitted on a seeded, stratified sample of at most
-:data:`kern_finetune.subsample.MAX_FIT_RECORDS` labels and predicts the candidates in blocks (issue 19);
-``n_fit`` says how many labels it saw, and a log line says when it sampled.
+A logistic regression on the base vectors, fitted on the selected labels (after the label check), predicts a
+class for every unlabeled record; those predicted with probability above a threshold join the *training*
+rows with that class. The gold is never used, validation rows stay labeled ones, and evaluation still reads
+the original :class:`~kern_finetune.labels.select.Selection`. The encoder learns from the unlabeled records'
+own texts; a head over frozen vectors gains nothing measurable, so ``--pseudo-labels auto`` turns it on in
+full mode only (``docs/decisions.md``, "pseudo-labels"). On a large project the regression is fitted on a
+seeded, stratified sample (:func:`kern_finetune.subsample.fit_sample`).
 """
 
 from __future__ import annotations
@@ -33,22 +26,14 @@ _PREDICT_BLOCK = 65536
 __all__ = ["find_pseudo_labels", "with_pseudo_labels"]
 
 
-def find_pseudo_labels(
-    base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42, max_fit: int = MAX_FIT_RECORDS
-) -> dict[str, Any]:
-    """Predict a class for each unlabeled record with text; keep those above ``threshold``.
+def find_pseudo_labels(base: np.ndarray, sel: Selection, *, threshold: float, seed: int = 42,
+                       max_fit: int = MAX_FIT_RECORDS) -> dict[str, Any]:
+    """Predict a class for each unlabeled record with text (``sel.y < 0``) from ``base`` (one row per record),
+    fitted on ``sel``'s labels (a seeded sample of about ``max_fit`` when there are more); keep the predictions
+    whose probability is strictly above ``threshold``.
 
-    Args:
-        base: base vectors, one row per record of ``sel``.
-        sel: the selection; its train + validation rows are the fitting set, rows with ``y < 0`` and
-            non-empty text are the candidates.
-        threshold: keep a prediction when its probability is strictly above this.
-        seed: the logistic regression's ``random_state`` (and the fit sample's seed).
-        max_fit: fit on a seeded, stratified sample of about this many labels when there are more.
-
-    Returns:
-        ``indices`` (record rows), ``labels`` (class index per row), ``probability`` (of that class),
-        ``n_candidates`` (unlabeled records with text), ``threshold`` and ``n_fit`` (labels fitted on).
+    Returns ``indices`` (record rows), ``labels`` (class index per row), ``probability`` (of that class),
+    ``n_candidates`` (unlabeled records with text), ``threshold`` and ``n_fit`` (labels fitted on).
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -83,11 +68,8 @@ def find_pseudo_labels(
 
 
 def with_pseudo_labels(sel: Selection, found: dict[str, Any]) -> Selection:
-    """A copy of ``sel`` for training: ``found``'s rows added to ``train_idx`` with their predicted labels.
-
-    ``sel`` itself is not changed, so evaluation, the label fingerprint and the linear probe keep
-    seeing only the project's own labels.
-    """
+    """A copy of ``sel`` for training: ``found``'s rows added to ``train_idx`` with their predicted labels (``sel``
+    is not changed: evaluation, the label fingerprint and the linear probe see only the project's own labels)."""
     y = sel.y.copy()
     y[found["indices"]] = found["labels"]
     return replace(sel, y=y, train_idx=np.sort(np.concatenate([sel.train_idx, found["indices"]])))

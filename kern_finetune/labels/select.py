@@ -1,24 +1,18 @@
 """Select training labels from a record export: manual labels plus confident weak labels.
 
-Rules, each with a defined outcome (counted in ``Selection.skipped`` and the report):
+Rules, each counted in ``Selection.skipped`` when it drops a label:
 
-- a manual label wins over a weak one;
-- several manual labels on one record (refinery joins them with ``", "``): kept when they agree, else the
-  record is skipped (``manual_conflict``). The joined value is split against the task's labels (given, or
-  inferred from the export by :func:`task_labels`), so a label that itself contains ``", "`` survives;
-- a label outside the task's label set (when the set is known): skipped (``label_outside_task``);
-- a label value that is not text (an array or object): skipped (``label_invalid``);
-- with ``weak_labels=False`` (``--no-weak-labels``) no weak label counts: manual labels only;
-- a weak label counts only when its confidence parses, lies in [0, 1] and is strictly above the threshold;
-  a missing (``weak_confidence_missing``) or unparseable or out-of-range (``weak_confidence_invalid``)
-  confidence drops that weak label;
-- a record whose text is empty is not trained on or evaluated (``empty_text``), but still gets a
-  vector so the pushed embedding covers every record;
-- a record without an id, or two records with the same id, is an :class:`ExportError` (vectors are
-  pushed by id, so the result would be ambiguous).
+- a manual label wins over a weak one; several manual labels on one record (refinery joins them with
+  ``", "``, split against the task's labels) are kept when they agree, else the record is skipped
+  (``manual_conflict``);
+- a label outside the task's known label set is skipped (``label_outside_task``), one that is not text
+  (``label_invalid``) too;
+- a weak label counts only with ``weak_labels`` and a confidence in [0, 1] strictly above the threshold
+  (else ``weak_confidence_missing`` or ``weak_confidence_invalid``);
+- a record with empty text is not trained on or evaluated (``empty_text``) but still gets a vector;
+- a record without an id, or two with the same id, is an :class:`ExportError` (vectors are pushed by id).
 
-Records not selected for training are the test records; they are judged by the gold attribute where
-it has a value (``test_without_gold`` counts the others).
+Records not selected for training are the test records, judged by the gold attribute where it has a value.
 """
 
 from __future__ import annotations
@@ -35,18 +29,8 @@ import numpy as np
 from ..errors import ConfigError, ExportError, SelectionError
 from ..refinery.columns import Record, TaskColumns
 
-__all__ = [
-    "VAL_FRACTION",
-    "Selection",
-    "select_labels",
-    "build_texts",
-    "default_text_attributes",
-    "gold_to_class",
-    "label_fingerprint",
-    "split_train_val",
-    "task_labels",
-    "split_manual_labels",
-]
+__all__ = ["VAL_FRACTION", "Selection", "select_labels", "build_texts", "default_text_attributes", "gold_to_class",
+           "label_fingerprint", "split_train_val", "task_labels", "split_manual_labels"]
 
 
 @dataclass
@@ -77,8 +61,7 @@ class Selection:
 
     def label_state(self) -> dict[str, str]:
         """``{record id: label}`` of every selected label: what a re-sync fingerprints."""
-        idx = self.labeled_idx
-        return {self.ids[i]: self.classes[self.y[i]] for i in sorted(idx.tolist())}
+        return {self.ids[i]: self.classes[self.y[i]] for i in sorted(self.labeled_idx.tolist())}
 
 
 VAL_FRACTION = 0.25
@@ -86,12 +69,9 @@ VAL_FRACTION = 0.25
 
 
 def gold_to_class(selection: Selection) -> dict[str, int] | None:
-    """Map gold values to task classes, for evaluation only (the gold never trains).
-
-    By name where every gold value is a class name; else by majority vote over the labeled records that
-    carry gold (e.g. AG News' ``"1".."4"`` against ``World``/``Sports``/...). ``None`` when some gold value
-    has no labeled record or two gold values would map to the same class.
-    """
+    """Map gold values to task classes, for evaluation only: by name where every gold value is a class name,
+    else by majority vote over the labeled records that carry gold (AG News' ``"1".."4"``); None when a gold
+    value has no labeled record or two gold values would map to the same class."""
     values = {g for g in selection.gold if g is not None}
     index = {c: i for i, c in enumerate(selection.classes)}
     if values <= set(index):
@@ -109,11 +89,7 @@ def gold_to_class(selection: Selection) -> dict[str, int] | None:
 
 def default_text_attributes(records: list[Record], *, id_attribute: str, gold_attribute: str | None) -> list[str]:
     """Every attribute that holds text: not the id, not the gold, not a label column, not numeric."""
-    names: list[str] = []
-    for rec in records[:200]:
-        for key in rec:
-            if key not in names:
-                names.append(key)
+    names = dict.fromkeys(key for rec in records[:200] for key in rec)
     out = []
     for name in names:
         if name in (id_attribute, gold_attribute) or "__" in name:
@@ -130,26 +106,13 @@ def build_texts(records: list[Record], attributes: list[str]) -> list[str]:
     missing = [a for a in attributes if not any(a in r for r in records[:200])]
     if missing:
         raise ConfigError(f"text attribute(s) not in the export: {', '.join(missing)}")
-    texts = []
-    for rec in records:
-        parts = [str(rec.get(a) or "").strip() for a in attributes]
-        texts.append(". ".join(p for p in parts if p))
-    return texts
+    return [". ".join(p for p in (str(rec.get(a) or "").strip() for a in attributes) if p) for rec in records]
 
 
-def select_labels(
-    records: list[Record],
-    task: TaskColumns,
-    *,
-    text_attributes: list[str],
-    id_attribute: str = "running_id",
-    gold_attribute: str | None = None,
-    threshold: float = 0.7,
-    weak_labels: bool = True,
-    val_fraction: float = VAL_FRACTION,
-    seed: int = 42,
-    known_labels: list[str] | None = None,
-) -> Selection:
+def select_labels(records: list[Record], task: TaskColumns, *, text_attributes: list[str],
+                  id_attribute: str = "running_id", gold_attribute: str | None = None, threshold: float = 0.7,
+                  weak_labels: bool = True, val_fraction: float = VAL_FRACTION, seed: int = 42,
+                  known_labels: list[str] | None = None) -> Selection:
     """Apply the selection rules (module docstring) and split the labels into train/validation."""
     ids = _record_ids(records, id_attribute)
     texts = build_texts(records, text_attributes)
@@ -158,9 +121,7 @@ def select_labels(
                              "name the attributes that hold the text (--text-attributes)")
     skipped: Counter[str] = Counter()
     known = set(known_labels) if known_labels else None
-
     labels = known if known is not None else task_labels(records, task)
-
     chosen, source, confidence = _choose_labels(records, task, texts, labels, known, threshold, skipped, weak_labels)
 
     classes = sorted(known) if known else sorted({c for c in chosen if c is not None})
@@ -180,10 +141,8 @@ def select_labels(
         raise SelectionError(f"too few labels to train ({counts}); every class needs at least 2")
     train_idx, val_idx = split_train_val(labeled, val_fraction, seed)
 
-    gold: list[str | None] = []
-    for rec in records:
-        g = rec.get(gold_attribute) if gold_attribute else None
-        gold.append(None if g in (None, "") else str(g))
+    raw_gold = [rec.get(gold_attribute) if gold_attribute else None for rec in records]
+    gold: list[str | None] = [None if g in (None, "") else str(g) for g in raw_gold]
     test_mask = y < 0
     empty = np.array([not t for t in texts])
     test_idx = np.flatnonzero(test_mask & ~empty & np.array([g is not None for g in gold]))
@@ -192,27 +151,17 @@ def select_labels(
         if not any(g is not None for g in gold):
             raise ConfigError(f"gold attribute {gold_attribute!r} has no values in the export")
     skipped["empty_text"] += int(empty.sum())
-    return Selection(
-        ids=ids,
-        texts=texts,
-        classes=classes,
-        y=y,
-        source=source,
-        confidence=confidence,
-        train_idx=np.sort(train_idx),
-        val_idx=np.sort(val_idx),
-        test_idx=test_idx,
-        gold=gold,
-        skipped={k: v for k, v in sorted(skipped.items()) if v},
-        notes=aside + near_duplicate_classes(classes),
-    )
+    return Selection(ids=ids, texts=texts, classes=classes, y=y, source=source, confidence=confidence,
+                     train_idx=np.sort(train_idx), val_idx=np.sort(val_idx), test_idx=test_idx, gold=gold,
+                     skipped={k: v for k, v in sorted(skipped.items()) if v},
+                     notes=aside + near_duplicate_classes(classes))
 
 
 def _set_aside_small_classes(classes: list[str], chosen: list[str | None], source: list[str],
                              skipped: Counter[str]) -> tuple[list[str], list[str]]:
     """Classes with fewer than 2 labels cannot train (a class needs a pair): while at least 2 classes keep 2 or
-    more, they are set aside for this run (their labels count as ``class_too_small`` and do not train, in place
-    in ``chosen`` / ``source``) with one warning line, instead of failing the whole project."""
+    more, they are set aside for this run (``class_too_small``, cleared in place in ``chosen`` / ``source``) with
+    one warning line, instead of failing the whole project."""
     counts = Counter(c for c in chosen if c is not None)
     small = [c for c in classes if counts.get(c, 0) < 2]
     if not small or len(classes) - len(small) < 2:
@@ -242,11 +191,9 @@ def near_duplicate_classes(classes: list[str]) -> list[str]:
 
 
 def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, validation)`` rows of ``labeled``: the split of scikit-learn's
-    ``train_test_split(labeled, test_size=val_fraction, random_state=seed)``, row for row, without importing
-    sklearn (slow), so that selecting labels (and an up-to-date sync) stays light. sklearn's
-    ``ShuffleSplit``: ``n_val = ceil(val_fraction * n)``; one ``RandomState(seed).permutation(n)``, whose
-    first ``n_val`` positions validate and the rest train (``tests/test_select.py`` compares the two)."""
+    """``(train, validation)`` rows of ``labeled``: scikit-learn's ``train_test_split(labeled,
+    test_size=val_fraction, random_state=seed)`` row for row, without importing sklearn (slow), so that
+    selecting labels (and an up-to-date sync) stays light."""
     n = len(labeled)
     n_val = math.ceil(val_fraction * n)
     if not 0 < n_val < n:
@@ -255,10 +202,9 @@ def split_train_val(labeled: np.ndarray, val_fraction: float, seed: int) -> tupl
     return labeled[order[n_val:]], labeled[order[:n_val]]
 
 
-def _choose_labels(
-    records: list[Record], task: TaskColumns, texts: list[str], labels: set[str], known: set[str] | None,
-    threshold: float, skipped: Counter[str], weak_labels: bool,
-) -> tuple[list[str | None], list[str], np.ndarray]:
+def _choose_labels(records: list[Record], task: TaskColumns, texts: list[str], labels: set[str],
+                   known: set[str] | None, threshold: float, skipped: Counter[str],
+                   weak_labels: bool) -> tuple[list[str | None], list[str], np.ndarray]:
     """The selection rules record by record: ``(label or None, source, weak confidence)`` per record;
     what is skipped is counted in ``skipped``."""
     chosen: list[str | None] = []
@@ -320,11 +266,8 @@ def _record_ids(records: list[Record], id_attribute: str) -> list[str]:
     return ids
 
 
-class _Invalid:
-    """Marker for a label value that is not text."""
-
-
-_INVALID: Any = _Invalid()
+_INVALID: Any = object()
+"""Marker for a label value that is not text."""
 
 
 def _as_label(value: Any) -> Any:
@@ -339,12 +282,9 @@ def _as_label(value: Any) -> Any:
 
 
 def task_labels(records: list[Record], task: TaskColumns) -> set[str]:
-    """The task's labels as the export shows them, for splitting manual values joined with ``", "``.
-
-    Every weak-supervision label and every manual value without ``", "`` is a label. A manual value with
-    ``", "`` is a label of its own only when none of its parts is a label alone and it does not split into
-    several labels (so ``"Sci, Tech"`` stays whole where no record carries ``"Sci"`` or ``"Tech"`` alone).
-    """
+    """The task's labels as the export shows them: every weak label and every manual value without ``", "``; a
+    manual value with ``", "`` only when no part of it is a label alone and it does not split into several
+    labels (``"Sci, Tech"`` stays whole where no record carries ``"Sci"`` or ``"Tech"`` alone)."""
     weak: set[str] = set()
     manual: set[str] = set()
     for rec in records:
@@ -363,11 +303,8 @@ def task_labels(records: list[Record], task: TaskColumns) -> set[str]:
 
 
 def split_manual_labels(value: str, labels: set[str] | None) -> list[str]:
-    """Split refinery's ``", "``-joined manual labels against the known ``labels``.
-
-    A value that is a label is kept whole; else the split into the fewest known labels; else (a part is
-    unknown) a plain split on ``", "``.
-    """
+    """Split refinery's ``", "``-joined manual labels: a known label stays whole, else the split into the fewest
+    known ``labels``, else (a part is unknown) a plain split on ``", "``."""
     if labels and value in labels:
         return [value]
     if labels:

@@ -1,26 +1,12 @@
 """``--mode auto``: full mode when its estimated time on *this* machine fits ``--time-budget``, else head mode.
 
-The estimate is calibrated at run time, on the project's own texts, under whatever else the machine
-is doing at that moment (on a shared machine that load is real: a figure measured elsewhere, or
-earlier, would not be honest):
-
-1. **Plan** the steps exactly as :class:`kern_finetune.training.train_full.FullTrainer` will take them: the same
-   pseudo-labels (:func:`kern_finetune.labels.pseudo.find_pseudo_labels` at full mode's threshold), the same
-   class-aware batches regrouped by length with the same seed, the same batch size and epochs. Each
-   planned step's cost is taken as proportional to its padded tokens plus a constant.
-2. **Time real training steps**: a fresh copy of the encoder, the configured loss, AdamW, gradient
-   clipping, on three planned batches (the 20th, 50th and 90th percentile of padded tokens) after one
-   small warm-up step. A least-squares line (intercept >= 0) through the three gives seconds per step.
-3. **Time the forward pass** (``SentenceTransformer.encode`` on 128 seeded texts of the project):
-   tokens per second, which prices the validation passes (at step 0, every ``eval_every`` steps, the
-   last step and after the WiSE blend) and re-encoding every record with the fine-tuned model.
-4. Add what was measured once on the way: loading the model and tokenizing the training texts.
-
-The estimate covers what the pipeline's ``train`` timing covers in full mode: full-mode training plus the
-re-encoding. Early stopping can only make the run shorter. Calibration itself costs a few training
-steps (seconds); when the first timed step already puts full mode past twice the budget, it stops there.
-The measured time is recorded next to the estimate in ``metrics.json`` (``mode_choice``), and
-``benchmarks/mode_auto.py`` checks the two against each other.
+The estimate is calibrated at run time on the project's own texts, under the machine's present load (a
+figure measured elsewhere or earlier would not be honest on a shared machine): the steps are planned as
+:class:`~kern_finetune.training.train_full.FullTrainer` takes them, each costing a constant plus a share per
+padded token fitted on a few real, timed training steps; a timed forward pass and a timed validation pass
+price the validations, re-encoding every record and the model door's replay; loading the model and
+tokenizing, measured on the way, are added. Calibration stops after the first step when full mode is
+clearly past twice the budget. Figures: ``docs/decisions.md``, "mode and time budget".
 """
 
 from __future__ import annotations
@@ -28,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["FullModeEstimate", "ModeChoice", "choose_mode", "estimate_full_mode"]
 
 FORWARD_SAMPLE = 256
-"""Texts encoded to measure the forward rate (after a warm-up of 64): on 128 the rate came out ~17% low."""
+"""Texts encoded to measure the forward rate, after a warm-up of 64 (``docs/decisions.md``, "mode and time budget")."""
 VALIDATION_SAMPLE = 128
 """Validation texts embedded to time the validation passes."""
 STEP_QUANTILES = (0.2, 0.5, 0.9)
@@ -88,18 +74,15 @@ class ModeChoice:
     reason: str
     budget_seconds: float | None = None
     estimate: FullModeEstimate | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def message(self) -> str:
         return f"{self.mode} mode: {self.reason}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "requested": self.requested, "mode": self.mode, "reason": self.reason, "message": self.message,
-            "budget_seconds": self.budget_seconds,
-            "estimate": None if self.estimate is None else self.estimate.to_dict(), **self.extra,
-        }
+        return {"requested": self.requested, "mode": self.mode, "reason": self.reason, "message": self.message,
+                "budget_seconds": self.budget_seconds,
+                "estimate": None if self.estimate is None else self.estimate.to_dict()}
 
 
 def _sync(device: str) -> None:
@@ -109,15 +92,8 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def choose_mode(
-    encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *, device: str | None = None
-) -> ModeChoice:
+def choose_mode(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *,
+                device: str | None = None) -> ModeChoice:
     """Resolve ``config.mode``: ``head``/``full`` stay as they are; ``auto`` estimates full mode and decides."""
     if config.mode != "auto":
         return ModeChoice(requested=config.mode, mode=config.mode, reason="chosen with --mode")
@@ -141,25 +117,17 @@ def choose_mode(
                       budget_seconds=budget, estimate=est)
 
 
-def estimate_full_mode(
-    encoder: Encoder,
-    sel: Selection,
-    base: np.ndarray,
-    config: RunConfig,
-    *,
-    device: str | None = None,
-    give_up_above: float = math.inf,
-) -> FullModeEstimate:
+def estimate_full_mode(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *,
+                       device: str | None = None, give_up_above: float = math.inf) -> FullModeEstimate:
     """Estimate full mode's training stage (full-mode training + re-encoding every record) on this machine, now."""
-    from ..vectors.encode import load_sentence_transformer
+    from ..vectors.encode import load_sentence_transformer, resolve_device
     from ..labels.pseudo import find_pseudo_labels, with_pseudo_labels
     from .samplers import class_aware_batches, length_grouped
     from .train_full import MAX_SEQ_LENGTH, full_mode_schedule
 
     t_start = time.perf_counter()
-    device = device or _default_device()
-    full = dataclasses.replace(config, mode="full")
-    threshold = full.pseudo_threshold
+    device = resolve_device(device)
+    threshold = dataclasses.replace(config, mode="full").pseudo_threshold
     n_pseudo = 0
     train_sel = sel
     if threshold is not None:
@@ -184,10 +152,9 @@ def estimate_full_mode(
     steps = epochs * len(batches)
 
     # --- time real steps on planned batches
-    intercept, per_token, xs, ts, complete = _time_steps(
-        model, config, texts=texts_t, y=y_t, batches=batches, padded=padded,
-        steps=steps, device=device, give_up_above=give_up_above,
-    )
+    intercept, per_token, xs, ts, complete = _time_steps(model, config, texts=texts_t, y=y_t, batches=batches,
+                                                         padded=padded, steps=steps, device=device,
+                                                         give_up_above=give_up_above)
     train_steps_s = epochs * float(np.sum(intercept + per_token * padded))
 
     fwd_rate = float("nan")
@@ -195,7 +162,6 @@ def estimate_full_mode(
     if complete:
         fwd_rate, val_s, reencode_s = _forward_costs(model, sel, config, device=device, batch_size=batch_size, steps=steps)
     total = overhead + train_steps_s + val_s + reencode_s
-    del model
     return FullModeEstimate(
         seconds=float(total), steps=int(steps), epochs=int(epochs), batch_size=int(batch_size),
         n_train_rows=int(len(train_idx)), n_pseudo=n_pseudo, step_seconds=float(train_steps_s / max(steps, 1)),
@@ -207,13 +173,11 @@ def estimate_full_mode(
     )
 
 
-def _time_steps(
-    model: Any, config: RunConfig, *, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
-    padded: np.ndarray, steps: int, device: str, give_up_above: float,
-) -> tuple[float, float, list[float], list[float], bool]:
-    """Time real training steps on a few planned batches (quantiles of their padded size) and fit seconds per
-    padded token: (intercept, per_token, padded sizes timed, seconds, complete). Gives up after the first
-    step when the whole run would clearly exceed ``give_up_above``."""
+def _time_steps(model: Any, config: RunConfig, *, texts: list[str], y: np.ndarray, batches: list[np.ndarray],
+                padded: np.ndarray, steps: int, device: str,
+                give_up_above: float) -> tuple[float, float, list[float], list[float], bool]:
+    """``(intercept, per_token, padded sizes timed, seconds, complete)`` of real training steps on the planned
+    batches at :data:`STEP_QUANTILES`; gives up after the first when the run would clearly exceed ``give_up_above``."""
     import torch
 
     from .losses import make_loss
@@ -255,9 +219,8 @@ def _time_steps(
     return intercept, per_token, xs, ts, complete
 
 
-def _forward_costs(
-    model: Any, sel: Selection, config: RunConfig, *, device: str, batch_size: int, steps: int
-) -> tuple[float, float, float]:
+def _forward_costs(model: Any, sel: Selection, config: RunConfig, *, device: str, batch_size: int,
+                   steps: int) -> tuple[float, float, float]:
     """(forward tokens/s, validation seconds, re-encoding seconds) of full mode, from one timed forward pass."""
     from .train_full import MAX_SEQ_LENGTH, MAX_VAL_ROWS
 
@@ -299,11 +262,9 @@ def _forward_costs(
 
 
 def _validation_rate(model: Any, texts: list[str], chunk: int, *, device: str) -> float:
-    """Padded tokens per second of :class:`~kern_finetune.training.train_full.FullTrainer`'s validation embedding (texts
-    in their order, ``chunk`` at a time, padded to each chunk's longest), timed on its first chunks (at most
-    :data:`VALIDATION_SAMPLE` texts). Timed rather than derived from the encode rate: padding to a chunk's
-    longest text costs less per token than real tokens do, so a derived figure overestimates validation by
-    about half (``docs/decisions.md``, "mode and time budget")."""
+    """Padded tokens per second of ``FullTrainer``'s validation embedding (``chunk`` texts at a time, each chunk
+    padded to its longest), timed on at most :data:`VALIDATION_SAMPLE` texts. Timed, not derived from the encode
+    rate: padding costs less per token than real tokens (``docs/decisions.md``, "mode and time budget")."""
     import torch
     from sentence_transformers.util import batch_to_device
 

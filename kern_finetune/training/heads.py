@@ -1,14 +1,4 @@
-"""The trainable head on top of the frozen encoder's vectors.
-
-:class:`SkipConnectionHead` reproduces one layer of quaterion-models' head of the same name (same parameter
-names, ``gates_0`` and ``fc_0``, so state dicts move between the two engines)::
-
-    x <- x + sigmoid(gates_0) * fc_0(x)
-
-The layer is affine, so in eval mode the head is one affine map ``x -> x @ W.T + b``;
-:meth:`SkipConnectionHead.as_affine` computes it, which lets the saved model use sentence-transformers'
-built-in ``Dense`` module instead of custom code (see :mod:`kern_finetune.output.save`).
-"""
+"""The trainable head on top of the frozen encoder's vectors."""
 
 from __future__ import annotations
 
@@ -19,7 +9,8 @@ __all__ = ["SkipConnectionHead"]
 
 
 class SkipConnectionHead(nn.Module):
-    """Gated residual head of one layer; starts near the identity (gates at -4)."""
+    """One layer of quaterion-models' head of the same name, ``x + sigmoid(gates_0) * fc_0(x)``, with the same
+    parameter names (state dicts move between the two engines); starts near the identity (gates at -4)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -32,7 +23,7 @@ class SkipConnectionHead(nn.Module):
 
     @torch.no_grad()
     def as_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The eval-mode map as ``(W, b)`` with ``head(x) == x @ W.T + b``."""
+        """The eval-mode map as ``(W, b)`` with ``head(x) == x @ W.T + b``: the saved model's built-in ``Dense``."""
         g = torch.sigmoid(self.gates_0.double())
         weight = torch.eye(self.dim, dtype=torch.float64) + g[:, None] * self.fc_0.weight.double()
         bias = g * self.fc_0.bias.double()

@@ -1,17 +1,8 @@
-"""Compatibility shims that let quaterion 0.1.35 (2022) run on this project's stack.
+"""Compatibility shims that let quaterion 0.1.35 run on this project's stack.
 
-quaterion and quaterion-models are installed ``--no-deps``: their pins (torch<2, numpy<2, Python
-<3.11-era enum behaviour) conflict with the rest of the project. Only what actually breaks is shimmed;
-each shim says what it fixes. :func:`patch_quaterion` applies them and is idempotent; call it before
-importing anything from ``quaterion`` (``kern_finetune.training.train_quaterion`` does).
-
-Checked and found *not* to need a shim (torch 2.13, numpy 2.x, pytorch-lightning 1.9.5,
-setuptools 80, Python 3.11):
-
-* numpy 2 in quaterion / quaterion-models – they use only ``np.concatenate`` / ``np.atleast_2d``
-  (numpy 2 does break pytorch-lightning 1.9.5's callbacks: shim (c)).
-* ``pkg_resources`` – still shipped by setuptools<81 (lightning's namespace declaration uses it;
-  only deprecation warnings, which :func:`quiet_quaterion` silences).
+quaterion and quaterion-models are installed ``--no-deps``: their pins (torch<2, numpy<2, Python<3.11 enum
+behaviour) conflict with the rest of the project. Only what breaks is shimmed, each shim saying what it
+fixes; :func:`patch_quaterion` applies them, before anything is imported from ``quaterion``.
 """
 
 from __future__ import annotations
@@ -27,9 +18,8 @@ _PATCHED = False
 
 
 def _alias_t_co() -> None:
-    """Shim (a): torch renamed the ``T_co`` TypeVar to ``_T_co`` in ``torch.utils.data.dataloader`` and
-    ``torch.utils.data.dataset``; quaterion does ``from torch.utils.data.dataloader import T_co`` (and
-    from ``dataset``), which is an ImportError on current torch. Alias the old name back."""
+    """torch renamed ``T_co`` to ``_T_co`` in ``torch.utils.data.dataloader`` and ``.dataset``, from which
+    quaterion imports ``T_co``: alias the old name back."""
     import torch.utils.data.dataloader as dataloader_mod
     import torch.utils.data.dataset as dataset_mod
 
@@ -38,28 +28,19 @@ def _alias_t_co() -> None:
             mod.T_co = mod._T_co  # type: ignore[attr-defined]
 
 
-def _str_enum_value_format(cls: type[enum.Enum]) -> None:
-    """Make a ``(str, Enum)`` class print and format as its value, as it did before Python 3.11."""
+def _value_str(self: enum.Enum) -> str:
+    return str(self.value)
 
-    def __str__(self: enum.Enum) -> str:  # noqa: N807
-        return str(self.value)
 
-    def __format__(self: enum.Enum, spec: str) -> str:  # noqa: N807
-        return format(str(self.value), spec)
-
-    cls.__str__ = __str__  # type: ignore[method-assign,assignment]
-    cls.__format__ = __format__  # type: ignore[method-assign,assignment]
+def _value_format(self: enum.Enum, spec: str) -> str:
+    return format(str(self.value), spec)
 
 
 def _fix_str_enums() -> None:
-    """Shim (b): since Python 3.11, ``f"{TrainStage.VALIDATION}_loss"`` renders as
-    ``"TrainStage.VALIDATION_loss"`` instead of ``"validation_loss"`` (``Enum.__format__`` now follows
-    ``Enum.__str__`` for mixed-in enums). quaterion builds every logged metric name that way
-    (``TrainableModel._common_step``, attached metrics, its own ``EarlyStopping`` default), so
-    monitors on ``validation_loss`` silently never see their metric. Restore value formatting on
-    quaterion's str-enums: ``TrainStage`` (the one that breaks names); ``Distance``, ``CacheType``,
-    ``CacheMode`` and ``XbmDevice`` only appear in messages/config dicts, fixed alike for
-    consistency. Equality and hashing (dict lookups by name) are unaffected."""
+    """Since Python 3.11, ``f"{TrainStage.VALIDATION}_loss"`` renders as ``"TrainStage.VALIDATION_loss"``, and
+    quaterion builds every logged metric name that way, so monitors on ``validation_loss`` never see their
+    metric. Restore value formatting on quaterion's str-enums (``TrainStage`` breaks names; the others are
+    fixed alike for consistency); equality and hashing are unaffected."""
     from quaterion.distances import Distance
     from quaterion.train.cache.cache_config import CacheType
     from quaterion.train.cache.cache_encoder import CacheMode
@@ -67,7 +48,8 @@ def _fix_str_enums() -> None:
     from quaterion.utils.enums import TrainStage
 
     for cls in (TrainStage, Distance, CacheType, CacheMode, XbmDevice):
-        _str_enum_value_format(cls)
+        cls.__str__ = _value_str  # type: ignore[method-assign,assignment]
+        cls.__format__ = _value_format  # type: ignore[method-assign,assignment]
 
 
 class _NumpyWithInf(types.ModuleType):
@@ -82,23 +64,17 @@ class _NumpyWithInf(types.ModuleType):
 
 
 def _numpy2_lightning_callbacks() -> None:
-    """Shim (c): numpy 2 removed ``np.Inf``; pytorch-lightning 1.9.5 (quaterion's Lightning line) uses
-    it in the constructors of ``EarlyStopping`` and ``ModelCheckpoint`` (``torch.tensor(np.Inf)``), so
-    building either raises AttributeError. Give just those two modules a numpy stand-in that has
-    ``Inf`` (numpy itself is left untouched). Nothing else in lightning/quaterion/quaterion-models
-    uses a name numpy 2 removed (torchmetrics' FID does, but is not used)."""
-    import numpy
+    """numpy 2 removed ``np.Inf``, which pytorch-lightning 1.9.5's ``EarlyStopping`` and ``ModelCheckpoint``
+    constructors use: give just those two modules a numpy stand-in that has it."""
     from pytorch_lightning.callbacks import early_stopping, model_checkpoint
 
     for mod in (early_stopping, model_checkpoint):
         if not hasattr(mod.np, "Inf"):
             mod.np = _NumpyWithInf("numpy")  # type: ignore[attr-defined]
-    del numpy
 
 
 def patch_quaterion() -> None:
-    """Apply every shim once (idempotent); afterwards ``import quaterion`` works and names metrics
-    the way quaterion's own callbacks expect (``train_loss``, ``validation_loss``)."""
+    """Apply every shim once (idempotent)."""
     global _PATCHED
     if _PATCHED:
         return
@@ -109,21 +85,14 @@ def patch_quaterion() -> None:
 
 
 def quiet_quaterion() -> None:
-    """Silence quaterion's import-time chatter: lightning/pkg_resources deprecation warnings (install
-    the filters inside ``warnings.catch_warnings()`` to keep them local) and quaterion's loguru debug
-    lines (disabled for good). Output only; no behaviour change. Fit-time lightning logging is
-    silenced separately, for the duration of a fit."""
-    for category, module in (
-        (DeprecationWarning, r"(lightning_fabric|pytorch_lightning|pkg_resources|quaterion).*"),
-        (UserWarning, r"(lightning_fabric|pytorch_lightning|pkg_resources|quaterion).*"),
-    ):
-        warnings.filterwarnings("ignore", category=category, module=module)
+    """Silence quaterion's import-time chatter: lightning/pkg_resources deprecation warnings (install the
+    filters inside ``warnings.catch_warnings()`` to keep them local) and quaterion's loguru debug lines."""
+    for category in (DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category,
+                                module=r"(lightning_fabric|pytorch_lightning|pkg_resources|quaterion).*")
     warnings.filterwarnings("ignore", message=r".*pkg_resources is deprecated.*")
     warnings.filterwarnings("ignore", message=r".*declare_namespace.*")
-    try:
-        from loguru import logger as _loguru
+    from loguru import logger  # a dependency of quaterion's
 
-        _loguru.disable("quaterion")
-    except ImportError:  # pragma: no cover - loguru is a quaterion dependency
-        pass
+    logger.disable("quaterion")
 

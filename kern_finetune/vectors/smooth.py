@@ -1,29 +1,22 @@
 """Neighbour smoothing: each record's fine-tuned vector averaged with those of its nearest records in the
-base model's space (issue 15, the first screen).
-
-The trained model (a head, or the fine-tuned encoder) pulls the labeled records of a class together. The
-records a labeler searches from are mostly unlabeled, and where the model places one of them on the wrong
-side of a class boundary, its whole first screen turns to the other class. The base model's own nearest
-neighbours of a record are mostly of its class and are placed by the trained model independently of it. So
+base model's space.
 
     out_i = normalise((1 - W) * v_i + W * mean(v_j for j in the K nearest records of i by base cosine))
 
-moves a misplaced record towards where its base-space neighbours went, and changes little for a record
-whose neighbours went where it did. This is one step of feature propagation over the base model's
-k-nearest-neighbour graph (as SGC, Wu et al. 2019, or APPNP, Klicpera et al. 2019, propagate over a
-graph), with the fine-tuned vectors as the features. It needs no labels and no training.
-
-The neighbours are searched among all records (labeled or not), at most :data:`MAX_ANCHORS` of them (a
-seeded sample on larger projects), in blocks: time grows as records x min(records, MAX_ANCHORS), memory as
-one block. ``W`` (``--smooth``) is fixed, or chosen on held-out labels (:func:`choose_weight`).
-
-The pushed vectors are smoothed; a model alone cannot reproduce them (they depend on the project's other
-records), so the model folder (``<out>/model``, refinery's model door) gives the unsmoothed vectors. A sync
-through the model door therefore runs with smoothing off (:mod:`kern_finetune.sync`).
+The trained model pulls each class's labeled records together, but may place an unlabeled record (those a
+labeler searches from) on the wrong side of a class boundary, turning its whole first screen to the other
+class. Its base-space neighbours are mostly of its class and placed independently of it, so the average moves
+a misplaced record towards where they went and changes little for the others: one step of feature
+propagation over the base model's k-nearest-neighbour graph (as SGC, Wu et al. 2019, or APPNP, Klicpera et
+al. 2019), with no labels and no training. ``W`` (``--smooth``) is fixed, or chosen on held-out labels
+(:func:`choose_weight`; ``docs/decisions.md``, "smoothing"). A model alone cannot reproduce the smoothed
+vectors (they depend on the project's other records), so the model folder gives the unsmoothed ones and a
+sync through the model door runs with smoothing off.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,9 +32,7 @@ __all__ = ["Smoothing", "NEIGHBOURS", "MAX_ANCHORS", "WEIGHTS", "nearest_among_a
            "held_out_queries", "choose_weight", "smooth_vectors"]
 
 NEIGHBOURS = 20
-"""K: base-space neighbours averaged per record. 20 rather than refinery's ten-record first screen: on the
-held-out labels :func:`choose_weight` judges by, 20 scored at least as well as 10 on every project tried
-(``docs/decisions.md``, "smoothing")."""
+"""K: base-space neighbours averaged per record (``docs/decisions.md``, "smoothing")."""
 MAX_ANCHORS = MAX_FIT_RECORDS
 """Neighbours are searched among at most this many records (a seeded sample above it)."""
 WEIGHTS = (0.0, 0.5, 0.8)
@@ -71,8 +62,7 @@ class Smoothing:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"weight": self.weight, "chosen": self.chosen, "neighbours": self.neighbours, "anchors": self.anchors,
-                "table": self.table, "n_queries": self.n_queries, "seconds": self.seconds}
+        return dataclasses.asdict(self)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -83,9 +73,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
 def nearest_among_anchors(x: np.ndarray, k: int, *, max_anchors: int = MAX_ANCHORS, seed: int = 42,
                           block: int = 2048) -> tuple[np.ndarray, np.ndarray, int]:
     """``(neighbours, similarities, anchors)``: row ``i`` of ``neighbours`` holds the indices (into ``x``) of
-    record ``i``'s ``k`` most similar records by dot product, itself excluded, in no particular order, and
-    ``similarities`` their dot products; searched among ``anchors`` records (all of them, or a seeded sample
-    of ``max_anchors``), ``block`` rows at a time. ``x`` rows are L2-normalised (cosine)."""
+    record ``i``'s ``k`` most similar records by dot product, itself excluded, in no particular order; searched
+    among ``anchors`` records (all, or a seeded sample of ``max_anchors``), ``block`` rows at a time."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     anchors = fit_sample(n, cap=max_anchors, seed=seed)
@@ -109,9 +98,7 @@ def nearest_among_anchors(x: np.ndarray, k: int, *, max_anchors: int = MAX_ANCHO
 
 def base_neighbours(base: np.ndarray, *, k: int = NEIGHBOURS, max_anchors: int = MAX_ANCHORS, seed: int = 42,
                     block: int = 2048) -> tuple[np.ndarray, int]:
-    """``(neighbours, anchors)``: row ``i`` holds the indices (into ``base``) of record ``i``'s ``k`` nearest
-    records by cosine, itself excluded, among ``anchors`` records (all of them, or a seeded sample of
-    ``max_anchors``); :func:`nearest_among_anchors`. ``base`` rows are L2-normalised."""
+    """``(neighbours, anchors)`` of :func:`nearest_among_anchors` over the L2-normalised ``base`` vectors."""
     neighbours, _, anchors = nearest_among_anchors(base, k, max_anchors=max_anchors, seed=seed, block=block)
     return neighbours, anchors
 
@@ -133,22 +120,17 @@ def smooth(vectors: np.ndarray, neighbours: np.ndarray, weight: float) -> np.nda
 def held_out_queries(sel: Selection, *, seed: int = 42) -> np.ndarray:
     """The validation records that judge the weights: the least confident quarter of the weak-labeled ones
     (at most :data:`MAX_QUERIES`, seeded), or every validation record when that leaves fewer than
-    :data:`MIN_QUERIES`. ``sel`` is the selection as made, before the label check drops any label (the
-    pipeline passes it so).
+    :data:`MIN_QUERIES`. ``sel`` is the selection before the label check, which drops the hard records' labels.
 
-    Why not every validation record: most are confidently labeled, the fine-tuned model places them well, so
-    smoothing can only blur them there; the records a labeler searches from are the ones weak supervision
-    was unsure about. Why before the label check: the labels it drops are the hard records' (their label
-    disagrees with a classifier on the base vectors); without them the least confident validation records
-    agree with their neighbours at nearly every weight, too close to the ceiling to show anything.
+    Not every validation record: most are confidently labeled and placed well, where smoothing can only blur
+    them; a labeler searches from the records weak supervision was unsure about.
     """
     val = np.asarray(sel.val_idx, dtype=np.int64)
-    conf = np.asarray(sel.confidence, dtype=np.float64)[val] if len(val) else np.zeros(0)
-    weak = val[np.isfinite(conf)]
+    conf = np.asarray(sel.confidence, dtype=np.float64)[val]
+    weak = np.isfinite(conf)
     pool = val
-    if len(weak):
-        c = np.asarray(sel.confidence, dtype=np.float64)[weak]
-        low = weak[c <= np.quantile(c, QUERY_QUANTILE)]
+    if weak.any():
+        low = val[weak][conf[weak] <= np.quantile(conf[weak], QUERY_QUANTILE)]
         if len(low) >= MIN_QUERIES:
             pool = low
     if len(pool) > MAX_QUERIES:
@@ -160,18 +142,14 @@ def choose_weight(vectors: np.ndarray, neighbours: np.ndarray, sel: Selection, *
                   candidates: tuple[float, ...] = WEIGHTS, seed: int = 42) -> tuple[float, list[dict[str, float]], int]:
     """Choose the smoothing weight on held-out labels, never on gold: ``(weight, table, n_queries)``.
 
-    Queries: :func:`held_out_queries` (validation records, held out of training). For each candidate, each
-    query's 10 and 100 nearest records among **all** records are judged on the selected labels (training and
-    validation) of those that have one: ``val_top_10`` / ``val_top_100``, the share with the query's label.
-    Score: the mean of the two. Chosen: the largest weight that trails the best score by at most
-    :data:`TOLERANCE` points. Ties go to smoothing because the held-out queries are easier than the records
-    a labeler searches from (their labels were confident enough to be selected), so they understate what
-    smoothing does for the hard records; a weight is refused when it measurably costs the held-out labels.
-    How the rule came to be: ``docs/decisions.md``, "smoothing".
+    For each candidate, each query's (:func:`held_out_queries`) 10 and 100 nearest records among **all**
+    records are judged on the selected labels of those that have one (``val_top_10`` / ``val_top_100``: the
+    share with the query's label); chosen is the largest weight whose mean of the two trails the best by at
+    most :data:`TOLERANCE` points. Ties go to smoothing because the held-out queries, confident enough to be
+    selected, understate what it does for the hard records (``docs/decisions.md``, "smoothing").
     """
     judge = np.full(len(vectors), -1, dtype=np.int64)
-    judge[sel.train_idx] = sel.y[sel.train_idx]
-    judge[sel.val_idx] = sel.y[sel.val_idx]
+    judge[sel.labeled_idx] = sel.y[sel.labeled_idx]
     queries = held_out_queries(sel, seed=seed)
     table: list[dict[str, float]] = []
     for w in sorted(candidates):
@@ -181,17 +159,13 @@ def choose_weight(vectors: np.ndarray, neighbours: np.ndarray, sel: Selection, *
         else:
             row.update(val_top_10=float("nan"), val_top_100=float("nan"))
         table.append(row)
-    scores = [_score(row) for row in table]
+    scores = [(row["val_top_10"] + row["val_top_100"]) / 2.0 for row in table]
     finite = [x for x in scores if np.isfinite(x)]
     if not finite:
         return 0.0, table, len(queries)
     top = max(finite)
     chosen = max(row["weight"] for row, x in zip(table, scores) if np.isfinite(x) and x >= top - TOLERANCE)
     return float(chosen), table, len(queries)
-
-
-def _score(row: dict[str, float]) -> float:
-    return (row["val_top_10"] + row["val_top_100"]) / 2.0
 
 
 def _judged_top_k(v: np.ndarray, queries: np.ndarray, judge: np.ndarray, *, ks: tuple[int, ...],

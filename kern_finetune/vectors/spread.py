@@ -1,38 +1,23 @@
-"""Search spread: give every record a full result list under refinery's search threshold (issue 15).
+"""Search spread: give every record a full result list under refinery's search threshold.
 
-Refinery's data browser does not return a record's 100 nearest records as they are: it returns those within
-one distance per embedding, the 5th percentile of pairwise distances among 500 sampled records
-(refinery-neural-search ``neural_search/similarity_threshold.py``; replayed by
-:func:`kern_finetune.refinery.search.threshold_search`). Raw base-model vectors are spread evenly enough that
-nearly every record finds 100 records within it. A fine-tuned space is not: training packs the labeled
-records of a class into tight cores and leaves the unlabeled records sparser around them, the threshold
-follows the cores, and many of the searches from unlabeled records come back with fewer than ten records.
-
-The fix changes distances, not directions. Each record's local radius ``r_i`` is its distance to its
-``m``-th nearest record (``m`` = the search's 100, fewer on a small project), averaged in log over the
-record and its 10 nearest so it varies smoothly; the record's vector is scaled by
-``rho_i = exp(-S * (log r_i - median log r))``, shrinking sparse regions and dilating dense ones so each
-record's 100th neighbour sits at about the same distance (``S`` = 1 equalises them). Refinery ranks by
-Euclidean distance, so a length is as real to it as a direction; to keep the pushed vectors L2-normalised
-(what the rest of the chain expects), the scaled vectors are lifted onto the unit sphere of one more
-dimension, ``y_i = [rho_i * v_i, sqrt(R^2 - rho_i^2)] / R`` with ``R = max rho``. Distances then are
-``(|rho_i v_i - rho_j v_j|^2 + (h_i - h_j)^2) / R^2``: between records of similar density (neighbours) the
+Refinery returns a record's nearest records only within one distance per embedding, the 5th percentile of
+pairwise distances among 500 sampled records (:func:`kern_finetune.refinery.search.threshold_search`).
+Training packs the labeled records of a class into tight cores and leaves the unlabeled ones sparser around
+them, so many searches from unlabeled records come back short. The spread changes distances, not directions:
+each record's local radius ``r_i`` (its distance to its ``m``-th nearest record, ``m`` the search's 100 or
+fewer, log-averaged over it and its 10 nearest) sets ``rho_i = exp(-S * (log r_i - median log r))``, which
+shrinks sparse regions and dilates dense ones (``S`` = 1 equalises them). To keep the pushed vectors
+L2-normalised, the scaled vectors are lifted onto the unit sphere of one more dimension,
+``y_i = [rho_i * v_i, sqrt(R^2 - rho_i^2)] / R`` with ``R = max rho``; between records of similar density the
 extra term is small, so each record's nearest records keep their order up to the scaling.
 
-``--spread auto`` chooses ``S`` without labels: on a seeded sample of records as queries, the smallest
-``S`` among :data:`STRENGTHS` whose share of searches with fewer than 10 / 100 results is within
-:data:`MARGIN_10` / :data:`MARGIN_100` points of the raw base vectors' (the same searches on ``base``);
-when none does, the one with the fewest short lists. It reads no label and no gold. It trades a little
-top_k among the test records for full result lists, and chooses 0 where nothing starves (figures:
-``docs/decisions.md``, "spread").
-
-The neighbour search runs among at most :data:`kern_finetune.vectors.smooth.MAX_ANCHORS` records (``m`` scaled to
-the sample), so time grows as records x min(records, 20,000). A model cannot reproduce the lifted vectors
-(they depend on the project's other records), so a sync through the model door runs with ``--spread 0``.
+``--spread auto`` chooses ``S`` on searches, reading no label (:func:`choose_strength`). A model cannot
+reproduce the lifted vectors, so a sync through the model door runs with ``--spread 0``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,12 +28,12 @@ from ..refinery.search import SEARCH_LIMIT, sample_queries, threshold_search
 from .smooth import MAX_ANCHORS, nearest_among_anchors
 from ..subsample import fit_sample
 
-__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "ALLOWED_10", "MARGIN_10", "MARGIN_100", "local_radius", "lift",
-           "within_margins", "choose_strength", "spread_vectors"]
+__all__ = ["Spread", "STRENGTHS", "RADIUS_NEIGHBOURS", "ALLOWED_10", "MARGIN_10", "MARGIN_100", "local_radius",
+           "lift", "within_margins", "choose_strength", "spread_vectors"]
 
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(16))
-"""Strengths ``--spread auto`` chooses among, smallest first: 0 to 1.5 in steps of 0.1, fine steps because
-the rule takes the smallest strength that keeps lists full and every step past it costs top_k."""
+"""Strengths ``--spread auto`` chooses among, smallest first: fine steps, as every step past the smallest
+that keeps lists full costs top_k."""
 RADIUS_NEIGHBOURS = 10
 """A record's log radius is averaged with that of its this many nearest records (:func:`local_radius`)."""
 ALLOWED_10 = 2.0
@@ -81,17 +66,14 @@ class Spread:
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strength": self.strength, "chosen": self.chosen, "radius_rank": self.radius_rank,
-                "anchors": self.anchors, "table": self.table, "raw": self.raw, "n_queries": self.n_queries,
-                "seconds": self.seconds}
+        return dataclasses.asdict(self)
 
 
 def local_radius(vectors: np.ndarray, *, max_anchors: int = MAX_ANCHORS, seed: int = 42) -> tuple[np.ndarray, int, int]:
     """``(log_radius, m, anchors)``: per record, the log of its Euclidean distance to its ``m``-th nearest
-    record, averaged with its :data:`RADIUS_NEIGHBOURS` nearest records' (log radii vary
-    smoothly, so neighbours scale alike). ``m`` is the search's 100, scaled to the anchor sample, and at
-    most a twentieth of it (a record has a twentieth of the project within the 5th-percentile threshold
-    on average). ``vectors`` rows are L2-normalised."""
+    record, averaged with its :data:`RADIUS_NEIGHBOURS` nearest records' (so neighbours scale alike). ``m`` is
+    the search's 100 scaled to the anchor sample, at most a twentieth of it (a record has a twentieth of the
+    project within the 5th-percentile threshold on average). ``vectors`` rows are L2-normalised."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n = len(x)
     if n < 3:
@@ -145,13 +127,10 @@ def choose_strength(vectors: np.ndarray, base: np.ndarray, log_radius: np.ndarra
     """Choose the strength without labels: ``(strength, table, raw, n_queries)``; ``raw``: the base vectors'
     short lists on the same searches.
 
-    Queries: a seeded sample of up to :data:`MAX_QUERIES` of all records. Each candidate's vectors, and the
-    base vectors, are searched as refinery searches (:func:`kern_finetune.refinery.search.threshold_search`); the
-    smallest strength whose share of searches with fewer than 10 (100) results is at most the base vectors'
-    plus :data:`MARGIN_10` (:data:`MARGIN_100`) points wins; when none does, the one with the fewest
-    searches under 10 results (then under 100; ties to the smaller). Candidates are searched smallest first
-    and the search stops at the first that fits, so ``table`` holds the candidates searched (all of them only
-    when none fits).
+    Each candidate's vectors and the base vectors are searched as refinery searches from a seeded sample of
+    up to :data:`MAX_QUERIES` records; the smallest strength :func:`within_margins` of the base vectors wins
+    (``table`` holds the candidates searched up to it); when none fits, the one with the fewest searches under
+    10 results (then under 100; ties to the smaller). Figures: ``docs/decisions.md``, "spread".
     """
     queries = sample_queries(len(vectors), MAX_QUERIES, seed)
     raw = _short_lists(base, queries, seed)
