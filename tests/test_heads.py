@@ -176,10 +176,11 @@ def test_trainer_defaults_are_the_run_configs() -> None:
 
     from kern_finetune.config import RunConfig
     from kern_finetune.training.train_full import FullTrainer
+    from kern_finetune.training.train_quaterion import QuaterionTrainer
 
     fields = {f.name: f.default for f in dataclasses.fields(RunConfig)}
     # full mode's own: its epochs come from full_mode_schedule, its device resolved by from_config
-    own = {HeadTrainer: set(), FullTrainer: {"epochs", "device"}}
+    own = {HeadTrainer: set(), QuaterionTrainer: set(), FullTrainer: {"epochs", "device"}}
     for trainer, exceptions in own.items():
         shared = {n: p.default for n, p in inspect.signature(trainer).parameters.items() if n in fields}
         shared = {n: v for n, v in shared.items() if n not in exceptions}

@@ -32,7 +32,7 @@ from . import losses as native_losses
 from ..config import RunConfig
 from ..errors import ConfigError, SelectionError
 from .heads import SkipConnectionHead
-from .trainer import HEAD_LR, PATIENCE, EarlyStopping, HeadOutput, TrainResult
+from .trainer import HEAD_BATCH_SIZE, HEAD_LR, PATIENCE, EarlyStopping, HeadOutput, TrainResult
 
 with warnings.catch_warnings():
     quiet_quaterion()
@@ -236,9 +236,9 @@ class QuaterionTrainer(HeadOutput):
     ``loss``, ``final_val_loss``, ``n_train``, ``n_val``, ``groups``.
     """
 
-    loss: str = "triplet"
+    loss: str = RunConfig.loss
     lr: float = HEAD_LR
-    batch_size: int = 128
+    batch_size: int = HEAD_BATCH_SIZE
     epochs: int = RunConfig.epochs
     patience: int = PATIENCE
     seed: int = RunConfig.seed

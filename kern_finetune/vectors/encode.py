@@ -153,10 +153,7 @@ class Encoder:
         return self._model
 
     def encode_uncached(self, texts: list[str]) -> Iterator[tuple[list[int], np.ndarray]]:
-        """Encode texts the cache lacks: yields ``(positions in texts, L2-normalised float32 rows)`` chunks.
-
-        :class:`kern_finetune.vectors.encode_ray.RayEncoder` overrides this to spread the work over a Ray cluster.
-        """
+        """Encode texts the cache lacks: yields ``(positions in texts, L2-normalised float32 rows)`` chunks."""
         model = self.model()
         for start in range(0, len(texts), _CHUNK):
             with self._precision_context():
