@@ -71,6 +71,44 @@ def subset_base(subset_sel, shared_cache: Path):
     return Encoder(cache_dir=shared_cache).encode(subset_sel.texts, progress=False)
 
 
+DEFAULT_HEAD_RUN_ARGS = ("--task", "Topic", "--gold-attribute", "Class Index", "--threshold", "0.7", "--mode", "head",
+                         "--device", "cpu")
+"""``kern-finetune run``'s shipped defaults but ``--mode head`` (``auto``'s choice depends on the machine's speed and
+load; tests/test_estimate.py covers it) and ``--device cpu`` (the known answers are CPU fp32 vectors)."""
+
+
+@pytest.fixture(scope="session")
+def default_head_run(subset_records: list[dict], shared_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One ``kern-finetune run`` (in process, through ``cli.main``) on the 1,000-record subset, shared by the tests
+    that only read its outputs (tests/test_cli_run.py, tests/test_model_folder.py): ``.out`` (the run folder,
+    with ``wall_seconds.txt`` beside the outputs) and ``.result``, the :class:`~kern_finetune.pipeline.RunResult`
+    the command's ``run_pipeline`` returned. Nothing may write into it."""
+    import json
+    import time
+    from types import SimpleNamespace
+
+    from kern_finetune import cli, pipeline
+
+    export = tmp_path_factory.mktemp("default-head-export") / "subset.json"
+    export.write_text(json.dumps(subset_records))
+    out = tmp_path_factory.mktemp("default-head-run")
+    results = []
+    real = pipeline.run_pipeline
+
+    def recording(*args, **kwargs):
+        results.append(real(*args, **kwargs))
+        return results[-1]
+
+    start = time.perf_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline, "run_pipeline", recording)  # commands/run.py imports it from the module at call time
+        code = cli.main(["run", "--export", str(export), "--out", str(out), "--cache-dir", str(shared_cache),
+                         *DEFAULT_HEAD_RUN_ARGS])
+    assert code == 0 and len(results) == 1
+    (out / "wall_seconds.txt").write_text(str(time.perf_counter() - start))
+    return SimpleNamespace(out=out, result=results[0], export=export)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Torch on one thread for a module's tests (steadier timings and no oversubscription on 2 cores)."""

@@ -16,8 +16,12 @@ from kern_finetune.training.estimate import choose_mode, estimate_full_mode
 
 @pytest.fixture(scope="module")
 def small_records(subset_records) -> list[dict]:
-    """300 records of the seeded subset: a small project (about 160 with a training label)."""
-    return subset_records[:300]
+    """120 records of the seeded subset: a small project (about 65 with a training label, 2 full-mode steps).
+
+    Every stage of a full-mode run (the estimate's timed steps, training, re-encoding, the model door's pulls)
+    costs in proportion to the records, and what is checked here (the plan, the choice, the run it leads to)
+    does not need more."""
+    return subset_records[:120]
 
 
 @pytest.fixture(scope="module")

@@ -240,6 +240,31 @@ def test_turning_weak_labels_off_counts_as_new_state(host: RunningHost, config: 
     assert res.n_labels == 14 < first.n_labels
 
 
+def test_a_changed_or_new_weak_label_alone_retrains(host: RunningHost, config: RunConfig, tmp_path: Path,
+                                                    faults: FaultAdapter) -> None:
+    """Between two syncs only a weak-supervision label above the threshold changes (no manual label, no
+    option): the sync is not up to date, it trains and pushes. First a weak label's value changes, then a
+    record gets a new weak label (its confidence rises above --threshold 0.7)."""
+    fake = FakePipeline()
+    first = _sync(host, config, tmp_path, fake, faults)
+    records = make_records()
+    assert records[1]["__Topic__MANUAL"] is None and records[1]["__Topic__WEAK_SUPERVISION__confidence"] == "0.9000"
+    records[1]["__Topic__WEAK_SUPERVISION"] = "World"  # weak "Sports" at 0.9 -> weak "World" at 0.9
+    _serve_export(faults, records)
+    changed = _sync(host, config, tmp_path, fake, faults)
+    assert changed.status == "pushed" and fake.calls == 2
+    assert changed.changed_labels == 1 and changed.n_labels == first.n_labels
+    assert changed.fingerprint != first.fingerprint
+    assert records[2]["__Topic__MANUAL"] is None and records[2]["__Topic__WEAK_SUPERVISION__confidence"] == "0.5000"
+    records[2]["__Topic__WEAK_SUPERVISION__confidence"] = "0.9500"  # below the threshold before: a new label
+    _serve_export(faults, records)
+    added = _sync(host, config, tmp_path, fake, faults)
+    assert added.status == "pushed" and fake.calls == 3
+    assert added.changed_labels == 1 and added.n_labels == first.n_labels + 1
+    _serve_export(faults, records)
+    assert _sync(host, config, tmp_path, fake, faults).status == "up-to-date" and fake.calls == 3
+
+
 def test_failed_push_keeps_old_state_and_old_embedding(host: RunningHost, config: RunConfig, tmp_path: Path,
                                                         faults: FaultAdapter) -> None:
     fake = FakePipeline()

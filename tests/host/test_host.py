@@ -365,6 +365,42 @@ def test_threshold_keeps_a_cluster_and_is_computed_once(tmp_path: Path, export: 
         assert _Api(again).post("/similarity", {"embedding": eid, "record_id": "5"}).json()["threshold"] == threshold
 
 
+def test_both_search_routes_return_at_most_100_within_the_threshold(tmp_path: Path) -> None:
+    """A query with far more than 100 records within the threshold: 150 near-duplicates among 1,000 records
+    (their pairs are about 2% of all, so the 5th-percentile threshold lies well outside the duplicates).
+    The push extension's search (default limit) and the data browser's route both give exactly 100."""
+    n, dup, dim = 1000, 150, DIM
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(n, dim))
+    vectors[:dup] = vectors[0] + rng.normal(size=(dup, dim)) * 0.01
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    with _start(tmp_path, _make_export(tmp_path / "big.json", n)) as host:
+        api = _Api(host)
+        name = "Title-classification-kern-finetune-many"
+        resp = api.post("/embeddings", {"name": name, "attribute": "Title", "type": "ON_ATTRIBUTE", "custom": True,
+                                        "dimension": dim, "platform": "kern-finetune", "model": "test", "count": n})
+        assert resp.status_code == 201, resp.text
+        eid = resp.json()["id"]
+        assert api.upload(eid, vectors, range(n)).status_code == 200
+        assert api.post(f"/embeddings/{eid}/finalize", {"count": n}).json()["state"] == "FINISHED"
+        body = api.post("/similarity", {"embedding": name, "record_id": "0"}).json()
+        d = np.linalg.norm(vectors.astype(np.float64) - vectors[0].astype(np.float64), axis=1)
+        within = int((d <= body["threshold"]).sum())
+        assert within >= dup > 100  # the precondition: the limit, not the threshold, decides
+        assert len(body["record_ids"]) == 100 and body["record_ids"][0] == "0"
+        got = [int(r) for r in body["record_ids"]]
+        rest = np.delete(d, got)
+        assert d[got].max() <= rest.min() + 1e-5  # the 100 nearest (float32 ties aside)
+        url = f"{host.url}/refinery-gateway/api/v1/data-browser/{host.project_id}/search-records-by-similarity"
+        found = api.s.post(url, json={"embeddingId": eid, "recordId": host.store.project.record_uuid("0"),
+                                      "attFilter": None, "recordSubKey": None}, timeout=30).json()
+        found = found["data"]["searchRecordsBySimilarity"]
+        assert found["fullCount"] == len(found["recordList"]) == 100 and found["queryLimit"] == 100
+        rows = [json.loads(item["recordData"])["data"]["running_id"] for item in found["recordList"]]
+        assert rows == body["record_ids"]
+        assert len(api.get(f"/labeling-sessions/{found['sessionId']}").json()["record_ids"]) == 100
+
+
 def test_data_browser_similarity_route(api: _Api) -> None:
     """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``: record UUIDs in,
     the ExtendedSearch shape out, and the ordered result stored as the session ``sessionId``."""

@@ -162,3 +162,26 @@ def test_malformed_snapshots_raise_export_error(tmp_path: Path) -> None:
         read_snapshot(_zip(tmp_path / "nolist.zip", {"records_data": {}}))
     with pytest.raises(ExportError, match="not found"):
         load_export(tmp_path / "missing.zip")
+
+
+def test_default_named_embedding_row_carries_its_attribute_id(tmp_path: Path) -> None:
+    """The embedding row as written in the zip (read here with zipfile, not through the reader or the import
+    replay) names its attribute by ``attribute_id``. With the default name an import could also recover the
+    attribute from the name; refinery's import uses the id when it is there, so the id itself must be right:
+    the chosen attribute's, also when it is not the first TEXT attribute."""
+    tables = _tiny_tables()
+    tables["attributes_data"].append({"id": "a-txt2", "name": "summary", "data_type": "TEXT", "relative_position": 4})
+    for r in tables["records_data"]:
+        r["data"]["summary"] = f"summary {r['data']['running_id']}"
+    src = _zip(tmp_path / "two-texts.zip", tables)
+    ids = ["0", "1", "2"]
+    vec = np.random.default_rng(3).normal(size=(3, 4))
+    for attribute, want in ((None, "a-txt"), ("summary", "a-txt2")):
+        dst = tmp_path / f"out-{want}.zip"
+        write_snapshot(src, dst, ids=ids, vectors=vec, model="org/some-model", attribute=attribute)
+        with zipfile.ZipFile(dst) as zf:
+            written = json.loads(zf.read(zf.namelist()[0]))
+        name = f"{'text' if attribute is None else attribute}-classification-kern-finetune-some-model"  # the default
+        [row] = [e for e in written["embeddings_data"] if e["name"] == name]
+        assert row.get("attribute_id") == want, row
+        assert {t["embedding_id"] for t in written["embedding_tensors_data"]} == {row["id"]}
