@@ -408,10 +408,10 @@ def test_labels_differing_by_case_or_spaces_are_named(base_records, tmp_path: Pa
                 r[col] = "World "
     export = _small_export(records, tmp_path / "e.json")
 
-    def stop(_config):
+    def stop(*_args, **_kwargs):
         raise SelectionError("stopped after the selection (test)")
 
-    monkeypatch.setattr("kern_finetune.pipeline._encoder", stop)
+    monkeypatch.setattr("kern_finetune.pipeline.Encoder", stop)
     main(_run_args(export, tmp_path / "out", tmp_path / "cache"))
     warnings = [line for line in capsys.readouterr().out.splitlines() if "warning:" in line]
     assert len(warnings) == 1, warnings
