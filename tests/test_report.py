@@ -105,6 +105,12 @@ def test_search_section_shows_refinerys_figures(tmp_path: Path) -> None:
     section = page.split("Search as refinery runs it (300 seeded test queries among all records)", 1)[1].split("<h2>", 1)[0]
     assert "<td>0.5%</td><td>2.0%</td>" in section and "<td>68.9%</td><td>-</td>" in section  # NaN: no figure
     assert "<td>1.236</td><td>0.372</td>" in section and "strength 1.25 (chosen without labels)" in section
+    assert "Model door" not in section  # no model_door block: no line about it
+    for door, line in (({"share": 1.5, "chosen": True}, "the head beside a base share of 1.5 (chosen on the searches"),
+                       ({"share": None, "gives_stock": True, "chosen": True},
+                        "the folder gives refinery's stock embedding")):
+        write_report(path, {**metrics, "model_door": door}, data=None)
+        assert line in path.read_text(encoding="utf-8")
     write_report(path, _metrics(), data=None)
     assert "Search as refinery runs it" not in path.read_text(encoding="utf-8")
 

@@ -352,7 +352,9 @@ _SEARCH_ROWS = (
 
 
 def _search_html(metrics: dict[str, Any]) -> str:
-    """The evaluation's ``threshold_search`` figures, one column per embedding searched, and the spread's strength."""
+    """The evaluation's ``threshold_search`` figures as a table, one column per embedding searched (refinery's
+    stock embedding, raw, the model door, the pushed vectors: :data:`SEARCH_NAMES`), with the spread's strength
+    and the model door's base share (or that it gives the stock embedding)."""
     search = metrics.get("threshold_search") or {}
     if not search:
         return ""
@@ -370,6 +372,14 @@ def _search_html(metrics: dict[str, Any]) -> str:
         how = "chosen without labels" if spread.get("chosen") else "as set by --spread"
         note = (f"<p>Search spread: strength {spread['strength']:g} ({how}); the fine-tuned vectors were lifted "
                 "so that sparse regions get full result lists (kern_finetune/vectors/spread.py).</p>")
+    door = metrics.get("model_door")
+    if isinstance(door, dict) and "share" in door:
+        how = "chosen on the searches and the held-out labels" if door.get("chosen") else "as set"
+        note += ("<p>Model door: the folder gives refinery's stock embedding: no base share that keeps the lists "
+                 "full beat its first screen on the held-out labels, so the head was dropped "
+                 "(kern_finetune/vectors/base_share.py).</p>" if door["share"] is None else
+                 f"<p>Model door: the head beside a base share of {door['share']:g} "
+                 f"({how}; kern_finetune/vectors/base_share.py).</p>")
     legend = "".join(f"<li><b>{esc(SEARCH_NAMES[nm])}</b>: {esc(_SEARCH_NOTES[nm])}</li>"
                      for nm in names if nm in _SEARCH_NOTES)
     return (f"<h2>Search as refinery runs it ({esc(n)} seeded test queries among all records)</h2>"

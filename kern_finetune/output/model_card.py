@@ -37,7 +37,8 @@ def _verdict_lines(verdict: dict[str, Any] | None) -> list[str]:
 
 def model_card(metrics: dict[str, Any], *, fine_tuned: bool, share: float | None) -> str:
     """The card's Markdown for a run's ``metrics`` (``metrics.json``); ``fine_tuned``: full mode (the encoder
-    was trained); ``share``: head mode's base share in the folder's map."""
+    was trained); ``share``: head mode's base share in the folder's map (None in head mode: the folder gives
+    refinery's stock embedding, :mod:`kern_finetune.vectors.base_share`)."""
     config = metrics.get("config") or {}
     counts = metrics.get("train_class_counts") or {}
     val = metrics.get("val_class_counts") or {}
@@ -46,6 +47,10 @@ def model_card(metrics: dict[str, Any], *, fine_tuned: bool, share: float | None
             if config.get("weak_labels", True) else "manual labels only")
     if fine_tuned:
         what = "the base model's encoder fine-tuned on the labels (full mode), then normalised"
+    elif share is None:
+        what = ("the base model (unchanged), normalised: refinery's stock embedding; the trained head was dropped "
+                "because no base share that keeps the search lists full beat the stock embedding's first screen on "
+                "the held-out labels (`3_Dense` is the identity)")
     else:
         what = (f"the base model (unchanged) followed by one affine map, a trained head beside a share of "
                 f"{share:g} of the base vector, then normalised (head mode; `3_Dense`)")

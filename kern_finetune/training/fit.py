@@ -63,8 +63,9 @@ class Fitted:
     vectors have one dimension more than the model's."""
     model_vectors: np.ndarray | None = None
     """What the written model folder gives for every record (the model door's embedding before refinery's
-    PCA): the head beside the base share (head mode, :mod:`kern_finetune.vectors.base_share`) or the fine-tuned
-    encoder's output (full mode). Neither smoothed nor spread: a model cannot carry those."""
+    PCA): the head beside the base share, or the base vector itself where the held-out labels chose refinery's
+    stock embedding (head mode, :mod:`kern_finetune.vectors.base_share`), or the fine-tuned encoder's output (full
+    mode). Neither smoothed nor spread: a model cannot carry those."""
     door: BaseShare | None = None
     """Head mode: the affine map the model folder applies after the base model (:mod:`kern_finetune.vectors.base_share`)."""
     pull: EncoderPull | None = None
@@ -176,10 +177,13 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     trainer, vectors = _train(encoder, train_sel, base, config)
     seconds = time.perf_counter() - t
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
-    door, pull, model_vectors = _model_door(encoder, trainer, vectors, base, sel, config)
+    door, pull, model_vectors = _model_door(encoder, trainer, vectors, base, sel, selected, config)
     if door is not None:
-        say(f"      model folder: head beside a base share of {door.share:g}"
-            + (f" (chosen on {door.n_queries} searches as refinery's embedder computes it, no labels)" if door.chosen else "")
+        say("      model folder: " + ("refinery's stock embedding (the head dropped: no base share that keeps the "
+                                      "lists full beat its first screen on the validation labels)" if door.gives_stock
+                                      else f"head beside a base share of {door.share:g}")
+            + (f" (chosen on {door.n_queries} searches as refinery's embedder computes it and the first screens of "
+               f"{door.n_held_out} validation records)" if door.chosen else "")
             + f", {door.seconds:.1f} s")
     if pull is not None:
         say(f"      model folder: the encoder keeps {pull.pull:g} of its training's weight change (chosen on "
@@ -207,16 +211,18 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
 
 
 def _model_door(encoder: Encoder, trainer: Trainer, vectors: np.ndarray, base: np.ndarray, sel: Selection,
-                config: RunConfig) -> tuple[BaseShare | None, EncoderPull | None, np.ndarray]:
+                selected: Selection, config: RunConfig) -> tuple[BaseShare | None, EncoderPull | None, np.ndarray]:
     """What the model folder computes, chosen by replaying refinery's embedder (:mod:`kern_finetune.vectors.base_share`),
-    and what it gives for every record. Head mode: the head beside the base share. Full mode: the trained
-    encoder pulled back towards the base model as far as the replay asks (the model is changed in place)."""
+    and what it gives for every record. Head mode: the head beside the base share, or refinery's stock
+    embedding, judged on ``selected``'s validation labels (the selection before the label check, as the
+    smoothing reads them). Full mode: the trained encoder pulled back towards the base model as far as the
+    replay asks (the model is changed in place)."""
     from ..vectors.base_share import encoder_door, head_door
 
     head = getattr(trainer, "head_", None)
     if head is not None:
         weight, bias = head.as_affine()
-        door = head_door(weight.double().numpy(), bias.double().numpy(), base, sel.ids, seed=config.seed)
+        door = head_door(weight.double().numpy(), bias.double().numpy(), base, sel.ids, sel=selected, seed=config.seed)
         return door, None, door.transform(base)
     model = getattr(trainer, "model_", None)
     if model is None:
