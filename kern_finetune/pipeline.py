@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from .config import RunConfig
 from .errors import KernFinetuneError
@@ -65,9 +66,13 @@ def run_pipeline(
     ``door`` (``vectors``: pushed or written into a snapshot; ``model``: refinery's embedder computes the model
     folder) and ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges. The
     outputs replace ``out_dir`` as a whole once everything is written; a failed run leaves it as it was.
+
+    NumPy's BLAS runs on one thread for the run: its linear algebra is many small products and
+    decompositions (the replays of refinery's PCA and search), which a BLAS thread pool slows down, the more
+    so when other jobs or torch's own threads share the cores (``docs/decisions.md``). Torch keeps its threads.
     """
     out_dir = check_out_dir(Path(out_dir))  # a file or a foreign folder fails now, not after training
-    with staged_output(out_dir) as stage:
+    with staged_output(out_dir) as stage, threadpool_limits(limits=1, user_api="blas"):
         return _run(records, config, out_dir=out_dir, stage=stage, progress=progress, prepared=prepared,
                     door=door, current=current)
 

@@ -168,7 +168,8 @@ def test_demo_fine_tuning_beats_raw_through_the_host_search(
     torch.set_num_threads(1)
     export = tmp_path / "subset.json"
     export.write_text(json.dumps(subset_records))
-    rc = cli.main(["demo", "--json", "--export", str(export), "--queries", "50",
+    # the demo's model-door loop has its own test below, on a slice the size the cron re-sync test uses
+    rc = cli.main(["demo", "--json", "--export", str(export), "--queries", "50", "--no-model-door",
                    "--out", str(tmp_path / "out"), "--cache-dir", str(shared_cache), "--mode", "head"])
     assert rc == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -182,3 +183,28 @@ def test_demo_fine_tuning_beats_raw_through_the_host_search(
     assert line["search_precision_finetuned"] >= line["search_precision_raw"] + MARGIN_PRECISION
     top = line["top_k"]
     assert top["finetuned"]["100"] >= top["raw"]["100"] + MARGIN_TOP_100
+
+
+def test_demo_model_door_loop_creates_v2_before_deleting_v1(
+    subset_records: list[dict[str, Any]], shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's model-door loop (``demo._model_door_loop``), as ``kern-finetune demo`` runs it after its search
+    comparison, on a 120-record slice: a cron sync creates v1 from the folder in the embedder's volume, the demo
+    adds manual labels through the host's label route, the next sync creates v2, and v1 is gone."""
+    from kern_finetune.commands import demo
+
+    monkeypatch.setattr(demo, "MODEL_DOOR_RECORDS", 120)
+    monkeypatch.setattr(demo, "MODEL_DOOR_NEW_LABELS", 15)
+    export = tmp_path / "subset.json"
+    export.write_text(json.dumps(subset_records))
+    config = RunConfig(mode="head", epochs=3, task="Topic", gold_attribute="Class Index", cache_dir=shared_cache)
+    work = tmp_path / "work"
+    work.mkdir()
+    said: list[str] = []
+    first, second, volume = demo._model_door_loop(export, config, work, said.append)
+    v1, v2 = ("Title-classification-huggingface-/models/kern-finetune-Title-v%d" % v for v in (1, 2))
+    assert first == f"model door, first sync: created {v1!r}"
+    assert second.startswith(f"model door, after 15 new labels: created {v2!r}")
+    assert volume == (f"model folders in the embedder's volume: kern-finetune-Title-v1, kern-finetune-Title-v2; "
+                      f"embeddings in the host: {v2} FINISHED")
+    assert any("labelers add 15 manual labels" in line for line in said)
