@@ -167,7 +167,7 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
         from .estimate import choose_mode
 
         say(f"      --mode auto: estimating full mode on this machine (budget {config.time_budget:.0f} s)")
-        choice = choose_mode(encoder, sel, base, config)
+        choice = choose_mode(encoder, sel, base, config, device=config.resolved_device())  # where full mode would train
         config = dataclasses.replace(config, mode=choice.mode)
         say(f"      --mode auto chose {choice.message}")
     train_sel, pseudo = _with_pseudo_labels(sel, base, config, say)
