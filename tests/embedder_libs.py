@@ -33,9 +33,9 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 import sentence_transformers
 from sentence_transformers import SentenceTransformer
-texts = json.loads(open(sys.argv[3]).read())
-model = SentenceTransformer(sys.argv[2], device="cpu")
-np.save(sys.argv[4], model.encode(texts, batch_size=128, show_progress_bar=False))
+for i, (folder, texts) in enumerate(json.loads(open(sys.argv[2]).read())):
+    model = SentenceTransformer(folder, device="cpu")
+    np.save(f"{sys.argv[3]}-{i}.npy", model.encode(texts, batch_size=128, show_progress_bar=False))
 print(sentence_transformers.__version__)
 """
 
@@ -62,16 +62,17 @@ def embedder_libs(version: str) -> Path:
     return target
 
 
-def encode_with(version: str, model_dir: Path, texts: list[str], work: Path) -> np.ndarray:
-    """``SentenceTransformer(model_dir).encode(texts)`` as refinery's embedder runs it, with its pinned release."""
+def encode_with(version: str, jobs: list[tuple[Path, list[str]]], work: Path) -> list[np.ndarray]:
+    """``SentenceTransformer(folder).encode(texts)`` for each ``(folder, texts)`` of ``jobs``, as refinery's
+    embedder runs it, with its pinned release (one process for all of them: its imports are the slow part)."""
     libs = embedder_libs(version)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "texts.json").write_text(json.dumps(texts))
+    (work / "jobs.json").write_text(json.dumps([[str(folder), texts] for folder, texts in jobs]))
     (work / "encode.py").write_text(_ENCODE)
-    out = work / f"vectors-{version}.npy"
+    out = work / f"vectors-{version}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, str(work / "encode.py"), str(libs), str(model_dir), str(work / "texts.json"),
-                           str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, str(work / "encode.py"), str(libs), str(work / "jobs.json"), str(out)],
+                          capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == version, proc.stdout  # the pinned release, not ours, loaded it
-    return np.load(out)
+    return [np.load(f"{out}-{i}.npy") for i in range(len(jobs))]

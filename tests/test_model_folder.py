@@ -23,36 +23,54 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("version", sorted(EMBEDDER_PINS))
-def test_refinerys_embedder_loads_the_run_folder_and_gets_our_vectors(head_run, version, tmp_path):
-    """sentence-transformers 2.2.2 (CPU embedder) and 3.0.1 (GPU embedder), with transformers 4.41.2, load
-    ``model/`` as written by a run and give the vectors the run evaluated for the model door."""
-    texts = head_run.selection.texts[:64]
-    got = encode_with(version, head_run.model_dir, texts, tmp_path)
-    assert got.shape == head_run.model_vectors[:64].shape
-    assert _cosines(got, head_run.model_vectors[:64]).min() >= 0.9999
+TEXTS = ["Oil prices climb as supply tightens.", "Striker scores twice in derby.", "Chipmaker unveils a processor."]
 
 
-@pytest.mark.parametrize("version", sorted(EMBEDDER_PINS))
-def test_a_fine_tuned_encoder_folder_loads_there_too(version, shared_cache, tmp_path):
-    """Full mode writes the trained transformer's weights: they load in the embedder's releases too."""
+@pytest.fixture(scope="module")
+def other_folders(shared_cache, tmp_path_factory):
+    """The two other folders a run can write, each with the vectors it must give for :data:`TEXTS`: full mode's
+    (the trained transformer's weights; every weight moved here, standing in for training) and the stock
+    embedding's (head mode when the head is dropped: an identity ``Dense``)."""
     from sentence_transformers import SentenceTransformer
 
-    from kern_finetune.vectors.encode import Encoder
     from kern_finetune.output.model_folder import save_model
+    from kern_finetune.vectors.encode import Encoder
 
     encoder = Encoder(cache_dir=shared_cache)
+    root = tmp_path_factory.mktemp("folders")
     model = SentenceTransformer(str(encoder.path), device="cpu")
-    with torch.no_grad():  # stands in for training: every weight moved
+    with torch.no_grad():
         for p in model[0].auto_model.parameters():
             p.add_(0.01 * torch.randn_like(p, generator=torch.Generator().manual_seed(0)))
-    out = save_model(model, tmp_path / "model", source=encoder.path, fine_tuned=True)
-    texts = ["Oil prices climb as supply tightens.", "Striker scores twice in derby.", "Chipmaker unveils a processor."]
-    ours = model.encode(texts, normalize_embeddings=True)
-    assert _cosines(SentenceTransformer(str(out), device="cpu").encode(texts), ours).min() >= 0.9999
-    assert _cosines(encode_with(version, out, texts, tmp_path / "work"), ours).min() >= 0.9999
-    base = SentenceTransformer(str(encoder.path), device="cpu").encode(texts, normalize_embeddings=True)
-    assert _cosines(ours, base).min() < 0.9999  # the folder holds the trained weights, not the base model's
+    tuned = save_model(model, root / "fine-tuned", source=encoder.path, fine_tuned=True)
+    dim = 384
+    stock = save_model(encoder.model(), root / "stock", source=encoder.path, dense=(np.eye(dim), np.zeros(dim)))
+    base = encoder.encode(TEXTS, progress=False)
+    ours = model.encode(TEXTS, normalize_embeddings=True)
+    assert _cosines(ours, base).min() < 0.9999  # the fine-tuned folder holds the moved weights, not the base model's
+    return {"fine-tuned": (tuned, ours), "stock": (stock, base)}
+
+
+@pytest.mark.parametrize("version", sorted(EMBEDDER_PINS))
+def test_refinerys_embedder_loads_every_folder_we_write_and_gets_our_vectors(head_run, other_folders, version,
+                                                                             tmp_path):
+    """sentence-transformers 2.2.2 (CPU embedder) and 3.0.1 (GPU embedder), with transformers 4.41.2, load
+    ``model/`` as a default run writes it and give the vectors the run evaluated for the model door; and
+    the folders of full mode and of the stock embedding give theirs."""
+    texts = head_run.selection.texts[:64]
+    jobs = [(head_run.model_dir, texts)] + [(folder, TEXTS) for folder, _ in other_folders.values()]
+    run_got, *others = encode_with(version, jobs, tmp_path)
+    assert run_got.shape == head_run.model_vectors[:64].shape
+    assert _cosines(run_got, head_run.model_vectors[:64]).min() >= 0.9999
+    for (name, (_, want)), got in zip(other_folders.items(), others):
+        assert _cosines(got, want).min() >= 0.9999, name
+
+
+def test_the_other_folders_load_in_todays_sentence_transformers(other_folders):
+    from sentence_transformers import SentenceTransformer
+
+    for name, (folder, want) in other_folders.items():
+        assert _cosines(SentenceTransformer(str(folder), device="cpu").encode(TEXTS), want).min() >= 0.9999, name
 
 
 def test_the_folder_is_written_in_the_classic_layout(head_run):
@@ -237,20 +255,10 @@ def test_a_head_that_blurs_the_classes_gives_the_stock_embedding():
     assert fixed.share == 0.0 and not fixed.chosen  # a fixed share is kept as given, whatever the labels say
 
 
-def test_the_stock_folder_loads_and_gives_the_base_vectors(shared_cache, tmp_path):
-    """The folder written when the head is dropped (an identity Dense) gives the base model's vectors, and its
-    card says what it is."""
-    from sentence_transformers import SentenceTransformer
-
-    from kern_finetune.vectors.encode import Encoder
+def test_the_stock_folders_card_says_what_it_is():
+    """The folder written when the head is dropped (an identity Dense; it loads and gives the base vectors:
+    the tests above) says so on its card."""
     from kern_finetune.output.model_card import model_card
-    from kern_finetune.output.model_folder import save_model
 
-    encoder = Encoder(cache_dir=shared_cache)
-    dim = 384
-    out = save_model(encoder.model(), tmp_path / "model", source=encoder.path, dense=(np.eye(dim), np.zeros(dim)))
-    texts = ["Oil prices climb as supply tightens.", "Striker scores twice in derby.", "Chipmaker unveils a processor."]
-    got = SentenceTransformer(str(out), device="cpu").encode(texts)
-    assert _cosines(got, encoder.encode(texts, progress=False)).min() >= 0.9999
     card = model_card({"task": "Topic"}, fine_tuned=False, share=None)
     assert "refinery's stock embedding; the trained head was dropped" in card
