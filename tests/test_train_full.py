@@ -102,6 +102,7 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     result = run_pipeline(records, config, out_dir=tmp_path / "out")
     assert result.metrics["training"]["mode"] == "full" and result.training is not None
     assert result.training.details["steps"] == 2
+    assert "smoothing" not in result.metrics and "spread" not in result.metrics  # --smooth 0 --spread 0: none ran
 
     _, _, first = fitted
     assert np.abs(result.vectors - first).max() < 1e-5, "same seed on CPU must give the same vectors"
