@@ -150,7 +150,8 @@ def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_demo_fine_tuning_beats_raw_through_the_host_search(
-    subset_records: list[dict[str, Any]], shared_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    subset_records: list[dict[str, Any]], shared_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    one_torch_thread: None,
 ) -> None:
     """The real pipeline end to end through ``kern-finetune demo --json`` on the seeded 1,000-record
     subset: fine-tuning must make the host's own similarity search serve more same-class records.
@@ -161,11 +162,8 @@ def test_demo_fine_tuning_beats_raw_through_the_host_search(
     top_100 45.29% -> 48.33%. top_1k cannot tell them apart on 1,000 records (k is capped at n - 1), so
     it is not asserted.
     """
-    import torch
-
     from kern_finetune import cli
 
-    torch.set_num_threads(1)
     export = tmp_path / "subset.json"
     export.write_text(json.dumps(subset_records))
     # the demo's model-door loop has its own test below, on a slice the size the cron re-sync test uses
