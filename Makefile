@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast bench sample clean
+.PHONY: venv demo test test-fast embedder-libs bench sample clean
 
 venv: $(STAMP)
 
@@ -23,10 +23,15 @@ demo: $(STAMP)
 	@echo "make demo: about a quarter of an hour on 2 CPU cores (a local host, a sync that fine-tunes and judges itself, searches, the model door's cron loop); the report lands in runs/demo/report.html"
 	$(BIN)/kern-finetune demo
 
-test: $(STAMP)
+# refinery-embedder's sentence-transformers releases, which tests/test_model_folder.py loads our folders with,
+# are test dependencies: installed here (once, into a side folder) rather than by a test while the suite runs
+embedder-libs: $(STAMP)
+	$(BIN)/python tests/embedder_libs.py
+
+test: embedder-libs
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: embedder-libs
 	$(BIN)/python -m pytest -q -m "not slow"
 
 sample: $(STAMP)

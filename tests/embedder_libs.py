@@ -76,3 +76,8 @@ def encode_with(version: str, jobs: list[tuple[Path, list[str]]], work: Path) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == version, proc.stdout  # the pinned release, not ours, loaded it
     return [np.load(f"{out}-{i}.npy") for i in range(len(jobs))]
+
+
+if __name__ == "__main__":  # `make test` installs them before the suite runs (Makefile), so no test waits on pip
+    for release in sorted(EMBEDDER_PINS):
+        print(f"sentence-transformers {release} for refinery's embedder: {embedder_libs(release)}")
