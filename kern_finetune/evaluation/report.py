@@ -374,10 +374,12 @@ def _search_html(metrics: dict[str, Any]) -> str:
                 "so that sparse regions get full result lists (kern_finetune/vectors/spread.py).</p>")
     door = metrics.get("model_door")
     if isinstance(door, dict) and "share" in door:
-        how = "chosen on the searches and the held-out labels" if door.get("chosen") else "as set"
+        labels = bool(door.get("n_held_out"))  # without validation labels the searches alone chose
+        how = (f"chosen on the searches{' and the held-out labels' if labels else ''}" if door.get("chosen")
+               else "as set")
         note += ("<p>Model door: the folder gives refinery's stock embedding: no base share that keeps the lists "
-                 "full beat its first screen on the held-out labels, so the head was dropped "
-                 "(kern_finetune/vectors/base_share.py).</p>" if door["share"] is None else
+                 + ("full beat its first screen on the held-out labels" if labels else "full was found")
+                 + ", so the head was dropped (kern_finetune/vectors/base_share.py).</p>" if door["share"] is None else
                  f"<p>Model door: the head beside a base share of {door['share']:g} "
                  f"({how}; kern_finetune/vectors/base_share.py).</p>")
     legend = "".join(f"<li><b>{esc(SEARCH_NAMES[nm])}</b>: {esc(_SEARCH_NOTES[nm])}</li>"

@@ -179,12 +179,14 @@ def fit(encoder: Encoder, sel: Selection, base: np.ndarray, config: RunConfig, *
     say(f"      {trainer.result_.epochs_run} epochs in {seconds:.1f} s")
     door, pull, model_vectors = _model_door(encoder, trainer, vectors, base, sel, selected, config)
     if door is not None:
-        say("      model folder: " + ("refinery's stock embedding (the head dropped: no base share that keeps the "
-                                      "lists full beat its first screen on the validation labels)" if door.gives_stock
-                                      else f"head beside a base share of {door.share:g}")
-            + (f" (chosen on {door.n_queries} searches as refinery's embedder computes it and the first screens of "
-               f"{door.n_held_out} validation records)" if door.chosen else "")
-            + f", {door.seconds:.1f} s")
+        labels = door.n_held_out > 0  # without validation labels the searches alone chose
+        what = (f"head beside a base share of {door.share:g}" if not door.gives_stock else
+                "refinery's stock embedding (the head dropped: no base share that keeps the lists full "
+                + ("beat its first screen on the validation labels)" if labels else "was found)"))
+        how = (f" (chosen on {door.n_queries} searches as refinery's embedder computes it"
+               + (f" and the first screens of {door.n_held_out} validation records)" if labels else ", no labels)")
+               if door.chosen else "")
+        say(f"      model folder: {what}{how}, {door.seconds:.1f} s")
     if pull is not None:
         say(f"      model folder: the encoder keeps {pull.pull:g} of its training's weight change (chosen on "
             f"{pull.n_records} records as refinery's embedder computes it, no labels), {pull.seconds:.1f} s")
