@@ -15,7 +15,7 @@ SayFn = Callable[[str], None]
 
 def next_step(door: str, *, written: Path | None = None, embedding: str | None = None,
               verdict: dict[str, Any] | None = None, export_is_snapshot: bool = True) -> str:
-    """The one thing to do next after a ``door`` (``run``, ``snapshot``, ``api``, ``model``, ``created``,
+    """The one thing to do next after a ``door`` (``run``, ``snapshot``, ``model``, ``created``,
     ``kept``, ``up-to-date``, ``demo``)."""
     worse = (verdict or {}).get("verdict") == "worse"
     if door == "kept":
@@ -27,15 +27,13 @@ def next_step(door: str, *, written: Path | None = None, embedding: str | None =
     if door == "snapshot":
         return (f"import {written} in refinery (Upload a project snapshot: it becomes a new project) and search "
                 f"with embedding {embedding or 'kern-finetune'!r}{caution}")
-    if door == "api":
-        return f"search similar records with embedding {embedding!r} in the host's data browser{caution}"
     if door == "created":
         return f"search similar records with embedding {embedding!r} in refinery's data browser{caution}"
     if door == "model":
         return f"bring {written} into refinery's embedder as the steps above say{caution}"
     if door == "demo":
-        return ("your own project: export a project snapshot in refinery, then `kern-finetune run --export "
-                "SNAPSHOT.zip --task TASK --write-snapshot OUT.zip` and import OUT.zip")
+        return ("your own project: mount a folder into refinery's embedder once, then `kern-finetune sync --secrets "
+                "secrets.json --task TASK --door model --models-dir DIR` (docs/model-door.md)")
     if export_is_snapshot:
         return ("bring it into refinery: rerun with --write-snapshot OUT.zip and import OUT.zip as a new project, "
                 f"or hand the model folder to refinery's embedder (sync --door model, docs/model-door.md){caution}")

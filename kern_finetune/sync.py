@@ -5,11 +5,10 @@ them -> compare with the last *successful* sync of this project -> if nothing (o
 ``min_new_labels``) changed and not ``force``: "up to date", nothing trained or written -> else run the
 pipeline, write the embedding through the door, and only then store the new fingerprint and label state.
 
-Doors: ``api`` (the push extension of ``docs/push-contract.md``, which only a refinery-compatible host
-offers), ``snapshot`` (a copy of a project snapshot with our embedding added), ``model`` (the model folder
-for refinery's embedder; with a ``model_target`` the whole create / wait / delete loop,
-:mod:`kern_finetune.refinery.model_door`), ``auto`` (snapshot when an output snapshot is named, else api when
-the host offers it, else one line naming the snapshot door). Each door is checked before anything is encoded.
+Doors (no refinery version has an API that takes vectors): ``model`` (the model folder for refinery's
+embedder; with a ``model_target`` the whole create / wait / delete loop, :mod:`kern_finetune.refinery.model_door`),
+``snapshot`` (a copy of a project snapshot with our embedding added, imported as a new project), ``auto``
+(snapshot when an output snapshot is named, else model). Each door is checked before anything is encoded.
 
 State lives per host identity and project under ``state_dir`` (``state.json`` and an ``fcntl`` lock, so a
 second sync of the same project fails at once and a crashed one leaves no stale lock). When the verdict
@@ -40,7 +39,6 @@ from .labels.prepare import Prepared, prepare
 from .refinery.api import RefineryClient
 from .refinery.gateway import Gateway
 from .refinery.columns import Record, embedding_name, model_short_name
-from .refinery.push import PushResult
 
 if TYPE_CHECKING:  # the pipeline pulls in torch and sklearn: import it only when a sync trains
     from .pipeline import RunResult
@@ -52,7 +50,6 @@ __all__ = [
     "choose_door",
     "sync_state_dir",
     "model_door_steps",
-    "no_door_message",
     "STATE_FILE",
     "LOCK_FILE",
 ]
@@ -62,8 +59,8 @@ LOCK_FILE = "sync.lock"
 MAX_VERDICTS = 100
 """Verdicts ``state.json`` keeps (the newest)."""
 _STATE_VERSION = 2
-DOORS = ("auto", "api", "snapshot", "model")
-"""``--door`` values: ``auto`` picks what the host offers (see the module docstring)."""
+DOORS = ("auto", "model", "snapshot")
+"""``--door`` values: ``auto`` is snapshot when an output snapshot is named, else model."""
 
 ProgressFn = Callable[[str], None]
 PipelineFn = Callable[..., "RunResult"]
@@ -71,7 +68,7 @@ PipelineFn = Callable[..., "RunResult"]
 
 @dataclass
 class SyncResult:
-    """What one sync did. ``status``: ``"up-to-date"``, ``"pushed"`` (api door), ``"written"``
+    """What one sync did. ``status``: ``"up-to-date"``, ``"written"``
     (snapshot or model door: a file or folder for the user to bring into refinery), ``"created"`` (model
     door with a target: refinery computed the new embedding and the previous one is gone) or ``"kept"`` (the
     verdict said worse: nothing written, the embedding in use stays)."""
@@ -85,16 +82,15 @@ class SyncResult:
     state_dir: Path
     message: str
     run: RunResult | None = field(default=None, repr=False)
-    push: PushResult | None = None
-    door: str = "api"
+    door: str = "model"
     attribute: str = ""
     """The attribute the embedding belongs to (what refinery names it after)."""
     written: Path | None = None
     """The snapshot zip (snapshot door) or model folder (model door) written."""
     embedding: str | None = None
-    """The embedding's name: pushed, written, or (up to date) the one the last sync wrote."""
+    """The embedding's name: written, created, or (up to date) the one the last sync wrote."""
     embedding_id: str | None = None
-    """The embedding's id in the host: pushed (api door) or created by refinery (model door with a target)."""
+    """The embedding's id in refinery when the model door created it (a ``model_target``)."""
     verdict: dict[str, Any] | None = None
     """The run's verdict without gold (``metrics.json``'s ``verdict``); None when nothing was trained."""
 
@@ -107,44 +103,24 @@ def sync_state_dir(uri: str, project_id: str, config: RunConfig) -> Path:
     return Path(config.cache_dir) / "sync" / host_hash / safe
 
 
-def no_door_message(uri: str, project_id: str) -> str:
-    """The one line a sync ends with when the host cannot take vectors and no other door was chosen."""
-    return (
-        f"{uri} cannot take vectors: it has no push extension (GET /api/project/{project_id}/embeddings "
-        "is not served; no refinery version has one). Use the snapshot door: export a project snapshot "
-        "in refinery, run `kern-finetune run --export SNAPSHOT.zip --write-snapshot OUT.zip` (or `sync "
-        "--door snapshot --snapshot SNAPSHOT.zip --write-snapshot OUT.zip`) and import OUT.zip as a new "
-        "project; or `--door model` for a model refinery's embedder computes itself"
-    )
-
-
 def choose_door(
-    client: RefineryClient,
-    project_id: str,
     door: str = "auto",
     *,
     snapshot: Path | None = None,
     write_snapshot: Path | None = None,
     out_dir: Path | None = None,
 ) -> str:
-    """The door this sync writes through (``api``, ``snapshot`` or ``model``); see the module docstring.
-
-    Checks the options (:class:`ConfigError`) and, for ``api``/``auto``, asks the host with one read; raises
-    :class:`PushError` with :func:`no_door_message` when no door can take the vectors.
-    """
+    """The door this sync writes through (``snapshot`` or ``model``); see the module docstring. Checks the
+    options (:class:`ConfigError`) before anything is pulled."""
     if door not in DOORS:
         raise ConfigError(f"--door must be one of {', '.join(DOORS)}, got {door!r}")
-    if door in ("api", "model") and (snapshot is not None or write_snapshot is not None):
-        raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door {door}")
+    if door == "model" and (snapshot is not None or write_snapshot is not None):
+        raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door model")
     if door == "snapshot" or (door == "auto" and write_snapshot is not None):
         _check_snapshot_options(snapshot, write_snapshot, out_dir)
     if door == "auto" and write_snapshot is not None:
         return "snapshot"
-    if door in ("snapshot", "model"):
-        return door
-    if client.offers_push_extension(project_id):
-        return "api"
-    raise PushError(no_door_message(client.uri, project_id))
+    return "snapshot" if door == "snapshot" else "model"
 
 
 def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None, out_dir: Path | None) -> None:
@@ -187,8 +163,6 @@ def sync_project(
     state_dir: Path | None = None,
     progress: ProgressFn | None = print,
     pipeline: PipelineFn | None = None,
-    chunk_size: int = 1000,
-    tensor_format: str = "json",
     door: str = "auto",
     snapshot: Path | None = None,
     write_snapshot: Path | None = None,
@@ -197,11 +171,9 @@ def sync_project(
     """Check the door, pull, compare, and (when labels changed) train and write; see the module docstring.
 
     ``pipeline`` defaults to :func:`kern_finetune.pipeline.run_pipeline` (it is handed the sync's ``Prepared``).
-    ``chunk_size`` / ``tensor_format`` go to :meth:`RefineryClient.push_embedding`; ``door`` / ``snapshot`` /
-    ``write_snapshot``: :func:`choose_door`; ``model_target``: the model door's folder and wait. Raises
-    :class:`SyncBusyError` when another sync of the project holds the lock, :class:`PushError` when no door can
-    take the vectors (before anything is pulled), and whatever the client / pipeline raise; a failed write
-    stores nothing.
+    ``door`` / ``snapshot`` / ``write_snapshot``: :func:`choose_door`; ``model_target``: the model door's folder
+    and wait. Raises :class:`SyncBusyError` when another sync of the project holds the lock, and whatever the
+    client / pipeline / door raise; a failed write stores nothing.
     """
     say = progress or (lambda _msg: None)
     pid, sdir = _project_and_state_dir(client, project_id, config, state_dir, min_new_labels)
@@ -243,9 +215,8 @@ def sync_project(
                          chosen, attribute, say)
         model = model_short_name(result.base_model)
 
-        out = _write_through(chosen, client, pid, result, config, attribute=attribute, model=model,
-                             changed=changed, chunk_size=chunk_size, tensor_format=tensor_format,
-                             snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
+        out = _write_through(chosen, pid, result, config, attribute=attribute, model=model,
+                             changed=changed, snapshot=snapshot, write_snapshot=write_snapshot, say=say, gateway=gateway,
                              model_target=model_target, previous=previous)
         # only a successful write reaches this point: now the new state may be stored
         _store(sdir, client, pid, key, chosen, fingerprint, labels, out, previous, verdict, forced=force)
@@ -253,7 +224,7 @@ def sync_project(
             raise PushError(out.delete_error)
         say(f"sync: {out.message}")
         return SyncResult(out.status, pid, fingerprint, prev_fp, changed, len(labels), sdir, out.message, run=result,
-                          push=out.pushed, door=chosen, attribute=attribute, written=out.written, embedding=out.name,
+                          door=chosen, attribute=attribute, written=out.written, embedding=out.name,
                           embedding_id=out.embedding_id, verdict=verdict)
 
 
@@ -264,7 +235,6 @@ class _Written:
     name: str
     status: str
     message: str
-    pushed: PushResult | None = None
     written: Path | None = None
     embedding_id: str | None = None
     door_state: dict[str, Any] | None = None
@@ -323,25 +293,15 @@ def _deliver(gateway: Gateway, pid: str, result: RunResult, attribute: str, targ
 
 
 def _write_through(
-    chosen: str, client: RefineryClient, pid: str, result: RunResult, config: RunConfig, *, attribute: str,
-    model: str, changed: int, chunk_size: int, tensor_format: str, snapshot: Path | None,
+    chosen: str, pid: str, result: RunResult, config: RunConfig, *, attribute: str,
+    model: str, changed: int, snapshot: Path | None,
     write_snapshot: Path | None, say: ProgressFn, gateway: Gateway | None = None,
     model_target: ModelDoorTarget | None = None, previous: dict[str, Any] | None = None,
 ) -> _Written:
     """Sync step 4: write the run's vectors through the chosen door."""
     if chosen == "model" and gateway is not None and model_target is not None:
         return _deliver(gateway, pid, result, attribute, model_target, previous, changed, say)
-    pushed: PushResult | None = None
-    written: Path | None = None
-    if chosen == "api":
-        say(f"sync 4/4: push {result.embedding_name!r} through the push extension")
-        pushed = client.push_embedding(
-            pid, result.embedding_name, result.ids, result.vectors, attribute=attribute, model=model,
-            chunk_size=chunk_size, progress=say, tensor_format=tensor_format,
-        )
-        name, status = pushed.name, "pushed"
-        msg = f"pushed {name!r} ({pushed.count} vectors) after {changed} label change(s)"
-    elif chosen == "snapshot":
+    if chosen == "snapshot":
         assert snapshot is not None and write_snapshot is not None
         say(f"sync 4/4: write {write_snapshot} (snapshot door)")
         name = _write_snapshot(snapshot, write_snapshot, result, attribute=attribute, model=model, config=config)
@@ -354,8 +314,7 @@ def _write_through(
         for line in model_door_steps(written, attribute, len(result.ids)):
             say(line)
         msg = f"wrote the model folder {written} after {changed} label change(s)"
-    return _Written(name, status, msg, pushed=pushed, written=written,
-                    embedding_id=pushed.embedding_id if pushed else None)
+    return _Written(name, status, msg, written=written)
 
 
 def _project_and_state_dir(client: RefineryClient, project_id: str | None, config: RunConfig,
@@ -378,8 +337,8 @@ def _door_and_records(client: RefineryClient, pid: str, config: RunConfig, door:
                       out_dir: Path | None = None) -> tuple[str, list[Record], Any]:
     """Choose the door (before anything is pulled), then sync step 1: pull the export. Returns the door, the
     records and the source snapshot (snapshot door) or None."""
-    chosen = choose_door(client, pid, door, snapshot=snapshot, write_snapshot=write_snapshot, out_dir=out_dir)
-    say(f"sync: door {chosen}" + (" (the host offers the push extension)" if chosen == "api" else ""))
+    chosen = choose_door(door, snapshot=snapshot, write_snapshot=write_snapshot, out_dir=out_dir)
+    say(f"sync: door {chosen}")
     source = None
     if chosen == "snapshot":
         from .refinery.snapshot import read_snapshot
@@ -409,8 +368,8 @@ def _store(sdir: Path, client: RefineryClient, pid: str, key: dict[str, Any], do
 
 
 def _judged_against(door: str, source: Any, records: list[Record], config: RunConfig) -> dict[str, Any]:
-    """What the pipeline's verdict judges (only what differs from its defaults, so stand-in pipelines of the
-    api door keep their signature): the model door's folder as refinery computes it, and the project's current
+    """What the pipeline's verdict judges (only what differs from its defaults, so stand-in pipelines keep
+    their signature): the model door's folder as refinery computes it, and the project's current
     embedding when the source snapshot carries one."""
     extra: dict[str, Any] = {}
     if door == "model":

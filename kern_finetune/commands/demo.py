@@ -9,16 +9,18 @@ import json
 import random
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, HostError
 from ..refinery.api import RefineryClient
-from ..refinery.columns import embedding_name
 from ..refinery.export import load_export
+from ..refinery.gateway import Gateway, refinery_embedding_name
+from ..refinery.model_door import ModelDoorTarget
 from ..refinery.search import SEARCH_LIMIT
 from ..labels.select import gold_to_class
 from ..sync import sync_project
@@ -29,11 +31,8 @@ __all__ = ["register", "search_same_class", "SearchFigures"]
 DEFAULT_EXPORT = Path("samples/ag_news/export.json.gz")
 # an editable/source install can find the bundled sample from anywhere
 _REPO_EXPORT = Path(__file__).resolve().parents[2] / DEFAULT_EXPORT
-MODEL_DOOR_RECORDS = 2000
-"""Records of the seeded slice the model door's loop runs on (the host computes each version from the folder,
-as refinery's embedder does: every record encoded per version)."""
-MODEL_DOOR_NEW_LABELS = 20
-"""Manual labels the demo adds between the model door's two syncs, as labelers would."""
+NEW_LABELS = 20
+"""Manual labels the demo adds between the two syncs, as labelers would."""
 
 
 def _sample_export(src: Path, n: int, dst: Path, seed: int) -> Path:
@@ -61,7 +60,7 @@ def _classes(sel: Any) -> tuple[list[str | None], str]:
 
 @dataclass(frozen=True)
 class SearchFigures:
-    """What the host's similarity search returned for one embedding over the demo's queries."""
+    """What refinery's similarity search (the host's replay) returned for one embedding over the demo's queries."""
 
     results: float
     """Mean neighbours returned per query (the query record not counted)."""
@@ -76,20 +75,20 @@ class SearchFigures:
 
 
 def search_same_class(
-    client: RefineryClient, project_id: str, embedding: str, queries: list[str], classes: dict[str, str | None],
-    gold_known: set[str],
+    gateway: Gateway, project_id: str, embedding_id: str, queries: list[str], classes: dict[str, str | None],
+    gold_known: set[str], *, refinery_id: Any, id_attribute: str,
 ) -> SearchFigures:
-    """Run the host's similarity search (refinery's data browser: 100 records within the threshold,
-    the query first) for every query and count the neighbours that share its class."""
+    """Run refinery's data-browser search (100 records within the threshold, the query first) from every query
+    (``refinery_id``: record id -> refinery's record id) and count the neighbours that share its class."""
     returned, same, same_gold, included = [], [], [], []
     for rid in queries:
-        found = client.search_similar(embedding, rid, project_id=project_id)
-        hits = found.neighbours
+        found = [str(r["data"][id_attribute]) for r in gateway.search_similar(project_id, embedding_id, refinery_id(rid))]
+        hits = [h for h in found if h != rid]
         want = classes[rid]
         returned.append(len(hits))
         same.append(sum(1 for h in hits if classes.get(h) == want))
         same_gold.append(sum(1 for h in hits if classes.get(h) == want and h in gold_known))
-        included.append(found.query_included)
+        included.append(bool(found) and found[0] == rid)
     total = sum(returned)
     return SearchFigures(
         results=float(np.mean(returned)), same_class=float(np.mean(same)), same_class_gold_only=float(np.mean(same_gold)),
@@ -97,47 +96,36 @@ def search_same_class(
     )
 
 
-def _add_manual_labels(client: RefineryClient, project_id: str, run: Any, n: int) -> int:
-    """Label ``n`` records that had no selected label with their gold class, through the host's label route."""
+def _add_manual_labels(host: Any, run: Any, n: int) -> int:
+    """Label ``n`` records that had no selected label with their gold class, as labelers do in refinery's UI
+    (which has no API route: the demo writes them into its own host)."""
     sel = run.selection
     mapping = gold_to_class(sel) or {}
     rows = [i for i in sel.test_idx.tolist() if sel.gold[i] in mapping][:n]
-    labels = [{"record_id": sel.ids[i], "label": sel.classes[mapping[sel.gold[i]]]} for i in rows]
-    client.request("POST", f"/api/project/{project_id}/labels", what="add manual labels",
-                   body={"task": run.metrics["task"], "labels": labels, "source_type": "MANUAL"})
-    return len(labels)
+    items = [(sel.ids[i], sel.classes[mapping[sel.gold[i]]], None) for i in rows]
+    host.store.labels.set_labels(run.metrics["task"], items, source="MANUAL", user_name=host.user_name)
+    return len(rows)
 
 
-def _model_door_loop(export: Path, config: Any, work: Path, say: Any) -> list[str]:
-    """The model door as a cron sync runs it, on a seeded slice: sync (the folder goes into the embedder's
-    volume as v1, refinery's routes create the embedding, the host computes it as refinery's embedder does),
-    labelers add labels, sync again (v2 created and FINISHED, then v1 deleted). Returns what happened."""
-    from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
-    from ..refinery.model_door import ModelDoorTarget
-    from ..refinery.gateway import Gateway
-
-    sliced = _sample_export(export, MODEL_DOOR_RECORDS, work / "model-door.json.gz", config.seed)
-    models = work / "models"
-    models.mkdir()
-    target = ModelDoorTarget(models, "/models", wait_s=900, poll_s=1.0)
-    say(f"demo: the model door on a seeded slice of {MODEL_DOOR_RECORDS} records: a host whose embedder "
-        f"sees {models} as /models")
-    with serve_in_thread(sliced, data_dir=work / "host-model", host="127.0.0.1", user_name=DEMO_USER,
-                         password=DEMO_PASSWORD, models_volumes=[(models, "/models")]) as host:
-        client = RefineryClient(host.url, DEMO_USER, DEMO_PASSWORD, project_id=host.project_id, timeout=60)
-        kw = dict(out_dir=work / "model-run", state_dir=work / "sync-model", progress=say, door="model",
-                  model_target=target)
-        first = sync_project(client, host.project_id, config, **kw)
-        assert first.run is not None
-        added = _add_manual_labels(client, host.project_id, first.run, MODEL_DOOR_NEW_LABELS)
-        say(f"demo: labelers add {added} manual labels; the next cron sync picks them up")
-        second = sync_project(client, host.project_id, config, **kw)
-        states = {e["name"]: e["state"] for e in Gateway(client).embeddings(host.project_id)}
-    folders = sorted(p.name for p in models.iterdir())
-    return [f"model door, first sync: {first.status} {first.embedding!r}",
-            f"model door, after {added} new labels: {second.status} {second.embedding!r} ({second.message})",
-            f"model folders in the embedder's volume: {', '.join(folders)}; embeddings in the host: "
-            + ", ".join(f"{name} {state}" for name, state in states.items())]
+def _stock_embedding(gateway: Gateway, project_id: str, attribute: str, base_model: Path, models: Path,
+                     target: ModelDoorTarget, say: Any) -> str:
+    """Refinery's stock embedding of the base model, computed by the host's embedder from a copy of the base
+    model in the volume (the host never downloads); its id once FINISHED."""
+    folder = models / "stock"
+    shutil.copytree(base_model, folder)
+    attribute_id = next(str(a["id"]) for a in gateway.attributes(project_id) if a.get("name") == attribute)
+    gateway.create_embedding(project_id, attribute_id, f"{target.models_mount}/{folder.name}")
+    say(f"demo: refinery's stock embedding of {attribute!r} for comparison (the base model, computed by the embedder)")
+    name = refinery_embedding_name(attribute, f"{target.models_mount}/{folder.name}")
+    deadline = time.monotonic() + target.wait_s
+    while time.monotonic() < deadline:
+        node = next((n for n in gateway.embeddings(project_id) if n.get("name") == name), {})
+        if node.get("state") in ("FINISHED", "FAILED"):
+            if node["state"] == "FAILED":
+                raise HostError(f"the host's embedder could not compute {name!r}")
+            return str(node["id"])
+        time.sleep(target.poll_s)
+    raise HostError(f"{name!r} is not FINISHED after {target.wait_s:.0f} s")
 
 
 def _export_path(args: argparse.Namespace) -> Path:
@@ -151,6 +139,7 @@ def _export_path(args: argparse.Namespace) -> Path:
 
 def _demo(args: argparse.Namespace) -> int:
     from ..host import DEMO_PASSWORD, DEMO_USER, serve_in_thread
+    from ..vectors.encode import default_model_path
 
     config = config_from_args(args)
     say = (lambda _m: None) if args.json else print
@@ -160,47 +149,59 @@ def _demo(args: argparse.Namespace) -> int:
         if args.sample:
             export = _sample_export(export, args.sample, work / "export.json.gz", config.seed)
         say("demo: about a quarter of an hour on 2 CPU cores for the whole sample (--sample N for a quicker one): "
-            "a local host, a sync that fine-tunes and judges itself, searches through the host, the model door's "
-            "cron loop" if not args.sample
+            "a local host with refinery's embedder, a cron sync through the model door that fine-tunes and judges "
+            "itself, searches through the host, labelers' new labels and the next sync" if not args.sample
             else f"demo: a seeded subset of {args.sample} records (the whole sample takes about a quarter of an hour)")
-        say(f"demo: starting the local host with {export} ...")
-        with serve_in_thread(export, data_dir=work / "host", port=args.port, host="127.0.0.1",
-                             user_name=DEMO_USER, password=DEMO_PASSWORD) as host:
+        models = work / "models"
+        models.mkdir()
+        target = ModelDoorTarget(models, "/models", wait_s=3600, poll_s=1.0)
+        say(f"demo: starting the local host with {export}; its embedder sees {models} as /models ...")
+        with serve_in_thread(export, data_dir=work / "host", port=args.port, host="127.0.0.1", user_name=DEMO_USER,
+                             password=DEMO_PASSWORD, models_volumes=[(models, "/models")]) as host:
             say(f"demo: host at {host.url}, project {host.project_id} (user {DEMO_USER})")
             client = RefineryClient(host.url, DEMO_USER, DEMO_PASSWORD, project_id=host.project_id, timeout=60)
-            result = sync_project(client, host.project_id, config, out_dir=args.out, force=True,
-                                  state_dir=work / "sync", progress=say, tensor_format="b64", door="api")
-            run = result.run
-            assert run is not None and result.push is not None
-            raw, sel = run.raw_vectors, run.selection
-            assert raw is not None and sel is not None  # the real pipeline returns both
-            base_model = run.base_model
-            raw_name = embedding_name(result.attribute, model=base_model, platform="huggingface")
-            say(f"demo: pushing the raw base vectors as {raw_name!r} for comparison")
-            client.push_embedding(host.project_id, raw_name, run.ids, raw, attribute=result.attribute,
-                                  model=base_model, progress=None, tensor_format="b64")
-
+            kw = dict(out_dir=args.out, state_dir=work / "sync", progress=say, door="model", model_target=target)
+            first = sync_project(client, host.project_id, config, force=True, **kw)
+            run = first.run
+            assert run is not None and run.selection is not None and first.embedding_id is not None
+            gateway = Gateway(client)
+            stock_id = _stock_embedding(gateway, host.project_id, first.attribute,
+                                        Path(config.base_model or default_model_path()), models, target, say)
+            sel = run.selection
             cls, how = _classes(sel)
             classes = dict(zip(sel.ids, cls))
             gold_known = {i for i, g in zip(sel.ids, sel.gold) if g is not None}
             test_ids = [sel.ids[i] for i in sel.test_idx.tolist()]
             queries = random.Random(config.seed).sample(test_ids, min(args.queries, len(test_ids)))
             say(f"demo: {len(queries)} seeded test records through the host's similarity search ...")
-            raw_s = search_same_class(client, host.project_id, raw_name, queries, classes, gold_known)
-            ft_s = search_same_class(client, host.project_id, result.push.name, queries, classes, gold_known)
-        door_lines = [] if args.no_model_door else _model_door_loop(export, config, work, say)
+            search = dict(refinery_id=host.store.project.record_uuid, id_attribute=config.id_attribute)
+            raw_s = search_same_class(gateway, host.project_id, stock_id, queries, classes, gold_known, **search)
+            ft_s = search_same_class(gateway, host.project_id, first.embedding_id, queries, classes, gold_known,
+                                     **search)
+            door_lines = [f"model door, first sync: {first.status} {first.embedding!r}"]
+            if not args.no_resync:
+                added = _add_manual_labels(host, run, NEW_LABELS)
+                say(f"demo: labelers add {added} manual labels; the next cron sync picks them up")
+                second = sync_project(client, host.project_id, config, **kw)
+                states = {e["name"]: e["state"] for e in gateway.embeddings(host.project_id)}
+                door_lines += [
+                    f"model door, after {added} new labels: {second.status} {second.embedding!r} ({second.message})",
+                    f"model folders in the embedder's volume: {', '.join(sorted(p.name for p in models.iterdir()))}; "
+                    "embeddings in the host: " + ", ".join(f"{name} {state}" for name, state in states.items())]
+        stock_name = refinery_embedding_name(first.attribute, "/models/stock")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     if args.json:
-        print(json.dumps(_json_line(run.metrics, raw_s, ft_s, len(queries), result.push.name, raw_name, len(run.ids))))
+        print(json.dumps(_json_line(run.metrics, raw_s, ft_s, len(queries), str(first.embedding), stock_name,
+                                    len(run.ids))))
         return 0
     _print_outcome(run.metrics, raw_s, ft_s, len(queries), how)
-    print(f"pushed {result.push.name!r} and {raw_name!r} to the demo's host (gone now); outputs in {args.out}")
     from ..console import say_next
 
     for door_line in door_lines:
         print(door_line)
+    print(f"outputs in {args.out}; the demo's host is gone")
     say_next(print, args.out, "demo")
     return 0
 
@@ -230,8 +231,9 @@ def _json_line(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFigure
 
 DESCRIPTION = """\
 The whole loop on this machine, over HTTP: start a local refinery-compatible host with the bundled AG News
-sample, sync against it (pull, fine-tune, push through the host's push extension, which no real refinery
-has), and compare what its similarity search returns with the raw and the fine-tuned embedding."""
+sample and a models volume for its embedder, sync through the model door as a cron job would (pull,
+fine-tune, hand the folder to the embedder, which computes the embedding), compare what refinery's
+similarity search returns with its stock embedding and ours, then add labels and sync again."""
 
 EPILOG = """\
 examples:
@@ -250,7 +252,8 @@ def _print_outcome(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFi
     for k in sorted(top.get("raw", {}), key=int):
         print(f"{'top_' + k:<44}{top['raw'][k]:>9.2f}%{top['finetuned'][k]:>11.2f}%")
     print(f"{'chance':<44}{metrics.get('chance', float('nan')):>9.2f}%")
-    print(f"{'host search: neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
+    print(f"{'host search (refinery computes both)':<44}{'stock':>10}{'model door':>12}")
+    print(f"{'  neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
     print(f"{'  of them same class':<44}{raw_s.same_class:>10.1f}{ft_s.same_class:>12.1f}")
     print(f"{'  (neighbours with known gold only)':<44}{raw_s.same_class_gold_only:>10.1f}{ft_s.same_class_gold_only:>12.1f}")
     print(f"{'  share same class':<44}{raw_s.precision:>9.2f}%{ft_s.precision:>11.2f}%")
@@ -292,6 +295,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     advanced(g.add_argument("--queries", type=int, default=50,
                             help="test records to search with (default: %(default)s)"))
     advanced(g.add_argument("--json", action="store_true", help="end with one JSON line of the headline numbers"))
-    advanced(g.add_argument("--no-model-door", action="store_true",
-                            help="skip the model door's loop (two cron syncs on a 2,000-record slice)"))
+    advanced(g.add_argument("--no-resync", action="store_true",
+                            help="stop after the first sync (no new labels, no second sync)"))
     p.set_defaults(func=_demo, gold_attribute="Class Index")

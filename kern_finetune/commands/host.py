@@ -19,8 +19,8 @@ PASSWORD_ENV = "KERN_HOST_PASSWORD"
 HELP = "serve a project from an export file as a local refinery-compatible host"
 DESCRIPTION = f"""\
 Serve ONE refinery project from a record export (.json, .json.gz) or a project snapshot (.zip) over
-HTTP, answering as a self-hosted refinery answers, plus kern-finetune's push extension (not refinery's
-API; --no-push-extension switches it off). What it answers: docs/host.md.
+HTTP, answering as a self-hosted refinery answers (login, export, associations, the model door's embedding
+routes with its embedder's computation, similarity search). What it answers: docs/host.md.
 
 State (records, labels, users, embeddings) lives in SQLite under --data-dir; the export is imported
 once, on the first start, and a restart keeps everything.
@@ -58,12 +58,6 @@ def register(subparsers: Any) -> None:
         help="a folder refinery's embedder has mounted (docs/model-door.md), e.g. ~/refinery/models:/models: "
              "create-embedding with model /models/<folder> computes that folder; a model path outside every "
              "volume fails as in the embedder (repeatable)",
-    )
-    p.add_argument(
-        "--no-push-extension",
-        dest="push_extension",
-        action="store_false",
-        help="serve only what a real refinery serves: the push extension's routes answer 404 as refinery's do",
     )
     p.set_defaults(func=run)
 
@@ -114,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"kern-finetune host: project {store.project_id} ({store.record_count} records) at {url}")
         print(f"  login user: {user_name}" + (" (demo password, see docs/host.md)" if password == DEMO_PASSWORD else ""))
         print(f"  state: {args.data_dir.resolve()}")
-        if not args.push_extension:
-            print("  push extension off: only what a real refinery serves")
         for host_dir, mount in volumes:
             print(f"  models volume: {host_dir} is {mount} inside the embedder")
         if args.write_secrets:
@@ -136,7 +128,6 @@ def run(args: argparse.Namespace) -> int:
         id_attribute=args.id_attribute,
         project_id=args.project_id,
         project_name=args.project_name,
-        push_extension=args.push_extension,
         on_ready=_ready,
         models_volumes=volumes,
     )

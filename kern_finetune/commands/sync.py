@@ -23,9 +23,9 @@ EPILOG = """\
 doors (--door; checked before anything is pulled or encoded):
   model     --models-dir DIR, mounted once into refinery's embedder (docs/model-door.md): refinery computes
             the embedding from our model folder; the previous one goes once the new one is FINISHED
+            (without --models-dir: the folder and the steps to take it in by hand)
   snapshot  --snapshot SRC.zip -> --write-snapshot OUT.zip, to import in refinery as a new project
-  api       the push extension (docs/push-contract.md): `kern-finetune host` has it, no refinery does
-  auto      snapshot with --write-snapshot, else api when the host offers it, else stop (default)
+  auto      snapshot with --write-snapshot, else model (default)
 
 examples:
   kern-finetune sync --secrets secrets.json --task Topic --door model --models-dir ~/refinery/refinery/models
@@ -35,7 +35,7 @@ Credentials: --secrets, else ${user}, ${password}, ${uri} and
 ${project}. A sync trains only when the selected labels changed since the last one through
 that door, and keeps the embedding in use when the run's verdict says the new one is worse
 (--force: anyway); unattended, its --time-budget defaults to {budget:.0f} s (run: {run_budget:.0f} s).
-Exit codes: 0 ok, 1 error or no door, 2 bad options, 3 another sync running. --help-all: every option.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI,
+Exit codes: 0 ok, 1 error, 2 bad options, 3 another sync running. --help-all: every option.""".format(user=ENV_USER, password=ENV_PASSWORD, uri=ENV_URI,
                                                      project=ENV_PROJECT, budget=SYNC_TIME_BUDGET,
                                                      run_budget=RunConfig().time_budget)
 
@@ -93,8 +93,7 @@ def _say_next(result: SyncResult, out: Path) -> None:
     """The closing lines: the report and the next step for the door this sync used."""
     from ..console import say_next
 
-    step = {"up-to-date": "up-to-date", "kept": "kept", "created": "created", "pushed": "api"}.get(result.status,
-                                                                                                 result.door)
+    step = result.status if result.status in ("up-to-date", "kept", "created") else result.door
     say_next(print, out, step, written=result.written, embedding=result.embedding, verdict=result.verdict)
 
 
@@ -120,7 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_host_options(p)
     g = p.add_argument_group("where the embedding goes")
     g.add_argument("--door", choices=DOORS, default="auto", metavar="DOOR",
-                   help="model, snapshot, api or auto (default: %(default)s)")
+                   help="model, snapshot or auto (default: %(default)s)")
     g.add_argument("--models-dir", type=Path, metavar="DIR",
                    help="model door: the folder refinery's embedder mounts")
     advanced(g.add_argument("--models-mount", default=DEFAULT_MOUNT, metavar="PATH",

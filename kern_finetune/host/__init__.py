@@ -1,5 +1,4 @@
-"""A local refinery-compatible host serving one project over HTTP, with kern-finetune's push extension
-(``docs/host.md``, ``docs/push-contract.md``)."""
+"""A local refinery-compatible host serving one project over HTTP (``docs/host.md``)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ from .routes.auth import (LOGIN_FLOW_PATH, LOGIN_SUBMIT_PATH, LOGIN_UI_PATH, WHO
                           cookie_of, token_of)
 from .routes.common import (GATEWAY_PREFIX, PROXY_PREFIX, AsciiJSONResponse, api_error, oathkeeper_body,
                             oathkeeper_error, proxy_error)
-from .routes.extension import EXTENSION_PATH, add_extension_routes
 from .routes.gateway import add_gateway_routes
 from .routes.proxy import add_proxy_routes
 from .routes.search import add_search_routes
@@ -33,18 +32,18 @@ from .store import HostStore
 __all__ = ["create_app", "LOGIN_FLOW_PATH", "LOGIN_SUBMIT_PATH", "MAX_BODY_BYTES"]
 
 MAX_BODY_BYTES = 64 * 1024 * 1024
-"""Requests announcing a larger body are refused with 413 (a 1000-vector chunk of 384 dims is ~8 MB)."""
+"""Requests announcing a larger body are refused with 413."""
 
 
 def _body_limit_error(status: int, detail: str) -> dict[str, Any]:
     """What :class:`BodyLimit` answers: a request without a valid token is refused as oathkeeper refuses it
-    (its 401 body, with the reason), a logged-in one over the limit with the push extension's 413."""
+    (its 401 body, with the reason), a logged-in one over the limit with 413."""
     if status == 401:
         return oathkeeper_body(401, reason=detail)
     return {"error_code": {413: "PAYLOAD_TOO_LARGE"}.get(status, "INVALID_REQUEST"), "detail": detail}
 
 
-def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
+def _add_gate(app: FastAPI, store: HostStore) -> None:
     """Oathkeeper, then the proxy's user check, before any route reads the request."""
 
     @app.middleware("http")
@@ -60,7 +59,7 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
                 return RedirectResponse(str(request.base_url).rstrip("/") + LOGIN_UI_PATH, status_code=302)
             request.state.user = found[0]
             return await call_next(request)
-        if request.method not in ("GET", "POST") and not push_extension:
+        if request.method not in ("GET", "POST"):
             return oathkeeper_error(404)  # the access rules match GET and POST only
         # session lookups take the store's lock, which a large upload may hold: off the event loop
         found = await run_in_threadpool(store.users.session_user, bearer_of(request))
@@ -75,23 +74,18 @@ def _add_gate(app: FastAPI, store: HostStore, *, push_extension: bool) -> None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """``{"error_code", "detail"}`` on the push extension, refinery's own shapes elsewhere; routes refinery
-    lacks, and methods, answer what its proxy (a FastAPI app) answers."""
+    """Refinery's own shapes: validation errors as its FastAPI apps give them; routes refinery lacks, and
+    methods, answer what its proxy (a FastAPI app) answers; the host's own refusals (:class:`ApiError`)
+    ``{"error_code", "detail"}``."""
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return api_error(exc.status, exc.error_code, exc.detail)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if not EXTENSION_PATH.match(request.url.path):  # refinery's FastAPI apps: {"detail": [errors]}
-            errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
-            return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
-        parts = []
-        for err in exc.errors()[:3]:
-            where = ".".join(str(p) for p in err.get("loc", ()))
-            parts.append(f"{where}: {err.get('msg', 'invalid')}")
-        return api_error(422, "INVALID_REQUEST", "; ".join(parts) or "invalid request")
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return AsciiJSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -115,11 +109,11 @@ def _authenticated(store: HostStore, request: Request) -> bool:
     return any(store.users.session_user(t) is not None for t in (token_of(request), cookie_of(request)) if t)
 
 
-def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_extension: bool = True) -> FastAPI:
-    """Build the app serving ``store``'s one project; ``push_extension=False`` leaves the extension's routes out."""
+def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """Build the app serving ``store``'s one project."""
     app = FastAPI(title="kern-finetune local refinery host", docs_url=None, redoc_url=None, openapi_url=None,
                   default_response_class=AsciiJSONResponse)
-    _add_gate(app, store, push_extension=push_extension)
+    _add_gate(app, store)
     _add_error_handlers(app)
     # body size: counted while it streams in, before any route or token check reads it; a request
     # without a valid session token may send 64 KiB (a login; over it: 401), a logged-in one max_body_bytes
@@ -133,6 +127,4 @@ def create_app(store: HostStore, *, max_body_bytes: int = MAX_BODY_BYTES, push_e
     add_proxy_routes(app, store)
     add_search_routes(app, store)
     add_gateway_routes(app, store)
-    if push_extension:  # docs/push-contract.md: absent with push_extension=False
-        add_extension_routes(app, store)
     return app

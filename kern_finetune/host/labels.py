@@ -1,4 +1,4 @@
-"""Labels on the host's records: the push extension's label route, and associations posted the SDK's way."""
+"""Labels on the host's records: associations posted the SDK's way, and direct writes of the host's owner."""
 
 from __future__ import annotations
 

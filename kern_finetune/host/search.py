@@ -1,5 +1,5 @@
-"""Similarity search on the host's served embeddings and the labeling sessions it produces: the push
-extension's search by record id, and the gateway's data-browser search (see :mod:`.vectors`)."""
+"""The gateway's data-browser similarity search on the host's served embeddings, and the labeling session each
+search leaves (see :mod:`.vectors`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import numpy as np
 from .api_errors import ApiError
 from .db import HostDB, now_iso
 from .project import Project
-from .values import is_text
 from ..refinery.search import SEARCH_LIMIT, similarity_threshold
 from .vectors import VectorCache, VectorIndex
 
@@ -20,23 +19,12 @@ __all__ = ["Search"]
 
 
 class Search:
-    """Searches (vectors loaded into ``vectors`` once per served version) and ``labeling_sessions``."""
+    """Searches (vectors loaded into ``vectors`` once per served version) and the ``labeling_sessions`` they leave."""
 
     def __init__(self, db: HostDB, project: Project, vectors: VectorCache) -> None:
         self.db = db
         self.project = project
         self.vectors = vectors
-
-    def _served(self, name_or_id: Any) -> tuple[str, str]:
-        if not isinstance(name_or_id, str) or not name_or_id or not is_text(name_or_id):
-            raise ApiError(422, "INVALID_REQUEST", "embedding must be a served embedding's name or id (a string)")
-        row = self.db.one(
-            "SELECT id, name FROM embeddings WHERE served = 1 AND (id = ? OR name = ?) ORDER BY id = ? DESC",
-            (name_or_id, name_or_id, name_or_id),
-        )
-        if row is None:
-            raise ApiError(404, "EMBEDDING_NOT_FOUND", f"no served embedding named {name_or_id!r} (staged ones are not searchable)")
-        return row[0], row[1]
 
     def _load_index(self, embedding_id: str) -> VectorIndex:
         with self.db.lock:
@@ -74,30 +62,6 @@ class Search:
         if not positions:
             positions, distances = [idx], [0.0]
         return positions, distances, threshold
-
-    def similar(self, embedding: Any, record_id: Any, limit: Any = SEARCH_LIMIT) -> dict[str, Any]:
-        """The push extension's search: the data browser's, by record id; ``record_ids`` start with the query
-        record (score 0), ``scores`` are Euclidean distances within ``threshold``, at most ``limit`` (1..100)."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SEARCH_LIMIT:
-            raise ApiError(422, "INVALID_REQUEST", f"limit must be an integer in [1, {SEARCH_LIMIT}]")
-        eid, name = self._served(embedding)
-        idx = self.project.record_index(record_id)
-        positions, distances, threshold = self._search(eid, idx, limit)
-        return {
-            "record_ids": [self.project.record_ids[p] for p in positions],
-            "scores": [round(d, 6) for d in distances],
-            "embedding": name,
-            "embedding_id": eid,
-            "record_id": self.project.record_ids[idx],
-            "threshold": None if threshold is None else round(threshold, 6),
-        }
-
-    def create_labeling_session(self, embedding: Any, record_id: Any, limit: Any, user_name: str) -> dict[str, Any]:
-        """Run a similarity search and keep its ordered result as a session, as the data browser does."""
-        found = self.similar(embedding, record_id, limit)
-        sid = self._store_session(found["embedding_id"], found["embedding"], found["record_id"], found["record_ids"],
-                                  user_name)
-        return self.get_labeling_session(sid)
 
     def _store_session(self, embedding_id: str, embedding_name: str, query: str, record_ids: list[str], user_name: str) -> str:
         sid = str(uuid.uuid4())
@@ -152,13 +116,3 @@ class Search:
             "fullCount": len(positions),
             "sessionId": sid,
         }}}
-
-    def get_labeling_session(self, session_id: str) -> dict[str, Any]:
-        """A stored labeling session (its record list is fixed when it is created)."""
-        row = self.db.one("SELECT id, embedding_id, embedding_name, query_record_id, record_ids, created_at"
-                          " FROM labeling_sessions WHERE id = ?", (session_id,))
-        if row is None:
-            raise ApiError(404, "SESSION_NOT_FOUND", f"no labeling session {session_id!r}")
-        found = dict(zip(("id", "embedding_id", "embedding", "query_record_id", "record_ids", "created_at"), row))
-        found["record_ids"] = json.loads(found["record_ids"])
-        return found

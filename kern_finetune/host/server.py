@@ -89,7 +89,6 @@ def serve_in_thread(
     id_attribute: str = "running_id",
     project_id: str | None = None,
     project_name: str | None = None,
-    push_extension: bool = True,
     startup_timeout: float = 30.0,
     models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> RunningHost:
@@ -104,7 +103,7 @@ def serve_in_thread(
                         project_id=project_id, project_name=project_name, models_volumes=models_volumes)
     try:
         sock = listening_socket(host, port)
-        server = ServerThread(create_app(store, push_extension=push_extension), sock,
+        server = ServerThread(create_app(store), sock,
                               name=f"kern-host:{sock.getsockname()[1]}", timeout_graceful_shutdown=5)
         if not server.start(startup_timeout):
             sock.close()
@@ -128,7 +127,6 @@ def serve_forever(
     id_attribute: str = "running_id",
     project_id: str | None = None,
     project_name: str | None = None,
-    push_extension: bool = True,
     on_ready: Callable[[HostStore, str], None] | None = None,
     models_volumes: Sequence[tuple[Path, str]] = (),
 ) -> None:
@@ -138,7 +136,7 @@ def serve_forever(
                         project_id=project_id, project_name=project_name, models_volumes=models_volumes)
     try:
         with listening_socket(host, port) as sock:
-            server = ServerThread(create_app(store, push_extension=push_extension), sock,
+            server = ServerThread(create_app(store), sock,
                                   name=f"kern-host:{sock.getsockname()[1]}", log_level="info", access_log=True,
                                   timeout_graceful_shutdown=5)
             url = format_url(host, server.port)

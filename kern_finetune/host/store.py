@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .db import HostDB
-from .embeddings import Embeddings
 from .labels import Labels
 from .model_embeddings import ModelEmbeddings
 from .project import Project
@@ -19,8 +18,8 @@ __all__ = ["HostStore"]
 
 class HostStore:
     """The host's state: :attr:`project` (metadata, records, export), :attr:`users` (the one user, login
-    sessions), :attr:`labels`, :attr:`embeddings` (the push extension's versions), :attr:`models` (embeddings
-    computed from a model, the model door) and :attr:`search` (similarity search, labeling sessions).
+    sessions), :attr:`labels`, :attr:`models` (embeddings computed from a model folder, the model door) and
+    :attr:`search` (the data browser's similarity search).
 
     Thread-safe (one connection guarded by a lock, :attr:`db`). Open with :meth:`open`.
     """
@@ -31,7 +30,6 @@ class HostStore:
         vectors = VectorCache(capacity=4)
         self.users = Users(db)
         self.labels = Labels(db, self.project)
-        self.embeddings = Embeddings(db, self.project, vectors)
         self.search = Search(db, self.project, vectors)
         self.models = ModelEmbeddings(db, self.project, vectors, models_volumes)
 

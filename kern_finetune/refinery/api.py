@@ -1,7 +1,6 @@
-"""The client of a refinery(-compatible) host: the real gateway's routes, plus the push extension.
+"""The client of a refinery(-compatible) host: the SDK's routes through refinery's proxy (``/api/``).
 
-Request shapes: ``docs/refinery-api.md`` and ``docs/push-contract.md``; credentials and reliability:
-``docs/refinery-sdk.md``.
+Request shapes: ``docs/refinery-api.md``; credentials and reliability: ``docs/refinery-sdk.md``.
 """
 
 from __future__ import annotations
@@ -14,8 +13,7 @@ from typing import Any
 from ..errors import ConfigError, ExportError, HostError
 from .columns import Record
 from .export import parse_export_payload
-from .push import PushExtension
-from .transport import json_body
+from .transport import Transport, json_body
 
 __all__ = ["DEFAULT_URI", "ENV_USER", "ENV_PASSWORD", "ENV_URI", "ENV_PROJECT", "RefineryClient",
            "client_from_options"]
@@ -27,7 +25,7 @@ ENV_URI = "KERN_FINETUNE_URI"
 ENV_PROJECT = "KERN_FINETUNE_PROJECT"
 
 
-class RefineryClient(PushExtension):
+class RefineryClient(Transport):
     """Speak to one refinery(-compatible) host as one user (arguments: :class:`~.transport.Transport`).
 
     The client logs in lazily, on the first API call, or explicitly with :meth:`login`.

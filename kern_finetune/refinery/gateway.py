@@ -154,3 +154,15 @@ class Gateway:
     def delete_embedding(self, project_id: str, embedding_id: str) -> None:
         """``delete-embedding``."""
         self.call("DELETE", f"/embedding/{project_id}/{embedding_id}/delete-embedding", what="deleting the embedding")
+
+    def search_similar(self, project_id: str, embedding_id: str, record_id: str) -> list[dict[str, Any]]:
+        """The data browser's ``search-records-by-similarity`` from the record with refinery id ``record_id``: the
+        records it serves (at most 100 within the threshold, the query first), each its ``recordData`` object."""
+        body = {"embeddingId": embedding_id, "recordId": record_id, "attFilter": None, "recordSubKey": None}
+        data = self.call("POST", f"/data-browser/{project_id}/search-records-by-similarity", body=body,
+                         what="similarity search", idempotent=True)
+        try:
+            found = data["data"]["searchRecordsBySimilarity"]["recordList"]
+            return [json.loads(item["recordData"]) for item in found]
+        except (KeyError, TypeError, ValueError):
+            raise HostError("similarity search: the gateway's answer has no searchRecordsBySimilarity list") from None

@@ -111,6 +111,4 @@ def _sync_result_to_dict(result: SyncResult) -> dict[str, Any]:
         seconds = metrics.get("seconds")
         if isinstance(seconds, Mapping):
             out["timings"] = jsonable(seconds)
-    if result.push is not None:
-        out["push"] = jsonable(result.push)
     return out

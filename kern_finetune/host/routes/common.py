@@ -32,7 +32,7 @@ class AsciiJSONResponse(JSONResponse):
 
 
 def api_error(status: int, code: str, detail: str) -> JSONResponse:
-    """The push extension's error body: ``{"error_code", "detail"}``."""
+    """The host's own error body (:class:`~kern_finetune.host.api_errors.ApiError`): ``{"error_code", "detail"}``."""
     return AsciiJSONResponse(status_code=status, content={"error_code": code, "detail": detail})
 
 
