@@ -1,4 +1,4 @@
-"""kern-finetune: fine-tune sentence embeddings from a refinery project's labels and push them back.
+"""kern-finetune: fine-tune sentence embeddings from a refinery project's labels and bring them back into refinery.
 
 Public API (everything else is private and may change)::
 
@@ -23,7 +23,7 @@ from .errors import (
     HostUnavailableError,
     KernFinetuneError,
     ProjectNotFoundError,
-    PushError,
+    DoorError,
     SelectionError,
     SyncBusyError,
     TaskNotFoundError,
@@ -73,7 +73,7 @@ __all__ = [
     "AuthError",
     "ProjectNotFoundError",
     "HostUnavailableError",
-    "PushError",
+    "DoorError",
     *_LAZY,
 ]
 

@@ -20,8 +20,9 @@ COMMANDS = ("run", "sync", "demo", "host", "serve")
 
 DESCRIPTION = """\
 Fine-tune sentence embeddings from what labelers produced in a refinery project (manual labels plus
-confident weak-supervision labels), so that similarity search serves more same-class records, and push
-the new embedding back to the host.
+confident weak-supervision labels), so that similarity search serves more same-class records, and bring
+the new embedding back: refinery's embedder computes it from our model folder (sync --door model), or a
+project snapshot carries it.
 
 Start with `kern-finetune demo` (local host + bundled AG News sample), or `kern-finetune run --help`."""
 

@@ -103,7 +103,7 @@ class RunConfig:
         help='attributes joined with ". " into the text to embed')
     id_attribute: str = option(
         "running_id", group=LEARN, manifest_kind="attribute",
-        help="attribute that identifies a record; the pushed vectors are keyed by it")
+        help="attribute that identifies a record; the written vectors are keyed by it")
     gold_attribute: str | None = option(
         None, group=LEARN, metavar="NAME", manifest_kind="attribute", default_text="no evaluation",
         help="attribute with the true class; used ONLY to evaluate on the records not trained on")
@@ -162,7 +162,7 @@ class RunConfig:
         default_text="$KERN_FINETUNE_CACHE or ~/.cache/kern-finetune", help="the vector cache")
     embedding_name: str | None = option(
         None, group=PLACES, default_text="<attribute>-classification-kern-finetune-<model>",
-        help="name of the pushed embedding")
+        help="name of the embedding in a written snapshot")
     encode_batch_size: int = option(64, group=PLACES, metavar="N", min=1, help="texts per encoder batch")
     device: str = option(
         "auto", group=PLACES, choices=DEVICES,

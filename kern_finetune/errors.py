@@ -15,7 +15,7 @@ __all__ = [
     "AuthError",
     "ProjectNotFoundError",
     "HostUnavailableError",
-    "PushError",
+    "DoorError",
 ]
 
 
@@ -65,5 +65,6 @@ class HostUnavailableError(HostError):
     """The host could not be reached or kept failing (connection errors, timeouts, 5xx)."""
 
 
-class PushError(HostError):
-    """The host refused the embedding upload; the previously served embedding stays in use."""
+class DoorError(HostError):
+    """The embedding could not be written through its door (the model door's create, wait or delete; a snapshot's
+    checks); the embedding in use stays."""

@@ -63,7 +63,7 @@ def run_pipeline(
     """Fine-tune on ``records`` (a decoded refinery export) and write the outputs into ``out_dir``.
 
     ``prepared``: :func:`kern_finetune.labels.prepare.prepare`'s result when the caller has it (``sync``).
-    ``door`` (``vectors``: pushed or written into a snapshot; ``model``: refinery's embedder computes the model
+    ``door`` (``vectors``: written into a snapshot; ``model``: refinery's embedder computes the model
     folder) and ``current`` (the project's embedding in use, from a snapshot) are what the verdict judges. The
     outputs replace ``out_dir`` as a whole once everything is written; a failed run leaves it as it was.
 
@@ -155,7 +155,7 @@ def _verdict(encoder: Encoder, records: list[Record], prepared: Prepared, base: 
 
 
 def _doors(base: np.ndarray, fitted: Fitted) -> dict[str, np.ndarray]:
-    """Embeddings searched beside raw and the pushed vectors, as refinery's embedder stores them: its stock
+    """Embeddings searched beside raw and the written vectors, as refinery's embedder stores them: its stock
     embedding of the base model, and the model door's."""
     from .vectors.base_share import door_vectors
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .web.net import check_project_id, host_identity
 from .config import RunConfig
-from .errors import ConfigError, PushError, SyncBusyError
+from .errors import ConfigError, DoorError, SyncBusyError
 from .refinery.model_door import ModelDoorTarget, check_door, deliver
 from .labels.prepare import Prepared, prepare
 from .refinery.api import RefineryClient
@@ -141,7 +141,7 @@ def model_door_steps(model_dir: Path, attribute: str, n_records: int) -> list[st
         f"  1. put the folder inside the refinery-embedder container, e.g. `docker cp {model_dir} "
         f"<refinery-embedder container>:/models/{name}` (or mount a volume there)",
         f"  2. in the project's settings add an embedding on attribute {attribute!r}: platform Hugging Face, "
-        f"model `/models/{name}` (the gateway's POST /refinery-gateway/v1/embedding/<project id>/create-embedding "
+        f"model `/models/{name}` (the gateway's POST /refinery-gateway/api/v1/embedding/<project id>/create-embedding "
         "with config platform 'huggingface', model = that path)",
     ]
     if n_records >= 64:
@@ -180,13 +180,15 @@ def sync_project(
 
     with _locked(sdir / LOCK_FILE, pid, client.uri):
         previous = _read_state(sdir / STATE_FILE)
+        if door == "auto" and model_target is not None and write_snapshot is None:
+            door = "model"  # what auto picks anyway; the target is checked as the model door's
         gateway = _check_model_door(client, pid, door, model_target, previous, say)
         chosen, records, source = _door_and_records(client, pid, config, door, snapshot, write_snapshot, say, out_dir=out_dir)
         if chosen == "model" and (config.smooth_weight != 0.0 or config.spread_strength != 0.0):
-            # they shape only the pushed vectors; the folder carries the head beside the base share instead
+            # they shape only the written vectors; the folder carries the head beside the base share instead
             config = dataclasses.replace(config, smooth="0", spread="0")
             say("         model door: neighbour smoothing and search spread off (--smooth 0 --spread 0): they shape "
-                "only pushed vectors; refinery's embedder computes each record's vector from the model folder")
+                "only written vectors (a snapshot); refinery's embedder computes each record's vector from the model folder")
 
         say("sync 2/4: compare the labels with the last sync")
         prepared = prepare(records, config)  # selected once: the pipeline trains on this very selection
@@ -221,7 +223,7 @@ def sync_project(
         # only a successful write reaches this point: now the new state may be stored
         _store(sdir, client, pid, key, chosen, fingerprint, labels, out, previous, verdict, forced=force)
         if out.delete_error:
-            raise PushError(out.delete_error)
+            raise DoorError(out.delete_error)
         say(f"sync: {out.message}")
         return SyncResult(out.status, pid, fingerprint, prev_fp, changed, len(labels), sdir, out.message, run=result,
                           door=chosen, attribute=attribute, written=out.written, embedding=out.name,
@@ -477,7 +479,7 @@ def _write_snapshot(src: Path, dst: Path, result: RunResult, *, attribute: str, 
         id_attribute=config.id_attribute, name=config.embedding_name,
     )
     if name not in written.embeddings:
-        raise PushError(f"read-back check: {dst} holds no embedding named {name!r}")
+        raise DoorError(f"read-back check: {dst} holds no embedding named {name!r}")
     return name
 
 

@@ -16,8 +16,8 @@ list is well-formed and that every ``old`` text still occurs exactly once. When 
 under a mutation, refresh its ``old``/``new`` to a short, distinctive line of the new code.
 
 The list documents what the suite is expected to notice: a pipeline that trains on the wrong labels or
-returns raw vectors, a webhook signature that no longer covers its timestamp, a push that never swaps
-the new version in, pseudo-labels that never train.
+returns raw vectors, a webhook signature that no longer covers its timestamp, a host search that serves
+more than refinery's 100 records, pseudo-labels that never train.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         name="head-skipped",
-        why="the raw base vectors are returned (and pushed) as the fine-tuned ones",
+        why="the raw base vectors are returned (and written) as the fine-tuned ones",
         file="kern_finetune/training/fit.py",
         old="return head_trainer, head_trainer.transform(base)",
         new="return head_trainer, base.copy()",
@@ -76,11 +76,11 @@ MUTATIONS: tuple[Mutation, ...] = (
         tests=("tests/service/test_service.py", "-k", "sign or hmac or curl or forged"),
     ),
     Mutation(
-        name="finalize-without-swap",
-        why="finalizing a complete upload never serves the new version (search keeps the old vectors)",
-        file="kern_finetune/host/embeddings.py",
-        old="SET state = 'FINISHED', served = 1,",
-        new="SET state = 'FINISHED', served = 0,",
+        name="search-past-refinery-limit",
+        why="the host's similarity search serves up to 1,000 records instead of refinery's 100",
+        file="kern_finetune/host/search.py",
+        old="positions, _, _ = self._search(row[0], idx, SEARCH_LIMIT)",
+        new="positions, _, _ = self._search(row[0], idx, 1000)",
         tests=("tests/host/test_host.py",),
     ),
     Mutation(

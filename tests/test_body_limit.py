@@ -118,26 +118,26 @@ def _login(url: str) -> str:
 def test_host_refuses_a_150mb_chunked_upload_without_a_token_in_flat_memory(tmp_path: Path) -> None:
     with host_in_thread(_export(tmp_path / "export.json"), data_dir=tmp_path / "state", user_name=USER,
                         password=PASSWORD) as host:
-        path = f"/api/project/{host.project_id}/embeddings/e1/tensors"
+        path = f"/api/project/{host.project_id}/associations"
         requests.get(host.url + "/health", timeout=30)  # warm up the server before measuring
         with _PeakRss() as rss:
-            status, body, sent = _offer_chunked(host.url, "PUT", path, 150 * MB)
+            status, body, sent = _offer_chunked(host.url, "POST", path, 150 * MB)
         assert status == 401, body  # refused for want of a token (a client with an expired one logs in again)
         # refused as oathkeeper refuses a request without a valid token (docs/host.md), before the body is read
         assert body["error"]["code"] == 401 and body["error"]["message"] == "Access credentials are invalid", body
         assert rss.growth < 20 * MB, f"RSS grew by {rss.growth / MB:.1f} MB"
         # still serving, and the same request with a token gets past the anonymous limit
         token = _login(host.url)
-        status, body, _ = _offer_chunked(host.url, "PUT", path, 1 * MB, {"Authorization": f"Bearer {token}"})
+        status, body, _ = _offer_chunked(host.url, "POST", path, 1 * MB, {"Authorization": f"Bearer {token}"})
         assert status != 413 and status < 500, (status, body)
         # an announced Content-Length over the limits: refused before the body is sent
         for headers, status, limit in (({}, 401, "65536"), ({"Authorization": "Bearer expired"}, 401, "65536"),
                                        ({"Authorization": f"Bearer {token}"}, 413, str(64 * MB))):
-            r = requests.put(host.url + path, headers={"Content-Length": str(64 * MB + 1), **headers}, data=b"",
+            r = requests.post(host.url + path, headers={"Content-Length": str(64 * MB + 1), **headers}, data=b"",
                              timeout=30)
             detail = r.json()["error"]["reason"] if status == 401 else r.json()["detail"]
             assert r.status_code == status and limit in detail, r.text
-        r = requests.put(host.url + path, headers={"Content-Length": "12x"}, timeout=30)
+        r = requests.post(host.url + path, headers={"Content-Length": "12x"}, timeout=30)
         assert r.status_code == 400, r.text
 
 

@@ -162,42 +162,28 @@ def test_cron_trigger_is_a_real_sync_command_and_matches_the_docs() -> None:
     build_parser().parse_args(cron_argv[1:])
 
 
-def test_host_endpoints_are_refinery_or_the_push_extension_and_the_local_host_serves_them(tmp_path: Path) -> None:
-    """What the manifest calls refinery's is in the facts read from refinery's sources; everything else is the
-    push extension, which no refinery has: documented in docs/push-contract.md, proposed for refinery's issues
-    #24 and #48, and absent from the local host under --no-push-extension."""
+def test_host_endpoints_are_refinery_and_the_local_host_serves_them(tmp_path: Path) -> None:
+    """Every endpoint the manifest names is refinery's own (in the facts read from refinery's sources; no refinery
+    has a route that takes vectors, so nothing promises one) and the local host serves it."""
     from kern_finetune.host import serve_in_thread
 
-    contract = (ROOT / "docs" / "push-contract.md").read_text()
     facts = re.sub(r"/\s+", "/", shared_file("docs/refinery-api.md").read_text())  # paths wrapped over lines
     endpoints = MANIFEST["hostEndpoints"]
     names = {e["name"] for e in endpoints}
-    assert {"loginFlow", "loginSubmit", "project", "export", "searchRecordsBySimilarity", "createEmbedding",
-            "uploadTensors", "finalizeEmbedding", "abortEmbedding"} <= names
-    extension = MANIFEST["pushExtension"]
-    assert extension["isRefineryApi"] is False and "pushContract" not in MANIFEST
-    assert {u.rsplit("/", 1)[1] for u in extension["proposedFor"]} == {"24", "48"}
-    assert set(extension["endpoints"]) == {e["name"] for e in endpoints if e["source"] == "push-extension"}
+    assert {"loginFlow", "loginSubmit", "project", "export", "searchRecordsBySimilarity", "browserLoginFlow",
+            "createEmbedding"} <= names
+    assert "pushExtension" not in MANIFEST and "push" not in MANIFEST["description"]
     for e in endpoints:
-        assert e["source"] in ("refinery", "push-extension"), e
-        if e["source"] == "push-extension":
-            assert f"`{e['method']} {e['path']}" in contract, f"{e['name']} is not in docs/push-contract.md"
-        elif not e["path"].startswith("{"):
+        assert e["source"] == "refinery", e
+        if not e["path"].startswith("{"):
             assert e["path"] in facts, f"{e['name']}: {e['path']} is not among refinery's facts"
-    # nothing promises a push into refinery itself
-    assert "pushes the new embedding back" not in MANIFEST["description"]
-    assert "snapshot" in MANIFEST["description"] and "push extension" in MANIFEST["description"]
+    assert "snapshot" in MANIFEST["description"] and "model door" in MANIFEST["description"]
 
     export = tmp_path / "export.json"
     export.write_text(json.dumps([{"running_id": str(i), "Title": f"t{i}", "__Topic__MANUAL": None} for i in range(3)]))
-    served = {}
-    for flag in (True, False):
-        with serve_in_thread(export, data_dir=tmp_path / "host", user_name="me@example.com",
-                             password="manifest-pw-1234", push_extension=flag) as host:
-            app = host.app
-            served[flag] = {(m, r.path) for r in app.routes for m in getattr(r, "methods", ())}
+    with serve_in_thread(export, data_dir=tmp_path / "host", user_name="me@example.com",
+                         password="manifest-pw-1234") as host:
+        served = {(m, r.path) for r in host.app.routes for m in getattr(r, "methods", ())}
     for e in endpoints:
-        if e["path"].startswith("{"):
-            continue  # the login submit URL is whatever the flow's ui.action says
-        assert (e["method"], e["path"]) in served[True], f"the local host lacks {e['method']} {e['path']}"
-        assert ((e["method"], e["path"]) in served[False]) == (e["source"] == "refinery"), e["name"]
+        if not e["path"].startswith("{"):  # the login submit URL is whatever the flow's ui.action says
+            assert (e["method"], e["path"]) in served, f"the local host lacks {e['method']} {e['path']}"

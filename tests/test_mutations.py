@@ -25,7 +25,7 @@ def test_every_mutation_applies_once_and_names_existing_tests():
     mutations = _load()
     assert mutations.check() == []
     names = {m.name for m in mutations.MUTATIONS}
-    assert {"labels-shuffled", "head-skipped", "hmac-without-timestamp", "finalize-without-swap"} <= names
+    assert {"labels-shuffled", "head-skipped", "hmac-without-timestamp", "search-past-refinery-limit"} <= names
 
 
 def test_check_reports_a_stale_snippet_and_a_missing_test(tmp_path: Path):

@@ -96,11 +96,11 @@ def test_sync_snapshot_door_refuses_the_input_and_out(tmp_path: Path) -> None:
     shutil.copyfile(SNAPSHOT, src)
     (tmp_path / "link.zip").symlink_to(src)
     with pytest.raises(ConfigError, match="is the input snapshot"):
-        choose_door(None, "p", "snapshot", snapshot=src, write_snapshot=tmp_path / "link.zip")  # type: ignore[arg-type]
+        choose_door("snapshot", snapshot=src, write_snapshot=tmp_path / "link.zip")
     with pytest.raises(ConfigError, match="inside the output folder"):
-        choose_door(None, "p", "snapshot", snapshot=src, write_snapshot=tmp_path / "out" / "o.zip",  # type: ignore[arg-type]
+        choose_door("snapshot", snapshot=src, write_snapshot=tmp_path / "out" / "o.zip",
                     out_dir=tmp_path / "out")
-    assert choose_door(None, "p", "snapshot", snapshot=src, write_snapshot=tmp_path / "o.zip") == "snapshot"  # type: ignore[arg-type]
+    assert choose_door("snapshot", snapshot=src, write_snapshot=tmp_path / "o.zip") == "snapshot"
 
 
 # --- 2. the --out guard: nothing under --out that the tool did not write is ever deleted -------------------------
@@ -336,8 +336,8 @@ def test_project_ids_and_embedding_names_are_checked_whole(tmp_path: Path, capsy
     RunConfig(embedding_name="Title-classification-kern-finetune-all-MiniLM-L6-v2").validate()
 
     client = RefineryClient("http://127.0.0.1:9", "u", "p", project_id="../../x")
-    with pytest.raises(ConfigError, match=r"project id .*'\.\./\.\./x'"):  # before any request: no push-extension blame
-        client.offers_push_extension()
+    with pytest.raises(ConfigError, match=r"project id .*'\.\./\.\./x'"):  # before any request: no host blamed
+        client.get_export()
 
     for bad in ("a/b", "../../etc", "x\n"):
         code = main(["host", "--export", str(tmp_path / "none.json"), "--project-id", bad, "--port", "0",

@@ -21,7 +21,7 @@ from faults import FaultAdapter
 from kern_finetune import cli
 from kern_finetune.config import RunConfig
 from kern_finetune.vectors.encode import default_model_path
-from kern_finetune.errors import AuthError, ConfigError, PushError
+from kern_finetune.errors import AuthError, ConfigError, DoorError
 from kern_finetune.host import RunningHost, serve_in_thread
 from kern_finetune.refinery.model_door import ModelDoorTarget, reserve_folder
 from kern_finetune.pipeline import RunResult
@@ -50,7 +50,7 @@ def models(tmp_path: Path) -> Path:
 def host(tmp_path: Path, records: list[dict], models: Path) -> Iterator[RunningHost]:
     export = tmp_path / "export.json"
     export.write_text(json.dumps(records))
-    with serve_in_thread(export, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD, push_extension=False,
+    with serve_in_thread(export, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD,
                          models_volumes=[(models, "/models")]) as running:
         yield running
 
@@ -187,7 +187,7 @@ def test_refused_create_leaves_the_old_embedding_and_names_the_step(host: Runnin
     before = (tmp_path / "state" / STATE_FILE).read_text()
     faults = FaultAdapter()
     faults.respond("POST", "/create-embedding$", 500, "An error occurred")
-    with pytest.raises(PushError) as info:
+    with pytest.raises(DoorError) as info:
         sync_project(_client(host, faults), None, config, out_dir=tmp_path / "out", state_dir=tmp_path / "state",
                      progress=None, pipeline=BaseModelPipeline(), door="model", model_target=_target(models),
                      force=True)
@@ -208,7 +208,7 @@ def test_failed_embedding_is_one_line_and_deletes_nothing(host: RunningHost, mod
             (result.model_dir / "config.json").write_text("{ not json")  # does not load in the embedder
             return result
 
-    with pytest.raises(PushError) as info:
+    with pytest.raises(DoorError) as info:
         sync_project(_client(host), None, config, out_dir=tmp_path / "out", state_dir=tmp_path / "state",
                      progress=None, pipeline=Broken(), door="model", model_target=_target(models), force=True)
     assert "step wait" in str(info.value) and "FAILED" in str(info.value) and "\n" not in str(info.value)
@@ -225,7 +225,7 @@ def test_door_is_checked_before_anything_is_pulled(host: RunningHost, tmp_path: 
     assert not faults.sent_to("GET", "/export$")
     with pytest.raises(ConfigError):
         sync_project(_client(host), None, config, out_dir=tmp_path / "out", progress=None,
-                     pipeline=BaseModelPipeline(), door="api", model_target=_target(tmp_path))
+                     pipeline=BaseModelPipeline(), door="snapshot", model_target=_target(tmp_path))
 
 
 def test_versioned_folders_never_reuse_a_name(tmp_path: Path) -> None:

@@ -148,8 +148,11 @@ def _shuffled_fit(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_shuffled_labels_get_worse_and_sync_keeps_the_embedding_in_use(subset_records, shared_cache, tmp_path,
                                                                        monkeypatch):
+    """The real pipeline's verdict on shuffled labels is ``worse``; a sync that gets that run writes nothing
+    (status ``kept``), records the verdict, and does not train on the same labels again."""
     from kern_finetune.config import RunConfig
     from kern_finetune.host import serve_in_thread
+    from kern_finetune.pipeline import run_pipeline
     from kern_finetune.refinery.api import RefineryClient
     from kern_finetune.sync import STATE_FILE, sync_project
 
@@ -158,19 +161,23 @@ def test_shuffled_labels_get_worse_and_sync_keeps_the_embedding_in_use(subset_re
     export.write_text(json.dumps(subset_records[:600]))
     config = RunConfig(mode="head", task="Topic", text_attributes=["Title", "Description"], epochs=10,
                        cache_dir=shared_cache)
+    run = run_pipeline(subset_records[:600], config, out_dir=tmp_path / "run", progress=None)
+    assert run.metrics["verdict"]["verdict"] == "worse", run.metrics["verdict"]["conclusion"]
+
+    def the_same_run(*_a: Any, **_kw: Any) -> Any:
+        return run
+
     with serve_in_thread(export, data_dir=tmp_path / "host", user_name="u@example.com", password="pw-1") as host:
         client = RefineryClient(host.url, "u@example.com", "pw-1", project_id=host.project_id, timeout=60)
         msgs: list[str] = []
         res = sync_project(client, None, config, out_dir=tmp_path / "out", state_dir=tmp_path / "state",
-                           progress=msgs.append, door="api")
-        assert res.verdict is not None and res.verdict["verdict"] == "worse", res.verdict["conclusion"]
-        assert res.status == "kept" and res.push is None
-        assert client.list_embeddings() == []  # nothing pushed
+                           progress=msgs.append, pipeline=the_same_run)
+        assert res.status == "kept" and res.written is None and res.embedding_id is None
         assert msgs[-1].startswith("sync: kept") and "--force" in msgs[-1]
         state = json.loads((tmp_path / "state" / STATE_FILE).read_text())
         assert [v["outcome"] for v in state["verdicts"]] == ["kept"] and state["verdicts"][0]["verdict"] == "worse"
         again = sync_project(client, None, config, out_dir=tmp_path / "out", state_dir=tmp_path / "state",
-                             progress=None, door="api", pipeline=_must_not_train)
+                             progress=None, pipeline=_must_not_train)
         assert again.status == "up-to-date" and "kept" in again.message
 
 

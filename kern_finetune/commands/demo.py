@@ -66,8 +66,6 @@ class SearchFigures:
     """Mean neighbours returned per query (the query record not counted)."""
     same_class: float
     """Mean neighbours sharing the query's class."""
-    same_class_gold_only: float
-    """Mean neighbours with known gold sharing the query's class."""
     precision: float
     """Share (%) of all returned neighbours that share their query's class."""
     query_included: bool
@@ -76,23 +74,21 @@ class SearchFigures:
 
 def search_same_class(
     gateway: Gateway, project_id: str, embedding_id: str, queries: list[str], classes: dict[str, str | None],
-    gold_known: set[str], *, refinery_id: Any, id_attribute: str,
+    *, refinery_id: Any, id_attribute: str,
 ) -> SearchFigures:
     """Run refinery's data-browser search (100 records within the threshold, the query first) from every query
     (``refinery_id``: record id -> refinery's record id) and count the neighbours that share its class."""
-    returned, same, same_gold, included = [], [], [], []
+    returned, same, included = [], [], []
     for rid in queries:
         found = [str(r["data"][id_attribute]) for r in gateway.search_similar(project_id, embedding_id, refinery_id(rid))]
         hits = [h for h in found if h != rid]
         want = classes[rid]
         returned.append(len(hits))
         same.append(sum(1 for h in hits if classes.get(h) == want))
-        same_gold.append(sum(1 for h in hits if classes.get(h) == want and h in gold_known))
         included.append(bool(found) and found[0] == rid)
     total = sum(returned)
     return SearchFigures(
-        results=float(np.mean(returned)), same_class=float(np.mean(same)), same_class_gold_only=float(np.mean(same_gold)),
-        precision=100.0 * sum(same) / total if total else 0.0, query_included=all(included),
+        results=float(np.mean(returned)), same_class=float(np.mean(same)), precision=100.0 * sum(same) / total if total else 0.0, query_included=all(included),
     )
 
 
@@ -170,14 +166,12 @@ def _demo(args: argparse.Namespace) -> int:
             sel = run.selection
             cls, how = _classes(sel)
             classes = dict(zip(sel.ids, cls))
-            gold_known = {i for i, g in zip(sel.ids, sel.gold) if g is not None}
             test_ids = [sel.ids[i] for i in sel.test_idx.tolist()]
             queries = random.Random(config.seed).sample(test_ids, min(args.queries, len(test_ids)))
             say(f"demo: {len(queries)} seeded test records through the host's similarity search ...")
             search = dict(refinery_id=host.store.project.record_uuid, id_attribute=config.id_attribute)
-            raw_s = search_same_class(gateway, host.project_id, stock_id, queries, classes, gold_known, **search)
-            ft_s = search_same_class(gateway, host.project_id, first.embedding_id, queries, classes, gold_known,
-                                     **search)
+            raw_s = search_same_class(gateway, host.project_id, stock_id, queries, classes, **search)
+            ft_s = search_same_class(gateway, host.project_id, first.embedding_id, queries, classes, **search)
             door_lines = [f"model door, first sync: {first.status} {first.embedding!r}"]
             if not args.no_resync:
                 added = _add_manual_labels(host, run, NEW_LABELS)
@@ -213,7 +207,7 @@ def _json_line(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFigure
     verdict = metrics.get("verdict") or {}
     line = {"top_1k_raw": top.get("raw", {}).get("1000"), "top_1k_finetuned": top.get("finetuned", {}).get("1000"),
             "top_k": top}
-    for figure in ("results", "same_class", "same_class_gold_only", "precision"):
+    for figure in ("results", "same_class", "precision"):
         line[f"search_{figure}_raw"] = getattr(raw_s, figure)
         line[f"search_{figure}_finetuned"] = getattr(ft_s, figure)
     return line | {
@@ -255,7 +249,6 @@ def _print_outcome(metrics: dict[str, Any], raw_s: SearchFigures, ft_s: SearchFi
     print(f"{'host search (refinery computes both)':<44}{'stock':>10}{'model door':>12}")
     print(f"{'  neighbours returned':<44}{raw_s.results:>10.1f}{ft_s.results:>12.1f}")
     print(f"{'  of them same class':<44}{raw_s.same_class:>10.1f}{ft_s.same_class:>12.1f}")
-    print(f"{'  (neighbours with known gold only)':<44}{raw_s.same_class_gold_only:>10.1f}{ft_s.same_class_gold_only:>12.1f}")
     print(f"{'  share same class':<44}{raw_s.precision:>9.2f}%{ft_s.precision:>11.2f}%")
     print(f"  over {n_queries} test records (query record not counted; at most {SEARCH_LIMIT} per search"
           f"{', within the threshold' if ft_s.query_included else ''}); class = {how}")

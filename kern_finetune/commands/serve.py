@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..refinery.model_door import DEFAULT_MOUNT, ModelDoorTarget
 
 HELP = "serve the signed webhook that queues syncs (POST /v1/jobs)"
 
@@ -58,6 +59,13 @@ def _check_secrets_file(path: Path) -> None:
         raise ConfigError(f"--secrets {path} lacks {', '.join(missing)}")
 
 
+def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:
+    """The model door's target of every job (``--models-dir``), or None: each job writes its model folder."""
+    if args.models_dir is None:
+        return None
+    return ModelDoorTarget(args.models_dir.expanduser(), args.models_mount)
+
+
 def _run(args: argparse.Namespace) -> int:
     from ..service import default_runner, load_secret, run_service
 
@@ -71,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError("--secrets secrets.json is required (the refinery host to sync with)")
         secrets = Path(args.secrets).expanduser()
         _check_secrets_file(secrets)
-        runner = default_runner(secrets)
+        runner = default_runner(secrets, _model_target(args))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"kern-finetune serve: warning: listening on {args.host}, not only on this machine; "
               "put TLS in front of it", flush=True)
@@ -93,6 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="file holding the shared webhook secret (else $KERN_FINETUNE_WEBHOOK_SECRET)")
     p.add_argument("--data-dir", type=Path, default=_default_data_dir(),
                    help="job store and runs (default: $XDG_DATA_HOME/kern-finetune/service)")
+    p.add_argument("--models-dir", type=Path, metavar="DIR",
+                   help="the folder refinery's embedder mounts (docs/model-door.md): each job hands its model folder "
+                        "to the embedder, which computes the new embedding (default: the job only writes the folder)")
+    p.add_argument("--models-mount", default=DEFAULT_MOUNT, metavar="PATH",
+                   help="where --models-dir is inside the embedder container (default: %(default)s)")
     p.add_argument("--runner", metavar="MODULE:FUNC",
                    help="advanced: run each job with this callable (JobContext -> dict) instead of the "
                         "built-in sync; --secrets is then not needed")

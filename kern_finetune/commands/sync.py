@@ -103,7 +103,7 @@ def _model_target(args: argparse.Namespace) -> ModelDoorTarget | None:
         if args.models_mount != DEFAULT_MOUNT or args.model_wait is not None:
             raise ConfigError("--models-mount and --model-wait belong to --models-dir")
         return None
-    if args.door != "model":
+    if args.door == "snapshot" or args.write_snapshot is not None:
         raise ConfigError("--models-dir belongs to --door model")
     wait = args.model_wait if args.model_wait is not None else ModelDoorTarget.wait_s
     return ModelDoorTarget(args.models_dir.expanduser(), args.models_mount, wait_s=wait)

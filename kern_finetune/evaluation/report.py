@@ -234,7 +234,7 @@ SEARCH_NAMES = {
     "stock": "refinery's stock embedding",
     "raw": "raw base model",
     "model_door": "model door",
-    "finetuned": "snapshot door (as pushed)",
+    "finetuned": "snapshot door (as written)",
 }
 """The embeddings of ``metrics["threshold_search"]`` as a labeler knows them, in the table's order."""
 _SEARCH_NOTES = {
@@ -242,7 +242,7 @@ _SEARCH_NOTES = {
              "has without kern-finetune",
     "raw": "the base model's vectors as they are",
     "model_door": "refinery's embedder computing our model folder (sync --door model), PCA included",
-    "finetuned": "the vectors a snapshot (run --write-snapshot) or the push extension carries",
+    "finetuned": "the vectors a snapshot (run --write-snapshot) carries",
 }
 
 
@@ -353,7 +353,7 @@ _SEARCH_ROWS = (
 
 def _search_html(metrics: dict[str, Any]) -> str:
     """The evaluation's ``threshold_search`` figures as a table, one column per embedding searched (refinery's
-    stock embedding, raw, the model door, the pushed vectors: :data:`SEARCH_NAMES`), with the spread's strength
+    stock embedding, raw, the model door, the written vectors: :data:`SEARCH_NAMES`), with the spread's strength
     and the model door's base share (or that it gives the stock embedding)."""
     search = metrics.get("threshold_search") or {}
     if not search:

@@ -253,7 +253,7 @@ def judge(encoder: Encoder, records: list[Record], task: TaskColumns, sel: Selec
           config: RunConfig, *, door: str = "vectors", current: CurrentEmbedding | None = None,
           full_train_seconds: float | None = None, progress: ProgressFn | None = None) -> Verdict | None:
     """The verdict of the procedure on ``sel`` (the selection as prepared: before the label check); ``config``
-    with its mode resolved. ``door``: ``vectors`` (pushed vectors) or ``model`` (the model folder). None when
+    with its mode resolved. ``door``: ``vectors`` (written into a snapshot) or ``model`` (the model folder). None when
     no label can be held out (a class would keep fewer than 2)."""
     import torch
 
@@ -335,7 +335,7 @@ def conclusion(v: dict[str, Any], why: str) -> str:
 
 def with_gold(verdict: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """``verdict`` with ``gold``: what gold says of the same comparison on the test records (the evaluation's
-    threshold search: the pushed vectors or the model door's, against refinery's stock embedding), apart."""
+    threshold search: the written vectors or the model door's, against refinery's stock embedding), apart."""
     search = metrics.get("threshold_search") or {}
     key = "model_door" if verdict.get("door") == "model" else "finetuned"
     if key not in search or "stock" not in search:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..refinery.columns import as_string, confidence_string
 
-__all__ = ["as_confidence", "dump_row", "is_int", "is_text", "is_unit_number"]
+__all__ = ["as_confidence", "dump_row", "is_text", "is_unit_number"]
 
 
 def as_confidence(value: Any) -> str | None:
@@ -33,11 +33,6 @@ def is_text(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def is_int(value: Any, lo: int, hi: int) -> bool:
-    """An integer (not a bool) in ``[lo, hi]``."""
-    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
 
 def is_unit_number(value: Any) -> bool:

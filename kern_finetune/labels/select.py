@@ -10,7 +10,7 @@ Rules, each counted in ``Selection.skipped`` when it drops a label:
 - a weak label counts only with ``weak_labels`` and a confidence in [0, 1] strictly above the threshold
   (else ``weak_confidence_missing`` or ``weak_confidence_invalid``);
 - a record with empty text is not trained on or evaluated (``empty_text``) but still gets a vector;
-- a record without an id, or two with the same id, is an :class:`ExportError` (vectors are pushed by id).
+- a record without an id, or two with the same id, is an :class:`ExportError` (vectors are keyed by id).
 
 Records not selected for training are the test records, judged by the gold attribute where it has a value.
 """

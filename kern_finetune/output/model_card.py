@@ -23,7 +23,7 @@ def _verdict_lines(verdict: dict[str, Any] | None) -> list[str]:
         return ["No verdict was made for this run."]
     lines = [f"**{verdict.get('verdict', '?')}**: {verdict.get('conclusion', '')}", ""]
     if "new" in verdict:
-        judged = ("the pushed vectors" if verdict.get("door") != "model"
+        judged = ("the written vectors" if verdict.get("door") != "model"
                   else "this folder as refinery's embedder computes it (PCA-64)")
         lines += _figures_table(verdict) + [
             "",
@@ -71,7 +71,7 @@ def model_card(metrics: dict[str, Any], *, fine_tuned: bool, share: float | None
         "This folder is for the **model door**: refinery's embedder loads it as a Hugging Face model "
         "(sentence-transformers 2.2.2 and 3.0.1 load it), computes every record's vector and, for projects of 64 "
         "records or more, reduces it to 64 dimensions by PCA before search (docs/model-door.md).", "",
-        "It does **not** reproduce the vectors this run pushes or writes into a snapshot (`vectors.npz`): those "
+        "It does **not** reproduce the vectors this run writes into a snapshot (`vectors.npz`): those "
         "are smoothed over each record's base-model neighbours and spread so that refinery's search threshold "
         "returns full lists, which depends on the project's other records and cannot live in a model.", "",
         "## Did it help? (the verdict, no gold needed)", "", *_verdict_lines(metrics.get("verdict")), "",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import AuthError, ConfigError, KernFinetuneError, PushError
+from ..errors import AuthError, ConfigError, KernFinetuneError, DoorError
 from .gateway import Gateway, refinery_embedding_name
 
 __all__ = ["ModelDoorTarget", "Delivered", "check_door", "deliver", "reserve_folder", "folder_base", "DEFAULT_MOUNT"]
@@ -68,7 +68,7 @@ class Delivered:
                 "model": self.model, "leftover": list(self.leftover)}
 
 
-def _fail(step: str, reason: str, todo: str, previous: str | None, cls: type[KernFinetuneError] = PushError) -> KernFinetuneError:
+def _fail(step: str, reason: str, todo: str, previous: str | None, cls: type[KernFinetuneError] = DoorError) -> KernFinetuneError:
     """The one line a refused step raises."""
     kept = f"; the previous embedding {previous!r} stays in place" if previous else "; nothing was changed in refinery"
     return cls(f"model door, step {step}: {reason.rstrip('.')}; {todo}{kept}")
@@ -121,7 +121,7 @@ def check_door(gateway: Gateway, project_id: str, target: ModelDoorTarget, previ
         gateway.attributes(project_id, idempotent=False)
     except KernFinetuneError as exc:
         raise _fail("project", str(exc), f"check that project {project_id} belongs to this user's organisation",
-                    previous, type(exc) if isinstance(exc, AuthError) else PushError) from None
+                    previous, type(exc) if isinstance(exc, AuthError) else DoorError) from None
 
 
 def deliver(gateway: Gateway, project_id: str, model_dir: Path, attribute: str, target: ModelDoorTarget, *,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError, PushError
+from ..errors import ConfigError, ExportError, DoorError
 from .columns import (PLATFORM, Record, TaskColumns, as_string, confidence_string, embedding_name, import_platform,
                       model_short_name, parse_embedding_name)
 from .reader import parse_json, read_zip_json_member
@@ -181,7 +181,7 @@ def write_snapshot(src: str | Path, dst: str | Path, *, ids: list[Any], vectors:
     and why are in ``docs/snapshot.md``.
 
     ``dst`` is written atomically and read back first; on any error it is left untouched. Raises
-    :class:`PushError` for bad ids/vectors, :class:`ConfigError` for a bad attribute, :class:`ExportError`
+    :class:`DoorError` for bad ids/vectors, :class:`ConfigError` for a bad attribute, :class:`ExportError`
     for an unreadable ``src``.
     """
     src, dst = Path(src), Path(dst)
@@ -275,15 +275,15 @@ def _safe_member(member: str) -> str:
 
 
 def _unit_vectors(vectors: np.ndarray, n_ids: int) -> np.ndarray:
-    """The vectors as float64, L2-normalised; :class:`PushError` for a bad shape, NaN or zero vector."""
+    """The vectors as float64, L2-normalised; :class:`DoorError` for a bad shape, NaN or zero vector."""
     arr = np.asarray(vectors, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] != n_ids or arr.shape[1] == 0:
-        raise PushError(f"vectors of shape {arr.shape} do not match {n_ids} ids")
+        raise DoorError(f"vectors of shape {arr.shape} do not match {n_ids} ids")
     if not np.isfinite(arr).all():
-        raise PushError("vectors hold NaN or infinite values")
+        raise DoorError("vectors hold NaN or infinite values")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise PushError("zero vectors cannot be L2-normalised")
+        raise DoorError("zero vectors cannot be L2-normalised")
     return arr / norms
 
 
@@ -293,16 +293,16 @@ def _record_uuids(snap: Snapshot, ids: list[Any], id_attribute: str) -> list[str
     for rec, rid in zip(snap.records, snap.record_uuids):
         key = rec.get(id_attribute)
         if key is None:
-            raise PushError(f"snapshot record {rid} has no {id_attribute!r}")
+            raise DoorError(f"snapshot record {rid} has no {id_attribute!r}")
         by_id[str(key)] = rid
     ids_s = [str(i) for i in ids]
     if len(set(ids_s)) != len(ids_s):
-        raise PushError("duplicate record ids: each record must get exactly one vector")
+        raise DoorError("duplicate record ids: each record must get exactly one vector")
     unknown = [i for i in ids_s if i not in by_id]
     if unknown:
-        raise PushError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
+        raise DoorError(f"{len(unknown)} id(s) not in the snapshot, e.g. {unknown[:3]}")
     if len(ids_s) != len(by_id):
-        raise PushError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
+        raise DoorError(f"{len(by_id) - len(ids_s)} snapshot record(s) would get no vector")
     return [by_id[i] for i in ids_s]
 
 
@@ -342,7 +342,7 @@ def _write_checked(dst: Path, member: str, data: dict[str, Any], *, name: str, c
         back = read_snapshot(tmp)
         info = back.embeddings.get(name)
         if not info or info["count"] != count or info["dimension"] != dimension:
-            raise PushError(f"read-back check failed for embedding {name!r} in {dst}")
+            raise DoorError(f"read-back check failed for embedding {name!r} in {dst}")
         os.replace(tmp, dst)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

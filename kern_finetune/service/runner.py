@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import RunConfig
 
 if TYPE_CHECKING:
+    from ..refinery.model_door import ModelDoorTarget
     from ..sync import SyncResult
 
 __all__ = ["JobContext", "JobRunner", "default_runner", "jsonable"]
@@ -63,9 +64,10 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
-def default_runner(secrets_path: str | Path) -> JobRunner:
+def default_runner(secrets_path: str | Path, model_target: ModelDoorTarget | None = None) -> JobRunner:
     """The production runner: log in with ``secrets_path`` (SDK-style secrets.json) and run
-    :func:`kern_finetune.sync.sync_project` for the job's project."""
+    :func:`kern_finetune.sync.sync_project` for the job's project through the model door (``model_target``: the
+    embedder's models volume, so that refinery computes the new embedding; None: the job writes the folder)."""
     secrets_path = Path(secrets_path).expanduser()
 
     def _run(ctx: JobContext) -> Mapping[str, Any]:
@@ -82,6 +84,8 @@ def default_runner(secrets_path: str | Path) -> JobRunner:
             force=ctx.force,
             min_new_labels=ctx.min_new_labels,
             progress=ctx.progress,
+            door="model",
+            model_target=model_target,
         )
         return _sync_result_to_dict(result)
 
@@ -101,6 +105,12 @@ def _sync_result_to_dict(result: SyncResult) -> dict[str, Any]:
         "fingerprint": result.fingerprint,
         "previous_fingerprint": result.previous_fingerprint,
         "verdict": jsonable(result.verdict),
+        # the embedding as refinery names it (model door with a target: the one its embedder computed, not the
+        # run's embedding_name), its id there, and the folder written
+        "door": result.door,
+        "embedding": result.embedding,
+        "embedding_id": result.embedding_id,
+        "written": str(result.written) if result.written else None,
     }
     run = result.run
     if run is not None:

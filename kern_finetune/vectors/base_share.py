@@ -3,7 +3,7 @@
 Through the model door refinery's embedder computes the embedding itself from our model folder, reduces it
 to 64 dimensions by PCA fitted on the project's first 640 records, and searches it under the similarity
 threshold (:mod:`kern_finetune.refinery.embedder`, :func:`kern_finetune.refinery.search.threshold_search`). The
-neighbour smoothing and the search spread that keep the pushed vectors' result lists full depend on the
+neighbour smoothing and the search spread that keep the written vectors' result lists full depend on the
 project's other records, so a model cannot carry them; the head alone packs the labeled records into tight
 cores, the threshold follows the cores, and many searches come back nearly empty.
 

@@ -6,7 +6,7 @@ Training packs the labeled records of a class into tight cores and leaves the un
 them, so many searches from unlabeled records come back short. The spread changes distances, not directions:
 each record's local radius ``r_i`` (its distance to its ``m``-th nearest record, ``m`` the search's 100 or
 fewer, log-averaged over it and its 10 nearest) sets ``rho_i = exp(-S * (log r_i - median log r))``, which
-shrinks sparse regions and dilates dense ones (``S`` = 1 equalises them). To keep the pushed vectors
+shrinks sparse regions and dilates dense ones (``S`` = 1 equalises them). To keep the written vectors
 L2-normalised, the scaled vectors are lifted onto the unit sphere of one more dimension,
 ``y_i = [rho_i * v_i, sqrt(R^2 - rho_i^2)] / R`` with ``R = max rho``; between records of similar density the
 extra term is small, so each record's nearest records keep their order up to the scaling.

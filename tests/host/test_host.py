@@ -1,13 +1,14 @@
 """The local refinery-compatible host over real HTTP on 127.0.0.1 (requests, no TestClient).
 
-A tiny export (40 records, random vectors) is generated per test; no model is involved. Where the host
-mimics refinery (oathkeeper, the gateway proxy, the data browser's similarity search), the expected
-answers are re-derived here from refinery's sources, independently of the host's code.
+A tiny export (40 records) is generated per test; where a test needs vectors in the host (search, the
+threshold, the 100-result limit, fuzzing), the host imports a snapshot carrying them (``host_snapshot.py``), as
+refinery's own snapshot import does; no model is involved. Where the host mimics refinery (oathkeeper, the
+gateway proxy, the data browser's similarity search), the expected answers are re-derived here from refinery's
+sources, independently of the host's code.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -16,26 +17,33 @@ import numpy as np
 import pytest
 import requests
 
+from host_snapshot import embedding_name, write_snapshot_zip
 from kern_finetune.errors import ConfigError
 from kern_finetune.host import DEMO_PASSWORD, DEMO_USER, RunningHost, check_bind, serve_in_thread
+from kern_finetune.host.api_errors import ApiError
 
 USER = "labeler@example.org"
 PASSWORD = "correct horse battery staple"
 N = 40
 DIM = 8
 LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+EMBEDDING = embedding_name("Title", "test-model")
+
+
+def _rows(n: int = N) -> list[dict[str, Any]]:
+    return [{"running_id": i,  # a number on purpose: the host must serve it as a string
+             "Title": f"title {i}", "Description": f"description of record {i}", "Class Index": str(1 + i % 4)}
+            for i in range(n)]
 
 
 def _make_export(path: Path, n: int = N) -> Path:
     rng = np.random.default_rng(7)
     records = []
-    for i in range(n):
+    for row in _rows(n):
+        i = row["running_id"]
         records.append(
             {
-                "running_id": i,  # a number on purpose: the host must serve it as a string
-                "Title": f"title {i}",
-                "Description": f"description of record {i}",
-                "Class Index": str(1 + i % 4),
+                **row,
                 "__Topic__MANUAL": LABELS[i % 4] if i < 5 else None,
                 "__Topic__WEAK_SUPERVISION": LABELS[(i + 1) % 4],
                 "__Topic__WEAK_SUPERVISION__confidence": round(float(rng.uniform(0.3, 1.0)), 6),
@@ -43,6 +51,15 @@ def _make_export(path: Path, n: int = N) -> Path:
         )
     path.write_text(json.dumps(records), encoding="utf-8")
     return path
+
+
+def _make_snapshot(path: Path, vectors: np.ndarray) -> Path:
+    """A snapshot of ``len(vectors)`` records like :func:`_make_export`'s (same attributes, the task Topic with
+    manual and weak labels) whose Title embedding :data:`EMBEDDING` holds ``vectors`` (row i: running_id i)."""
+    n = len(vectors)
+    return write_snapshot_zip(path, _rows(n), vectors,
+                              manual={i: LABELS[i % 4] for i in range(min(n, 5))},
+                              weak={i: (LABELS[(i + 1) % 4], 0.5) for i in range(n)})
 
 
 def _vectors(seed: int, n: int = N, dim: int = DIM) -> np.ndarray:
@@ -73,7 +90,8 @@ def _browser_login(session: requests.Session, url: str) -> None:
 
 
 class _Api:
-    """A logged-in session against one project."""
+    """A logged-in session against one project: the proxy's routes (bearer token and identifier header) and the
+    gateway's (the browser session cookie)."""
 
     def __init__(self, host: RunningHost) -> None:
         self.host = host
@@ -84,20 +102,14 @@ class _Api:
         self.s.headers.update({"Authorization": f"Bearer {self.token}", "identifier": self.token})
         _browser_login(self.s, host.url)  # the gateway's routes take the browser session cookie only
         self.base = f"{host.url}/api/project/{host.project_id}"
+        self.gateway = f"{host.url}/refinery-gateway/api/v1"
+        self.search_url = f"{self.gateway}/data-browser/{host.project_id}/search-records-by-similarity"
 
     def get(self, path: str = "", **kw: Any) -> requests.Response:
         return self.s.get(self.base + path, timeout=30, **kw)
 
     def post(self, path: str, body: Any) -> requests.Response:
         return self.s.post(self.base + path, json=body, timeout=30)
-
-    def put(self, path: str, body: Any) -> requests.Response:
-        # json.dumps writes NaN/Infinity as a lenient client would; the host must refuse them
-        return self.s.put(self.base + path, data=json.dumps(body), headers={"content-type": "application/json"},
-                          timeout=30)
-
-    def delete(self, path: str, **kw: Any) -> requests.Response:
-        return self.s.delete(self.base + path, timeout=30, **kw)
 
     def export(self, **params: Any) -> list[dict[str, Any]]:
         resp = self.get("/export", params=params)
@@ -106,28 +118,43 @@ class _Api:
         assert isinstance(body, str), "the export must be double-encoded (a JSON string)"
         return json.loads(body)
 
-    def create(self, name: str = "Title-classification-kern-finetune-test", dim: int = DIM) -> str:
-        resp = self.post("/embeddings", {"name": name, "attribute": "Title", "type": "ON_ATTRIBUTE", "custom": True,
-                                         "dimension": dim, "platform": "kern-finetune", "model": "test", "count": N})
-        assert resp.status_code == 201, resp.text
-        assert resp.json()["state"] == "INITIALIZING"
-        return resp.json()["id"]
-
-    def upload(self, eid: str, vectors: np.ndarray, ids: range, chunk: int = 0) -> requests.Response:
-        tensors = [{"record_id": str(i), "data": vectors[i].tolist()} for i in ids]
-        return self.put(f"/embeddings/{eid}/tensors", {"chunk": chunk, "tensors": tensors})
-
-    def push(self, vectors: np.ndarray, name: str = "Title-classification-kern-finetune-test") -> str:
-        eid = self.create(name)
-        assert self.upload(eid, vectors, range(0, 25), 0).status_code == 200
-        assert self.upload(eid, vectors, range(25, N), 1).status_code == 200
-        resp = self.post(f"/embeddings/{eid}/finalize", {"count": N})
+    def embeddings(self) -> list[dict[str, Any]]:
+        """The gateway's ``embeddings-by-project`` nodes."""
+        resp = self.s.get(f"{self.gateway}/embedding/{self.host.project_id}/embeddings-by-project", timeout=30)
         assert resp.status_code == 200, resp.text
-        assert resp.json()["state"] == "FINISHED"
+        return [e["node"] for e in resp.json()["data"]["projectByProjectId"]["embeddings"]["edges"]]
+
+    def embedding_id(self, name: str = EMBEDDING) -> str:
+        [eid] = [n["id"] for n in self.embeddings() if n["name"] == name]
         return eid
 
-    def similar(self, embedding: str, record_id: str = "3", limit: int = 10) -> requests.Response:
-        return self.post("/similarity", {"embedding": embedding, "record_id": record_id, "limit": limit})
+    def search(self, embedding_id: str, record_id: str) -> requests.Response:
+        """The data browser's search from the record whose running_id is ``record_id``."""
+        body = {"embeddingId": embedding_id, "recordId": self.host.store.project.record_uuid(record_id),
+                "attFilter": None, "recordSubKey": None}
+        return self.s.post(self.search_url, json=body, timeout=30)
+
+    def similar(self, embedding_id: str, record_id: str) -> dict[str, Any]:
+        """The search's ``searchRecordsBySimilarity`` with ``running_ids`` (each record's, in order) added."""
+        resp = self.search(embedding_id, record_id)
+        assert resp.status_code == 200, resp.text
+        found = resp.json()["data"]["searchRecordsBySimilarity"]
+        found["running_ids"] = [json.loads(i["recordData"])["data"]["running_id"] for i in found["recordList"]]
+        return found
+
+
+def _session(host: RunningHost, session_id: str) -> dict[str, Any]:
+    """A labeling session as the host stores it (refinery keeps it server-side; no route of its reads it back)."""
+    row = host.store.db.one("SELECT embedding_id, query_record_id, record_ids FROM labeling_sessions WHERE id = ?",
+                            (session_id,))
+    assert row is not None, session_id
+    return {"embedding_id": row[0], "query_record_id": row[1], "record_ids": json.loads(row[2])}
+
+
+def _stored_threshold(host: RunningHost, embedding_id: str) -> float:
+    row = host.store.db.one("SELECT value FROM thresholds WHERE embedding_id = ?", (embedding_id,))
+    assert row is not None, "the threshold is stored with the embedding on its first search"
+    return float(row[0])
 
 
 def _threshold(vectors: np.ndarray) -> float:
@@ -267,13 +294,14 @@ def test_export_is_double_encoded_with_string_values(api: _Api) -> None:
 
 
 def test_labels_show_in_export(api: _Api) -> None:
-    resp = api.post("/labels", {"task": "Topic", "labels": [{"record_id": "10", "label": "Sports"},
-                                                            {"record_id": "11", "label": "World"}]})
-    assert resp.status_code == 200 and resp.json()["stored"] == 2
-    resp = api.post("/labels", {"task": "Topic", "source_type": "model_callback",
-                                "labels": [{"record_id": "13", "label": "Sports", "confidence": 0.61234}]})
-    assert resp.status_code == 200
-    assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": "0", "label": "Sci/Tech"}]}).status_code == 200
+    """Labels the host's owner writes in-process (``store.labels.set_labels``) are in the next export, though the
+    export is cached between label writes."""
+    labels = api.host.store.labels
+    assert api.export()[10]["__Topic__MANUAL"] is None  # fills the export cache
+    stored = labels.set_labels("Topic", [("10", "Sports", None), ("11", "World", None)], source="MANUAL", user_name=USER)
+    assert stored == {"stored": 2, "task": "Topic", "source": "MANUAL"}
+    labels.set_labels("Topic", [("13", "Sports", 0.61234)], source="WEAK_SUPERVISION", user_name=USER)
+    labels.set_labels("Topic", [("0", "Sci/Tech", None)], source="MANUAL", user_name=USER)
     records = {r["running_id"]: r for r in api.export()}
     assert records["10"]["__Topic__MANUAL"] == "Sports"
     assert records["11"]["__Topic__MANUAL"] == "World"
@@ -282,10 +310,12 @@ def test_labels_show_in_export(api: _Api) -> None:
     assert records["13"]["__Topic__WEAK_SUPERVISION"] == "Sports"
     assert records["13"]["__Topic__WEAK_SUPERVISION__confidence"] == "0.6123"
     # removing a manual label
-    assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": "10", "label": None}]}).status_code == 200
+    labels.set_labels("Topic", [("10", None, None)], source="MANUAL", user_name=USER)
     assert {r["running_id"]: r for r in api.export()}["10"]["__Topic__MANUAL"] is None
     # record ids are strings, as the export carries them
-    assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": 12, "label": "World"}]}).status_code == 422
+    with pytest.raises(ApiError) as info:
+        labels.set_labels("Topic", [(12, "World", None)], source="MANUAL", user_name=USER)
+    assert info.value.status == 422
 
 
 def test_associations_as_refinery_stores_them(api: _Api) -> None:
@@ -307,257 +337,152 @@ def test_associations_as_refinery_stores_them(api: _Api) -> None:
 
 
 def test_bad_labels_are_refused_and_store_nothing(api: _Api) -> None:
-    resp = api.post("/labels", {"task": "Nope", "labels": [{"record_id": "1", "label": "Sports"}]})
-    assert resp.status_code == 404 and resp.json()["error_code"] == "LABELING_TASK_NOT_FOUND"
-    resp = api.post("/labels", {"task": "Topic", "labels": [{"record_id": "20", "label": "Sports"},
-                                                            {"record_id": "999", "label": "Sports"}]})
-    assert resp.status_code == 422
+    labels = api.host.store.labels
+    with pytest.raises(ApiError) as info:
+        labels.set_labels("Nope", [("1", "Sports", None)], source="MANUAL", user_name=USER)
+    assert (info.value.status, info.value.error_code) == (404, "LABELING_TASK_NOT_FOUND")
+    for items in ([("20", "Sports", None), ("999", "Sports", None)], [("20", "Sports", None), ("21", "", None)],
+                  [("20", "Sports", None), ("21", "World", 1.5)], [("20", "Sports", None), ("21", "\ud800", None)]):
+        with pytest.raises(ApiError) as info:
+            labels.set_labels("Topic", items, source="MANUAL", user_name=USER)
+        assert info.value.status == 422, items
+    with pytest.raises(ApiError):
+        labels.set_labels("Topic", [("20", "Sports", None)], source="MODEL_CALLBACK", user_name=USER)
     assert {r["running_id"]: r for r in api.export()}["20"]["__Topic__MANUAL"] is None
+    assert api.host.store.db.one("SELECT COUNT(*) FROM label_events")[0] == 0
 
 
 # ------------------------------------------------------------------------------------------------
-# push contract, search, sessions
+# embeddings of an imported snapshot, the data browser's search, sessions
 
 
-def test_push_search_and_session(api: _Api) -> None:
-    vectors = _vectors(1)
-    eid = api.push(vectors)
-    listed = api.get("/embeddings").json()
-    assert [(e["id"], e["state"], e["dimension"]) for e in listed] == [(eid, "FINISHED", DIM)]
-    resp = api.post("/similarity", {"embedding": "Title-classification-kern-finetune-test", "record_id": "3"})
-    assert resp.status_code == 200
-    body = resp.json()
-    assert set(body) == {"record_ids", "scores", "embedding", "embedding_id", "record_id", "threshold"}
-    assert body["record_ids"] == _expected_search(vectors, 3)
-    assert body["record_ids"][0] == "3" and body["scores"][0] == 0.0  # the query record, first
-    assert body["threshold"] == pytest.approx(_threshold(vectors), abs=1e-5)
-    assert all(s <= body["threshold"] + 1e-6 for s in body["scores"]) and body["scores"] == sorted(body["scores"])
-    assert (body["embedding"], body["embedding_id"], body["record_id"]) == ("Title-classification-kern-finetune-test", eid, "3")
-    assert api.similar(eid, "3", 2).json()["record_ids"] == body["record_ids"][:2]  # by id too, and limit
-    for limit in (0, 101, "5", True):
-        assert api.similar(eid, "3", limit).status_code == 422  # type: ignore[arg-type]
-    session = api.post("/labeling-sessions", {"embedding": eid, "record_id": "3"})
-    assert session.status_code == 201
-    sid = session.json()["id"]
-    assert session.json()["record_ids"] == body["record_ids"]  # the ordered search result is the session
-    again = api.get(f"/labeling-sessions/{sid}")
-    assert again.status_code == 200 and again.json()["record_ids"] == session.json()["record_ids"]
-    assert api.get("/labeling-sessions/nope").status_code == 404
-    assert api.similar(eid, "999").status_code == 404
-    assert api.similar("no-such-embedding").status_code == 404
+def _snapshot_host(tmp_path: Path, vectors: np.ndarray) -> RunningHost:
+    return _start(tmp_path, _make_snapshot(tmp_path / "snapshot.zip", vectors))
 
 
-def test_threshold_keeps_a_cluster_and_is_computed_once(tmp_path: Path, export: Path) -> None:
+def test_data_browser_similarity_route(tmp_path: Path) -> None:
+    """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity`` on the embedding a
+    snapshot brought: record UUIDs in, the ExtendedSearch shape out, the records within the threshold nearest first
+    (the query first), and the ordered result stored as the session ``sessionId``."""
+    vectors = _vectors(11)
+    with _snapshot_host(tmp_path, vectors) as host:
+        api = _Api(host)
+        [node] = api.embeddings()
+        assert (node["name"], node["state"], node["dimension"], node["count"], node["type"]) == (
+            EMBEDDING, "FINISHED", DIM, N, "ON_ATTRIBUTE")
+        assert node["attributeId"] == host.store.project.attribute_id("Title")
+        eid = node["id"]
+        url = api.search_url
+        uuid7 = host.store.project.record_uuid("7")
+        resp = api.search(eid, "7")
+        assert resp.status_code == 200, resp.text
+        found = resp.json()["data"]["searchRecordsBySimilarity"]
+        assert set(found) == {"recordList", "queryLimit", "queryOffset", "fullCount", "sessionId"}
+        assert (found["queryLimit"], found["queryOffset"]) == (100, 0)
+        rows = [json.loads(item["recordData"]) for item in found["recordList"]]
+        assert all(item["typename"] == "ExtendedRecord" for item in found["recordList"])
+        expected = _expected_search(vectors, 7)
+        assert len(expected) > 1  # neighbours within the threshold, not the query alone
+        assert [r["data"]["running_id"] for r in rows] == expected and found["fullCount"] == len(expected)
+        assert rows[0]["id"] == uuid7 and all(r["id"] == host.store.project.record_uuid(r["data"]["running_id"])
+                                              for r in rows)
+        assert _stored_threshold(host, eid) == pytest.approx(_threshold(vectors), abs=1e-5)
+        session = _session(host, found["sessionId"])
+        assert session == {"embedding_id": eid, "query_record_id": "7", "record_ids": expected}
+        # each search is a session of its own
+        again = api.similar(eid, "7")
+        assert again["running_ids"] == expected and again["sessionId"] != found["sessionId"]
+        # an attribute filter: this host's embeddings have no filter attributes, so the query record alone
+        alone = api.s.post(url, json={"embeddingId": eid, "recordId": uuid7,
+                                      "attFilter": '[{"key": "Title", "value": "x"}]'},
+                           timeout=30).json()["data"]["searchRecordsBySimilarity"]
+        assert [json.loads(i["recordData"])["id"] for i in alone["recordList"]] == [uuid7]
+        # pydantic StrictStr fields: FastAPI's {"detail": [errors]}; unknown ids
+        for bad in ({"embeddingId": eid}, {"embeddingId": eid, "recordId": 7}, {"embeddingId": 1, "recordId": uuid7}, []):
+            refused = api.s.post(url, json=bad, timeout=30)
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"][0] == "body", bad
+        assert api.s.post(url, json={"embeddingId": "nope", "recordId": uuid7}, timeout=30).status_code == 404
+        assert api.s.post(url, json={"embeddingId": eid, "recordId": "7"}, timeout=30).status_code == 404
+        # oathkeeper's gateway rule takes the browser session cookie only: the bearer token is refused by the
+        # redirect to the login page (refinery oathkeeper/access-rules.yml, kernai:refinery-gateway:fastapi)
+        for headers in ({}, {"Authorization": f"Bearer {api.token}", "identifier": api.token}):
+            refused = requests.post(url, json={"embeddingId": eid, "recordId": uuid7}, headers=headers, timeout=30,
+                                    allow_redirects=False)
+            assert refused.status_code == 302 and refused.headers["location"].endswith("/auth/login")
+
+
+def test_threshold_keeps_a_cluster_and_is_computed_once(tmp_path: Path) -> None:
     """Four tight clusters of 10: the threshold (5th percentile of pairwise distances) lies inside a cluster."""
     rng = np.random.default_rng(3)
     centres = rng.normal(size=(4, DIM)) * 5
     vectors = np.concatenate([c + rng.normal(size=(10, DIM)) * 0.3 for c in centres]).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    with _start(tmp_path, export) as host:
+    with _snapshot_host(tmp_path, vectors) as host:
         api = _Api(host)
-        eid = api.push(vectors)
+        eid = api.embedding_id()
         for q in (0, 17, 39):
-            got = api.post("/similarity", {"embedding": eid, "record_id": str(q)}).json()
-            assert got["record_ids"] == _expected_search(vectors, q)
-            assert all(int(r) // 10 == q // 10 for r in got["record_ids"])
-        threshold = got["threshold"]
+            got = api.similar(eid, str(q))["running_ids"]
+            assert got == _expected_search(vectors, q)
+            assert all(int(r) // 10 == q // 10 for r in got)
+        threshold = _stored_threshold(host, eid)
+        assert threshold == pytest.approx(_threshold(vectors), abs=1e-5)
     with _start(tmp_path, None) as again:  # stored with the embedding: the same after a restart
-        assert _Api(again).post("/similarity", {"embedding": eid, "record_id": "5"}).json()["threshold"] == threshold
+        assert _Api(again).similar(eid, "5")["running_ids"] == _expected_search(vectors, 5)
+        assert _stored_threshold(again, eid) == threshold
 
 
-def test_both_search_routes_return_at_most_100_within_the_threshold(tmp_path: Path) -> None:
-    """A query with far more than 100 records within the threshold: 150 near-duplicates among 1,000 records
-    (their pairs are about 2% of all, so the 5th-percentile threshold lies well outside the duplicates).
-    The push extension's search (default limit) and the data browser's route both give exactly 100."""
-    n, dup, dim = 1000, 150, DIM
+def test_search_returns_at_most_100_within_the_threshold(tmp_path: Path) -> None:
+    """refinery's ``get_records_by_similarity_search`` asks for 100 records: a query with far more than 100 records
+    within the threshold gets exactly 100, the nearest. 150 near-duplicates among 1,000 records (their pairs are
+    about 2% of all, so the 5th-percentile threshold lies well outside the duplicates); a host that returned up to
+    1,000 (or every record within the threshold) would give 150 or more."""
+    n, dup = 1000, 150
     rng = np.random.default_rng(5)
-    vectors = rng.normal(size=(n, dim))
-    vectors[:dup] = vectors[0] + rng.normal(size=(dup, dim)) * 0.01
+    vectors = rng.normal(size=(n, DIM))
+    vectors[:dup] = vectors[0] + rng.normal(size=(dup, DIM)) * 0.01
     vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
-    with _start(tmp_path, _make_export(tmp_path / "big.json", n)) as host:
+    with _snapshot_host(tmp_path, vectors) as host:
         api = _Api(host)
-        name = "Title-classification-kern-finetune-many"
-        resp = api.post("/embeddings", {"name": name, "attribute": "Title", "type": "ON_ATTRIBUTE", "custom": True,
-                                        "dimension": dim, "platform": "kern-finetune", "model": "test", "count": n})
-        assert resp.status_code == 201, resp.text
-        eid = resp.json()["id"]
-        assert api.upload(eid, vectors, range(n)).status_code == 200
-        assert api.post(f"/embeddings/{eid}/finalize", {"count": n}).json()["state"] == "FINISHED"
-        body = api.post("/similarity", {"embedding": name, "record_id": "0"}).json()
-        d = np.linalg.norm(vectors.astype(np.float64) - vectors[0].astype(np.float64), axis=1)
-        within = int((d <= body["threshold"]).sum())
-        assert within >= dup > 100  # the precondition: the limit, not the threshold, decides
-        assert len(body["record_ids"]) == 100 and body["record_ids"][0] == "0"
-        got = [int(r) for r in body["record_ids"]]
-        rest = np.delete(d, got)
-        assert d[got].max() <= rest.min() + 1e-5  # the 100 nearest (float32 ties aside)
-        url = f"{host.url}/refinery-gateway/api/v1/data-browser/{host.project_id}/search-records-by-similarity"
-        found = api.s.post(url, json={"embeddingId": eid, "recordId": host.store.project.record_uuid("0"),
-                                      "attFilter": None, "recordSubKey": None}, timeout=30).json()
-        found = found["data"]["searchRecordsBySimilarity"]
-        assert found["fullCount"] == len(found["recordList"]) == 100 and found["queryLimit"] == 100
-        rows = [json.loads(item["recordData"])["data"]["running_id"] for item in found["recordList"]]
-        assert rows == body["record_ids"]
-        assert len(api.get(f"/labeling-sessions/{found['sessionId']}").json()["record_ids"]) == 100
-
-
-def test_data_browser_similarity_route(api: _Api) -> None:
-    """refinery-gateway ``fast_api/routes/data_browser.py`` ``get_search_records_by_similarity``: record UUIDs in,
-    the ExtendedSearch shape out, and the ordered result stored as the session ``sessionId``."""
-    vectors = _vectors(11)
-    eid = api.push(vectors)
-    url = f"{api.host.url}/refinery-gateway/api/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
-    uuid7 = api.host.store.project.record_uuid("7")
-    resp = api.s.post(url, json={"embeddingId": eid, "recordId": uuid7, "attFilter": None, "recordSubKey": None},
-                      timeout=30)
-    assert resp.status_code == 200, resp.text
-    found = resp.json()["data"]["searchRecordsBySimilarity"]
-    assert set(found) == {"recordList", "queryLimit", "queryOffset", "fullCount", "sessionId"}
-    assert (found["queryLimit"], found["queryOffset"]) == (100, 0)
-    rows = [json.loads(item["recordData"]) for item in found["recordList"]]
-    assert all(item["typename"] == "ExtendedRecord" for item in found["recordList"])
-    expected = _expected_search(vectors, 7)
-    assert [r["data"]["running_id"] for r in rows] == expected and found["fullCount"] == len(expected)
-    assert rows[0]["id"] == uuid7 and all(r["id"] == api.host.store.project.record_uuid(r["data"]["running_id"]) for r in rows)
-    session = api.get(f"/labeling-sessions/{found['sessionId']}").json()
-    assert session["record_ids"] == expected
-    # an attribute filter: this host's embeddings have no filter attributes, so the query record alone
-    alone = api.s.post(url, json={"embeddingId": eid, "recordId": uuid7, "attFilter": '[{"key": "Title", "value": "x"}]'},
-                       timeout=30).json()["data"]["searchRecordsBySimilarity"]
-    assert [json.loads(i["recordData"])["id"] for i in alone["recordList"]] == [uuid7]
-    # pydantic StrictStr fields; unknown ids
-    for bad in ({"embeddingId": eid}, {"embeddingId": eid, "recordId": 7}, {"embeddingId": 1, "recordId": uuid7}, []):
-        assert api.s.post(url, json=bad, timeout=30).status_code == 422
-    assert api.s.post(url, json={"embeddingId": "nope", "recordId": uuid7}, timeout=30).status_code == 404
-    assert api.s.post(url, json={"embeddingId": eid, "recordId": "7"}, timeout=30).status_code == 404
-    # oathkeeper's gateway rule takes the browser session cookie only: the bearer token is refused by the redirect
-    # to the login page (refinery oathkeeper/access-rules.yml, kernai:refinery-gateway:fastapi)
-    for headers in ({}, {"Authorization": f"Bearer {api.token}", "identifier": api.token}):
-        refused = requests.post(url, json={"embeddingId": eid, "recordId": uuid7}, headers=headers, timeout=30,
-                                allow_redirects=False)
-        assert refused.status_code == 302 and refused.headers["location"].endswith("/auth/login")
-
-
-def test_resent_chunk_is_harmless(api: _Api) -> None:
-    vectors = _vectors(2)
-    eid = api.create()
-    first = api.upload(eid, vectors, range(0, 25))
-    assert first.json() == {"chunk": 0, "received": 25, "stored": 25, "total": 25}
-    again = api.upload(eid, vectors, range(0, 25))
-    assert again.status_code == 200 and again.json()["total"] == 25
-    assert api.upload(eid, vectors, range(25, N), 1).json()["total"] == N
-    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
-    # finalize is idempotent
-    repeat = api.post(f"/embeddings/{eid}/finalize", {"count": N})
-    assert repeat.status_code == 200 and repeat.json()["state"] == "FINISHED" and repeat.json()["id"] == eid
-    assert api.similar(eid, "0", 5).json()["record_ids"] == _expected_search(vectors, 0, 5)
-    # a served version takes no more vectors
-    assert api.upload(eid, vectors, range(0, 5)).status_code == 409
-
-
-def test_invalid_chunks_are_refused(api: _Api) -> None:
-    eid = api.create()
-    vectors = _vectors(3)
-    cases = [
-        [{"record_id": "0", "data": [0.1] * (DIM - 1)}],  # wrong dimension
-        [{"record_id": "0", "data": vectors[0].tolist()}, {"record_id": "4711", "data": vectors[1].tolist()}],
-        [{"record_id": "0", "data": [float("nan")] + [0.0] * (DIM - 1)}],
-        [{"record_id": "0", "data": [float("inf")] + [0.0] * (DIM - 1)}],
-        [{"record_id": "0", "data": [1e39] + [0.0] * (DIM - 1)}],  # overflows float32
-        [{"record_id": "0", "data": ["x"] * DIM}],
-        [{"record_id": "0", "data": ["0.5"] * DIM}],  # numbers as strings
-        [{"record_id": "0", "data": [True] * DIM}],  # bools
-        [{"record_id": "0", "data": [10**400] * DIM}],  # an integer beyond float range
-        [{"record_id": "0", "data": 5}],
-        [{"record_id": "0", "data": 5, "data_b64": "AAAA"}],
-        [{"record_id": "0", "data": vectors[0].tolist(), "data_b64": "AAAA"}],  # both forms at once
-        [{"record_id": 0, "data": vectors[0].tolist()}],  # record ids are strings
-        [{"record_id": "0", "data": [[0.1]] * DIM}],
-        [{"record_id": "0"}],
-        [{"record_id": "0", "data_b64": "not base64!"}],
-        [{"record_id": "0", "data_b64": base64.b64encode(b"\0" * (4 * DIM - 1)).decode()}],
-        [{"record_id": "0", "data_b64": base64.b64encode(np.zeros(DIM + 1, "<f4").tobytes()).decode()}],
-        [{"record_id": "0", "data_b64": base64.b64encode(np.full(DIM, np.nan, "<f4").tobytes()).decode()}],
-    ]
-    for tensors in cases:
-        resp = api.put(f"/embeddings/{eid}/tensors", {"chunk": 0, "tensors": tensors})
-        assert resp.status_code == 422, tensors
-        assert resp.json()["error_code"]
-    assert api.get(f"/embeddings/{eid}").json()["stored"] == 0  # nothing of a refused chunk was kept
-    resp = api.post("/embeddings", {"name": "x", "dimension": 0})
-    assert resp.status_code == 422
-    for bad in ({"attribute": "NoSuchAttribute"}, {"custom": "yes"}, {"count": 10**30}, {"name": "\ud800"},
-                {"type": "ON_TOKEN"}, {"platform": 5}, {"name": "../../../etc/x\n"}, {"name": "x\n"}):
-        resp = api.post("/embeddings", {"name": "x", "dimension": DIM, **bad})
-        assert resp.status_code == 422 and resp.json()["error_code"] == "INVALID_REQUEST", bad
-    assert api.put("/embeddings/not-an-id/tensors", {"chunk": 0, "tensors": []}).status_code == 404
-
-
-def test_incomplete_finalize_keeps_old_served(api: _Api) -> None:
-    old = _vectors(4)
-    old_id = api.push(old)
-    before = api.similar(old_id, "7", 10).json()["record_ids"]
-    new = _vectors(5)
-    eid = api.create()
-    assert api.upload(eid, new, range(0, 30)).status_code == 200
-    resp = api.post(f"/embeddings/{eid}/finalize", {"count": 30})
-    assert resp.status_code == 409 and resp.json()["error_code"] == "EMBEDDING_INCOMPLETE"
-    assert [e["id"] for e in api.get("/embeddings").json()] == [old_id]
-    name = "Title-classification-kern-finetune-test"
-    assert api.similar(name, "7", 10).json()["record_ids"] == before
-    assert api.similar(eid, "7").status_code == 404  # a staged version is not searchable
-    staged = api.get("/embeddings", params={"include_staged": "true"}).json()
-    assert {e["id"]: e["served"] for e in staged} == {old_id: True, eid: False}
-    # completing it later swaps atomically: the new one replaces the old one
-    assert api.upload(eid, new, range(30, N), 1).status_code == 200
-    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
-    assert [e["id"] for e in api.get("/embeddings").json()] == [eid]
-    assert api.similar(name, "7", 10).json()["record_ids"] == _expected_search(new, 7, 10)
-    assert api.similar(old_id, "7").status_code == 404
-
-
-def test_aborted_push_is_invisible(api: _Api) -> None:
-    old_id = api.push(_vectors(6))
-    eid = api.create()
-    assert api.upload(eid, _vectors(7), range(0, N)).status_code == 200
-    resp = api.delete(f"/embeddings/{eid}")
-    assert resp.status_code == 200 and resp.json()["deleted"] is True
-    assert api.get(f"/embeddings/{eid}").status_code == 404
-    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 404
-    assert [e["id"] for e in api.get("/embeddings", params={"include_staged": "true"}).json()] == [old_id]
-    assert api.similar("Title-classification-kern-finetune-test").status_code == 200
-    # the served version is not dropped by a stray abort
-    resp = api.delete(f"/embeddings/{old_id}")
-    assert resp.status_code == 409 and resp.json()["error_code"] == "EMBEDDING_SERVED"
-    assert api.delete(f"/embeddings/{old_id}", params={"force": "true"}).status_code == 200
-    assert api.get("/embeddings").json() == []
+        eid = api.embedding_id()
+        for q in (0, 77):
+            found = api.similar(eid, str(q))
+            d = np.linalg.norm(vectors.astype(np.float64) - vectors[q].astype(np.float64), axis=1)
+            within = int((d <= _stored_threshold(host, eid)).sum())
+            assert within >= dup > 100  # the precondition: the limit, not the threshold, decides
+            assert found["fullCount"] == len(found["recordList"]) == 100 and found["queryLimit"] == 100
+            got = [int(r) for r in found["running_ids"]]
+            assert got[0] == q and len(set(got)) == 100 and set(got) <= set(range(dup))
+            assert d[got].max() <= np.delete(d, got).min() + 1e-5  # the 100 nearest (float32 ties aside)
+            assert np.all(np.diff(d[got]) >= -1e-5)  # nearest first
+            assert _session(host, found["sessionId"])["record_ids"] == found["running_ids"]
 
 
 # ------------------------------------------------------------------------------------------------
 # restart, configuration
 
 
-def test_restart_keeps_embeddings_labels_and_sessions(tmp_path: Path, export: Path) -> None:
+def test_restart_keeps_embeddings_labels_and_sessions(tmp_path: Path) -> None:
     vectors = _vectors(8)
-    with _start(tmp_path, export) as first:
+    snapshot = _make_snapshot(tmp_path / "snapshot.zip", vectors)
+    with _start(tmp_path, snapshot) as first:
         api = _Api(first)
-        eid = api.push(vectors)
-        assert api.post("/labels", {"task": "Topic", "labels": [{"record_id": "30", "label": "Business"}]}).status_code == 200
-        sid = api.post("/labeling-sessions", {"embedding": eid, "record_id": "1"}).json()["id"]
+        eid = api.embedding_id()
+        first.store.labels.set_labels("Topic", [("30", "Business", None)], source="MANUAL", user_name=USER)
+        sid = api.similar(eid, "1")["sessionId"]
         project_id, token = first.project_id, api.token
     with _start(tmp_path, None) as second:  # no export needed once imported
         assert second.project_id == project_id
         api2 = _Api(second)
-        assert [e["id"] for e in api2.get("/embeddings").json()] == [eid]
-        assert api2.similar(eid, "1", 6).json()["record_ids"] == _expected_search(vectors, 1, 6)
+        assert [n["id"] for n in api2.embeddings()] == [eid]
+        assert api2.similar(eid, "1")["running_ids"] == _expected_search(vectors, 1)
         assert {r["running_id"]: r for r in api2.export()}["30"]["__Topic__MANUAL"] == "Business"
-        assert api2.get(f"/labeling-sessions/{sid}").json()["record_ids"][0] == "1"
+        assert _session(second, sid)["record_ids"] == _expected_search(vectors, 1)
         # the earlier token survives the restart
         old = requests.get(f"{second.url}/api/project/{project_id}", timeout=10,
                            headers={"Authorization": f"Bearer {token}", "identifier": token})
         assert old.status_code == 200
-    # same export again: fine; another export into the same data dir: refused
-    with _start(tmp_path, export) as third:
+    # same snapshot again: fine; another export into the same data dir: refused
+    with _start(tmp_path, snapshot) as third:
         assert third.project_id == project_id
     other = _make_export(tmp_path / "other.json", n=12)
     with pytest.raises(ConfigError):
@@ -593,17 +518,6 @@ def test_missing_id_attribute_is_synthesized_as_running_id(tmp_path: Path) -> No
     assert [r["running_id"] for r in records] == ["0", "1", "2", "3", "4"]
 
 
-def test_compact_base64_vectors(api: _Api) -> None:
-    vectors = _vectors(9)
-    eid = api.create()
-    tensors = [{"record_id": str(i), "data_b64": base64.b64encode(vectors[i].astype("<f4").tobytes()).decode()}
-               for i in range(0, 20)]
-    assert api.put(f"/embeddings/{eid}/tensors", {"chunk": 0, "tensors": tensors}).json()["total"] == 20
-    assert api.upload(eid, vectors, range(20, N), 1).status_code == 200  # plain lists mix freely
-    assert api.post(f"/embeddings/{eid}/finalize", {"count": N}).status_code == 200
-    assert api.similar(eid, "5", 8).json()["record_ids"] == _expected_search(vectors, 5, 8)
-
-
 def test_state_files_are_private(tmp_path: Path, export: Path) -> None:
     with _start(tmp_path, export):
         pass
@@ -612,26 +526,33 @@ def test_state_files_are_private(tmp_path: Path, export: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# the real-refinery path: no push extension; a snapshot served as refinery serves an imported project
+# what a real refinery answers; a snapshot served as refinery serves an imported project
 
 SNAPSHOT = Path(__file__).resolve().parents[1] / "data" / "ag_news_snapshot_small.zip"
 _EXTENSION_ROUTES = [("POST", "/embeddings"), ("GET", "/embeddings"), ("GET", "/embeddings/x"),
                      ("POST", "/embeddings/x/finalize"), ("POST", "/similarity"), ("POST", "/labeling-sessions"),
                      ("GET", "/labeling-sessions/x"), ("POST", "/labels")]
+"""The routes of the push extension the host once served besides refinery's."""
 
 
-def test_no_push_extension_answers_as_refinery(tmp_path: Path, export: Path) -> None:
-    with serve_in_thread(export, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD,
-                         push_extension=False) as host:
-        api = _Api(host)
-        for method, path in _EXTENSION_ROUTES:  # the proxy (a FastAPI app) lacks them
-            resp = api.s.request(method, api.base + path, json={}, timeout=30)
-            assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}, (method, path)
-        for method, path in (("PUT", "/embeddings/x/tensors"), ("DELETE", "/embeddings/x")):
-            resp = api.s.request(method, api.base + path, json={}, timeout=30)  # oathkeeper: GET/POST rules only
+def test_routes_refinery_lacks_answer_as_refinery(api: _Api) -> None:
+    """The proxy (a FastAPI app) answers 404 ``{"detail": "Not Found"}`` for a route it lacks; oathkeeper's access
+    rules match GET and POST under ``/api/`` only, so any other method is its 404, and its 401 comes before the
+    proxy's 404; validation errors are FastAPI's ``{"detail": [errors]}`` everywhere."""
+    for method, path in _EXTENSION_ROUTES:
+        resp = api.s.request(method, api.base + path, json={}, timeout=30)
+        assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}, (method, path)
+    for method, path in (("PUT", "/embeddings/x/tensors"), ("DELETE", "/embeddings/x"), ("PUT", "/export"),
+                         ("PATCH", ""), ("DELETE", "")):
+        for headers in (api.s.headers, {}):
+            resp = requests.request(method, api.base + path, json={}, headers=headers, timeout=30)
             assert resp.status_code == 404 and resp.json()["error"]["message"] == "Requested url does not match any rules"
-        assert _is_oathkeeper_401(requests.post(api.base + "/embeddings", json={}, timeout=30))  # auth comes first
-        assert len(api.export()) == N and api.get().status_code == 200
+    assert _is_oathkeeper_401(requests.post(api.base + "/embeddings", json={}, timeout=30))  # auth comes first
+    for url in (api.base + "/associations", api.search_url):
+        resp = api.s.post(url, data="{not json", headers={"content-type": "application/json"}, timeout=30)
+        assert resp.status_code == 422 and list(resp.json()) == ["detail"], (url, resp.text)
+        assert all({"loc", "msg", "type"} <= set(e) for e in resp.json()["detail"]) and resp.json()["detail"]
+    assert len(api.export()) == N and api.get().status_code == 200
 
 
 def _snapshot_tables(path: Path = SNAPSHOT) -> dict[str, Any]:
@@ -685,17 +606,17 @@ def test_snapshot_export_as_the_gateway_builds_it(tmp_path: Path, which: str) ->
 
 def test_snapshot_embedding_is_searchable_under_its_import_name(tmp_path: Path) -> None:
     """The snapshot's tensors become a served embedding, renamed as the gateway's import renames one without
-    ``platform`` (``__transform_embedding_by_name``), searchable through the data browser's route."""
+    ``platform`` (``__transform_embedding_by_name``), listed by ``embeddings-by-project`` and searchable through the
+    data browser's route."""
     data = _snapshot_tables()
-    with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD,
-                         push_extension=False) as host:
-        [emb] = host.store.embeddings.list_embeddings()
-        assert (emb["name"], emb["platform"], emb["model"], emb["dimension"]) == (
-            "headline-classification-huggingface-distilbert-base-uncased", "huggingface", "distilbert-base-uncased", 64)
+    with serve_in_thread(SNAPSHOT, data_dir=tmp_path / "s", user_name=USER, password=PASSWORD) as host:
         api = _Api(host)
+        [emb] = api.embeddings()
+        assert (emb["name"], emb["platform"], emb["model"], emb["dimension"], emb["state"]) == (
+            "headline-classification-huggingface-distilbert-base-uncased", "huggingface", "distilbert-base-uncased", 64,
+            "FINISHED")
         query = data["records_data"][5]["id"]
-        url = f"{host.url}/refinery-gateway/api/v1/data-browser/{host.project_id}/search-records-by-similarity"
-        resp = api.s.post(url, json={"embeddingId": emb["id"], "recordId": query}, timeout=30)
+        resp = api.s.post(api.search_url, json={"embeddingId": emb["id"], "recordId": query}, timeout=30)
         assert resp.status_code == 200, resp.text
         got = [json.loads(i["recordData"])["id"] for i in resp.json()["data"]["searchRecordsBySimilarity"]["recordList"]]
     uuids = [t["record_id"] for t in data["embedding_tensors_data"]]
@@ -713,7 +634,7 @@ from hypothesis import strategies as st  # noqa: E402
 _KEYS = ["name", "dimension", "type", "custom", "count", "attribute", "platform", "model", "chunk", "tensors",
          "record_id", "data", "data_b64", "embedding", "limit", "task", "labels", "label", "confidence", "source_type",
          "associations", "indices", "label_task_name", "running_id", "embeddingId", "recordId", "attFilter",
-         "recordSubKey", "method", "password", "identifier", "password_identifier"]
+         "recordSubKey", "method", "password", "identifier", "password_identifier", "attribute_id", "config"]
 _SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
             | st.sampled_from(["0", "1", "Topic", "heuristic", "MANUAL", "World", "ON_ATTRIBUTE", "AAAA", "[]", "\ud800"]))
 _JSON = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
@@ -724,32 +645,34 @@ _BODIES = _JSON | st.dictionaries(st.sampled_from(_KEYS), _JSON, max_size=6)
 @pytest.fixture(scope="module")
 def fuzz_host(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("fuzz")
-    with _start(tmp, _make_export(tmp / "export.json")) as running:
+    with _start(tmp, _make_snapshot(tmp / "snapshot.zip", _vectors(12))) as running:
         api = _Api(running)
-        served = api.push(_vectors(12))
-        staged = api.create("Title-classification-kern-finetune-staged")
-        yield api, served, staged
+        yield api, api.embedding_id()
 
 
-def _fuzz_calls(api: _Api, staged: str) -> list[tuple[str, str]]:
-    gateway = f"{api.host.url}/refinery-gateway/api/v1/data-browser/{api.host.project_id}/search-records-by-similarity"
+def _fuzz_calls(api: _Api, served: str) -> list[tuple[str, str]]:
+    """The routes a client sends a body or query to; the gateway's create-embedding is left out: refinery's gateway
+    answers a bad config with its plain 500 (tests/host/test_model_door_host.py)."""
+    pid = api.host.project_id
     return [
-        ("POST", gateway), ("POST", api.base + "/associations"), ("POST", api.base + "/labels"),
-        ("POST", api.base + "/embeddings"), ("PUT", f"{api.base}/embeddings/{staged}/tensors"),
-        ("POST", f"{api.base}/embeddings/{staged}/finalize"), ("POST", api.base + "/similarity"),
-        ("POST", api.base + "/labeling-sessions"), ("GET", api.base + "/export"), ("GET", api.base + "/embeddings"),
-        ("POST", api.host.url + "/.ory/kratos/public/self-service/login?flow=x"), ("GET", api.base),
+        ("POST", api.search_url), ("POST", f"{api.host.url}/refinery-gateway/v1/data-browser/{pid}/search-records-by-similarity"),
+        ("POST", api.base + "/associations"), ("GET", api.base + "/export"), ("GET", api.base),
+        ("POST", api.host.url + "/.ory/kratos/public/self-service/login?flow=x"),
+        ("GET", f"{api.gateway}/embedding/{pid}/embeddings-by-project"), ("GET", f"{api.gateway}/attribute/{pid}/all-attributes"),
+        ("DELETE", f"{api.gateway}/embedding/{pid}/not-{served}/delete-embedding"),
+        ("POST", api.base + "/similarity"),  # a route refinery lacks
+        ("PUT", f"{api.base}/embeddings/{served}/tensors"),  # a method oathkeeper's rules lack
     ]
 
 
 @settings(max_examples=150, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=_BODIES, query=st.text(max_size=8), route=st.integers(min_value=0, max_value=11))
+@given(body=_BODIES, query=st.text(max_size=8), route=st.integers(min_value=0, max_value=10))
 def test_fuzzed_bodies_never_give_a_server_error(fuzz_host: Any, body: Any, query: str, route: int) -> None:
     """One route per example, each route about a dozen times; a fresh connection per request."""
-    api, served, staged = fuzz_host
-    method, url = _fuzz_calls(api, staged)[route]
+    api, served = fuzz_host
+    method, url = _fuzz_calls(api, served)[route]
     payload = json.dumps(body)  # NaN and Infinity included, as a lenient client writes them
-    resp = requests.request(method, url, data=payload, params={"num_samples": query, "include_staged": query},
+    resp = requests.request(method, url, data=payload, params={"num_samples": query},
                             headers={**api.s.headers, "content-type": "application/json"}, cookies=api.s.cookies,
                             timeout=30)
     assert resp.status_code < 500, (method, url, payload[:200], resp.text[:300])
@@ -757,6 +680,7 @@ def test_fuzzed_bodies_never_give_a_server_error(fuzz_host: Any, body: Any, quer
 
 
 def test_fuzzed_host_still_serves(fuzz_host: Any) -> None:
-    api, served, _ = fuzz_host
-    assert api.similar(served, "1").status_code == 200
+    api, served = fuzz_host
+    assert [n["id"] for n in api.embeddings()] == [served]
+    assert api.similar(served, "1")["running_ids"] == _expected_search(_vectors(12), 1)
     assert len(api.export()) == N

@@ -36,7 +36,9 @@ def test_defaults_are_loopback_and_demo_user(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv(host_command.PASSWORD_ENV, raising=False)
     args = _parse("--export", "x.json")
     assert args.host == "127.0.0.1" and args.port == 4455
-    assert args.push_extension is True and _parse("--no-push-extension").push_extension is False
+    assert not hasattr(args, "push_extension")  # the host always answers as a real refinery does
+    with pytest.raises(SystemExit):
+        _parse("--export", "x.json", "--no-push-extension")
     assert host_command._credentials(args) == (DEMO_USER, DEMO_PASSWORD)
 
 
@@ -75,8 +77,7 @@ def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
     pw.write_text("a long password\n", encoding="utf-8")
     secrets_path = tmp_path / "secrets.json"
     argv = ["host", "--export", str(export), "--port", "0", "--data-dir", str(tmp_path / "state"),
-            "--user-name", "me@x.org", "--password-file", str(pw), "--write-secrets", str(secrets_path),
-            "--no-push-extension"]
+            "--user-name", "me@x.org", "--password-file", str(pw), "--write-secrets", str(secrets_path)]
     env = {k: v for k, v in os.environ.items() if k != host_command.PASSWORD_ENV}
     proc = subprocess.Popen([sys.executable, "-c", _RUN_HOST_ONLY, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env)
@@ -99,7 +100,7 @@ def test_foreground_host_writes_secrets_and_serves(tmp_path: Path) -> None:
         resp = requests.get(f"{uri}/api/project/{secrets['project_id']}/export", timeout=10, headers=headers)
         assert len(json.loads(resp.json())) == 6
         resp = requests.get(f"{uri}/api/project/{secrets['project_id']}/embeddings", timeout=10, headers=headers)
-        assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}  # --no-push-extension
+        assert resp.status_code == 404 and resp.json() == {"detail": "Not Found"}  # refinery's proxy lacks it
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)

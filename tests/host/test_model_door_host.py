@@ -48,7 +48,7 @@ def host(tmp_path: Path, volume: Path) -> Iterator[RunningHost]:
     export = tmp_path / "export.json"
     export.write_text(json.dumps(_records()))
     with serve_in_thread(export, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD,
-                         push_extension=False, models_volumes=[(volume, "/models")]) as running:
+                         models_volumes=[(volume, "/models")]) as running:
         yield running
 
 

@@ -1,4 +1,5 @@
-"""RefineryClient (refinery/api.py, transport.py, push.py) over real HTTP against the product's own host on 127.0.0.1.
+"""RefineryClient (refinery/api.py, transport.py) and the Gateway it carries (refinery/gateway.py) over real HTTP
+against the product's own host on 127.0.0.1.
 
 Failures a real refinery and a real network produce (a gateway's ``200 null``, oathkeeper's 401 for an
 expired token, 5xx, dropped connections, lost answers, timeouts) are injected on the client side
@@ -21,6 +22,7 @@ import pytest
 import requests
 
 from faults import OATHKEEPER_401, FaultAdapter
+from host_snapshot import write_snapshot_zip
 from kern_finetune.refinery.api import RefineryClient, client_from_options
 from kern_finetune.refinery.columns import embedding_name
 from kern_finetune.errors import (
@@ -30,9 +32,9 @@ from kern_finetune.errors import (
     HostError,
     HostUnavailableError,
     ProjectNotFoundError,
-    PushError,
 )
 from kern_finetune.host import RunningHost, serve_in_thread
+from kern_finetune.refinery.gateway import Gateway
 
 USER = "labeler@example.com"
 PASSWORD = "pw-s3cr3t-7f2a9c"  # a string that must never leak
@@ -63,6 +65,15 @@ def host(tmp_path: Path) -> Iterator[RunningHost]:
 
 
 @pytest.fixture
+def snap_host(tmp_path: Path) -> Iterator[RunningHost]:
+    """A host that imported a snapshot whose Title embedding holds :func:`vectors` (seed 5), as given."""
+    rows = [{"running_id": i, "Title": f"headline {i}"} for i in range(N)]
+    snapshot = write_snapshot_zip(tmp_path / "snapshot.zip", rows, vectors(seed=5))
+    with serve_in_thread(snapshot, data_dir=tmp_path / "host", user_name=USER, password=PASSWORD) as running:
+        yield running
+
+
+@pytest.fixture
 def faults() -> FaultAdapter:
     return FaultAdapter()
 
@@ -81,13 +92,9 @@ def vectors(n: int = N, d: int = 8, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, d)).astype(np.float32)
 
 
-def ids(n: int = N) -> list[str]:
-    return [str(i) for i in range(n)]
-
-
-def staged_and_served(c: RefineryClient) -> list[dict[str, Any]]:
-    resp = c.request("GET", f"/api/project/{c.project_id}/embeddings", params={"include_staged": "true"})
-    return resp.json()
+def served_embedding(host: RunningHost, c: RefineryClient) -> str:
+    [node] = Gateway(c).embeddings(host.project_id)
+    return str(node["id"])
 
 
 # ---- login, reading ----------------------------------------------------------------------------
@@ -214,14 +221,6 @@ def test_gateway_error_as_200_null_is_named_as_such(host: RunningHost, faults: F
     assert len(c.get_export()) == N and transient.hits == 1
 
 
-def test_200_null_on_create_is_not_taken_for_an_id(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults)
-    faults.fail("POST", "/embeddings$", "null")
-    with pytest.raises(HostUnavailableError, match="gateway"):
-        c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m")
-    assert not faults.sent_to("PUT", "/tensors$")
-
-
 def test_transport_is_swappable(host: RunningHost) -> None:
     class CountingSession(requests.Session):
         calls = 0
@@ -234,21 +233,6 @@ def test_transport_is_swappable(host: RunningHost) -> None:
     c = client_for(host, session=CountingSession())
     c.get_project()
     assert CountingSession.calls == 3  # login flow, login, the call
-
-
-# ---- doors --------------------------------------------------------------------------------------
-
-
-def test_push_extension_probe(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults)
-    assert c.offers_push_extension() is True
-    # what refinery's proxy answers for a route it lacks, and a gateway that lacks it behind the proxy
-    faults.respond("GET", "/embeddings$", 404, '{"detail": "Not Found"}')
-    assert c.offers_push_extension() is False
-    faults.fail("GET", "/embeddings$", "null")
-    assert c.offers_push_extension() is False
-    with pytest.raises(ProjectNotFoundError):
-        c.offers_push_extension("00000000-0000-0000-0000-000000000000")
 
 
 # ---- secrets / env / URIs -----------------------------------------------------------------------
@@ -302,7 +286,7 @@ def test_secrets_never_in_logs_messages_or_repr(host: RunningHost, faults: Fault
         (HostUnavailableError, lambda: c.get_export()),
         (ProjectNotFoundError, lambda: c.get_project("nope")),
         (AuthError, lambda: c.get_project()),
-        (PushError, lambda: c.push_embedding(None, NAME, ids(3), vectors(3), attribute="Title", model="m")),
+        (HostError, lambda: Gateway(c).embeddings("short")),  # the gateway's 500: a browser login first
     ):
         with pytest.raises(exc_type) as info:
             call()
@@ -318,29 +302,7 @@ def test_secrets_never_in_logs_messages_or_repr(host: RunningHost, faults: Fault
     assert "Wr0ng-" not in blob
 
 
-# ---- push ---------------------------------------------------------------------------------------
-
-
-def test_push_happy_path_normalises_and_serves(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults)
-    v = vectors() * 7.0
-    msgs: list[str] = []
-    res = c.push_embedding(None, NAME, ids(), v, attribute="Title", model="all-MiniLM-L6-v2", chunk_size=7,
-                           progress=msgs.append)
-    assert res.count == N and res.chunks == 5 and res.dimension == 8
-    assert [e["id"] for e in c.list_embeddings() if e["name"] == NAME] == [res.embedding_id]
-    # the host ranks by Euclidean distance between what it stores: the L2-normalised vectors
-    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
-    found = c.search_similar(NAME, "4")
-    want = {r: float(np.linalg.norm(unit[int(r)] - unit[4])) for r in found.record_ids}
-    assert found.record_ids and np.allclose(found.scores, [want[r] for r in found.record_ids], atol=1e-5)
-    assert any("chunk 5/5" in m for m in msgs)
-    create = faults.sent_to("POST", "/embeddings$")[0].json()
-    assert create["custom"] is True and create["type"] == "ON_ATTRIBUTE" and create["platform"] == "kern-finetune"
-    assert create["count"] == N and create["dimension"] == 8
-    chunk = faults.sent_to("PUT", "/tensors$")[0].json()
-    assert chunk["chunk"] == 0 and len(chunk["tensors"]) == 7
-    assert [e["id"] for e in staged_and_served(c)] == [res.embedding_id]  # nothing staged left
+# ---- the gateway's similarity search, embedding routes ------------------------------------------
 
 
 def test_default_name() -> None:
@@ -350,110 +312,101 @@ def test_default_name() -> None:
     )
 
 
-@pytest.mark.parametrize("fault", ["500", "drop", "timeout", "null"])
-def test_transient_chunk_failure_is_retried(host: RunningHost, faults: FaultAdapter, fault: str) -> None:
-    c = client_for(host, faults)
-    rule = faults.fail("PUT", "/tensors$", fault)
-    res = c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m", chunk_size=10)
-    assert rule.hits == 1
-    assert [e["id"] for e in staged_and_served(c)] == [res.embedding_id]
+def _threshold(v: np.ndarray) -> float:
+    """refinery-neural-search ``calculate_threshold``: the 5th percentile of the pairwise Euclidean distances (all
+    records when there are fewer than 500)."""
+    x = v.astype(np.float64)
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    return float(np.percentile(d[np.triu_indices(len(x), 1)], 5))
+
+
+def test_similarity_search_shape(snap_host: RunningHost, faults: FaultAdapter) -> None:
+    """As refinery's data browser: the body refinery-ui sends, then every record within the threshold (at most 100),
+    nearest first by Euclidean distance on the stored vectors, the query record first; each its ``recordData``."""
+    c = client_for(snap_host, faults)
+    g = Gateway(c)
+    pid = snap_host.project_id
+    eid = served_embedding(snap_host, c)
+    v = vectors(seed=5).astype(np.float64)
+    pairs = np.sqrt(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1)) + np.eye(N) * 1e9
+    q = int(pairs.min(axis=1).argmin())  # a record with a neighbour within the threshold
+    query = snap_host.store.project.record_uuid(str(q))
+    found = g.search_similar(pid, eid, query)
+    assert faults.sent_to("POST", "/search-records-by-similarity$")[-1].json() == {
+        "embeddingId": eid, "recordId": query, "attFilter": None, "recordSubKey": None}
+    assert 1 < len(found) <= 100 and found[0]["id"] == query
+    d = np.linalg.norm(v - v[q], axis=1)
+    within = [str(j) for j in np.argsort(d, kind="stable") if d[j] <= _threshold(v)]
+    assert [r["data"]["running_id"] for r in found] == within
+    assert all(r["id"] == snap_host.store.project.record_uuid(r["data"]["running_id"]) for r in found)
+    with pytest.raises(HostError, match="404"):
+        g.search_similar(pid, "no-such-embedding", query)
+    with pytest.raises(HostError):  # a project outside the user's organisation
+        g.search_similar("00000000-0000-4000-8000-000000000000", eid, query)
 
 
 @pytest.mark.parametrize("fault", ["500", "drop", "timeout"])
-def test_persistent_failure_keeps_old_embedding_and_drops_staged(host: RunningHost, faults: FaultAdapter,
+def test_transient_search_failure_is_retried(snap_host: RunningHost, faults: FaultAdapter, fault: str) -> None:
+    """A search changes nothing refinery serves (it leaves a labeling session): repeated like a GET."""
+    c = client_for(snap_host, faults)
+    eid = served_embedding(snap_host, c)
+    query = snap_host.store.project.record_uuid("3")
+    before = Gateway(c).search_similar(snap_host.project_id, eid, query)
+    rule = faults.fail("POST", "/search-records-by-similarity$", fault)
+    assert Gateway(c).search_similar(snap_host.project_id, eid, query) == before
+    assert rule.hits == 1
+
+
+def test_search_renews_a_refused_browser_session_once(snap_host: RunningHost, faults: FaultAdapter) -> None:
+    """oathkeeper refuses a stale browser session with a 302 to the login page: one new browser login, one repeat."""
+    c = client_for(snap_host, faults)
+    g = Gateway(c)
+    eid = served_embedding(snap_host, c)
+    query = snap_host.store.project.record_uuid("3")
+    g.search_similar(snap_host.project_id, eid, query)
+    redirected = faults.fail("POST", "/search-records-by-similarity$", "login-302")
+    logins = len(faults.sent_to("GET", "/login/browser$"))
+    assert g.search_similar(snap_host.project_id, eid, query)[0]["id"] == query
+    assert redirected.hits == 1 and len(faults.sent_to("GET", "/login/browser$")) == logins + 1
+
+
+def _create(host: RunningHost, c: RefineryClient) -> None:
+    """``create-embedding`` from a model path no models volume holds: queued, then FAILED without loading a model."""
+    g = Gateway(c)
+    [attr] = [a["id"] for a in g.attributes(host.project_id) if a["name"] == "Title"]
+    g.create_embedding(host.project_id, attr, "/models/not-mounted")
+
+
+@pytest.mark.parametrize("fault", ["drop-after", "timeout"])
+def test_create_embedding_is_not_retried_after_reaching_the_host(host: RunningHost, faults: FaultAdapter,
                                                                  fault: str) -> None:
-    c = client_for(host, faults, retries=1)
-    old = c.push_embedding(None, NAME, ids(), vectors(seed=1), attribute="Title", model="m")
-    before = c.search_similar(NAME, "3")
-    rule = faults.fail("PUT", "/tensors$", fault, times=10)
-    with pytest.raises(HostUnavailableError, match="previous embedding stays served"):
-        c.push_embedding(None, NAME, ids(), vectors(seed=2), attribute="Title", model="m", chunk_size=10)
-    assert rule.hits == 2  # the first chunk and its one retry; nothing after it was sent
-    assert [e["id"] for e in staged_and_served(c)] == [old.embedding_id]  # the staged version is dropped
-    assert c.search_similar(NAME, "3") == before
-    assert len(faults.sent_to("DELETE", "/embeddings/")) == 1
-
-
-def test_refused_chunk_is_push_error_and_nothing_visible(host: RunningHost) -> None:
-    c = client_for(host)
-    with pytest.raises(PushError, match="UNKNOWN_RECORD"):
-        c.push_embedding(None, NAME, ids(N - 1) + ["999"], vectors(), attribute="Title", model="m")
-    assert staged_and_served(c) == []
-
-
-def test_incomplete_push_is_refused_at_finalize(host: RunningHost) -> None:
-    c = client_for(host)
-    with pytest.raises(PushError, match="EMBEDDING_INCOMPLETE"):
-        c.push_embedding(None, NAME, ids(20), vectors(20), attribute="Title", model="m")
-    assert staged_and_served(c) == []
-
-
-def test_finalize_answer_lost_is_retried_idempotently(host: RunningHost, faults: FaultAdapter) -> None:
+    """A repeated create would queue a second task: once the request may have reached the gateway, it is not sent
+    again, and the lost answer is an error."""
     c = client_for(host, faults)
-    lost = faults.fail("POST", "/finalize$", "drop-after")
-    res = c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m")
-    assert lost.hits == 1
-    assert [e["id"] for e in c.list_embeddings()] == [res.embedding_id]
-    assert len(faults.sent_to("POST", "/finalize$")) == 2  # the lost one and the idempotent repeat
-
-
-def test_finalize_answer_lost_for_good_still_detects_success(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults, retries=1)
-    faults.fail("POST", "/finalize$", "drop-after")
-    faults.fail("POST", "/finalize$", "drop", times=5)
-    res = c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m")
-    assert [e["id"] for e in c.list_embeddings()] == [res.embedding_id]
-    assert not faults.sent_to("DELETE", "/embeddings/")
-
-
-def test_create_is_not_retried_after_reaching_the_host(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults)
-    faults.fail("POST", "/embeddings$", "drop-after")
+    lost = faults.fail("POST", "/create-embedding$", fault)
     with pytest.raises(HostUnavailableError):
-        c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m")
-    assert len(faults.sent_to("POST", "/embeddings$")) == 1
-    assert c.list_embeddings() == []
+        _create(host, c)
+    assert lost.hits == 1 and len(faults.sent_to("POST", "/create-embedding$")) == 1
+    assert host.store.models.wait_idle(30)
+    assert [e for e, _ in host.store.models.events].count("queued") == 1
 
 
-def test_create_is_retried_when_never_sent(host: RunningHost, faults: FaultAdapter) -> None:
+@pytest.mark.parametrize("fault", ["refused", "500"])
+def test_create_embedding_is_retried_only_when_never_sent(host: RunningHost, faults: FaultAdapter, fault: str) -> None:
+    """A connection refused never reached the host: sent again. A 500 may come after the gateway queued the task:
+    not repeated, one line."""
     c = client_for(host, faults)
-    refused = faults.fail("POST", "/embeddings$", "refused")
-    res = c.push_embedding(None, NAME, ids(), vectors(), attribute="Title", model="m")
-    assert refused.hits == 1 and len(faults.sent_to("POST", "/embeddings$")) == 1
-    assert [e["id"] for e in c.list_embeddings()] == [res.embedding_id]
-
-
-def test_bad_vectors_are_refused_before_any_request(host: RunningHost, faults: FaultAdapter) -> None:
-    c = client_for(host, faults)
-    bad = vectors()
-    bad[3, 0] = np.nan
-    for args in ((ids(), bad), (ids(N - 1), vectors()), (ids(N - 1) + ["0"], vectors()), (ids(), np.zeros((N, 8)))):
-        with pytest.raises(PushError):
-            c.push_embedding(None, NAME, args[0], args[1], attribute="Title", model="m")
-    assert not faults.sent_to("POST", "/embeddings$")
-
-
-def test_similarity_search_shape(host: RunningHost) -> None:
-    """As refinery's data browser: at most 100 records, nearest first, the query record first.
-
-    Tolerant of today's host, which leaves the query out and applies no threshold (the host helper's
-    rewrite adds both); the ranking of the neighbours is checked either way.
-    """
-    c = client_for(host)
-    v = vectors(seed=5)
-    c.push_embedding(None, NAME, ids(), v, attribute="Title", model="m")
-    found = c.search_similar(NAME, "7")
-    assert 1 <= len(found.record_ids) <= 100 and found.record_id == "7"
-    if found.query_included:
-        assert found.scores[0] == pytest.approx(0.0, abs=1e-6)
-    assert found.scores == sorted(found.scores)
-    unit = v / np.linalg.norm(v, axis=1, keepdims=True)
-    order = [str(j) for j in np.argsort(np.linalg.norm(unit - unit[7], axis=1)) if j != 7]
-    assert found.neighbours == order[: len(found.neighbours)]
-    if found.threshold is not None:
-        assert all(s <= found.threshold + 1e-6 for s in found.scores)
-    with pytest.raises(HostError, match="EMBEDDING_NOT_FOUND"):
-        c.search_similar("no-such-embedding", "7")
+    rule = faults.fail("POST", "/create-embedding$", fault)
+    if fault == "500":
+        with pytest.raises(HostError) as info:
+            _create(host, c)
+        assert "\n" not in str(info.value)
+    else:
+        _create(host, c)
+    assert rule.hits == 1
+    assert host.store.models.wait_idle(30)
+    assert [e for e, _ in host.store.models.events].count("queued") == (0 if fault == "500" else 1)
+    assert len(faults.sent_to("POST", "/create-embedding$")) == (0 if fault == "500" else 1)
 
 
 def _free_port() -> int:

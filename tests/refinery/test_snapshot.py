@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import shared_file
 
-from kern_finetune.errors import ExportError, PushError
+from kern_finetune.errors import ExportError, DoorError
 from kern_finetune.refinery.export import discover_tasks, load_export, resolve_task
 from kern_finetune.refinery.snapshot import read_snapshot, write_snapshot
 
@@ -138,13 +138,13 @@ def test_write_snapshot_refuses_incomplete_and_leaves_dst_alone(tmp_path: Path) 
     dst.write_bytes(b"previous")
     ids = [r["running_id"] for r in read_snapshot(FIXTURE).records]
     vec = np.ones((len(ids), 4))
-    with pytest.raises(PushError, match="no vector"):
+    with pytest.raises(DoorError, match="no vector"):
         write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids[:-1], vectors=vec[:-1])
-    with pytest.raises(PushError, match="not in the snapshot"):
+    with pytest.raises(DoorError, match="not in the snapshot"):
         write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids[:-1] + ["nope"], vectors=vec)
     bad = vec.copy()
     bad[0, 0] = np.inf
-    with pytest.raises(PushError):
+    with pytest.raises(DoorError):
         write_snapshot(FIXTURE, dst, name="e", model="m", ids=ids, vectors=bad)
     assert dst.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["out.zip"]

@@ -214,7 +214,7 @@ def test_unauthenticated_forged_and_stale_triggers_are_refused(service) -> None:
 
 
 def test_valid_trigger_queues_runs_and_reports(service) -> None:
-    runner = RecordingRunner(result={"metrics": {"precision_at_10": 0.91}, "pushed": True})
+    runner = RecordingRunner(result={"metrics": {"precision_at_10": 0.91}, "status": "created"})
     svc = service(runner)
     r = _post(svc.url, {"project_id": "p1", "options": {"task": "Topic", "epochs": 3, "threshold": 0.8}})
     assert r.status_code == 202, r.text
@@ -224,7 +224,7 @@ def test_valid_trigger_queues_runs_and_reports(service) -> None:
     job = _wait_state(svc.url, job_id, ("succeeded", "failed"))
     assert job["state"] == "succeeded", job
     assert job["metrics"] == {"precision_at_10": 0.91}
-    assert job["result"] == {"pushed": True}
+    assert job["result"] == {"status": "created"}
     assert [p["message"] for p in job["progress"]] == ["encoding"]
     assert job["timings"]["run_s"] >= 0 and job["timings"]["finished_at"] >= job["timings"]["started_at"]
     (ctx,) = runner.calls
@@ -563,21 +563,33 @@ MARGIN_TOP25 = 3.0
 @pytest.mark.slow
 def test_default_runner_syncs_with_the_local_host(service, subset_records, shared_cache, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """Trigger -> real client + sync + pipeline (300 real records, few epochs) -> pushed; trigger again ->
-    up to date; 20 new manual labels on the host -> trigger -> retrained and pushed again."""
+    """Trigger -> real client + sync + pipeline (300 real records, few epochs) -> the model door hands the folder
+    to the host's embedder, which computes the embedding (created); trigger again -> up to date; 20 new manual
+    labels on the host -> trigger -> retrained, the new embedding created and the previous one deleted."""
     from kern_finetune.host import serve_in_thread as host_in_thread
+    from kern_finetune.refinery.api import RefineryClient
+    from kern_finetune.refinery.gateway import Gateway
+    from kern_finetune.refinery.model_door import ModelDoorTarget
     from kern_finetune.service import default_runner
 
     monkeypatch.setenv("KERN_FINETUNE_CACHE", str(shared_cache))
     records = subset_records[:300]
     export = tmp_path / "export.json"
     export.write_text(json.dumps(records), encoding="utf-8")
-    password = "service-test-pw-7f3a"
-    with host_in_thread(export, data_dir=tmp_path / "host", user_name="labeler@example.com",
-                        password=password) as host:
+    models = tmp_path / "refinery-models"  # what refinery's embedder mounts at /models (docs/model-door.md)
+    models.mkdir()
+    user, password = "labeler@example.com", "service-test-pw-7f3a"
+    with host_in_thread(export, data_dir=tmp_path / "host", user_name=user, password=password,
+                        models_volumes=[(models, "/models")]) as host:
         secrets = tmp_path / "secrets.json"
         secrets.write_text(json.dumps(host.secrets(password)))
-        svc = service(default_runner(secrets))
+        target = ModelDoorTarget(models, "/models", wait_s=300, poll_s=0.2)
+        svc = service(default_runner(secrets, target))
+        gateway = Gateway(RefineryClient(host.url, user, password, project_id=host.project_id))
+
+        def listed() -> dict[str, dict[str, Any]]:
+            return {n["name"]: n for n in gateway.embeddings(host.project_id)}
+
         # lr 1e-2, batch 64 (the job runs in this process): the few optimizer steps 300 records give barely
         # move the head at the default lr 1e-3 (top_k of raw and fine-tuned then differ by about a point)
         from kern_finetune.training import train
@@ -591,11 +603,14 @@ def test_default_runner_syncs_with_the_local_host(service, subset_records, share
             assert r.status_code == 202, r.text
             return _wait_state(svc.url, r.json()["job"]["id"], ("succeeded", "up_to_date", "failed"), timeout=600)
 
-        # forced: this test is about the runner's pull -> train -> push; on 300 records the verdict may keep
+        # forced: this test is about the runner's pull -> train -> model door; on 300 records the verdict may keep
         # the embedding in use (test_a_kept_sync_is_a_job_result_that_says_why covers that path)
         first = trigger(force=True)
         assert first["state"] == "succeeded", first
-        assert first["result"]["status"] == "pushed" and first["result"]["push"]["count"] == len(records)
+        v1 = "Title-classification-huggingface-/models/kern-finetune-Title-v1"
+        result = first["result"]
+        assert result["status"] == "created" and result["door"] == "model" and "push" not in result
+        assert result["embedding"] == v1 and result["written"] == str(models / "kern-finetune-Title-v1")
         assert "top_k" in first["metrics"] and not any(k.startswith("_") for k in first["metrics"])
         # the outcome, not only the state: on the job's own 138 test records, the fine-tuned vectors put more
         # same-class records among the 25 nearest than the raw ones (top_1k cannot tell: n_test < 1000)
@@ -603,20 +618,31 @@ def test_default_runner_syncs_with_the_local_host(service, subset_records, share
         assert first["metrics"]["n_test"] > 100
         assert top["finetuned"]["25"] >= top["raw"]["25"] + MARGIN_TOP25, top
         assert any(p["message"].startswith("sync 4/4") for p in first["progress"])
-        served = [e["name"] for e in host.store.embeddings.list_embeddings()]
-        assert first["result"]["embedding_name"] in served
+        # refinery's embedder computed the job's folder: one FINISHED embedding, a vector per record
+        embeddings = listed()
+        assert list(embeddings) == [v1] and embeddings[v1]["state"] == "FINISHED"
+        assert embeddings[v1]["id"] == result["embedding_id"] and embeddings[v1]["count"] == len(records)
 
         second = trigger()
         assert second["state"] == "up_to_date", second
         assert "metrics" in second and second["metrics"] is None
+        assert second["result"]["status"] == "up-to-date" and second["result"]["embedding"] == v1
+        assert list(listed()) == [v1]
 
         classes = ["World", "Sports", "Business", "Sci/Tech"]
         unlabeled = [r for r in records if not r.get("__Topic__MANUAL")][:20]
         new = [(r["running_id"], next(c for c in classes if c != r.get("__Topic__WEAK_SUPERVISION")), None)
                for r in unlabeled]  # differ from the weak label, so each one changes the selection
-        host.store.labels.set_labels("Topic", new, source="MANUAL", user_name="labeler@example.com")
+        host.store.labels.set_labels("Topic", new, source="MANUAL", user_name=user)
         third = trigger()
         assert third["state"] == "succeeded" and third["result"]["changed_labels"] >= 20, third
+        v2 = "Title-classification-huggingface-/models/kern-finetune-Title-v2"
+        assert third["result"]["status"] == "created" and third["result"]["embedding"] == v2
+        assert result["embedding_id"] in third["result"]["message"]  # "deleted the previous embedding <id>"
+        embeddings = listed()
+        assert list(embeddings) == [v2] and embeddings[v2]["state"] == "FINISHED"  # the previous one is gone
+        events = host.store.models.events
+        assert events.index(("FINISHED", v2)) < events.index(("deleted", v1))
 
 
 @pytest.mark.slow
@@ -675,8 +701,10 @@ def test_a_kept_sync_is_a_job_result_that_says_why() -> None:
 
     verdict = {"verdict": "worse", "conclusion": "worse than the raw embedding", "interval": {"same_class": [-9.0, -2.0]}}
     result = SyncResult("kept", "p1", "fp", None, 3, 40, _Path("/tmp"), "kept 'x': the new embedding is worse",
-                        verdict=verdict)
+                        embedding="x", embedding_id="id-x", verdict=verdict)
     got = _sync_result_to_dict(result)
     assert got["status"] == "kept" and got["up_to_date"] is False and got["verdict"] == verdict
+    assert got["door"] == "model" and (got["embedding"], got["embedding_id"]) == ("x", "id-x")  # the one in use
+    assert got["written"] is None and "push" not in got
     assert got["message"].startswith("kept")
     json.dumps(got, allow_nan=False)
