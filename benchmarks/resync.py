@@ -1,17 +1,26 @@
 """Re-sync cost on the local host: first sync, an unchanged re-sync, and a re-sync after new labels.
 
 Runs against a real local host (``kern_finetune.host.serve_in_thread``) holding the bundled AG News
-sample (20,000 records; ``--limit N`` takes a seeded subset for a quick check):
+sample (20,000 records; ``--limit N`` takes a seeded subset for a quick check), with a models volume for
+its embedder (``models_volumes=[(models_dir, "/models")]``). Every sync goes through the model door with a
+:class:`~kern_finetune.refinery.model_door.ModelDoorTarget`: it writes the fine-tuned model folder into the
+volume, creates the embedding through the gateway, waits until the host's embedder has computed it
+(``FINISHED``) and deletes the previous one. The model door trains on the embedding's one attribute
+(``Title``) with neighbour smoothing and search spread off (``kern_finetune.sync``).
 
-1. first sync (fresh vector cache: every record is encoded) -> trains and pushes;
-2. second sync, no label changed -> "up to date", nothing trained or pushed (target: < 10 s);
-3. ``--labels`` (200) new manual labels through the host's labeling endpoint
-   (``POST /api/project/{id}/labels``, as a labeler would), on records that had no label the
-   pipeline selects, labelled with their true class -> sync again -> retrains and pushes
-   (target: at most a quarter of the first sync, because unchanged records are not re-encoded).
+1. first sync (fresh vector cache: every record is encoded) -> trains, the embedder computes the
+   embedding: "created";
+2. second sync, no label changed -> "up-to-date", nothing trained or created (target: < 10 s);
+3. ``--labels`` (200) new manual labels written into the host's store (refinery has no API route for
+   manual labels; ``kern-finetune demo`` adds its labels the same way), on records that had no label the
+   pipeline selects, labelled with their true class -> sync again -> retrains, the embedder computes the
+   new embedding: "created" (target: at most a quarter of the first sync, because unchanged records are
+   not re-encoded by the pipeline; the host's embedder computes every record again for each new
+   embedding, as refinery's does, so that part costs each "created" sync the same).
 
 By default every sync is triggered through the signed webhook service (``--via webhook``: the timing is
-trigger -> job finished, as a labeling tool would see it); ``--via direct`` calls ``sync_project``.
+trigger -> job finished, as a labeling tool would see it; the service's runner gets the same target);
+``--via direct`` calls ``sync_project``.
 Results go to ``benchmarks/results/resync.json`` and ``.md`` (with ``--limit``:
 ``resync-limit<N>.*``), including the command that made them.
 
@@ -52,6 +61,12 @@ MANUAL = f"__{TASK}__MANUAL"
 WEAK = f"__{TASK}__WEAK_SUPERVISION"
 WEAK_CONF = f"__{TASK}__WEAK_SUPERVISION__confidence"
 UP_TO_DATE_TARGET_S = 10.0
+MODELS_MOUNT = "/models"
+"""Where the host's embedder sees the models volume."""
+MODEL_WAIT_S = 3600.0
+"""Longest wait for the host's embedder to finish an embedding (ModelDoorTarget.wait_s)."""
+MODEL_POLL_S = 0.5
+"""Seconds between two reads of the project's embeddings while waiting (ModelDoorTarget.poll_s)."""
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -100,37 +115,22 @@ def _unselected(records: list[dict[str, Any]], threshold: float) -> list[dict[st
     return out
 
 
-def _login(uri: str, user: str, password: str) -> str:
-    """Kratos API login against the host (what the refinery SDK does); returns the session token."""
-    flow = requests.get(f"{uri}/.ory/kratos/public/self-service/login/api",
-                        headers={"Accept": "application/json"}, timeout=30)
-    flow.raise_for_status()
-    action = flow.json()["ui"]["action"]
-    r = requests.post(action, json={"method": "password", "password": password, "password_identifier": user},
-                      timeout=30)
-    r.raise_for_status()
-    return r.json()["session_token"]
-
-
-def _add_manual_labels(uri: str, project_id: str, token: str, items: list[tuple[str, str]]) -> dict[str, Any]:
-    r = requests.post(
-        f"{uri}/api/project/{project_id}/labels",
-        json={"task": TASK, "source_type": "MANUAL",
-              "labels": [{"record_id": rid, "label": label} for rid, label in items]},
-        headers={"Authorization": f"Bearer {token}", "identifier": token}, timeout=60,
-    )
-    r.raise_for_status()
-    return r.json()
+def _add_manual_labels(host: Any, items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Manual labels as labelers set them in refinery's UI, which has no API route for them: written into the
+    host's store (as ``kern-finetune demo`` does); the next export carries them."""
+    return host.store.labels.set_labels(TASK, [(rid, label, None) for rid, label in items], source="MANUAL",
+                                        user_name=host.user_name)
 
 
 class _WebhookSyncer:
     """Triggers syncs through a signed ``POST /v1/jobs`` and waits for the job to end."""
 
-    def __init__(self, data_dir: Path, secrets_path: Path, project_id: str, options: dict[str, Any]) -> None:
+    def __init__(self, data_dir: Path, secrets_path: Path, project_id: str, options: dict[str, Any],
+                 target: Any) -> None:
         from kern_finetune.service import default_runner, serve_in_thread
 
         self.secret = secrets.token_hex(32)
-        self.service = serve_in_thread(data_dir, self.secret, default_runner(secrets_path))
+        self.service = serve_in_thread(data_dir, self.secret, default_runner(secrets_path, model_target=target))
         self.project_id = project_id
         self.options = options
 
@@ -159,8 +159,8 @@ class _WebhookSyncer:
         return {
             "seconds": round(seconds, 2), "status": result.get("status"), "job_id": job_id,
             "changed_labels": result.get("changed_labels"), "n_labels": result.get("n_labels"),
-            "pipeline_seconds": metrics.get("seconds"), "encoded": metrics.get("encoded"),
-            "from_cache": metrics.get("from_cache"), "top_k": metrics.get("top_k"),
+            "embedding": result.get("embedding"), "pipeline_seconds": metrics.get("seconds"),
+            "encoded": metrics.get("encoded"), "from_cache": metrics.get("from_cache"), "top_k": metrics.get("top_k"),
             "stages": [p["message"] for p in job.get("progress", [])],
         }
 
@@ -171,7 +171,8 @@ class _WebhookSyncer:
 class _DirectSyncer:
     """Calls :func:`kern_finetune.sync.sync_project` in this process."""
 
-    def __init__(self, secrets_path: Path, project_id: str, options: dict[str, Any], out_dir: Path) -> None:
+    def __init__(self, secrets_path: Path, project_id: str, options: dict[str, Any], out_dir: Path,
+                 target: Any) -> None:
         from kern_finetune.refinery.api import RefineryClient
         from kern_finetune.config import RunConfig
 
@@ -179,6 +180,7 @@ class _DirectSyncer:
         self.config = RunConfig.from_dict({"mode": "head", **options}).validate()  # named: auto depends on load
         self.project_id = project_id
         self.out_dir = out_dir
+        self.target = target
 
     def __call__(self, label: str) -> dict[str, Any]:
         from kern_finetune.sync import sync_project
@@ -186,12 +188,13 @@ class _DirectSyncer:
         stages: list[str] = []
         t0 = time.perf_counter()
         res = sync_project(self.client, self.project_id, self.config, out_dir=self.out_dir,
+                           door="model", model_target=self.target,
                            progress=lambda m: (stages.append(m), print(f"  [{label}] {m}", flush=True)))
         seconds = time.perf_counter() - t0
         metrics = res.run.metrics if res.run is not None else {}
         return {
             "seconds": round(seconds, 2), "status": res.status, "changed_labels": res.changed_labels,
-            "n_labels": res.n_labels, "pipeline_seconds": metrics.get("seconds"),
+            "n_labels": res.n_labels, "embedding": res.embedding, "pipeline_seconds": metrics.get("seconds"),
             "encoded": metrics.get("encoded"), "from_cache": metrics.get("from_cache"),
             "top_k": metrics.get("top_k"), "stages": stages,
         }
@@ -219,7 +222,8 @@ def _markdown(result: dict[str, Any]) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Records: {result['records']} ({result['source']}); syncs triggered via **{result['via']}**; "
+        f"Records: {result['records']} ({result['source']}); syncs triggered via **{result['via']}**, through the "
+        f"model door into a host with a models volume ({result['door']['models_mount']}); "
         f"machine: {result['machine']['cpus']} CPUs ({result['machine']['platform']}), load before start "
         f"{result['machine']['load_before']}; {result['finished_at']}.",
         "",
@@ -233,7 +237,10 @@ def _markdown(result: dict[str, Any]) -> str:
         f"({result['ratio_after_labels_to_first']:.2f} of the first sync)",
         "",
         "Seconds are wall time from trigger to finished job (webhook) or of the sync_project call (direct); "
-        "they include pulling the export, training, evaluation and the push.",
+        "they include pulling the export, training, evaluation and the model door's delivery (the model folder "
+        "written into the volume, the embedding created through the gateway, the host's embedder computing "
+        "every record with the new model, the previous embedding deleted). Encoded / from cache and encode s "
+        "are the pipeline's; the embedder's encoding is not in them.",
         "",
     ])
 
@@ -243,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     from kern_finetune.config import RunConfig
     from kern_finetune.refinery.export import load_export
     from kern_finetune.host import serve_in_thread as host_in_thread
+    from kern_finetune.refinery.model_door import ModelDoorTarget
 
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     records = _subset(load_export(SAMPLE), args.limit, args.seed)
@@ -258,20 +266,26 @@ def main(argv: list[str] | None = None) -> int:
         options["epochs"] = args.epochs
     threshold = RunConfig.from_dict(options).threshold
     user, password = "benchmark@example.com", secrets.token_urlsafe(16)
-    print(f"resync: {len(records)} records, work dir {work}, via {args.via}", flush=True)
+    models = work / "models"
+    models.mkdir(exist_ok=True)
+    target = ModelDoorTarget(models, MODELS_MOUNT, wait_s=MODEL_WAIT_S, poll_s=MODEL_POLL_S)
+    print(f"resync: {len(records)} records, work dir {work}, via {args.via}, model door into {models} "
+          f"(the host's embedder sees {MODELS_MOUNT})", flush=True)
     syncs: dict[str, Any] = {}
-    with host_in_thread(export, data_dir=work / "host", user_name=user, password=password) as host:
+    with host_in_thread(export, data_dir=work / "host", user_name=user, password=password,
+                        models_volumes=[(models, MODELS_MOUNT)]) as host:
         secrets_path = work / "secrets.json"
         secrets_path.write_text(json.dumps(host.secrets(password)))
         secrets_path.chmod(0o600)
-        syncer: Any = (_WebhookSyncer(work / "service", secrets_path, host.project_id, options)
+        syncer: Any = (_WebhookSyncer(work / "service", secrets_path, host.project_id, options, target)
                        if args.via == "webhook" else
-                       _DirectSyncer(secrets_path, host.project_id, options, work / "runs"))
+                       _DirectSyncer(secrets_path, host.project_id, options, work / "runs", target))
         try:
-            for key, expected in (("first", "pushed"), ("unchanged", "up-to-date")):
+            for key, expected in (("first", "created"), ("unchanged", "up-to-date")):
                 print(f"resync: {key} sync ...", flush=True)
                 syncs[key] = syncer(key)
-                print(f"resync: {key} sync: {syncs[key]['status']} in {syncs[key]['seconds']:.1f} s", flush=True)
+                print(f"resync: {key} sync: {syncs[key]['status']} {syncs[key]['embedding']!r} in "
+                      f"{syncs[key]['seconds']:.1f} s", flush=True)
                 if syncs[key]["status"] != expected:
                     raise RuntimeError(f"{key} sync ended {syncs[key]['status']!r}, expected {expected!r}")
 
@@ -279,16 +293,16 @@ def main(argv: list[str] | None = None) -> int:
             candidates = [r for r in _unselected(records, threshold) if str(r.get(GOLD)) in gold_map]
             random.Random(args.seed + 1).shuffle(candidates)
             items = [(str(r["running_id"]), gold_map[str(r[GOLD])]) for r in candidates[: args.labels]]
-            token = _login(host.url, user, password)
             t0 = time.perf_counter()
-            _add_manual_labels(host.url, host.project_id, token, items)
-            print(f"resync: added {len(items)} manual labels in {time.perf_counter() - t0:.2f} s", flush=True)
+            _add_manual_labels(host, items)
+            print(f"resync: added {len(items)} manual labels to the host's store in {time.perf_counter() - t0:.2f} s",
+                  flush=True)
 
             print("resync: sync after new labels ...", flush=True)
             syncs["after_labels"] = syncer("after_labels")
-            print(f"resync: sync after new labels: {syncs['after_labels']['status']} in "
-                  f"{syncs['after_labels']['seconds']:.1f} s", flush=True)
-            if syncs["after_labels"]["status"] != "pushed":
+            print(f"resync: sync after new labels: {syncs['after_labels']['status']} "
+                  f"{syncs['after_labels']['embedding']!r} in {syncs['after_labels']['seconds']:.1f} s", flush=True)
+            if syncs["after_labels"]["status"] != "created":
                 raise RuntimeError(f"the sync after new labels ended {syncs['after_labels']['status']!r}")
         finally:
             syncer.close()
@@ -301,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         "records": len(records),
         "source": str(SAMPLE.relative_to(ROOT)) + (f" (seeded subset, seed {args.seed})" if args.limit else ""),
         "via": args.via,
+        "door": {"door": "model", "models_mount": MODELS_MOUNT, "wait_s": MODEL_WAIT_S, "poll_s": MODEL_POLL_S},
         "options": options,
         "labels_added": len(items),
         "syncs": syncs,

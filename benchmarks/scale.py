@@ -22,8 +22,12 @@ writing 5 to ``/proc/self/clear_refs``; it includes what earlier stages still ho
 - ``select``: :func:`kern_finetune.labels.prepare.prepare` (as ``sync`` calls it); ``encode`` .. ``write``:
   :func:`kern_finetune.pipeline.run_pipeline` itself, given that preparation, head mode (defaults, but
   3 epochs (:data:`EPOCHS`) and pseudo-labels on at 0.9 so that the stage is measured), its stages split at
-  its progress messages (``write`` includes the report);
-- ``push``: ``RefineryClient.push_embedding`` of every record's vector to that host (compact base64 tensors).
+  its progress messages (``write`` includes the report).
+
+Nothing goes back to the host: the vectors stay in the run's output (refinery's embedder computes its own
+from a model folder through the model door; ``benchmarks/resync.py`` times that loop on the sample), so no
+stage follows ``write``. The committed ``benchmarks/results/scale*.{json,md}`` come from an earlier version
+of this benchmark and list one more stage after ``write``, which a run today does not have.
 
 Writes ``benchmarks/results/scale.{json,md}``, with a projection to 1M and 10M records.
 """
@@ -147,7 +151,6 @@ def _serve(export: str, data_dir: str) -> None:
 
 def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
     """One synthetic project, every stage timed (this process: one size)."""
-    import numpy as np
     import torch
 
     from kern_finetune.config import RunConfig
@@ -167,7 +170,6 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
     stages.start(None)
     n_read = len(records)
 
-    host = client = None
     if use_host:
         del records
         host = subprocess.Popen([sys.executable, __file__, "--serve", str(export), str(work / f"host-{n}")],
@@ -181,6 +183,8 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
         records = client.get_export()
         stages.start(None)
         assert len(records) == n_read == n, (len(records), n_read, n)
+        host.stdin.close()  # the pull was the host's only job
+        host.wait(timeout=120)
 
     config = RunConfig(task="Topic", text_attributes=["Title", "Description"], gold_attribute="Class Index",
                        mode="head", pseudo_labels=PSEUDO, epochs=EPOCHS, device="cpu", cache_dir=Path(os.environ["KERN_FINETUNE_CACHE"]))
@@ -190,17 +194,6 @@ def run_one(n: int, work: Path, *, use_host: bool) -> dict[str, Any]:
     result = run_pipeline(records, config, out_dir=work / f"out-{n}", progress=stages.progress, prepared=prepared)
     stages.start(None)
     m = result.metrics
-
-    if client is not None:
-        ids, vectors = list(result.ids), np.asarray(result.vectors)
-        del records, result
-        stages.start("push")
-        pushed = client.push_embedding(None, None, ids, vectors, attribute="Title", model="scale-benchmark",
-                                       tensor_format="b64")
-        stages.start(None)
-        info["pushed"] = int(getattr(pushed, "count", len(ids)))
-        host.stdin.close()
-        host.wait(timeout=120)
 
     return {
         "n_records": n, "project": info, "stages": stages.rows,
@@ -303,7 +296,7 @@ def markdown(payload: dict[str, Any]) -> str:
               "target; not measured: no GPU was lent), N GPUs in parallel with Ray (`--ray-address`). Stages other than "
               "encoding are taken as they run today, on one machine.", "",
               f"Peak memory: the measured growth from the smallest to the largest run, {p['peak_rss_kb_per_record']} KB "
-              "per record (records, base and fine-tuned vectors, the pushed chunks), extrapolated: above about "
+              "per record (records, base and fine-tuned vectors), extrapolated: above about "
               "500,000 records a run needs more than 8 GB; at 10M the vectors alone (2 x 10M x 384 float32) are 31 GB.", "",
               "| records | GPUs | encode (s) | other stages (s) | total (h) | peak RSS (GB, extrapolated) |",
               "|---|---|---|---|---|---|"]
@@ -316,7 +309,7 @@ def markdown(payload: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
-    ap.add_argument("--no-host", action="store_true", help="skip pull and push (no local host)")
+    ap.add_argument("--no-host", action="store_true", help="skip the pull (no local host)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=2, help=argparse.SUPPRESS)

@@ -15,19 +15,8 @@ import importlib
 from typing import Any
 
 from .config import RunConfig
-from .errors import (
-    AuthError,
-    ConfigError,
-    ExportError,
-    HostError,
-    HostUnavailableError,
-    KernFinetuneError,
-    ProjectNotFoundError,
-    DoorError,
-    SelectionError,
-    SyncBusyError,
-    TaskNotFoundError,
-)
+from . import errors
+from .errors import *  # noqa: F403 - the whole exception tree is public (errors.__all__)
 from .refinery.export import discover_tasks, load_export, parse_export_payload, resolve_task
 
 __version__ = "0.1.0"
@@ -63,17 +52,7 @@ __all__ = [
     "parse_export_payload",
     "discover_tasks",
     "resolve_task",
-    "KernFinetuneError",
-    "ConfigError",
-    "ExportError",
-    "TaskNotFoundError",
-    "SelectionError",
-    "SyncBusyError",
-    "HostError",
-    "AuthError",
-    "ProjectNotFoundError",
-    "HostUnavailableError",
-    "DoorError",
+    *errors.__all__,
     *_LAZY,
 ]
 

@@ -148,7 +148,7 @@ def test_saved_model_reproduces_the_evaluated_vectors(run_dir: Path, subset_reco
     if share:  # the rows after the head: the share times the base vector
         assert np.allclose(weight[dim:], share * np.eye(dim)) and np.allclose(bias[dim:], 0)
     got = full[:, :dim] / np.linalg.norm(full[:, :dim], axis=1, keepdims=True)
-    weight = metrics["smoothing"]["weight"]  # the pushed vectors: the head's, smoothed over the base neighbours
+    weight = metrics["smoothing"]["weight"]  # the written vectors: the head's, smoothed over the base neighbours
     if weight:
         got = smooth(got.astype(np.float32), base_neighbours(base)[0], weight)
     strength = metrics["spread"]["strength"]  # then lifted by the local radius of the smoothed vectors

@@ -89,7 +89,7 @@ def test_the_folder_is_written_in_the_classic_layout(head_run):
     assert "kern_finetune" not in (folder / "modules.json").read_text()
 
 
-def test_the_model_gives_the_model_door_vectors_and_the_pushed_vectors_follow_from_its_head(head_run, shared_cache):
+def test_the_model_gives_the_model_door_vectors_and_the_written_vectors_follow_from_its_head(head_run, shared_cache):
     """In-process (today's sentence-transformers): the folder gives ``model_vectors``; its Dense layer's first
     rows are the head (scaled), whose output, smoothed and spread as metrics.json says, is vectors.npz."""
     from sentence_transformers import SentenceTransformer
@@ -115,8 +115,8 @@ def test_the_model_gives_the_model_door_vectors_and_the_pushed_vectors_follow_fr
         head = smooth(head, base_neighbours(base)[0], metrics["smoothing"]["weight"])
     if metrics["spread"]["strength"]:
         head = lift(head, local_radius(head)[0], metrics["spread"]["strength"])
-    ids, pushed = load_vectors(head_run.out_dir / "vectors.npz")
-    assert ids == head_run.ids and np.abs(head - pushed).max() < 1e-4
+    ids, written = load_vectors(head_run.out_dir / "vectors.npz")
+    assert ids == head_run.ids and np.abs(head - written).max() < 1e-4
 
 
 def test_every_run_judges_both_doors_and_refinerys_stock_embedding(head_run):

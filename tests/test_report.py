@@ -253,7 +253,7 @@ def test_figures_come_first_examples_after_and_the_mode_choice_in_details(tmp_pa
     table = page.split("Search as refinery runs it", 1)[1].split("</table>", 1)[0]
     heads = re.findall(r"<th>([^<]+)</th>", table)
     assert [html.unescape(h) for h in heads] == ["refinery's stock embedding", "raw base model", "model door",
-                                                 "snapshot door (as pushed)"]
+                                                 "snapshot door (as written)"]
     # one spelling in what a reader sees
     assert "finetuned" not in _visible_text(page)
 

@@ -129,7 +129,7 @@ def test_smooth_option_is_checked(value: str) -> None:
 def test_pipeline_records_the_smoothing_and_the_model_gives_the_vectors_before_it(
     subset_records: list[dict], shared_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The pushed vectors are the head's output smoothed over the base neighbours; the model folder gives the
+    """The written vectors are the head's output smoothed over the base neighbours; the model folder gives the
     head beside the base share (its first rows are the head), which smoothing does not touch."""
     from sentence_transformers import SentenceTransformer
 

@@ -107,7 +107,7 @@ def test_spread_option_is_checked(value: str) -> None:
     assert RunConfig(spread="1.5").spread_strength == 1.5 and RunConfig().spread_strength is None
 
 
-def test_pipeline_records_the_spread_and_pushes_one_more_dimension(
+def test_pipeline_records_the_spread_and_writes_one_more_dimension(
     subset_records: list[dict], shared_cache: Path, tmp_path: Path
 ) -> None:
     from kern_finetune.pipeline import run_pipeline

@@ -117,7 +117,7 @@ def test_pipeline_full_mode_is_deterministic_and_saved_model_reproduces(
     assert np.abs(again - result.model_vectors).max() < 1e-4  # the folder gives the model door's vectors
     door = result.metrics["model_door"]  # full mode: the encoder pulled back towards the base model, by the replay
     assert door["table"][-1]["pull"] == door["pull"] and door["n_records"] == len(result.ids)
-    if door["pull"] == 1.0:  # not pulled: the folder is the trained model, whose vectors were pushed
+    if door["pull"] == 1.0:  # not pulled: the folder is the trained model, whose vectors were written
         assert np.abs(again - saved).max() < 1e-4
 
 

@@ -125,7 +125,7 @@ def test_run_on_a_snapshot_without_gold_states_the_verdict_first(shared_cache, t
 
 
 def _shuffled_fit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every fit (the pushed one and the verdict's) trains on labels shuffled among the labeled records; the
+    """Every fit (the written one and the verdict's) trains on labels shuffled among the labeled records; the
     verdict's judges keep the true labels: a deliberately bad embedding."""
     import dataclasses
 

@@ -9,18 +9,18 @@ import json
 import random
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, HostError
+from ..errors import ConfigError
 from ..refinery.api import RefineryClient
 from ..refinery.export import load_export
-from ..refinery.gateway import Gateway, refinery_embedding_name
-from ..refinery.model_door import ModelDoorTarget
+from ..refinery.columns import HUGGINGFACE, embedding_name
+from ..refinery.gateway import Gateway
+from ..refinery.model_door import ModelDoorTarget, wait_finished
 from ..refinery.search import SEARCH_LIMIT
 from ..labels.select import gold_to_class
 from ..sync import sync_project
@@ -112,16 +112,8 @@ def _stock_embedding(gateway: Gateway, project_id: str, attribute: str, base_mod
     attribute_id = next(str(a["id"]) for a in gateway.attributes(project_id) if a.get("name") == attribute)
     gateway.create_embedding(project_id, attribute_id, f"{target.models_mount}/{folder.name}")
     say(f"demo: refinery's stock embedding of {attribute!r} for comparison (the base model, computed by the embedder)")
-    name = refinery_embedding_name(attribute, f"{target.models_mount}/{folder.name}")
-    deadline = time.monotonic() + target.wait_s
-    while time.monotonic() < deadline:
-        node = next((n for n in gateway.embeddings(project_id) if n.get("name") == name), {})
-        if node.get("state") in ("FINISHED", "FAILED"):
-            if node["state"] == "FAILED":
-                raise HostError(f"the host's embedder could not compute {name!r}")
-            return str(node["id"])
-        time.sleep(target.poll_s)
-    raise HostError(f"{name!r} is not FINISHED after {target.wait_s:.0f} s")
+    name = embedding_name(attribute, model=f"{target.models_mount}/{folder.name}", platform=HUGGINGFACE, short=False)
+    return wait_finished(gateway, project_id, name, target)
 
 
 def _export_path(args: argparse.Namespace) -> Path:
@@ -182,7 +174,7 @@ def _demo(args: argparse.Namespace) -> int:
                     f"model door, after {added} new labels: {second.status} {second.embedding!r} ({second.message})",
                     f"model folders in the embedder's volume: {', '.join(sorted(p.name for p in models.iterdir()))}; "
                     "embeddings in the host: " + ", ".join(f"{name} {state}" for name, state in states.items())]
-        stock_name = refinery_embedding_name(first.attribute, "/models/stock")
+        stock_name = embedding_name(first.attribute, model="/models/stock", platform=HUGGINGFACE, short=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -271,7 +263,7 @@ def _print_verdict(verdict: dict[str, Any]) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="local host + bundled AG News sample: sync over HTTP and compare search results",
+        "demo", help="local host + bundled AG News sample: a sync through the model door, then refinery's search",
         description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="%(prog)s [--sample N] [--out DIR] [options]",
     )

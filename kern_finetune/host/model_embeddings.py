@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..refinery.columns import HUGGINGFACE
 from .api_errors import GatewayError
 from .db import HostDB, drop_embedding, now_iso
 from .project import Project
@@ -229,7 +230,7 @@ class ModelEmbeddings:
         """``SentenceTransformer(model)`` as the embedder container sees ``model``."""
         if task.embedding_type != "ON_ATTRIBUTE":
             raise ValueError("this host computes attribute-level embeddings only")
-        if task.platform != "huggingface" or not task.model:
+        if task.platform != HUGGINGFACE or not task.model:
             raise ValueError(f"this host computes huggingface embeddings only, not {task.platform!r}")
         where: str | Path = task.model
         if posixpath.isabs(task.model):

@@ -163,6 +163,8 @@ def confidence_string(value: Any) -> str | None:
 PLATFORM = "kern-finetune"
 """The ``platform`` of the embeddings we write: the import keeps the name, search uses Euclidean distance, and
 a later recomputation fails visibly instead of replacing our vectors ("Why platform" in ``docs/snapshot.md``)."""
+HUGGINGFACE = "huggingface"
+"""The platform of the embeddings refinery's embedder computes from a sentence-transformers model."""
 
 _KINDS = (CLASSIFICATION, EXTRACTION)
 
@@ -182,14 +184,16 @@ def model_short_name(model: str) -> str:
     return model.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1] or model
 
 
-def embedding_name(attribute: str, *, model: str, platform: str = PLATFORM) -> str:
+def embedding_name(attribute: str, *, model: str, platform: str = PLATFORM, short: bool = True) -> str:
     """``<attribute>-classification-<platform>-<model>``, refinery-gateway's ``get_embedding_name`` format, which
-    the project import (``project_transfer_manager.py``) keeps when ``platform`` is set."""
+    the project import (``project_transfer_manager.py``) keeps when ``platform`` is set. ``short``: the model's
+    last path part (how we name what we write); False: as given, as the gateway names an embedding it creates
+    (``/models/kern-finetune-Title-v1`` keeps its slashes)."""
     if not attribute:
         raise ExportError("the embedding needs the name of the text attribute it belongs to")
     if not platform:
         raise ExportError("the embedding needs a platform name")
-    return f"{attribute}-{CLASSIFICATION}-{platform}-{model_short_name(model)}"
+    return f"{attribute}-{CLASSIFICATION}-{platform}-{model_short_name(model) if short else model}"
 
 
 def parse_embedding_name(name: str, attributes: Iterable[str]) -> EmbeddingName | None:
@@ -218,7 +222,7 @@ _IMPORT_ATTRIBUTE = re.compile(r"^(.+)-(?:classification|extraction).*")
 
 def import_platform(model: str) -> str:
     """The platform refinery's import gives an embedding entry that has none (``__transform_embedding_by_name``)."""
-    return "python" if model in COUNT_BASED_MODELS else "huggingface"
+    return "python" if model in COUNT_BASED_MODELS else HUGGINGFACE
 
 
 def import_rename(name: str) -> tuple[str, str, str] | None:

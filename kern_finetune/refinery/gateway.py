@@ -16,9 +16,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 from ..errors import AuthError, HostError
+from .columns import HUGGINGFACE
 from .transport import SESSION_COOKIE, Transport, json_body, to_login
 
-__all__ = ["Gateway", "GATEWAY_API", "BROWSER_LOGIN_PATH", "huggingface_config", "refinery_embedding_name"]
+__all__ = ["Gateway", "GATEWAY_API", "BROWSER_LOGIN_PATH", "huggingface_config"]
 
 log = logging.getLogger(__name__)
 
@@ -27,16 +28,11 @@ GATEWAY_API = "/refinery-gateway/api/v1"
 _JSON = {"Accept": "application/json", "content-type": "application/json"}
 
 
-def refinery_embedding_name(attribute: str, model: str, platform: str = "huggingface") -> str:
-    """The name the gateway gives an attribute embedding (``get_embedding_name``, no API token)."""
-    return f"{attribute}-classification-{platform}-{model}"
-
-
 def huggingface_config(model: str) -> str:
     """``create-embedding``'s ``config`` for a huggingface attribute embedding, as refinery's UI builds it
     (refinery-ui ``AddNewEmbeddingModal.tsx`` ``addEmbedding``), as the JSON string the route expects."""
     return json.dumps({
-        "platform": "huggingface", "termsText": None, "termsAccepted": False, "embeddingType": "ON_ATTRIBUTE",
+        "platform": HUGGINGFACE, "termsText": None, "termsAccepted": False, "embeddingType": "ON_ATTRIBUTE",
         "filterAttributes": [], "model": model,
     })
 

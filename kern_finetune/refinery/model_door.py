@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AuthError, ConfigError, KernFinetuneError, DoorError
-from .gateway import Gateway, refinery_embedding_name
+from .columns import HUGGINGFACE, embedding_name
+from .gateway import Gateway
 
-__all__ = ["ModelDoorTarget", "Delivered", "check_door", "deliver", "reserve_folder", "folder_base", "DEFAULT_MOUNT"]
+__all__ = ["ModelDoorTarget", "Delivered", "check_door", "deliver", "wait_finished", "reserve_folder", "folder_base", "DEFAULT_MOUNT"]
 
 DEFAULT_MOUNT = "/models"
 """Where ``docs/model-door.md`` mounts the models volume inside the embedder container."""
@@ -139,12 +140,12 @@ def deliver(gateway: Gateway, project_id: str, model_dir: Path, attribute: str, 
                     prev_name)
     base = folder_base(attribute)
     mount = target.models_mount.rstrip("/") or "/"
-    prefix = refinery_embedding_name(attribute, posixpath.join(mount, ""))
+    prefix = embedding_name(attribute, model=posixpath.join(mount, ""), platform=HUGGINGFACE, short=False)
     taken_folders = {n[len(prefix):] for n in taken if n.startswith(prefix)}  # a name refinery would drop
     folder = reserve_folder(Path(target.models_dir), base, taken_folders)
     shutil.copytree(model_dir, folder, dirs_exist_ok=True)  # into the folder just made; never an existing one
     model = posixpath.join(mount, folder.name)
-    name = refinery_embedding_name(attribute, model)
+    name = embedding_name(attribute, model=model, platform=HUGGINGFACE, short=False)
     say(f"         model door: copied the model to {folder} (the embedder sees {model})")
     try:
         gateway.create_embedding(project_id, attribute_id, model)
@@ -152,7 +153,7 @@ def deliver(gateway: Gateway, project_id: str, model_dir: Path, attribute: str, 
         raise _fail("create", str(exc), "create it by hand in the project's settings, or run the sync again",
                     prev_name) from None
     say(f"         model door: created {name!r}; waiting for refinery's embedder (at most {target.wait_s:.0f} s)")
-    embedding_id = _wait(gateway, project_id, name, target, prev_name, sleep)
+    embedding_id = wait_finished(gateway, project_id, name, target, prev_name, sleep)
     done = Delivered(embedding_id, name, folder, model)
     _delete_previous(gateway, project_id, previous, done, say)
     return done
@@ -165,8 +166,8 @@ def _attribute_id(gateway: Gateway, project_id: str, attribute: str) -> str | No
     return None
 
 
-def _wait(gateway: Gateway, project_id: str, name: str, target: ModelDoorTarget, prev_name: str | None,
-          sleep: Callable[[float], None]) -> str:
+def wait_finished(gateway: Gateway, project_id: str, name: str, target: ModelDoorTarget, prev_name: str | None = None,
+                  sleep: Callable[[float], None] = time.sleep) -> str:
     """The new embedding's id once it is FINISHED; one line naming FAILED or the timeout otherwise."""
     deadline = time.monotonic() + target.wait_s
     state = "not started"

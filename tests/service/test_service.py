@@ -654,18 +654,22 @@ def test_documented_crontab_line_runs_a_sync(subset_records, shared_cache, tmp_p
     schedule_fields = line.split(None, 5)
     assert len(schedule_fields) == 6
     command = schedule_fields[5]
-    assert "/path/to/kern-finetune" in command and "/home/me/secrets.json" in command
+    models_doc = "/home/me/refinery/refinery/models"
+    assert "/path/to/kern-finetune" in command and "/home/me/secrets.json" in command and models_doc in command
     checkout = tmp_path / "checkout"  # stands in for the checkout: runs/ and sync.log land here, not in the repo
     checkout.mkdir()
     (checkout / ".venv").symlink_to(ROOT / ".venv")
     export = tmp_path / "export.json"
     export.write_text(json.dumps(subset_records[:120]), encoding="utf-8")
     password = "cron-test-pw-3c9e"
+    models = tmp_path / "models"
+    models.mkdir()
     with host_in_thread(export, data_dir=tmp_path / "host", user_name="labeler@example.com",
-                        password=password) as host:
+                        password=password, models_volumes=[(models, "/models")]) as host:
         secrets = tmp_path / "secrets.json"
         secrets.write_text(json.dumps(host.secrets(password)))
-        command = command.replace("/path/to/kern-finetune", str(checkout)).replace("/home/me/secrets.json", str(secrets))
+        command = (command.replace("/path/to/kern-finetune", str(checkout)).replace("/home/me/secrets.json", str(secrets))
+                   .replace(models_doc, str(models)))
         # --mode auto's choice depends on this machine's speed and load (tests/test_estimate.py covers it)
         command = command.replace(" >>", " --mode head >>")
         env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KERN_FINETUNE_CACHE": str(shared_cache)}  # cron-bare
@@ -674,6 +678,7 @@ def test_documented_crontab_line_runs_a_sync(subset_records, shared_cache, tmp_p
             assert out.returncode == 0, (checkout / "sync.log").read_text()[-3000:]
         log = (checkout / "sync.log").read_text()
         assert "sync 4/4" in log and "up to date" in log, log[-3000:]
+        assert [p.name for p in models.iterdir()] == ["kern-finetune-Title-v1"]
         assert (checkout / "runs" / "sync" / "metrics.json").exists()
 
 
