@@ -115,12 +115,10 @@ def choose_door(
     if door not in DOORS:
         raise ConfigError(f"--door must be one of {', '.join(DOORS)}, got {door!r}")
     if door == "model" and (snapshot is not None or write_snapshot is not None):
-        raise ConfigError(f"--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door model")
+        raise ConfigError("--snapshot / --write-snapshot belong to --door snapshot (or auto), not --door model")
     if door == "snapshot" or (door == "auto" and write_snapshot is not None):
         _check_snapshot_options(snapshot, write_snapshot, out_dir)
-    if door == "auto" and write_snapshot is not None:
-        return "snapshot"
-    return "snapshot" if door == "snapshot" else "model"
+    return "snapshot" if door == "snapshot" or write_snapshot is not None else "model"
 
 
 def _check_snapshot_options(snapshot: Path | None, write_snapshot: Path | None, out_dir: Path | None) -> None:

@@ -104,16 +104,16 @@ def _add_manual_labels(host: Any, run: Any, n: int) -> int:
 
 
 def _stock_embedding(gateway: Gateway, project_id: str, attribute: str, base_model: Path, models: Path,
-                     target: ModelDoorTarget, say: Any) -> str:
+                     target: ModelDoorTarget, say: Any) -> tuple[str, str]:
     """Refinery's stock embedding of the base model, computed by the host's embedder from a copy of the base
-    model in the volume (the host never downloads); its id once FINISHED."""
+    model in the volume (the host never downloads): its id once FINISHED, and its name."""
     folder = models / "stock"
     shutil.copytree(base_model, folder)
     attribute_id = next(str(a["id"]) for a in gateway.attributes(project_id) if a.get("name") == attribute)
     gateway.create_embedding(project_id, attribute_id, f"{target.models_mount}/{folder.name}")
     say(f"demo: refinery's stock embedding of {attribute!r} for comparison (the base model, computed by the embedder)")
     name = embedding_name(attribute, model=f"{target.models_mount}/{folder.name}", platform=HUGGINGFACE, short=False)
-    return wait_finished(gateway, project_id, name, target)
+    return wait_finished(gateway, project_id, name, target), name
 
 
 def _export_path(args: argparse.Namespace) -> Path:
@@ -153,7 +153,7 @@ def _demo(args: argparse.Namespace) -> int:
             run = first.run
             assert run is not None and run.selection is not None and first.embedding_id is not None
             gateway = Gateway(client)
-            stock_id = _stock_embedding(gateway, host.project_id, first.attribute,
+            stock_id, stock_name = _stock_embedding(gateway, host.project_id, first.attribute,
                                         Path(config.base_model or default_model_path()), models, target, say)
             sel = run.selection
             cls, how = _classes(sel)
@@ -174,7 +174,6 @@ def _demo(args: argparse.Namespace) -> int:
                     f"model door, after {added} new labels: {second.status} {second.embedding!r} ({second.message})",
                     f"model folders in the embedder's volume: {', '.join(sorted(p.name for p in models.iterdir()))}; "
                     "embeddings in the host: " + ", ".join(f"{name} {state}" for name, state in states.items())]
-        stock_name = embedding_name(first.attribute, model="/models/stock", platform=HUGGINGFACE, short=False)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
