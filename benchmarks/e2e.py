@@ -52,11 +52,16 @@ def main() -> None:
                 row = {"command": "kern-finetune " + " ".join(args), "cache": phase, "seconds": round(seconds, 1), "result": result}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+    write(rows, command_line, name_of_results)
+
+
+def write(rows: list[dict], command_line: str, name_of_results: str) -> None:
+    """The results files of ``rows`` (as ``main`` prints them, one JSON line each)."""
     info = machine()
     lines = [f"Command: `{command_line}`", "", f"Machine: {info}", "", "| command | cache | wall s | headline |", "|---|---|---|---|"]
     for r in rows:
         res = r["result"]
-        if "top_k" in res:
+        if "seconds" in res:  # a run's metrics line; the demo's line has its own keys
             head = f"top_1k {res['top_k']['raw']['1000']:.2f} -> {res['top_k']['finetuned']['1000']:.2f}; seconds {res['seconds']}"
         else:
             head = ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()

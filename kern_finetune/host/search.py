@@ -29,8 +29,8 @@ class Search:
     def _load_index(self, embedding_id: str) -> VectorIndex:
         with self.db.lock:
             found = self.db.conn.execute("SELECT dimension FROM embeddings WHERE id = ?", (embedding_id,)).fetchone()
-            if found is None:  # replaced between name lookup and load
-                raise ApiError(409, "EMBEDDING_REPLACED", "the embedding was replaced during the search; retry")
+            if found is None:  # deleted between the lookup and the load
+                raise ApiError(409, "EMBEDDING_REPLACED", "the embedding was deleted during the search; retry")
             dim = found[0]
             rows = self.db.conn.execute(
                 "SELECT record_idx, data FROM tensors WHERE embedding_id = ? ORDER BY record_idx", (embedding_id,)
