@@ -107,14 +107,3 @@ def default_head_run(subset_records: list[dict], shared_cache: Path, tmp_path_fa
     assert code == 0 and len(results) == 1
     (out / "wall_seconds.txt").write_text(str(time.perf_counter() - start))
     return SimpleNamespace(out=out, result=results[0], export=export)
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Torch on one thread for a module's tests (steadier timings and no oversubscription on 2 cores)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)

@@ -77,7 +77,7 @@ def test_threshold_search_default_threshold_is_refinerys():
     assert out["threshold"] == pytest.approx(similarity_threshold(x, seed=7))
 
 
-def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base, one_torch_thread):
+def test_default_head_keeps_the_first_screen_on_the_subset(subset_sel, subset_base):
     """The default head (label check, fit_head) on the sample's 1,000-record subset: top_10 of the test records
     at least raw's, top_100 above raw's."""
     from kern_finetune.config import RunConfig

@@ -12,7 +12,6 @@ import pytest
 from kern_finetune.labels.label_check import find_label_issues, without_label_issues, write_label_issues
 from kern_finetune.labels.select import Selection
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from kern_finetune.errors import ConfigError
 from kern_finetune.pipeline import run_pipeline
 from kern_finetune.output.save import RUN_MARKER, RUN_OUTPUTS, check_out_dir, staged_output
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:

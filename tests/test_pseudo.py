@@ -15,7 +15,6 @@ from kern_finetune.errors import ConfigError
 from kern_finetune.labels.pseudo import find_pseudo_labels, with_pseudo_labels
 from kern_finetune.labels.select import Selection, gold_to_class
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_only_unlabeled_records_above_the_threshold_get_a_label(subset_sel: Selection, subset_base: np.ndarray) -> None:

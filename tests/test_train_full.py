@@ -18,7 +18,6 @@ from kern_finetune.refinery.export import resolve_task
 from kern_finetune.labels.select import Selection, select_labels
 from kern_finetune.training.train_full import ENCODER_LR
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 N_RECORDS = 120
 SMALL = {"max_steps": 2, "batch_size": 8, "max_seq_length": 64, "device": "cpu", "progress": False}

@@ -12,7 +12,6 @@ from kern_finetune.training.quaterion_compat import patch_quaterion
 from kern_finetune.errors import ConfigError, SelectionError
 from kern_finetune.training.heads import SkipConnectionHead
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _blobs(n: int, *, seed: int, k: int = 4, dim: int = 384, signal: float = 0.15) -> tuple[np.ndarray, np.ndarray]:

@@ -111,7 +111,6 @@ def test_sync_against_real_host_with_small_pipeline(host: Any, tmp_path: Path) -
 @pytest.mark.slow
 def test_demo_model_door_through_the_host_search(
     subset_records: list[dict[str, Any]], shared_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    one_torch_thread: None,
 ) -> None:
     """The real pipeline end to end through ``kern-finetune demo --json`` on the seeded 1,000-record subset: a
     cron sync through the model door, the host's embedder computes our folder and refinery's stock embedding,
