@@ -21,7 +21,6 @@ Gold judges: ``< 10`` / ``< 100`` (share of searches with fewer results), ``same
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Any

@@ -29,7 +29,7 @@ import torch
 from _common import PROJECTS, fit_row, label_checked, load_project, machine, score_row, write_results
 
 from kern_finetune.config import RunConfig
-from kern_finetune.vectors.smooth import WEIGHTS, base_neighbours, choose_weight, smooth
+from kern_finetune.vectors.smooth import base_neighbours, choose_weight, smooth
 
 COMMAND = "BENCH_THREADS=1 OMP_NUM_THREADS=1 python benchmarks/smoothing.py"
 

@@ -214,7 +214,6 @@ def test_quaterion_engine_through_the_pipeline(subset_records, shared_cache, tmp
 
     from kern_finetune.config import RunConfig
     from kern_finetune.pipeline import run_pipeline
-    from kern_finetune.output.save import load_vectors
 
     config = RunConfig(task="Topic", gold_attribute="Class Index", engine="quaterion", loss="triplet",
                        epochs=3, noise_filter="off", cache_dir=shared_cache, smooth="0", spread="0")
