@@ -135,7 +135,7 @@ class Transport:
 
     def request(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None,
                 idempotent: bool | None = None, what: str = "", timeout: float | None = None,
-                ok: tuple[int, ...] = (200, 201, 204), null_ok: bool = False) -> requests.Response:
+                ok: tuple[int, ...] = (200, 201, 204)) -> requests.Response:
         """An authenticated API call: lazy login, one re-login on any 401, a status outside ``ok`` raised
         (:meth:`error_for`). ``body``: sent as is when ``str``/``bytes``, else as JSON; ``idempotent``: by default
         True for GET, PUT, DELETE and HEAD."""
@@ -147,7 +147,7 @@ class Transport:
         data = body if isinstance(body, (str, bytes)) or body is None else json.dumps(body)
         for relogin in (False, True):
             resp = self.send(method, self.uri + path, headers=self._headers(), data=data, params=params,
-                             idempotent=idempotent, what=what, timeout=timeout, null_ok=null_ok)
+                             idempotent=idempotent, what=what, timeout=timeout)
             # Any 401 whatever its body, or oathkeeper's redirect to the login page: log in once more
             # (docs/refinery-sdk.md).
             if not (resp.status_code == 401 or to_login(resp)):
@@ -180,7 +180,7 @@ class Transport:
         raises :class:`HostUnavailableError` when no usable answer came back.
 
         ``200`` with body ``null`` is refinery's proxy passing on a gateway failure: retried like a
-        5xx (when ``idempotent``), then raised, unless ``null_ok`` (the door probe reads it itself).
+        5xx (when ``idempotent``), then raised, unless ``null_ok`` (the gateway's browser-session routes, whose answers are not the proxy's).
         """
         timeout = timeout or self.timeout
         path = urlsplit(url).path
